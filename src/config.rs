@@ -1,0 +1,362 @@
+//! The daemon's configuration: a TOML file, then `TLS_POLICYD_*`
+//! environment overrides (`TLS_POLICYD_SOCKETMAP__LISTEN=inet:127.0.0.1:0`;
+//! a double underscore separates section and key).
+//!
+//! Relative paths in the file are taken relative to the file's directory.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::listen::{ListenAddr, SocketOptions, parse_mode};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TLS_POLICYD_";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub socketmap: Option<SocketmapConfig>,
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SocketmapConfig {
+    /// `inet:ADDRESS:PORT` or `unix:/PATH`.
+    pub listen: ListenAddr,
+    /// Unix socket mode, octal (`"0660"`).
+    pub socket_mode: Option<String>,
+    pub socket_owner: Option<String>,
+    pub socket_group: Option<String>,
+    /// Map name for `smtp_tls_policy_maps = socketmap:…:NAME`.
+    #[serde(default = "default_map")]
+    pub map: String,
+    /// Map name that never answers weaker than `encrypt`.
+    #[serde(default = "default_forced_map")]
+    pub forced_map: String,
+    /// What the normal map answers when only the default applies.
+    #[serde(default)]
+    pub default_reply: DefaultReply,
+    /// Connections served at once; more wait in the listen queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Close a connection with no request for this long (`"5m"`).
+    #[serde(default = "default_idle", with = "human_duration")]
+    pub idle_timeout: Duration,
+}
+
+fn default_map() -> String {
+    "tls_policy".into()
+}
+fn default_forced_map() -> String {
+    "tls_forced".into()
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_idle() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The normal map's answer for a domain no source has a policy for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultReply {
+    /// `OK <default level>`: the policy file's default is sent explicitly.
+    #[default]
+    Policy,
+    /// `NOTFOUND `: Postfix applies its own `smtp_tls_security_level`.
+    Notfound,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file (TOML).
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Decision log path, or `-` for standard output.
+    #[serde(default = "default_decisions")]
+    pub decisions: PathBuf,
+    /// Operational log level (error, warn, info, debug, trace); `RUST_LOG`
+    /// overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            decisions: default_decisions(),
+            level: default_level(),
+        }
+    }
+}
+
+fn default_decisions() -> PathBuf {
+    PathBuf::from("-")
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+mod human_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\" or \"5m\": {e}")))
+    }
+}
+
+/// A configuration problem: which file (or environment variable), which
+/// key, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub messages: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.messages.join("\n"))
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn one(file: &Path, key: &str, problem: impl fmt::Display) -> ConfigError {
+        ConfigError {
+            messages: vec![format!("{}: key `{key}`: {problem}", file.display())],
+        }
+    }
+}
+
+impl Config {
+    /// Load a config file with environment overrides.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_with_env(path: &Path, env: Env) -> Result<Config, ConfigError> {
+        // figment treats a missing file as empty; an administrator who
+        // mistyped the path must hear about it.
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(ConfigError {
+                messages: vec![format!("{}: cannot read: {e}", path.display())],
+            });
+        }
+        let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+        let mut config: Config = figment.extract().map_err(|e| describe(path, e))?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() && p.as_os_str() != "-" {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.policy.file);
+        resolve(&mut self.log.decisions);
+        if let Some(s) = &mut self.socketmap
+            && let ListenAddr::Unix(p) = &mut s.listen
+        {
+            resolve(p);
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let Some(s) = &self.socketmap else {
+            return Err(ConfigError::one(
+                path,
+                "socketmap",
+                "no front door is configured; add a [socketmap] section with `listen`",
+            ));
+        };
+        for (key, name) in [("socketmap.map", &s.map), ("socketmap.forced_map", &s.forced_map)] {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':' || c.is_control()) {
+                return Err(ConfigError::one(
+                    path,
+                    key,
+                    format!("{name:?} is not a usable map name (no spaces or ':')"),
+                ));
+            }
+        }
+        if s.map == s.forced_map {
+            return Err(ConfigError::one(
+                path,
+                "socketmap.forced_map",
+                format!("must differ from socketmap.map ({:?})", s.map),
+            ));
+        }
+        if s.max_connections == 0 {
+            return Err(ConfigError::one(path, "socketmap.max_connections", "must be at least 1"));
+        }
+        if let Some(m) = &s.socket_mode {
+            parse_mode(m).map_err(|e| ConfigError::one(path, "socketmap.socket_mode", e))?;
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::one(
+                path,
+                "log.level",
+                format!("{:?} is not a log level (error, warn, info, debug, trace)", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SocketmapConfig {
+    pub fn socket_options(&self) -> SocketOptions {
+        SocketOptions {
+            mode: self.socket_mode.as_deref().and_then(|m| parse_mode(m).ok()),
+            owner: self.socket_owner.clone(),
+            group: self.socket_group.clone(),
+        }
+    }
+}
+
+/// Turn figment's errors into lines naming origin, key and problem.
+fn describe(path: &Path, err: figment::Error) -> ConfigError {
+    let messages = err
+        .into_iter()
+        .map(|e| {
+            let origin = match e.metadata.as_ref() {
+                Some(md) => match &md.source {
+                    Some(figment::Source::File(p)) => p.display().to_string(),
+                    _ if !e.path.is_empty() => format!(
+                        "environment variable {ENV_PREFIX}{}",
+                        e.path.join("__").to_uppercase()
+                    ),
+                    _ => md.name.to_string(),
+                },
+                None => path.display().to_string(),
+            };
+            if e.path.is_empty() {
+                format!("{origin}: {}", e.kind)
+            } else {
+                format!("{origin}: key `{}`: {}", e.path.join("."), e.kind)
+            }
+        })
+        .collect();
+    ConfigError { messages }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("config.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const MINIMAL: &str = "[socketmap]\nlisten = \"inet:127.0.0.1:10027\"\n[policy]\nfile = \"policy.toml\"\n";
+
+    fn no_env() -> Env {
+        Env::prefixed("TLS_POLICYD_TEST_UNUSED_PREFIX_")
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), MINIMAL);
+        let c = Config::load_with_env(&p, no_env()).unwrap();
+        let s = c.socketmap.unwrap();
+        assert_eq!(s.map, "tls_policy");
+        assert_eq!(s.forced_map, "tls_forced");
+        assert_eq!(s.default_reply, DefaultReply::Policy);
+        assert_eq!(s.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.policy.file, dir.path().join("policy.toml"));
+        assert_eq!(c.log.decisions, PathBuf::from("-"));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), MINIMAL);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TLS_POLICYD_SOCKETMAP__LISTEN", "inet:127.0.0.1:0");
+            jail.set_env("TLS_POLICYD_SOCKETMAP__DEFAULT_REPLY", "notfound");
+            let c = Config::load(&p).map_err(|e| e.to_string())?;
+            let s = c.socketmap.unwrap();
+            assert_eq!(s.listen.to_string(), "inet:127.0.0.1:0");
+            assert_eq!(s.default_reply, DefaultReply::Notfound);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_environment_value_names_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), MINIMAL);
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TLS_POLICYD_SOCKETMAP__LISTEN", "localhost:25");
+            let e = Config::load(&p).unwrap_err().to_string();
+            assert!(e.contains("TLS_POLICYD_SOCKETMAP__LISTEN"), "{e}");
+            assert!(e.contains("inet:ADDRESS:PORT"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:10027\"\nlisen = 1\n[policy]\nfile = \"p\"\n",
+                "unknown field: found `lisen`",
+            ),
+            ("[socketmap]\nlisten = \"127.0.0.1:10027\"\n[policy]\nfile = \"p\"\n", "key `socketmap.listen`"),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\ndefault_reply = \"maybe\"\n[policy]\nfile = \"p\"\n",
+                "key `socketmap.default_reply`",
+            ),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\nidle_timeout = \"soon\"\n[policy]\nfile = \"p\"\n",
+                "not a duration",
+            ),
+            ("[policy]\nfile = \"p\"\n", "no front door"),
+            ("[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n", "missing field `policy`"),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\nforced_map = \"tls_policy\"\n[policy]\nfile = \"p\"\n",
+                "key `socketmap.forced_map`: must differ",
+            ),
+            (
+                "[socketmap]\nlisten = \"unix:/x\"\nsocket_mode = \"rw\"\n[policy]\nfile = \"p\"\n",
+                "key `socketmap.socket_mode`",
+            ),
+            ("[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n[policy]\nfile = \"p\"\n[log]\nlevel = \"info,x=loudest\"\n", "key `log.level`"),
+            ("[socketmap\n", "config.toml"),
+        ];
+        for (text, want) in cases {
+            let p = write(dir.path(), text);
+            let e = Config::load_with_env(&p, no_env()).unwrap_err().to_string();
+            assert!(e.contains(want), "config {text:?}\nerror: {e}\nwanted: {want}");
+            assert!(e.contains("config.toml"), "error does not name the file: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let e = Config::load_with_env(Path::new("/nonexistent/tls-policyd.toml"), no_env()).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/tls-policyd.toml: cannot read"));
+    }
+}

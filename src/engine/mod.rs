@@ -1,0 +1,363 @@
+//! The policy engine: one decision per destination key, from the sources in
+//! their documented precedence.
+//!
+//! 1. **static**: the operator's policy file (always first: the operator's
+//!    word beats anything published in DNS);
+//! 2. **dane**, 3. **mta-sts**: published policies, consulted through the
+//!    [`Source`] trait, only for domain keys;
+//! 4. **default**: the policy file's `default` (opportunistic unless set).
+//!
+//! Parent-walk keys (`.example.com`) and next-hop keys (`[host]:port`) are
+//! answered from the policy file and the default only: they never start a
+//! lookup in DNS.
+
+pub mod decision;
+pub mod key;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::sources::static_file::StaticPolicy;
+use decision::{Decision, SourceKind};
+use key::{Destination, KeyError, KeyForm, parents};
+
+/// What a dynamic source says about a destination.
+#[derive(Debug, Clone)]
+pub enum Consulted {
+    /// The source has a policy: it decides.
+    Policy(Decision),
+    /// The source has nothing to say; the next one is asked. The text
+    /// says why, for `explain`.
+    NoPolicy(String),
+}
+
+/// A policy source between the static file and the default (DANE,
+/// MTA-STS). Implementations answer from their cache where they can.
+pub trait Source: Send + Sync {
+    fn kind(&self) -> SourceKind;
+
+    /// Whether this source is asked at all for a destination. Only domain
+    /// keys by default: a parent-walk key must never start a lookup.
+    fn applies_to(&self, dest: &Destination) -> bool {
+        dest.form == KeyForm::Domain
+    }
+
+    fn consult<'a>(
+        &'a self,
+        dest: &'a Destination,
+    ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>>;
+}
+
+/// One source's part in an explanation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Step {
+    pub source: SourceKind,
+    pub applied: bool,
+    pub detail: String,
+}
+
+/// A decision and how it was reached.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    pub key: String,
+    pub dest: Result<Destination, KeyError>,
+    pub steps: Vec<Step>,
+    pub decision: Decision,
+}
+
+/// The engine. Shared by every front door; the policy file is swapped
+/// atomically on reload, so lookups never wait for a reload.
+pub struct Engine {
+    policy: ArcSwap<StaticPolicy>,
+    sources: Vec<Arc<dyn Source>>,
+}
+
+impl Engine {
+    pub fn new(policy: StaticPolicy) -> Engine {
+        Engine::with_sources(policy, Vec::new())
+    }
+
+    /// `sources` in precedence order (DANE before MTA-STS).
+    pub fn with_sources(policy: StaticPolicy, sources: Vec<Arc<dyn Source>>) -> Engine {
+        Engine {
+            policy: ArcSwap::from_pointee(policy),
+            sources,
+        }
+    }
+
+    /// Install a newly loaded policy file. Lookups in flight finish with
+    /// the old one.
+    pub fn replace_policy(&self, policy: StaticPolicy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    pub fn policy(&self) -> Arc<StaticPolicy> {
+        self.policy.load_full()
+    }
+
+    /// Decide for a destination.
+    pub async fn decide(&self, dest: &Destination) -> Decision {
+        let policy = self.policy.load();
+        if let Some(hit) = policy.lookup(dest) {
+            return policy.decision(hit);
+        }
+        for source in &self.sources {
+            if source.applies_to(dest)
+                && let Consulted::Policy(d) = source.consult(dest).await
+            {
+                return d;
+            }
+        }
+        policy.default_decision().clone()
+    }
+
+    /// Decide for a raw key. A key that is not a destination gets the
+    /// default, with the parse problem as the reason: such a key cannot
+    /// match any rule, and refusing it would only hold mail that Postfix
+    /// cannot route anyway.
+    pub async fn decide_key(&self, key: &str) -> (Option<Destination>, Decision) {
+        match Destination::parse(key) {
+            Ok(dest) => {
+                let d = self.decide(&dest).await;
+                (Some(dest), d)
+            }
+            Err(e) => {
+                let mut d = self.policy.load().default_decision().clone();
+                d.reason = Arc::from(format!("key is not a destination ({e}); the default applies"));
+                (None, d)
+            }
+        }
+    }
+
+    /// Decide and say why, consulting every source (for `explain`).
+    pub async fn explain(&self, key: &str) -> Explanation {
+        let policy = self.policy.load_full();
+        let dest = Destination::parse(key);
+        let mut steps = Vec::new();
+        let mut decision = None;
+        match &dest {
+            Err(e) => steps.push(Step {
+                source: SourceKind::Static,
+                applied: false,
+                detail: format!("key {key:?} is not a destination: {e}"),
+            }),
+            Ok(d) => {
+                let detail;
+                if let Some(hit) = policy.lookup(d) {
+                    let dec = policy.decision(hit.clone());
+                    detail = format!(
+                        "rule {} matches through entry {:?} in {}",
+                        hit.rule + 1,
+                        hit.entry,
+                        policy.path().display()
+                    );
+                    decision = Some(dec);
+                } else {
+                    detail = format!(
+                        "no rule in {} matches (looked for {})",
+                        policy.path().display(),
+                        candidates(d).join(", ")
+                    );
+                }
+                steps.push(Step {
+                    source: SourceKind::Static,
+                    applied: decision.is_some(),
+                    detail,
+                });
+                for source in &self.sources {
+                    let (applied, detail) = if decision.is_some() {
+                        (false, "not consulted: a higher-precedence source decided".to_string())
+                    } else if !source.applies_to(d) {
+                        (false, format!("not consulted for a {} key", d.form.as_str()))
+                    } else {
+                        match source.consult(d).await {
+                            Consulted::Policy(dec) => {
+                                let text = format!("policy: {}", dec.reason);
+                                decision = Some(dec);
+                                (true, text)
+                            }
+                            Consulted::NoPolicy(why) => (false, why),
+                        }
+                    };
+                    steps.push(Step {
+                        source: source.kind(),
+                        applied,
+                        detail,
+                    });
+                }
+            }
+        }
+        let applied = decision.is_none();
+        steps.push(Step {
+            source: SourceKind::Default,
+            applied,
+            detail: if applied {
+                format!(
+                    "default = {:?} from {}",
+                    policy.default_decision().level.as_str(),
+                    policy.path().display()
+                )
+            } else {
+                "not consulted: a higher-precedence source decided".to_string()
+            },
+        });
+        let decision = decision.unwrap_or_else(|| policy.default_decision().clone());
+        Explanation {
+            key: key.to_string(),
+            dest,
+            steps,
+            decision,
+        }
+    }
+}
+
+/// The policy-file entries that could match a destination, most specific
+/// first, for explanations.
+fn candidates(d: &Destination) -> Vec<String> {
+    let mut out = Vec::new();
+    match d.form {
+        KeyForm::Domain => out.push(d.name.clone()),
+        KeyForm::Parent => out.push(format!(".{}", d.name)),
+        _ => {
+            out.push(d.canonical());
+            if d.form == KeyForm::HostPort {
+                out.push(format!("[{}]", d.host_text()));
+            }
+            if !d.is_ip {
+                out.push(d.name.clone());
+            }
+        }
+    }
+    if !d.is_ip {
+        out.extend(parents(&d.name).map(|p| format!(".{p}")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use decision::Level;
+
+    /// A source that answers `dane-only` for one domain and counts calls.
+    struct Fixed {
+        domain: &'static str,
+        calls: AtomicUsize,
+    }
+
+    impl Source for Fixed {
+        fn kind(&self) -> SourceKind {
+            SourceKind::Dane
+        }
+        fn consult<'a>(
+            &'a self,
+            dest: &'a Destination,
+        ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if dest.name == self.domain {
+                    Consulted::Policy(Decision {
+                        level: Level::DaneOnly,
+                        policy: Arc::from("dane-only"),
+                        source: SourceKind::Dane,
+                        rule: None,
+                        matched: None,
+                        reason: Arc::from("TLSA published"),
+                        ttl: Duration::from_secs(60),
+                        raised: false,
+                    })
+                } else {
+                    Consulted::NoPolicy("no TLSA".into())
+                }
+            })
+        }
+    }
+
+    fn engine(text: &str) -> (Engine, Arc<Fixed>) {
+        let p = StaticPolicy::parse(text, Path::new("p.toml")).unwrap();
+        let src = Arc::new(Fixed {
+            domain: "dane.example",
+            calls: AtomicUsize::new(0),
+        });
+        (Engine::with_sources(p, vec![src.clone()]), src)
+    }
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    const RULES: &str = "[[rule]]\ndomains=[\"bank.example\", \"dane.example\"]\ntls=\"forced\"\n";
+
+    #[test]
+    fn precedence_static_then_source_then_default() {
+        let (e, src) = engine(RULES);
+        block_on(async {
+            let d = e.decide(&Destination::parse("dane.example").unwrap()).await;
+            assert_eq!(d.source, SourceKind::Static, "static beats DANE");
+            assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+            e.replace_policy(StaticPolicy::parse("", Path::new("p.toml")).unwrap());
+            let d = e.decide(&Destination::parse("dane.example").unwrap()).await;
+            assert_eq!((d.source, d.level), (SourceKind::Dane, Level::DaneOnly));
+            let d = e.decide(&Destination::parse("other.example").unwrap()).await;
+            assert_eq!((d.source, d.level), (SourceKind::Default, Level::May));
+            assert_eq!(src.calls.load(Ordering::SeqCst), 2);
+        });
+    }
+
+    #[test]
+    fn parent_and_nexthop_keys_never_reach_dynamic_sources() {
+        let (e, src) = engine("");
+        block_on(async {
+            for key in [".dane.example", "[dane.example]", "[dane.example]:25", "dane.example:25"] {
+                let d = e.decide(&Destination::parse(key).unwrap()).await;
+                assert_eq!(d.source, SourceKind::Default, "{key}");
+            }
+        });
+        assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn bad_key_gets_default_with_reason() {
+        let (e, _) = engine("default = \"forced\"\n");
+        let (dest, d) = block_on(e.decide_key("a..b"));
+        assert!(dest.is_none());
+        assert_eq!(d.level, Level::Encrypt);
+        assert!(d.reason.contains("empty label"), "{}", d.reason);
+    }
+
+    #[test]
+    fn explain_lists_every_source() {
+        let (e, _) = engine(RULES);
+        let x = block_on(e.explain("Bank.Example."));
+        assert_eq!(x.steps.len(), 3);
+        assert!(x.steps[0].applied);
+        assert!(x.steps[0].detail.contains("rule 1 matches through entry \"bank.example\""));
+        assert!(!x.steps[1].applied);
+        assert!(x.steps[1].detail.contains("higher-precedence"));
+        assert!(!x.steps[2].applied);
+
+        let x = block_on(e.explain("mail.other.example"));
+        assert!(!x.steps[0].applied);
+        assert!(
+            x.steps[0].detail.contains("mail.other.example, .other.example, .example"),
+            "{}",
+            x.steps[0].detail
+        );
+        assert_eq!(x.steps[1].detail, "no TLSA");
+        assert!(x.steps[2].applied);
+        assert_eq!(x.decision.source, SourceKind::Default);
+
+        let x = block_on(e.explain(".example"));
+        assert!(x.steps[1].detail.contains("not consulted for a parent key"));
+    }
+}

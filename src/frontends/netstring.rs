@@ -1,0 +1,192 @@
+//! Netstring framing (`<length>:<bytes>,`), as Postfix's socketmap client
+//! speaks it. Pure and incremental: [`decode`] looks at whatever bytes have
+//! arrived and says "need more", "here is one request", or "this can never
+//! become a valid request" as early as that is certain.
+
+use std::fmt;
+use std::ops::Range;
+
+/// Largest socketmap query accepted (`NAME KEY`), in bytes. Postfix keys
+/// are domain names or `[host]:port`, far below this.
+pub const MAX_QUERY_LEN: usize = 10_000;
+
+/// Why a byte stream is not a netstring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetstringError {
+    /// `:` with no digits before it.
+    EmptyLength,
+    /// A length written with a leading zero (`007:`), which netstrings forbid.
+    LeadingZero,
+    /// A byte other than a digit or `:` in the length.
+    BadLengthByte(u8),
+    /// The declared length is over the limit (the value seen so far).
+    TooLong { declared: usize, max: usize },
+    /// The byte after the payload is not `,`.
+    MissingComma(u8),
+}
+
+impl fmt::Display for NetstringError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetstringError::EmptyLength => f.write_str("netstring has no length before ':'"),
+            NetstringError::LeadingZero => f.write_str("netstring length has a leading zero"),
+            NetstringError::BadLengthByte(b) => {
+                write!(f, "netstring length contains byte 0x{b:02x}")
+            }
+            NetstringError::TooLong { declared, max } => {
+                write!(f, "netstring length {declared} is over the limit of {max} bytes")
+            }
+            NetstringError::MissingComma(b) => {
+                write!(f, "netstring payload is followed by byte 0x{b:02x}, not ','")
+            }
+        }
+    }
+}
+
+impl std::error::Error for NetstringError {}
+
+/// One complete netstring found at the start of a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Where the payload sits in the buffer.
+    pub payload: Range<usize>,
+    /// How many bytes the whole netstring took.
+    pub consumed: usize,
+}
+
+/// Decode the netstring at the start of `buf`, allowing payloads of at
+/// most `max` bytes. `Ok(None)` means more bytes are needed.
+pub fn decode(buf: &[u8], max: usize) -> Result<Option<Frame>, NetstringError> {
+    let mut len: usize = 0;
+    let mut digits = 0usize;
+    for (i, &b) in buf.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                if digits == 1 && len == 0 {
+                    return Err(NetstringError::LeadingZero);
+                }
+                len = len * 10 + usize::from(b - b'0');
+                digits += 1;
+                if len > max {
+                    return Err(NetstringError::TooLong { declared: len, max });
+                }
+            }
+            b':' => {
+                if digits == 0 {
+                    return Err(NetstringError::EmptyLength);
+                }
+                let start = i + 1;
+                let end = start + len;
+                return match buf.get(end) {
+                    None => Ok(None),
+                    Some(b',') => Ok(Some(Frame {
+                        payload: start..end,
+                        consumed: end + 1,
+                    })),
+                    Some(&other) => Err(NetstringError::MissingComma(other)),
+                };
+            }
+            other => return Err(NetstringError::BadLengthByte(other)),
+        }
+    }
+    Ok(None)
+}
+
+/// Append `payload` as a netstring to `out`.
+pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
+    encode_parts(&[payload], out);
+}
+
+/// Append the concatenation of `parts` as one netstring to `out`, without
+/// building the payload first.
+pub fn encode_parts(parts: &[&[u8]], out: &mut Vec<u8>) {
+    use std::io::Write;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "{len}:");
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.push(b',');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enc(p: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode(p, &mut v);
+        v
+    }
+
+    #[test]
+    fn round_trip() {
+        for p in [&b""[..], b"x", b"tls_policy example.com", &[b'a'; 12345]] {
+            let e = enc(p);
+            let f = decode(&e, usize::MAX).unwrap().unwrap();
+            assert_eq!(&e[f.payload.clone()], p);
+            assert_eq!(f.consumed, e.len());
+        }
+        assert_eq!(enc(b"OK may"), b"6:OK may,");
+        assert_eq!(enc(b""), b"0:,");
+    }
+
+    /// Every prefix of a valid netstring asks for more; the whole decodes.
+    #[test]
+    fn split_down_to_single_bytes() {
+        let whole = b"26:tls_policy [mx.example]:25,";
+        for cut in 0..whole.len() {
+            assert_eq!(decode(&whole[..cut], MAX_QUERY_LEN), Ok(None), "cut at {cut}");
+        }
+        let f = decode(whole, MAX_QUERY_LEN).unwrap().unwrap();
+        assert_eq!(&whole[f.payload], b"tls_policy [mx.example]:25");
+    }
+
+    #[test]
+    fn two_in_one_buffer() {
+        let buf = b"1:a,2:bc,";
+        let f = decode(buf, 10).unwrap().unwrap();
+        assert_eq!(f.consumed, 4);
+        let g = decode(&buf[f.consumed..], 10).unwrap().unwrap();
+        assert_eq!(&buf[f.consumed..][g.payload], b"bc");
+    }
+
+    #[test]
+    fn exact_size_boundary() {
+        let at = enc(&vec![b'x'; MAX_QUERY_LEN]);
+        let f = decode(&at, MAX_QUERY_LEN).unwrap().unwrap();
+        assert_eq!(f.payload.len(), MAX_QUERY_LEN);
+        let over = enc(&vec![b'x'; MAX_QUERY_LEN + 1]);
+        assert_eq!(
+            decode(&over, MAX_QUERY_LEN),
+            Err(NetstringError::TooLong {
+                declared: MAX_QUERY_LEN + 1,
+                max: MAX_QUERY_LEN
+            })
+        );
+        // Refused as soon as the length is known to be too big, before
+        // any payload arrives.
+        assert!(matches!(
+            decode(b"10001", MAX_QUERY_LEN),
+            Err(NetstringError::TooLong { .. })
+        ));
+        assert!(matches!(
+            decode(b"99999999999999999999999", MAX_QUERY_LEN),
+            Err(NetstringError::TooLong { .. })
+        ));
+        assert_eq!(decode(b"10000", MAX_QUERY_LEN), Ok(None));
+    }
+
+    #[test]
+    fn garbage_is_refused_early() {
+        assert_eq!(decode(b":", 10), Err(NetstringError::EmptyLength));
+        assert_eq!(decode(b"01:a,", 10), Err(NetstringError::LeadingZero));
+        assert_eq!(decode(b"GET / HTTP/1.0", 10), Err(NetstringError::BadLengthByte(b'G')));
+        assert_eq!(decode(b"1 :a,", 10), Err(NetstringError::BadLengthByte(b' ')));
+        assert_eq!(decode(b"-1:", 10), Err(NetstringError::BadLengthByte(b'-')));
+        assert_eq!(decode(b"1:ab", 10), Err(NetstringError::MissingComma(b'b')));
+        assert_eq!(decode(b"0:;", 10), Err(NetstringError::MissingComma(b';')));
+        assert_eq!(decode(b"0:,", 10).unwrap().unwrap().payload, 2..2);
+    }
+}

@@ -1,0 +1,323 @@
+//! Socketmap server for `smtp_tls_policy_maps` (Postfix `socketmap_table(5)`).
+//!
+//! Each request is a netstring `NAME KEY`; each reply a netstring
+//! `OK <policy>`, `NOTFOUND ` or `PERM <reason>`. Connections are
+//! persistent and strictly request→reply. A framing error (bad length,
+//! query over [`MAX_QUERY_LEN`], garbage) closes that connection with a log
+//! line; other connections are not affected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::netstring::{self, MAX_QUERY_LEN};
+use crate::config::{DefaultReply, SocketmapConfig};
+use crate::daemon::Context;
+use crate::engine::decision::{Decision, SourceKind};
+use crate::listen::{Conn, Listener};
+use crate::log::record::DecisionRecord;
+
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 4096;
+
+/// The reloadable part of the socketmap settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub map: Arc<str>,
+    pub forced_map: Arc<str>,
+    pub default_reply: DefaultReply,
+    pub idle_timeout: Duration,
+}
+
+impl From<&SocketmapConfig> for Settings {
+    fn from(c: &SocketmapConfig) -> Self {
+        Settings {
+            map: Arc::from(c.map.as_str()),
+            forced_map: Arc::from(c.forced_map.as_str()),
+            default_reply: c.default_reply,
+            idle_timeout: c.idle_timeout,
+        }
+    }
+}
+
+/// Which of the two maps a request named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapKind {
+    /// The normal map: the decision as it is.
+    Policy,
+    /// Never weaker than `encrypt`.
+    Forced,
+}
+
+/// A socketmap reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok(Arc<str>),
+    NotFound,
+    Perm(String),
+}
+
+impl Reply {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reply::Ok(_) => "OK",
+            Reply::NotFound => "NOTFOUND",
+            Reply::Perm(_) => "PERM",
+        }
+    }
+
+    /// The reply text as sent inside the netstring.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let (head, tail): (&[u8], &[u8]) = match self {
+            Reply::Ok(p) => (b"OK ", p.as_bytes()),
+            Reply::NotFound => (b"NOTFOUND ", b""),
+            Reply::Perm(r) => (b"PERM ", r.as_bytes()),
+        };
+        netstring::encode_parts(&[head, tail], out);
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            Reply::Ok(p) => format!("OK {p}"),
+            Reply::NotFound => "NOTFOUND ".to_string(),
+            Reply::Perm(r) => format!("PERM {r}"),
+        }
+    }
+}
+
+impl Settings {
+    pub fn map_kind(&self, name: &str) -> Option<MapKind> {
+        if name == &*self.map {
+            Some(MapKind::Policy)
+        } else if name == &*self.forced_map {
+            Some(MapKind::Forced)
+        } else {
+            None
+        }
+    }
+}
+
+/// The decision a map stands for, and the reply that carries it.
+pub fn answer(decision: Decision, kind: MapKind, default_reply: DefaultReply) -> (Decision, Reply) {
+    match kind {
+        MapKind::Forced => {
+            let d = decision.forced();
+            let r = Reply::Ok(d.policy.clone());
+            (d, r)
+        }
+        MapKind::Policy
+            if decision.source == SourceKind::Default && default_reply == DefaultReply::Notfound =>
+        {
+            (decision, Reply::NotFound)
+        }
+        MapKind::Policy => {
+            let r = Reply::Ok(decision.policy.clone());
+            (decision, r)
+        }
+    }
+}
+
+/// Accept connections until shutdown, then wait for open connections to
+/// finish the request they are on.
+pub async fn serve(listener: Listener, ctx: Arc<Context>, max_connections: usize, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let mut conns = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        // Reap finished connections so the set does not grow.
+        while conns.try_join_next().is_some() {}
+        match accepted {
+            Ok((conn, peer)) => {
+                let ctx = ctx.clone();
+                let shutdown = shutdown.clone();
+                conns.spawn(async move {
+                    let _permit = permit;
+                    match conn {
+                        Conn::Tcp(s) => connection(s, &peer, &ctx, &shutdown).await,
+                        Conn::Unix(s) => connection(s, &peer, &ctx, &shutdown).await,
+                    }
+                });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "socketmap accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+}
+
+/// Serve one connection: requests in order, one reply each.
+async fn connection<S>(mut stream: S, peer: &str, ctx: &Context, shutdown: &CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::with_capacity(256);
+    let mut start = 0usize;
+    loop {
+        // Answer every complete request already received.
+        loop {
+            match netstring::decode(&buf[start..], MAX_QUERY_LEN) {
+                Ok(Some(frame)) => {
+                    let payload = &buf[start + frame.payload.start..start + frame.payload.end];
+                    if let Err(problem) = request(payload, ctx, &mut out).await {
+                        tracing::warn!(peer, problem, "socketmap request refused; closing connection");
+                        return;
+                    }
+                    start += frame.consumed;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(peer, error = %e, "socketmap framing error; closing connection");
+                    return;
+                }
+            }
+        }
+        if !out.is_empty() {
+            if let Err(e) = stream.write_all(&out).await {
+                tracing::debug!(peer, error = %e, "socketmap client went away");
+                return;
+            }
+            out.clear();
+        }
+        if start == buf.len() {
+            buf.clear();
+        } else {
+            buf.drain(..start);
+        }
+        start = 0;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        buf.reserve(READ_CHUNK);
+        let idle = ctx.socketmap_settings().idle_timeout;
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => r,
+        };
+        match read {
+            Ok(Ok(0)) => {
+                if !buf.is_empty() {
+                    tracing::warn!(peer, bytes = buf.len(), "socketmap client closed mid-request");
+                }
+                return;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(peer, error = %e, "socketmap read failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer, "socketmap connection idle; closing");
+                return;
+            }
+        }
+    }
+}
+
+/// Handle one `NAME KEY` request, appending the reply to `out`. An error
+/// means the payload is not a socketmap request at all.
+async fn request(payload: &[u8], ctx: &Context, out: &mut Vec<u8>) -> Result<(), &'static str> {
+    let text = std::str::from_utf8(payload).map_err(|_| "request is not UTF-8")?;
+    let (name, key) = text.split_once(' ').ok_or("request is not \"NAME KEY\"")?;
+    let settings = ctx.socketmap_settings();
+    let Some(kind) = settings.map_kind(name) else {
+        let reason = format!(
+            "unknown map name {name:?}; this server answers {:?} and {:?}",
+            settings.map, settings.forced_map
+        );
+        tracing::warn!(map = name, key, "{reason}");
+        Reply::Perm(reason).write_to(out);
+        return Ok(());
+    };
+    let (dest, decision) = ctx.engine.decide_key(key).await;
+    let (decision, reply) = answer(decision, kind, settings.default_reply);
+    reply.write_to(out);
+    let mut rec = DecisionRecord::new("socketmap", key, &decision);
+    rec.map = Some(match kind {
+        MapKind::Policy => settings.map.clone(),
+        MapKind::Forced => settings.forced_map.clone(),
+    });
+    rec.domain = dest.map(|d| d.canonical());
+    rec.reply = reply.code();
+    if reply == Reply::NotFound {
+        rec.level = None;
+    }
+    ctx.log.log(rec);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::decision::Level;
+
+    fn decision(level: Level, source: SourceKind) -> Decision {
+        Decision {
+            level,
+            policy: Arc::from(level.as_str()),
+            source,
+            rule: None,
+            matched: None,
+            reason: Arc::from("r"),
+            ttl: Duration::from_secs(1),
+            raised: false,
+        }
+    }
+
+    fn wire(r: &Reply) -> String {
+        let mut v = Vec::new();
+        r.write_to(&mut v);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn replies_on_the_wire() {
+        assert_eq!(wire(&Reply::Ok(Arc::from("encrypt"))), "10:OK encrypt,");
+        assert_eq!(wire(&Reply::NotFound), "9:NOTFOUND ,");
+        assert_eq!(wire(&Reply::Perm("x".into())), "6:PERM x,");
+    }
+
+    #[test]
+    fn default_reply_setting() {
+        let d = decision(Level::May, SourceKind::Default);
+        let (_, r) = answer(d.clone(), MapKind::Policy, DefaultReply::Policy);
+        assert_eq!(r, Reply::Ok(Arc::from("may")));
+        let (_, r) = answer(d.clone(), MapKind::Policy, DefaultReply::Notfound);
+        assert_eq!(r, Reply::NotFound);
+        // A static rule is always answered, whatever default_reply says.
+        let s = decision(Level::May, SourceKind::Static);
+        let (_, r) = answer(s, MapKind::Policy, DefaultReply::Notfound);
+        assert_eq!(r, Reply::Ok(Arc::from("may")));
+    }
+
+    #[test]
+    fn forced_map_never_weaker_than_encrypt() {
+        for level in Level::ALL {
+            for reply in [DefaultReply::Policy, DefaultReply::Notfound] {
+                let (d, r) = answer(decision(level, SourceKind::Default), MapKind::Forced, reply);
+                assert_eq!(d.tls(), crate::engine::decision::Tls::Forced);
+                let Reply::Ok(p) = r else { panic!("{level}: {r:?}") };
+                assert_eq!(&*p, level.forced().as_str());
+                assert_eq!(d.raised, level.forced() != level);
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! tls-policyd: per-recipient-domain TLS policy for Postfix.
+//!
+//! One policy engine ([`engine`]) fed by policy sources ([`sources`]),
+//! reached through front doors ([`frontends`]), every decision written to
+//! the decision log ([`log`]). [`daemon::serve`] runs it all.
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod frontends;
+pub mod listen;
+pub mod log;
+pub mod sources;
+
+pub use daemon::{Context, Listeners, serve};
+pub use engine::Engine;

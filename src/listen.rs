@@ -1,0 +1,257 @@
+//! Postfix-style listener addresses (`inet:127.0.0.1:10027`,
+//! `inet:[::1]:10027`, `unix:/run/tls-policyd/socketmap.sock`) and the
+//! sockets behind them.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+/// Where a front door listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Inet(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = s.strip_prefix("inet:") {
+            let addr = rest.parse::<SocketAddr>().map_err(|_| {
+                format!(
+                    "{s:?}: expected inet:ADDRESS:PORT with an IP address, e.g. inet:127.0.0.1:10027 or inet:[::1]:10027"
+                )
+            })?;
+            Ok(ListenAddr::Inet(addr))
+        } else if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(format!("{s:?}: unix: needs a socket path"));
+            }
+            Ok(ListenAddr::Unix(PathBuf::from(path)))
+        } else {
+            Err(format!(
+                "{s:?}: expected inet:ADDRESS:PORT or unix:/PATH (Postfix style)"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Inet(a) => write!(f, "inet:{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Mode and ownership for a unix socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SocketOptions {
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+/// A bound listener.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+/// An accepted connection.
+pub enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    /// Bind. Must be called inside a tokio runtime.
+    pub fn bind(addr: &ListenAddr, opts: &SocketOptions) -> io::Result<Listener> {
+        match addr {
+            ListenAddr::Inet(a) => {
+                let std = std::net::TcpListener::bind(a)?;
+                std.set_nonblocking(true)?;
+                Ok(Listener::Tcp(TcpListener::from_std(std)?))
+            }
+            ListenAddr::Unix(path) => {
+                remove_stale_socket(path)?;
+                let l = UnixListener::bind(path)?;
+                set_socket_access(path, opts)?;
+                Ok(Listener::Unix(l, path.clone()))
+            }
+        }
+    }
+
+    /// The address actually bound (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> io::Result<ListenAddr> {
+        Ok(match self {
+            Listener::Tcp(l) => ListenAddr::Inet(l.local_addr()?),
+            Listener::Unix(_, p) => ListenAddr::Unix(p.clone()),
+        })
+    }
+
+    /// Accept one connection; the peer is described for log lines.
+    pub async fn accept(&self) -> io::Result<(Conn, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                // Request→reply traffic of a few dozen bytes: never wait
+                // for Nagle.
+                s.set_nodelay(true)?;
+                Ok((Conn::Tcp(s), peer.to_string()))
+            }
+            Listener::Unix(l, p) => {
+                let (s, _) = l.accept().await?;
+                Ok((Conn::Unix(s), format!("unix:{}", p.display())))
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Listener::Unix(_, p) = self {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A socket file left by a previous run is removed; one that a live
+/// process still answers on, or a path that is not a socket, is an error.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} is in use by a running process", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+fn set_socket_access(path: &Path, opts: &SocketOptions) -> io::Result<()> {
+    if let Some(mode) = opts.mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    let uid = match &opts.owner {
+        Some(name) => Some(
+            nix::unistd::User::from_name(name)
+                .map_err(io::Error::from)?
+                .ok_or_else(|| not_found("user", name))?
+                .uid
+                .as_raw(),
+        ),
+        None => None,
+    };
+    let gid = match &opts.group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .map_err(io::Error::from)?
+                .ok_or_else(|| not_found("group", name))?
+                .gid
+                .as_raw(),
+        ),
+        None => None,
+    };
+    if uid.is_some() || gid.is_some() {
+        std::os::unix::fs::chown(path, uid, gid)?;
+    }
+    Ok(())
+}
+
+fn not_found(what: &str, name: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("no {what} named {name:?}"))
+}
+
+/// Parse an octal mode as written in configs (`"0660"`, `"660"`).
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.is_empty() => Ok(m),
+        _ => Err(format!("{s:?} is not an octal file mode like \"0660\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_postfix_style_addresses() {
+        assert_eq!(
+            "inet:127.0.0.1:10027".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Inet("127.0.0.1:10027".parse().unwrap())
+        );
+        let v6 = "inet:[::1]:0".parse::<ListenAddr>().unwrap();
+        assert_eq!(v6.to_string(), "inet:[::1]:0");
+        assert_eq!(
+            "unix:/run/x.sock".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Unix("/run/x.sock".into())
+        );
+        for bad in ["127.0.0.1:10027", "inet:localhost:10027", "inet:127.0.0.1", "unix:", "tcp:1.2.3.4:5"] {
+            let e = bad.parse::<ListenAddr>().unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0660"), Ok(0o660));
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert!(parse_mode("0999").is_err());
+        assert!(parse_mode("").is_err());
+        assert!(parse_mode("rw-rw----").is_err());
+    }
+
+    #[tokio::test]
+    async fn unix_socket_mode_and_stale_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let opts = SocketOptions {
+            mode: Some(0o600),
+            ..Default::default()
+        };
+        let addr = ListenAddr::Unix(path.clone());
+        let l = Listener::bind(&addr, &opts).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        // A second daemon must not steal a live socket.
+        let e = Listener::bind(&addr, &opts).err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        // A stale socket (nobody listening) is replaced.
+        std::mem::forget(l);
+        let stale = std::os::unix::net::UnixListener::bind(dir.path().join("t.sock")).unwrap();
+        drop(stale);
+        let l2 = Listener::bind(&ListenAddr::Unix(dir.path().join("t.sock")), &opts);
+        assert!(l2.is_ok());
+        // A regular file is never removed.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"keep").unwrap();
+        assert!(Listener::bind(&ListenAddr::Unix(file.clone()), &opts).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+}

@@ -1,0 +1,4 @@
+//! Policy sources, in precedence order: the static policy file first, then
+//! published policies, then the default.
+
+pub mod static_file;

@@ -1,0 +1,575 @@
+//! The operator's policy file: static per-domain rules, always consulted
+//! first, and the default for everything no rule covers.
+//!
+//! ```toml
+//! default = "opportunistic"
+//!
+//! [[rule]]
+//! domains = ["bank.example", ".bank.example"]
+//! tls = "forced"
+//! reason = "PCI partner"
+//! ```
+//!
+//! Entries are exact domains (`bank.example`), every subdomain of a domain
+//! (`.bank.example`, Postfix style: not the domain itself), or next-hop keys
+//! as Postfix sends them for transport-routed mail (`[relay.example]`,
+//! `[relay.example]:587`, `relay.example:2525`). The most specific entry
+//! wins: exact, then the nearest `.parent`, and for next-hop keys the exact
+//! next-hop entry before the host name's domain rules.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::decision::{Decision, Level, PolicyWord, SourceKind, policy_text};
+use crate::engine::key::{Destination, KeyForm, parents};
+
+/// Static decisions only change on reload; callers may keep them this long.
+pub const STATIC_DECISION_TTL: Duration = Duration::from_secs(3600);
+/// Largest policy file accepted, so a wrong path (a log, a core file) fails
+/// clearly instead of exhausting memory.
+pub const MAX_POLICY_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Postfix cipher grades accepted in `ciphers = …`.
+const CIPHER_GRADES: [&str; 5] = ["export", "low", "medium", "high", "null"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default = "default_word")]
+    default: String,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+fn default_word() -> String {
+    "opportunistic".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    domains: Vec<String>,
+    tls: String,
+    #[serde(default, rename = "match")]
+    matches: Vec<String>,
+    reason: Option<String>,
+    protocols: Option<String>,
+    ciphers: Option<String>,
+}
+
+/// One rule, as the engine needs it.
+#[derive(Debug)]
+pub struct Rule {
+    /// 1-based position in the file.
+    pub index: u32,
+    pub level: Level,
+    pub policy: Arc<str>,
+    pub reason: Arc<str>,
+}
+
+/// Which entry of a rule matched a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// 0-based rule position.
+    pub rule: u32,
+    /// The entry as normalised (`.bank.example`, `[relay.example]:587`).
+    pub entry: String,
+}
+
+/// A loaded policy file.
+#[derive(Debug)]
+pub struct StaticPolicy {
+    path: PathBuf,
+    rules: Vec<Rule>,
+    exact: HashMap<Box<str>, u32>,
+    sub: HashMap<Box<str>, u32>,
+    nexthop: HashMap<Box<str>, u32>,
+    default: Decision,
+}
+
+/// A policy-file problem, naming the file, the rule and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: PathBuf,
+    /// 1-based rule number, when the problem is inside one rule.
+    pub rule: Option<u32>,
+    pub problem: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        if let Some(r) = self.rule {
+            write!(f, "rule {r} ([[rule]] number {r} in the file): ")?;
+        }
+        f.write_str(&self.problem)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl StaticPolicy {
+    /// Read and check a policy file.
+    pub fn load(path: &Path) -> Result<StaticPolicy, PolicyError> {
+        let err = |problem: String| PolicyError {
+            file: path.to_path_buf(),
+            rule: None,
+            problem,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        if meta.len() > MAX_POLICY_FILE_BYTES {
+            return Err(err(format!(
+                "file is {} bytes, more than the {MAX_POLICY_FILE_BYTES} accepted",
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parse policy text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<StaticPolicy, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError {
+            file: path.to_path_buf(),
+            rule: rule_of_toml_error(text, &e),
+            problem: e.to_string().trim_end().to_string(),
+        })?;
+        Builder::new(path).build(raw)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn default_decision(&self) -> &Decision {
+        &self.default
+    }
+
+    /// Find the most specific rule entry for a destination.
+    pub fn lookup(&self, dest: &Destination) -> Option<Hit> {
+        let hit = |map: &HashMap<Box<str>, u32>, name: &str, entry: String| {
+            map.get(name).map(|&rule| Hit { rule, entry })
+        };
+        match dest.form {
+            KeyForm::Domain => self.lookup_domain(&dest.name),
+            // `.x` asks for "a strict subdomain of x": `.x` itself or any
+            // `.parent` of x covers it; an exact `x` does not.
+            KeyForm::Parent => hit(&self.sub, &dest.name, format!(".{}", dest.name))
+                .or_else(|| self.lookup_sub(&dest.name)),
+            KeyForm::Host | KeyForm::HostPort | KeyForm::NamePort => {
+                let canonical = dest.canonical();
+                if let Some(h) = hit(&self.nexthop, &canonical, canonical.clone()) {
+                    return Some(h);
+                }
+                if dest.form == KeyForm::HostPort {
+                    let bare = format!("[{}]", dest.host_text());
+                    if let Some(h) = hit(&self.nexthop, &bare, bare.clone()) {
+                        return Some(h);
+                    }
+                }
+                if dest.is_ip {
+                    None
+                } else {
+                    self.lookup_domain(&dest.name)
+                }
+            }
+        }
+    }
+
+    fn lookup_domain(&self, name: &str) -> Option<Hit> {
+        if let Some(&rule) = self.exact.get(name) {
+            return Some(Hit {
+                rule,
+                entry: name.to_string(),
+            });
+        }
+        self.lookup_sub(name)
+    }
+
+    fn lookup_sub(&self, name: &str) -> Option<Hit> {
+        parents(name).find_map(|p| {
+            self.sub.get(p).map(|&rule| Hit {
+                rule,
+                entry: format!(".{p}"),
+            })
+        })
+    }
+
+    /// The decision a hit stands for.
+    pub fn decision(&self, hit: Hit) -> Decision {
+        let rule = &self.rules[hit.rule as usize];
+        Decision {
+            level: rule.level,
+            policy: rule.policy.clone(),
+            source: SourceKind::Static,
+            rule: Some(rule.index),
+            matched: Some(Arc::from(hit.entry)),
+            reason: rule.reason.clone(),
+            ttl: STATIC_DECISION_TTL,
+            raised: false,
+        }
+    }
+}
+
+/// Guess which `[[rule]]` a TOML error sits in from its byte offset, so
+/// the message can name the rule as well as the line.
+fn rule_of_toml_error(text: &str, e: &toml::de::Error) -> Option<u32> {
+    let at = e.span()?.start;
+    let before = text.get(..at)?;
+    let n = before
+        .lines()
+        .filter(|l| l.trim_start().starts_with("[[rule]]"))
+        .count();
+    u32::try_from(n).ok().filter(|&n| n > 0)
+}
+
+struct Builder<'a> {
+    path: &'a Path,
+    /// Shared strings: most rules repeat the same policy text.
+    interned: HashMap<String, Arc<str>>,
+    /// Where each normalised entry was first seen: (rule, entry as written).
+    seen: HashMap<String, (u32, String)>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(path: &'a Path) -> Self {
+        Builder {
+            path,
+            interned: HashMap::new(),
+            seen: HashMap::new(),
+        }
+    }
+
+    fn intern(&mut self, s: String) -> Arc<str> {
+        if let Some(a) = self.interned.get(&s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s.as_str());
+        self.interned.insert(s, a.clone());
+        a
+    }
+
+    fn error(&self, rule: Option<u32>, problem: String) -> PolicyError {
+        PolicyError {
+            file: self.path.to_path_buf(),
+            rule,
+            problem,
+        }
+    }
+
+    fn build(mut self, raw: RawPolicy) -> Result<StaticPolicy, PolicyError> {
+        let default_level = raw
+            .default
+            .parse::<PolicyWord>()
+            .map_err(|e| self.error(None, format!("key `default`: {e}")))?
+            .0;
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        let mut exact = HashMap::new();
+        let mut sub = HashMap::new();
+        let mut nexthop = HashMap::new();
+        for (i, r) in raw.rule.into_iter().enumerate() {
+            let number = u32::try_from(i + 1)
+                .map_err(|_| self.error(None, "too many rules".to_string()))?;
+            let pos = number - 1;
+            let level = r
+                .tls
+                .parse::<PolicyWord>()
+                .map_err(|e| self.error(Some(number), format!("key `tls`: {e}")))?
+                .0;
+            self.check_attributes(number, level, &r)?;
+            if r.domains.is_empty() {
+                return Err(self.error(Some(number), "key `domains` is empty".into()));
+            }
+            for written in &r.domains {
+                let dest = Destination::parse(written).map_err(|e| {
+                    self.error(Some(number), format!("domain {written:?}: {e}"))
+                })?;
+                let canonical = dest.canonical();
+                if let Some((first, first_written)) = self.seen.get(&canonical) {
+                    let same = if first_written == written {
+                        String::new()
+                    } else {
+                        format!(" (as {first_written:?})")
+                    };
+                    let where_ = if *first == number {
+                        "earlier in this rule".to_string()
+                    } else {
+                        format!("in rule {first}")
+                    };
+                    return Err(self.error(
+                        Some(number),
+                        format!("domain {written:?} is already listed {where_}{same}"),
+                    ));
+                }
+                self.seen.insert(canonical.clone(), (number, written.clone()));
+                let name: Box<str> = dest.name.clone().into_boxed_str();
+                match dest.form {
+                    KeyForm::Domain => exact.insert(name, pos),
+                    KeyForm::Parent => sub.insert(name, pos),
+                    _ => nexthop.insert(canonical.into_boxed_str(), pos),
+                };
+            }
+            let policy = self.intern(policy_text(
+                level,
+                &r.matches,
+                r.protocols.as_deref(),
+                r.ciphers.as_deref(),
+            ));
+            let reason = self.intern(
+                r.reason
+                    .unwrap_or_else(|| format!("policy file rule {number}")),
+            );
+            rules.push(Rule {
+                index: number,
+                level,
+                policy,
+                reason,
+            });
+        }
+        exact.shrink_to_fit();
+        sub.shrink_to_fit();
+        nexthop.shrink_to_fit();
+        let default = Decision {
+            level: default_level,
+            policy: Arc::from(default_level.as_str()),
+            source: SourceKind::Default,
+            rule: None,
+            matched: None,
+            reason: Arc::from("no rule matches; the policy file's default"),
+            ttl: STATIC_DECISION_TTL,
+            raised: false,
+        };
+        Ok(StaticPolicy {
+            path: self.path.to_path_buf(),
+            rules,
+            exact,
+            sub,
+            nexthop,
+            default,
+        })
+    }
+
+    fn check_attributes(&self, number: u32, level: Level, r: &RawRule) -> Result<(), PolicyError> {
+        if !r.matches.is_empty() && !level.takes_match() {
+            return Err(self.error(
+                Some(number),
+                format!(
+                    "key `match` does not apply to tls = {:?} (Postfix level {}); only verify and secure take certificate names",
+                    r.tls, level
+                ),
+            ));
+        }
+        for m in &r.matches {
+            if m.is_empty() || m.chars().any(|c| !c.is_ascii_graphic() || c == ':' || c == ',') {
+                return Err(self.error(
+                    Some(number),
+                    format!(
+                        "key `match`: {m:?} is not a certificate name pattern (no spaces, ':' or ','; one name per list item)"
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = &r.protocols {
+            let ok = !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".:!<>=_-".contains(c));
+            if !ok {
+                return Err(self.error(
+                    Some(number),
+                    format!("key `protocols`: {p:?} is not a Postfix protocol list (e.g. \">=TLSv1.2\")"),
+                ));
+            }
+        }
+        if let Some(c) = &r.ciphers
+            && !CIPHER_GRADES.contains(&c.as_str())
+        {
+            return Err(self.error(
+                Some(number),
+                format!(
+                    "key `ciphers`: {c:?} is not a Postfix cipher grade ({})",
+                    CIPHER_GRADES.join(", ")
+                ),
+            ));
+        }
+        if level == Level::None && (r.protocols.is_some() || r.ciphers.is_some()) {
+            return Err(self.error(
+                Some(number),
+                "keys `protocols` and `ciphers` do not apply to tls = \"none\"".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> StaticPolicy {
+        StaticPolicy::parse(text, Path::new("policy.toml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn error(text: &str) -> PolicyError {
+        match StaticPolicy::parse(text, Path::new("policy.toml")) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(e) => e,
+        }
+    }
+
+    fn decide(p: &StaticPolicy, key: &str) -> Option<(u32, String, String)> {
+        let d = Destination::parse(key).unwrap();
+        p.lookup(&d).map(|h| {
+            let dec = p.decision(h.clone());
+            (dec.rule.unwrap(), h.entry, dec.policy.to_string())
+        })
+    }
+
+    const SAMPLE: &str = r#"
+default = "opportunistic"
+
+[[rule]]
+domains = ["bank.example", ".bank.example"]
+tls = "forced"
+reason = "PCI partner"
+
+[[rule]]
+domains = ["secure.bank.example"]
+tls = "secure"
+match = ["mx1.bank.example", ".bank.example"]
+
+[[rule]]
+domains = [".example"]
+tls = "may"
+
+[[rule]]
+domains = ["Bücher.Example", "[relay.example]:587", "[192.0.2.7]"]
+tls = "verify"
+protocols = ">=TLSv1.2"
+"#;
+
+    #[test]
+    fn most_specific_rule_wins() {
+        let p = policy(SAMPLE);
+        assert_eq!(decide(&p, "bank.example").unwrap().0, 1);
+        assert_eq!(decide(&p, "a.b.bank.example").unwrap().1, ".bank.example");
+        let s = decide(&p, "secure.bank.example").unwrap();
+        assert_eq!(s.0, 2);
+        assert_eq!(s.2, "secure match=mx1.bank.example:.bank.example");
+        assert_eq!(decide(&p, "other.example").unwrap().0, 3);
+        // `.example` covers subdomains only, never `example` itself.
+        assert_eq!(decide(&p, "example"), None);
+        assert_eq!(decide(&p, "example.org"), None);
+    }
+
+    #[test]
+    fn case_trailing_dot_and_idn() {
+        let p = policy(SAMPLE);
+        assert_eq!(decide(&p, "BANK.Example.").unwrap().0, 1);
+        assert_eq!(decide(&p, "xn--bcher-kva.example").unwrap().0, 4);
+        assert_eq!(decide(&p, "BÜCHER.example").unwrap().0, 4);
+    }
+
+    #[test]
+    fn parent_walk_keys() {
+        let p = policy(SAMPLE);
+        // `.bank.example` = "a subdomain of bank.example": rule 1's entry.
+        assert_eq!(decide(&p, ".bank.example").unwrap().0, 1);
+        // `.x.bank.example` is covered by the `.bank.example` entry too.
+        assert_eq!(decide(&p, ".x.bank.example").unwrap().1, ".bank.example");
+        // An exact rule does not answer for its subdomains.
+        assert_eq!(decide(&p, ".secure.bank.example").unwrap().0, 1);
+        assert_eq!(decide(&p, ".org"), None);
+    }
+
+    #[test]
+    fn nexthop_keys() {
+        let p = policy(SAMPLE);
+        assert_eq!(decide(&p, "[relay.example]:587").unwrap().1, "[relay.example]:587");
+        // Other port: falls back to the host name's domain rules (.example).
+        assert_eq!(decide(&p, "[relay.example]:25").unwrap().0, 3);
+        assert_eq!(decide(&p, "[192.0.2.7]:25").unwrap().1, "[192.0.2.7]");
+        assert_eq!(decide(&p, "[192.0.2.8]"), None);
+        assert_eq!(decide(&p, "[mx.bank.example]").unwrap().0, 1);
+        assert_eq!(decide(&p, "mx.bank.example:2525").unwrap().0, 1);
+    }
+
+    #[test]
+    fn default_and_reason() {
+        let p = policy("default = \"forced\"\n");
+        assert_eq!(p.default_decision().policy.as_ref(), "encrypt");
+        let p = policy(SAMPLE);
+        assert_eq!(p.default_decision().policy.as_ref(), "may");
+        let d = p.decision(p.lookup(&Destination::parse("bank.example").unwrap()).unwrap());
+        assert_eq!(d.reason.as_ref(), "PCI partner");
+        let d = p.decision(p.lookup(&Destination::parse("x.example").unwrap()).unwrap());
+        assert_eq!(d.reason.as_ref(), "policy file rule 3");
+    }
+
+    #[test]
+    fn errors_name_file_rule_and_problem() {
+        let e = error("[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\n[[rule]]\ndomains=[\"b.example\",\"A.example.\"]\ntls=\"may\"\n");
+        assert_eq!(e.rule, Some(2));
+        let text = e.to_string();
+        assert!(text.starts_with("policy.toml: rule 2"), "{text}");
+        assert!(text.contains("\"A.example.\" is already listed in rule 1 (as \"a.example\")"), "{text}");
+
+        let e = error("[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nmatch=[\"mx.a.example\"]\n");
+        assert_eq!(e.rule, Some(1));
+        assert!(e.problem.contains("`match` does not apply"), "{}", e.problem);
+
+        let e = error("[[rule]]\ndomains=[\"a.example\"]\ntls=\"fast\"\n");
+        assert!(e.problem.contains("unknown TLS level \"fast\""), "{}", e.problem);
+
+        let e = error("[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\n\n[[rule]]\ndomains=[\"b.example\"]\ntls=\"forced\"\nresaon=\"typo\"\n");
+        assert_eq!(e.rule, Some(2), "{e}");
+        assert!(e.problem.contains("unknown field `resaon`"), "{}", e.problem);
+
+        let e = error("defualt = \"forced\"\n");
+        assert_eq!(e.rule, None);
+        assert!(e.problem.contains("unknown field `defualt`"), "{}", e.problem);
+
+        let e = error("default = \"sometimes\"\n");
+        assert!(e.problem.contains("key `default`"), "{}", e.problem);
+
+        let e = error("[[rule]]\ndomains=[\"a..example\"]\ntls=\"forced\"\n");
+        assert!(e.problem.contains("empty label"), "{}", e.problem);
+
+        let e = error("[[rule]]\ndomains=[]\ntls=\"forced\"\n");
+        assert!(e.problem.contains("`domains` is empty"), "{}", e.problem);
+
+        let e = error("[[rule]]\ndomains=[\"a.example\", \"a.example\"]\ntls=\"forced\"\n");
+        assert!(e.problem.contains("earlier in this rule"), "{}", e.problem);
+
+        let e = error("[[rule]]\ndomains=[\"a.example\"]\ntls=\"secure\"\nmatch=[\"a b\"]\n");
+        assert!(e.problem.contains("not a certificate name pattern"), "{}", e.problem);
+
+        let e = error("[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nciphers=\"strong\"\n");
+        assert!(e.problem.contains("cipher grade"), "{}", e.problem);
+    }
+
+    #[test]
+    fn subdomain_and_exact_of_same_name_are_distinct() {
+        let p = policy(
+            "[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\n[[rule]]\ndomains=[\".a.example\"]\ntls=\"may\"\n",
+        );
+        assert_eq!(decide(&p, "a.example").unwrap().0, 1);
+        assert_eq!(decide(&p, "x.a.example").unwrap().0, 2);
+    }
+
+    #[test]
+    fn policy_strings_are_shared() {
+        let p = policy(
+            "[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\n[[rule]]\ndomains=[\"b.example\"]\ntls=\"encrypt\"\n",
+        );
+        assert!(Arc::ptr_eq(&p.rules()[0].policy, &p.rules()[1].policy));
+    }
+}
