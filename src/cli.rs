@@ -109,7 +109,11 @@ fn explain_text(x: &Explanation, replies: &[(Arc<str>, String)]) -> String {
         );
     }
     let d = &x.decision;
-    out += &format!("decision     {} TLS, Postfix level \"{}\"\n", d.tls(), d.policy);
+    out += &format!(
+        "decision     {} TLS, Postfix level \"{}\"\n",
+        d.tls(),
+        d.policy
+    );
     out += &format!("source       {}", d.source);
     if let Some(r) = d.rule {
         out += &format!(", rule {r}");

@@ -117,8 +117,11 @@ mod human_duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration like \"30s\" or \"5m\": {e}")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
+            ))
+        })
     }
 }
 
@@ -189,8 +192,15 @@ impl Config {
                 "no front door is configured; add a [socketmap] section with `listen`",
             ));
         };
-        for (key, name) in [("socketmap.map", &s.map), ("socketmap.forced_map", &s.forced_map)] {
-            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == ':' || c.is_control()) {
+        for (key, name) in [
+            ("socketmap.map", &s.map),
+            ("socketmap.forced_map", &s.forced_map),
+        ] {
+            if name.is_empty()
+                || name
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == ':' || c.is_control())
+            {
                 return Err(ConfigError::one(
                     path,
                     key,
@@ -206,7 +216,11 @@ impl Config {
             ));
         }
         if s.max_connections == 0 {
-            return Err(ConfigError::one(path, "socketmap.max_connections", "must be at least 1"));
+            return Err(ConfigError::one(
+                path,
+                "socketmap.max_connections",
+                "must be at least 1",
+            ));
         }
         if let Some(m) = &s.socket_mode {
             parse_mode(m).map_err(|e| ConfigError::one(path, "socketmap.socket_mode", e))?;
@@ -215,7 +229,10 @@ impl Config {
             return Err(ConfigError::one(
                 path,
                 "log.level",
-                format!("{:?} is not a log level (error, warn, info, debug, trace)", self.log.level),
+                format!(
+                    "{:?} is not a log level (error, warn, info, debug, trace)",
+                    self.log.level
+                ),
             ));
         }
         Ok(())
@@ -268,7 +285,8 @@ mod tests {
         p
     }
 
-    const MINIMAL: &str = "[socketmap]\nlisten = \"inet:127.0.0.1:10027\"\n[policy]\nfile = \"policy.toml\"\n";
+    const MINIMAL: &str =
+        "[socketmap]\nlisten = \"inet:127.0.0.1:10027\"\n[policy]\nfile = \"policy.toml\"\n";
 
     fn no_env() -> Env {
         Env::prefixed("TLS_POLICYD_TEST_UNUSED_PREFIX_")
@@ -324,7 +342,10 @@ mod tests {
                 "[socketmap]\nlisten = \"inet:127.0.0.1:10027\"\nlisen = 1\n[policy]\nfile = \"p\"\n",
                 "unknown field: found `lisen`",
             ),
-            ("[socketmap]\nlisten = \"127.0.0.1:10027\"\n[policy]\nfile = \"p\"\n", "key `socketmap.listen`"),
+            (
+                "[socketmap]\nlisten = \"127.0.0.1:10027\"\n[policy]\nfile = \"p\"\n",
+                "key `socketmap.listen`",
+            ),
             (
                 "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\ndefault_reply = \"maybe\"\n[policy]\nfile = \"p\"\n",
                 "key `socketmap.default_reply`",
@@ -334,7 +355,10 @@ mod tests {
                 "not a duration",
             ),
             ("[policy]\nfile = \"p\"\n", "no front door"),
-            ("[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n", "missing field `policy`"),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n",
+                "missing field `policy`",
+            ),
             (
                 "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\nforced_map = \"tls_policy\"\n[policy]\nfile = \"p\"\n",
                 "key `socketmap.forced_map`: must differ",
@@ -343,20 +367,33 @@ mod tests {
                 "[socketmap]\nlisten = \"unix:/x\"\nsocket_mode = \"rw\"\n[policy]\nfile = \"p\"\n",
                 "key `socketmap.socket_mode`",
             ),
-            ("[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n[policy]\nfile = \"p\"\n[log]\nlevel = \"info,x=loudest\"\n", "key `log.level`"),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n[policy]\nfile = \"p\"\n[log]\nlevel = \"info,x=loudest\"\n",
+                "key `log.level`",
+            ),
             ("[socketmap\n", "config.toml"),
         ];
         for (text, want) in cases {
             let p = write(dir.path(), text);
             let e = Config::load_with_env(&p, no_env()).unwrap_err().to_string();
-            assert!(e.contains(want), "config {text:?}\nerror: {e}\nwanted: {want}");
-            assert!(e.contains("config.toml"), "error does not name the file: {e}");
+            assert!(
+                e.contains(want),
+                "config {text:?}\nerror: {e}\nwanted: {want}"
+            );
+            assert!(
+                e.contains("config.toml"),
+                "error does not name the file: {e}"
+            );
         }
     }
 
     #[test]
     fn missing_file_is_an_error() {
-        let e = Config::load_with_env(Path::new("/nonexistent/tls-policyd.toml"), no_env()).unwrap_err();
-        assert!(e.to_string().contains("/nonexistent/tls-policyd.toml: cannot read"));
+        let e = Config::load_with_env(Path::new("/nonexistent/tls-policyd.toml"), no_env())
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("/nonexistent/tls-policyd.toml: cannot read")
+        );
     }
 }

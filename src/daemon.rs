@@ -136,7 +136,10 @@ impl Context {
         self.log.reopen(Target::from_setting(&new.log.decisions));
         self.config.store(Arc::new(new));
         self.last_reload.store(Arc::new(SystemTime::now()));
-        Ok(ReloadReport { rules, needs_restart })
+        Ok(ReloadReport {
+            rules,
+            needs_restart,
+        })
     }
 }
 

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod frontends;
 pub mod listen;
 pub mod log;
+pub mod memory;
 pub mod sources;
 
 pub use daemon::{Context, Listeners, serve};

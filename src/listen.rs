@@ -212,7 +212,13 @@ mod tests {
             "unix:/run/x.sock".parse::<ListenAddr>().unwrap(),
             ListenAddr::Unix("/run/x.sock".into())
         );
-        for bad in ["127.0.0.1:10027", "inet:localhost:10027", "inet:127.0.0.1", "unix:", "tcp:1.2.3.4:5"] {
+        for bad in [
+            "127.0.0.1:10027",
+            "inet:localhost:10027",
+            "inet:127.0.0.1",
+            "unix:",
+            "tcp:1.2.3.4:5",
+        ] {
             let e = bad.parse::<ListenAddr>().unwrap_err();
             assert!(e.contains(bad), "{e}");
         }

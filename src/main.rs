@@ -15,7 +15,11 @@ use tls_policyd::config::Config;
 use tls_policyd::{Context, Listeners};
 
 #[derive(Parser)]
-#[command(name = "tls-policyd", version, about = "Per-recipient-domain TLS policy (opportunistic or forced) for Postfix")]
+#[command(
+    name = "tls-policyd",
+    version,
+    about = "Per-recipient-domain TLS policy (opportunistic or forced) for Postfix"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -137,7 +141,10 @@ fn serve(config_path: PathBuf) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };

@@ -239,7 +239,10 @@ mod tests {
     fn product_words_map_to_postfix_levels() {
         assert_eq!("opportunistic".parse::<PolicyWord>().unwrap().0, Level::May);
         assert_eq!("forced".parse::<PolicyWord>().unwrap().0, Level::Encrypt);
-        assert_eq!("Dane-Only".parse::<PolicyWord>().unwrap().0, Level::DaneOnly);
+        assert_eq!(
+            "Dane-Only".parse::<PolicyWord>().unwrap().0,
+            Level::DaneOnly
+        );
         assert!("fast".parse::<PolicyWord>().is_err());
     }
 

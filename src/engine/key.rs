@@ -324,7 +324,10 @@ mod tests {
     #[test]
     fn bracket_forms() {
         let h = d("[MX1.Bank.Example]");
-        assert_eq!((h.form, h.name.as_str(), h.port), (KeyForm::Host, "mx1.bank.example", None));
+        assert_eq!(
+            (h.form, h.name.as_str(), h.port),
+            (KeyForm::Host, "mx1.bank.example", None)
+        );
         let hp = d("[mx1.bank.example]:587");
         assert_eq!(hp.form, KeyForm::HostPort);
         assert_eq!(hp.port, Some(587));
@@ -359,9 +362,18 @@ mod tests {
         assert_eq!(Destination::parse(""), Err(KeyError::Empty));
         assert_eq!(Destination::parse("[x"), Err(KeyError::UnclosedBracket));
         assert_eq!(Destination::parse("[x]y"), Err(KeyError::TrailingGarbage));
-        assert!(matches!(Destination::parse("[x]:0"), Err(KeyError::BadPort(_))));
-        assert!(matches!(Destination::parse("[x]:65536"), Err(KeyError::BadPort(_))));
-        assert!(matches!(Destination::parse("x:+25"), Err(KeyError::BadPort(_))));
+        assert!(matches!(
+            Destination::parse("[x]:0"),
+            Err(KeyError::BadPort(_))
+        ));
+        assert!(matches!(
+            Destination::parse("[x]:65536"),
+            Err(KeyError::BadPort(_))
+        ));
+        assert!(matches!(
+            Destination::parse("x:+25"),
+            Err(KeyError::BadPort(_))
+        ));
         assert_eq!(
             Destination::parse("a..b"),
             Err(KeyError::BadName(NameError::EmptyLabel))
@@ -370,7 +382,10 @@ mod tests {
             Destination::parse("a b"),
             Err(KeyError::BadName(NameError::BadChar(' ')))
         );
-        assert_eq!(Destination::parse("."), Err(KeyError::BadName(NameError::Empty)));
+        assert_eq!(
+            Destination::parse("."),
+            Err(KeyError::BadName(NameError::Empty))
+        );
     }
 
     #[test]

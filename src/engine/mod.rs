@@ -126,7 +126,9 @@ impl Engine {
             }
             Err(e) => {
                 let mut d = self.policy.load().default_decision().clone();
-                d.reason = Arc::from(format!("key is not a destination ({e}); the default applies"));
+                d.reason = Arc::from(format!(
+                    "key is not a destination ({e}); the default applies"
+                ));
                 (None, d)
             }
         }
@@ -169,9 +171,15 @@ impl Engine {
                 });
                 for source in &self.sources {
                     let (applied, detail) = if decision.is_some() {
-                        (false, "not consulted: a higher-precedence source decided".to_string())
+                        (
+                            false,
+                            "not consulted: a higher-precedence source decided".to_string(),
+                        )
                     } else if !source.applies_to(d) {
-                        (false, format!("not consulted for a {} key", d.form.as_str()))
+                        (
+                            false,
+                            format!("not consulted for a {} key", d.form.as_str()),
+                        )
                     } else {
                         match source.consult(d).await {
                             Consulted::Policy(dec) => {
@@ -308,7 +316,9 @@ mod tests {
             e.replace_policy(StaticPolicy::parse("", Path::new("p.toml")).unwrap());
             let d = e.decide(&Destination::parse("dane.example").unwrap()).await;
             assert_eq!((d.source, d.level), (SourceKind::Dane, Level::DaneOnly));
-            let d = e.decide(&Destination::parse("other.example").unwrap()).await;
+            let d = e
+                .decide(&Destination::parse("other.example").unwrap())
+                .await;
             assert_eq!((d.source, d.level), (SourceKind::Default, Level::May));
             assert_eq!(src.calls.load(Ordering::SeqCst), 2);
         });
@@ -318,7 +328,12 @@ mod tests {
     fn parent_and_nexthop_keys_never_reach_dynamic_sources() {
         let (e, src) = engine("");
         block_on(async {
-            for key in [".dane.example", "[dane.example]", "[dane.example]:25", "dane.example:25"] {
+            for key in [
+                ".dane.example",
+                "[dane.example]",
+                "[dane.example]:25",
+                "dane.example:25",
+            ] {
                 let d = e.decide(&Destination::parse(key).unwrap()).await;
                 assert_eq!(d.source, SourceKind::Default, "{key}");
             }
@@ -341,7 +356,11 @@ mod tests {
         let x = block_on(e.explain("Bank.Example."));
         assert_eq!(x.steps.len(), 3);
         assert!(x.steps[0].applied);
-        assert!(x.steps[0].detail.contains("rule 1 matches through entry \"bank.example\""));
+        assert!(
+            x.steps[0]
+                .detail
+                .contains("rule 1 matches through entry \"bank.example\"")
+        );
         assert!(!x.steps[1].applied);
         assert!(x.steps[1].detail.contains("higher-precedence"));
         assert!(!x.steps[2].applied);
@@ -349,7 +368,9 @@ mod tests {
         let x = block_on(e.explain("mail.other.example"));
         assert!(!x.steps[0].applied);
         assert!(
-            x.steps[0].detail.contains("mail.other.example, .other.example, .example"),
+            x.steps[0]
+                .detail
+                .contains("mail.other.example, .other.example, .example"),
             "{}",
             x.steps[0].detail
         );

@@ -34,10 +34,16 @@ impl fmt::Display for NetstringError {
                 write!(f, "netstring length contains byte 0x{b:02x}")
             }
             NetstringError::TooLong { declared, max } => {
-                write!(f, "netstring length {declared} is over the limit of {max} bytes")
+                write!(
+                    f,
+                    "netstring length {declared} is over the limit of {max} bytes"
+                )
             }
             NetstringError::MissingComma(b) => {
-                write!(f, "netstring payload is followed by byte 0x{b:02x}, not ','")
+                write!(
+                    f,
+                    "netstring payload is followed by byte 0x{b:02x}, not ','"
+                )
             }
         }
     }
@@ -137,7 +143,11 @@ mod tests {
     fn split_down_to_single_bytes() {
         let whole = b"26:tls_policy [mx.example]:25,";
         for cut in 0..whole.len() {
-            assert_eq!(decode(&whole[..cut], MAX_QUERY_LEN), Ok(None), "cut at {cut}");
+            assert_eq!(
+                decode(&whole[..cut], MAX_QUERY_LEN),
+                Ok(None),
+                "cut at {cut}"
+            );
         }
         let f = decode(whole, MAX_QUERY_LEN).unwrap().unwrap();
         assert_eq!(&whole[f.payload], b"tls_policy [mx.example]:25");
@@ -182,8 +192,14 @@ mod tests {
     fn garbage_is_refused_early() {
         assert_eq!(decode(b":", 10), Err(NetstringError::EmptyLength));
         assert_eq!(decode(b"01:a,", 10), Err(NetstringError::LeadingZero));
-        assert_eq!(decode(b"GET / HTTP/1.0", 10), Err(NetstringError::BadLengthByte(b'G')));
-        assert_eq!(decode(b"1 :a,", 10), Err(NetstringError::BadLengthByte(b' ')));
+        assert_eq!(
+            decode(b"GET / HTTP/1.0", 10),
+            Err(NetstringError::BadLengthByte(b'G'))
+        );
+        assert_eq!(
+            decode(b"1 :a,", 10),
+            Err(NetstringError::BadLengthByte(b' '))
+        );
         assert_eq!(decode(b"-1:", 10), Err(NetstringError::BadLengthByte(b'-')));
         assert_eq!(decode(b"1:ab", 10), Err(NetstringError::MissingComma(b'b')));
         assert_eq!(decode(b"0:;", 10), Err(NetstringError::MissingComma(b';')));

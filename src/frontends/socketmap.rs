@@ -110,7 +110,8 @@ pub fn answer(decision: Decision, kind: MapKind, default_reply: DefaultReply) ->
             (d, r)
         }
         MapKind::Policy
-            if decision.source == SourceKind::Default && default_reply == DefaultReply::Notfound =>
+            if decision.source == SourceKind::Default
+                && default_reply == DefaultReply::Notfound =>
         {
             (decision, Reply::NotFound)
         }
@@ -123,7 +124,12 @@ pub fn answer(decision: Decision, kind: MapKind, default_reply: DefaultReply) ->
 
 /// Accept connections until shutdown, then wait for open connections to
 /// finish the request they are on.
-pub async fn serve(listener: Listener, ctx: Arc<Context>, max_connections: usize, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: Listener,
+    ctx: Arc<Context>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut conns = JoinSet::new();
     loop {
@@ -178,7 +184,11 @@ where
                 Ok(Some(frame)) => {
                     let payload = &buf[start + frame.payload.start..start + frame.payload.end];
                     if let Err(problem) = request(payload, ctx, &mut out).await {
-                        tracing::warn!(peer, problem, "socketmap request refused; closing connection");
+                        tracing::warn!(
+                            peer,
+                            problem,
+                            "socketmap request refused; closing connection"
+                        );
                         return;
                     }
                     start += frame.consumed;
@@ -215,7 +225,11 @@ where
         match read {
             Ok(Ok(0)) => {
                 if !buf.is_empty() {
-                    tracing::warn!(peer, bytes = buf.len(), "socketmap client closed mid-request");
+                    tracing::warn!(
+                        peer,
+                        bytes = buf.len(),
+                        "socketmap client closed mid-request"
+                    );
                 }
                 return;
             }
@@ -314,7 +328,9 @@ mod tests {
             for reply in [DefaultReply::Policy, DefaultReply::Notfound] {
                 let (d, r) = answer(decision(level, SourceKind::Default), MapKind::Forced, reply);
                 assert_eq!(d.tls(), crate::engine::decision::Tls::Forced);
-                let Reply::Ok(p) = r else { panic!("{level}: {r:?}") };
+                let Reply::Ok(p) = r else {
+                    panic!("{level}: {r:?}")
+                };
                 assert_eq!(&*p, level.forced().as_str());
                 assert_eq!(d.raised, level.forced() != level);
             }

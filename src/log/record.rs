@@ -124,7 +124,8 @@ fn open_append(p: &std::path::Path) -> io::Result<File> {
 }
 
 enum Msg {
-    Record(DecisionRecord),
+    /// Boxed: the queue pre-allocates every slot, so slots stay small.
+    Record(Box<DecisionRecord>),
     /// Reopen (logrotate) or switch to another target.
     Reopen(Target),
     /// Write out everything queued, then answer.
@@ -160,7 +161,7 @@ impl DecisionLog {
 
     /// Queue a record. Never blocks.
     pub fn log(&self, record: DecisionRecord) {
-        match self.tx.try_send(Msg::Record(record)) {
+        match self.tx.try_send(Msg::Record(Box::new(record))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -203,7 +204,12 @@ impl Drop for DecisionLog {
     }
 }
 
-fn writer(rx: Receiver<Msg>, mut target: Target, out: Box<dyn Write + Send>, dropped: Arc<AtomicU64>) {
+fn writer(
+    rx: Receiver<Msg>,
+    mut target: Target,
+    out: Box<dyn Write + Send>,
+    dropped: Arc<AtomicU64>,
+) {
     let mut out = BufWriter::with_capacity(256 * 1024, out);
     let mut failing = false;
     let mut reported_drops = 0u64;
@@ -244,8 +250,11 @@ fn writer(rx: Receiver<Msg>, mut target: Target, out: Box<dyn Write + Send>, dro
         }
         let d = dropped.load(Ordering::Relaxed);
         if d != reported_drops {
-            tracing::warn!(dropped = d - reported_drops, total = d,
-                "decision log could not keep up; records dropped");
+            tracing::warn!(
+                dropped = d - reported_drops,
+                total = d,
+                "decision log could not keep up; records dropped"
+            );
             reported_drops = d;
         }
         if stop {
@@ -317,7 +326,11 @@ mod tests {
         let path = dir.path().join("decisions.jsonl");
         let log = DecisionLog::start(Target::File(path.clone())).unwrap();
         for i in 0..1000 {
-            log.log(DecisionRecord::new("socketmap", &format!("d{i}.example"), &decision()));
+            log.log(DecisionRecord::new(
+                "socketmap",
+                &format!("d{i}.example"),
+                &decision(),
+            ));
         }
         log.flush();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -326,12 +339,19 @@ mod tests {
         let rotated = dir.path().join("decisions.jsonl.1");
         std::fs::rename(&path, &rotated).unwrap();
         log.reopen(Target::File(path.clone()));
-        log.log(DecisionRecord::new("socketmap", "after.example", &decision()));
+        log.log(DecisionRecord::new(
+            "socketmap",
+            "after.example",
+            &decision(),
+        ));
         log.close();
         let new = std::fs::read_to_string(&path).unwrap();
         assert_eq!(new.lines().count(), 1);
         assert!(new.contains("after.example"));
-        assert_eq!(std::fs::read_to_string(&rotated).unwrap().lines().count(), 1000);
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap().lines().count(),
+            1000
+        );
         assert_eq!(log.dropped(), 0);
     }
 

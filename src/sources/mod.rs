@@ -1,4 +1,5 @@
 //! Policy sources, in precedence order: the static policy file first, then
 //! published policies, then the default.
 
+pub mod name_index;
 pub mod static_file;
