@@ -212,7 +212,11 @@ impl Engine {
                 "not consulted: a higher-precedence source decided".to_string()
             },
         });
-        let decision = decision.unwrap_or_else(|| policy.default_decision().clone());
+        let decision = match (&dest, decision) {
+            (Err(e), _) => bad_key_decision(&policy, e),
+            (Ok(_), Some(d)) => d,
+            (Ok(_), None) => policy.default_decision().clone(),
+        };
         Explanation {
             key: key.to_string(),
             dest,
@@ -220,6 +224,13 @@ impl Engine {
             decision,
         }
     }
+}
+
+/// The default, with the parse problem as its reason.
+fn bad_key_decision(policy: &StaticPolicy, e: &KeyError) -> Decision {
+    let mut d = policy.default_decision().clone();
+    d.reason = Arc::from(format!("key is not a destination ({e}); the default applies"));
+    d
 }
 
 /// The policy-file entries that could match a destination, most specific
