@@ -37,9 +37,10 @@ pub fn check_config(config_path: &Path) -> Result<String, String> {
         );
     }
     out += &format!(
-        "  policy file   {}: {} rules, default {}\n",
+        "  policy file   {}: {} rule{}, default {}\n",
         policy.path().display(),
         policy.rules().len(),
+        if policy.rules().len() == 1 { "" } else { "s" },
         policy.default_decision().level
     );
     let decisions = &config.log.decisions;

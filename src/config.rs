@@ -306,7 +306,9 @@ mod tests {
         assert_eq!(c.log.decisions, PathBuf::from("-"));
     }
 
+    // figment::Jail's closures return figment::Error, which is large.
     #[test]
+    #[allow(clippy::result_large_err)]
     fn environment_overrides_file() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), MINIMAL);
@@ -322,6 +324,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn bad_environment_value_names_the_variable() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(dir.path(), MINIMAL);

@@ -269,7 +269,7 @@ async fn request(payload: &[u8], ctx: &Context, out: &mut Vec<u8>) -> Result<(),
         MapKind::Policy => settings.map.clone(),
         MapKind::Forced => settings.forced_map.clone(),
     });
-    rec.domain = dest.map(|d| d.canonical());
+    rec.domain = dest.map(|d| d.name);
     rec.reply = reply.code();
     if reply == Reply::NotFound {
         rec.level = None;

@@ -38,7 +38,9 @@ pub struct DecisionRecord {
     pub map: Option<Arc<str>>,
     /// The key exactly as received.
     pub key: String,
-    /// The normalised domain or host; absent when the key was not one.
+    /// The key's domain or host name, normalised (lower case, A-labels, no
+    /// trailing dot): `example.com` for `.example.com` and `host` for
+    /// `[host]:25`. Absent when the key was not a destination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     pub tls: Tls,

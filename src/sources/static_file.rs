@@ -364,7 +364,7 @@ impl<'a> Builder<'a> {
                 .parse::<PolicyWord>()
                 .map_err(|e| self.error(Some(number), format!("key `tls`: {e}")))?
                 .0;
-            self.check_attributes(number, level, &r)?;
+            self.check_attributes(number, level, r)?;
             if r.domains.is_empty() {
                 return Err(self.error(Some(number), "key `domains` is empty".into()));
             }

@@ -1,0 +1,1292 @@
+//! Drives the `tls-policyd` binary the way an administrator does:
+//! `--version`/`--help`, `check-config`, `explain`, `log`, and one `serve`
+//! round trip over the socketmap protocol.
+//!
+//! Every child process runs under a deadline; a hung binary fails the test
+//! instead of hanging it.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tls-policyd");
+
+/// How long any single child process may take.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("postfix-examples")
+}
+
+fn sample_config() -> PathBuf {
+    examples().join("tls-policyd.toml")
+}
+
+fn sample_policy() -> PathBuf {
+    examples().join("policy.toml")
+}
+
+/// The binary, without configuration overrides or log filters inherited
+/// from whoever runs the tests.
+fn tls_policyd() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TLS_POLICYD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+/// Exit status and output of a finished command.
+struct Run {
+    args: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "tls-policyd {}\nstatus: {}\n--- stdout\n{}--- stderr\n{}",
+            self.args, self.status, self.stdout, self.stderr
+        )
+    }
+
+    /// Asserts exit 0 and a quiet stderr; returns stdout.
+    fn ok(&self) -> &str {
+        assert_eq!(self.status.code(), Some(0), "{}", self.describe());
+        assert!(!self.stderr.contains("panicked"), "{}", self.describe());
+        &self.stdout
+    }
+
+    /// Asserts exit 1 with no panic; returns stderr.
+    fn fails(&self) -> &str {
+        assert_eq!(self.status.code(), Some(1), "{}", self.describe());
+        assert!(!self.stderr.contains("panicked"), "{}", self.describe());
+        assert!(
+            !self.stderr.trim().is_empty(),
+            "no error message\n{}",
+            self.describe()
+        );
+        &self.stderr
+    }
+}
+
+/// Reads a child's pipe to the end on its own thread.
+fn drain(pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let mut pipe = pipe;
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// Waits for `child` until the deadline; kills it and panics on timeout.
+fn wait_until(child: &mut Child, deadline: Instant, what: &str) -> ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for tls-policyd") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn run<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let args: Vec<_> = args
+        .into_iter()
+        .map(|a| a.as_ref().to_os_string())
+        .collect();
+    let shown = args
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = tls_policyd()
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tls-policyd");
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    let status = wait_until(&mut child, Instant::now() + DEADLINE, &shown);
+    Run {
+        args: shown,
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// A TOML basic string holding `p`.
+fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.to_str().expect("temporary paths are UTF-8"))
+}
+
+// ---------------------------------------------------------------------------
+// --version, --help
+
+#[test]
+fn version_and_help() {
+    let r = run(["--version"]);
+    assert_eq!(
+        r.ok(),
+        format!("tls-policyd {}\n", env!("CARGO_PKG_VERSION"))
+    );
+
+    let r = run(["--help"]);
+    let help = r.ok();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for want in ["serve", "explain", "check-config", "log"] {
+        assert!(
+            commands.contains(&want),
+            "{want} missing from --help\n{help}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// check-config
+
+#[test]
+fn check_config_accepts_the_sample() {
+    let r = run([
+        OsStr::new("check-config"),
+        OsStr::new("--config"),
+        sample_config().as_os_str(),
+    ]);
+    let out = r.ok();
+    assert!(out.contains(": OK"), "{out}");
+    assert!(out.contains("3 rules"), "{out}");
+    assert!(out.contains("inet:127.0.0.1:10027"), "{out}");
+    assert!(
+        out.contains("tls_policy") && out.contains("tls_forced"),
+        "{out}"
+    );
+}
+
+/// A config in a fresh directory pointing at `policy.toml` next to it.
+struct Setup {
+    dir: TempDir,
+    config: PathBuf,
+    policy: PathBuf,
+}
+
+fn setup(config_extra: &str, policy: Option<&str>) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-policyd.toml");
+    let policy_path = dir.path().join("policy.toml");
+    write(
+        &config,
+        &format!(
+            "[socketmap]\nlisten = \"inet:127.0.0.1:10027\"\n{config_extra}\n[policy]\nfile = \"policy.toml\"\n"
+        ),
+    );
+    if let Some(text) = policy {
+        write(&policy_path, text);
+    }
+    Setup {
+        dir,
+        config,
+        policy: policy_path,
+    }
+}
+
+fn check_config(s: &Setup) -> Run {
+    run([
+        OsStr::new("check-config"),
+        OsStr::new("--config"),
+        s.config.as_os_str(),
+    ])
+}
+
+const GOOD_POLICY: &str =
+    "default = \"opportunistic\"\n\n[[rule]]\ndomains = [\"a.example\"]\ntls = \"forced\"\n";
+
+#[test]
+fn check_config_on_a_fresh_setup() {
+    let s = setup("", Some(GOOD_POLICY));
+    let r = check_config(&s);
+    let out = r.ok();
+    assert!(out.contains(": 1 rule"), "{out}");
+    assert!(out.contains(&s.policy.display().to_string()), "{out}");
+    assert!(out.contains("decision log  standard output"), "{out}");
+}
+
+#[test]
+fn check_config_unknown_key() {
+    let s = setup("lisen = \"inet:127.0.0.1:1\"", Some(GOOD_POLICY));
+    let r = check_config(&s);
+    let err = r.fails();
+    assert!(err.contains(&s.config.display().to_string()), "{err}");
+    assert!(err.contains("socketmap.lisen"), "{err}");
+    assert!(err.contains("unknown field"), "{err}");
+}
+
+/// Each policy-file problem: the message names the policy file, the rule
+/// and what is wrong.
+#[test]
+fn check_config_policy_errors() {
+    let cases: [(&str, &str, &[&str]); 3] = [
+        (
+            "duplicate domain",
+            "[[rule]]\ndomains = [\"a.example\"]\ntls = \"forced\"\n\n\
+             [[rule]]\ndomains = [\"b.example\", \"A.Example.\"]\ntls = \"opportunistic\"\n",
+            &["rule 2", "\"A.Example.\" is already listed in rule 1"],
+        ),
+        (
+            "bad level",
+            "[[rule]]\ndomains = [\"a.example\"]\ntls = \"forced\"\n\n\
+             [[rule]]\ndomains = [\"b.example\"]\ntls = \"fast\"\n",
+            &["rule 2", "key `tls`", "\"fast\""],
+        ),
+        (
+            "match on forced",
+            "[[rule]]\ndomains = [\"a.example\"]\ntls = \"forced\"\nmatch = [\"mx.a.example\"]\n",
+            &["rule 1", "`match` does not apply"],
+        ),
+    ];
+    for (name, policy, wants) in cases {
+        let s = setup("", Some(policy));
+        let r = check_config(&s);
+        let err = r.fails();
+        assert!(
+            err.contains(&s.policy.display().to_string()),
+            "{name}: policy file not named\n{err}"
+        );
+        for want in wants {
+            assert!(err.contains(want), "{name}: wanted {want:?}\n{err}");
+        }
+    }
+}
+
+#[test]
+fn check_config_missing_policy_file() {
+    let s = setup("", None);
+    let r = check_config(&s);
+    let err = r.fails();
+    assert!(err.contains(&s.policy.display().to_string()), "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn check_config_missing_config_and_log_directory() {
+    let s = setup("", Some(GOOD_POLICY));
+    let missing = s.dir.path().join("nope.toml");
+    let r = run([
+        OsStr::new("check-config"),
+        OsStr::new("--config"),
+        missing.as_os_str(),
+    ]);
+    let err = r.fails();
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert!(err.contains("cannot read"), "{err}");
+
+    write(
+        &s.config,
+        "[socketmap]\nlisten = \"inet:127.0.0.1:10027\"\n[policy]\nfile = \"policy.toml\"\n\
+         [log]\ndecisions = \"no-such-dir/decisions.jsonl\"\n",
+    );
+    let r = check_config(&s);
+    let err = r.fails();
+    assert!(err.contains(&s.config.display().to_string()), "{err}");
+    assert!(err.contains("log.decisions"), "{err}");
+    assert!(err.contains("no-such-dir"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// explain
+
+fn explain(config: &Path, key: &str, json: bool) -> Run {
+    let mut args = vec![
+        OsStr::new("explain").to_os_string(),
+        "--config".into(),
+        config.as_os_str().to_os_string(),
+    ];
+    if json {
+        args.push("--json".into());
+    }
+    args.push(key.into());
+    run(args)
+}
+
+/// The value after a label at the start of a line of `explain` output.
+fn field<'a>(out: &'a str, label: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix(label)
+                .filter(|rest| rest.starts_with(' '))
+                .map(str::trim)
+        })
+        .unwrap_or_else(|| panic!("no {label:?} line in\n{out}"))
+}
+
+/// `explain` lines for the static and default steps.
+fn step<'a>(out: &'a str, source: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(&format!("{source} ")) && l.starts_with("  "))
+        .unwrap_or_else(|| panic!("no {source} step in\n{out}"))
+}
+
+#[test]
+fn explain_static_rule() {
+    let r = explain(&sample_config(), "Bank.Example.", false);
+    let out = r.ok();
+    assert_eq!(field(out, "key"), "Bank.Example.");
+    assert_eq!(field(out, "destination"), "bank.example (domain key)");
+    assert_eq!(
+        field(out, "decision"),
+        "forced TLS, Postfix level \"encrypt\""
+    );
+    assert_eq!(field(out, "source"), "static, rule 1");
+    assert!(step(out, "static").contains("DECIDES"), "{out}");
+    assert!(!step(out, "default").contains("DECIDES"), "{out}");
+    assert!(out.contains("tls_policy -> \"OK encrypt\"\n"), "{out}");
+    assert!(out.contains("tls_forced -> \"OK encrypt\"\n"), "{out}");
+}
+
+#[test]
+fn explain_default() {
+    let r = explain(&sample_config(), "gmail.com", false);
+    let out = r.ok();
+    assert_eq!(
+        field(out, "decision"),
+        "opportunistic TLS, Postfix level \"may\""
+    );
+    assert_eq!(field(out, "source"), "default");
+    assert!(step(out, "default").contains("DECIDES"), "{out}");
+    assert!(!step(out, "static").contains("DECIDES"), "{out}");
+    assert!(out.contains("tls_policy -> \"OK may\"\n"), "{out}");
+    assert!(out.contains("tls_forced -> \"OK encrypt\"\n"), "{out}");
+}
+
+#[test]
+fn explain_json() {
+    let r = explain(&sample_config(), "Bank.Example.", true);
+    let v: Value = serde_json::from_str(r.ok()).unwrap_or_else(|e| panic!("{e}\n{}", r.stdout));
+    assert_eq!(v["key"], "Bank.Example.");
+    assert_eq!(v["destination"]["canonical"], "bank.example");
+    let d = &v["decision"];
+    assert_eq!(d["tls"], "forced");
+    assert_eq!(d["level"], "encrypt");
+    assert_eq!(d["policy"], "encrypt");
+    assert_eq!(d["source"], "static");
+    assert_eq!(d["rule"], 1);
+    assert_eq!(d["matched"], "bank.example");
+    let steps = v["steps"].as_array().expect("steps is an array");
+    let applied: Vec<&Value> = steps.iter().filter(|s| s["applied"] == true).collect();
+    assert_eq!(applied.len(), 1, "{steps:?}");
+    assert_eq!(applied[0]["source"], "static");
+    assert_eq!(v["socketmap"]["tls_policy"], "OK encrypt");
+    assert_eq!(v["socketmap"]["tls_forced"], "OK encrypt");
+
+    let r = explain(&sample_config(), "gmail.com", true);
+    let v: Value = serde_json::from_str(r.ok()).unwrap();
+    assert_eq!(v["decision"]["tls"], "opportunistic");
+    assert_eq!(v["decision"]["source"], "default");
+    assert_eq!(v["decision"]["rule"], Value::Null);
+    assert_eq!(v["socketmap"]["tls_policy"], "OK may");
+    assert_eq!(v["socketmap"]["tls_forced"], "OK encrypt");
+}
+
+#[test]
+fn explain_parent_key() {
+    let r = explain(&sample_config(), ".bank.example", false);
+    let out = r.ok();
+    assert_eq!(field(out, "destination"), ".bank.example (parent key)");
+    assert_eq!(field(out, "source"), "static, rule 1");
+    assert!(step(out, "static").contains("\".bank.example\""), "{out}");
+    assert!(out.contains("tls_policy -> \"OK encrypt\"\n"), "{out}");
+}
+
+#[test]
+fn explain_bad_key_falls_back_to_default() {
+    let r = explain(&sample_config(), "a..b", false);
+    let out = r.ok();
+    let dest = field(out, "destination");
+    assert!(
+        dest.starts_with("none:") && dest.contains("empty label"),
+        "{out}"
+    );
+    assert!(step(out, "static").contains("not a destination"), "{out}");
+    assert_eq!(field(out, "source"), "default");
+    assert!(out.contains("tls_policy -> \"OK may\"\n"), "{out}");
+
+    let r = explain(&sample_config(), "a..b", true);
+    let v: Value = serde_json::from_str(r.ok()).unwrap();
+    let e = v["destination"]["error"]
+        .as_str()
+        .expect("destination.error");
+    assert!(e.contains("empty label"), "{v}");
+    assert_eq!(v["decision"]["source"], "default");
+}
+
+#[test]
+fn explain_with_notfound_default_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("notfound.toml");
+    write(
+        &config,
+        &format!(
+            "[socketmap]\nlisten = \"inet:127.0.0.1:10027\"\ndefault_reply = \"notfound\"\n\
+             [policy]\nfile = {}\n",
+            toml_path(&sample_policy())
+        ),
+    );
+    let r = explain(&config, "gmail.com", false);
+    let out = r.ok();
+    assert!(out.contains("tls_policy -> \"NOTFOUND \"\n"), "{out}");
+    // The forced map never says NOTFOUND.
+    assert!(out.contains("tls_forced -> \"OK encrypt\"\n"), "{out}");
+
+    let r = explain(&config, "gmail.com", true);
+    let v: Value = serde_json::from_str(r.ok()).unwrap();
+    assert_eq!(v["socketmap"]["tls_policy"], "NOTFOUND ");
+
+    // A rule still answers OK.
+    let r = explain(&config, "bank.example", false);
+    assert!(
+        r.ok().contains("tls_policy -> \"OK encrypt\"\n"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn explain_with_broken_config_fails() {
+    let s = setup("", None);
+    let r = explain(&s.config, "gmail.com", false);
+    let err = r.fails();
+    assert!(err.contains(&s.policy.display().to_string()), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// log
+
+/// One decision record in the daemon's format (see src/log/record.rs).
+#[derive(Clone)]
+struct Rec {
+    ts: String,
+    frontend: &'static str,
+    queue_id: Option<&'static str>,
+    map: Option<&'static str>,
+    key: &'static str,
+    domain: &'static str,
+    tls: &'static str,
+    /// `None` for a NOTFOUND reply.
+    level: Option<&'static str>,
+    source: &'static str,
+    rule: Option<u32>,
+    matched: Option<&'static str>,
+    reason: &'static str,
+    raised: bool,
+}
+
+/// A socketmap lookup on the normal map answered by the default.
+fn rec(ts: &str, domain: &'static str, level: Option<&'static str>) -> Rec {
+    let forced = level.is_some_and(|l| {
+        let word = l.split(' ').next().unwrap_or(l);
+        matches!(word, "encrypt" | "dane-only" | "verify" | "secure")
+    });
+    Rec {
+        ts: ts.to_string(),
+        frontend: "socketmap",
+        queue_id: None,
+        map: Some("tls_policy"),
+        key: domain,
+        domain,
+        tls: if forced { "forced" } else { "opportunistic" },
+        level,
+        source: "default",
+        rule: None,
+        matched: None,
+        reason: "no rule matches; the policy file's default",
+        raised: false,
+    }
+}
+
+impl Rec {
+    /// The JSON line, fields in the order the daemon writes them.
+    fn line(&self) -> String {
+        let s = |v: &str| serde_json::to_string(v).unwrap();
+        let mut f = vec![
+            format!("\"ts\":{}", s(&self.ts)),
+            format!("\"frontend\":{}", s(self.frontend)),
+        ];
+        if let Some(q) = self.queue_id {
+            f.push(format!("\"queue_id\":{}", s(q)));
+        }
+        if let Some(m) = self.map {
+            f.push(format!("\"map\":{}", s(m)));
+        }
+        f.push(format!("\"key\":{}", s(self.key)));
+        f.push(format!("\"domain\":{}", s(self.domain)));
+        f.push(format!("\"tls\":{}", s(self.tls)));
+        if let Some(l) = self.level {
+            f.push(format!("\"level\":{}", s(l)));
+        }
+        let reply = if self.level.is_some() {
+            "OK"
+        } else {
+            "NOTFOUND"
+        };
+        f.push(format!("\"reply\":{}", s(reply)));
+        f.push(format!("\"source\":{}", s(self.source)));
+        if let Some(r) = self.rule {
+            f.push(format!("\"rule\":{r}"));
+        }
+        if let Some(m) = self.matched {
+            f.push(format!("\"matched\":{}", s(m)));
+        }
+        f.push(format!("\"reason\":{}", s(self.reason)));
+        if self.raised {
+            f.push("\"raised\":true".to_string());
+        }
+        format!("{{{}}}", f.join(","))
+    }
+}
+
+const QID: &str = "4XyZ1Q2";
+
+/// The fixture history, oldest first, in three files:
+///
+/// | # | file     | domain          | tls           | level            | source  | queue id |
+/// |---|----------|-----------------|---------------|------------------|---------|----------|
+/// | 1 | .2.gz    | bank.example    | forced        | encrypt          | static  |          |
+/// | 2 | .2.gz    | gmail.com       | opportunistic | may              | default |          |
+/// | 3 | .1       | payroll.example | forced        | secure match=... | static  | QID      |
+/// | 4 | .1       | gmail.com       | opportunistic | (NOTFOUND)       | default |          |
+/// | 5 | live     | x.bank.example  | forced        | encrypt          | static  |          |
+/// | 6 | live     | gmail.com       | opportunistic | may              | default | QID      |
+/// | 7 | live     | gmail.com       | forced        | encrypt (raised) | default |          |
+fn history() -> [Vec<Rec>; 3] {
+    let bank = Rec {
+        source: "static",
+        rule: Some(1),
+        matched: Some("bank.example"),
+        reason: "PCI partner: never in plaintext",
+        ..rec(
+            "2026-11-20T08:00:00.000001Z",
+            "bank.example",
+            Some("encrypt"),
+        )
+    };
+    let oldest = vec![
+        bank.clone(),
+        rec("2026-11-20T08:01:00Z", "gmail.com", Some("may")),
+    ];
+    let rotated = vec![
+        Rec {
+            frontend: "policy",
+            queue_id: Some(QID),
+            map: None,
+            source: "static",
+            rule: Some(2),
+            matched: Some("payroll.example"),
+            reason: "contract requires an authenticated TLS connection",
+            ..rec(
+                "2026-11-22T09:00:00Z",
+                "payroll.example",
+                Some("secure match=mx1.payroll.example:mx2.payroll.example"),
+            )
+        },
+        rec("2026-11-22T09:05:00Z", "gmail.com", None),
+    ];
+    let live = vec![
+        Rec {
+            ts: "2026-11-24T10:00:00Z".to_string(),
+            key: "X.Bank.Example.",
+            domain: "x.bank.example",
+            matched: Some(".bank.example"),
+            ..bank.clone()
+        },
+        Rec {
+            frontend: "policy",
+            queue_id: Some(QID),
+            map: None,
+            ..rec("2026-11-24T10:00:01Z", "gmail.com", Some("may"))
+        },
+        Rec {
+            map: Some("tls_forced"),
+            raised: true,
+            ..rec("2026-11-24T10:00:02Z", "gmail.com", Some("encrypt"))
+        },
+    ];
+    [oldest, rotated, live]
+}
+
+fn lines(recs: &[Rec]) -> String {
+    recs.iter().map(|r| r.line() + "\n").collect()
+}
+
+/// A directory with a config whose `[log] decisions` is `decisions.jsonl`,
+/// the live file, `decisions.jsonl.1` and `decisions.jsonl.2.gz`.
+struct LogSetup {
+    dir: TempDir,
+    config: PathBuf,
+    live: PathBuf,
+    /// Every fixture line, oldest first.
+    all: Vec<String>,
+}
+
+fn log_setup() -> LogSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-policyd.toml");
+    write(
+        &config,
+        &format!(
+            "[socketmap]\nlisten = \"inet:127.0.0.1:10027\"\n[policy]\nfile = {}\n\
+             [log]\ndecisions = \"decisions.jsonl\"\n",
+            toml_path(&sample_policy())
+        ),
+    );
+    let [oldest, rotated, live] = history();
+    let live_path = dir.path().join("decisions.jsonl");
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    gz.write_all(lines(&oldest).as_bytes()).unwrap();
+    std::fs::write(
+        dir.path().join("decisions.jsonl.2.gz"),
+        gz.finish().unwrap(),
+    )
+    .unwrap();
+    write(&dir.path().join("decisions.jsonl.1"), &lines(&rotated));
+    write(&live_path, &lines(&live));
+    let all = oldest
+        .iter()
+        .chain(&rotated)
+        .chain(&live)
+        .map(Rec::line)
+        .collect();
+    LogSetup {
+        dir,
+        config,
+        live: live_path,
+        all,
+    }
+}
+
+impl LogSetup {
+    /// `log --config CFG ARGS...`
+    fn log(&self, args: &[&str]) -> Run {
+        let mut a = vec![
+            OsStr::new("log").to_os_string(),
+            "--config".into(),
+            self.config.as_os_str().to_os_string(),
+        ];
+        a.extend(args.iter().map(|&s| OsString::from(s)));
+        run(a)
+    }
+
+    /// The fixture lines with these 1-based numbers.
+    fn picked(&self, numbers: &[usize]) -> Vec<String> {
+        numbers.iter().map(|&n| self.all[n - 1].clone()).collect()
+    }
+}
+
+fn json_lines(r: &Run) -> Vec<String> {
+    r.ok().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn log_reads_rotated_and_gzipped_files_oldest_first() {
+    let s = log_setup();
+    let r = s.log(&["--json"]);
+    assert_eq!(
+        r.ok(),
+        s.all.iter().map(|l| format!("{l}\n")).collect::<String>()
+    );
+    assert_eq!(r.stderr, "", "{}", r.describe());
+}
+
+#[test]
+fn log_files_are_read_in_the_order_given() {
+    let s = log_setup();
+    let gz = s.dir.path().join("decisions.jsonl.2.gz");
+    let r = run([
+        OsStr::new("log"),
+        OsStr::new("--json"),
+        OsStr::new("--file"),
+        s.live.as_os_str(),
+        OsStr::new("--file"),
+        gz.as_os_str(),
+    ]);
+    assert_eq!(json_lines(&r), s.picked(&[5, 6, 7, 1, 2]));
+}
+
+#[test]
+fn log_filters() {
+    let s = log_setup();
+    let cases: [(&[&str], &[usize]); 10] = [
+        (&["--domain", "gmail.com"], &[2, 4, 6, 7]),
+        // Exact domain, case and trailing dot ignored; subdomains excluded.
+        (&["--domain", "BANK.Example."], &[1]),
+        (&["--queue-id", QID], &[3, 6]),
+        (&["--queue-id", "4xyz1q2"], &[]),
+        (&["--tls", "forced"], &[1, 3, 5, 7]),
+        (&["--tls", "Opportunistic"], &[2, 4, 6]),
+        (&["--since", "2026-11-22T00:00:00Z"], &[3, 4, 5, 6, 7]),
+        // 10:05+01:00 is 09:05Z, the time of record 4 itself.
+        (&["--since", "2026-11-22T10:05:00+01:00"], &[4, 5, 6, 7]),
+        (&["--domain", "gmail.com", "--tls", "forced"], &[7]),
+        (&["--queue-id", QID, "--since", "2026-11-23"], &[6]),
+    ];
+    for (args, want) in cases {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let r = s.log(&a);
+        assert_eq!(json_lines(&r), s.picked(want), "log {args:?}");
+    }
+}
+
+#[test]
+fn log_since_relative() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("decisions.jsonl");
+    let now = SystemTime::now();
+    let ago = |mins: u64| {
+        humantime::format_rfc3339_micros(now - Duration::from_secs(mins * 60)).to_string()
+    };
+    let recs = [
+        rec(&ago(180), "three-hours.example", Some("may")),
+        rec(&ago(90), "ninety-minutes.example", Some("may")),
+        rec(&ago(30), "thirty-minutes.example", Some("encrypt")),
+        rec(&ago(1), "one-minute.example", Some("may")),
+    ];
+    write(&file, &lines(&recs));
+    for (since, want) in [("1h", 2), ("2h", 3), ("1d", 4), ("10s", 0)] {
+        let r = run([
+            OsStr::new("log"),
+            OsStr::new("--json"),
+            OsStr::new("--since"),
+            OsStr::new(since),
+            OsStr::new("--file"),
+            file.as_os_str(),
+        ]);
+        let got = json_lines(&r);
+        let expected: Vec<String> = recs[recs.len() - want..].iter().map(Rec::line).collect();
+        assert_eq!(got, expected, "--since {since}");
+    }
+}
+
+/// `title:` sections of `--summary` output as name → count.
+fn summary_section(out: &str, title: &str) -> Vec<(String, u64)> {
+    let mut rows = Vec::new();
+    let mut lines = out.lines().skip_while(|l| !l.starts_with(title));
+    assert!(lines.next().is_some(), "no {title:?} section in\n{out}");
+    for l in lines.take_while(|l| !l.trim().is_empty()) {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        // name (may contain spaces), count, percent
+        let n = words.len();
+        assert!(
+            n >= 3 && words[n - 1].ends_with('%'),
+            "odd row {l:?} in\n{out}"
+        );
+        let count = words[n - 2]
+            .parse()
+            .unwrap_or_else(|_| panic!("count in {l:?}"));
+        rows.push((words[..n - 2].join(" "), count));
+    }
+    rows
+}
+
+fn rows(pairs: &[(&str, u64)]) -> Vec<(String, u64)> {
+    pairs.iter().map(|&(k, n)| (k.to_string(), n)).collect()
+}
+
+#[test]
+fn log_summary() {
+    let s = log_setup();
+    let r = s.log(&["--summary"]);
+    let out = r.ok();
+    assert!(out.contains("records matched: 7\n"), "{out}");
+    assert!(out.contains("lines read:      7\n"), "{out}");
+    assert!(out.contains("bad lines:       0\n"), "{out}");
+    assert!(
+        out.contains(
+            "period:          2026-11-20T08:00:00.000001Z .. 2026-11-24T10:00:02.000000Z\n"
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        summary_section(out, "by tls:"),
+        rows(&[("forced", 4), ("opportunistic", 3)])
+    );
+    assert_eq!(
+        summary_section(out, "by source:"),
+        rows(&[("default", 4), ("static", 3)])
+    );
+    assert_eq!(
+        summary_section(out, "by level:"),
+        rows(&[
+            ("encrypt", 3),
+            ("may", 2),
+            ("-", 1),
+            ("secure match=mx1.payroll.example:mx2.payroll.example", 1),
+        ])
+    );
+    assert_eq!(
+        summary_section(out, "top domains (4 of 4 distinct):"),
+        rows(&[
+            ("gmail.com", 4),
+            ("bank.example", 1),
+            ("payroll.example", 1),
+            ("x.bank.example", 1),
+        ])
+    );
+
+    let r = s.log(&["--summary", "--tls", "forced", "--domain", "gmail.com"]);
+    let out = r.ok();
+    assert!(out.contains("records matched: 1\n"), "{out}");
+    assert_eq!(summary_section(out, "by tls:"), rows(&[("forced", 1)]));
+}
+
+#[test]
+fn log_table() {
+    let s = log_setup();
+    let r = s.log(&[]);
+    let out = r.ok();
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "TS", "FRONTEND", "QUEUE_ID", "DOMAIN", "TLS", "LEVEL", "SOURCE", "REASON"
+        ]
+    );
+    let body: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    let [oldest, rotated, live] = history();
+    let recs: Vec<Rec> = oldest.into_iter().chain(rotated).chain(live).collect();
+    assert_eq!(body.len(), recs.len(), "{out}");
+    for (row, rec) in body.iter().zip(&recs) {
+        assert_eq!(row[0], rec.ts, "{out}");
+        assert_eq!(row[1], rec.frontend, "{out}");
+        assert_eq!(row[2], rec.queue_id.unwrap_or("-"), "{out}");
+        assert_eq!(row[3], rec.domain, "{out}");
+        assert_eq!(row[4], rec.tls, "{out}");
+        assert_eq!(
+            row[5],
+            rec.level.map_or("-", |l| l.split(' ').next().unwrap()),
+            "{out}"
+        );
+    }
+
+    // No match: the header alone.
+    let r = s.log(&["--domain", "nowhere.example"]);
+    assert_eq!(r.ok().lines().count(), 1, "{}", r.stdout);
+}
+
+#[test]
+fn log_argument_errors() {
+    let s = log_setup();
+
+    let r = s.log(&["--tls", "maybe"]);
+    let err = r.fails();
+    assert!(err.contains("--tls"), "{err}");
+    assert!(err.contains("\"maybe\""), "{err}");
+    assert!(
+        err.contains("forced") && err.contains("opportunistic"),
+        "{err}"
+    );
+
+    let r = s.log(&["--since", "yesterday"]);
+    let err = r.fails();
+    assert!(
+        err.contains("--since") && err.contains("\"yesterday\""),
+        "{err}"
+    );
+
+    let missing = s.dir.path().join("missing.jsonl");
+    let r = run([OsStr::new("log"), OsStr::new("--file"), missing.as_os_str()]);
+    let err = r.fails();
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+
+    let r = run(["log"]);
+    let err = r.fails();
+    assert!(err.contains("--file") && err.contains("--config"), "{err}");
+}
+
+#[test]
+fn log_with_stdout_decision_log_needs_a_file() {
+    let s = setup("", Some(GOOD_POLICY));
+    let r = run([
+        OsStr::new("log"),
+        OsStr::new("--config"),
+        s.config.as_os_str(),
+    ]);
+    let err = r.fails();
+    assert!(err.contains(&s.config.display().to_string()), "{err}");
+    assert!(err.contains("--file"), "{err}");
+}
+
+/// `tls-policyd log | head -1`: the reader goes away early; the process
+/// must end quietly, not panic.
+#[test]
+fn log_into_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.jsonl");
+    // Far more output than a pipe buffers.
+    let line = rec("2026-11-24T10:00:00Z", "gmail.com", Some("may")).line() + "\n";
+    write(&file, &line.repeat(50_000));
+    for format in [None, Some("--json")] {
+        let mut cmd = tls_policyd();
+        cmd.arg("log").arg("--file").arg(&file);
+        if let Some(f) = format {
+            cmd.arg(f);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tls-policyd log");
+        let err = drain(child.stderr.take().unwrap());
+        {
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            let mut first = String::new();
+            out.read_line(&mut first).unwrap();
+            assert!(!first.is_empty(), "no output ({format:?})");
+        }
+        let status = wait_until(
+            &mut child,
+            Instant::now() + DEADLINE,
+            "log into a closed pipe",
+        );
+        let stderr = err.join().unwrap();
+        assert!(!stderr.contains("panicked"), "{format:?}: {stderr}");
+        assert!(status.success(), "{format:?}: {status}\n{stderr}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// serve, end to end
+
+/// Kills the daemon if a test fails before it stops.
+struct Daemon {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    /// Every stderr line so far, for failure messages.
+    seen: Vec<String>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = tls_policyd()
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tls-policyd serve");
+        let (tx, rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon {
+            child,
+            stderr: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "no stderr line with {needle:?} ({e}); status {:?}; stderr so far:\n{}",
+                    self.child.try_wait(),
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+        let status = wait_until(
+            &mut self.child,
+            Instant::now() + DEADLINE,
+            "serve after SIGTERM",
+        );
+        // Collect what is left of stderr for failure messages.
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(1)) {
+            self.seen.push(line);
+        }
+        status
+    }
+}
+
+/// A minimal socketmap client: netstring out, netstring back.
+struct SocketmapClient {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl SocketmapClient {
+    fn connect(port: u16) -> SocketmapClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to socketmap");
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        stream.set_write_timeout(Some(DEADLINE)).unwrap();
+        SocketmapClient {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    fn lookup(&mut self, map: &str, key: &str) -> String {
+        let query = format!("{map} {key}");
+        write!(self.writer, "{}:{query},", query.len()).unwrap();
+        self.writer.flush().unwrap();
+        let mut len = Vec::new();
+        self.reader
+            .read_until(b':', &mut len)
+            .expect("reply length");
+        assert_eq!(
+            len.pop(),
+            Some(b':'),
+            "connection closed while waiting for {query:?}"
+        );
+        let len: usize = std::str::from_utf8(&len)
+            .unwrap()
+            .parse()
+            .expect("netstring length");
+        let mut payload = vec![0; len + 1];
+        self.reader.read_exact(&mut payload).expect("reply payload");
+        assert_eq!(payload.pop(), Some(b','), "netstring not terminated by ','");
+        String::from_utf8(payload).expect("UTF-8 reply")
+    }
+}
+
+#[test]
+fn serve_answers_and_logs_every_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-policyd.toml");
+    write(
+        &dir.path().join("policy.toml"),
+        "default = \"opportunistic\"\n\n\
+         [[rule]]\ndomains = [\"bank.example\", \".bank.example\"]\ntls = \"forced\"\nreason = \"PCI partner\"\n",
+    );
+    write(
+        &config,
+        "[socketmap]\nlisten = \"inet:127.0.0.1:0\"\n[policy]\nfile = \"policy.toml\"\n\
+         [log]\ndecisions = \"decisions.jsonl\"\nlevel = \"info\"\n",
+    );
+    let mut daemon = Daemon::start(&config);
+    let marker = "listening frontend=\"socketmap\" address=inet:127.0.0.1:";
+    let line = daemon.wait_for_line(marker);
+    let port: u16 = line
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+
+    // (map, key, reply, tls logged)
+    let lookups = [
+        ("tls_policy", "bank.example", "OK encrypt", "forced"),
+        ("tls_policy", "gmail.com", "OK may", "opportunistic"),
+        ("tls_forced", "gmail.com", "OK encrypt", "forced"),
+        ("tls_policy", "MX.Bank.Example.", "OK encrypt", "forced"),
+    ];
+    let mut client = SocketmapClient::connect(port);
+    for (map, key, reply, _) in &lookups[..3] {
+        assert_eq!(client.lookup(map, key), *reply, "{map} {key}");
+    }
+    // A second connection works alongside the first.
+    let (map, key, reply, _) = lookups[3];
+    assert_eq!(
+        SocketmapClient::connect(port).lookup(map, key),
+        reply,
+        "{map} {key}"
+    );
+    drop(client);
+
+    let status = daemon.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status}\n{}",
+        daemon.seen.join("\n")
+    );
+
+    let log = dir.path().join("decisions.jsonl");
+    let r = run([
+        OsStr::new("log"),
+        OsStr::new("--json"),
+        OsStr::new("--file"),
+        log.as_os_str(),
+    ]);
+    let records: Vec<Value> = r
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(records.len(), lookups.len(), "{}", r.stdout);
+    for (v, (map, key, reply, tls)) in records.iter().zip(lookups) {
+        assert_eq!(v["frontend"], "socketmap", "{v}");
+        assert_eq!(v["map"], map, "{v}");
+        assert_eq!(v["key"], key, "{v}");
+        assert_eq!(v["tls"], tls, "{v}");
+        assert_eq!(v["reply"], "OK", "{v}");
+        assert_eq!(
+            format!("OK {}", v["level"].as_str().unwrap_or_default()),
+            reply,
+            "{v}"
+        );
+    }
+    assert_eq!(records[3]["domain"], "mx.bank.example");
+    assert_eq!(records[3]["matched"], ".bank.example");
+    assert_eq!(records[0]["rule"], 1);
+
+    // The table shows the same four lookups.
+    let r = run([OsStr::new("log"), OsStr::new("--file"), log.as_os_str()]);
+    let table = r.ok();
+    let tls_column: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(4).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        tls_column,
+        ["forced", "opportunistic", "forced", "forced"],
+        "{table}"
+    );
+
+    let r = run([
+        OsStr::new("log"),
+        OsStr::new("--summary"),
+        OsStr::new("--file"),
+        log.as_os_str(),
+    ]);
+    let out = r.ok();
+    assert!(out.contains("records matched: 4\n"), "{out}");
+    assert_eq!(
+        summary_section(out, "by tls:"),
+        rows(&[("forced", 3), ("opportunistic", 1)])
+    );
+    assert_eq!(
+        summary_section(out, "by source:"),
+        rows(&[("default", 2), ("static", 2)])
+    );
+}
+
+/// `log --domain` finds lookups made with next-hop and parent-walk keys by
+/// their host or domain name: the record's `domain` is the name, the `key`
+/// keeps the form Postfix used.
+#[test]
+fn log_domain_finds_nexthop_and_parent_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-policyd.toml");
+    write(
+        &dir.path().join("policy.toml"),
+        "[[rule]]\ndomains = [\"bank.example\", \".bank.example\"]\ntls = \"forced\"\n",
+    );
+    write(
+        &config,
+        "[socketmap]\nlisten = \"inet:127.0.0.1:0\"\n[policy]\nfile = \"policy.toml\"\n\
+         [log]\ndecisions = \"decisions.jsonl\"\n",
+    );
+    let mut daemon = Daemon::start(&config);
+    let marker = "listening frontend=\"socketmap\" address=inet:127.0.0.1:";
+    let line = daemon.wait_for_line(marker);
+    let port: u16 = line
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {line:?}"));
+    let mut client = SocketmapClient::connect(port);
+    for key in [
+        "[MX.Bank.Example]:25",
+        ".bank.example",
+        "relay.bank.example:2525",
+        "bank.example",
+    ] {
+        assert_eq!(client.lookup("tls_policy", key), "OK encrypt", "{key}");
+    }
+    drop(client);
+    assert_eq!(daemon.terminate().code(), Some(0));
+    let log = dir.path().join("decisions.jsonl");
+    let keys_for = |domain: &str| -> Vec<String> {
+        let r = run([
+            OsStr::new("log"),
+            OsStr::new("--json"),
+            OsStr::new("--domain"),
+            OsStr::new(domain),
+            OsStr::new("--file"),
+            log.as_os_str(),
+        ]);
+        r.ok()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(keys_for("mx.bank.example"), ["[MX.Bank.Example]:25"]);
+    assert_eq!(keys_for("relay.bank.example"), ["relay.bank.example:2525"]);
+    assert_eq!(keys_for("Bank.Example."), [".bank.example", "bank.example"]);
+}
