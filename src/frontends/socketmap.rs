@@ -178,7 +178,9 @@ where
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut start = 0usize;
     loop {
-        // Answer every complete request already received.
+        // Answer every complete request already received. Requests before
+        // a bad one still get their replies before the connection closes.
+        let mut close = false;
         loop {
             match netstring::decode(&buf[start..], MAX_QUERY_LEN) {
                 Ok(Some(frame)) => {
@@ -189,14 +191,16 @@ where
                             problem,
                             "socketmap request refused; closing connection"
                         );
-                        return;
+                        close = true;
+                        break;
                     }
                     start += frame.consumed;
                 }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(peer, error = %e, "socketmap framing error; closing connection");
-                    return;
+                    close = true;
+                    break;
                 }
             }
         }
@@ -206,6 +210,9 @@ where
                 return;
             }
             out.clear();
+        }
+        if close {
+            return;
         }
         if start == buf.len() {
             buf.clear();
