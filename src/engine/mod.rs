@@ -229,7 +229,9 @@ impl Engine {
 /// The default, with the parse problem as its reason.
 fn bad_key_decision(policy: &StaticPolicy, e: &KeyError) -> Decision {
     let mut d = policy.default_decision().clone();
-    d.reason = Arc::from(format!("key is not a destination ({e}); the default applies"));
+    d.reason = Arc::from(format!(
+        "key is not a destination ({e}); the default applies"
+    ));
     d
 }
 
