@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use tls_policyd::cli::{self, LogOptions};
@@ -149,6 +149,13 @@ fn serve(config_path: PathBuf) -> ExitCode {
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };
     rt.block_on(async move {
+        // Signals are caught from before the first "listening" line, so a
+        // reload or stop sent as soon as the daemon announces itself is
+        // never fatal.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
+        };
         let ctx = match Context::new(&config_path, config.clone()) {
             Ok(c) => Arc::new(c),
             Err(e) => return fail(&e.to_string()),
@@ -157,6 +164,8 @@ fn serve(config_path: PathBuf) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(&e.to_string()),
         };
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals.handle(ctx.clone(), shutdown.clone()));
         match listeners.socketmap.local_addr() {
             Ok(a) => tracing::info!(frontend = "socketmap", address = %a, "listening"),
             Err(e) => return fail(&format!("socketmap listener: {e}")),
@@ -169,25 +178,33 @@ fn serve(config_path: PathBuf) -> ExitCode {
             env!("CARGO_PKG_VERSION")
         );
         drop(policy);
-        let shutdown = CancellationToken::new();
-        if let Err(e) = wire_signals(ctx.clone(), shutdown.clone()) {
-            return fail(&format!("cannot install signal handlers: {e}"));
-        }
         tls_policyd::serve(ctx, listeners, shutdown).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
 }
 
-/// SIGHUP reloads; SIGTERM and SIGINT cancel the shutdown token.
-fn wire_signals(ctx: Arc<Context>, shutdown: CancellationToken) -> std::io::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
+/// The signals the daemon acts on.
+struct Signals {
+    hup: Signal,
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// SIGHUP reloads; SIGTERM and SIGINT cancel the shutdown token.
+    async fn handle(mut self, ctx: Arc<Context>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
-                _ = hup.recv() => match ctx.reload() {
+                _ = self.hup.recv() => match ctx.reload() {
                     Ok(r) => {
                         tracing::info!(rules = r.rules, "reloaded");
                         if !r.needs_restart.is_empty() {
@@ -196,12 +213,11 @@ fn wire_signals(ctx: Arc<Context>, shutdown: CancellationToken) -> std::io::Resu
                     }
                     Err(e) => tracing::error!(error = %e, "reload failed; the previous configuration keeps serving"),
                 },
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
             }
         }
         tracing::info!("shutting down");
         shutdown.cancel();
-    });
-    Ok(())
+    }
 }

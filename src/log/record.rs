@@ -48,7 +48,7 @@ pub struct DecisionRecord {
     /// absent when the answer was `NOTFOUND`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<Arc<str>>,
-    /// `OK`, `NOTFOUND`, `TEMP` or `PERM`.
+    /// The socketmap reply code: `OK` or `NOTFOUND`.
     pub reply: &'static str,
     pub source: SourceKind,
     #[serde(skip_serializing_if = "Option::is_none")]
