@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::netstring::{self, MAX_QUERY_LEN};
@@ -177,6 +178,15 @@ where
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut start = 0usize;
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
+    // Requests served, and the count when the idle timer last fired: a
+    // connection is idle when a whole period passed without a request. This
+    // closes after one to two idle periods and costs nothing per request.
+    let mut served = 0u64;
+    let mut served_at_check = 0u64;
+    let idle = tokio::time::sleep(ctx.socketmap_settings().idle_timeout);
+    tokio::pin!(idle);
     loop {
         // Answer every complete request already received. Requests before
         // a bad one still get their replies before the connection closes.
@@ -195,6 +205,7 @@ where
                         break;
                     }
                     start += frame.consumed;
+                    served += 1;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -224,13 +235,26 @@ where
             return;
         }
         buf.reserve(READ_CHUNK);
-        let idle = ctx.socketmap_settings().idle_timeout;
-        let read = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(idle, stream.read_buf(&mut buf)) => r,
+        // One timer and one cancellation future per connection, not per
+        // read: the idle deadline is only re-armed when it fires early.
+        let read = loop {
+            tokio::select! {
+                biased;
+                r = stream.read_buf(&mut buf) => break r,
+                _ = &mut cancelled => return,
+                _ = &mut idle => {
+                    if served == served_at_check {
+                        tracing::debug!(peer, "socketmap connection idle; closing");
+                        return;
+                    }
+                    served_at_check = served;
+                    let limit = ctx.socketmap_settings().idle_timeout;
+                    idle.as_mut().reset(Instant::now() + limit);
+                }
+            }
         };
         match read {
-            Ok(Ok(0)) => {
+            Ok(0) => {
                 if !buf.is_empty() {
                     tracing::warn!(
                         peer,
@@ -240,13 +264,9 @@ where
                 }
                 return;
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+            Ok(_) => {}
+            Err(e) => {
                 tracing::debug!(peer, error = %e, "socketmap read failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(peer, "socketmap connection idle; closing");
                 return;
             }
         }

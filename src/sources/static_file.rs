@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::engine::decision::{Decision, Level, PolicyWord, SourceKind, policy_text};
-use crate::engine::key::{Destination, KeyForm, parents};
+use crate::engine::key::{Destination, KeyForm, MAX_NAME_LEN, parents};
 use crate::sources::name_index::NameIndex;
 
 /// Static decisions only change on reload; callers may keep them this long.
@@ -80,7 +80,7 @@ pub struct Hit {
     /// 0-based rule position.
     pub rule: u32,
     /// The entry as normalised (`.bank.example`, `[relay.example]:587`).
-    pub entry: String,
+    pub entry: Arc<str>,
 }
 
 /// A loaded policy file.
@@ -182,25 +182,32 @@ impl StaticPolicy {
 
     /// Find the most specific rule entry for a destination.
     pub fn lookup(&self, dest: &Destination) -> Option<Hit> {
-        let hit = |map: &NameIndex, name: &str, entry: String| {
-            map.get(name).map(|rule| Hit { rule, entry })
-        };
         match dest.form {
             KeyForm::Domain => self.lookup_domain(&dest.name),
             // `.x` asks for "a strict subdomain of x": `.x` itself or any
             // `.parent` of x covers it; an exact `x` does not.
-            KeyForm::Parent => hit(&self.sub, &dest.name, format!(".{}", dest.name))
+            KeyForm::Parent => self
+                .sub
+                .get(&dest.name)
+                .map(|rule| Hit {
+                    rule,
+                    entry: dotted(&dest.name),
+                })
                 .or_else(|| self.lookup_sub(&dest.name)),
             KeyForm::Host | KeyForm::HostPort | KeyForm::NamePort => {
-                let canonical = dest.canonical();
-                if let Some(h) = hit(&self.nexthop, &canonical, canonical.clone()) {
+                let nexthop = |key: String| {
+                    self.nexthop.get(&key).map(|rule| Hit {
+                        rule,
+                        entry: Arc::from(key),
+                    })
+                };
+                if let Some(h) = nexthop(dest.canonical()) {
                     return Some(h);
                 }
-                if dest.form == KeyForm::HostPort {
-                    let bare = format!("[{}]", dest.host_text());
-                    if let Some(h) = hit(&self.nexthop, &bare, bare.clone()) {
-                        return Some(h);
-                    }
+                if dest.form == KeyForm::HostPort
+                    && let Some(h) = nexthop(format!("[{}]", dest.host_text()))
+                {
+                    return Some(h);
                 }
                 if dest.is_ip {
                     None
@@ -215,7 +222,7 @@ impl StaticPolicy {
         if let Some(rule) = self.exact.get(name) {
             return Some(Hit {
                 rule,
-                entry: name.to_string(),
+                entry: Arc::from(name),
             });
         }
         self.lookup_sub(name)
@@ -225,7 +232,7 @@ impl StaticPolicy {
         parents(name).find_map(|p| {
             self.sub.get(p).map(|rule| Hit {
                 rule,
-                entry: format!(".{p}"),
+                entry: dotted(p),
             })
         })
     }
@@ -244,11 +251,26 @@ impl StaticPolicy {
             policy: rule.policy.clone(),
             source: SourceKind::Static,
             rule: Some(rule.index),
-            matched: Some(Arc::from(hit.entry)),
+            matched: Some(hit.entry),
             reason: Arc::from(self.reason(rule)),
             ttl: STATIC_DECISION_TTL,
             raised: false,
         }
+    }
+}
+
+/// `.name` as a shared string, built with one allocation (this runs for
+/// every lookup that a subdomain rule answers).
+fn dotted(name: &str) -> Arc<str> {
+    let mut buf = [0u8; 1 + MAX_NAME_LEN];
+    match buf.get_mut(1..=name.len()) {
+        Some(tail) => {
+            tail.copy_from_slice(name.as_bytes());
+            buf[0] = b'.';
+            // Both parts are UTF-8, so the join is too.
+            Arc::from(std::str::from_utf8(&buf[..=name.len()]).unwrap_or_default())
+        }
+        None => Arc::from(format!(".{name}")),
     }
 }
 
@@ -501,7 +523,11 @@ mod tests {
         let d = Destination::parse(key).unwrap();
         p.lookup(&d).map(|h| {
             let dec = p.decision(h.clone());
-            (dec.rule.unwrap(), h.entry, dec.policy.to_string())
+            (
+                dec.rule.unwrap(),
+                h.entry.to_string(),
+                dec.policy.to_string(),
+            )
         })
     }
 
