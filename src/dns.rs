@@ -134,7 +134,9 @@ pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
         return Err(format!("{s:?}: port 0 is not a nameserver port"));
     }
     if addr.ip().is_unspecified() {
-        return Err(format!("{s:?}: the unspecified address is not a nameserver"));
+        return Err(format!(
+            "{s:?}: the unspecified address is not a nameserver"
+        ));
     }
     Ok(addr)
 }
@@ -287,7 +289,11 @@ pub fn name_text(name: &Name) -> String {
 
 /// Look up records of one type. The answer keeps the whole response
 /// message (header bits such as AD included) for callers that need it.
-pub async fn lookup(resolver: &Resolver, name: &str, rtype: RecordType) -> Result<Lookup, LookupError> {
+pub async fn lookup(
+    resolver: &Resolver,
+    name: &str,
+    rtype: RecordType,
+) -> Result<Lookup, LookupError> {
     let n = absolute_name(name)?;
     resolver.lookup(n, rtype).await.map_err(classify)
 }
@@ -328,7 +334,11 @@ pub async fn lookup_mx(resolver: &Resolver, domain: &str) -> Result<MxAnswer, Lo
         }
     }
     if hosts.is_empty() {
-        return Ok(if null { MxAnswer::NullMx } else { MxAnswer::NoMx });
+        return Ok(if null {
+            MxAnswer::NullMx
+        } else {
+            MxAnswer::NoMx
+        });
     }
     // A "." mixed with real exchangers is a misconfiguration; the real ones
     // are what a sender uses.
@@ -432,13 +442,26 @@ mod tests {
             parse_nameserver("127.0.0.1:5353").unwrap(),
             "127.0.0.1:5353".parse().unwrap()
         );
-        assert_eq!(parse_nameserver("::1").unwrap(), "[::1]:53".parse().unwrap());
-        assert_eq!(parse_nameserver("[::1]").unwrap(), "[::1]:53".parse().unwrap());
+        assert_eq!(
+            parse_nameserver("::1").unwrap(),
+            "[::1]:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_nameserver("[::1]").unwrap(),
+            "[::1]:53".parse().unwrap()
+        );
         assert_eq!(
             parse_nameserver("[::1]:5353").unwrap(),
             "[::1]:5353".parse().unwrap()
         );
-        for bad in ["", "ns1.example", "127.0.0.1:", "127.0.0.1:0", "1.2.3.4:99999", "0.0.0.0"] {
+        for bad in [
+            "",
+            "ns1.example",
+            "127.0.0.1:",
+            "127.0.0.1:0",
+            "1.2.3.4:99999",
+            "0.0.0.0",
+        ] {
             assert!(parse_nameserver(bad).is_err(), "{bad:?}");
         }
         let e = parse_nameserver("ns1.example").unwrap_err();
@@ -453,9 +476,10 @@ mod tests {
         assert_eq!(c.attempts, 2);
         assert!(c.validate().is_ok());
 
-        let c: DnsConfig =
-            toml::from_str("nameservers = [\"127.0.0.1:5353\"]\ntimeout = \"500ms\"\nattempts = 1\n")
-                .unwrap();
+        let c: DnsConfig = toml::from_str(
+            "nameservers = [\"127.0.0.1:5353\"]\ntimeout = \"500ms\"\nattempts = 1\n",
+        )
+        .unwrap();
         assert_eq!(c.timeout, Duration::from_millis(500));
         assert!(c.validate().is_ok());
 

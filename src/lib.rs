@@ -7,11 +7,13 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod engine;
 pub mod frontends;
 pub mod listen;
 pub mod log;
 pub mod memory;
+pub mod prober;
 pub mod sources;
 
 pub use daemon::{Context, Listeners, serve};

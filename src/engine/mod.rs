@@ -13,6 +13,7 @@
 
 pub mod decision;
 pub mod key;
+pub mod refusal;
 
 use std::future::Future;
 use std::pin::Pin;

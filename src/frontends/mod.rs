@@ -1,4 +1,6 @@
 //! Front doors: thin adapters between a Postfix protocol and the engine.
 
+pub mod attrs;
 pub mod netstring;
+pub mod policy;
 pub mod socketmap;

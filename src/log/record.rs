@@ -59,6 +59,50 @@ pub struct DecisionRecord {
     /// Set when a forced map raised a weaker answer to forced.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub raised: bool,
+    /// Policy server: Postfix's `instance` attribute (one per message
+    /// within an SMTP session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Policy server: the envelope sender (`""` for the null sender).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Policy server: the recipient the decision is for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Policy server: the SMTP client's IP address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
+    /// Policy server, one record per message: every recipient's decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<Vec<RecipientRecord>>,
+    /// Policy server: the action answered (`DUNNO`,
+    /// `DEFER_IF_PERMIT 4.7.10 …`, `FILTER smtp-tls-forced:`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Policy server: the `[[sender_rule]]` that forces TLS for this
+    /// message (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_rule: Option<u32>,
+}
+
+/// One recipient's decision inside a per-message record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecipientRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Normalised recipient domain; absent when the address had none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    pub tls: Tls,
+    /// The Postfix level and attributes that apply (`encrypt`).
+    pub level: Arc<str>,
+    pub source: SourceKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    pub reason: Arc<str>,
+    /// What was answered at RCPT for this recipient.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 impl DecisionRecord {
@@ -79,6 +123,13 @@ impl DecisionRecord {
             matched: decision.matched.clone(),
             reason: decision.reason.clone(),
             raised: decision.raised,
+            instance: None,
+            sender: None,
+            recipient: None,
+            client_address: None,
+            recipients: None,
+            action: None,
+            sender_rule: None,
         }
     }
 }
@@ -320,6 +371,53 @@ mod tests {
         assert_eq!(v["reason"], "PCI \"partner\"");
         assert!(v.get("queue_id").is_none());
         assert!(v.get("raised").is_none());
+        for absent in [
+            "instance",
+            "sender",
+            "recipient",
+            "client_address",
+            "recipients",
+            "action",
+            "sender_rule",
+        ] {
+            assert!(v.get(absent).is_none(), "{absent}");
+        }
+    }
+
+    #[test]
+    fn policy_server_fields() {
+        let mut r = DecisionRecord::new("policy", "", &decision());
+        r.queue_id = Some("4ABC".into());
+        r.instance = Some("1.2.3".into());
+        r.sender = Some(String::new());
+        r.client_address = Some("192.0.2.1".into());
+        r.action = Some("DUNNO".into());
+        r.sender_rule = Some(1);
+        r.recipients = Some(vec![RecipientRecord {
+            recipient: Some("a@bank.example".into()),
+            domain: Some("bank.example".into()),
+            tls: Tls::Forced,
+            level: Arc::from("encrypt"),
+            source: SourceKind::Static,
+            rule: Some(1),
+            reason: Arc::from("why"),
+            action: None,
+        }]);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["queue_id"], "4ABC");
+        assert_eq!(v["instance"], "1.2.3");
+        assert_eq!(v["sender"], "", "the null sender is written, not left out");
+        assert_eq!(v["client_address"], "192.0.2.1");
+        assert_eq!(v["action"], "DUNNO");
+        assert_eq!(v["sender_rule"], 1);
+        let rcpt = &v["recipients"][0];
+        assert_eq!(rcpt["recipient"], "a@bank.example");
+        assert_eq!(rcpt["domain"], "bank.example");
+        assert_eq!(rcpt["tls"], "forced");
+        assert_eq!(rcpt["level"], "encrypt");
+        assert_eq!(rcpt["source"], "static");
+        assert_eq!(rcpt["rule"], 1);
+        assert!(rcpt.get("action").is_none());
     }
 
     #[test]

@@ -16,8 +16,26 @@
 //! `[relay.example]:587`, `relay.example:2525`). The most specific entry
 //! wins: exact, then the nearest `.parent`, and for next-hop keys the exact
 //! next-hop entry before the host name's domain rules.
+//!
+//! Sender rules force TLS for everything a sender sends, whatever the
+//! recipient domain. Only the policy server front door applies them (it
+//! routes such mail through the forced transport):
+//!
+//! ```toml
+//! [[sender_rule]]
+//! senders = ["ceo@example.com", "@finance.example.com", ".finance.example.com"]
+//! tls = "forced"
+//! reason = "board and finance mail never in plaintext"
+//! ```
+//!
+//! A sender entry is an address (`ceo@example.com`), every address at one
+//! domain (`@finance.example.com`), or every address at any subdomain of a
+//! domain (`.finance.example.com`, not the domain itself). Matching ignores
+//! case in the whole address; domains are folded like rule domains. The
+//! most specific entry wins: the address, then `@domain`, then the nearest
+//! `.parent`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +44,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::engine::decision::{Decision, Level, PolicyWord, SourceKind, policy_text};
-use crate::engine::key::{Destination, KeyForm, MAX_NAME_LEN, parents};
+use crate::engine::key::{Destination, KeyForm, MAX_NAME_LEN, normalize_domain, parents};
+use crate::engine::refusal::RefuseMode;
 use crate::sources::name_index::NameIndex;
 
 /// Static decisions only change on reload; callers may keep them this long.
@@ -45,6 +64,8 @@ struct RawPolicy {
     default: String,
     #[serde(default)]
     rule: Vec<RawRule>,
+    #[serde(default)]
+    sender_rule: Vec<RawSenderRule>,
 }
 
 fn default_word() -> String {
@@ -61,6 +82,16 @@ struct RawRule {
     reason: Option<String>,
     protocols: Option<String>,
     ciphers: Option<String>,
+    refuse: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSenderRule {
+    senders: Vec<String>,
+    tls: String,
+    reason: Option<String>,
+    refuse: Option<String>,
 }
 
 /// One rule, as the engine needs it.
@@ -72,6 +103,38 @@ pub struct Rule {
     pub policy: Arc<str>,
     /// Where the reason sits in the policy's reason text.
     reason: (u32, u32),
+    /// `refuse = …`: what the policy server answers when delivery is known
+    /// to be impossible; `None` = the server's global setting.
+    pub refuse: Option<RefuseMode>,
+}
+
+/// One sender rule: mail from these senders is always sent with forced TLS.
+#[derive(Debug, Clone)]
+pub struct SenderRule {
+    /// 1-based position among the `[[sender_rule]]` tables.
+    pub index: u32,
+    pub reason: Arc<str>,
+    /// `refuse = …` for recipients this rule forces; `None` = global.
+    pub refuse: Option<RefuseMode>,
+}
+
+/// Which sender rule matched an address, and through which entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderHit {
+    /// 1-based sender rule number.
+    pub rule: u32,
+    /// The entry as normalised (`ceo@example.com`, `@finance.example.com`,
+    /// `.example.com`).
+    pub entry: String,
+}
+
+/// The sender entries of all sender rules, by form. Values are 0-based
+/// sender rule positions.
+#[derive(Debug, Default)]
+struct SenderIndex {
+    address: HashMap<String, u32>,
+    domain: HashMap<String, u32>,
+    sub: HashMap<String, u32>,
 }
 
 /// Which entry of a rule matched a destination.
@@ -94,6 +157,8 @@ pub struct StaticPolicy {
     sub: NameIndex,
     nexthop: NameIndex,
     default: Decision,
+    sender_rules: Vec<SenderRule>,
+    senders: SenderIndex,
 }
 
 /// A policy-file problem, naming the file, the rule and what is wrong.
@@ -102,6 +167,9 @@ pub struct PolicyError {
     pub file: PathBuf,
     /// 1-based rule number, when the problem is inside one rule.
     pub rule: Option<u32>,
+    /// 1-based sender rule number, when the problem is inside one
+    /// `[[sender_rule]]`.
+    pub sender_rule: Option<u32>,
     pub problem: String,
 }
 
@@ -110,6 +178,12 @@ impl fmt::Display for PolicyError {
         write!(f, "{}: ", self.file.display())?;
         if let Some(r) = self.rule {
             write!(f, "rule {r} ([[rule]] number {r} in the file): ")?;
+        }
+        if let Some(r) = self.sender_rule {
+            write!(
+                f,
+                "sender_rule {r} ([[sender_rule]] number {r} in the file): "
+            )?;
         }
         f.write_str(&self.problem)
     }
@@ -123,6 +197,7 @@ impl StaticPolicy {
         let err = |problem: String| PolicyError {
             file: path.to_path_buf(),
             rule: None,
+            sender_rule: None,
             problem,
         };
         let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
@@ -157,10 +232,18 @@ impl StaticPolicy {
             Err(_) => toml::from_str::<RawPolicy>(text),
             Ok(Err(panic)) => std::panic::resume_unwind(panic),
         }
-        .map_err(|e| PolicyError {
-            file: path.to_path_buf(),
-            rule: rule_of_toml_error(text, &e),
-            problem: e.to_string().trim_end().to_string(),
+        .map_err(|e| {
+            let (rule, sender_rule) = match table_of_toml_error(text, &e) {
+                Some(Table::Rule(n)) => (Some(n), None),
+                Some(Table::SenderRule(n)) => (None, Some(n)),
+                None => (None, None),
+            };
+            PolicyError {
+                file: path.to_path_buf(),
+                rule,
+                sender_rule,
+                problem: e.to_string().trim_end().to_string(),
+            }
         })?;
         let built = Builder::new(path).build(&raw);
         drop(raw);
@@ -257,6 +340,107 @@ impl StaticPolicy {
             raised: false,
         }
     }
+
+    /// The `[[sender_rule]]` tables, in file order.
+    pub fn sender_rules(&self) -> &[SenderRule] {
+        &self.sender_rules
+    }
+
+    /// The sender rule for an envelope sender, if any: the address itself,
+    /// then `@domain`, then the nearest `.parent`. The null sender (`""`)
+    /// and addresses without a domain never match.
+    pub fn lookup_sender(&self, sender: &str) -> Option<SenderHit> {
+        if self.sender_rules.is_empty() {
+            return None;
+        }
+        let (local, domain) = sender.rsplit_once('@')?;
+        if local.is_empty() {
+            return None;
+        }
+        let domain = normalize_domain(domain).ok()?;
+        let hit = |rule: u32, entry: String| SenderHit {
+            rule: rule + 1,
+            entry,
+        };
+        let address = format!("{}@{domain}", fold_local(local));
+        if let Some(&r) = self.senders.address.get(&address) {
+            return Some(hit(r, address));
+        }
+        if let Some(&r) = self.senders.domain.get(&domain) {
+            return Some(hit(r, format!("@{domain}")));
+        }
+        parents(&domain).find_map(|p| self.senders.sub.get(p).map(|&r| hit(r, format!(".{p}"))))
+    }
+
+    /// A sender rule by its 1-based number.
+    pub fn sender_rule(&self, number: u32) -> Option<&SenderRule> {
+        self.sender_rules
+            .get(usize::try_from(number.checked_sub(1)?).ok()?)
+    }
+}
+
+/// A sender entry, normalised.
+enum SenderEntry {
+    /// `local@domain`, local part folded.
+    Address(String),
+    /// `@domain`
+    Domain(String),
+    /// `.domain`: any subdomain.
+    Sub(String),
+}
+
+impl SenderEntry {
+    fn text(&self) -> String {
+        match self {
+            SenderEntry::Address(a) => a.clone(),
+            SenderEntry::Domain(d) => format!("@{d}"),
+            SenderEntry::Sub(d) => format!(".{d}"),
+        }
+    }
+}
+
+/// Local parts compare without regard to case (as Postfix's access maps
+/// do), including non-ASCII ones.
+fn fold_local(local: &str) -> String {
+    if local.is_ascii() {
+        local.to_ascii_lowercase()
+    } else {
+        local.to_lowercase()
+    }
+}
+
+fn parse_sender_entry(written: &str) -> Result<SenderEntry, String> {
+    const FORMS: &str =
+        "use user@domain, @domain (any address at domain) or .domain (any address at a subdomain)";
+    if written.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "spaces and control characters are not allowed; {FORMS}"
+        ));
+    }
+    if let Some(domain) = written.strip_prefix('@') {
+        return normalize_domain(domain)
+            .map(SenderEntry::Domain)
+            .map_err(|e| e.to_string());
+    }
+    if let Some(domain) = written.strip_prefix('.') {
+        if domain.contains('@') {
+            return Err(format!("not a sender pattern; {FORMS}"));
+        }
+        return normalize_domain(domain)
+            .map(SenderEntry::Sub)
+            .map_err(|e| e.to_string());
+    }
+    let Some((local, domain)) = written.rsplit_once('@') else {
+        return Err(format!("not an address; {FORMS}"));
+    };
+    if local.is_empty() {
+        return Err(format!("empty local part; {FORMS}"));
+    }
+    let domain = normalize_domain(domain).map_err(|e| e.to_string())?;
+    Ok(SenderEntry::Address(format!(
+        "{}@{domain}",
+        fold_local(local)
+    )))
 }
 
 /// `.name` as a shared string, built with one allocation (this runs for
@@ -279,6 +463,7 @@ fn offset(reasons: &str) -> Result<u32, PolicyError> {
     u32::try_from(reasons.len()).map_err(|_| PolicyError {
         file: PathBuf::new(),
         rule: None,
+        sender_rule: None,
         problem: "reasons take more than 4 GiB".into(),
     })
 }
@@ -291,16 +476,32 @@ fn dest_canonical(form: KeyForm, key: &str) -> String {
     }
 }
 
-/// Guess which `[[rule]]` a TOML error sits in from its byte offset, so
-/// the message can name the rule as well as the line.
-fn rule_of_toml_error(text: &str, e: &toml::de::Error) -> Option<u32> {
+/// An array table of the policy file, numbered from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Rule(u32),
+    SenderRule(u32),
+}
+
+/// Guess which `[[rule]]` or `[[sender_rule]]` a TOML error sits in from
+/// its byte offset, so the message can name the rule as well as the line.
+fn table_of_toml_error(text: &str, e: &toml::de::Error) -> Option<Table> {
     let at = e.span()?.start;
     let before = text.get(..at)?;
-    let n = before
-        .lines()
-        .filter(|l| l.trim_start().starts_with("[[rule]]"))
-        .count();
-    u32::try_from(n).ok().filter(|&n| n > 0)
+    let (mut rules, mut senders, mut last) = (0u32, 0u32, None);
+    for line in before.lines() {
+        let l = line.trim_start();
+        if l.starts_with("[[rule]]") {
+            rules = rules.saturating_add(1);
+            last = Some(Table::Rule(rules));
+        } else if l.starts_with("[[sender_rule]]") {
+            senders = senders.saturating_add(1);
+            last = Some(Table::SenderRule(senders));
+        } else if l.starts_with('[') {
+            last = None;
+        }
+    }
+    last
 }
 
 struct Builder<'a> {
@@ -362,8 +563,98 @@ impl<'a> Builder<'a> {
         PolicyError {
             file: self.path.to_path_buf(),
             rule,
+            sender_rule: None,
             problem,
         }
+    }
+
+    fn sender_error(&self, number: u32, problem: String) -> PolicyError {
+        PolicyError {
+            file: self.path.to_path_buf(),
+            rule: None,
+            sender_rule: Some(number),
+            problem,
+        }
+    }
+
+    fn refuse(&self, raw: Option<&str>) -> Result<Option<RefuseMode>, String> {
+        raw.map(|r| {
+            r.parse::<RefuseMode>()
+                .map_err(|e| format!("key `refuse`: {e}"))
+        })
+        .transpose()
+    }
+
+    fn build_senders(
+        &self,
+        raw: &RawPolicy,
+    ) -> Result<(Vec<SenderRule>, SenderIndex), PolicyError> {
+        let mut rules = Vec::with_capacity(raw.sender_rule.len());
+        let mut index = SenderIndex::default();
+        // Where each normalised entry was first listed, and as what.
+        let mut seen: HashMap<String, (u32, &str)> = HashMap::new();
+        for (i, r) in raw.sender_rule.iter().enumerate() {
+            let number = u32::try_from(i + 1)
+                .map_err(|_| self.error(None, "too many sender rules".to_string()))?;
+            let level = r
+                .tls
+                .parse::<PolicyWord>()
+                .map_err(|e| self.sender_error(number, format!("key `tls`: {e}")))?
+                .0;
+            if level != Level::Encrypt {
+                return Err(self.sender_error(
+                    number,
+                    format!(
+                        "key `tls`: sender rules only take \"forced\" (got {:?}): their mail goes through the forced transport, which never sends in plaintext",
+                        r.tls
+                    ),
+                ));
+            }
+            let refuse = self
+                .refuse(r.refuse.as_deref())
+                .map_err(|e| self.sender_error(number, e))?;
+            if r.senders.is_empty() {
+                return Err(self.sender_error(number, "key `senders` is empty".into()));
+            }
+            for written in &r.senders {
+                let entry = parse_sender_entry(written)
+                    .map_err(|e| self.sender_error(number, format!("sender {written:?}: {e}")))?;
+                let text = entry.text();
+                if let Some((first, as_written)) = seen.get(&text) {
+                    let where_ = if *first == number {
+                        "earlier in this sender rule".to_string()
+                    } else {
+                        format!("in sender_rule {first}")
+                    };
+                    let same = if *as_written == written.as_str() {
+                        String::new()
+                    } else {
+                        format!(" (as {as_written:?})")
+                    };
+                    return Err(self.sender_error(
+                        number,
+                        format!("sender {written:?} is already listed {where_}{same}"),
+                    ));
+                }
+                seen.insert(text, (number, written.as_str()));
+                let pos = number - 1;
+                match entry {
+                    SenderEntry::Address(a) => index.address.insert(a, pos),
+                    SenderEntry::Domain(d) => index.domain.insert(d, pos),
+                    SenderEntry::Sub(d) => index.sub.insert(d, pos),
+                };
+            }
+            let reason = match &r.reason {
+                Some(text) => Arc::from(text.as_str()),
+                None => Arc::from(format!("policy file sender_rule {number}")),
+            };
+            rules.push(SenderRule {
+                index: number,
+                reason,
+                refuse,
+            });
+        }
+        Ok((rules, index))
     }
 
     fn build(mut self, raw: &RawPolicy) -> Result<StaticPolicy, PolicyError> {
@@ -387,6 +678,9 @@ impl<'a> Builder<'a> {
                 .map_err(|e| self.error(Some(number), format!("key `tls`: {e}")))?
                 .0;
             self.check_attributes(number, level, r)?;
+            let refuse = self
+                .refuse(r.refuse.as_deref())
+                .map_err(|e| self.error(Some(number), e))?;
             if r.domains.is_empty() {
                 return Err(self.error(Some(number), "key `domains` is empty".into()));
             }
@@ -420,8 +714,10 @@ impl<'a> Builder<'a> {
                 level,
                 policy,
                 reason,
+                refuse,
             });
         }
+        let (sender_rules, senders) = self.build_senders(raw)?;
         exact.shrink_to_fit();
         sub.shrink_to_fit();
         nexthop.shrink_to_fit();
@@ -444,6 +740,8 @@ impl<'a> Builder<'a> {
             sub,
             nexthop,
             default,
+            sender_rules,
+            senders,
         })
     }
 
@@ -703,5 +1001,125 @@ protocols = ">=TLSv1.2"
             "[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\n[[rule]]\ndomains=[\"b.example\"]\ntls=\"encrypt\"\n",
         );
         assert!(Arc::ptr_eq(&p.rules()[0].policy, &p.rules()[1].policy));
+    }
+
+    const SENDERS: &str = r#"
+[[rule]]
+domains = ["bank.example"]
+tls = "forced"
+refuse = "reject"
+
+[[rule]]
+domains = ["other.example"]
+tls = "verify"
+
+[[sender_rule]]
+senders = ["CEO@Example.COM", "@finance.example.com"]
+tls = "forced"
+reason = "board mail"
+
+[[sender_rule]]
+senders = [".example.org", "@Bücher.example"]
+tls = "encrypt"
+refuse = "off"
+"#;
+
+    #[test]
+    fn rule_refuse_setting() {
+        let p = policy(SENDERS);
+        assert_eq!(p.rules()[0].refuse, Some(RefuseMode::Reject));
+        assert_eq!(p.rules()[1].refuse, None);
+        let e = error("[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nrefuse=\"maybe\"\n");
+        assert_eq!(e.rule, Some(1));
+        assert!(e.problem.contains("key `refuse`"), "{}", e.problem);
+    }
+
+    #[test]
+    fn sender_rules_match_address_domain_and_subdomain() {
+        let p = policy(SENDERS);
+        assert_eq!(p.sender_rules().len(), 2);
+        let hit = |s: &str| p.lookup_sender(s).map(|h| (h.rule, h.entry));
+        assert_eq!(hit("ceo@example.com"), Some((1, "ceo@example.com".into())));
+        assert_eq!(hit("Ceo@EXAMPLE.com."), Some((1, "ceo@example.com".into())));
+        assert_eq!(hit("cfo@example.com"), None);
+        assert_eq!(
+            hit("anyone@Finance.Example.com"),
+            Some((1, "@finance.example.com".into()))
+        );
+        // `@domain` is that domain only.
+        assert_eq!(hit("x@eu.finance.example.com"), None);
+        // `.domain` is every subdomain, not the domain.
+        assert_eq!(hit("x@a.b.example.org"), Some((2, ".example.org".into())));
+        assert_eq!(hit("x@example.org"), None);
+        assert_eq!(
+            hit("x@xn--bcher-kva.example"),
+            Some((2, "@xn--bcher-kva.example".into()))
+        );
+        assert_eq!(hit(""), None);
+        assert_eq!(hit("postmaster"), None);
+        assert_eq!(hit("@example.com"), None);
+        let r = p.sender_rule(1).unwrap();
+        assert_eq!(r.reason.as_ref(), "board mail");
+        assert_eq!(r.refuse, None);
+        assert_eq!(p.sender_rule(2).unwrap().refuse, Some(RefuseMode::Off));
+        assert_eq!(
+            p.sender_rule(2).unwrap().reason.as_ref(),
+            "policy file sender_rule 2"
+        );
+        assert!(p.sender_rule(0).is_none());
+        assert!(p.sender_rule(3).is_none());
+        // No sender rules: nothing matches.
+        assert_eq!(policy(SAMPLE).lookup_sender("ceo@example.com"), None);
+    }
+
+    #[test]
+    fn sender_rule_errors_name_file_sender_rule_and_problem() {
+        let e = error(
+            "[[sender_rule]]\nsenders=[\"a@example.com\"]\ntls=\"forced\"\n[[sender_rule]]\nsenders=[\"A@Example.com.\"]\ntls=\"forced\"\n",
+        );
+        assert_eq!((e.rule, e.sender_rule), (None, Some(2)));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("policy.toml: sender_rule 2 ([[sender_rule]] number 2 in the file): "),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\"A@Example.com.\" is already listed in sender_rule 1 (as \"a@example.com\")"
+            ),
+            "{text}"
+        );
+        let e =
+            error("[[sender_rule]]\nsenders=[\"@a.example\", \"@A.example\"]\ntls=\"forced\"\n");
+        assert!(
+            e.problem.contains("earlier in this sender rule"),
+            "{}",
+            e.problem
+        );
+
+        let e = error("[[sender_rule]]\nsenders=[\"a.example\"]\ntls=\"forced\"\n");
+        assert!(e.problem.contains("not an address"), "{}", e.problem);
+        let e = error("[[sender_rule]]\nsenders=[\"@a..example\"]\ntls=\"forced\"\n");
+        assert!(e.problem.contains("empty label"), "{}", e.problem);
+        let e = error("[[sender_rule]]\nsenders=[\"a b@example.com\"]\ntls=\"forced\"\n");
+        assert!(e.problem.contains("spaces"), "{}", e.problem);
+        let e = error("[[sender_rule]]\nsenders=[\"@example.com\"]\ntls=\"verify\"\n");
+        assert!(e.problem.contains("only take \"forced\""), "{}", e.problem);
+        let e = error("[[sender_rule]]\nsenders=[]\ntls=\"forced\"\n");
+        assert!(e.problem.contains("`senders` is empty"), "{}", e.problem);
+        let e =
+            error("[[sender_rule]]\nsenders=[\"@x.example\"]\ntls=\"forced\"\nrefuse=\"later\"\n");
+        assert!(e.problem.contains("key `refuse`"), "{}", e.problem);
+
+        // TOML-level errors name the right table.
+        let e = error(
+            "[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\n\n[[sender_rule]]\nsenders=[\"@x.example\"]\ntls=\"forced\"\nreasn=\"typo\"\n",
+        );
+        assert_eq!((e.rule, e.sender_rule), (None, Some(1)), "{e}");
+        assert!(e.problem.contains("unknown field `reasn`"), "{}", e.problem);
+        let e = error(
+            "[[sender_rule]]\nsenders=[\"@x.example\"]\ntls=\"forced\"\n\n[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nresaon=\"typo\"\n",
+        );
+        assert_eq!((e.rule, e.sender_rule), (Some(1), None), "{e}");
     }
 }

@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod dns;
+pub mod netns;
+pub mod postfix;
+pub mod smtp;
+
 /// File names inside a daemon's directory.
 pub const CONFIG_FILE: &str = "tls-policyd.toml";
 pub const POLICY_FILE: &str = "policy.toml";
