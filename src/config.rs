@@ -111,7 +111,9 @@ fn default_level() -> String {
     "info".into()
 }
 
-mod human_duration {
+/// `#[serde(with = "crate::config::human_duration")]`: durations written
+/// like `"30s"` or `"5m"`.
+pub(crate) mod human_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 

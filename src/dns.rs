@@ -40,7 +40,7 @@ pub struct DnsConfig {
     #[serde(default)]
     pub nameservers: Vec<String>,
     /// How long to wait for one answer (`"5s"`).
-    #[serde(default = "default_timeout", with = "human_duration")]
+    #[serde(default = "default_timeout", with = "crate::config::human_duration")]
     pub timeout: Duration,
     /// How many times a query is sent before giving up.
     #[serde(default = "default_attempts")]
@@ -63,20 +63,6 @@ fn default_timeout() -> Duration {
 
 fn default_attempts() -> usize {
     2
-}
-
-mod human_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
-            ))
-        })
-    }
 }
 
 impl DnsConfig {

@@ -117,10 +117,13 @@ pub struct PolicyServerConfig {
     /// Close a connection with no request for this long. Longer than
     /// Postfix's `smtpd_policy_service_max_idle` (300 s), so Postfix
     /// closes first.
-    #[serde(default = "default_idle", with = "duration_text")]
+    #[serde(default = "default_idle", with = "crate::config::human_duration")]
     pub idle_timeout: Duration,
     /// Longest time to answer one request; after it, `DUNNO`.
-    #[serde(default = "default_request_timeout", with = "duration_text")]
+    #[serde(
+        default = "default_request_timeout",
+        with = "crate::config::human_duration"
+    )]
     pub request_timeout: Duration,
 }
 
@@ -136,20 +139,6 @@ fn default_idle() -> Duration {
 }
 fn default_request_timeout() -> Duration {
     Duration::from_secs(10)
-}
-
-mod duration_text {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
-            ))
-        })
-    }
 }
 
 impl PolicyServerConfig {

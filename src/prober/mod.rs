@@ -56,14 +56,23 @@ pub struct ProberConfig {
     #[serde(default = "default_helo_name")]
     pub helo_name: String,
     /// Time allowed for the TCP connection.
-    #[serde(default = "default_connect_timeout", with = "human_duration")]
+    #[serde(
+        default = "default_connect_timeout",
+        with = "crate::config::human_duration"
+    )]
     pub connect_timeout: Duration,
     /// Time allowed for each SMTP command and its complete reply (and for
     /// the greeting).
-    #[serde(default = "default_smtp_timeout", with = "human_duration")]
+    #[serde(
+        default = "default_smtp_timeout",
+        with = "crate::config::human_duration"
+    )]
     pub smtp_timeout: Duration,
     /// Time allowed for the TLS handshake.
-    #[serde(default = "default_tls_timeout", with = "human_duration")]
+    #[serde(
+        default = "default_tls_timeout",
+        with = "crate::config::human_duration"
+    )]
     pub tls_timeout: Duration,
     /// Domains probed at once (DNS lookups and SMTP); more wait.
     #[serde(default = "default_concurrency")]
@@ -77,10 +86,13 @@ pub struct ProberConfig {
     pub max_pending: usize,
     /// No new background probe of a domain sooner than this after the
     /// last one started.
-    #[serde(default = "default_min_interval", with = "human_duration")]
+    #[serde(
+        default = "default_min_interval",
+        with = "crate::config::human_duration"
+    )]
     pub min_interval: Duration,
     /// How long a result counts as knowledge.
-    #[serde(default = "default_ttl", with = "human_duration")]
+    #[serde(default = "default_ttl", with = "crate::config::human_duration")]
     pub ttl: Duration,
     /// MX hosts probed per domain, most preferred first.
     #[serde(default = "default_max_mx")]
@@ -164,20 +176,6 @@ impl Default for ProberConfig {
             extra_ca_file: None,
             max_cache_entries: default_max_cache_entries(),
         }
-    }
-}
-
-mod human_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
-            ))
-        })
     }
 }
 
