@@ -14,8 +14,8 @@
 //! requirement cannot be met gives [`Assessment::Cannot`].
 //!
 //! This module knows nothing about any front door: the policy server and
-//! (later) the milter build their replies from [`assess`] and
-//! [`refusal_text`].
+//! the milter build their replies from [`assess`], [`refusal_text`] and
+//! [`status_codes`].
 
 use std::fmt;
 use std::str::FromStr;
@@ -252,15 +252,27 @@ pub fn refusal_action(
     requirement: Requirement,
     found: &str,
 ) -> Option<String> {
-    let head = match mode {
-        RefuseMode::Defer => "DEFER_IF_PERMIT 4.7.10",
-        RefuseMode::Reject => "REJECT 5.7.10",
+    let verb = match mode {
+        RefuseMode::Defer => "DEFER_IF_PERMIT",
+        RefuseMode::Reject => "REJECT",
         RefuseMode::Off => return None,
     };
+    let (_, enhanced) = status_codes(mode)?;
     Some(format!(
-        "{head} {}",
+        "{verb} {enhanced} {}",
         refusal_text(domain, requirement, found)
     ))
+}
+
+/// The SMTP reply code and enhanced status code a refusal gives the
+/// client: `450`/`4.7.10` (defer) or `550`/`5.7.10` (reject); `None` when
+/// refusals are off.
+pub fn status_codes(mode: RefuseMode) -> Option<(&'static str, &'static str)> {
+    match mode {
+        RefuseMode::Defer => Some(("450", "4.7.10")),
+        RefuseMode::Reject => Some(("550", "5.7.10")),
+        RefuseMode::Off => None,
+    }
 }
 
 /// Printable ASCII; everything else (controls, non-ASCII) becomes `?`.

@@ -1,6 +1,7 @@
 //! Front doors: thin adapters between a Postfix protocol and the engine.
 
 pub mod attrs;
+pub mod message;
 pub mod netstring;
 pub mod policy;
 pub mod socketmap;

@@ -40,13 +40,8 @@
 //! [`MAX_OPEN_MESSAGES`], dropped at END-OF-MESSAGE, when the same
 //! connection moves on to another message, or after [`MESSAGE_STATE_TTL`].
 
-use std::any::Any;
 use std::collections::HashMap;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -58,16 +53,17 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::attrs::{Decoder, Request, encode_reply};
-use crate::daemon::Context;
-use crate::engine::Engine;
-use crate::engine::decision::{Decision, SourceKind, Tls};
-use crate::engine::key::{Destination, KeyForm};
-use crate::engine::refusal::{
-    Assessment, RefuseMode, Requirement, TlsKnowledge, assess, refusal_action,
+pub use super::message::Backend;
+use super::message::{
+    CatchUnwind, MessageSummary, Refusal, Ruling, header_value, message_record, non_empty,
+    panic_text, refusal_for, rule_recipient, trace_value,
 };
+use crate::engine::Engine;
+use crate::engine::decision::Decision;
+use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::{Conn, ListenAddr, Listener, SocketOptions, parse_mode};
-use crate::log::record::{DecisionLog, DecisionRecord, RecipientRecord};
-use crate::sources::static_file::{SenderHit, StaticPolicy};
+use crate::log::record::RecipientRecord;
+use crate::sources::static_file::SenderHit;
 
 /// Recipients remembered per message; more are answered and logged at
 /// RCPT but left out of the END-OF-MESSAGE record (Postfix's own
@@ -79,8 +75,6 @@ pub const MAX_OPEN_MESSAGES: usize = 10_000;
 /// A message whose END-OF-MESSAGE never came (the client gave up, or
 /// Postfix only asks at RCPT) is forgotten after this long.
 pub const MESSAGE_STATE_TTL: Duration = Duration::from_secs(3600);
-/// Longest trace header line, name included (RFC 5322 allows 998).
-pub const MAX_TRACE_HEADER_LEN: usize = 900;
 
 /// The `request=` value Postfix sends.
 const POLICY_REQUEST: &str = "smtpd_access_policy";
@@ -229,22 +223,6 @@ impl From<&PolicyServerConfig> for Settings {
             idle_timeout: c.idle_timeout,
             request_timeout: c.request_timeout,
         }
-    }
-}
-
-/// The engine and the decision log, wherever they live.
-pub trait Backend: Send + Sync {
-    fn engine(&self) -> &Engine;
-    fn decision_log(&self) -> &DecisionLog;
-}
-
-impl Backend for Context {
-    fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    fn decision_log(&self) -> &DecisionLog {
-        &self.log
     }
 }
 
@@ -493,18 +471,22 @@ impl Server {
         let instance = request.value("instance");
         let sender = request.value("sender");
         let engine = self.deps.backend.engine();
-        let ruling = rule_recipient(engine, recipient, sender, settings).await;
-        let refusal = refusal_for(&ruling, self.deps.knowledge.as_ref());
-        let action = match (refusal, &ruling.transport) {
-            (Some(r), _) => r,
-            (None, Some(t)) if self.messages.take_filter(instance) => Action {
+        let ruling = rule(engine, recipient, sender, settings).await;
+        let refusal = refusal_for(&ruling, self.deps.knowledge.as_ref()).map(refusal_action);
+        let action = match refusal {
+            Some(r) => r,
+            None if ruling.forced_by_sender && self.messages.take_filter(instance) => Action {
                 verb: "FILTER",
-                text: format!("FILTER {t}:"),
+                text: format!("FILTER {}:", settings.forced_transport),
             },
-            _ => Action::dunno(),
+            None => Action::dunno(),
         };
 
-        let mut rec = ruling.record(request);
+        let mut rec = ruling.record("policy");
+        rec.queue_id = non_empty(request.value("queue_id"));
+        rec.instance = non_empty(request.value("instance"));
+        rec.sender = Some(request.value("sender").to_string());
+        rec.client_address = non_empty(request.value("client_address"));
         rec.recipient = Some(recipient.to_string());
         rec.reply = action.verb;
         rec.action = Some(action.text.clone());
@@ -529,8 +511,7 @@ impl Server {
             let recipient = request.value("recipient");
             if !recipient.is_empty() {
                 let engine = self.deps.backend.engine();
-                let ruling =
-                    rule_recipient(engine, recipient, request.value("sender"), settings).await;
+                let ruling = rule(engine, recipient, request.value("sender"), settings).await;
                 let r = ruling.recipient_record(recipient, None);
                 summary = Some(trace_value(
                     std::slice::from_ref(&r),
@@ -568,144 +549,36 @@ impl Server {
                 if recipient.is_empty() {
                     (Vec::new(), 0, policy.lookup_sender(sender).map(|h| h.rule))
                 } else {
-                    let ruling = rule_recipient(engine, recipient, sender, &settings).await;
+                    let ruling = rule(engine, recipient, sender, &settings).await;
                     let hit = ruling.sender_hit.as_ref().map(|h| h.rule);
                     (vec![ruling.recipient_record(recipient, None)], 0, hit)
                 }
             }
         };
-        let forced = recipients.iter().filter(|r| r.tls == Tls::Forced).count();
-        let strictest = recipients
-            .iter()
-            .find(|r| r.tls == Tls::Forced)
-            .or(recipients.first());
-        let mut rec = DecisionRecord::new("policy", "", policy.default_decision());
-        rec.tls = if forced > 0 || sender_rule.is_some() {
-            Tls::Forced
-        } else {
-            Tls::Opportunistic
-        };
-        rec.level = None;
-        rec.source = strictest.map_or(SourceKind::Default, |r| r.source);
-        rec.rule = None;
-        rec.matched = None;
-        rec.raised = false;
-        rec.reason = Arc::from(if recipients.is_empty() {
-            format!(
-                "no RCPT decision was seen for this message (recipient_count={})",
-                request.value("recipient_count")
-            )
-        } else {
-            let mut s = format!(
-                "message with {} recipient{}: {forced} forced, {} opportunistic",
-                recipients.len() + dropped,
-                if recipients.len() + dropped == 1 {
-                    ""
-                } else {
-                    "s"
-                },
-                recipients.len() - forced
-            );
-            if dropped > 0 {
-                s.push_str(&format!(
-                    ", {dropped} not listed (over {MAX_RECIPIENTS_PER_MESSAGE})"
-                ));
-            }
-            s
-        });
+        let empty_reason = format!(
+            "no RCPT decision was seen for this message (recipient_count={})",
+            request.value("recipient_count")
+        );
+        let mut rec = message_record(
+            "policy",
+            policy.default_decision(),
+            MessageSummary {
+                recipients,
+                dropped,
+                cap: MAX_RECIPIENTS_PER_MESSAGE,
+                sender_rule,
+                empty_reason: &empty_reason,
+            },
+        );
         rec.queue_id = non_empty(request.value("queue_id"));
         rec.instance = non_empty(instance);
         rec.sender = Some(sender.to_string());
         rec.client_address = non_empty(request.value("client_address"));
-        rec.sender_rule = sender_rule;
-        rec.recipients = Some(recipients);
         let action = Action::dunno();
         rec.reply = action.verb;
         rec.action = Some(action.text.clone());
         self.deps.backend.decision_log().log(rec);
         action
-    }
-}
-
-/// Everything decided about one recipient.
-struct Ruling {
-    /// The domain part as received.
-    key: String,
-    dest: Option<Destination>,
-    /// The decision that applies: the domain's, raised to forced when a
-    /// sender rule reroutes the message.
-    decision: Decision,
-    sender_hit: Option<SenderHit>,
-    /// Where to FILTER to (a sender rule matched and a transport is set).
-    transport: Option<Arc<str>>,
-    refuse: RefuseMode,
-}
-
-impl Ruling {
-    /// The normalised domain, for domain destinations only (not address
-    /// literals).
-    fn domain(&self) -> Option<&str> {
-        self.dest
-            .as_ref()
-            .filter(|d| d.form == KeyForm::Domain)
-            .map(|d| d.name.as_str())
-    }
-
-    fn record(&self, request: &Request) -> DecisionRecord {
-        let mut rec = DecisionRecord::new("policy", &self.key, &self.decision);
-        rec.domain = self.dest.as_ref().map(|d| d.name.clone());
-        rec.queue_id = non_empty(request.value("queue_id"));
-        rec.instance = non_empty(request.value("instance"));
-        rec.sender = Some(request.value("sender").to_string());
-        rec.client_address = non_empty(request.value("client_address"));
-        rec.sender_rule = self.sender_hit.as_ref().map(|h| h.rule);
-        rec
-    }
-
-    fn recipient_record(&self, recipient: &str, action: Option<String>) -> RecipientRecord {
-        RecipientRecord {
-            recipient: Some(recipient.to_string()),
-            domain: self.dest.as_ref().map(|d| d.name.clone()),
-            tls: self.decision.tls(),
-            level: self.decision.policy.clone(),
-            source: self.decision.source,
-            rule: self.decision.rule,
-            reason: self.decision.reason.clone(),
-            action,
-        }
-    }
-}
-
-/// Ask the knowledge source, when there is something to ask about; a miss
-/// schedules a background probe.
-fn assess_ruling(ruling: &Ruling, knowledge: &dyn TlsKnowledge) -> Assessment {
-    if ruling.refuse == RefuseMode::Off || Requirement::of(ruling.decision.level).is_none() {
-        return Assessment::Deliverable;
-    }
-    let Some(domain) = ruling.domain() else {
-        return Assessment::Unknown;
-    };
-    let known = knowledge.known(domain);
-    if known.is_none() {
-        knowledge.schedule(domain);
-    }
-    assess(&ruling.decision, known.as_ref())
-}
-
-/// The refusal for a recipient, if what is known says its forced TLS
-/// cannot be met and refusals are on.
-fn refusal_for(ruling: &Ruling, knowledge: &dyn TlsKnowledge) -> Option<Action> {
-    match assess_ruling(ruling, knowledge) {
-        Assessment::Cannot { requirement, found } => ruling.domain().and_then(|d| {
-            refusal_action(ruling.refuse, d, requirement, &found).map(|text| Action {
-                verb: match ruling.refuse {
-                    RefuseMode::Reject => "REJECT",
-                    _ => "DEFER_IF_PERMIT",
-                },
-                text,
-            })
-        }),
-        _ => None,
     }
 }
 
@@ -719,137 +592,35 @@ pub async fn rcpt_answer(
     settings: &Settings,
     knowledge: &dyn TlsKnowledge,
 ) -> (Decision, String) {
-    let ruling = rule_recipient(engine, &format!("postmaster@{domain}"), "", settings).await;
-    let action = refusal_for(&ruling, knowledge).unwrap_or_else(Action::dunno);
+    let ruling = rule(engine, &format!("postmaster@{domain}"), "", settings).await;
+    let action = refusal_for(&ruling, knowledge)
+        .map(refusal_action)
+        .unwrap_or_else(Action::dunno);
     (ruling.decision, action.text)
 }
 
-/// Decide for a recipient: the engine's decision for its domain, the
-/// sender rule, and which refusal setting applies.
-async fn rule_recipient(
-    engine: &Engine,
-    recipient: &str,
-    sender: &str,
-    settings: &Settings,
-) -> Ruling {
-    let key = recipient.rsplit_once('@').map_or("", |(_, d)| d);
-    let (dest, decision) = engine.decide_key(key).await;
-    let policy = engine.policy();
-    let sender_hit = policy.lookup_sender(sender);
-    let transport = sender_hit
-        .as_ref()
-        .map(|_| settings.forced_transport.clone());
-    let raised = transport.is_some() && Requirement::of(decision.level).is_none();
-    let refuse = if Requirement::of(decision.level).is_some() {
-        // The domain itself requires forced TLS: its rule's setting.
-        rule_refuse(&policy, &decision).unwrap_or(settings.refuse)
-    } else if raised {
-        sender_hit
-            .as_ref()
-            .and_then(|h| policy.sender_rule(h.rule))
-            .and_then(|r| r.refuse)
-            .unwrap_or(settings.refuse)
-    } else {
-        settings.refuse
+/// Decide for a recipient with the policy server's settings: sender rules
+/// always apply (the message is FILTERed to the forced transport).
+async fn rule(engine: &Engine, recipient: &str, sender: &str, settings: &Settings) -> Ruling {
+    rule_recipient(engine, recipient, sender, settings.refuse, true).await
+}
+
+/// `DEFER_IF_PERMIT 4.7.10 …` or `REJECT 5.7.10 …`.
+fn refusal_action(r: Refusal) -> Action {
+    let verb = match r.mode {
+        RefuseMode::Reject => "REJECT",
+        _ => "DEFER_IF_PERMIT",
     };
-    let decision = if transport.is_some() {
-        decision.forced()
-    } else {
-        decision
-    };
-    Ruling {
-        key: key.to_string(),
-        dest,
-        decision,
-        sender_hit,
-        transport,
-        refuse,
+    let (_, enhanced) = status_codes(r.mode).unwrap_or(("450", "4.7.10"));
+    Action {
+        verb,
+        text: format!("{verb} {enhanced} {}", r.text),
     }
 }
 
-/// The `refuse` of the static rule behind a decision. Checked against the
-/// decision's policy text so a reload between deciding and looking here
-/// never picks another rule's setting.
-fn rule_refuse(policy: &StaticPolicy, decision: &Decision) -> Option<RefuseMode> {
-    if decision.source != SourceKind::Static {
-        return None;
-    }
-    let index = usize::try_from(decision.rule?.checked_sub(1)?).ok()?;
-    let rule = policy.rules().get(index)?;
-    if rule.policy != decision.policy {
-        return None;
-    }
-    rule.refuse
-}
-
-fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
-}
-
-/// `Name: value`, sanitised, within [`MAX_TRACE_HEADER_LEN`].
+/// `PREPEND Name: value`, sanitised and bounded.
 fn trace_header(name: &str, value: &str) -> String {
-    let mut header = format!("{name}: ");
-    for c in value.chars() {
-        if header.len() >= MAX_TRACE_HEADER_LEN {
-            break;
-        }
-        // One byte per character pushed: the length check is exact.
-        header.push(if c == ' ' || c.is_ascii_graphic() {
-            c
-        } else {
-            '?'
-        });
-    }
-    format!("PREPEND {header}")
-}
-
-/// The trace header value: each domain once, in order, with its class,
-/// level and source; refused recipients are left out (they are not part
-/// of the message).
-fn trace_value(recipients: &[RecipientRecord], sender_rule: Option<u32>) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
-    let mut more = 0usize;
-    // Room for the parts, leaving space for the name and the tail.
-    let budget = MAX_TRACE_HEADER_LEN.saturating_sub(120);
-    let mut used = 0usize;
-    for r in recipients {
-        let refused = r
-            .action
-            .as_deref()
-            .is_some_and(|a| a.starts_with("DEFER_IF_PERMIT") || a.starts_with("REJECT"));
-        if refused {
-            continue;
-        }
-        let domain = r.domain.as_deref().unwrap_or("(no domain)");
-        if seen.contains(&domain) {
-            continue;
-        }
-        seen.push(domain);
-        let source = match r.rule {
-            Some(n) => format!("{} rule {n}", r.source),
-            None => r.source.to_string(),
-        };
-        let part = format!("{domain}={} ({}, {source})", r.tls, r.level);
-        if used + part.len() + 2 > budget {
-            more += 1;
-            continue;
-        }
-        used += part.len() + 2;
-        parts.push(part);
-    }
-    let mut value = parts.join("; ");
-    if more > 0 {
-        value.push_str(&format!("; +{more} more domains"));
-    }
-    if let Some(n) = sender_rule
-        && !value.is_empty()
-    {
-        value.push_str(&format!(
-            "; sender rule {n}: forced TLS for the whole message"
-        ));
-    }
-    value
+    format!("PREPEND {name}: {}", header_value(name, value))
 }
 
 /// RCPT decisions of one message.
@@ -1007,37 +778,10 @@ impl Messages {
     }
 }
 
-/// A future that turns a panic while polling into an error, so one bad
-/// request cannot take the connection (or the reply) down with it.
-struct CatchUnwind<'a, T>(Pin<Box<dyn Future<Output = T> + Send + 'a>>);
-
-impl<T> Future for CatchUnwind<'_, T> {
-    type Output = Result<T, Box<dyn Any + Send>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let inner = self.0.as_mut();
-        match std::panic::catch_unwind(AssertUnwindSafe(move || inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-fn panic_text(panic: &Box<dyn Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic".to_string()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::decision::Level;
+    use crate::engine::decision::{SourceKind, Tls};
 
     fn rcpt(domain: &str, tls: Tls, level: &str, action: Option<&str>) -> RecipientRecord {
         RecipientRecord {
@@ -1107,34 +851,6 @@ mod tests {
     }
 
     #[test]
-    fn trace_value_lists_each_domain_once_without_refused_ones() {
-        let v = trace_value(
-            &[
-                rcpt("bank.example", Tls::Forced, "encrypt", Some("DUNNO")),
-                rcpt("bank.example", Tls::Forced, "encrypt", Some("DUNNO")),
-                rcpt(
-                    "gone.example",
-                    Tls::Forced,
-                    "encrypt",
-                    Some("DEFER_IF_PERMIT 4.7.10 x"),
-                ),
-                rcpt("other.example", Tls::Opportunistic, "may", None),
-            ],
-            None,
-        );
-        assert_eq!(
-            v,
-            "bank.example=forced (encrypt, static rule 1); other.example=opportunistic (may, static rule 1)"
-        );
-        let v = trace_value(&[rcpt("a.example", Tls::Forced, "encrypt", None)], Some(2));
-        assert!(
-            v.ends_with("; sender rule 2: forced TLS for the whole message"),
-            "{v}"
-        );
-        assert_eq!(trace_value(&[], Some(1)), "");
-    }
-
-    #[test]
     fn trace_header_is_bounded() {
         let many: Vec<_> = (0..200)
             .map(|i| {
@@ -1154,7 +870,7 @@ mod tests {
             "{h}"
         );
         assert!(
-            h.len() - "PREPEND ".len() <= MAX_TRACE_HEADER_LEN,
+            h.len() - "PREPEND ".len() <= super::super::message::MAX_TRACE_HEADER_LEN,
             "{}",
             h.len()
         );
@@ -1201,31 +917,5 @@ mod tests {
         assert!(m.take_filter("i2"));
         assert!(m.take_filter(""));
         assert!(m.take_filter(""));
-    }
-
-    #[test]
-    fn rule_refuse_checks_the_rule_still_matches() {
-        let p = StaticPolicy::parse(
-            "[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nrefuse=\"reject\"\n",
-            std::path::Path::new("p.toml"),
-        )
-        .unwrap();
-        let d = p.decision(p.lookup(&Destination::parse("a.example").unwrap()).unwrap());
-        assert_eq!(rule_refuse(&p, &d), Some(RefuseMode::Reject));
-        let mut other = d.clone();
-        other.policy = Arc::from("secure");
-        assert_eq!(rule_refuse(&p, &other), None);
-        let mut dflt = d.clone();
-        dflt.source = SourceKind::Default;
-        assert_eq!(rule_refuse(&p, &dflt), None);
-        assert_eq!(Level::Encrypt, d.level);
-    }
-
-    #[tokio::test]
-    async fn catch_unwind_turns_a_panic_into_an_error() {
-        let ok = CatchUnwind(Box::pin(async { 7 })).await;
-        assert_eq!(ok.ok(), Some(7));
-        let bad: Result<u8, _> = CatchUnwind(Box::pin(async { panic!("boom") })).await;
-        assert_eq!(panic_text(&bad.unwrap_err()), "boom");
     }
 }
