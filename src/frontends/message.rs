@@ -204,6 +204,12 @@ pub fn is_refused(action: Option<&str>) -> bool {
     })
 }
 
+/// Whether `h` can be used as a header name: 1 to 64 printable ASCII
+/// characters, no spaces or `:`.
+pub fn valid_header_name(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 64 && h.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
 pub fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }

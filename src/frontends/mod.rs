@@ -2,6 +2,7 @@
 
 pub mod attrs;
 pub mod message;
+pub mod milter;
 pub mod netstring;
 pub mod policy;
 pub mod socketmap;

@@ -56,7 +56,7 @@ use super::attrs::{Decoder, Request, encode_reply};
 pub use super::message::Backend;
 use super::message::{
     CatchUnwind, MessageSummary, Refusal, Ruling, header_value, message_record, non_empty,
-    panic_text, refusal_for, rule_recipient, trace_value,
+    panic_text, refusal_for, rule_recipient, trace_value, valid_header_name,
 };
 use crate::engine::Engine;
 use crate::engine::decision::Decision;
@@ -169,10 +169,7 @@ impl PolicyServerConfig {
             }
         }
         if let Some(h) = &self.trace_header {
-            let ok = !h.is_empty()
-                && h.len() <= 64
-                && h.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-            if !ok {
+            if !valid_header_name(h) {
                 return Err((
                     "policy_server.trace_header",
                     format!("{h:?} is not a header name (printable ASCII, no spaces or ':')"),

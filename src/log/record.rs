@@ -83,6 +83,49 @@ pub struct DecisionRecord {
     /// message (1-based).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender_rule: Option<u32>,
+    /// Milter: the SMTP client's host name as the MTA resolved it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Milter: the name the client gave in HELO/EHLO.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub helo_name: Option<String>,
+    /// Milter: the MTA's own host name (macro `j`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mta: Option<String>,
+    /// Milter: the receiving service (macro `{daemon_name}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_name: Option<String>,
+    /// Milter: the inbound connection's TLS; absent for plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbound_tls: Option<InboundTls>,
+    /// Milter: the SASL-authenticated user (macro `{auth_authen}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_user: Option<String>,
+    /// Milter: the message's `Message-ID` header, as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Milter: the message carries the RFC 8689 `TLS-Required: No` header.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_required_no: bool,
+    /// Milter: the sender asked for REQUIRETLS (RFC 8689) in MAIL FROM.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
+}
+
+/// The TLS of the connection a message came in on (milter macros
+/// `{tls_version}`, `{cipher}`, `{cipher_bits}`, `{cert_subject}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct InboundTls {
+    /// `TLSv1.3`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bits: Option<u32>,
+    /// The client certificate's subject, when the client presented one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_subject: Option<String>,
 }
 
 /// One recipient's decision inside a per-message record.
@@ -130,6 +173,15 @@ impl DecisionRecord {
             recipients: None,
             action: None,
             sender_rule: None,
+            client_name: None,
+            helo_name: None,
+            mta: None,
+            daemon_name: None,
+            inbound_tls: None,
+            auth_user: None,
+            message_id: None,
+            tls_required_no: false,
+            requiretls: false,
         }
     }
 }
@@ -379,6 +431,15 @@ mod tests {
             "recipients",
             "action",
             "sender_rule",
+            "client_name",
+            "helo_name",
+            "mta",
+            "daemon_name",
+            "inbound_tls",
+            "auth_user",
+            "message_id",
+            "tls_required_no",
+            "requiretls",
         ] {
             assert!(v.get(absent).is_none(), "{absent}");
         }
@@ -418,6 +479,38 @@ mod tests {
         assert_eq!(rcpt["source"], "static");
         assert_eq!(rcpt["rule"], 1);
         assert!(rcpt.get("action").is_none());
+    }
+
+    #[test]
+    fn milter_fields() {
+        let mut r = DecisionRecord::new("milter", "", &decision());
+        r.client_name = Some("client.example".into());
+        r.helo_name = Some("client.example".into());
+        r.mta = Some("mx.example".into());
+        r.daemon_name = Some("smtpd".into());
+        r.inbound_tls = Some(InboundTls {
+            version: Some("TLSv1.3".into()),
+            cipher: Some("TLS_AES_256_GCM_SHA384".into()),
+            bits: Some(256),
+            cert_subject: None,
+        });
+        r.auth_user = Some("alice".into());
+        r.message_id = Some("<1@client.example>".into());
+        r.tls_required_no = true;
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["frontend"], "milter");
+        assert_eq!(v["client_name"], "client.example");
+        assert_eq!(v["helo_name"], "client.example");
+        assert_eq!(v["mta"], "mx.example");
+        assert_eq!(v["daemon_name"], "smtpd");
+        assert_eq!(v["inbound_tls"]["version"], "TLSv1.3");
+        assert_eq!(v["inbound_tls"]["cipher"], "TLS_AES_256_GCM_SHA384");
+        assert_eq!(v["inbound_tls"]["bits"], 256);
+        assert!(v["inbound_tls"].get("cert_subject").is_none());
+        assert_eq!(v["auth_user"], "alice");
+        assert_eq!(v["message_id"], "<1@client.example>");
+        assert_eq!(v["tls_required_no"], true);
+        assert!(v.get("requiretls").is_none());
     }
 
     #[test]

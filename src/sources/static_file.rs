@@ -17,9 +17,14 @@
 //! wins: exact, then the nearest `.parent`, and for next-hop keys the exact
 //! next-hop entry before the host name's domain rules.
 //!
+//! A rule may let the RFC 8689 `TLS-Required: No` header relax it
+//! (`allow_tls_required_no = true`, for the milter's routing header);
+//! without that, a message carrying the header is still sent with the
+//! rule's forced TLS.
+//!
 //! Sender rules force TLS for everything a sender sends, whatever the
-//! recipient domain. Only the policy server front door applies them (it
-//! routes such mail through the forced transport):
+//! recipient domain. The policy server and the milter (with its routing
+//! header) apply them by routing such mail through the forced transport:
 //!
 //! ```toml
 //! [[sender_rule]]
@@ -83,6 +88,8 @@ struct RawRule {
     protocols: Option<String>,
     ciphers: Option<String>,
     refuse: Option<String>,
+    #[serde(default)]
+    allow_tls_required_no: bool,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +113,11 @@ pub struct Rule {
     /// `refuse = …`: what the policy server answers when delivery is known
     /// to be impossible; `None` = the server's global setting.
     pub refuse: Option<RefuseMode>,
+    /// `allow_tls_required_no = true`: a message with the RFC 8689
+    /// `TLS-Required: No` header may be sent to this rule's domains with
+    /// opportunistic TLS (the milter's routing header says `relaxed`).
+    /// Without it, the rule's forced TLS is never relaxed.
+    pub allow_tls_required_no: bool,
 }
 
 /// One sender rule: mail from these senders is always sent with forced TLS.
@@ -715,6 +727,7 @@ impl<'a> Builder<'a> {
                 policy,
                 reason,
                 refuse,
+                allow_tls_required_no: r.allow_tls_required_no,
             });
         }
         let (sender_rules, senders) = self.build_senders(raw)?;
@@ -1023,6 +1036,18 @@ senders = [".example.org", "@Bücher.example"]
 tls = "encrypt"
 refuse = "off"
 "#;
+
+    #[test]
+    fn rule_allow_tls_required_no_setting() {
+        let p = policy(
+            "[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nallow_tls_required_no=true\n[[rule]]\ndomains=[\"b.example\"]\ntls=\"forced\"\n",
+        );
+        assert!(p.rules()[0].allow_tls_required_no);
+        assert!(!p.rules()[1].allow_tls_required_no);
+        let e = error("[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nallow_tls_required_no=\"yes\"\n");
+        assert_eq!(e.rule, Some(1));
+        assert!(e.problem.contains("allow_tls_required_no"), "{}", e.problem);
+    }
 
     #[test]
     fn rule_refuse_setting() {
