@@ -56,8 +56,8 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::message::{
-    Backend, CatchUnwind, header_value, panic_text, refusal_for, rule_recipient,
-    valid_header_name,
+    Backend, CatchUnwind, assess_delivery, header_value, panic_text, refusal_for,
+    rule_recipient, valid_header_name,
 };
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::{ListenAddr, Listener, SocketOptions, parse_mode};
@@ -615,6 +615,11 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
                 "cannot build the refusal reply; the recipient is accepted"
             ),
         }
+    }
+    if reply.is_none() && settings.quarantine {
+        // Quarantine decides at end of message: have the knowledge
+        // gathered by then.
+        let _ = assess_delivery(&ruling.decision, ruling.domain(), deps.knowledge.as_ref());
     }
     let cap = settings.max_recipients;
     let first_over = message.dropped == 0;
