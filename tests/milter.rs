@@ -83,10 +83,7 @@ async fn greet(conn: &mut TestConnection) {
     )
     .await
     .unwrap();
-    assert_eq!(
-        conn.helo("client.example").await.unwrap(),
-        Status::Continue
-    );
+    assert_eq!(conn.helo("client.example").await.unwrap(), Status::Continue);
 }
 
 async fn mail(conn: &mut TestConnection, sender: &str) {
@@ -228,15 +225,23 @@ async fn every_stage_feeds_one_record_per_message() {
     greet(&mut conn).await;
     conn.macros(
         MacroStage::Mail,
-        [("{mail_addr}", "alice@src.example"), ("{auth_authen}", "alice")],
+        [
+            ("{mail_addr}", "alice@src.example"),
+            ("{auth_authen}", "alice"),
+        ],
     )
     .await
     .unwrap();
     assert_eq!(
-        conn.mail(["<alice@src.example>", "SIZE=100"]).await.unwrap(),
+        conn.mail(["<alice@src.example>", "SIZE=100"])
+            .await
+            .unwrap(),
         Status::Continue
     );
-    assert_eq!(rcpt(&mut conn, "", "a@bank.example").await, Status::Continue);
+    assert_eq!(
+        rcpt(&mut conn, "", "a@bank.example").await,
+        Status::Continue
+    );
     assert_eq!(
         rcpt(&mut conn, "4QX1", "b@Other.Example").await,
         Status::Continue
@@ -306,7 +311,9 @@ async fn several_messages_per_connection_with_rset_in_between() {
 
     mail(&mut conn, "one@src.example").await;
     rcpt(&mut conn, "Q1", "x@bank.example").await;
-    conn.header("Message-ID", "<one@src.example>").await.unwrap();
+    conn.header("Message-ID", "<one@src.example>")
+        .await
+        .unwrap();
     eom(&mut conn, "Q1").await;
 
     // RSET after RCPT: no message, no record.
@@ -334,7 +341,11 @@ async fn several_messages_per_connection_with_rset_in_between() {
     assert!(recs[1].get("message_id").is_none());
     assert_eq!(
         recipients(&recs[1]),
-        [("z@other.example".into(), "opportunistic".into(), "may".into())]
+        [(
+            "z@other.example".into(),
+            "opportunistic".into(),
+            "may".into()
+        )]
     );
     // Connection facts are kept for every message.
     assert_eq!(recs[1]["client_address"], "192.0.2.25");
@@ -381,7 +392,10 @@ async fn refusal_defers_a_forced_domain_known_without_starttls() {
         "{text}"
     );
     // The next recipient is unaffected; nothing known schedules a probe.
-    assert_eq!(rcpt(&mut conn, "Q9", "b@other.example").await, Status::Continue);
+    assert_eq!(
+        rcpt(&mut conn, "Q9", "b@other.example").await,
+        Status::Continue
+    );
     assert_eq!(
         rcpt(&mut conn, "Q9", "c@sub.bank.example").await,
         Status::Continue
@@ -433,7 +447,8 @@ async fn reject_and_per_rule_settings() {
 
     // Refusal off (the default): a rule's `refuse` does not switch it on.
     let m = start("");
-    m.knowledge.set("strict.example", no_starttls("strict.example"));
+    m.knowledge
+        .set("strict.example", no_starttls("strict.example"));
     let mut conn = open(&m).await;
     greet(&mut conn).await;
     mail(&mut conn, "alice@src.example").await;
@@ -488,17 +503,20 @@ async fn an_aborted_message_with_a_refusal_is_still_recorded() {
         "{}",
         recs[0]["reason"]
     );
-    assert!(recs[0]["recipients"][0]["action"]
-        .as_str()
-        .unwrap()
-        .starts_with("450 4.7.10 "));
+    assert!(
+        recs[0]["recipients"][0]["action"]
+            .as_str()
+            .unwrap()
+            .starts_with("450 4.7.10 ")
+    );
     assert_eq!(recs[1]["queue_id"], "Q2");
 }
 
 #[tokio::test]
 async fn trace_header_summarises_accepted_recipients() {
     let m = start("trace_header = \"X-TLS-Policy\"\nrefuse = \"defer\"\n");
-    m.knowledge.set("strict.example", no_starttls("strict.example"));
+    m.knowledge
+        .set("strict.example", no_starttls("strict.example"));
     let mut conn = open(&m).await;
     greet(&mut conn).await;
     mail(&mut conn, "alice@src.example").await;
@@ -615,7 +633,10 @@ async fn quarantine_holds_a_message_whose_forced_recipient_cannot_be_served() {
     greet(&mut conn).await;
     mail(&mut conn, "alice@src.example").await;
     // Unknown at RCPT (a probe is scheduled) ...
-    assert_eq!(rcpt(&mut conn, "Q1", "a@bank.example").await, Status::Continue);
+    assert_eq!(
+        rcpt(&mut conn, "Q1", "a@bank.example").await,
+        Status::Continue
+    );
     assert_eq!(m.knowledge.scheduled(), ["bank.example"]);
     // ... known by end of message.
     m.knowledge.set("bank.example", no_starttls("bank.example"));
@@ -711,7 +732,10 @@ async fn internal_errors_and_slow_lookups_continue_the_message() {
     let s = rcpt(&mut conn, "Q1", &format!("b@{SLOW_DOMAIN}")).await;
     assert_eq!(s, Status::Continue);
     // The connection and the message carry on.
-    assert_eq!(rcpt(&mut conn, "Q1", "c@other.example").await, Status::Continue);
+    assert_eq!(
+        rcpt(&mut conn, "Q1", "c@other.example").await,
+        Status::Continue
+    );
     eom(&mut conn, "Q1").await;
     conn.close().await.unwrap();
     let r = &m.records()[0];

@@ -1044,7 +1044,9 @@ refuse = "off"
         );
         assert!(p.rules()[0].allow_tls_required_no);
         assert!(!p.rules()[1].allow_tls_required_no);
-        let e = error("[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nallow_tls_required_no=\"yes\"\n");
+        let e = error(
+            "[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nallow_tls_required_no=\"yes\"\n",
+        );
         assert_eq!(e.rule, Some(1));
         assert!(e.problem.contains("allow_tls_required_no"), "{}", e.problem);
     }

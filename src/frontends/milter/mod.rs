@@ -56,8 +56,8 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::message::{
-    Backend, CatchUnwind, assess_delivery, header_value, panic_text, refusal_for,
-    rule_recipient, valid_header_name,
+    Backend, CatchUnwind, assess_delivery, header_value, panic_text, refusal_for, rule_recipient,
+    valid_header_name,
 };
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::{ListenAddr, Listener, SocketOptions, parse_mode};
@@ -338,9 +338,7 @@ impl indymilter::Listener for Accept {
 /// A macro's value as text.
 fn macro_value(macros: &Macros, name: &str) -> Option<String> {
     let name = CString::new(name).ok()?;
-    macros
-        .get(&name)
-        .map(|v| v.to_string_lossy().into_owned())
+    macros.get(&name).map(|v| v.to_string_lossy().into_owned())
 }
 
 fn queue_id(macros: &Macros) -> Option<String> {
@@ -543,7 +541,10 @@ fn connect(cx: &mut Context<Conn>, hostname: CString, socket: SocketInfo) {
 fn mail(cx: &mut Context<Conn>, args: &[CString]) {
     let sender = macro_value(&cx.macros, "{mail_addr}")
         .map(|s| state::bounded(&s))
-        .or_else(|| args.first().map(|a| state::envelope_address(&a.to_string_lossy())))
+        .or_else(|| {
+            args.first()
+                .map(|a| state::envelope_address(&a.to_string_lossy()))
+        })
         .unwrap_or_default();
     let params: Vec<String> = args
         .iter()
@@ -563,7 +564,10 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
     let settings = deps.settings.load_full();
     let recipient = macro_value(&cx.macros, "{rcpt_addr}")
         .map(|s| state::bounded(&s))
-        .or_else(|| args.first().map(|a| state::envelope_address(&a.to_string_lossy())))
+        .or_else(|| {
+            args.first()
+                .map(|a| state::envelope_address(&a.to_string_lossy()))
+        })
         .unwrap_or_default();
     let id = queue_id(&cx.macros);
     let Some(conn) = cx.data.as_mut() else {
@@ -699,7 +703,9 @@ async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
         }
         match cx.actions.insert_header(0, &*name, value.as_str()).await {
             Ok(()) => done.push(format!("add header {name}: {value}")),
-            Err(e) => tracing::error!(queue_id = %id, header = %name, error = %e, "cannot add header"),
+            Err(e) => {
+                tracing::error!(queue_id = %id, header = %name, error = %e, "cannot add header")
+            }
         }
     }
 

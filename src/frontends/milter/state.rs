@@ -249,7 +249,12 @@ impl Seen {
     /// From macro values (`i`, `j`, `{daemon_name}`, `{tls_version}`,
     /// `{cipher}`, `{cipher_bits}`, `{cert_subject}`).
     pub fn from_macros(get: impl Fn(&str) -> Option<String>) -> Seen {
-        let field = |name: &str| get(name).as_deref().map(bounded).and_then(|s| non_empty(&s));
+        let field = |name: &str| {
+            get(name)
+                .as_deref()
+                .map(bounded)
+                .and_then(|s| non_empty(&s))
+        };
         let version = field("{tls_version}");
         let cipher = field("{cipher}");
         let bits = field("{cipher_bits}").and_then(|b| b.trim().parse::<u32>().ok());
@@ -518,7 +523,10 @@ tls = "forced"
             },
         );
         let why = m.quarantine_reason(&k).unwrap();
-        assert!(why.starts_with("TLS policy for bank.example requires"), "{why}");
+        assert!(
+            why.starts_with("TLS policy for bank.example requires"),
+            "{why}"
+        );
         m.recipients[0].refused = true;
         assert_eq!(m.quarantine_reason(&k), None, "refused ones do not count");
     }
