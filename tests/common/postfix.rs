@@ -808,7 +808,12 @@ impl SmtpSession {
         let mut out: Vec<Exchange> = Vec::new();
         let mut in_data = false;
         for line in self.transcript.lines() {
-            if let Some(cmd) = line.strip_prefix(" -> ") {
+            // `->`/`<-` in plaintext, `~>`/`<~` after STARTTLS; `*` marks
+            // an error reply.
+            if let Some(cmd) = line
+                .strip_prefix(" -> ")
+                .or_else(|| line.strip_prefix(" ~> "))
+            {
                 if in_data {
                     // Message content, up to the lone dot.
                     if cmd == "." {
@@ -827,6 +832,8 @@ impl SmtpSession {
             } else if let Some(reply) = line
                 .strip_prefix("<-  ")
                 .or_else(|| line.strip_prefix("<** "))
+                .or_else(|| line.strip_prefix("<~  "))
+                .or_else(|| line.strip_prefix("<~* "))
             {
                 if out.is_empty() {
                     out.push(Exchange {

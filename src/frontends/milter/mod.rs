@@ -528,12 +528,14 @@ fn connect(cx: &mut Context<Conn>, hostname: CString, socket: SocketInfo) {
         session: Session::default(),
         actions: Actions::empty(),
     });
+    let (client_address, local_submission) = match socket {
+        SocketInfo::Inet(a) => (Some(a.ip().to_string()), Session::is_local_submission(&a)),
+        _ => (None, false),
+    };
     conn.session = Session {
-        client_address: match socket {
-            SocketInfo::Inet(a) => Some(a.ip().to_string()),
-            _ => None,
-        },
+        client_address,
         client_name: Some(text(&hostname)),
+        local_submission,
         ..Session::default()
     };
 }
@@ -573,6 +575,7 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
     let Some(conn) = cx.data.as_mut() else {
         return Status::Continue;
     };
+    let local_submission = conn.session.local_submission;
     let message = conn.session.message.get_or_insert_with(Message::default);
     let engine = deps.backend.engine();
     let mut ruling = rule_recipient(
@@ -589,6 +592,15 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
     }
     if ruling.forced_by_sender {
         message.sender_rule = ruling.sender_hit.as_ref().map(|h| h.rule);
+    }
+    if local_submission && ruling.refuse != RefuseMode::Off {
+        // Postfix would defer the whole message instead (see Session).
+        tracing::debug!(
+            queue_id = id.as_deref().unwrap_or(""),
+            recipient = %recipient,
+            "mail not received over SMTP: recipients are never refused"
+        );
+        ruling.refuse = RefuseMode::Off;
     }
     let mut status = Status::Continue;
     let mut reply = None;

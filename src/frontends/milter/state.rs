@@ -233,7 +233,20 @@ pub struct Session {
     pub client_address: Option<String>,
     pub client_name: Option<String>,
     pub helo_name: Option<String>,
+    /// Mail that did not come over SMTP (Postfix's `non_smtpd_milters`:
+    /// sendmail(1), pickup). Postfix cannot refuse a single recipient of
+    /// such mail: it defers the whole message as a configuration error.
+    pub local_submission: bool,
     pub message: Option<Message>,
+}
+
+impl Session {
+    /// Postfix presents mail that did not come over SMTP as a connection
+    /// from port 0 (`localhost`, `127.0.0.1`); a real TCP client always
+    /// has a port.
+    pub fn is_local_submission(address: &std::net::SocketAddr) -> bool {
+        address.port() == 0
+    }
 }
 
 /// Connection-level macros read at end of message.
