@@ -10,8 +10,8 @@ use crate::config::{Config, DefaultReply};
 use crate::engine::{Engine, Explanation};
 use crate::frontends::policy;
 use crate::frontends::socketmap::{self, MapKind};
-use crate::prober::{self, Prober};
 use crate::log::reader::{self, LogQuery, OutputFormat};
+use crate::prober::{self, Prober};
 use crate::sources::static_file::StaticPolicy;
 
 /// Load config and policy file, or say precisely what is wrong.
@@ -158,7 +158,10 @@ pub fn probe(config_path: &Path, domain: &str, as_json: bool) -> Result<String, 
                 decision.tls(),
                 decision.policy,
                 decision.source,
-                decision.rule.map(|r| format!(", rule {r}")).unwrap_or_default()
+                decision
+                    .rule
+                    .map(|r| format!(", rule {r}"))
+                    .unwrap_or_default()
             );
             text += &format!("reason       {}\n", decision.reason);
             text += &format!("at RCPT      {action}\n");

@@ -12,9 +12,9 @@ use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::refusal::TlsKnowledge;
 use crate::frontends::{policy, socketmap};
-use crate::prober::{Prober, ProberError};
 use crate::listen::{ListenAddr, Listener};
 use crate::log::record::{DecisionLog, Target};
+use crate::prober::{Prober, ProberError};
 use crate::sources::static_file::StaticPolicy;
 
 /// Everything a front door needs, shared behind an `Arc`.
@@ -188,7 +188,8 @@ impl Context {
             self.socketmap.store(Arc::new(socketmap::Settings::from(s)));
         }
         if let Some(s) = &new.policy_server {
-            self.policy_server.store(Arc::new(policy::Settings::from(s)));
+            self.policy_server
+                .store(Arc::new(policy::Settings::from(s)));
         }
         self.log.reopen(Target::from_setting(&new.log.decisions));
         self.config.store(Arc::new(new));

@@ -99,16 +99,31 @@ impl Daemon {
 
     /// [`Daemon::start`] with options.
     pub fn start_with(config_text: &str, policy_text: &str, opts: Options) -> Daemon {
+        Daemon::start_frontend(config_text, policy_text, opts, "socketmap")
+    }
+
+    /// Start a daemon and wait until `frontend` (`socketmap`, `policy`,
+    /// ...) is listening; [`Daemon::address`] is that listener's.
+    pub fn start_frontend(
+        config_text: &str,
+        policy_text: &str,
+        opts: Options,
+        frontend: &str,
+    ) -> Daemon {
         let mut d = Daemon::spawn(config_text, policy_text, opts);
-        let line =
-            d.wait_for_line(|l| l.contains("listening") && l.contains("frontend=\"socketmap\""));
-        let address = line
-            .split_whitespace()
+        d.address = Some(d.listening(frontend));
+        d
+    }
+
+    /// The address `frontend` reported in its "listening" line (waits for
+    /// the line).
+    pub fn listening(&self, frontend: &str) -> String {
+        let tag = format!("frontend=\"{frontend}\"");
+        let line = self.wait_for_line(|l| l.contains("listening") && l.contains(&tag));
+        line.split_whitespace()
             .find_map(|w| w.strip_prefix("address="))
             .unwrap_or_else(|| panic!("no address= in listening line: {line}"))
-            .to_string();
-        d.address = Some(address);
-        d
+            .to_string()
     }
 
     /// Write the files and spawn the daemon without waiting for anything
