@@ -49,6 +49,32 @@ pub fn check_config(config_path: &Path) -> Result<String, String> {
                 None => String::new(),
             }
         );
+    }
+    if let Some(m) = &config.milter {
+        let mut actions = Vec::new();
+        if m.refuse != crate::engine::refusal::RefuseMode::Off {
+            actions.push(format!("refuse {}", m.refuse.as_str()));
+        }
+        if let Some(h) = &m.trace_header {
+            actions.push(format!("trace header {h}"));
+        }
+        if m.quarantine {
+            actions.push("quarantine".to_string());
+        }
+        if let Some(h) = &m.routing_header {
+            actions.push(format!("routing header {h}"));
+        }
+        out += &format!(
+            "  milter        {} ({})\n",
+            m.listen,
+            if actions.is_empty() {
+                "records only".to_string()
+            } else {
+                actions.join(", ")
+            }
+        );
+    }
+    if config.policy_server.is_some() || config.milter.is_some() {
         out += &format!(
             "  prober        {}\n",
             if config.prober.enabled {

@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::dns::DnsConfig;
+use crate::frontends::milter::MilterConfig;
 use crate::frontends::policy::PolicyServerConfig;
 use crate::prober::ProberConfig;
 
@@ -27,6 +28,8 @@ pub struct Config {
     pub socketmap: Option<SocketmapConfig>,
     /// The policy delegation server (`check_policy_service`).
     pub policy_server: Option<PolicyServerConfig>,
+    /// The milter (`smtpd_milters`, `non_smtpd_milters`).
+    pub milter: Option<MilterConfig>,
     pub policy: PolicyConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -209,17 +212,22 @@ impl Config {
         {
             resolve(p);
         }
+        if let Some(s) = &mut self.milter
+            && let ListenAddr::Unix(p) = &mut s.listen
+        {
+            resolve(p);
+        }
         if let Some(p) = &mut self.prober.extra_ca_file {
             resolve(p);
         }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        if self.socketmap.is_none() && self.policy_server.is_none() {
+        if self.socketmap.is_none() && self.policy_server.is_none() && self.milter.is_none() {
             return Err(ConfigError::one(
                 path,
                 "socketmap",
-                "no front door is configured; add a [socketmap] or [policy_server] section with `listen`",
+                "no front door is configured; add a [socketmap], [policy_server] or [milter] section with `listen`",
             ));
         }
         if let Some(s) = &self.socketmap {
@@ -227,6 +235,10 @@ impl Config {
         }
         if let Some(p) = &self.policy_server {
             p.validate()
+                .map_err(|(key, problem)| ConfigError::one(path, key, problem))?;
+        }
+        if let Some(m) = &self.milter {
+            m.validate()
                 .map_err(|(key, problem)| ConfigError::one(path, key, problem))?;
         }
         self.prober

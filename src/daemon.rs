@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::refusal::TlsKnowledge;
-use crate::frontends::{policy, socketmap};
+use crate::frontends::{milter, policy, socketmap};
 use crate::listen::{ListenAddr, Listener};
 use crate::log::record::{DecisionLog, Target};
 use crate::prober::{Prober, ProberError};
@@ -26,6 +26,7 @@ pub struct Context {
     pub prober: Option<Prober>,
     socketmap: ArcSwap<socketmap::Settings>,
     policy_server: Arc<ArcSwap<policy::Settings>>,
+    milter: Arc<ArcSwap<milter::Settings>>,
     config_path: PathBuf,
     config: ArcSwap<Config>,
     last_reload: ArcSwap<SystemTime>,
@@ -69,12 +70,13 @@ impl Context {
     /// Load the policy file and open the decision log for a config.
     pub fn new(config_path: &Path, config: Config) -> Result<Context, StartError> {
         let policy = StaticPolicy::load(&config.policy.file).map_err(StartError::Policy)?;
-        let prober = match &config.policy_server {
-            Some(_) => {
+        // Early refusals and quarantine (policy server, milter) rely on it.
+        let prober = match (&config.policy_server, &config.milter) {
+            (Some(_), _) | (_, Some(_)) => {
                 let resolver = crate::dns::build_resolver(&config.dns).map_err(StartError::Dns)?;
                 Some(Prober::new(config.prober.clone(), resolver).map_err(StartError::Prober)?)
             }
-            None => None,
+            (None, None) => None,
         };
         let target = Target::from_setting(&config.log.decisions);
         let log = DecisionLog::start(target.clone()).map_err(|e| StartError::Log(target, e))?;
@@ -88,12 +90,18 @@ impl Context {
             .as_ref()
             .map(policy::Settings::from)
             .unwrap_or_default();
+        let milter = config
+            .milter
+            .as_ref()
+            .map(milter::Settings::from)
+            .unwrap_or_default();
         Ok(Context {
             engine: Engine::new(policy),
             log,
             prober,
             socketmap: ArcSwap::from_pointee(socketmap),
             policy_server: Arc::new(ArcSwap::from_pointee(policy_server)),
+            milter: Arc::new(ArcSwap::from_pointee(milter)),
             config_path: config_path.to_path_buf(),
             config: ArcSwap::from_pointee(config),
             last_reload: ArcSwap::from_pointee(SystemTime::now()),
@@ -171,6 +179,23 @@ impl Context {
             (None, None) => {}
             _ => needs_restart.push("policy_server"),
         }
+        match (&old.milter, &new.milter) {
+            (Some(o), Some(n)) => {
+                if o.listen != n.listen {
+                    needs_restart.push("milter.listen");
+                }
+                if o.max_connections != n.max_connections {
+                    needs_restart.push("milter.max_connections");
+                }
+                if (&o.socket_mode, &o.socket_owner, &o.socket_group)
+                    != (&n.socket_mode, &n.socket_owner, &n.socket_group)
+                {
+                    needs_restart.push("milter.socket_*");
+                }
+            }
+            (None, None) => {}
+            _ => needs_restart.push("milter"),
+        }
         if old.socketmap.is_some() != new.socketmap.is_some() {
             needs_restart.push("socketmap");
         }
@@ -191,6 +216,9 @@ impl Context {
             self.policy_server
                 .store(Arc::new(policy::Settings::from(s)));
         }
+        if let Some(s) = &new.milter {
+            self.milter.store(Arc::new(milter::Settings::from(s)));
+        }
         self.log.reopen(Target::from_setting(&new.log.decisions));
         self.config.store(Arc::new(new));
         self.last_reload.store(Arc::new(SystemTime::now()));
@@ -205,6 +233,7 @@ impl Context {
 pub struct Listeners {
     pub socketmap: Option<Listener>,
     pub policy_server: Option<Listener>,
+    pub milter: Option<Listener>,
 }
 
 impl Listeners {
@@ -221,9 +250,14 @@ impl Listeners {
             Some(s) => Some(bind(&s.listen, &s.socket_options())?),
             None => None,
         };
+        let milter = match &config.milter {
+            Some(s) => Some(bind(&s.listen, &s.socket_options())?),
+            None => None,
+        };
         Ok(Listeners {
             socketmap,
             policy_server,
+            milter,
         })
     }
 
@@ -232,6 +266,7 @@ impl Listeners {
         [
             ("socketmap", self.socketmap.as_ref()),
             ("policy", self.policy_server.as_ref()),
+            ("milter", self.milter.as_ref()),
         ]
         .into_iter()
         .filter_map(|(name, l)| l.map(|l| (name, l)))
@@ -256,6 +291,15 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
             max_connections: c.max_connections,
         };
         tasks.spawn(policy::serve(l, deps, shutdown.clone()));
+    }
+    if let (Some(l), Some(c)) = (listeners.milter, &config.milter) {
+        let deps = milter::MilterDeps {
+            backend: ctx.clone(),
+            settings: ctx.milter.clone(),
+            knowledge: ctx.knowledge(),
+            max_connections: c.max_connections,
+        };
+        tasks.spawn(milter::serve(l, deps, shutdown.clone()));
     }
     drop(config);
     while tasks.join_next().await.is_some() {}

@@ -293,6 +293,61 @@ fn check_config_policy_server_alone() {
 }
 
 #[test]
+fn check_config_milter_alone() {
+    let s = setup_raw("[milter]\nlisten = \"inet:127.0.0.1:10029\"\n");
+    let out = check_config(&s).ok().to_string();
+    assert!(
+        out.contains("milter        inet:127.0.0.1:10029 (records only)"),
+        "{out}"
+    );
+    assert!(!out.contains("socketmap"), "{out}");
+    assert!(out.contains("background probes on"), "{out}");
+    let s = setup_raw(
+        "[milter]\nlisten = \"inet:127.0.0.1:10029\"\nrefuse = \"defer\"\ntrace_header = \"X-TLS-Policy\"\nquarantine = true\nrouting_header = \"X-TLS-Route\"\n",
+    );
+    let out = check_config(&s).ok().to_string();
+    assert!(
+        out.contains(
+            "(refuse defer, trace header X-TLS-Policy, quarantine, routing header X-TLS-Route)"
+        ),
+        "{out}"
+    );
+    for (text, key, problem) in [
+        (
+            "[milter]\nlisten = \"inet:127.0.0.1:10029\"\nrefuse = \"sometimes\"\n",
+            "milter.refuse",
+            "unknown variant",
+        ),
+        (
+            "[milter]\nlisten = \"inet:127.0.0.1:10029\"\nmax_recipients = 0\n",
+            "milter.max_recipients",
+            "between 1 and",
+        ),
+        (
+            "[milter]\nlisten = \"inet:127.0.0.1:10029\"\ntrace_header = \"X A\"\n",
+            "milter.trace_header",
+            "not a header name",
+        ),
+        (
+            "[milter]\nlisten = \"127.0.0.1:10029\"\n",
+            "milter.listen",
+            "inet:ADDRESS:PORT",
+        ),
+        (
+            "[milter]\nlisten = \"inet:127.0.0.1:10029\"\nquarantine = 1\n",
+            "milter.quarantine",
+            "",
+        ),
+    ] {
+        let s = setup_raw(text);
+        let err = check_config(&s).fails().to_string();
+        assert!(err.contains(&s.config.display().to_string()), "{err}");
+        assert!(err.contains(key), "{text}\n{err}");
+        assert!(err.contains(problem), "{text}\n{err}");
+    }
+}
+
+#[test]
 fn check_config_names_the_key_in_new_sections() {
     let listen = "[policy_server]\nlisten = \"inet:127.0.0.1:10028\"\n";
     for (text, key, problem) in [
