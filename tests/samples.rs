@@ -212,3 +212,37 @@ fn installed_policy_path_maps_to_the_shipped_file() {
     // no second guess for it.
     assert!(shipped_policy(&config, Path::new("elsewhere/policy.toml")).is_err());
 }
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn commented_milter_section_of_the_sample_loads_when_uncommented() {
+    let sample = root().join("postfix-examples/tls-policyd.toml");
+    let text = std::fs::read_to_string(&sample).unwrap();
+    // "# [milter]" up to the next section: drop one "# " from each line.
+    let start = text.find("# [milter]\n").expect("a commented [milter] section");
+    let end = start + text[start..].find("\n[").expect("a section after it") + 1;
+    let section: String = text[start..end]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(section.starts_with("[milter]\n"), "{section}");
+    let uncommented = format!("{}{section}{}", &text[..start], &text[end..]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-policyd.toml");
+    std::fs::write(&config, uncommented).unwrap();
+    std::fs::copy(
+        root().join("postfix-examples/policy.toml"),
+        dir.path().join("policy.toml"),
+    )
+    .unwrap();
+    figment::Jail::expect_with(|jail| {
+        jail.clear_env();
+        let c = Config::load(&config).map_err(|e| e.to_string())?;
+        let m = c.milter.expect("[milter] parsed");
+        assert_eq!(m.listen.to_string(), "inet:127.0.0.1:10029");
+        assert_eq!(m.max_recipients, 1000);
+        assert!(!m.quarantine);
+        Ok(())
+    });
+}
