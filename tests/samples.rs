@@ -219,7 +219,9 @@ fn commented_milter_section_of_the_sample_loads_when_uncommented() {
     let sample = root().join("postfix-examples/tls-policyd.toml");
     let text = std::fs::read_to_string(&sample).unwrap();
     // "# [milter]" up to the next section: drop one "# " from each line.
-    let start = text.find("# [milter]\n").expect("a commented [milter] section");
+    let start = text
+        .find("# [milter]\n")
+        .expect("a commented [milter] section");
     let end = start + text[start..].find("\n[").expect("a section after it") + 1;
     let section: String = text[start..end]
         .lines()
