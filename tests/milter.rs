@@ -417,6 +417,39 @@ async fn refusal_defers_a_forced_domain_known_without_starttls() {
 }
 
 #[tokio::test]
+async fn local_submissions_are_never_refused() {
+    // Postfix's non_smtpd_milters: sendmail(1) mail shows up as a
+    // connection from 127.0.0.1 port 0.
+    let m = start("refuse = \"defer\"\n");
+    m.knowledge.set("bank.example", no_starttls("bank.example"));
+    let mut conn = open(&m).await;
+    conn.connect("localhost", ([127, 0, 0, 1], 0))
+        .await
+        .unwrap();
+    conn.helo("localhost").await.unwrap();
+    mail(&mut conn, "root@src.example").await;
+    assert_eq!(
+        rcpt(&mut conn, "L1", "a@bank.example").await,
+        Status::Continue
+    );
+    eom(&mut conn, "L1").await;
+    conn.close().await.unwrap();
+    // An SMTP client on loopback has a port: refused as usual.
+    let mut conn = open(&m).await;
+    conn.connect("localhost", ([127, 0, 0, 1], 41234))
+        .await
+        .unwrap();
+    conn.helo("localhost").await.unwrap();
+    mail(&mut conn, "root@src.example").await;
+    let s = rcpt(&mut conn, "L2", "a@bank.example").await;
+    assert!(matches!(s, Status::Tempfail { .. }), "{s:?}");
+    conn.close().await.unwrap();
+    let r = &m.records()[0];
+    assert_eq!(r["queue_id"], "L1");
+    assert!(r["recipients"][0].get("action").is_none(), "{r}");
+}
+
+#[tokio::test]
 async fn reject_and_per_rule_settings() {
     // Global reject.
     let m = start("refuse = \"reject\"\n");

@@ -384,82 +384,96 @@ async fn guarded<'a>(
 }
 
 fn callbacks(deps: Shared) -> Callbacks<Conn> {
-    let d = (
-        deps.clone(),
-        deps.clone(),
-        deps.clone(),
-        deps.clone(),
-        deps.clone(),
-        deps.clone(),
-        deps.clone(),
-    );
+    // Each callback owns a handle on the shared parts.
+    let d = || deps.clone();
     Callbacks::new()
-        .on_negotiate(move |cx, actions, opts| {
-            let deps = d.0.clone();
-            Box::pin(async move { negotiate(&deps, cx, actions, opts) })
+        .on_negotiate({
+            let deps = d();
+            move |cx, actions, opts| {
+                let deps = deps.clone();
+                Box::pin(async move { negotiate(&deps, cx, actions, opts) })
+            }
         })
-        .on_connect(move |cx, hostname, socket| {
-            let deps = d.1.clone();
-            Box::pin(async move {
-                guarded(&deps, "connect", None, async {
-                    connect(cx, hostname, socket);
-                    Status::Continue
+        .on_connect({
+            let deps = d();
+            move |cx, hostname, socket| {
+                let deps = deps.clone();
+                Box::pin(async move {
+                    guarded(&deps, "connect", None, async {
+                        connect(cx, hostname, socket);
+                        Status::Continue
+                    })
+                    .await
                 })
-                .await
-            })
+            }
         })
-        .on_helo(move |cx, name| {
-            let deps = d.2.clone();
-            Box::pin(async move {
-                guarded(&deps, "helo", None, async {
-                    if let Some(c) = cx.data.as_mut() {
-                        c.session.helo_name = Some(text(&name));
-                    }
-                    Status::Continue
+        .on_helo({
+            let deps = d();
+            move |cx, name| {
+                let deps = deps.clone();
+                Box::pin(async move {
+                    guarded(&deps, "helo", None, async {
+                        if let Some(c) = cx.data.as_mut() {
+                            c.session.helo_name = Some(text(&name));
+                        }
+                        Status::Continue
+                    })
+                    .await
                 })
-                .await
-            })
+            }
         })
-        .on_mail(move |cx, args| {
-            let deps = d.3.clone();
-            Box::pin(async move {
-                let id = queue_id(&cx.macros);
-                guarded(&deps, "mail", id, async {
-                    mail(cx, &args);
-                    Status::Continue
+        .on_mail({
+            let deps = d();
+            move |cx, args| {
+                let deps = deps.clone();
+                Box::pin(async move {
+                    let id = queue_id(&cx.macros);
+                    guarded(&deps, "mail", id, async {
+                        mail(cx, &args);
+                        Status::Continue
+                    })
+                    .await
                 })
-                .await
-            })
+            }
         })
-        .on_rcpt(move |cx, args| {
-            let deps = d.4.clone();
-            Box::pin(async move {
-                let id = queue_id(&cx.macros);
-                let work = rcpt(&deps, cx, args);
-                guarded(&deps, "rcpt", id, work).await
-            })
-        })
-        .on_header(move |cx, name, value| {
-            let deps = d.5.clone();
-            Box::pin(async move {
-                let id = queue_id(&cx.macros);
-                guarded(&deps, "header", id, async {
-                    header(&deps, cx, &name, &value);
-                    Status::Continue
+        .on_rcpt({
+            let deps = d();
+            move |cx, args| {
+                let deps = deps.clone();
+                Box::pin(async move {
+                    let id = queue_id(&cx.macros);
+                    let work = rcpt(&deps, cx, args);
+                    guarded(&deps, "rcpt", id, work).await
                 })
-                .await
-            })
+            }
         })
-        .on_eom(move |cx| {
-            let deps = d.6.clone();
-            Box::pin(async move {
-                let id = queue_id(&cx.macros);
-                let work = eom(&deps, cx);
-                guarded(&deps, "end of message", id, work).await
-            })
+        .on_header({
+            let deps = d();
+            move |cx, name, value| {
+                let deps = deps.clone();
+                Box::pin(async move {
+                    let id = queue_id(&cx.macros);
+                    guarded(&deps, "header", id, async {
+                        header(&deps, cx, &name, &value);
+                        Status::Continue
+                    })
+                    .await
+                })
+            }
+        })
+        .on_eom({
+            let deps = d();
+            move |cx| {
+                let deps = deps.clone();
+                Box::pin(async move {
+                    let id = queue_id(&cx.macros);
+                    let work = eom(&deps, cx);
+                    guarded(&deps, "end of message", id, work).await
+                })
+            }
         })
         .on_abort({
-            let deps = deps.clone();
+            let deps = d();
             move |cx| {
                 let deps = deps.clone();
                 Box::pin(async move {
@@ -472,17 +486,20 @@ fn callbacks(deps: Shared) -> Callbacks<Conn> {
                 })
             }
         })
-        .on_close(move |cx| {
-            let deps = deps.clone();
-            Box::pin(async move {
-                let id = queue_id(&cx.macros);
-                guarded(&deps, "close", id, async {
-                    end_transaction(&deps, cx, "the connection ended during the transaction");
-                    cx.data = None;
-                    Status::Continue
+        .on_close({
+            let deps = d();
+            move |cx| {
+                let deps = deps.clone();
+                Box::pin(async move {
+                    let id = queue_id(&cx.macros);
+                    guarded(&deps, "close", id, async {
+                        end_transaction(&deps, cx, "the connection ended during the transaction");
+                        cx.data = None;
+                        Status::Continue
+                    })
+                    .await
                 })
-                .await
-            })
+            }
         })
 }
 

@@ -242,10 +242,9 @@ pub struct Session {
 
 impl Session {
     /// Postfix presents mail that did not come over SMTP as a connection
-    /// from port 0 (`localhost`, `127.0.0.1`); a real TCP client always
-    /// has a port.
+    /// from `127.0.0.1` port 0; a real TCP client always has a port.
     pub fn is_local_submission(address: &std::net::SocketAddr) -> bool {
-        address.port() == 0
+        address.port() == 0 && address.ip().is_loopback()
     }
 }
 
@@ -401,6 +400,15 @@ tls = "forced"
         assert!(!tls_required_says_no("Yes"));
         assert!(!tls_required_says_no("No thanks"));
         assert_eq!(escape_reply("100% sure"), "100%% sure");
+    }
+
+    #[test]
+    fn local_submissions_are_loopback_port_zero() {
+        let is = |a: &str| Session::is_local_submission(&a.parse().unwrap());
+        assert!(is("127.0.0.1:0"));
+        assert!(is("[::1]:0"));
+        assert!(!is("127.0.0.1:41234"), "an SMTP client on loopback");
+        assert!(!is("192.0.2.25:0"), "a host that sends no port");
     }
 
     #[test]
