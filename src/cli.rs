@@ -108,6 +108,9 @@ fn explain_text(x: &Explanation, replies: &[(Arc<str>, String)]) -> String {
             if s.applied { "DECIDES" } else { "-" },
             s.detail
         );
+        for line in &s.details {
+            out += &format!("  {:<8} {:<8} {}\n", "", "", line);
+        }
     }
     let d = &x.decision;
     out += &format!(

@@ -184,6 +184,12 @@ pub struct Decision {
     pub ttl: Duration,
     /// Set when the forced map raised a weaker answer.
     pub raised: bool,
+    /// The source could not find out now what applies, and holding the
+    /// mail is safer than guessing (a failed DNSSEC lookup for a domain
+    /// that publishes DANE): front doors answer a temporary failure
+    /// (socketmap `TEMP`), so Postfix defers delivery and tries again.
+    /// `level` is what the source expects to apply once it knows.
+    pub temporary: bool,
 }
 
 impl Decision {

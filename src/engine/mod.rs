@@ -50,6 +50,13 @@ pub trait Source: Send + Sync {
         &'a self,
         dest: &'a Destination,
     ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>>;
+
+    /// What the source found out about a destination, one line per fact
+    /// (for `explain`); asked right after [`Source::consult`]. Nothing by
+    /// default.
+    fn details(&self, _dest: &Destination) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One source's part in an explanation.
@@ -58,6 +65,9 @@ pub struct Step {
     pub source: SourceKind,
     pub applied: bool,
     pub detail: String,
+    /// Further lines from the source (DANE: DNSSEC and TLSA state per MX).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
 }
 
 /// A decision and how it was reached.
@@ -146,6 +156,7 @@ impl Engine {
                 source: SourceKind::Static,
                 applied: false,
                 detail: format!("key {key:?} is not a destination: {e}"),
+                details: Vec::new(),
             }),
             Ok(d) => {
                 let detail;
@@ -169,8 +180,10 @@ impl Engine {
                     source: SourceKind::Static,
                     applied: decision.is_some(),
                     detail,
+                    details: Vec::new(),
                 });
                 for source in &self.sources {
+                    let mut details = Vec::new();
                     let (applied, detail) = if decision.is_some() {
                         (
                             false,
@@ -182,9 +195,15 @@ impl Engine {
                             format!("not consulted for a {} key", d.form.as_str()),
                         )
                     } else {
-                        match source.consult(d).await {
+                        let consulted = source.consult(d).await;
+                        details = source.details(d);
+                        match consulted {
                             Consulted::Policy(dec) => {
-                                let text = format!("policy: {}", dec.reason);
+                                let text = if dec.temporary {
+                                    format!("temporary failure: {}", dec.reason)
+                                } else {
+                                    format!("policy: {}", dec.reason)
+                                };
                                 decision = Some(dec);
                                 (true, text)
                             }
@@ -195,6 +214,7 @@ impl Engine {
                         source: source.kind(),
                         applied,
                         detail,
+                        details,
                     });
                 }
             }
@@ -212,6 +232,7 @@ impl Engine {
             } else {
                 "not consulted: a higher-precedence source decided".to_string()
             },
+            details: Vec::new(),
         });
         let decision = match (&dest, decision) {
             (Err(e), _) => bad_key_decision(&policy, e),
@@ -294,6 +315,7 @@ mod tests {
                         reason: Arc::from("TLSA published"),
                         ttl: Duration::from_secs(60),
                         raised: false,
+                        temporary: false,
                     })
                 } else {
                     Consulted::NoPolicy("no TLSA".into())

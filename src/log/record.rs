@@ -45,10 +45,10 @@ pub struct DecisionRecord {
     pub domain: Option<String>,
     pub tls: Tls,
     /// The exact text sent to Postfix after `OK` (`secure match=…`);
-    /// absent when the answer was `NOTFOUND`.
+    /// absent when the answer was `NOTFOUND` or `TEMP`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<Arc<str>>,
-    /// The socketmap reply code: `OK` or `NOTFOUND`.
+    /// The socketmap reply code: `OK`, `NOTFOUND` or `TEMP`.
     pub reply: &'static str,
     pub source: SourceKind,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -347,6 +347,7 @@ mod tests {
             reason: Arc::from("PCI \"partner\""),
             ttl: Duration::from_secs(1),
             raised: false,
+            temporary: false,
         }
     }
 
