@@ -154,7 +154,7 @@ pub struct SecureResolver {
 
 enum Backend {
     TrustAd(Stub),
-    Validate(Resolver),
+    Validate(Box<Resolver>),
 }
 
 impl fmt::Debug for SecureResolver {
@@ -209,11 +209,11 @@ impl SecureResolver {
                     tracing::info!("trust anchor file holds no key for the root zone");
                 }
                 let builder = builder.with_trust_anchor(Arc::new(anchors));
-                Backend::Validate(
+                Backend::Validate(Box::new(
                     builder
                         .build()
                         .map_err(|e| DnsError::Build(e.to_string()))?,
-                )
+                ))
             }
         };
         Ok(SecureResolver {
