@@ -154,9 +154,9 @@ impl MxHost {
     /// A lookup for this host failed or did not validate.
     pub fn failure(&self) -> Option<String> {
         let p = match (&self.addresses, &self.tlsa) {
-            (AddressState::Bogus { problem }, _) => format!("addresses: {problem}"),
+            (AddressState::Bogus { problem }, _) => format!("addresses bogus: {problem}"),
             (AddressState::Failed { problem }, _) => format!("addresses: {problem}"),
-            (_, TlsaState::Bogus { name, problem }) => format!("TLSA {name}: {problem}"),
+            (_, TlsaState::Bogus { name, problem }) => format!("TLSA {name} bogus: {problem}"),
             (_, TlsaState::Failed { name, problem }) => format!("TLSA {name}: {problem}"),
             _ => return None,
         };
