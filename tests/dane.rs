@@ -21,9 +21,7 @@ use tls_policyd::engine::decision::{Level, SourceKind};
 use tls_policyd::engine::key::Destination;
 use tls_policyd::engine::{Consulted, Engine, Source};
 use tls_policyd::sources::dane::assess::{AddressState, MxState, TlsaState};
-use tls_policyd::sources::dane::{
-    DaneConfig, DaneSource, DaneStore, FailPolicy, MemoryStore, Outcome,
-};
+use tls_policyd::sources::dane::{DaneConfig, DaneSource, FailPolicy, MemoryStore, Outcome};
 use tls_policyd::sources::static_file::StaticPolicy;
 
 const DIGEST: [u8; 32] = [0xd1; 32];
@@ -451,7 +449,7 @@ async fn a_domain_that_had_dane_defers_when_lookups_fail() {
         policy(&s2.consult_domain("had.test").await),
         (Level::DaneOnly, true)
     );
-    assert!(store.load("had.test").unwrap().last_dane.is_some());
+    assert!(store.get("had.test").unwrap().last_dane.is_some());
 
     // The domain drops DANE (validated): history is cleared.
     w.dns.remove("had.test");
@@ -459,7 +457,7 @@ async fn a_domain_that_had_dane_defers_when_lookups_fail() {
     w.dns.remove("_25._tcp.mx.had.test");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     no_policy(&s2.consult_domain("had.test").await);
-    assert!(store.load("had.test").unwrap().last_dane.is_none());
+    assert!(store.get("had.test").unwrap().last_dane.is_none());
 }
 
 #[tokio::test]
@@ -784,4 +782,40 @@ async fn large_tlsa_answers_come_over_tcp() {
     );
     let line = &s.details(&dest("big.test"))[1];
     assert!(line.ends_with(", and 22 more]"), "{line}");
+}
+
+#[tokio::test]
+async fn dane_history_survives_a_restart_in_the_cache_file() {
+    use tls_policyd::store::{Kind, Store};
+    let w = World::new(99);
+    w.dns.set_ad_default(true);
+    w.mx("kept.test", 10, "mx.kept.test", true);
+    let path = w.dir.path().join("cache.sqlite");
+    {
+        let store = Arc::new(Store::open(&path).unwrap());
+        let s = w.source().with_store(store.clone());
+        assert_eq!(
+            policy(&s.consult_domain("kept.test").await),
+            (Level::DaneOnly, false)
+        );
+        store.close();
+        let (rows, skipped) = store.load(Kind::Dane).unwrap();
+        assert_eq!((rows.len(), skipped), (1, 0));
+        assert_eq!(rows[0].domain, "kept.test");
+        // Kept for the DANE history (30 days), beyond the result's TTL.
+        let keep = rows[0]
+            .expires_at
+            .duration_since(rows[0].fetched_at)
+            .unwrap();
+        assert_eq!(keep, Duration::from_secs(30 * 86_400));
+    }
+    // The new process: the result is there before any lookup.
+    let store = Arc::new(Store::open(&path).unwrap());
+    let s = w.source().with_store(store);
+    assert_eq!(s.cached_domains(), 1);
+    assert_eq!(
+        policy(&s.consult_domain("kept.test").await),
+        (Level::DaneOnly, false)
+    );
+    assert_eq!(s.lookups_started(), 0, "answered from the stored result");
 }

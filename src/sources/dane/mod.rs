@@ -25,9 +25,13 @@
 //! request for an expired or unknown domain waits for the lookup, at most
 //! `lookup_timeout`. A failed background refresh does not replace a result
 //! that is still valid. The cache holds at most `max_cache_entries`
-//! domains (the least recently used go first). A [`DaneStore`] may keep
-//! results across restarts; results are loaded from it on a cache miss and
-//! saved after every lookup.
+//! domains (the least recently used go first).
+//!
+//! **Memory.** That a domain had DANE is remembered for `remember` after
+//! the last lookup that found it (that is what `defer-known` goes by). A
+//! [`DaneStore`] keeps results across restarts (the daemon's cache file,
+//! [`crate::store`]): everything stored is loaded when the source is built,
+//! and every lookup's result is saved (queued, never waited for).
 
 pub mod assess;
 
@@ -36,7 +40,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
@@ -109,6 +113,10 @@ pub struct DaneConfig {
     /// Domains remembered at most.
     #[serde(default = "default_max_cache_entries")]
     pub max_cache_entries: usize,
+    /// How long a domain counts as having had DANE after the last lookup
+    /// that found a DANE policy (for `on_failure = "defer-known"`).
+    #[serde(default = "default_remember", with = "crate::config::human_duration")]
+    pub remember: Duration,
 }
 
 fn default_true() -> bool {
@@ -135,6 +143,9 @@ fn default_concurrency() -> usize {
 fn default_max_cache_entries() -> usize {
     100_000
 }
+fn default_remember() -> Duration {
+    Duration::from_secs(30 * 86_400)
+}
 
 impl Default for DaneConfig {
     fn default() -> Self {
@@ -148,6 +159,7 @@ impl Default for DaneConfig {
             max_mx: default_max_mx(),
             concurrency: default_concurrency(),
             max_cache_entries: default_max_cache_entries(),
+            remember: default_remember(),
         }
     }
 }
@@ -160,6 +172,7 @@ impl DaneConfig {
             ("max_ttl", self.max_ttl),
             ("failure_ttl", self.failure_ttl),
             ("lookup_timeout", self.lookup_timeout),
+            ("remember", self.remember),
         ] {
             if d.is_zero() {
                 return Err(format!("{key}: must be longer than zero"));
@@ -233,18 +246,19 @@ impl DaneRecord {
     }
 }
 
-/// Where DANE results are kept across restarts. Implementations must not
-/// block for long: they are called on the lookup path (load on a cache
-/// miss, save after a lookup).
+/// Where DANE results are kept across restarts. Implementations must
+/// not block a lookup: [`DaneStore::save`] queues.
 pub trait DaneStore: Send + Sync {
-    /// The stored result for a domain (normalised name).
-    fn load(&self, domain: &str) -> Option<DaneRecord>;
-    /// Keep a domain's result, replacing any older one.
-    fn save(&self, domain: &str, record: &DaneRecord);
+    /// Every stored result (read once, when the source is built).
+    fn load_all(&self) -> Vec<(String, DaneRecord)>;
+    /// Keep a domain's result, replacing any older one. `keep_until` is
+    /// how long the row is worth keeping (the result's expiry, or longer
+    /// while the domain's DANE history is remembered).
+    fn save(&self, domain: &str, record: &DaneRecord, keep_until: SystemTime);
 }
 
-/// A [`DaneStore`] in memory: survives the source it is given to, not the
-/// process.
+/// A [`DaneStore`] in memory: survives the sources it is given to, not
+/// the process.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     records: Mutex<HashMap<String, DaneRecord>>,
@@ -259,18 +273,63 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    pub fn get(&self, domain: &str) -> Option<DaneRecord> {
+        self.lock().get(domain).cloned()
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, DaneRecord>> {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl DaneStore for MemoryStore {
-    fn load(&self, domain: &str) -> Option<DaneRecord> {
-        self.lock().get(domain).cloned()
+    fn load_all(&self) -> Vec<(String, DaneRecord)> {
+        self.lock()
+            .iter()
+            .map(|(d, r)| (d.clone(), r.clone()))
+            .collect()
     }
 
-    fn save(&self, domain: &str, record: &DaneRecord) {
+    fn save(&self, domain: &str, record: &DaneRecord, _keep_until: SystemTime) {
         self.lock().insert(domain.to_string(), record.clone());
+    }
+}
+
+/// The daemon's cache file: rows of kind `dane`, the payload a
+/// [`DaneRecord`] as JSON.
+impl DaneStore for crate::store::Store {
+    fn load_all(&self) -> Vec<(String, DaneRecord)> {
+        use crate::store::Kind;
+        let (entries, skipped) = match self.load(Kind::Dane) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read stored DANE results; starting without them");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        let mut bad = skipped;
+        for e in entries {
+            match e.decode::<DaneRecord>() {
+                Ok(r) if r.assessment.domain == e.domain => out.push((e.domain, r)),
+                _ => bad += 1,
+            }
+        }
+        if bad > 0 {
+            tracing::warn!(
+                rows = bad,
+                "stored DANE results that cannot be used were skipped"
+            );
+        }
+        out
+    }
+
+    fn save(&self, domain: &str, record: &DaneRecord, keep_until: SystemTime) {
+        use crate::store::{Entry, Kind};
+        match Entry::new(Kind::Dane, domain, record.checked_at, keep_until, record) {
+            Ok(e) => self.put(e),
+            Err(e) => tracing::warn!(domain, error = %e, "cannot store a DANE result"),
+        }
     }
 }
 
@@ -328,25 +387,39 @@ impl DaneSource {
         })
     }
 
-    /// Keep results in `store` too. Call before the source is shared.
+    /// Keep results in `store` too, starting with what it holds (at most
+    /// `max_cache_entries`, the most recent first). Call before the source
+    /// is shared: a source already shared gets a fresh cache.
     pub fn with_store(self, store: Arc<dyn DaneStore>) -> DaneSource {
-        let inner = match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.store = Some(store);
-                inner
-            }
-            Err(shared) => {
-                // Already shared: build a new one with the same settings.
-                Inner {
-                    lookups: Semaphore::new(shared.config.concurrency),
-                    config: shared.config.clone(),
-                    resolver: shared.resolver.clone(),
-                    store: Some(store),
-                    cache: Mutex::new(HashMap::new()),
-                    started: AtomicU64::new(0),
-                }
-            }
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            Err(shared) => Inner {
+                lookups: Semaphore::new(shared.config.concurrency),
+                config: shared.config.clone(),
+                resolver: shared.resolver.clone(),
+                store: None,
+                cache: Mutex::new(HashMap::new()),
+                started: AtomicU64::new(0),
+            },
         };
+        let mut stored = store.load_all();
+        stored.sort_by(|a, b| b.1.checked_at.cmp(&a.1.checked_at));
+        stored.truncate(inner.config.max_cache_entries);
+        {
+            let cache = inner.cache.get_mut().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            for (domain, record) in stored {
+                cache.insert(
+                    domain,
+                    Entry {
+                        record: Some(Arc::new(record)),
+                        in_flight: None,
+                        last_used: now,
+                    },
+                );
+            }
+        }
+        inner.store = Some(store);
         DaneSource {
             inner: Arc::new(inner),
         }
@@ -408,24 +481,11 @@ impl DaneSource {
         ))
     }
 
-    /// The cached record, loading it from the store on a miss.
+    /// The cached record.
     fn current(&self, domain: &str) -> Option<Arc<DaneRecord>> {
-        {
-            let mut cache = self.inner.cache();
-            if let Some(e) = cache.get_mut(domain) {
-                e.last_used = Instant::now();
-                if e.record.is_some() || e.in_flight.is_some() {
-                    return e.record.clone();
-                }
-            }
-        }
-        let store = self.inner.store.as_ref()?;
-        let loaded = Arc::new(store.load(domain)?);
         let mut cache = self.inner.cache();
-        let e = entry(&self.inner, &mut cache, domain);
-        if e.record.is_none() {
-            e.record = Some(loaded);
-        }
+        let e = cache.get_mut(domain)?;
+        e.last_used = Instant::now();
         e.record.clone()
     }
 
@@ -473,7 +533,7 @@ impl DaneSource {
                 !keep_old
             };
             if kept && let Some(store) = &inner.store {
-                store.save(&domain, &record);
+                store.save(&domain, &record, keep_until(&record, &inner.config));
             }
             let _ = tx.send(Some(record));
         });
@@ -579,6 +639,20 @@ async fn lookup(inner: &Inner, domain: &str) -> DaneRecord {
     }
 }
 
+/// How long a stored record is worth keeping: until it expires, or while
+/// its DANE history is remembered.
+fn keep_until(record: &DaneRecord, cfg: &DaneConfig) -> SystemTime {
+    let history = record.last_dane.map(|l| l.at + cfg.remember);
+    record.expires().max(history.unwrap_or(UNIX_EPOCH))
+}
+
+/// The last DANE policy seen, if it is still remembered.
+fn remembered(record: &DaneRecord, cfg: &DaneConfig, now: SystemTime) -> Option<LastDane> {
+    record
+        .last_dane
+        .filter(|l| now.duration_since(l.at).unwrap_or(Duration::ZERO) < cfg.remember)
+}
+
 fn bounded_ttl(secs: u32, cfg: &DaneConfig) -> Duration {
     Duration::from_secs(u64::from(secs)).clamp(cfg.min_ttl, cfg.max_ttl)
 }
@@ -635,7 +709,7 @@ pub fn decide(record: &DaneRecord, cfg: &DaneConfig, now: SystemTime) -> Consult
             Consulted::Policy(decision(*level, reason.clone(), false))
         }
         Outcome::NoPolicy { reason } => Consulted::NoPolicy(reason.clone()),
-        Outcome::Failed { reason } => match (cfg.on_failure, record.last_dane) {
+        Outcome::Failed { reason } => match (cfg.on_failure, remembered(record, cfg, now)) {
             (FailPolicy::Defer, last) => Consulted::Policy(decision(
                 last.map_or(Level::DaneOnly, |l| l.level),
                 format!("{reason}; delivery waits (dane.on_failure = \"defer\")"),
@@ -651,8 +725,8 @@ pub fn decide(record: &DaneRecord, cfg: &DaneConfig, now: SystemTime) -> Consult
                 true,
             )),
             (FailPolicy::DeferKnown, None) => Consulted::NoPolicy(format!(
-                "{reason}; {domain} had no DANE policy before, so the next source decides \
-                 (dane.on_failure = \"defer-known\")"
+                "{reason}; {domain} had no DANE policy before (within dane.remember), so the \
+                 next source decides (dane.on_failure = \"defer-known\")"
             )),
             (FailPolicy::Opportunistic, _) => Consulted::NoPolicy(format!(
                 "{reason}; the next source decides (dane.on_failure = \"opportunistic\")"
@@ -734,6 +808,7 @@ mod tests {
             ("max_mx = 0\n", "max_mx"),
             ("concurrency = 0\n", "concurrency"),
             ("max_cache_entries = 0\n", "max_cache_entries"),
+            ("remember = \"0s\"\n", "remember"),
         ] {
             let c: DaneConfig = toml::from_str(text).unwrap();
             let e = c.validate().unwrap_err();
@@ -850,6 +925,32 @@ mod tests {
     }
 
     #[test]
+    fn history_is_remembered_for_a_while() {
+        let cfg = DaneConfig {
+            remember: Duration::from_secs(1000),
+            ..DaneConfig::default()
+        };
+        let r = record(failed(), Some(Level::DaneOnly));
+        let at = r.last_dane.unwrap().at;
+        assert!(remembered(&r, &cfg, at + Duration::from_secs(999)).is_some());
+        assert!(remembered(&r, &cfg, at + Duration::from_secs(1000)).is_none());
+        assert!(matches!(
+            decide(&r, &cfg, at + Duration::from_secs(1000)),
+            Consulted::NoPolicy(_)
+        ));
+        // The row is kept as long as the history, or the result if longer.
+        assert_eq!(keep_until(&r, &cfg), at + Duration::from_secs(1000));
+        let mut long = r.clone();
+        long.ttl = Duration::from_secs(5000);
+        assert_eq!(
+            keep_until(&long, &cfg),
+            long.checked_at + Duration::from_secs(5000)
+        );
+        let none = record(failed(), None);
+        assert_eq!(keep_until(&none, &cfg), none.checked_at + none.ttl);
+    }
+
+    #[test]
     fn freshness_and_refresh() {
         let mut r = record(failed(), None);
         let t0 = r.checked_at;
@@ -869,9 +970,9 @@ mod tests {
         let s = MemoryStore::default();
         assert!(s.is_empty());
         let r = record(failed(), Some(Level::DaneOnly));
-        s.save("d.example", &r);
-        assert_eq!(s.load("d.example"), Some(r));
-        assert_eq!(s.load("other.example"), None);
+        s.save("d.example", &r, SystemTime::now());
+        assert_eq!(s.get("d.example"), Some(r.clone()));
+        assert_eq!(s.load_all(), vec![("d.example".to_string(), r)]);
 
         let mut cache = HashMap::new();
         let now = Instant::now();
