@@ -403,7 +403,7 @@ impl DaneSource {
             },
         };
         let mut stored = store.load_all();
-        stored.sort_by(|a, b| b.1.checked_at.cmp(&a.1.checked_at));
+        stored.sort_by_key(|s| std::cmp::Reverse(s.1.checked_at));
         stored.truncate(inner.config.max_cache_entries);
         {
             let cache = inner.cache.get_mut().unwrap_or_else(|e| e.into_inner());
