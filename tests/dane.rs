@@ -1,9 +1,11 @@
-//! DANE detection against the in-process test DNS server on 127.0.0.0/8.
+//! DANE detection against the in-process test DNS server, inside a
+//! network namespace the test creates (only `lo`).
 //!
 //! `trust-ad` tests make the server play a validating resolver (it sets
 //! the AD bit where the test says the data is signed); `validate` tests
 //! have it sign zones with a fresh key that the resolver gets as its trust
-//! anchor, and never set the AD bit. Nothing leaves the machine.
+//! anchor, and never set the AD bit. Nothing leaves the machine. Needs root
+//! and `ip` (`.ci/run` runs as root); `SKIP_POSTFIX_TESTS=1` skips.
 //!
 //! Each test works in its own 127.0.N.0/24.
 
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::dns::{Behaviour, TestDns};
+use common::netns::Netns;
 use hickory_proto::rr::RecordType;
 use tls_policyd::dns::DnsConfig;
 use tls_policyd::dns::secure::{DnssecMode, SecureResolver};
@@ -27,16 +30,24 @@ use tls_policyd::sources::static_file::StaticPolicy;
 const DIGEST: [u8; 32] = [0xd1; 32];
 
 struct World {
+    _ns: Netns,
     dns: TestDns,
     dir: tempfile::TempDir,
 }
 
 impl World {
-    fn new(net: u8) -> World {
-        World {
+    /// Join a new namespace (this test's thread, and so its current-thread
+    /// runtime, stays there) and start the DNS server in it. `None` when
+    /// namespace tests are skipped.
+    fn new(net: u8) -> Option<World> {
+        let ns = Netns::for_test("tlspd-dane", &[])?;
+        ns.enter_thread()
+            .unwrap_or_else(|e| panic!("join {}: {e}", ns.name()));
+        Some(World {
+            _ns: ns,
             dns: TestDns::start(&format!("127.0.{net}.53")),
             dir: tempfile::tempdir().unwrap(),
-        }
+        })
     }
 
     fn dns_config(&self) -> DnsConfig {
@@ -103,7 +114,9 @@ fn dest(key: &str) -> Destination {
 
 #[tokio::test]
 async fn every_mx_with_usable_tlsa_is_dane_only() {
-    let w = World::new(80);
+    let Some(w) = World::new(80) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("all.test", 10, "mx1.all.test", true);
     w.mx("all.test", 20, "mx2.all.test", true);
@@ -158,7 +171,9 @@ async fn every_mx_with_usable_tlsa_is_dane_only() {
 
 #[tokio::test]
 async fn some_mx_with_tlsa_is_dane() {
-    let w = World::new(81);
+    let Some(w) = World::new(81) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("some.test", 10, "mx1.some.test", true);
     w.mx("some.test", 20, "mx2.some.test", false);
@@ -192,7 +207,9 @@ async fn some_mx_with_tlsa_is_dane() {
 
 #[tokio::test]
 async fn no_tlsa_anywhere_is_no_policy() {
-    let w = World::new(82);
+    let Some(w) = World::new(82) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("none.test", 10, "mx.none.test", false);
     let why = no_policy(&w.source().consult_domain("none.test").await);
@@ -204,7 +221,9 @@ async fn no_tlsa_anywhere_is_no_policy() {
 
 #[tokio::test]
 async fn unsigned_mx_is_no_policy_and_asks_no_tlsa() {
-    let w = World::new(83);
+    let Some(w) = World::new(83) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("plain.test", 10, "mx.plain.test", true);
     w.dns.set_ad("plain.test", false);
@@ -253,7 +272,9 @@ async fn unsigned_mx_is_no_policy_and_asks_no_tlsa() {
 
 #[tokio::test]
 async fn null_mx_and_missing_domains_are_no_policy() {
-    let w = World::new(84);
+    let Some(w) = World::new(84) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.dns.null_mx("null.test");
     let s = w.source();
@@ -269,7 +290,9 @@ async fn null_mx_and_missing_domains_are_no_policy() {
 
 #[tokio::test]
 async fn implicit_mx_uses_the_domain_itself() {
-    let w = World::new(85);
+    let Some(w) = World::new(85) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.dns.a("bare.test", "192.0.2.1");
     w.dns.tlsa("_25._tcp.bare.test", 3, 1, 1, &DIGEST);
@@ -295,7 +318,9 @@ async fn implicit_mx_uses_the_domain_itself() {
 
 #[tokio::test]
 async fn cnamed_mx_host_tlsa_at_expanded_name_then_original() {
-    let w = World::new(86);
+    let Some(w) = World::new(86) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     // mx.alias.test -> host.provider.test, TLSA at the expanded name.
     w.dns.mx("alias.test", 10, "mx.alias.test");
@@ -347,7 +372,9 @@ async fn cnamed_mx_host_tlsa_at_expanded_name_then_original() {
 
 #[tokio::test]
 async fn servfail_bogus_and_timeouts_are_never_no_dane() {
-    let w = World::new(87);
+    let Some(w) = World::new(87) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("sf.test", 10, "mx.sf.test", true);
     w.dns.servfail("sf.test");
@@ -404,7 +431,9 @@ async fn servfail_bogus_and_timeouts_are_never_no_dane() {
 
 #[tokio::test]
 async fn a_domain_that_had_dane_defers_when_lookups_fail() {
-    let w = World::new(88);
+    let Some(w) = World::new(88) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("had.test", 10, "mx.had.test", true);
     let dane = DaneConfig {
@@ -462,7 +491,9 @@ async fn a_domain_that_had_dane_defers_when_lookups_fail() {
 
 #[tokio::test]
 async fn concurrent_requests_share_one_lookup() {
-    let w = World::new(89);
+    let Some(w) = World::new(89) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("busy.test", 10, "mx.busy.test", true);
     let s = w.source();
@@ -484,7 +515,9 @@ async fn concurrent_requests_share_one_lookup() {
 
 #[tokio::test]
 async fn results_near_their_end_refresh_in_the_background() {
-    let w = World::new(90);
+    let Some(w) = World::new(90) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("fresh.test", 10, "mx.fresh.test", true);
     let s = w.source_with(
@@ -527,7 +560,9 @@ async fn results_near_their_end_refresh_in_the_background() {
 
 #[tokio::test]
 async fn a_failed_refresh_keeps_the_valid_result() {
-    let w = World::new(91);
+    let Some(w) = World::new(91) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("keep.test", 10, "mx.keep.test", true);
     let s = w.source_with(
@@ -561,7 +596,9 @@ async fn a_failed_refresh_keeps_the_valid_result() {
 
 #[tokio::test]
 async fn a_lookup_slower_than_lookup_timeout_fails() {
-    let w = World::new(92);
+    let Some(w) = World::new(92) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("stall.test", 10, "mx.stall.test", true);
     w.dns.no_answer("stall.test");
@@ -585,7 +622,9 @@ async fn a_lookup_slower_than_lookup_timeout_fails() {
 
 #[tokio::test]
 async fn more_mx_hosts_than_max_mx_is_at_most_dane() {
-    let w = World::new(93);
+    let Some(w) = World::new(93) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     for i in 1..=3 {
         w.mx("many.test", i * 10, &format!("mx{i}.many.test"), true);
@@ -611,8 +650,8 @@ async fn more_mx_hosts_than_max_mx_is_at_most_dane() {
 }
 
 /// A signed zone `dane.test` with an unsigned child `plain.dane.test`.
-fn signed_world(net: u8) -> (World, String) {
-    let w = World::new(net);
+fn signed_world(net: u8) -> Option<(World, String)> {
+    let w = World::new(net)?;
     let anchor = w.dns.sign_zone("dane.test");
     w.mx("all.dane.test", 10, "mx1.all.dane.test", true);
     w.mx("all.dane.test", 20, "mx2.all.dane.test", true);
@@ -622,12 +661,14 @@ fn signed_world(net: u8) -> (World, String) {
     w.mx("plain.dane.test", 10, "mx.plain.dane.test", true);
     w.mx("bogus.dane.test", 10, "mx.bogus.dane.test", true);
     w.dns.break_signatures("_25._tcp.mx.bogus.dane.test");
-    (w, anchor)
+    Some((w, anchor))
 }
 
 #[tokio::test]
 async fn validate_mode_checks_signatures_itself() {
-    let (w, anchor) = signed_world(94);
+    let Some((w, anchor)) = signed_world(94) else {
+        return;
+    };
     // The server never sets AD: validation happens in process.
     let s = w.source_with(&w.validating_config(&anchor), DaneConfig::default());
     assert_eq!(
@@ -666,7 +707,9 @@ async fn validate_mode_checks_signatures_itself() {
 
 #[tokio::test]
 async fn validate_mode_with_the_wrong_anchor_is_bogus() {
-    let (w, _) = signed_world(95);
+    let Some((w, _)) = signed_world(95) else {
+        return;
+    };
     let other = TestDns::start("127.0.95.54");
     let wrong = other.sign_zone("dane.test");
     let s = w.source_with(&w.validating_config(&wrong), DaneConfig::default());
@@ -676,7 +719,9 @@ async fn validate_mode_with_the_wrong_anchor_is_bogus() {
 
 #[tokio::test]
 async fn trust_ad_mode_ignores_signatures_without_the_ad_bit() {
-    let (w, _) = signed_world(96);
+    let Some((w, _)) = signed_world(96) else {
+        return;
+    };
     let why = no_policy(&w.source().consult_domain("all.dane.test").await);
     assert!(why.contains("not DNSSEC-validated"), "{why}");
 }
@@ -698,7 +743,9 @@ fn a_missing_trust_anchor_file_is_an_error() {
 
 #[tokio::test]
 async fn precedence_static_then_dane_then_default() {
-    let w = World::new(97);
+    let Some(w) = World::new(97) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("dane.test", 10, "mx.dane.test", true);
     let s = Arc::new(w.source());
@@ -747,7 +794,9 @@ async fn precedence_static_then_dane_then_default() {
 
 #[tokio::test]
 async fn large_tlsa_answers_come_over_tcp() {
-    let w = World::new(98);
+    let Some(w) = World::new(98) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("big.test", 10, "mx.big.test", false);
     for i in 0..30u8 {
@@ -787,7 +836,9 @@ async fn large_tlsa_answers_come_over_tcp() {
 #[tokio::test]
 async fn dane_history_survives_a_restart_in_the_cache_file() {
     use tls_policyd::store::{Kind, Store};
-    let w = World::new(99);
+    let Some(w) = World::new(99) else {
+        return;
+    };
     w.dns.set_ad_default(true);
     w.mx("kept.test", 10, "mx.kept.test", true);
     let path = w.dir.path().join("cache.sqlite");
