@@ -12,6 +12,7 @@ use crate::frontends::policy;
 use crate::frontends::socketmap::{self, MapKind};
 use crate::log::reader::{self, LogQuery, OutputFormat};
 use crate::prober::{self, Prober};
+use crate::sources::dane::CacheUse;
 use crate::sources::static_file::StaticPolicy;
 
 /// Load config and policy file, or say precisely what is wrong.
@@ -58,6 +59,39 @@ pub fn check_config(config_path: &Path) -> Result<String, String> {
             }
         );
     }
+    if let Some(d) = config.dane.as_ref().filter(|d| d.enabled) {
+        let servers = match crate::dns::effective_nameservers(&config.dns) {
+            Ok(a) => a
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => return Err(format!("{}: dns: {e}", config_path.display())),
+        };
+        if let Some(p) = &config.dns.trust_anchor
+            && let Err(e) = std::fs::metadata(p)
+        {
+            return Err(format!(
+                "{}: key `dns.trust_anchor`: cannot read {}: {e}",
+                config_path.display(),
+                p.display()
+            ));
+        }
+        let dir = d.cache_file.parent().unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(format!(
+                "{}: key `dane.cache_file`: directory {} does not exist",
+                config_path.display(),
+                dir.display()
+            ));
+        }
+        out += &format!(
+            "  dane          DNSSEC by {} via {servers}; on failure {}; cache {}\n",
+            config.dns.dnssec,
+            d.on_failure.as_str(),
+            d.cache_file.display()
+        );
+    }
     out += &format!(
         "  policy file   {}: {} rule{}, default {}\n",
         policy.path().display(),
@@ -86,11 +120,16 @@ pub fn check_config(config_path: &Path) -> Result<String, String> {
 /// consulted, and the exact socketmap replies.
 pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, String> {
     let (config, policy) = load(config_path)?;
-    let engine = Engine::new(policy);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
+    // Published-policy sources look up afresh; the cache file is only
+    // read (for DANE history), never written.
+    let sources = rt
+        .block_on(async { crate::daemon::sources(&config, CacheUse::ReadOnly) })
+        .map_err(|e| e.to_string())?;
+    let engine = Engine::with_sources(policy, sources);
     let x = rt.block_on(engine.explain(key));
     let settings = config
         .socketmap

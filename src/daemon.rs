@@ -9,12 +9,13 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::engine::Engine;
 use crate::engine::refusal::TlsKnowledge;
+use crate::engine::{Engine, Source};
 use crate::frontends::{policy, socketmap};
 use crate::listen::{ListenAddr, Listener};
 use crate::log::record::{DecisionLog, Target};
 use crate::prober::{Prober, ProberError};
+use crate::sources::dane::CacheUse;
 use crate::sources::static_file::StaticPolicy;
 
 /// Everything a front door needs, shared behind an `Arc`.
@@ -40,6 +41,7 @@ pub enum StartError {
     Bind(ListenAddr, std::io::Error),
     Dns(crate::dns::DnsError),
     Prober(ProberError),
+    Dane(crate::sources::dane::DaneError),
 }
 
 impl std::fmt::Display for StartError {
@@ -51,11 +53,23 @@ impl std::fmt::Display for StartError {
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::Dns(e) => write!(f, "dns: {e}"),
             StartError::Prober(e) => e.fmt(f),
+            StartError::Dane(e) => e.fmt(f),
         }
     }
 }
 
 impl std::error::Error for StartError {}
+
+/// The published-policy sources a config asks for, in precedence order
+/// (DANE before MTA-STS).
+pub fn sources(config: &Config, cache: CacheUse) -> Result<Vec<Arc<dyn Source>>, StartError> {
+    let mut out: Vec<Arc<dyn Source>> = Vec::new();
+    if let Some(d) = config.dane.as_ref().filter(|d| d.enabled) {
+        let dane = crate::sources::dane::open(d, &config.dns, cache).map_err(StartError::Dane)?;
+        out.push(Arc::new(dane));
+    }
+    Ok(out)
+}
 
 /// What a reload changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,8 +102,9 @@ impl Context {
             .as_ref()
             .map(policy::Settings::from)
             .unwrap_or_default();
+        let sources = sources(&config, CacheUse::ReadWrite)?;
         Ok(Context {
-            engine: Engine::new(policy),
+            engine: Engine::with_sources(policy, sources),
             log,
             prober,
             socketmap: ArcSwap::from_pointee(socketmap),
@@ -179,6 +194,9 @@ impl Context {
         }
         if old.dns != new.dns {
             needs_restart.push("dns");
+        }
+        if old.dane != new.dane {
+            needs_restart.push("dane");
         }
         if old.log.level != new.log.level {
             needs_restart.push("log.level");

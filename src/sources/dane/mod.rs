@@ -37,6 +37,7 @@ pub mod assess;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -113,6 +114,10 @@ pub struct DaneConfig {
     /// Domains remembered at most.
     #[serde(default = "default_max_cache_entries")]
     pub max_cache_entries: usize,
+    /// The cache file (SQLite) that keeps results across restarts; the
+    /// directory must exist.
+    #[serde(default = "default_cache_file")]
+    pub cache_file: PathBuf,
     /// How long a domain counts as having had DANE after the last lookup
     /// that found a DANE policy (for `on_failure = "defer-known"`).
     #[serde(default = "default_remember", with = "crate::config::human_duration")]
@@ -143,6 +148,9 @@ fn default_concurrency() -> usize {
 fn default_max_cache_entries() -> usize {
     100_000
 }
+fn default_cache_file() -> PathBuf {
+    PathBuf::from(crate::store::DEFAULT_CACHE_FILE)
+}
 fn default_remember() -> Duration {
     Duration::from_secs(30 * 86_400)
 }
@@ -159,6 +167,7 @@ impl Default for DaneConfig {
             max_mx: default_max_mx(),
             concurrency: default_concurrency(),
             max_cache_entries: default_max_cache_entries(),
+            cache_file: default_cache_file(),
             remember: default_remember(),
         }
     }
@@ -196,6 +205,9 @@ impl DaneConfig {
         }
         if self.concurrency > Semaphore::MAX_PERMITS {
             return Err("concurrency: too large".into());
+        }
+        if self.cache_file.as_os_str().is_empty() {
+            return Err("cache_file: an empty path is not a file".into());
         }
         Ok(())
     }
@@ -295,33 +307,36 @@ impl DaneStore for MemoryStore {
     }
 }
 
+/// Decode stored rows; rows that cannot be used are counted and logged.
+fn decode_rows(entries: Vec<crate::store::Entry>, skipped: usize) -> Vec<(String, DaneRecord)> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut bad = skipped;
+    for e in entries {
+        match e.decode::<DaneRecord>() {
+            Ok(r) if r.assessment.domain == e.domain => out.push((e.domain, r)),
+            _ => bad += 1,
+        }
+    }
+    if bad > 0 {
+        tracing::warn!(
+            rows = bad,
+            "stored DANE results that cannot be used were skipped"
+        );
+    }
+    out
+}
+
 /// The daemon's cache file: rows of kind `dane`, the payload a
 /// [`DaneRecord`] as JSON.
 impl DaneStore for crate::store::Store {
     fn load_all(&self) -> Vec<(String, DaneRecord)> {
-        use crate::store::Kind;
-        let (entries, skipped) = match self.load(Kind::Dane) {
-            Ok(x) => x,
+        match self.load(crate::store::Kind::Dane) {
+            Ok((entries, skipped)) => decode_rows(entries, skipped),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read stored DANE results; starting without them");
-                return Vec::new();
-            }
-        };
-        let mut out = Vec::with_capacity(entries.len());
-        let mut bad = skipped;
-        for e in entries {
-            match e.decode::<DaneRecord>() {
-                Ok(r) if r.assessment.domain == e.domain => out.push((e.domain, r)),
-                _ => bad += 1,
+                Vec::new()
             }
         }
-        if bad > 0 {
-            tracing::warn!(
-                rows = bad,
-                "stored DANE results that cannot be used were skipped"
-            );
-        }
-        out
     }
 
     fn save(&self, domain: &str, record: &DaneRecord, keep_until: SystemTime) {
@@ -331,6 +346,88 @@ impl DaneStore for crate::store::Store {
             Err(e) => tracing::warn!(domain, error = %e, "cannot store a DANE result"),
         }
     }
+}
+
+/// What the cache file held when it was read, for commands that must not
+/// write it (`explain`): saving does nothing.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    rows: Vec<(String, DaneRecord)>,
+}
+
+impl Snapshot {
+    /// Read the DANE rows of a cache file; a missing file is empty.
+    pub fn read(path: &std::path::Path) -> Result<Snapshot, crate::store::StoreError> {
+        if !path.exists() {
+            return Ok(Snapshot::default());
+        }
+        let (entries, skipped) =
+            crate::store::Db::open_read_only(path)?.all(Some(crate::store::Kind::Dane))?;
+        Ok(Snapshot {
+            rows: decode_rows(entries, skipped),
+        })
+    }
+}
+
+impl DaneStore for Snapshot {
+    fn load_all(&self) -> Vec<(String, DaneRecord)> {
+        self.rows.clone()
+    }
+
+    fn save(&self, _domain: &str, _record: &DaneRecord, _keep_until: SystemTime) {}
+}
+
+/// Why the DANE source could not be built.
+#[derive(Debug)]
+pub enum DaneError {
+    /// A `[dane]` setting is out of range.
+    Config(String),
+    /// The DNSSEC-aware resolver could not be built.
+    Dns(crate::dns::DnsError),
+    /// The cache file cannot be used.
+    Store(crate::store::StoreError),
+}
+
+impl std::fmt::Display for DaneError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DaneError::Config(e) => write!(f, "dane.{e}"),
+            DaneError::Dns(e) => write!(f, "dns: {e}"),
+            DaneError::Store(e) => write!(f, "dane.cache_file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DaneError {}
+
+/// How a source built by [`open`] uses the cache file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// Load it and save every result (the daemon).
+    ReadWrite,
+    /// Load it, never write (`explain`).
+    ReadOnly,
+}
+
+/// Build the DANE source of a config: the DNSSEC-aware resolver from
+/// `[dns]`, the cache file from `[dane]`.
+pub fn open(
+    config: &DaneConfig,
+    dns: &crate::dns::DnsConfig,
+    cache: CacheUse,
+) -> Result<DaneSource, DaneError> {
+    let resolver = SecureResolver::new(dns).map_err(DaneError::Dns)?;
+    let source = DaneSource::new(config.clone(), Arc::new(resolver))
+        .map_err(|e| DaneError::Config(e.strip_prefix("dane.").unwrap_or(&e).to_string()))?;
+    let store: Arc<dyn DaneStore> = match cache {
+        CacheUse::ReadWrite => {
+            Arc::new(crate::store::Store::open(&config.cache_file).map_err(DaneError::Store)?)
+        }
+        CacheUse::ReadOnly => {
+            Arc::new(Snapshot::read(&config.cache_file).map_err(DaneError::Store)?)
+        }
+    };
+    Ok(source.with_store(store))
 }
 
 type Pending = watch::Receiver<Option<Arc<DaneRecord>>>;
@@ -712,14 +809,16 @@ pub fn decide(record: &DaneRecord, cfg: &DaneConfig, now: SystemTime) -> Consult
         Outcome::Failed { reason } => match (cfg.on_failure, remembered(record, cfg, now)) {
             (FailPolicy::Defer, last) => Consulted::Policy(decision(
                 last.map_or(Level::DaneOnly, |l| l.level),
-                format!("{reason}; delivery waits (dane.on_failure = \"defer\")"),
+                format!(
+                    "DANE lookup failed, delivery waits (dane.on_failure = \"defer\"): {reason}"
+                ),
                 true,
             )),
             (FailPolicy::DeferKnown, Some(last)) => Consulted::Policy(decision(
                 last.level,
                 format!(
-                    "{reason}; {domain} had a DANE policy ({}) at its last successful lookup, \
-                     so delivery waits",
+                    "{domain} had DANE ({}) and its DANE lookup failed, so delivery waits: \
+                     {reason}",
                     last.level
                 ),
                 true,
@@ -809,6 +908,7 @@ mod tests {
             ("concurrency = 0\n", "concurrency"),
             ("max_cache_entries = 0\n", "max_cache_entries"),
             ("remember = \"0s\"\n", "remember"),
+            ("cache_file = \"\"\n", "cache_file"),
         ] {
             let c: DaneConfig = toml::from_str(text).unwrap();
             let e = c.validate().unwrap_err();
@@ -879,7 +979,7 @@ mod tests {
                 assert!(d.temporary);
                 assert_eq!((d.level, d.source), (Level::Dane, SourceKind::Dane));
                 assert!(
-                    d.reason.contains("had a DANE policy (dane)"),
+                    d.reason.starts_with("d.example had DANE (dane) and"),
                     "{}",
                     d.reason
                 );
