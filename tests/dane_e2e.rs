@@ -121,9 +121,9 @@ fn run_ok(ns: &Netns, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Knot serving `dane.test`, signed with a new key; returns the server and
-/// the DS record (SHA-256) of that key.
-fn start_knot(ns: &Netns, dir: &Path, good_tlsa: &str, bad_tlsa: &str) -> (Server, String) {
+/// Knot serving `dane.test`, signed with a new key; returns the server,
+/// the DS record (SHA-256) of that key and its DNSKEY record.
+fn start_knot(ns: &Netns, dir: &Path, good_tlsa: &str, bad_tlsa: &str) -> (Server, String, String) {
     let d = dir.display();
     let conf = dir.join("knot.conf");
     std::fs::write(
@@ -150,7 +150,9 @@ fn start_knot(ns: &Netns, dir: &Path, good_tlsa: &str, bad_tlsa: &str) -> (Serve
              _25._tcp.{good_host}. TLSA 3 1 1 {good_tlsa}\n\
              bad MX 10 {bad_host}.\n\
              {bad_host}. A {bad_ip}\n\
-             _25._tcp.{bad_host}. TLSA 3 1 1 {bad_tlsa}\n",
+             _25._tcp.{bad_host}. TLSA 3 1 1 {bad_tlsa}\n\
+             notlsa MX 10 mx-notlsa\n\
+             mx-notlsa A 127.0.0.33\n",
             good_host = GOOD.0,
             good_ip = GOOD.1,
             bad_host = BAD.0,
@@ -178,9 +180,10 @@ fn start_knot(ns: &Netns, dir: &Path, good_tlsa: &str, bad_tlsa: &str) -> (Serve
         .unwrap_or_else(|| panic!("keymgr printed no SHA-256 DS"))
         .trim()
         .to_string();
+    let dnskey = run_ok(ns, "keymgr", &["-c", conf, "dane.test.", "dnskey"]);
     let mut knot = Server::spawn(ns, "knotd", &["-c", conf], dir);
     knot.wait_listening(ns, SocketAddr::new(KNOT.parse().unwrap(), 53));
-    (knot, ds)
+    (knot, ds, dnskey)
 }
 
 /// Unbound on 127.0.0.1:53, validating with `ds` as its only trust
@@ -253,7 +256,7 @@ fn postfix_delivers_to_dane_with_verified_tls_and_defers_on_a_tlsa_mismatch() {
     let (bad_tls, bad_digest) = SinkTls::self_signed_with_spki_sha256(&[BAD.0]);
     // mx-bad publishes the digest of some other key.
     let wrong: Vec<u8> = bad_digest.iter().map(|b| b ^ 0xff).collect();
-    let (_knot, ds) = start_knot(&ns, dir.path(), &hex(&good_digest), &hex(&wrong));
+    let (_knot, ds, dnskey) = start_knot(&ns, dir.path(), &hex(&good_digest), &hex(&wrong));
     let _unbound = start_unbound(&ns, dir.path(), &ds);
     let (good, bad) = ns.run_in(move || {
         (
@@ -354,4 +357,57 @@ fn postfix_delivers_to_dane_with_verified_tls_and_defers_on_a_tlsa_mismatch() {
         )),
         "{text}"
     );
+
+    // dns.dnssec = "validate": tls-policyd checks knot's signatures itself,
+    // with the zone's DNSKEY as trust anchor, asking knot directly.
+    let anchor = dir.path().join("anchor.key");
+    std::fs::write(&anchor, &dnskey).unwrap();
+    let validating = dir.path().join("validate.toml");
+    std::fs::write(
+        &validating,
+        CONFIG
+            .replace("127.0.0.1:53", &format!("{KNOT}:53"))
+            .replace(
+                "dnssec = \"trust-ad\"",
+                &format!(
+                    "dnssec = \"validate\"\ntrust_anchor = {:?}",
+                    anchor.to_str().unwrap()
+                ),
+            )
+            .replace(
+                "cache.sqlite",
+                &dir.path().join("v.sqlite").display().to_string(),
+            )
+            .replace(
+                "policy.toml",
+                &daemon.dir().join("policy.toml").display().to_string(),
+            ),
+    )
+    .unwrap();
+    let explain = |domain: &str| {
+        let out = ns.run(
+            env!("CARGO_BIN_EXE_tls-policyd"),
+            &["explain", "--config", validating.to_str().unwrap(), domain],
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = explain("good.dane.test");
+    assert!(text.contains("DNSSEC by validate"), "{text}");
+    assert!(
+        text.contains("socketmap    tls_policy -> \"OK dane-only\""),
+        "{text}"
+    );
+    // Knot's NSEC denial of the TLSA record validates.
+    let text = explain("notlsa.dane.test");
+    assert!(
+        text.contains("no TLSA at _25._tcp.mx-notlsa.dane.test (validated denial)"),
+        "{text}"
+    );
+    assert!(text.contains("tls_policy -> \"OK may\""), "{text}");
 }

@@ -198,16 +198,12 @@ impl SecureResolver {
                 opts.validate = true;
                 opts.preserve_intermediates = true;
                 let anchors = match &config.trust_anchor {
-                    Some(path) => TrustAnchors::from_file(path)
+                    Some(path) => std::fs::read_to_string(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|text| parse_trust_anchors(&text))
                         .map_err(|e| DnsError::TrustAnchor(format!("{}: {e}", path.display())))?,
                     None => TrustAnchors::default(),
                 };
-                if anchors.is_empty() && config.trust_anchor.is_some() {
-                    // Keys for names other than the root are not counted
-                    // by `is_empty`; a file without any DNSKEY is caught
-                    // by the parser's own errors or trusts nothing.
-                    tracing::info!("trust anchor file holds no key for the root zone");
-                }
                 let builder = builder.with_trust_anchor(Arc::new(anchors));
                 Backend::Validate(Box::new(
                     builder
@@ -240,6 +236,58 @@ impl SecureResolver {
             }
         }
     }
+}
+
+/// Longest trust anchor file read.
+pub const MAX_TRUST_ANCHOR_FILE: usize = 64 * 1024;
+
+/// Parse a trust anchor file: DNSKEY records in zone-file syntax, one per
+/// line, as `keymgr ZONE dnskey`, `dig DNSKEY` or unbound's key files
+/// write them (the class may be left out; `;` starts a comment). DS
+/// records are refused with a clear message: a DNSKEY is needed here.
+pub fn parse_trust_anchors(text: &str) -> Result<TrustAnchors, String> {
+    if text.len() > MAX_TRUST_ANCHOR_FILE {
+        return Err(format!(
+            "longer than {MAX_TRUST_ANCHOR_FILE} bytes; not a trust anchor file"
+        ));
+    }
+    let mut normalised = String::new();
+    let mut keys = 0usize;
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.split(';').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let tokens: Vec<&str> = line.split_whitespace().collect();
+        let Some(ty) = tokens
+            .iter()
+            .position(|t| t.eq_ignore_ascii_case("DNSKEY") || t.eq_ignore_ascii_case("DS"))
+        else {
+            return Err(format!("line {}: not a DNSKEY record", n + 1));
+        };
+        if tokens[ty].eq_ignore_ascii_case("DS") {
+            return Err(format!(
+                "line {}: a DS record; give the zone's DNSKEY record instead",
+                n + 1
+            ));
+        }
+        let has_class = tokens[..ty].iter().any(|t| t.eq_ignore_ascii_case("IN"));
+        for (i, t) in tokens.iter().enumerate() {
+            if i == ty && !has_class {
+                normalised.push_str("IN ");
+            }
+            normalised.push_str(t);
+            normalised.push(' ');
+        }
+        normalised.push('\n');
+        keys += 1;
+    }
+    if keys == 0 {
+        return Err("no DNSKEY record".into());
+    }
+    normalised
+        .parse::<TrustAnchors>()
+        .map_err(|e| e.to_string())
 }
 
 /// A DNS stub that sends queries with the DO and AD bits and hands back
@@ -753,6 +801,48 @@ mod tests {
         let e = rcode_error(&plain, ResponseCode::Refused, server);
         assert!(e.to_string().ends_with("answered REFUSED"), "{e}");
         assert!(!is_dnssec_ede(1) && is_dnssec_ede(6) && is_dnssec_ede(12) && !is_dnssec_ede(13));
+    }
+
+    const KEY: &str =
+        "gEkLGJDCJJnxSq2+ZgGmqMPG5QQ3O0uxuhilY3fKS0Z+G9M//sT2Dm2q/yRQv1/SYKCZFl4Su0tz55m+EHrjFg==";
+
+    #[test]
+    fn trust_anchor_files() {
+        // keymgr (no class), dig (TTL and class), comments and blank lines.
+        for text in [
+            format!("dane.test. DNSKEY 257 3 13 {KEY}\n"),
+            format!("; comment\n\ndane.test. 3600 IN DNSKEY 257 3 13 {KEY} ; key\n"),
+            format!("dane.test. IN DNSKEY 257 3 13 {KEY}\n"),
+        ] {
+            assert!(parse_trust_anchors(&text).is_ok(), "{text}");
+        }
+        for (text, want) in [
+            (String::new(), "no DNSKEY record"),
+            ("; only a comment\n".to_string(), "no DNSKEY record"),
+            (
+                "dane.test. DS 46752 13 2 9c18\n".to_string(),
+                "line 1: a DS record",
+            ),
+            (
+                "dane.test. A 192.0.2.1\n".to_string(),
+                "line 1: not a DNSKEY",
+            ),
+            (
+                "x".repeat(MAX_TRUST_ANCHOR_FILE + 1),
+                "longer than 65536 bytes",
+            ),
+        ] {
+            let e = parse_trust_anchors(&text).err().unwrap();
+            assert!(e.contains(want), "{e}");
+        }
+        // Exactly at the size limit is read.
+        let key_line = format!("dane.test. DNSKEY 257 3 13 {KEY}\n");
+        let padded = format!(
+            "{key_line}{}\n",
+            ";".repeat(MAX_TRUST_ANCHOR_FILE - key_line.len() - 1)
+        );
+        assert_eq!(padded.len(), MAX_TRUST_ANCHOR_FILE);
+        assert!(parse_trust_anchors(&padded).is_ok());
     }
 
     #[test]
