@@ -184,6 +184,18 @@ pub struct Decision {
     pub ttl: Duration,
     /// Set when the forced map raised a weaker answer.
     pub raised: bool,
+    /// The published policy behind a DANE or MTA-STS decision.
+    pub published: Option<Arc<Published>>,
+}
+
+/// What identifies the published policy behind a decision, for the
+/// decision log and `explain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// MTA-STS: the policy id from the `_mta-sts` TXT record.
+    pub policy_id: Option<Arc<str>>,
+    /// MTA-STS: the policy mode (`enforce`, `testing`, `none`).
+    pub mode: Option<&'static str>,
 }
 
 impl Decision {

@@ -294,6 +294,7 @@ mod tests {
                         reason: Arc::from("TLSA published"),
                         ttl: Duration::from_secs(60),
                         raised: false,
+                        published: None,
                     })
                 } else {
                     Consulted::NoPolicy("no TLSA".into())

@@ -320,6 +320,7 @@ mod tests {
             reason: Arc::from("r"),
             ttl: Duration::from_secs(1),
             raised: false,
+            published: None,
         }
     }
 

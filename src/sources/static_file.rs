@@ -338,6 +338,7 @@ impl StaticPolicy {
             reason: Arc::from(self.reason(rule)),
             ttl: STATIC_DECISION_TTL,
             raised: false,
+            published: None,
         }
     }
 
@@ -731,6 +732,7 @@ impl<'a> Builder<'a> {
             reason: Arc::from("no rule matches; the policy file's default"),
             ttl: STATIC_DECISION_TTL,
             raised: false,
+            published: None,
         };
         Ok(StaticPolicy {
             path: self.path.to_path_buf(),
