@@ -551,7 +551,11 @@ impl Inner {
         fetch: bool,
     ) -> Option<watch::Receiver<Option<Consulted>>> {
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(rx) = inflight.get(domain) {
+        // A finished discovery stays listed until its task removes it:
+        // that one is not joined, a new one starts.
+        if let Some(rx) = inflight.get(domain)
+            && rx.borrow().is_none()
+        {
             return Some(rx.clone());
         }
         if inflight.len() >= MAX_PENDING {
@@ -562,14 +566,14 @@ impl Inner {
         drop(inflight);
         let inner = self.clone();
         let domain = domain.to_string();
+        let own = rx.clone();
         tokio::spawn(async move {
             let answer = inner.discover(&domain, fetch).await;
             let _ = tx.send(Some(answer));
-            inner
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&domain);
+            let mut inflight = inner.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            if inflight.get(&domain).is_some_and(|r| r.same_channel(&own)) {
+                inflight.remove(&domain);
+            }
         });
         Some(rx)
     }
