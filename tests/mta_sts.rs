@@ -399,11 +399,14 @@ fn removed_record_and_dead_policy_host_keep_the_cached_policy() {
     });
 }
 
+/// Changes one policy host for a failure case.
+type Setup = Box<dyn Fn(&World, &str)>;
+
 #[test]
 fn fetch_failures_give_no_policy_with_the_reason() {
     in_netns(|| async {
         let w = World::new();
-        let cases: Vec<(&str, Box<dyn Fn(&World, &str)>, &str)> = vec![
+        let cases: Vec<(&str, Setup, &str)> = vec![
             (
                 "down.test",
                 Box::new(|w, h| {
