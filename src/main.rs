@@ -42,6 +42,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Probe a domain's mail servers for STARTTLS now and show what the
+    /// policy decision and the policy server's answer would be.
+    Probe {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The recipient domain.
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the config and policy file as `serve` would; exit 1 on errors.
     CheckConfig {
         #[arg(long, short)]
@@ -79,6 +89,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Explain { config, key, json } => print(cli::explain(&config, &key, json)),
+        Command::Probe {
+            config,
+            domain,
+            json,
+        } => print(cli::probe(&config, &domain, json)),
         Command::CheckConfig { config } => print(cli::check_config(&config)),
         Command::Log {
             files,
@@ -166,9 +181,11 @@ fn serve(config_path: PathBuf) -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signals.handle(ctx.clone(), shutdown.clone()));
-        match listeners.socketmap.local_addr() {
-            Ok(a) => tracing::info!(frontend = "socketmap", address = %a, "listening"),
-            Err(e) => return fail(&format!("socketmap listener: {e}")),
+        for (frontend, listener) in listeners.each() {
+            match listener.local_addr() {
+                Ok(a) => tracing::info!(frontend, address = %a, "listening"),
+                Err(e) => return fail(&format!("{frontend} listener: {e}")),
+            }
         }
         let policy = ctx.engine.policy();
         tracing::info!(
