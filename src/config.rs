@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::dns::DnsConfig;
 use crate::frontends::policy::PolicyServerConfig;
 use crate::prober::ProberConfig;
+use crate::sources::mta_sts::MtaStsConfig;
 
 use crate::listen::{ListenAddr, SocketOptions, parse_mode};
 
@@ -36,6 +37,8 @@ pub struct Config {
     /// The resolver for MX lookups.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// MTA-STS as a policy source; off when absent.
+    pub mta_sts: Option<MtaStsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +215,12 @@ impl Config {
         if let Some(p) = &mut self.prober.extra_ca_file {
             resolve(p);
         }
+        if let Some(m) = &mut self.mta_sts {
+            resolve(&mut m.cache_file);
+            if let Some(p) = &mut m.extra_ca_file {
+                resolve(p);
+            }
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -235,6 +244,10 @@ impl Config {
         self.dns
             .validate()
             .map_err(|e| ConfigError::in_section(path, "dns", &e))?;
+        if let Some(m) = &self.mta_sts {
+            m.validate()
+                .map_err(|e| ConfigError::in_section(path, "mta_sts", &e))?;
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::one(
                 path,

@@ -9,12 +9,13 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::engine::Engine;
 use crate::engine::refusal::TlsKnowledge;
+use crate::engine::{Engine, Source};
 use crate::frontends::{policy, socketmap};
 use crate::listen::{ListenAddr, Listener};
 use crate::log::record::{DecisionLog, Target};
 use crate::prober::{Prober, ProberError};
+use crate::sources::mta_sts::MtaSts;
 use crate::sources::static_file::StaticPolicy;
 
 /// Everything a front door needs, shared behind an `Arc`.
@@ -24,6 +25,8 @@ pub struct Context {
     /// The STARTTLS prober: what early refusals know. Built when a front
     /// door that refuses is configured.
     pub prober: Option<Prober>,
+    /// The MTA-STS source, when `[mta_sts]` enables it.
+    pub mta_sts: Option<MtaSts>,
     socketmap: ArcSwap<socketmap::Settings>,
     policy_server: Arc<ArcSwap<policy::Settings>>,
     config_path: PathBuf,
@@ -39,6 +42,7 @@ pub enum StartError {
     Log(Target, std::io::Error),
     Bind(ListenAddr, std::io::Error),
     Dns(crate::dns::DnsError),
+    MtaSts(crate::sources::mta_sts::MtaStsError),
     Prober(ProberError),
 }
 
@@ -50,6 +54,7 @@ impl std::fmt::Display for StartError {
             StartError::Log(t, e) => write!(f, "cannot open decision log {t}: {e}"),
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::Dns(e) => write!(f, "dns: {e}"),
+            StartError::MtaSts(e) => write!(f, "mta_sts: {e}"),
             StartError::Prober(e) => e.fmt(f),
         }
     }
@@ -69,13 +74,26 @@ impl Context {
     /// Load the policy file and open the decision log for a config.
     pub fn new(config_path: &Path, config: Config) -> Result<Context, StartError> {
         let policy = StaticPolicy::load(&config.policy.file).map_err(StartError::Policy)?;
-        let prober = match &config.policy_server {
-            Some(_) => {
-                let resolver = crate::dns::build_resolver(&config.dns).map_err(StartError::Dns)?;
-                Some(Prober::new(config.prober.clone(), resolver).map_err(StartError::Prober)?)
-            }
-            None => None,
+        let sts_config = config.mta_sts.as_ref().filter(|m| m.enabled);
+        let resolver = if config.policy_server.is_some() || sts_config.is_some() {
+            Some(crate::dns::build_resolver(&config.dns).map_err(StartError::Dns)?)
+        } else {
+            None
         };
+        let prober = match (&config.policy_server, &resolver) {
+            (Some(_), Some(r)) => {
+                Some(Prober::new(config.prober.clone(), r.clone()).map_err(StartError::Prober)?)
+            }
+            _ => None,
+        };
+        let mta_sts = match (sts_config, &resolver) {
+            (Some(c), Some(r)) => Some(MtaSts::open(c, r.clone()).map_err(StartError::MtaSts)?),
+            _ => None,
+        };
+        let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+        if let Some(s) = &mta_sts {
+            sources.push(Arc::new(s.clone()));
+        }
         let target = Target::from_setting(&config.log.decisions);
         let log = DecisionLog::start(target.clone()).map_err(|e| StartError::Log(target, e))?;
         let socketmap = config
@@ -89,9 +107,10 @@ impl Context {
             .map(policy::Settings::from)
             .unwrap_or_default();
         Ok(Context {
-            engine: Engine::new(policy),
+            engine: Engine::with_sources(policy, sources),
             log,
             prober,
+            mta_sts,
             socketmap: ArcSwap::from_pointee(socketmap),
             policy_server: Arc::new(ArcSwap::from_pointee(policy_server)),
             config_path: config_path.to_path_buf(),
@@ -141,6 +160,23 @@ impl Context {
         };
         let rules = policy.rules().len();
         let mut needs_restart = Vec::new();
+        let enabled = |c: &Config| c.mta_sts.as_ref().filter(|m| m.enabled).cloned();
+        match (enabled(&old), enabled(&new), &self.mta_sts) {
+            (Some(o), Some(n), Some(sts)) => {
+                if let Err(e) = sts.reconfigure(&n) {
+                    self.log.reopen(Target::from_setting(&old.log.decisions));
+                    return Err(StartError::MtaSts(e));
+                }
+                if o.cache_file != n.cache_file {
+                    needs_restart.push("mta_sts.cache_file");
+                }
+                if o.concurrency != n.concurrency {
+                    needs_restart.push("mta_sts.concurrency");
+                }
+            }
+            (None, None, _) => {}
+            _ => needs_restart.push("mta_sts"),
+        }
         if let (Some(o), Some(n)) = (&old.socketmap, &new.socketmap) {
             if o.listen != n.listen {
                 needs_restart.push("socketmap.listen");
@@ -258,6 +294,12 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         tasks.spawn(policy::serve(l, deps, shutdown.clone()));
     }
     drop(config);
+    if let Some(s) = &ctx.mta_sts {
+        tasks.spawn(s.clone().maintain(shutdown.clone()));
+    }
     while tasks.join_next().await.is_some() {}
+    if let Some(store) = ctx.mta_sts.as_ref().and_then(|s| s.store()) {
+        store.close();
+    }
     ctx.log.close();
 }

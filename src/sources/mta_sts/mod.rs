@@ -32,6 +32,7 @@ pub mod config;
 pub mod fetch;
 pub mod policy;
 pub mod record;
+pub mod report;
 
 use std::future::Future;
 use std::pin::Pin;
