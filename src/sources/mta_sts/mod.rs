@@ -382,11 +382,15 @@ impl MtaSts {
         let limit = self.inner.settings.load().lookup_timeout;
         match wait(rx, Some(limit)).await {
             Some(answer) => answer,
-            None => Consulted::NoPolicy(format!(
-                "MTA-STS discovery for {domain} did not finish within {}; answered without MTA-STS \
+            None => {
+                tracing::info!(domain, timeout = %humantime::format_duration(limit),
+                    "MTA-STS discovery did not finish in time; answered without MTA-STS, the discovery goes on");
+                Consulted::NoPolicy(format!(
+                    "MTA-STS discovery for {domain} did not finish within {}; answered without MTA-STS \
                  (the discovery goes on in the background)",
-                humantime::format_duration(limit)
-            )),
+                    humantime::format_duration(limit)
+                ))
+            }
         }
     }
 
