@@ -16,6 +16,7 @@ use crate::dns::DnsConfig;
 use crate::frontends::policy::PolicyServerConfig;
 use crate::prober::ProberConfig;
 use crate::sources::dane::DaneConfig;
+use crate::sources::mta_sts::MtaStsConfig;
 
 use crate::listen::{ListenAddr, SocketOptions, parse_mode};
 
@@ -39,6 +40,8 @@ pub struct Config {
     pub dns: DnsConfig,
     /// DANE detection; off when the section is absent.
     pub dane: Option<DaneConfig>,
+    /// MTA-STS as a policy source; off when absent.
+    pub mta_sts: Option<MtaStsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +224,12 @@ impl Config {
         if let Some(d) = &mut self.dane {
             resolve(&mut d.cache_file);
         }
+        if let Some(m) = &mut self.mta_sts {
+            resolve(&mut m.cache_file);
+            if let Some(p) = &mut m.extra_ca_file {
+                resolve(p);
+            }
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -247,6 +256,10 @@ impl Config {
         if let Some(d) = &self.dane {
             d.validate()
                 .map_err(|e| ConfigError::in_section(path, "dane", &e))?;
+        }
+        if let Some(m) = &self.mta_sts {
+            m.validate()
+                .map_err(|e| ConfigError::in_section(path, "mta_sts", &e))?;
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::one(

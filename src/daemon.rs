@@ -15,7 +15,8 @@ use crate::frontends::{policy, socketmap};
 use crate::listen::{ListenAddr, Listener};
 use crate::log::record::{DecisionLog, Target};
 use crate::prober::{Prober, ProberError};
-use crate::sources::dane::CacheUse;
+use crate::sources::dane::{CacheUse, DaneSource};
+use crate::sources::mta_sts::MtaSts;
 use crate::sources::static_file::StaticPolicy;
 
 /// Everything a front door needs, shared behind an `Arc`.
@@ -25,6 +26,10 @@ pub struct Context {
     /// The STARTTLS prober: what early refusals know. Built when a front
     /// door that refuses is configured.
     pub prober: Option<Prober>,
+    /// The MTA-STS source, when `[mta_sts]` enables it.
+    pub mta_sts: Option<MtaSts>,
+    /// The DANE source, when `[dane]` enables it.
+    pub dane: Option<DaneSource>,
     socketmap: ArcSwap<socketmap::Settings>,
     policy_server: Arc<ArcSwap<policy::Settings>>,
     config_path: PathBuf,
@@ -40,6 +45,7 @@ pub enum StartError {
     Log(Target, std::io::Error),
     Bind(ListenAddr, std::io::Error),
     Dns(crate::dns::DnsError),
+    MtaSts(crate::sources::mta_sts::MtaStsError),
     Prober(ProberError),
     Dane(crate::sources::dane::DaneError),
 }
@@ -52,6 +58,7 @@ impl std::fmt::Display for StartError {
             StartError::Log(t, e) => write!(f, "cannot open decision log {t}: {e}"),
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::Dns(e) => write!(f, "dns: {e}"),
+            StartError::MtaSts(e) => write!(f, "mta_sts: {e}"),
             StartError::Prober(e) => e.fmt(f),
             StartError::Dane(e) => e.fmt(f),
         }
@@ -60,15 +67,14 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// The published-policy sources a config asks for, in precedence order
-/// (DANE before MTA-STS).
-pub fn sources(config: &Config, cache: CacheUse) -> Result<Vec<Arc<dyn Source>>, StartError> {
-    let mut out: Vec<Arc<dyn Source>> = Vec::new();
-    if let Some(d) = config.dane.as_ref().filter(|d| d.enabled) {
-        let dane = crate::sources::dane::open(d, &config.dns, cache).map_err(StartError::Dane)?;
-        out.push(Arc::new(dane));
+/// The DANE source, when `[dane]` enables it.
+pub fn dane_source(config: &Config, cache: CacheUse) -> Result<Option<DaneSource>, StartError> {
+    match config.dane.as_ref().filter(|d| d.enabled) {
+        Some(d) => crate::sources::dane::open(d, &config.dns, cache)
+            .map(Some)
+            .map_err(StartError::Dane),
+        None => Ok(None),
     }
-    Ok(out)
 }
 
 /// What a reload changed.
@@ -83,13 +89,49 @@ impl Context {
     /// Load the policy file and open the decision log for a config.
     pub fn new(config_path: &Path, config: Config) -> Result<Context, StartError> {
         let policy = StaticPolicy::load(&config.policy.file).map_err(StartError::Policy)?;
-        let prober = match &config.policy_server {
-            Some(_) => {
-                let resolver = crate::dns::build_resolver(&config.dns).map_err(StartError::Dns)?;
-                Some(Prober::new(config.prober.clone(), resolver).map_err(StartError::Prober)?)
-            }
-            None => None,
+        let sts_config = config.mta_sts.as_ref().filter(|m| m.enabled);
+        let resolver = if config.policy_server.is_some() || sts_config.is_some() {
+            Some(crate::dns::build_resolver(&config.dns).map_err(StartError::Dns)?)
+        } else {
+            None
         };
+        let prober = match (&config.policy_server, &resolver) {
+            (Some(_), Some(r)) => {
+                Some(Prober::new(config.prober.clone(), r.clone()).map_err(StartError::Prober)?)
+            }
+            _ => None,
+        };
+        let mta_sts = match (sts_config, &resolver) {
+            (Some(c), Some(r)) => Some(MtaSts::open(c, r.clone()).map_err(StartError::MtaSts)?),
+            _ => None,
+        };
+        // One cache file, one writer: DANE shares MTA-STS's store when both
+        // name the same file.
+        let shared = mta_sts
+            .as_ref()
+            .and_then(|s| s.store())
+            .filter(|st| {
+                config
+                    .dane
+                    .as_ref()
+                    .is_some_and(|d| d.cache_file == st.path())
+            })
+            .cloned();
+        let dane = dane_source(
+            &config,
+            match shared {
+                Some(st) => CacheUse::Shared(st),
+                None => CacheUse::ReadWrite,
+            },
+        )?;
+        // Precedence: DANE before MTA-STS (RFC 8461 section 2).
+        let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+        if let Some(d) = &dane {
+            sources.push(Arc::new(d.clone()));
+        }
+        if let Some(s) = &mta_sts {
+            sources.push(Arc::new(s.clone()));
+        }
         let target = Target::from_setting(&config.log.decisions);
         let log = DecisionLog::start(target.clone()).map_err(|e| StartError::Log(target, e))?;
         let socketmap = config
@@ -102,11 +144,12 @@ impl Context {
             .as_ref()
             .map(policy::Settings::from)
             .unwrap_or_default();
-        let sources = sources(&config, CacheUse::ReadWrite)?;
         Ok(Context {
             engine: Engine::with_sources(policy, sources),
             log,
             prober,
+            mta_sts,
+            dane,
             socketmap: ArcSwap::from_pointee(socketmap),
             policy_server: Arc::new(ArcSwap::from_pointee(policy_server)),
             config_path: config_path.to_path_buf(),
@@ -156,6 +199,23 @@ impl Context {
         };
         let rules = policy.rules().len();
         let mut needs_restart = Vec::new();
+        let enabled = |c: &Config| c.mta_sts.as_ref().filter(|m| m.enabled).cloned();
+        match (enabled(&old), enabled(&new), &self.mta_sts) {
+            (Some(o), Some(n), Some(sts)) => {
+                if let Err(e) = sts.reconfigure(&n) {
+                    self.log.reopen(Target::from_setting(&old.log.decisions));
+                    return Err(StartError::MtaSts(e));
+                }
+                if o.cache_file != n.cache_file {
+                    needs_restart.push("mta_sts.cache_file");
+                }
+                if o.concurrency != n.concurrency {
+                    needs_restart.push("mta_sts.concurrency");
+                }
+            }
+            (None, None, _) => {}
+            _ => needs_restart.push("mta_sts"),
+        }
         if let (Some(o), Some(n)) = (&old.socketmap, &new.socketmap) {
             if o.listen != n.listen {
                 needs_restart.push("socketmap.listen");
@@ -276,6 +336,15 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         tasks.spawn(policy::serve(l, deps, shutdown.clone()));
     }
     drop(config);
+    if let Some(s) = &ctx.mta_sts {
+        tasks.spawn(s.clone().maintain(shutdown.clone()));
+    }
     while tasks.join_next().await.is_some() {}
+    if let Some(store) = ctx.mta_sts.as_ref().and_then(|s| s.store()) {
+        store.close();
+    }
+    if let Some(d) = &ctx.dane {
+        d.close_store();
+    }
     ctx.log.close();
 }

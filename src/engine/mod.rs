@@ -22,7 +22,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::sources::static_file::StaticPolicy;
-use decision::{Decision, SourceKind};
+use decision::{Decision, SourceKind, Tls};
 use key::{Destination, KeyError, KeyForm, parents};
 
 /// What a dynamic source says about a destination.
@@ -119,7 +119,7 @@ impl Engine {
             if source.applies_to(dest)
                 && let Consulted::Policy(d) = source.consult(dest).await
             {
-                return d;
+                return not_below_default(d, policy.default_decision());
             }
         }
         policy.default_decision().clone()
@@ -199,6 +199,7 @@ impl Engine {
                         details = source.details(d);
                         match consulted {
                             Consulted::Policy(dec) => {
+                                let dec = not_below_default(dec, policy.default_decision());
                                 let text = if dec.temporary {
                                     format!("temporary failure: {}", dec.reason)
                                 } else {
@@ -245,6 +246,26 @@ impl Engine {
             steps,
             decision,
         }
+    }
+}
+
+/// A published policy never weakens a forced default: an opportunistic
+/// answer (MTA-STS `testing`) gives way to the default's level, and the
+/// decision keeps its source and says so.
+fn not_below_default(d: Decision, default: &Decision) -> Decision {
+    if d.tls() == Tls::Opportunistic && default.tls() == Tls::Forced {
+        let reason = format!(
+            "{}; the default ({}) is forced and applies",
+            d.reason, default.policy
+        );
+        Decision {
+            level: default.level,
+            policy: default.policy.clone(),
+            reason: Arc::from(reason),
+            ..d
+        }
+    } else {
+        d
     }
 }
 
@@ -316,6 +337,7 @@ mod tests {
                         ttl: Duration::from_secs(60),
                         raised: false,
                         temporary: false,
+                        published: None,
                     })
                 } else {
                     Consulted::NoPolicy("no TLSA".into())
@@ -375,6 +397,56 @@ mod tests {
             }
         });
         assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// Answers `may` (like MTA-STS testing) for every domain.
+    struct Testing;
+
+    impl Source for Testing {
+        fn kind(&self) -> SourceKind {
+            SourceKind::MtaSts
+        }
+        fn consult<'a>(
+            &'a self,
+            _dest: &'a Destination,
+        ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>> {
+            Box::pin(async {
+                Consulted::Policy(Decision {
+                    level: Level::May,
+                    policy: Arc::from("may"),
+                    source: SourceKind::MtaSts,
+                    rule: None,
+                    matched: None,
+                    reason: Arc::from("testing"),
+                    ttl: Duration::from_secs(60),
+                    raised: false,
+                    temporary: false,
+                    published: None,
+                })
+            })
+        }
+    }
+
+    #[test]
+    fn published_opportunistic_never_weakens_a_forced_default() {
+        let sources: Vec<Arc<dyn Source>> = vec![Arc::new(Testing)];
+        let forced = StaticPolicy::parse("default = \"forced\"\n", Path::new("p.toml")).unwrap();
+        let e = Engine::with_sources(forced, sources.clone());
+        let dest = Destination::parse("sts.example").unwrap();
+        let d = block_on(e.decide(&dest));
+        assert_eq!(
+            (d.level, &*d.policy, d.source),
+            (Level::Encrypt, "encrypt", SourceKind::MtaSts)
+        );
+        assert_eq!(
+            &*d.reason,
+            "testing; the default (encrypt) is forced and applies"
+        );
+        let x = block_on(e.explain("sts.example"));
+        assert_eq!(x.decision.level, Level::Encrypt);
+        let open = StaticPolicy::parse("", Path::new("p.toml")).unwrap();
+        let e = Engine::with_sources(open, sources);
+        assert_eq!(block_on(e.decide(&dest)).level, Level::May);
     }
 
     #[test]

@@ -298,6 +298,7 @@ mod tests {
             ttl: Duration::from_secs(1),
             raised: false,
             temporary: false,
+            published: None,
         }
     }
 

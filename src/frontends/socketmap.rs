@@ -367,6 +367,7 @@ mod tests {
             ttl: Duration::from_secs(1),
             raised: false,
             temporary: false,
+            published: None,
         }
     }
 

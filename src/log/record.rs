@@ -59,6 +59,12 @@ pub struct DecisionRecord {
     /// Set when a forced map raised a weaker answer to forced.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub raised: bool,
+    /// MTA-STS: the id of the policy that decided (from the TXT record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<Arc<str>>,
+    /// MTA-STS: the mode of that policy (`enforce`, `testing`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_mode: Option<&'static str>,
     /// Policy server: Postfix's `instance` attribute (one per message
     /// within an SMTP session).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,6 +129,11 @@ impl DecisionRecord {
             matched: decision.matched.clone(),
             reason: decision.reason.clone(),
             raised: decision.raised,
+            policy_id: decision
+                .published
+                .as_ref()
+                .and_then(|p| p.policy_id.clone()),
+            policy_mode: decision.published.as_ref().and_then(|p| p.mode),
             instance: None,
             sender: None,
             recipient: None,
@@ -348,6 +359,7 @@ mod tests {
             ttl: Duration::from_secs(1),
             raised: false,
             temporary: false,
+            published: None,
         }
     }
 
@@ -373,6 +385,8 @@ mod tests {
         assert!(v.get("queue_id").is_none());
         assert!(v.get("raised").is_none());
         for absent in [
+            "policy_id",
+            "policy_mode",
             "instance",
             "sender",
             "recipient",
@@ -383,6 +397,20 @@ mod tests {
         ] {
             assert!(v.get(absent).is_none(), "{absent}");
         }
+    }
+
+    #[test]
+    fn published_policy_fields() {
+        let mut d = decision();
+        d.source = SourceKind::MtaSts;
+        d.published = Some(Arc::new(crate::engine::decision::Published {
+            policy_id: Some(Arc::from("20240101T000000")),
+            mode: Some("enforce"),
+        }));
+        let v = serde_json::to_value(DecisionRecord::new("socketmap", "sts.example", &d)).unwrap();
+        assert_eq!(v["source"], "mta-sts");
+        assert_eq!(v["policy_id"], "20240101T000000");
+        assert_eq!(v["policy_mode"], "enforce");
     }
 
     #[test]

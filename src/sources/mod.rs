@@ -2,5 +2,6 @@
 //! published policies, then the default.
 
 pub mod dane;
+pub mod mta_sts;
 pub mod name_index;
 pub mod static_file;

@@ -339,6 +339,7 @@ impl StaticPolicy {
             ttl: STATIC_DECISION_TTL,
             raised: false,
             temporary: false,
+            published: None,
         }
     }
 
@@ -733,6 +734,7 @@ impl<'a> Builder<'a> {
             ttl: STATIC_DECISION_TTL,
             raised: false,
             temporary: false,
+            published: None,
         };
         Ok(StaticPolicy {
             path: self.path.to_path_buf(),

@@ -294,6 +294,13 @@ impl TestDns {
         self
     }
 
+    /// One TXT record with a TTL (0: resolvers do not cache it, so a test
+    /// can change it and be seen at once).
+    pub fn txt_ttl(&self, name: &str, ttl: u32, text: &str) -> &Self {
+        let pieces: Vec<&[u8]> = text.as_bytes().chunks(255).collect();
+        self.add_ttl(name, ttl, RData::TXT(TXT::from_bytes(pieces)))
+    }
+
     pub fn cname(&self, name: &str, target: &str) -> &Self {
         self.add(name, RData::CNAME(CNAME(dns_name(target))))
     }

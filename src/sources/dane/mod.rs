@@ -267,6 +267,8 @@ pub trait DaneStore: Send + Sync {
     /// how long the row is worth keeping (the result's expiry, or longer
     /// while the domain's DANE history is remembered).
     fn save(&self, domain: &str, record: &DaneRecord, keep_until: SystemTime);
+    /// Write what is queued and stop (the daemon shutting down).
+    fn close(&self) {}
 }
 
 /// A [`DaneStore`] in memory: survives the sources it is given to, not
@@ -346,6 +348,10 @@ impl DaneStore for crate::store::Store {
             Err(e) => tracing::warn!(domain, error = %e, "cannot store a DANE result"),
         }
     }
+
+    fn close(&self) {
+        crate::store::Store::close(self);
+    }
 }
 
 /// What the cache file held when it was read, for commands that must not
@@ -401,12 +407,14 @@ impl std::fmt::Display for DaneError {
 impl std::error::Error for DaneError {}
 
 /// How a source built by [`open`] uses the cache file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum CacheUse {
-    /// Load it and save every result (the daemon).
+    /// Open it, load it and save every result (the daemon).
     ReadWrite,
     /// Load it, never write (`explain`).
     ReadOnly,
+    /// The store another source opened on the same file.
+    Shared(Arc<crate::store::Store>),
 }
 
 /// Build the DANE source of a config: the DNSSEC-aware resolver from
@@ -426,6 +434,7 @@ pub fn open(
         CacheUse::ReadOnly => {
             Arc::new(Snapshot::read(&config.cache_file).map_err(DaneError::Store)?)
         }
+        CacheUse::Shared(store) => store,
     };
     Ok(source.with_store(store))
 }
@@ -524,6 +533,13 @@ impl DaneSource {
 
     pub fn config(&self) -> &DaneConfig {
         &self.inner.config
+    }
+
+    /// Write what is queued for the store and stop it (at shutdown).
+    pub fn close_store(&self) {
+        if let Some(s) = &self.inner.store {
+            s.close();
+        }
     }
 
     /// Lookups started since the source was built.
@@ -800,6 +816,7 @@ pub fn decide(record: &DaneRecord, cfg: &DaneConfig, now: SystemTime) -> Consult
         ttl,
         raised: false,
         temporary,
+        published: None,
     };
     match &record.assessment.outcome {
         Outcome::Policy { level, reason } => {
