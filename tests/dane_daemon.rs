@@ -249,3 +249,123 @@ fn explain_and_check_config_show_dane() {
         "{text}"
     );
 }
+
+#[test]
+fn dane_wins_over_mta_sts_and_both_share_one_cache_file() {
+    use common::https::{Response, TestHttps};
+    use common::smtp::TestCa;
+    use std::sync::Arc;
+    use tls_policyd::store::{Db, Kind};
+
+    let Some(ns) = Netns::for_test("tlspd-danests", &[]) else {
+        return;
+    };
+    ns.enter_thread()
+        .unwrap_or_else(|e| panic!("join {}: {e}", ns.name()));
+    let keep = tempfile::tempdir().unwrap();
+    let ca = Arc::new(TestCa::new());
+    let ca_pem = keep.path().join("ca.pem");
+    ca.write_pem(&ca_pem);
+    let cache = keep.path().join("cache.sqlite");
+    let dns = TestDns::start_at("127.0.0.1:53".parse().unwrap());
+    let https = TestHttps::start("127.0.0.44", 443, ca);
+    dns.set_ad_default(true);
+    // both.test: DANE and MTA-STS; sts.test: MTA-STS only (unsigned).
+    for domain in ["both.test", "sts.test"] {
+        let host = format!("mx.{domain}");
+        dns.mx(domain, 10, &host);
+        dns.a(&host, "127.0.0.25");
+        dns.txt(&format!("_mta-sts.{domain}"), "v=STSv1; id=1;");
+        dns.a(&format!("mta-sts.{domain}"), "127.0.0.44");
+        https.site(
+            &format!("mta-sts.{domain}"),
+            Response::policy(&format!(
+                "version: STSv1\nmode: enforce\nmx: {host}\nmax_age: 86400\n"
+            )),
+        );
+    }
+    dns.tlsa("_25._tcp.mx.both.test", 3, 1, 1, &DIGEST);
+    dns.set_ad("sts.test", false);
+    let conf = format!(
+        r#"
+[socketmap]
+listen = "inet:127.0.0.1:0"
+
+[dns]
+nameservers = ["127.0.0.1:53"]
+timeout = "1s"
+attempts = 1
+
+[dane]
+cache_file = "{cache}"
+
+[mta_sts]
+cache_file = "{cache}"
+extra_ca_file = "{ca}"
+
+[policy]
+file = "policy.toml"
+
+[log]
+decisions = "decisions.jsonl"
+"#,
+        cache = cache.display(),
+        ca = ca_pem.display()
+    );
+    let mut daemon = Daemon::start_with(
+        &conf,
+        "default = \"opportunistic\"\n",
+        Options {
+            netns: Some(ns.name().to_string()),
+            env: Vec::new(),
+        },
+    );
+    let mut c = Client::connect(daemon.port());
+    assert_eq!(c.query("tls_policy", "both.test"), "OK dane-only");
+    let sts = c.query("tls_policy", "sts.test");
+    assert!(sts.starts_with("OK secure match=mx.sts.test"), "{sts}");
+    let recs = daemon.wait_for_decisions(2);
+    assert_eq!(recs[0]["source"], "dane");
+    assert_eq!(recs[1]["source"], "mta-sts");
+
+    let out = common::run_with_timeout(
+        ns.cmd(env!("CARGO_BIN_EXE_tls-policyd"))
+            .args(["explain", "--config"])
+            .arg(daemon.config_path())
+            .arg("both.test"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let steps: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            ["  static ", "  dane ", "  mta-sts ", "  default "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert_eq!(steps.len(), 4, "{text}");
+    assert!(steps[1].starts_with("  dane     DECIDES"), "{text}");
+    assert!(
+        steps[2].contains("not consulted: a higher-precedence source decided"),
+        "{text}"
+    );
+
+    // One file, both kinds, after the daemon stopped.
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit();
+    let db = Db::open_read_only(&cache).unwrap();
+    let (dane, _) = db.all(Some(Kind::Dane)).unwrap();
+    let (mta_sts, _) = db.all(Some(Kind::MtaSts)).unwrap();
+    let names = |v: &[tls_policyd::store::Entry]| {
+        let mut d: Vec<String> = v.iter().map(|e| e.domain.clone()).collect();
+        d.sort();
+        d
+    };
+    assert_eq!(names(&dane), ["both.test", "sts.test"]);
+    assert_eq!(
+        names(&mta_sts),
+        ["sts.test"],
+        "MTA-STS not asked for both.test"
+    );
+}
