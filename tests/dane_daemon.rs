@@ -134,6 +134,7 @@ fn socketmap_answers_from_dane_in_precedence() {
         assert_eq!(r["tls"], "forced");
         assert_eq!(r["level"], "dane-only");
         assert_eq!(r["reply"], "OK");
+        assert!(r.get("temporary").is_none(), "{r}");
         assert!(
             r["reason"]
                 .as_str()
@@ -179,6 +180,7 @@ fn failed_lookups_for_a_dane_domain_answer_temp() {
     for r in temp {
         assert_eq!(r["source"], "dane");
         assert!(r.get("level").is_none(), "nothing after OK: {r}");
+        assert_eq!(r["temporary"], true, "{r}");
     }
 
     // The history is in the cache file: a restarted daemon defers too.

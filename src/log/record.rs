@@ -59,6 +59,10 @@ pub struct DecisionRecord {
     /// Set when a forced map raised a weaker answer to forced.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub raised: bool,
+    /// Set when the source could not decide now (a failed DNSSEC lookup
+    /// for a DANE domain): the socketmap answered `TEMP`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub temporary: bool,
     /// MTA-STS: the id of the policy that decided (from the TXT record).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_id: Option<Arc<str>>,
@@ -129,6 +133,7 @@ impl DecisionRecord {
             matched: decision.matched.clone(),
             reason: decision.reason.clone(),
             raised: decision.raised,
+            temporary: decision.temporary,
             policy_id: decision
                 .published
                 .as_ref()
