@@ -375,6 +375,12 @@ impl Db {
             .map_err(|err| self.sql(err))
     }
 
+    /// Insert or replace many entries in one transaction.
+    pub fn put_all(&mut self, entries: impl IntoIterator<Item = Entry>) -> Result<(), StoreError> {
+        let ops: Vec<Op> = entries.into_iter().map(|e| Op::Put(Box::new(e))).collect();
+        self.apply(&ops)
+    }
+
     /// Remove the entries of `domain`: of one kind, or of every kind with
     /// `None`. Returns how many were removed.
     pub fn remove(&self, kind: Option<Kind>, domain: &str) -> Result<usize, StoreError> {

@@ -212,3 +212,31 @@ fn installed_policy_path_maps_to_the_shipped_file() {
     // no second guess for it.
     assert!(shipped_policy(&config, Path::new("elsewhere/policy.toml")).is_err());
 }
+
+/// The commented `[mta_sts]` example in the loopback config is a valid
+/// section once uncommented, and says what the defaults are.
+#[test]
+fn commented_mta_sts_example_is_valid() {
+    let path = root().join("postfix-examples/tls-policyd.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find("#[mta_sts]")
+        .expect("a commented [mta_sts] section");
+    let section: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter(|l| !l.starts_with("## "))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    assert!(section.contains("cache_file"), "{section}");
+    let table: toml::Table = toml::from_str(&section).unwrap();
+    let body = toml::to_string(&table["mta_sts"]).unwrap();
+    let c: tls_policyd::sources::mta_sts::MtaStsConfig =
+        toml::from_str(&body).unwrap_or_else(|e| panic!("{section}\n{e}"));
+    c.validate().unwrap();
+    let defaults = tls_policyd::sources::mta_sts::MtaStsConfig {
+        extra_ca_file: c.extra_ca_file.clone(),
+        ..Default::default()
+    };
+    assert_eq!(c, defaults, "the example shows the defaults");
+}
