@@ -240,3 +240,28 @@ fn commented_mta_sts_example_is_valid() {
     };
     assert_eq!(c, defaults, "the example shows the defaults");
 }
+
+/// The commented `[dane]` example in the loopback config is a valid section
+/// once uncommented, and shows the defaults.
+#[test]
+fn commented_dane_example_is_valid() {
+    let path = root().join("postfix-examples/tls-policyd.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("#[dane]").expect("a commented [dane] section");
+    let section: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter(|l| !l.starts_with("## "))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    let table: toml::Table = toml::from_str(&section).unwrap();
+    let body = toml::to_string(&table["dane"]).unwrap();
+    let c: tls_policyd::sources::dane::DaneConfig =
+        toml::from_str(&body).unwrap_or_else(|e| panic!("{section}\n{e}"));
+    c.validate().unwrap();
+    assert_eq!(
+        c,
+        tls_policyd::sources::dane::DaneConfig::default(),
+        "the example shows the defaults"
+    );
+}
