@@ -17,7 +17,13 @@
 //! Knobs (environment):
 //! - `BENCH_RULES`: rules in the generated policy file (default 100000);
 //! - `BENCH_SECONDS`: measured seconds per run (default 5; fractions work);
-//! - `BENCH_CONNS`: connection counts, comma separated (default `1,8,64`).
+//! - `BENCH_CONNS`: connection counts, comma separated (default `1,8,64`);
+//! - `BENCH_MTA_STS`: when set to N > 0, the daemon also runs the MTA-STS
+//!   source with N enforce policies in its cache file (written before it
+//!   starts), and the ~40% of keys no rule covers are those domains: each
+//!   is a policy-file miss answered from the MTA-STS cache
+//!   (`secure match=… servername=hostname`). Nothing is looked up in DNS.
+//!   Default 0 (MTA-STS off).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -74,7 +80,7 @@ fn main() {
         .prefix("tls-policyd-bench.")
         .tempdir()
         .expect("cannot create a temporary directory");
-    let config = write_config(dir.path(), settings.rules);
+    let config = write_config(dir.path(), settings.rules, settings.mta_sts);
     let decisions = dir.path().join("decisions.jsonl");
 
     let cpu = pinned.then_some(SERVER_CPU);
@@ -209,6 +215,8 @@ struct Settings {
     rules: usize,
     measure: Duration,
     conns: Vec<usize>,
+    /// Cached MTA-STS policies (0: MTA-STS off).
+    mta_sts: usize,
 }
 
 impl Settings {
@@ -246,10 +254,16 @@ impl Settings {
                 })
                 .collect()
         });
+        let mta_sts = var("BENCH_MTA_STS").map_or(0, |v| {
+            v.trim().parse::<usize>().unwrap_or_else(|_| {
+                panic!("BENCH_MTA_STS={v:?}: expected a number of cached policies")
+            })
+        });
         Settings {
             rules,
             measure,
             conns,
+            mta_sts,
         }
     }
 }
@@ -265,8 +279,38 @@ fn rule_policy(i: usize) -> (&'static str, String) {
     }
 }
 
+/// The MTA-STS domain `k` and the answer its cached policy gives.
+fn sts_domain(k: usize) -> (String, String) {
+    let d = format!("s{k}.example.org");
+    let answer = format!("secure match=mx.{d}:.backup.{d} servername=hostname");
+    (d, answer)
+}
+
+/// A cache file with `n` enforce policies, valid for a year.
+fn write_sts_cache(path: &Path, n: usize) {
+    use tls_policyd::sources::mta_sts::{Persisted, policy};
+    use tls_policyd::store::{Db, Entry, Kind};
+    let mut db = Db::open(path).expect("cannot create the MTA-STS cache file");
+    let now = std::time::SystemTime::now();
+    let year = Duration::from_secs(policy::MAX_AGE_LIMIT);
+    db.put_all((0..n).map(|k| {
+        let (d, _) = sts_domain(k);
+        let text = format!(
+            "version: STSv1\nmode: enforce\nmx: mx.{d}\nmx: *.backup.{d}\nmax_age: {}\n",
+            year.as_secs()
+        );
+        let p = Persisted {
+            id: format!("id{k}"),
+            policy: policy::parse(text.as_bytes()).expect("a valid policy"),
+            text,
+        };
+        Entry::new(Kind::MtaSts, &d, now, now + year, &p).expect("an entry")
+    }))
+    .expect("cannot write the MTA-STS cache file");
+}
+
 /// Write the policy file and the daemon config; return the config path.
-fn write_config(dir: &Path, rules: usize) -> PathBuf {
+fn write_config(dir: &Path, rules: usize, mta_sts: usize) -> PathBuf {
     let mut policy = String::with_capacity(rules * 100);
     policy.push_str("default = \"opportunistic\"\n");
     for i in 0..rules {
@@ -284,8 +328,7 @@ fn write_config(dir: &Path, rules: usize) -> PathBuf {
     }
     fs::write(dir.join("policy.toml"), policy).expect("cannot write the policy file");
     let config = dir.join("tls-policyd.toml");
-    fs::write(
-        &config,
+    let mut text = String::from(
         "[socketmap]\n\
          listen = \"inet:127.0.0.1:0\"\n\
          [policy]\n\
@@ -293,8 +336,19 @@ fn write_config(dir: &Path, rules: usize) -> PathBuf {
          [log]\n\
          decisions = \"decisions.jsonl\"\n\
          level = \"info\"\n",
-    )
-    .expect("cannot write the config file");
+    );
+    if mta_sts > 0 {
+        write_sts_cache(&dir.join("cache.sqlite"), mta_sts);
+        // Every key asked is cached; a resolver nobody answers on keeps
+        // any stray lookup on the machine.
+        text.push_str(
+            "[mta_sts]\n\
+             cache_file = \"cache.sqlite\"\n\
+             [dns]\n\
+             nameservers = [\"127.0.0.1:9\"]\n",
+        );
+    }
+    fs::write(&config, text).expect("cannot write the config file");
     config
 }
 
@@ -325,7 +379,7 @@ impl Rng {
 /// The requests of connection `conn`: about 40% keys that hit a rule (exact,
 /// mixed case with a trailing dot, a subdomain of a `.parent` entry,
 /// `[host]:25`), 40% domains no rule covers and 20% parent-walk keys.
-fn requests(conn: usize, rules: usize) -> Vec<Request> {
+fn requests(conn: usize, rules: usize, mta_sts: usize) -> Vec<Request> {
     let mut rng = Rng((0x7153_u64 << 32) | conn as u64);
     (0..REQUESTS_PER_CONN)
         .map(|_| {
@@ -337,6 +391,7 @@ fn requests(conn: usize, rules: usize) -> Vec<Request> {
                 10..20 => (format!("D{i}.EXAMPLE."), rule_policy(i).1),
                 20..30 => (format!("x.sub{j}.example"), rule_policy(j).1),
                 30..40 => (format!("[d{i}.example]:25"), rule_policy(i).1),
+                40..80 if mta_sts > 0 => sts_domain(rng.below(mta_sts)),
                 40..80 => (
                     format!("u{}.example.net", rng.below(1_000_000)),
                     "may".into(),
@@ -818,7 +873,7 @@ fn run(
         .collect();
     // Different keys for each connection count, the same for both targets.
     let workloads: Vec<Vec<Request>> = (0..conns)
-        .map(|i| requests(c_index * 1000 + i, settings.rules))
+        .map(|i| requests(c_index * 1000 + i, settings.rules, settings.mta_sts))
         .collect();
 
     // One blocking thread per connection, all on CPU 0 (inherited from
@@ -1087,6 +1142,13 @@ fn report(r: &Report) -> String {
         },
         cpu_model(),
     );
+    if r.settings.mta_sts > 0 {
+        let _ = writeln!(
+            s,
+            "MTA-STS on: {} cached enforce policies; the ~40% of keys no rule covers are those domains.",
+            r.settings.mta_sts
+        );
+    }
     let _ = writeln!(
         s,
         "Client: one blocking thread per connection; each sends one request and waits for its reply."

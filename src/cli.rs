@@ -12,7 +12,10 @@ use crate::frontends::policy;
 use crate::frontends::socketmap::{self, MapKind};
 use crate::log::reader::{self, LogQuery, OutputFormat};
 use crate::prober::{self, Prober};
+use crate::sources::dane::CacheUse;
+use crate::sources::mta_sts::{MtaSts, report};
 use crate::sources::static_file::StaticPolicy;
+use crate::store::{Db, Entry, Kind};
 
 /// Load config and policy file, or say precisely what is wrong.
 fn load(config_path: &Path) -> Result<(Config, StaticPolicy), String> {
@@ -84,6 +87,39 @@ pub fn check_config(config_path: &Path) -> Result<String, String> {
             }
         );
     }
+    if let Some(d) = config.dane.as_ref().filter(|d| d.enabled) {
+        let servers = match crate::dns::effective_nameservers(&config.dns) {
+            Ok(a) => a
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => return Err(format!("{}: dns: {e}", config_path.display())),
+        };
+        if let Some(p) = &config.dns.trust_anchor
+            && let Err(e) = std::fs::metadata(p)
+        {
+            return Err(format!(
+                "{}: key `dns.trust_anchor`: cannot read {}: {e}",
+                config_path.display(),
+                p.display()
+            ));
+        }
+        let dir = d.cache_file.parent().unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(format!(
+                "{}: key `dane.cache_file`: directory {} does not exist",
+                config_path.display(),
+                dir.display()
+            ));
+        }
+        out += &format!(
+            "  dane          DNSSEC by {} via {servers}; on failure {}; cache {}\n",
+            config.dns.dnssec,
+            d.on_failure.as_str(),
+            d.cache_file.display()
+        );
+    }
     out += &format!(
         "  policy file   {}: {} rule{}, default {}\n",
         policy.path().display(),
@@ -105,19 +141,80 @@ pub fn check_config(config_path: &Path) -> Result<String, String> {
         }
         out += &format!("  decision log  {}\n", decisions.display());
     }
+    if let Some(m) = config.mta_sts.as_ref().filter(|m| m.enabled) {
+        out += &check_mta_sts(config_path, m)?;
+    }
     Ok(out)
+}
+
+/// The `mta-sts` line of `check-config`: the cache file's directory
+/// exists, the file (if there) is a readable cache, the extra CAs load.
+fn check_mta_sts(
+    config_path: &Path,
+    m: &crate::sources::mta_sts::MtaStsConfig,
+) -> Result<String, String> {
+    let key = |k: &str, problem: String| {
+        format!("{}: key `mta_sts.{k}`: {problem}", config_path.display())
+    };
+    let dir = m.cache_file.parent().unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(key(
+            "cache_file",
+            format!("directory {} does not exist", dir.display()),
+        ));
+    }
+    let cache = if m.cache_file.exists() {
+        let db = Db::open_read_only(&m.cache_file).map_err(|e| key("cache_file", e.to_string()))?;
+        let (entries, _) = db
+            .all(Some(Kind::MtaSts))
+            .map_err(|e| key("cache_file", e.to_string()))?;
+        format!("{} policies cached", entries.len())
+    } else {
+        "created on start".to_string()
+    };
+    crate::sources::mta_sts::fetch::load_roots(m.extra_ca_file.as_deref())
+        .map_err(|e| key("extra_ca_file", e.problem))?;
+    Ok(format!(
+        "  mta-sts       cache {} ({cache}); lookups wait at most {}; answers for Postfix {}{}\n",
+        m.cache_file.display(),
+        humantime::format_duration(m.lookup_timeout),
+        m.postfix_version,
+        if m.tlsrpt { " with TLSRPT" } else { "" }
+    ))
 }
 
 /// `tls-policyd explain`: the decision for one key, every source
 /// consulted, and the exact socketmap replies.
 pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, String> {
     let (config, policy) = load(config_path)?;
-    let engine = Engine::new(policy);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
+    // The published-policy sources as the daemon has them, in precedence
+    // order: DANE (looked up now; the cache file only read, for DANE
+    // history), then MTA-STS (from the cache file, or discovered now).
+    // Nothing is written.
+    let mut sources: Vec<Arc<dyn crate::engine::Source>> = Vec::new();
+    let dane = rt
+        .block_on(async { crate::daemon::dane_source(&config, CacheUse::ReadOnly) })
+        .map_err(|e| e.to_string())?;
+    if let Some(d) = dane {
+        sources.push(Arc::new(d));
+    }
+    let sts = rt.block_on(async { mta_sts_view(&config) })?;
+    if let Some((s, _, _)) = &sts {
+        sources.push(Arc::new(s.clone()));
+    }
+    let engine = Engine::with_sources(policy, sources);
     let x = rt.block_on(engine.explain(key));
+    let report = match (&sts, &x.dest) {
+        (Some((s, entries, problem)), Ok(d)) if d.form == crate::engine::key::KeyForm::Domain => {
+            let cached = entries.iter().find(|e| e.domain == d.name).cloned();
+            Some(rt.block_on(s.report(&d.name, cached, problem.clone())))
+        }
+        _ => None,
+    };
     let settings = config
         .socketmap
         .as_ref()
@@ -134,10 +231,187 @@ pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, S
     })
     .collect();
     Ok(if as_json {
-        explain_json(&x, &replies)
+        let mut v: serde_json::Value =
+            serde_json::from_str(&explain_json(&x, &replies)).map_err(|e| e.to_string())?;
+        if let Some(r) = &report {
+            v["mta_sts"] = r.json();
+        }
+        format!("{v:#}\n")
     } else {
-        explain_text(&x, &replies)
+        let mut out = explain_text(&x, &replies);
+        if let Some(r) = &report {
+            out += "mta-sts (live lookup and cache file):\n";
+            out += &r.text();
+        }
+        out
     })
+}
+
+/// The cache entries of the MTA-STS cache file, or why it cannot be read
+/// (a missing file is an empty cache).
+fn read_cache_file(path: &Path) -> (Vec<Entry>, Option<String>) {
+    if !path.exists() {
+        return (
+            Vec::new(),
+            Some(format!(
+                "cache file {} does not exist (yet)",
+                path.display()
+            )),
+        );
+    }
+    match Db::open_read_only(path).and_then(|db| db.all(Some(Kind::MtaSts))) {
+        Ok((entries, _)) => (entries, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    }
+}
+
+type StsView = Option<(MtaSts, Vec<Entry>, Option<String>)>;
+
+/// A read-only MTA-STS source seeded from the cache file, when the config
+/// enables MTA-STS. Must run inside a tokio runtime.
+fn mta_sts_view(config: &Config) -> Result<StsView, String> {
+    let Some(c) = config.mta_sts.as_ref().filter(|m| m.enabled) else {
+        return Ok(None);
+    };
+    let resolver = crate::dns::build_resolver(&config.dns).map_err(|e| format!("dns: {e}"))?;
+    let (entries, problem) = read_cache_file(&c.cache_file);
+    let sts =
+        MtaSts::new(c, resolver, entries.clone(), None).map_err(|e| format!("mta_sts: {e}"))?;
+    Ok(Some((sts, entries, problem)))
+}
+
+/// `tls-policyd cache …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheCommand {
+    List,
+    Show(String),
+    Purge(String),
+}
+
+/// The cache file a config names.
+fn cache_file(config_path: &Path) -> Result<PathBuf, String> {
+    let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    config
+        .mta_sts
+        .map(|m| m.cache_file)
+        .or(config.dane.map(|d| d.cache_file))
+        .ok_or_else(|| {
+            format!(
+                "{}: no [mta_sts] or [dane] section, so nothing is cached",
+                config_path.display()
+            )
+        })
+}
+
+/// `tls-policyd cache list | show DOMAIN | purge DOMAIN`.
+pub fn cache(config_path: &Path, cmd: &CacheCommand, as_json: bool) -> Result<String, String> {
+    let path = cache_file(config_path)?;
+    let now = std::time::SystemTime::now();
+    let domain_of = |d: &str| {
+        crate::engine::key::normalize_domain(d.trim())
+            .map_err(|e| format!("{d:?} is not a domain: {e}"))
+    };
+    match cmd {
+        CacheCommand::List | CacheCommand::Show(_) => {
+            if !path.exists() {
+                return Err(format!(
+                    "cache file {} does not exist (yet)",
+                    path.display()
+                ));
+            }
+            let db = Db::open_read_only(&path).map_err(|e| e.to_string())?;
+            let (mut entries, skipped) = db.all(None).map_err(|e| e.to_string())?;
+            if let CacheCommand::Show(d) = cmd {
+                let d = domain_of(d)?;
+                entries.retain(|e| e.domain == d);
+                if entries.is_empty() {
+                    return Err(format!("nothing cached for {d} in {}", path.display()));
+                }
+            }
+            if as_json {
+                let v: Vec<serde_json::Value> =
+                    entries.iter().map(|e| report::entry_json(e, now)).collect();
+                return Ok(format!("{:#}\n", json!(v)));
+            }
+            let mut out = String::new();
+            if let CacheCommand::Show(_) = cmd {
+                for e in &entries {
+                    out += &format!(
+                        "{} {}\n  {}\n",
+                        e.kind,
+                        e.domain,
+                        report::entry_state(e, now)
+                    );
+                    match report::persisted(e) {
+                        Some(p) => {
+                            out += &format!(
+                                "  {}\n  policy as fetched:\n",
+                                report::policy_line(&p.id, &p.policy)
+                            );
+                            for line in p.text.lines() {
+                                out += &format!("    {line}\n");
+                            }
+                        }
+                        None => out += &format!("  {}\n", e.payload),
+                    }
+                }
+                return Ok(out);
+            }
+            out += &format!(
+                "{:<8} {:<40} {:<8} {:>10} {:>10}  policy\n",
+                "kind", "domain", "state", "age", "expires in"
+            );
+            for e in &entries {
+                let valid = e.is_valid_at(now);
+                let age = report::ago(now.duration_since(e.fetched_at).unwrap_or_default());
+                let left = if valid {
+                    report::ago(e.expires_at.duration_since(now).unwrap_or_default())
+                } else {
+                    "-".into()
+                };
+                let detail = match report::persisted(e) {
+                    Some(p) => format!("id {} mode {}", p.id, p.policy.mode),
+                    None => e.payload.chars().take(60).collect(),
+                };
+                out += &format!(
+                    "{:<8} {:<40} {:<8} {:>10} {:>10}  {detail}\n",
+                    e.kind.as_str(),
+                    e.domain,
+                    if valid { "valid" } else { "expired" },
+                    age,
+                    left
+                );
+            }
+            out += &format!(
+                "{} entr{} in {}",
+                entries.len(),
+                if entries.len() == 1 { "y" } else { "ies" },
+                path.display()
+            );
+            if skipped > 0 {
+                out += &format!(" ({skipped} unreadable rows skipped)");
+            }
+            out.push('\n');
+            Ok(out)
+        }
+        CacheCommand::Purge(d) => {
+            let d = domain_of(d)?;
+            if !path.exists() {
+                return Err(format!("cache file {} does not exist", path.display()));
+            }
+            let db = Db::open(&path).map_err(|e| e.to_string())?;
+            let n = db.remove(None, &d).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err(format!("nothing cached for {d} in {}", path.display()));
+            }
+            Ok(format!(
+                "removed {n} entr{} for {d} from {}; a running daemon forgets {} on its next reload (SIGHUP)\n",
+                if n == 1 { "y" } else { "ies" },
+                path.display(),
+                if n == 1 { "it" } else { "them" }
+            ))
+        }
+    }
 }
 
 /// `tls-policyd probe`: probe a domain's mail servers now, then show what
@@ -212,6 +486,9 @@ fn explain_text(x: &Explanation, replies: &[(Arc<str>, String)]) -> String {
             if s.applied { "DECIDES" } else { "-" },
             s.detail
         );
+        for line in &s.details {
+            out += &format!("  {:<8} {:<8} {}\n", "", "", line);
+        }
     }
     let d = &x.decision;
     out += &format!(

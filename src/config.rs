@@ -16,6 +16,8 @@ use crate::dns::DnsConfig;
 use crate::frontends::milter::MilterConfig;
 use crate::frontends::policy::PolicyServerConfig;
 use crate::prober::ProberConfig;
+use crate::sources::dane::DaneConfig;
+use crate::sources::mta_sts::MtaStsConfig;
 
 use crate::listen::{ListenAddr, SocketOptions, parse_mode};
 
@@ -36,9 +38,13 @@ pub struct Config {
     /// The STARTTLS prober behind early refusals.
     #[serde(default)]
     pub prober: ProberConfig,
-    /// The resolver for MX lookups.
+    /// The resolver for MX lookups, and DNSSEC for DANE.
     #[serde(default)]
     pub dns: DnsConfig,
+    /// DANE detection; off when the section is absent.
+    pub dane: Option<DaneConfig>,
+    /// MTA-STS as a policy source; off when absent.
+    pub mta_sts: Option<MtaStsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +226,18 @@ impl Config {
         if let Some(p) = &mut self.prober.extra_ca_file {
             resolve(p);
         }
+        if let Some(p) = &mut self.dns.trust_anchor {
+            resolve(p);
+        }
+        if let Some(d) = &mut self.dane {
+            resolve(&mut d.cache_file);
+        }
+        if let Some(m) = &mut self.mta_sts {
+            resolve(&mut m.cache_file);
+            if let Some(p) = &mut m.extra_ca_file {
+                resolve(p);
+            }
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
@@ -247,6 +265,14 @@ impl Config {
         self.dns
             .validate()
             .map_err(|e| ConfigError::in_section(path, "dns", &e))?;
+        if let Some(d) = &self.dane {
+            d.validate()
+                .map_err(|e| ConfigError::in_section(path, "dane", &e))?;
+        }
+        if let Some(m) = &self.mta_sts {
+            m.validate()
+                .map_err(|e| ConfigError::in_section(path, "mta_sts", &e))?;
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::one(
                 path,
@@ -363,6 +389,39 @@ mod tests {
         assert_eq!(s.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.policy.file, dir.path().join("policy.toml"));
         assert_eq!(c.log.decisions, PathBuf::from("-"));
+        assert!(c.dane.is_none(), "DANE is off without a [dane] section");
+    }
+
+    #[test]
+    fn dane_section_and_dnssec_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{MINIMAL}[dns]\nnameservers = [\"127.0.0.1\"]\ndnssec = \"validate\"\n\
+             trust_anchor = \"root.key\"\n[dane]\ncache_file = \"cache.sqlite\"\n\
+             on_failure = \"defer\"\n"
+        );
+        let p = write(dir.path(), &text);
+        let c = Config::load_with_env(&p, no_env()).unwrap();
+        let d = c.dane.unwrap();
+        assert!(d.enabled);
+        assert_eq!(d.cache_file, dir.path().join("cache.sqlite"));
+        assert_eq!(c.dns.trust_anchor, Some(dir.path().join("root.key")));
+        for (extra, want) in [
+            (
+                "[dane]\nmin_ttl = \"2h\"\nmax_ttl = \"1h\"\n",
+                "key `dane.max_ttl`",
+            ),
+            ("[dane]\nmax_mx = 0\n", "key `dane.max_mx`"),
+            ("[dane]\non_failure = \"maybe\"\n", "key `dane.on_failure`"),
+            ("[dane]\nenable = true\n", "unknown field: found `enable`"),
+            ("[dns]\ndnssec = \"yes\"\n", "key `dns.dnssec`"),
+            ("[dns]\ntrust_anchor = \"k\"\n", "key `dns.trust_anchor`"),
+        ] {
+            let p = write(dir.path(), &format!("{MINIMAL}{extra}"));
+            let e = Config::load_with_env(&p, no_env()).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra}: {e}");
+            assert!(e.contains("config.toml"), "{e}");
+        }
     }
 
     // figment::Jail's closures return figment::Error, which is large.

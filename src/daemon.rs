@@ -9,12 +9,14 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::engine::Engine;
 use crate::engine::refusal::TlsKnowledge;
+use crate::engine::{Engine, Source};
 use crate::frontends::{milter, policy, socketmap};
 use crate::listen::{ListenAddr, Listener};
 use crate::log::record::{DecisionLog, Target};
 use crate::prober::{Prober, ProberError};
+use crate::sources::dane::{CacheUse, DaneSource};
+use crate::sources::mta_sts::MtaSts;
 use crate::sources::static_file::StaticPolicy;
 
 /// Everything a front door needs, shared behind an `Arc`.
@@ -24,6 +26,10 @@ pub struct Context {
     /// The STARTTLS prober: what early refusals know. Built when a front
     /// door that refuses is configured.
     pub prober: Option<Prober>,
+    /// The MTA-STS source, when `[mta_sts]` enables it.
+    pub mta_sts: Option<MtaSts>,
+    /// The DANE source, when `[dane]` enables it.
+    pub dane: Option<DaneSource>,
     socketmap: ArcSwap<socketmap::Settings>,
     policy_server: Arc<ArcSwap<policy::Settings>>,
     milter: Arc<ArcSwap<milter::Settings>>,
@@ -40,7 +46,9 @@ pub enum StartError {
     Log(Target, std::io::Error),
     Bind(ListenAddr, std::io::Error),
     Dns(crate::dns::DnsError),
+    MtaSts(crate::sources::mta_sts::MtaStsError),
     Prober(ProberError),
+    Dane(crate::sources::dane::DaneError),
 }
 
 impl std::fmt::Display for StartError {
@@ -51,12 +59,24 @@ impl std::fmt::Display for StartError {
             StartError::Log(t, e) => write!(f, "cannot open decision log {t}: {e}"),
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::Dns(e) => write!(f, "dns: {e}"),
+            StartError::MtaSts(e) => write!(f, "mta_sts: {e}"),
             StartError::Prober(e) => e.fmt(f),
+            StartError::Dane(e) => e.fmt(f),
         }
     }
 }
 
 impl std::error::Error for StartError {}
+
+/// The DANE source, when `[dane]` enables it.
+pub fn dane_source(config: &Config, cache: CacheUse) -> Result<Option<DaneSource>, StartError> {
+    match config.dane.as_ref().filter(|d| d.enabled) {
+        Some(d) => crate::sources::dane::open(d, &config.dns, cache)
+            .map(Some)
+            .map_err(StartError::Dane),
+        None => Ok(None),
+    }
+}
 
 /// What a reload changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,14 +90,51 @@ impl Context {
     /// Load the policy file and open the decision log for a config.
     pub fn new(config_path: &Path, config: Config) -> Result<Context, StartError> {
         let policy = StaticPolicy::load(&config.policy.file).map_err(StartError::Policy)?;
-        // Early refusals and quarantine (policy server, milter) rely on it.
-        let prober = match (&config.policy_server, &config.milter) {
-            (Some(_), _) | (_, Some(_)) => {
-                let resolver = crate::dns::build_resolver(&config.dns).map_err(StartError::Dns)?;
-                Some(Prober::new(config.prober.clone(), resolver).map_err(StartError::Prober)?)
-            }
-            (None, None) => None,
+        let sts_config = config.mta_sts.as_ref().filter(|m| m.enabled);
+        // Early refusals and quarantine (policy server, milter) rely on the prober.
+        let refuses = config.policy_server.is_some() || config.milter.is_some();
+        let resolver = if refuses || sts_config.is_some() {
+            Some(crate::dns::build_resolver(&config.dns).map_err(StartError::Dns)?)
+        } else {
+            None
         };
+        let prober = match (refuses, &resolver) {
+            (true, Some(r)) => {
+                Some(Prober::new(config.prober.clone(), r.clone()).map_err(StartError::Prober)?)
+            }
+            _ => None,
+        };
+        let mta_sts = match (sts_config, &resolver) {
+            (Some(c), Some(r)) => Some(MtaSts::open(c, r.clone()).map_err(StartError::MtaSts)?),
+            _ => None,
+        };
+        // One cache file, one writer: DANE shares MTA-STS's store when both
+        // name the same file.
+        let shared = mta_sts
+            .as_ref()
+            .and_then(|s| s.store())
+            .filter(|st| {
+                config
+                    .dane
+                    .as_ref()
+                    .is_some_and(|d| d.cache_file == st.path())
+            })
+            .cloned();
+        let dane = dane_source(
+            &config,
+            match shared {
+                Some(st) => CacheUse::Shared(st),
+                None => CacheUse::ReadWrite,
+            },
+        )?;
+        // Precedence: DANE before MTA-STS (RFC 8461 section 2).
+        let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+        if let Some(d) = &dane {
+            sources.push(Arc::new(d.clone()));
+        }
+        if let Some(s) = &mta_sts {
+            sources.push(Arc::new(s.clone()));
+        }
         let target = Target::from_setting(&config.log.decisions);
         let log = DecisionLog::start(target.clone()).map_err(|e| StartError::Log(target, e))?;
         let socketmap = config
@@ -96,9 +153,11 @@ impl Context {
             .map(milter::Settings::from)
             .unwrap_or_default();
         Ok(Context {
-            engine: Engine::new(policy),
+            engine: Engine::with_sources(policy, sources),
             log,
             prober,
+            mta_sts,
+            dane,
             socketmap: ArcSwap::from_pointee(socketmap),
             policy_server: Arc::new(ArcSwap::from_pointee(policy_server)),
             milter: Arc::new(ArcSwap::from_pointee(milter)),
@@ -149,6 +208,23 @@ impl Context {
         };
         let rules = policy.rules().len();
         let mut needs_restart = Vec::new();
+        let enabled = |c: &Config| c.mta_sts.as_ref().filter(|m| m.enabled).cloned();
+        match (enabled(&old), enabled(&new), &self.mta_sts) {
+            (Some(o), Some(n), Some(sts)) => {
+                if let Err(e) = sts.reconfigure(&n) {
+                    self.log.reopen(Target::from_setting(&old.log.decisions));
+                    return Err(StartError::MtaSts(e));
+                }
+                if o.cache_file != n.cache_file {
+                    needs_restart.push("mta_sts.cache_file");
+                }
+                if o.concurrency != n.concurrency {
+                    needs_restart.push("mta_sts.concurrency");
+                }
+            }
+            (None, None, _) => {}
+            _ => needs_restart.push("mta_sts"),
+        }
         if let (Some(o), Some(n)) = (&old.socketmap, &new.socketmap) {
             if o.listen != n.listen {
                 needs_restart.push("socketmap.listen");
@@ -204,6 +280,9 @@ impl Context {
         }
         if old.dns != new.dns {
             needs_restart.push("dns");
+        }
+        if old.dane != new.dane {
+            needs_restart.push("dane");
         }
         if old.log.level != new.log.level {
             needs_restart.push("log.level");
@@ -302,6 +381,15 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         tasks.spawn(milter::serve(l, deps, shutdown.clone()));
     }
     drop(config);
+    if let Some(s) = &ctx.mta_sts {
+        tasks.spawn(s.clone().maintain(shutdown.clone()));
+    }
     while tasks.join_next().await.is_some() {}
+    if let Some(store) = ctx.mta_sts.as_ref().and_then(|s| s.store()) {
+        store.close();
+    }
+    if let Some(d) = &ctx.dane {
+        d.close_store();
+    }
     ctx.log.close();
 }

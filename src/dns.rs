@@ -12,12 +12,18 @@
 //! name does not exist, the name exists without records of the type asked
 //! for, and "no answer" (SERVFAIL, timeout, network error). Only the first two
 //! are knowledge.
+//!
+//! DANE needs more than records: it needs to know whether each answer is
+//! DNSSEC-validated. [`secure`] does those lookups, in the mode the
+//! `dnssec` setting chooses.
+
+pub mod secure;
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
@@ -26,7 +32,10 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use serde::Deserialize;
+
+pub use secure::DnssecMode;
 
 /// The port nameservers listen on unless one is given.
 pub const DNS_PORT: u16 = 53;
@@ -45,6 +54,15 @@ pub struct DnsConfig {
     /// How many times a query is sent before giving up.
     #[serde(default = "default_attempts")]
     pub attempts: usize,
+    /// How DANE learns that an answer is DNSSEC-validated: `"trust-ad"`
+    /// (the nameservers are validating resolvers and their AD bit is
+    /// trusted, as Postfix does) or `"validate"` (validated here).
+    #[serde(default)]
+    pub dnssec: DnssecMode,
+    /// `validate` only: a file of DNSKEY records (zone-file syntax) to
+    /// trust instead of the built-in root keys.
+    #[serde(default)]
+    pub trust_anchor: Option<PathBuf>,
 }
 
 impl Default for DnsConfig {
@@ -53,6 +71,8 @@ impl Default for DnsConfig {
             nameservers: Vec::new(),
             timeout: default_timeout(),
             attempts: default_attempts(),
+            dnssec: DnssecMode::default(),
+            trust_anchor: None,
         }
     }
 }
@@ -76,6 +96,17 @@ impl DnsConfig {
         }
         if self.attempts == 0 {
             return Err("attempts: must be at least 1".into());
+        }
+        if let Some(p) = &self.trust_anchor {
+            if self.dnssec != DnssecMode::Validate {
+                return Err(format!(
+                    "trust_anchor: only used with dnssec = \"validate\" (dnssec is {:?})",
+                    self.dnssec.as_str()
+                ));
+            }
+            if p.as_os_str().is_empty() {
+                return Err("trust_anchor: an empty path is not a file".into());
+            }
         }
         Ok(())
     }
@@ -136,6 +167,8 @@ pub enum DnsError {
     SystemConfig(String),
     /// The resolver library refused the configuration.
     Build(String),
+    /// The `trust_anchor` file cannot be read or parsed.
+    TrustAnchor(String),
 }
 
 impl fmt::Display for DnsError {
@@ -148,6 +181,7 @@ impl fmt::Display for DnsError {
                  set dns.nameservers"
             ),
             DnsError::Build(e) => write!(f, "cannot set up the DNS resolver: {e}"),
+            DnsError::TrustAnchor(e) => write!(f, "dns.trust_anchor: {e}"),
         }
     }
 }
@@ -161,6 +195,38 @@ pub type Resolver = TokioResolver;
 /// runtime if the resolver is used there (it spawns no task until the
 /// first lookup).
 pub fn build_resolver(config: &DnsConfig) -> Result<Resolver, DnsError> {
+    resolver_builder(config)?
+        .build()
+        .map_err(|e| DnsError::Build(e.to_string()))
+}
+
+/// The nameservers of a `[dns]` section: the configured ones, else those
+/// of `/etc/resolv.conf`.
+pub fn effective_nameservers(config: &DnsConfig) -> Result<Vec<SocketAddr>, DnsError> {
+    let addrs = config.nameserver_addrs()?;
+    if !addrs.is_empty() {
+        return Ok(addrs);
+    }
+    let (system, _) = hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| DnsError::SystemConfig(e.to_string()))?;
+    let mut out = Vec::new();
+    for ns in &system.name_servers {
+        let port = ns.connections.first().map_or(DNS_PORT, |c| c.port);
+        let a = SocketAddr::new(ns.ip, port);
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    if out.is_empty() {
+        return Err(DnsError::SystemConfig("no nameserver listed".into()));
+    }
+    Ok(out)
+}
+
+/// A resolver builder with the settings every resolver here shares.
+pub(crate) fn resolver_builder(
+    config: &DnsConfig,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, DnsError> {
     let addrs = config.nameserver_addrs()?;
     let mut builder = if addrs.is_empty() {
         TokioResolver::builder_tokio().map_err(|e| DnsError::SystemConfig(e.to_string()))?
@@ -194,7 +260,7 @@ pub fn build_resolver(config: &DnsConfig) -> Result<Resolver, DnsError> {
     opts.negative_max_ttl = None;
     // Every name asked for here is absolute; never append search domains.
     opts.ndots = 0;
-    builder.build().map_err(|e| DnsError::Build(e.to_string()))
+    Ok(builder)
 }
 
 /// Why a lookup gave no records.

@@ -15,6 +15,7 @@ pub mod log;
 pub mod memory;
 pub mod prober;
 pub mod sources;
+pub mod store;
 
 pub use daemon::{Context, Listeners, serve};
 pub use engine::Engine;

@@ -52,6 +52,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The persisted cache (MTA-STS policies): list it, show or purge a
+    /// domain's entries.
+    Cache {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: CacheAction,
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Load the config and policy file as `serve` would; exit 1 on errors.
     CheckConfig {
         #[arg(long, short)]
@@ -84,6 +94,17 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Every cached entry with its state and age.
+    List,
+    /// A domain's entries in full.
+    Show { domain: String },
+    /// Remove a domain's entries from the cache file (a running daemon
+    /// forgets them on its next reload).
+    Purge { domain: String },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -95,6 +116,18 @@ fn main() -> ExitCode {
             json,
         } => print(cli::probe(&config, &domain, json)),
         Command::CheckConfig { config } => print(cli::check_config(&config)),
+        Command::Cache {
+            config,
+            action,
+            json,
+        } => {
+            let cmd = match action {
+                CacheAction::List => cli::CacheCommand::List,
+                CacheAction::Show { domain } => cli::CacheCommand::Show(domain),
+                CacheAction::Purge { domain } => cli::CacheCommand::Purge(domain),
+            };
+            print(cli::cache(&config, &cmd, json))
+        }
         Command::Log {
             files,
             config,

@@ -88,6 +88,7 @@ impl World {
             nameservers: vec![self.dns.nameserver()],
             timeout: Duration::from_secs(1),
             attempts: 1,
+            ..DnsConfig::default()
         }
     }
 

@@ -248,3 +248,56 @@ fn commented_milter_section_of_the_sample_loads_when_uncommented() {
         Ok(())
     });
 }
+
+/// The commented `[mta_sts]` example in the loopback config is a valid
+/// section once uncommented, and says what the defaults are.
+#[test]
+fn commented_mta_sts_example_is_valid() {
+    let path = root().join("postfix-examples/tls-policyd.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find("#[mta_sts]")
+        .expect("a commented [mta_sts] section");
+    let section: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter(|l| !l.starts_with("## "))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    assert!(section.contains("cache_file"), "{section}");
+    let table: toml::Table = toml::from_str(&section).unwrap();
+    let body = toml::to_string(&table["mta_sts"]).unwrap();
+    let c: tls_policyd::sources::mta_sts::MtaStsConfig =
+        toml::from_str(&body).unwrap_or_else(|e| panic!("{section}\n{e}"));
+    c.validate().unwrap();
+    let defaults = tls_policyd::sources::mta_sts::MtaStsConfig {
+        extra_ca_file: c.extra_ca_file.clone(),
+        ..Default::default()
+    };
+    assert_eq!(c, defaults, "the example shows the defaults");
+}
+
+/// The commented `[dane]` example in the loopback config is a valid section
+/// once uncommented, and shows the defaults.
+#[test]
+fn commented_dane_example_is_valid() {
+    let path = root().join("postfix-examples/tls-policyd.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("#[dane]").expect("a commented [dane] section");
+    let section: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter(|l| !l.starts_with("## "))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    let table: toml::Table = toml::from_str(&section).unwrap();
+    let body = toml::to_string(&table["dane"]).unwrap();
+    let c: tls_policyd::sources::dane::DaneConfig =
+        toml::from_str(&body).unwrap_or_else(|e| panic!("{section}\n{e}"));
+    c.validate().unwrap();
+    assert_eq!(
+        c,
+        tls_policyd::sources::dane::DaneConfig::default(),
+        "the example shows the defaults"
+    );
+}

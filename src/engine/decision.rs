@@ -184,6 +184,24 @@ pub struct Decision {
     pub ttl: Duration,
     /// Set when the forced map raised a weaker answer.
     pub raised: bool,
+    /// The source could not find out now what applies, and holding the
+    /// mail is safer than guessing (a failed DNSSEC lookup for a domain
+    /// that publishes DANE): front doors answer a temporary failure
+    /// (socketmap `TEMP`), so Postfix defers delivery and tries again.
+    /// `level` is what the source expects to apply once it knows.
+    pub temporary: bool,
+    /// The published policy behind a DANE or MTA-STS decision.
+    pub published: Option<Arc<Published>>,
+}
+
+/// What identifies the published policy behind a decision, for the
+/// decision log and `explain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Published {
+    /// MTA-STS: the policy id from the `_mta-sts` TXT record.
+    pub policy_id: Option<Arc<str>>,
+    /// MTA-STS: the policy mode (`enforce`, `testing`, `none`).
+    pub mode: Option<&'static str>,
 }
 
 impl Decision {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::sources::static_file::StaticPolicy;
-use decision::{Decision, SourceKind};
+use decision::{Decision, SourceKind, Tls};
 use key::{Destination, KeyError, KeyForm, parents};
 
 /// What a dynamic source says about a destination.
@@ -50,6 +50,13 @@ pub trait Source: Send + Sync {
         &'a self,
         dest: &'a Destination,
     ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>>;
+
+    /// What the source found out about a destination, one line per fact
+    /// (for `explain`); asked right after [`Source::consult`]. Nothing by
+    /// default.
+    fn details(&self, _dest: &Destination) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// One source's part in an explanation.
@@ -58,6 +65,9 @@ pub struct Step {
     pub source: SourceKind,
     pub applied: bool,
     pub detail: String,
+    /// Further lines from the source (DANE: DNSSEC and TLSA state per MX).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
 }
 
 /// A decision and how it was reached.
@@ -109,7 +119,7 @@ impl Engine {
             if source.applies_to(dest)
                 && let Consulted::Policy(d) = source.consult(dest).await
             {
-                return d;
+                return not_below_default(d, policy.default_decision());
             }
         }
         policy.default_decision().clone()
@@ -146,6 +156,7 @@ impl Engine {
                 source: SourceKind::Static,
                 applied: false,
                 detail: format!("key {key:?} is not a destination: {e}"),
+                details: Vec::new(),
             }),
             Ok(d) => {
                 let detail;
@@ -169,8 +180,10 @@ impl Engine {
                     source: SourceKind::Static,
                     applied: decision.is_some(),
                     detail,
+                    details: Vec::new(),
                 });
                 for source in &self.sources {
+                    let mut details = Vec::new();
                     let (applied, detail) = if decision.is_some() {
                         (
                             false,
@@ -182,9 +195,16 @@ impl Engine {
                             format!("not consulted for a {} key", d.form.as_str()),
                         )
                     } else {
-                        match source.consult(d).await {
+                        let consulted = source.consult(d).await;
+                        details = source.details(d);
+                        match consulted {
                             Consulted::Policy(dec) => {
-                                let text = format!("policy: {}", dec.reason);
+                                let dec = not_below_default(dec, policy.default_decision());
+                                let text = if dec.temporary {
+                                    format!("temporary failure: {}", dec.reason)
+                                } else {
+                                    format!("policy: {}", dec.reason)
+                                };
                                 decision = Some(dec);
                                 (true, text)
                             }
@@ -195,6 +215,7 @@ impl Engine {
                         source: source.kind(),
                         applied,
                         detail,
+                        details,
                     });
                 }
             }
@@ -212,6 +233,7 @@ impl Engine {
             } else {
                 "not consulted: a higher-precedence source decided".to_string()
             },
+            details: Vec::new(),
         });
         let decision = match (&dest, decision) {
             (Err(e), _) => bad_key_decision(&policy, e),
@@ -224,6 +246,26 @@ impl Engine {
             steps,
             decision,
         }
+    }
+}
+
+/// A published policy never weakens a forced default: an opportunistic
+/// answer (MTA-STS `testing`) gives way to the default's level, and the
+/// decision keeps its source and says so.
+fn not_below_default(d: Decision, default: &Decision) -> Decision {
+    if d.tls() == Tls::Opportunistic && default.tls() == Tls::Forced {
+        let reason = format!(
+            "{}; the default ({}) is forced and applies",
+            d.reason, default.policy
+        );
+        Decision {
+            level: default.level,
+            policy: default.policy.clone(),
+            reason: Arc::from(reason),
+            ..d
+        }
+    } else {
+        d
     }
 }
 
@@ -294,6 +336,8 @@ mod tests {
                         reason: Arc::from("TLSA published"),
                         ttl: Duration::from_secs(60),
                         raised: false,
+                        temporary: false,
+                        published: None,
                     })
                 } else {
                     Consulted::NoPolicy("no TLSA".into())
@@ -353,6 +397,56 @@ mod tests {
             }
         });
         assert_eq!(src.calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// Answers `may` (like MTA-STS testing) for every domain.
+    struct Testing;
+
+    impl Source for Testing {
+        fn kind(&self) -> SourceKind {
+            SourceKind::MtaSts
+        }
+        fn consult<'a>(
+            &'a self,
+            _dest: &'a Destination,
+        ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>> {
+            Box::pin(async {
+                Consulted::Policy(Decision {
+                    level: Level::May,
+                    policy: Arc::from("may"),
+                    source: SourceKind::MtaSts,
+                    rule: None,
+                    matched: None,
+                    reason: Arc::from("testing"),
+                    ttl: Duration::from_secs(60),
+                    raised: false,
+                    temporary: false,
+                    published: None,
+                })
+            })
+        }
+    }
+
+    #[test]
+    fn published_opportunistic_never_weakens_a_forced_default() {
+        let sources: Vec<Arc<dyn Source>> = vec![Arc::new(Testing)];
+        let forced = StaticPolicy::parse("default = \"forced\"\n", Path::new("p.toml")).unwrap();
+        let e = Engine::with_sources(forced, sources.clone());
+        let dest = Destination::parse("sts.example").unwrap();
+        let d = block_on(e.decide(&dest));
+        assert_eq!(
+            (d.level, &*d.policy, d.source),
+            (Level::Encrypt, "encrypt", SourceKind::MtaSts)
+        );
+        assert_eq!(
+            &*d.reason,
+            "testing; the default (encrypt) is forced and applies"
+        );
+        let x = block_on(e.explain("sts.example"));
+        assert_eq!(x.decision.level, Level::Encrypt);
+        let open = StaticPolicy::parse("", Path::new("p.toml")).unwrap();
+        let e = Engine::with_sources(open, sources);
+        assert_eq!(block_on(e.decide(&dest)).level, Level::May);
     }
 
     #[test]

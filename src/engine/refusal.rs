@@ -174,6 +174,10 @@ pub enum Assessment {
 /// Judge a decision against what is known about the destination. Pure:
 /// the caller fetches the knowledge.
 pub fn assess(decision: &Decision, cap: Option<&Capability>) -> Assessment {
+    // A source that could not decide is not knowledge.
+    if decision.temporary {
+        return Assessment::Unknown;
+    }
     let Some(requirement) = Requirement::of(decision.level) else {
         return Assessment::Deliverable;
     };
@@ -305,6 +309,8 @@ mod tests {
             reason: Arc::from("r"),
             ttl: Duration::from_secs(1),
             raised: false,
+            temporary: false,
+            published: None,
         }
     }
 
@@ -359,6 +365,15 @@ mod tests {
             );
         }
         assert_eq!(assess(&decision(Level::Encrypt), None), Assessment::Unknown);
+    }
+
+    #[test]
+    fn temporary_decisions_never_refuse() {
+        for level in Level::ALL {
+            let mut d = decision(level);
+            d.temporary = true;
+            assert_eq!(assess(&d, Some(&no_tls())), Assessment::Unknown, "{level}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Socketmap server for `smtp_tls_policy_maps` (Postfix `socketmap_table(5)`).
 //!
 //! Each request is a netstring `NAME KEY`; each reply a netstring
-//! `OK <policy>`, `NOTFOUND ` or `PERM <reason>`. Connections are
+//! `OK <policy>`, `NOTFOUND `, `TEMP <reason>` (a source cannot decide now:
+//! Postfix defers delivery) or `PERM <reason>`. Connections are
 //! persistent and strictly request→reply. A framing error (bad length,
 //! query over [`MAX_QUERY_LEN`], garbage) closes that connection with a log
 //! line; other connections are not affected.
@@ -70,6 +71,8 @@ pub enum MapKind {
 pub enum Reply {
     Ok(Arc<str>),
     NotFound,
+    /// A temporary failure: Postfix defers delivery and asks again later.
+    Temp(Arc<str>),
     Perm(String),
 }
 
@@ -78,6 +81,7 @@ impl Reply {
         match self {
             Reply::Ok(_) => "OK",
             Reply::NotFound => "NOTFOUND",
+            Reply::Temp(_) => "TEMP",
             Reply::Perm(_) => "PERM",
         }
     }
@@ -87,6 +91,7 @@ impl Reply {
         let (head, tail): (&[u8], &[u8]) = match self {
             Reply::Ok(p) => (b"OK ", p.as_bytes()),
             Reply::NotFound => (b"NOTFOUND ", b""),
+            Reply::Temp(r) => (b"TEMP ", r.as_bytes()),
             Reply::Perm(r) => (b"PERM ", r.as_bytes()),
         };
         netstring::encode_parts(&[head, tail], out);
@@ -96,6 +101,7 @@ impl Reply {
         match self {
             Reply::Ok(p) => format!("OK {p}"),
             Reply::NotFound => "NOTFOUND ".to_string(),
+            Reply::Temp(r) => format!("TEMP {r}"),
             Reply::Perm(r) => format!("PERM {r}"),
         }
     }
@@ -113,8 +119,17 @@ impl Settings {
     }
 }
 
-/// The decision a map stands for, and the reply that carries it.
+/// The decision a map stands for, and the reply that carries it. A
+/// temporary decision is `TEMP` on both maps.
 pub fn answer(decision: Decision, kind: MapKind, default_reply: DefaultReply) -> (Decision, Reply) {
+    if decision.temporary {
+        let d = match kind {
+            MapKind::Forced => decision.forced(),
+            MapKind::Policy => decision,
+        };
+        let r = Reply::Temp(temp_text(&d.reason));
+        return (d, r);
+    }
     match kind {
         MapKind::Forced => {
             let d = decision.forced();
@@ -132,6 +147,26 @@ pub fn answer(decision: Decision, kind: MapKind, default_reply: DefaultReply) ->
             (decision, r)
         }
     }
+}
+
+/// Longest reason sent after `TEMP`; Postfix logs it with the deferral.
+pub const MAX_TEMP_TEXT: usize = 200;
+
+/// A reason as one printable ASCII line of at most [`MAX_TEMP_TEXT`] bytes.
+fn temp_text(reason: &str) -> Arc<str> {
+    let mut t: String = reason
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    // ASCII now, so any index is a char boundary.
+    t.truncate(MAX_TEMP_TEXT);
+    Arc::from(t)
 }
 
 /// Accept connections until shutdown, then wait for open connections to
@@ -309,7 +344,7 @@ async fn request(payload: &[u8], ctx: &Context, out: &mut Vec<u8>) -> Result<(),
     });
     rec.domain = dest.map(|d| d.name);
     rec.reply = reply.code();
-    if reply == Reply::NotFound {
+    if matches!(reply, Reply::NotFound | Reply::Temp(_)) {
         rec.level = None;
     }
     ctx.log.log(rec);
@@ -331,6 +366,8 @@ mod tests {
             reason: Arc::from("r"),
             ttl: Duration::from_secs(1),
             raised: false,
+            temporary: false,
+            published: None,
         }
     }
 
@@ -358,6 +395,25 @@ mod tests {
         let s = decision(Level::May, SourceKind::Static);
         let (_, r) = answer(s, MapKind::Policy, DefaultReply::Notfound);
         assert_eq!(r, Reply::Ok(Arc::from("may")));
+    }
+
+    #[test]
+    fn temporary_decisions_are_temp_on_both_maps() {
+        let mut d = decision(Level::DaneOnly, SourceKind::Dane);
+        d.temporary = true;
+        d.reason = Arc::from(format!("DNSSEC lookup failed\n{}", "x".repeat(300)));
+        for kind in [MapKind::Policy, MapKind::Forced] {
+            for dr in [DefaultReply::Policy, DefaultReply::Notfound] {
+                let (_, r) = answer(d.clone(), kind, dr);
+                let Reply::Temp(t) = &r else {
+                    panic!("{kind:?}: {r:?}")
+                };
+                assert!(t.starts_with("DNSSEC lookup failed?xxx"), "{t}");
+                assert_eq!(t.len(), MAX_TEMP_TEXT);
+                assert_eq!(r.code(), "TEMP");
+            }
+        }
+        assert_eq!(wire(&Reply::Temp(Arc::from("later"))), "10:TEMP later,");
     }
 
     #[test]

@@ -45,10 +45,10 @@ pub struct DecisionRecord {
     pub domain: Option<String>,
     pub tls: Tls,
     /// The exact text sent to Postfix after `OK` (`secure match=…`);
-    /// absent when the answer was `NOTFOUND`.
+    /// absent when the answer was `NOTFOUND` or `TEMP`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<Arc<str>>,
-    /// The socketmap reply code: `OK` or `NOTFOUND`.
+    /// The socketmap reply code: `OK`, `NOTFOUND` or `TEMP`.
     pub reply: &'static str,
     pub source: SourceKind,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,6 +59,16 @@ pub struct DecisionRecord {
     /// Set when a forced map raised a weaker answer to forced.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub raised: bool,
+    /// Set when the source could not decide now (a failed DNSSEC lookup
+    /// for a DANE domain): the socketmap answered `TEMP`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub temporary: bool,
+    /// MTA-STS: the id of the policy that decided (from the TXT record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<Arc<str>>,
+    /// MTA-STS: the mode of that policy (`enforce`, `testing`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_mode: Option<&'static str>,
     /// Policy server: Postfix's `instance` attribute (one per message
     /// within an SMTP session).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -166,6 +176,12 @@ impl DecisionRecord {
             matched: decision.matched.clone(),
             reason: decision.reason.clone(),
             raised: decision.raised,
+            temporary: decision.temporary,
+            policy_id: decision
+                .published
+                .as_ref()
+                .and_then(|p| p.policy_id.clone()),
+            policy_mode: decision.published.as_ref().and_then(|p| p.mode),
             instance: None,
             sender: None,
             recipient: None,
@@ -399,6 +415,8 @@ mod tests {
             reason: Arc::from("PCI \"partner\""),
             ttl: Duration::from_secs(1),
             raised: false,
+            temporary: false,
+            published: None,
         }
     }
 
@@ -424,6 +442,8 @@ mod tests {
         assert!(v.get("queue_id").is_none());
         assert!(v.get("raised").is_none());
         for absent in [
+            "policy_id",
+            "policy_mode",
             "instance",
             "sender",
             "recipient",
@@ -443,6 +463,20 @@ mod tests {
         ] {
             assert!(v.get(absent).is_none(), "{absent}");
         }
+    }
+
+    #[test]
+    fn published_policy_fields() {
+        let mut d = decision();
+        d.source = SourceKind::MtaSts;
+        d.published = Some(Arc::new(crate::engine::decision::Published {
+            policy_id: Some(Arc::from("20240101T000000")),
+            mode: Some("enforce"),
+        }));
+        let v = serde_json::to_value(DecisionRecord::new("socketmap", "sts.example", &d)).unwrap();
+        assert_eq!(v["source"], "mta-sts");
+        assert_eq!(v["policy_id"], "20240101T000000");
+        assert_eq!(v["policy_mode"], "enforce");
     }
 
     #[test]

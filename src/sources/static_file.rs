@@ -350,6 +350,8 @@ impl StaticPolicy {
             reason: Arc::from(self.reason(rule)),
             ttl: STATIC_DECISION_TTL,
             raised: false,
+            temporary: false,
+            published: None,
         }
     }
 
@@ -744,6 +746,8 @@ impl<'a> Builder<'a> {
             reason: Arc::from("no rule matches; the policy file's default"),
             ttl: STATIC_DECISION_TTL,
             raised: false,
+            temporary: false,
+            published: None,
         };
         Ok(StaticPolicy {
             path: self.path.to_path_buf(),

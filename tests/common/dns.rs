@@ -6,7 +6,18 @@
 //! It answers like a recursive resolver would to a stub: every query gets
 //! the records from the table, CNAMEs followed inside the table, NXDOMAIN
 //! for names that do not exist, NODATA (with an SOA for the negative TTL)
-//! for names that exist without records of the type asked for. It runs on
+//! for names that exist without records of the type asked for.
+//!
+//! DNSSEC: [`TestDns::sign_zone`] signs everything at and below a zone
+//! apex on the fly for queries with the DO bit (ECDSA P-256, a fresh key per
+//! zone; the returned DNSKEY line is the trust anchor), answers its DNSKEY
+//! query, and proves negative answers with an NSEC record at the name asked
+//! for ("black lies": a name that does not exist gets a NODATA answer whose
+//! NSEC lists no types). [`TestDns::insecure_delegation`] cuts an unsigned
+//! child zone out of a signed one (an NS record, and a signed proof that
+//! there is no DS); [`TestDns::break_signatures`] makes the signatures of a
+//! name's records invalid (bogus). The AD bit is independent of all this:
+//! set it with [`TestDns::set_ad`] to play a validating resolver. It runs on
 //! its own thread and runtime, so sync tests and async tests (and daemons
 //! started as separate processes) can all use it; it stops when dropped.
 //!
@@ -23,9 +34,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use hickory_proto::dnssec::crypto::EcdsaSigningKey;
+use hickory_proto::dnssec::rdata::{DNSKEY, DNSSECRData, NSEC, RRSIG, SigInput};
+use hickory_proto::dnssec::{Algorithm, DnssecSigner, SigningKey, TBS};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::rdata::opt::EdnsOption;
+use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, SOA, TLSA, TXT};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, SerialNumber};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// TTL of records added without one.
@@ -39,6 +55,9 @@ pub const NEGATIVE_TTL: u32 = 1;
 pub enum Behaviour {
     /// Answer SERVFAIL.
     ServFail,
+    /// Answer SERVFAIL with the RFC 8914 extended error 6 (DNSSEC Bogus),
+    /// as a validating resolver does for data that fails validation.
+    Bogus,
     /// Answer REFUSED.
     Refused,
     /// Answer NXDOMAIN, whatever the table holds.
@@ -55,7 +74,22 @@ struct Table {
     /// AD bit per name; `ad_default` for the rest.
     ad: HashMap<String, bool>,
     ad_default: bool,
+    /// Signed zones, by apex.
+    zones: Vec<Zone>,
+    /// Unsigned child zones of signed ones.
+    delegations: Vec<String>,
+    /// Names whose signatures are made invalid.
+    bogus: std::collections::HashSet<String>,
 }
+
+/// A zone signed on the fly.
+struct Zone {
+    apex: String,
+    signer: Arc<DnssecSigner>,
+}
+
+/// TTL of the signed zones' DNSKEY and SOA records.
+const ZONE_TTL: u32 = 3600;
 
 /// One query the server received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +97,10 @@ pub struct Query {
     pub name: String,
     pub rtype: RecordType,
     pub tcp: bool,
+    /// The DO bit (EDNS).
+    pub dnssec_ok: bool,
+    /// The AD bit of the query (RFC 6840 section 5.7).
+    pub ad: bool,
 }
 
 #[derive(Default)]
@@ -193,6 +231,74 @@ impl TestDns {
     pub fn txt(&self, name: &str, text: &str) -> &Self {
         let pieces: Vec<&[u8]> = text.as_bytes().chunks(255).collect();
         self.add(name, RData::TXT(TXT::from_bytes(pieces)))
+    }
+
+    /// A TLSA record (`usage selector matching data`).
+    pub fn tlsa(&self, name: &str, usage: u8, selector: u8, matching: u8, data: &[u8]) -> &Self {
+        self.add(
+            name,
+            RData::TLSA(TLSA::new(
+                CertUsage::from(usage),
+                Selector::from(selector),
+                Matching::from(matching),
+                data.to_vec(),
+            )),
+        )
+    }
+
+    /// Sign the zone at `apex` (see the module documentation). Returns its
+    /// DNSKEY record as a trust anchor line
+    /// (`apex. 3600 IN DNSKEY 257 3 13 ...`).
+    pub fn sign_zone(&self, apex: &str) -> String {
+        let pkcs8 = EcdsaSigningKey::generate_pkcs8(Algorithm::ECDSAP256SHA256)
+            .expect("generate a zone key");
+        let signing_key = EcdsaSigningKey::from_pkcs8(&pkcs8, Algorithm::ECDSAP256SHA256)
+            .expect("load the zone key");
+        let public = signing_key.to_public_key().expect("public key");
+        let dnskey = DNSKEY::from_key(&public);
+        let signer = DnssecSigner::new(
+            dnskey.clone(),
+            Box::new(signing_key),
+            dns_name(apex),
+            std::time::Duration::from_secs(86_400),
+        );
+        let k = key(apex);
+        self.add_ttl(
+            apex,
+            ZONE_TTL,
+            RData::DNSSEC(DNSSECRData::DNSKEY(dnskey.clone())),
+        );
+        self.add_ttl(apex, ZONE_TTL, soa_record(&k).data);
+        self.table().zones.push(Zone {
+            apex: k.clone(),
+            signer: Arc::new(signer),
+        });
+        format!("{k}. {ZONE_TTL} IN DNSKEY {dnskey}\n")
+    }
+
+    /// Make `child` an unsigned zone delegated from the signed zone above
+    /// it: an NS record, and a signed NSEC at `child` proving that it has
+    /// no DS record.
+    pub fn insecure_delegation(&self, child: &str) -> &Self {
+        self.add(
+            child,
+            RData::NS(NS(dns_name(&format!("ns.{}", key(child))))),
+        );
+        self.table().delegations.push(key(child));
+        self
+    }
+
+    /// Sign the records of `name` with signatures that do not verify.
+    pub fn break_signatures(&self, name: &str) -> &Self {
+        self.table().bogus.insert(key(name));
+        self
+    }
+
+    /// One TXT record with a TTL (0: resolvers do not cache it, so a test
+    /// can change it and be seen at once).
+    pub fn txt_ttl(&self, name: &str, ttl: u32, text: &str) -> &Self {
+        let pieces: Vec<&[u8]> = text.as_bytes().chunks(255).collect();
+        self.add_ttl(name, ttl, RData::TXT(TXT::from_bytes(pieces)))
     }
 
     pub fn cname(&self, name: &str, target: &str) -> &Self {
@@ -390,6 +496,8 @@ fn answer(request: &[u8], shared: &Shared, tcp: bool) -> Option<(Message, usize)
             name: qname.clone(),
             rtype: qtype,
             tcp,
+            dnssec_ok: req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+            ad: req.metadata.authentic_data,
         });
     let table = shared.table.lock().unwrap_or_else(|e| e.into_inner());
     resp.metadata.authentic_data = *table.ad.get(&qname).unwrap_or(&table.ad_default);
@@ -402,6 +510,17 @@ fn answer(request: &[u8], shared: &Shared, tcp: bool) -> Option<(Message, usize)
         Some(Behaviour::ServFail) => {
             resp.metadata.response_code = ResponseCode::ServFail;
             resp.metadata.authentic_data = false;
+            return Some((resp, max));
+        }
+        Some(Behaviour::Bogus) => {
+            resp.metadata.response_code = ResponseCode::ServFail;
+            resp.metadata.authentic_data = false;
+            let mut edns = Edns::new();
+            edns.set_max_payload(1232);
+            let mut ede = 6u16.to_be_bytes().to_vec();
+            ede.extend_from_slice(b"DNSSEC Bogus");
+            edns.options_mut().insert(EdnsOption::Unknown(15, ede));
+            resp.set_edns(edns);
             return Some((resp, max));
         }
         Some(Behaviour::Refused) => {
@@ -452,7 +571,115 @@ fn answer(request: &[u8], shared: &Shared, tcp: bool) -> Option<(Message, usize)
             }
         }
     }
+    if req.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok) {
+        add_dnssec(&mut resp, &table, &name, qtype);
+    }
     Some((resp, max))
+}
+
+/// The signed zone whose key signs `name`'s records of type `rtype`, if
+/// any. At an insecure delegation only DS and NSEC belong to the parent;
+/// DS at a zone apex belongs to the zone above.
+fn signing_zone<'t>(table: &'t Table, name: &str, rtype: RecordType) -> Option<&'t Zone> {
+    let under = |apex: &str| name == apex || name.ends_with(&format!(".{apex}"));
+    for d in &table.delegations {
+        let parent_side = name == d && matches!(rtype, RecordType::DS | RecordType::NSEC);
+        if under(d) && !parent_side {
+            return None;
+        }
+    }
+    // A DS record belongs to the parent side of the zone cut.
+    table
+        .zones
+        .iter()
+        .filter(|z| under(&z.apex) && !(rtype == RecordType::DS && name == z.apex))
+        .max_by_key(|z| z.apex.len())
+}
+
+/// Negative answers in a signed zone get the apex SOA and an NSEC at the
+/// name; then every RRset of a signed zone gets its RRSIG.
+fn add_dnssec(resp: &mut Message, table: &Table, name: &str, qtype: RecordType) {
+    let has_answer = resp
+        .answers
+        .iter()
+        .any(|r| key(&r.name.to_ascii()) == name && r.record_type() == qtype);
+    let rcode = resp.metadata.response_code;
+    if !has_answer && matches!(rcode, ResponseCode::NoError | ResponseCode::NXDomain) {
+        if let Some(zone) = signing_zone(table, name, qtype) {
+            let types: Vec<RecordType> = table
+                .records
+                .get(name)
+                .map(|rs| rs.iter().map(|r| r.record_type()).collect())
+                .unwrap_or_default();
+            // The name's immediate successor in canonical order.
+            let zero =
+                hickory_proto::rr::domain::Label::from_raw_bytes(&[0]).expect("a one-byte label");
+            let next = dns_name(name)
+                .prepend_label(zero)
+                .expect("a name below the queried one");
+            resp.authorities.clear();
+            resp.add_authority(soa_record(&zone.apex));
+            resp.add_authority(Record::from_rdata(
+                dns_name(name),
+                NEGATIVE_TTL,
+                RData::DNSSEC(DNSSECRData::NSEC(NSEC::new_cover_self(next, types))),
+            ));
+            resp.metadata.response_code = ResponseCode::NoError;
+        }
+    }
+    resp.answers = with_signatures(std::mem::take(&mut resp.answers), table);
+    resp.authorities = with_signatures(std::mem::take(&mut resp.authorities), table);
+}
+
+/// `records` with an RRSIG after each RRset that a signed zone owns.
+fn with_signatures(records: Vec<Record>, table: &Table) -> Vec<Record> {
+    let mut sets: Vec<Vec<Record>> = Vec::new();
+    for r in records {
+        match sets
+            .iter_mut()
+            .find(|s| s[0].name == r.name && s[0].record_type() == r.record_type())
+        {
+            Some(set) => set.push(r),
+            None => sets.push(vec![r]),
+        }
+    }
+    let mut out = Vec::new();
+    for set in sets {
+        let owner = key(&set[0].name.to_ascii());
+        let sig = signing_zone(table, &owner, set[0].record_type())
+            .map(|z| rrsig(&z.signer, &set, table.bogus.contains(&owner)));
+        out.extend(set);
+        out.extend(sig);
+    }
+    out
+}
+
+fn rrsig(signer: &DnssecSigner, set: &[Record], broken: bool) -> Record {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as u32;
+    let first = &set[0];
+    let input = SigInput {
+        type_covered: first.record_type(),
+        algorithm: signer.key().algorithm(),
+        num_labels: first.name.num_labels(),
+        original_ttl: first.ttl,
+        sig_expiration: SerialNumber::new(now + 86_400),
+        sig_inception: SerialNumber::new(now - 3600),
+        key_tag: signer.calculate_key_tag().expect("key tag"),
+        signer_name: signer.signer_name().clone(),
+    };
+    let tbs = TBS::from_input(&first.name, DNSClass::IN, &input, set.iter()).expect("to sign");
+    let mut sig = signer.sign(&tbs).expect("sign");
+    if broken {
+        sig[4] ^= 0xff;
+    }
+    Record::from_rdata(
+        first.name.clone(),
+        first.ttl,
+        RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(input, sig))),
+    )
 }
 
 /// A name exists if it has records or a name below it has.
@@ -462,6 +689,20 @@ fn exists(table: &Table, name: &str) -> bool {
         .records
         .keys()
         .any(|k| k == name || k.ends_with(&suffix))
+}
+
+/// The SOA record of a zone apex.
+fn soa_record(apex: &str) -> Record {
+    let soa = SOA::new(
+        dns_name(&format!("ns.{apex}")),
+        dns_name(&format!("hostmaster.{apex}")),
+        1,
+        3600,
+        600,
+        86400,
+        NEGATIVE_TTL,
+    );
+    Record::from_rdata(dns_name(apex), NEGATIVE_TTL, RData::SOA(soa))
 }
 
 /// An SOA for negative answers about `name`, owned by its parent zone

@@ -129,6 +129,27 @@ impl SinkTls {
         }
     }
 
+    /// A self-signed certificate for `names`, and the SHA-256 digest of
+    /// its public key (SubjectPublicKeyInfo): the data of a `3 1 1` TLSA
+    /// record (DANE-EE, SPKI, SHA-256) that matches it.
+    pub fn self_signed_with_spki_sha256(names: &[&str]) -> (SinkTls, Vec<u8>) {
+        let ck = rcgen::generate_simple_self_signed(
+            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .expect("self-signed certificate");
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&ck.signing_key);
+        let digest = ring::digest::digest(&ring::digest::SHA256, &spki)
+            .as_ref()
+            .to_vec();
+        let tls = SinkTls::Cert {
+            chain: vec![ck.cert.der().clone()],
+            key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                ck.signing_key.serialize_der(),
+            ))),
+        };
+        (tls, digest)
+    }
+
     /// A self-signed certificate for `names`.
     pub fn self_signed(names: &[&str]) -> SinkTls {
         let ck = rcgen::generate_simple_self_signed(
