@@ -379,3 +379,62 @@ fn postfix_delivers_by_mta_sts() {
         "mta-sts e2e: PASS enforce verified, enforce untrusted deferred, testing opportunistic"
     );
 }
+
+#[test]
+fn check_config_and_start_name_cache_file_problems() {
+    let keep = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_pem = keep.path().join("ca.pem");
+    ca.write_pem(&ca_pem);
+    let dir = keep.path();
+    std::fs::write(dir.join("policy.toml"), "default = \"opportunistic\"\n").unwrap();
+    let write = |cache: &Path| {
+        let p = dir.join("tls-policyd.toml");
+        std::fs::write(&p, config(cache, &ca_pem)).unwrap();
+        p
+    };
+
+    let cfg = write(&dir.join("cache.sqlite"));
+    let (ok, out, err) = run(Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg));
+    assert!(ok, "{err}");
+    assert!(out.contains("mta-sts       cache "), "{out}");
+    assert!(
+        out.contains("(created on start); lookups wait at most 5s; answers for Postfix 3.4"),
+        "{out}"
+    );
+
+    let cfg = write(&dir.join("missing-dir/cache.sqlite"));
+    let (ok, _, err) = run(Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg));
+    assert!(!ok);
+    assert!(err.contains("key `mta_sts.cache_file`: directory"), "{err}");
+
+    // Not a cache: the daemon does not start, and says why.
+    let junk = dir.join("junk.sqlite");
+    std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+    let cfg = write(&junk);
+    let (ok, _, err) = run(Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg));
+    assert!(!ok);
+    assert!(err.contains("junk.sqlite"), "{err}");
+    let (ok, _, err) = run(Command::new(BIN).args(["serve", "--config"]).arg(&cfg));
+    assert!(!ok);
+    assert!(err.contains("mta_sts: cache file"), "{err}");
+    assert!(err.contains("move it away"), "{err}");
+
+    // tlsrpt needs Postfix 3.10.
+    let p = dir.join("tls-policyd.toml");
+    let text = config(&dir.join("cache.sqlite"), &ca_pem)
+        .replace("[mta_sts]\n", "[mta_sts]\ntlsrpt = true\n");
+    std::fs::write(&p, text).unwrap();
+    let (ok, _, err) = run(Command::new(BIN).args(["check-config", "--config"]).arg(&p));
+    assert!(!ok);
+    assert!(
+        err.contains("key `mta_sts.tlsrpt`: needs Postfix 3.10"),
+        "{err}"
+    );
+}

@@ -288,6 +288,8 @@ impl MtaSts {
             tracing::warn!(cache = %config.cache_file.display(), skipped, "unusable rows in the cache file ignored");
         }
         let src = MtaSts::new(config, resolver, entries, Some(store))?;
+        // The rows and their JSON were read whole; give that memory back.
+        crate::memory::release_free_memory();
         tracing::info!(
             cache = %config.cache_file.display(),
             policies = src.policy_count(),
