@@ -13,12 +13,15 @@ use crate::engine::Engine;
 use crate::frontends::socketmap;
 use crate::listen::{ListenAddr, Listener};
 use crate::log::record::{DecisionLog, Target};
+use crate::metrics::Metrics;
 use crate::sources::static_file::StaticPolicy;
 
 /// Everything a front door needs, shared behind an `Arc`.
 pub struct Context {
     pub engine: Engine,
     pub log: DecisionLog,
+    /// Counters for the metrics listener and `status`.
+    pub metrics: Arc<Metrics>,
     socketmap: ArcSwap<socketmap::Settings>,
     config_path: PathBuf,
     config: ArcSwap<Config>,
@@ -58,6 +61,16 @@ pub struct ReloadReport {
 impl Context {
     /// Load the policy file and open the decision log for a config.
     pub fn new(config_path: &Path, config: Config) -> Result<Context, StartError> {
+        Context::with_metrics(config_path, config, Arc::new(Metrics::new()))
+    }
+
+    /// [`Context::new`] recording into `metrics` (which the operational
+    /// log's [`crate::metrics::ErrorCapture`] may share).
+    pub fn with_metrics(
+        config_path: &Path,
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Context, StartError> {
         let policy = StaticPolicy::load(&config.policy.file).map_err(StartError::Policy)?;
         let target = Target::from_setting(&config.log.decisions);
         let log = DecisionLog::start(target.clone()).map_err(|e| StartError::Log(target, e))?;
@@ -73,6 +86,7 @@ impl Context {
         Ok(Context {
             engine: Engine::new(policy),
             log,
+            metrics,
             socketmap: ArcSwap::from_pointee(settings),
             config_path: config_path.to_path_buf(),
             config: ArcSwap::from_pointee(config),
@@ -96,6 +110,18 @@ impl Context {
     /// and the policy file. Nothing changes unless both load cleanly: a
     /// broken file leaves the running policy in place.
     pub fn reload(&self) -> Result<ReloadReport, StartError> {
+        let result = self.reload_inner();
+        match &result {
+            Ok(_) => self.metrics.reload(Ok(())),
+            Err(e) => {
+                self.metrics.error("reload", "invalid_config");
+                self.metrics.reload(Err(e.to_string()));
+            }
+        }
+        result
+    }
+
+    fn reload_inner(&self) -> Result<ReloadReport, StartError> {
         let old = self.config.load_full();
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
@@ -128,6 +154,9 @@ impl Context {
         }
         if old.log.level != new.log.level {
             needs_restart.push("log.level");
+        }
+        if old.metrics != new.metrics {
+            needs_restart.push("metrics");
         }
         self.engine.replace_policy(policy);
         if let Some(s) = &new.socketmap {

@@ -10,9 +10,13 @@ pub mod daemon;
 pub mod dns;
 pub mod engine;
 pub mod frontends;
+pub mod health;
+pub mod http;
 pub mod listen;
 pub mod log;
 pub mod memory;
+pub mod metrics;
+pub mod notify;
 pub mod prober;
 pub mod sources;
 

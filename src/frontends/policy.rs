@@ -67,6 +67,7 @@ use crate::engine::refusal::{
 };
 use crate::listen::{Conn, ListenAddr, Listener, SocketOptions, parse_mode};
 use crate::log::record::{DecisionLog, DecisionRecord, RecipientRecord};
+use crate::metrics::{Frontend, Metrics};
 use crate::sources::static_file::{SenderHit, StaticPolicy};
 
 /// Recipients remembered per message; more are answered and logged at
@@ -224,6 +225,10 @@ impl From<&PolicyServerConfig> for Settings {
 pub trait Backend: Send + Sync {
     fn engine(&self) -> &Engine;
     fn decision_log(&self) -> &DecisionLog;
+    /// Where requests, decisions and errors are counted, if anywhere.
+    fn metrics(&self) -> Option<&Arc<Metrics>> {
+        None
+    }
 }
 
 impl Backend for Context {
@@ -233,6 +238,10 @@ impl Backend for Context {
 
     fn decision_log(&self) -> &DecisionLog {
         &self.log
+    }
+
+    fn metrics(&self) -> Option<&Arc<Metrics>> {
+        Some(&self.metrics)
     }
 }
 
@@ -247,6 +256,12 @@ pub struct PolicyDeps {
 }
 
 impl PolicyDeps {
+    fn count_error(&self, kind: &'static str) {
+        if let Some(m) = self.backend.metrics() {
+            m.error("policy", kind);
+        }
+    }
+
     pub fn new(
         backend: Arc<dyn Backend>,
         config: &PolicyServerConfig,
@@ -289,8 +304,13 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
                     instance: None,
                 };
                 let shutdown = shutdown.clone();
+                let open = deps
+                    .backend
+                    .metrics()
+                    .map(|m| m.connection(Frontend::Policy));
                 conns.spawn(async move {
                     let _permit = permit;
+                    let _open = open;
                     match conn {
                         Conn::Tcp(s) => server.connection(s, &shutdown).await,
                         Conn::Unix(s) => server.connection(s, &shutdown).await,
@@ -298,6 +318,7 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
                 });
             }
             Err(e) => {
+                deps.count_error("accept");
                 tracing::warn!(error = %e, "policy server accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -360,6 +381,7 @@ impl Server {
                         }
                     }
                     Err(e) => {
+                        self.deps.count_error("malformed_request");
                         tracing::warn!(
                             peer = %self.peer,
                             error = %e,
@@ -400,6 +422,7 @@ impl Server {
             match read {
                 Ok(0) => {
                     if decoder.in_request() {
+                        self.deps.count_error("incomplete_request");
                         tracing::warn!(peer = %self.peer, "policy client closed mid-request");
                     }
                     return;
@@ -419,10 +442,17 @@ impl Server {
         let settings = self.deps.settings.load_full();
         let limit = settings.request_timeout;
         let peer = self.peer.clone();
+        let started = Instant::now();
+        let deps = self.deps.clone();
         let work = CatchUnwind(Box::pin(self.respond(request, settings)));
-        match tokio::time::timeout(limit, work).await {
+        let result = tokio::time::timeout(limit, work).await;
+        if let Some(m) = deps.backend.metrics() {
+            m.lookup(Frontend::Policy, started.elapsed());
+        }
+        match result {
             Ok(Ok(action)) => action.text,
             Ok(Err(panic)) => {
+                deps.count_error("internal");
                 tracing::error!(
                     peer = %peer,
                     problem = panic_text(&panic),
@@ -431,6 +461,7 @@ impl Server {
                 Action::dunno().text
             }
             Err(_) => {
+                deps.count_error("timeout");
                 tracing::warn!(
                     peer = %peer,
                     timeout = ?limit,
@@ -482,6 +513,9 @@ impl Server {
         let sender = request.value("sender");
         let engine = self.deps.backend.engine();
         let ruling = rule_recipient(engine, recipient, sender, settings).await;
+        if let Some(m) = self.deps.backend.metrics() {
+            m.decision(Frontend::Policy, &ruling.decision);
+        }
         let assessment = self.assess(&ruling);
         let refusal = match &assessment {
             Assessment::Cannot { requirement, found } => ruling.domain().and_then(|d| {
