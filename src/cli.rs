@@ -1,5 +1,5 @@
-//! The administrator's commands besides `serve`: `explain`, `check-config`
-//! and `log`. Each returns text (or an error text) so `main` only prints.
+//! The administrator's commands besides `serve`: `explain`, `probe`,
+//! `check-config` and `log`. Each returns text (or an error text) so `main` only prints.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,8 +8,10 @@ use serde_json::json;
 
 use crate::config::{Config, DefaultReply};
 use crate::engine::{Engine, Explanation};
+use crate::frontends::policy;
 use crate::frontends::socketmap::{self, MapKind};
 use crate::log::reader::{self, LogQuery, OutputFormat};
+use crate::prober::{self, Prober};
 use crate::sources::static_file::StaticPolicy;
 
 /// Load config and policy file, or say precisely what is wrong.
@@ -33,6 +35,26 @@ pub fn check_config(config_path: &Path) -> Result<String, String> {
             match s.default_reply {
                 DefaultReply::Policy => "the default policy",
                 DefaultReply::Notfound => "NOTFOUND",
+            }
+        );
+    }
+    if let Some(p) = &config.policy_server {
+        out += &format!(
+            "  policy server {} (refuse {}, sender-rule transport {:?}{})\n",
+            p.listen,
+            p.refuse.as_str(),
+            p.forced_transport,
+            match &p.trace_header {
+                Some(h) => format!(", trace header {h}"),
+                None => String::new(),
+            }
+        );
+        out += &format!(
+            "  prober        {}\n",
+            if config.prober.enabled {
+                "background probes on"
+            } else {
+                "background probes off"
             }
         );
     }
@@ -74,7 +96,7 @@ pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, S
         .socketmap
         .as_ref()
         .map(socketmap::Settings::from)
-        .ok_or("no [socketmap] section")?;
+        .unwrap_or_default();
     let replies: Vec<(Arc<str>, String)> = [
         (settings.map.clone(), MapKind::Policy),
         (settings.forced_map.clone(), MapKind::Forced),
@@ -89,6 +111,62 @@ pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, S
         explain_json(&x, &replies)
     } else {
         explain_text(&x, &replies)
+    })
+}
+
+/// `tls-policyd probe`: probe a domain's mail servers now, then show what
+/// was found, the decision for the domain and what the policy server would
+/// answer at RCPT with that knowledge.
+pub fn probe(config_path: &Path, domain: &str, as_json: bool) -> Result<String, String> {
+    let (config, policy) = load(config_path)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    rt.block_on(async {
+        let resolver = crate::dns::build_resolver(&config.dns).map_err(|e| format!("dns: {e}"))?;
+        let prober = Prober::new(config.prober.clone(), resolver).map_err(|e| e.to_string())?;
+        let found = prober.probe(domain).await;
+        let engine = Engine::new(policy);
+        let settings = config
+            .policy_server
+            .as_ref()
+            .map(policy::Settings::from)
+            .unwrap_or_default();
+        let (decision, action) = policy::rcpt_answer(&engine, domain, &settings, &prober).await;
+        Ok(if as_json {
+            let mut v: serde_json::Value = serde_json::from_str(&prober::render_json(&found))
+                .map_err(|e| format!("cannot render the probe: {e}"))?;
+            v["decision"] = json!({
+                "tls": decision.tls(),
+                "level": decision.policy.as_ref(),
+                "source": decision.source,
+                "rule": decision.rule,
+                "reason": decision.reason.as_ref(),
+            });
+            v["policy_server_answer"] = json!(action);
+            let mut text = serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?;
+            text.push('\n');
+            text
+        } else {
+            let mut text = prober::render_text(&found);
+            if !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text += &format!(
+                "decision     {} TLS, Postfix level \"{}\" (source {}{})\n",
+                decision.tls(),
+                decision.policy,
+                decision.source,
+                decision
+                    .rule
+                    .map(|r| format!(", rule {r}"))
+                    .unwrap_or_default()
+            );
+            text += &format!("reason       {}\n", decision.reason);
+            text += &format!("at RCPT      {action}\n");
+            text
+        })
     })
 }
 

@@ -12,6 +12,10 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use crate::dns::DnsConfig;
+use crate::frontends::policy::PolicyServerConfig;
+use crate::prober::ProberConfig;
+
 use crate::listen::{ListenAddr, SocketOptions, parse_mode};
 
 /// Prefix of environment overrides.
@@ -21,9 +25,17 @@ pub const ENV_PREFIX: &str = "TLS_POLICYD_";
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub socketmap: Option<SocketmapConfig>,
+    /// The policy delegation server (`check_policy_service`).
+    pub policy_server: Option<PolicyServerConfig>,
     pub policy: PolicyConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The STARTTLS prober behind early refusals.
+    #[serde(default)]
+    pub prober: ProberConfig,
+    /// The resolver for MX lookups.
+    #[serde(default)]
+    pub dns: DnsConfig,
     /// The HTTP listener for Prometheus metrics and the health endpoint.
     pub metrics: Option<MetricsConfig>,
 }
@@ -62,16 +74,16 @@ pub struct SocketmapConfig {
     pub idle_timeout: Duration,
 }
 
-fn default_map() -> String {
+pub(crate) fn default_map() -> String {
     "tls_policy".into()
 }
-fn default_forced_map() -> String {
+pub(crate) fn default_forced_map() -> String {
     "tls_forced".into()
 }
 fn default_max_connections() -> usize {
     1024
 }
-fn default_idle() -> Duration {
+pub(crate) fn default_idle() -> Duration {
     Duration::from_secs(300)
 }
 
@@ -153,6 +165,14 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
+    /// A section's own check, `"key: problem"`, as `section.key`.
+    fn in_section(file: &Path, section: &str, message: &str) -> ConfigError {
+        match message.split_once(": ") {
+            Some((key, problem)) => Self::one(file, &format!("{section}.{key}"), problem),
+            None => Self::one(file, section, message),
+        }
+    }
+
     fn one(file: &Path, key: &str, problem: impl fmt::Display) -> ConfigError {
         ConfigError {
             messages: vec![format!("{}: key `{key}`: {problem}", file.display())],
@@ -199,16 +219,51 @@ impl Config {
         {
             resolve(p);
         }
+        if let Some(s) = &mut self.policy_server
+            && let ListenAddr::Unix(p) = &mut s.listen
+        {
+            resolve(p);
+        }
+        if let Some(p) = &mut self.prober.extra_ca_file {
+            resolve(p);
+        }
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let Some(s) = &self.socketmap else {
+        if self.socketmap.is_none() && self.policy_server.is_none() {
             return Err(ConfigError::one(
                 path,
                 "socketmap",
-                "no front door is configured; add a [socketmap] section with `listen`",
+                "no front door is configured; add a [socketmap] or [policy_server] section with `listen`",
             ));
-        };
+        }
+        if let Some(s) = &self.socketmap {
+            Self::validate_socketmap(path, s)?;
+        }
+        if let Some(p) = &self.policy_server {
+            p.validate()
+                .map_err(|(key, problem)| ConfigError::one(path, key, problem))?;
+        }
+        self.prober
+            .validate()
+            .map_err(|e| ConfigError::in_section(path, "prober", &e))?;
+        self.dns
+            .validate()
+            .map_err(|e| ConfigError::in_section(path, "dns", &e))?;
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::one(
+                path,
+                "log.level",
+                format!(
+                    "{:?} is not a log level (error, warn, info, debug, trace)",
+                    self.log.level
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_socketmap(path: &Path, s: &SocketmapConfig) -> Result<(), ConfigError> {
         for (key, name) in [
             ("socketmap.map", &s.map),
             ("socketmap.forced_map", &s.forced_map),
@@ -241,16 +296,6 @@ impl Config {
         }
         if let Some(m) = &s.socket_mode {
             parse_mode(m).map_err(|e| ConfigError::one(path, "socketmap.socket_mode", e))?;
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(ConfigError::one(
-                path,
-                "log.level",
-                format!(
-                    "{:?} is not a log level (error, warn, info, debug, trace)",
-                    self.log.level
-                ),
-            ));
         }
         Ok(())
     }

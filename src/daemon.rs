@@ -10,10 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::frontends::socketmap;
+use crate::engine::refusal::TlsKnowledge;
+use crate::frontends::{policy, socketmap};
 use crate::listen::{ListenAddr, Listener};
 use crate::log::record::{DecisionLog, Target};
 use crate::metrics::Metrics;
+use crate::prober::{Prober, ProberError};
 use crate::sources::static_file::StaticPolicy;
 
 /// Everything a front door needs, shared behind an `Arc`.
@@ -22,7 +24,11 @@ pub struct Context {
     pub log: DecisionLog,
     /// Counters for the metrics listener and `status`.
     pub metrics: Arc<Metrics>,
+    /// The STARTTLS prober: what early refusals know. Built when a front
+    /// door that refuses is configured.
+    pub prober: Option<Prober>,
     socketmap: ArcSwap<socketmap::Settings>,
+    policy_server: Arc<ArcSwap<policy::Settings>>,
     config_path: PathBuf,
     config: ArcSwap<Config>,
     last_reload: ArcSwap<SystemTime>,
@@ -35,6 +41,8 @@ pub enum StartError {
     Policy(crate::sources::static_file::PolicyError),
     Log(Target, std::io::Error),
     Bind(ListenAddr, std::io::Error),
+    Dns(crate::dns::DnsError),
+    Prober(ProberError),
 }
 
 impl std::fmt::Display for StartError {
@@ -44,6 +52,8 @@ impl std::fmt::Display for StartError {
             StartError::Policy(e) => e.fmt(f),
             StartError::Log(t, e) => write!(f, "cannot open decision log {t}: {e}"),
             StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            StartError::Dns(e) => write!(f, "dns: {e}"),
+            StartError::Prober(e) => e.fmt(f),
         }
     }
 }
@@ -72,26 +82,47 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Result<Context, StartError> {
         let policy = StaticPolicy::load(&config.policy.file).map_err(StartError::Policy)?;
+        let prober = match &config.policy_server {
+            Some(_) => {
+                let resolver = crate::dns::build_resolver(&config.dns).map_err(StartError::Dns)?;
+                let prober =
+                    Prober::new(config.prober.clone(), resolver).map_err(StartError::Prober)?;
+                prober.attach_metrics(metrics.clone());
+                Some(prober)
+            }
+            None => None,
+        };
         let target = Target::from_setting(&config.log.decisions);
         let log = DecisionLog::start(target.clone()).map_err(|e| StartError::Log(target, e))?;
-        let settings = config
+        let socketmap = config
             .socketmap
             .as_ref()
             .map(socketmap::Settings::from)
-            .ok_or_else(|| {
-                StartError::Config(crate::config::ConfigError {
-                    messages: vec![format!("{}: no [socketmap] section", config_path.display())],
-                })
-            })?;
+            .unwrap_or_default();
+        let policy_server = config
+            .policy_server
+            .as_ref()
+            .map(policy::Settings::from)
+            .unwrap_or_default();
         Ok(Context {
             engine: Engine::new(policy),
             log,
             metrics,
-            socketmap: ArcSwap::from_pointee(settings),
+            prober,
+            socketmap: ArcSwap::from_pointee(socketmap),
+            policy_server: Arc::new(ArcSwap::from_pointee(policy_server)),
             config_path: config_path.to_path_buf(),
             config: ArcSwap::from_pointee(config),
             last_reload: ArcSwap::from_pointee(SystemTime::now()),
         })
+    }
+
+    /// What early refusals rely on: the prober, or nothing.
+    pub fn knowledge(&self) -> Arc<dyn TlsKnowledge> {
+        match &self.prober {
+            Some(p) => Arc::new(p.clone()),
+            None => Arc::new(crate::engine::refusal::NoKnowledge),
+        }
     }
 
     pub fn socketmap_settings(&self) -> arc_swap::Guard<Arc<socketmap::Settings>> {
@@ -152,6 +183,32 @@ impl Context {
                 needs_restart.push("socketmap.socket_*");
             }
         }
+        match (&old.policy_server, &new.policy_server) {
+            (Some(o), Some(n)) => {
+                if o.listen != n.listen {
+                    needs_restart.push("policy_server.listen");
+                }
+                if o.max_connections != n.max_connections {
+                    needs_restart.push("policy_server.max_connections");
+                }
+                if (&o.socket_mode, &o.socket_owner, &o.socket_group)
+                    != (&n.socket_mode, &n.socket_owner, &n.socket_group)
+                {
+                    needs_restart.push("policy_server.socket_*");
+                }
+            }
+            (None, None) => {}
+            _ => needs_restart.push("policy_server"),
+        }
+        if old.socketmap.is_some() != new.socketmap.is_some() {
+            needs_restart.push("socketmap");
+        }
+        if old.prober != new.prober {
+            needs_restart.push("prober");
+        }
+        if old.dns != new.dns {
+            needs_restart.push("dns");
+        }
         if old.log.level != new.log.level {
             needs_restart.push("log.level");
         }
@@ -161,6 +218,10 @@ impl Context {
         self.engine.replace_policy(policy);
         if let Some(s) = &new.socketmap {
             self.socketmap.store(Arc::new(socketmap::Settings::from(s)));
+        }
+        if let Some(s) = &new.policy_server {
+            self.policy_server
+                .store(Arc::new(policy::Settings::from(s)));
         }
         self.log.reopen(Target::from_setting(&new.log.decisions));
         self.config.store(Arc::new(new));
@@ -174,31 +235,61 @@ impl Context {
 
 /// The bound sockets of every front door.
 pub struct Listeners {
-    pub socketmap: Listener,
+    pub socketmap: Option<Listener>,
+    pub policy_server: Option<Listener>,
 }
 
 impl Listeners {
     /// Bind what the config asks for. Must run inside a tokio runtime.
     pub fn bind(config: &Config) -> Result<Listeners, StartError> {
-        let s = config.socketmap.as_ref().ok_or_else(|| {
-            StartError::Config(crate::config::ConfigError {
-                messages: vec!["no [socketmap] section".into()],
-            })
-        })?;
-        let socketmap = Listener::bind(&s.listen, &s.socket_options())
-            .map_err(|e| StartError::Bind(s.listen.clone(), e))?;
-        Ok(Listeners { socketmap })
+        let bind = |addr: &ListenAddr, opts: &crate::listen::SocketOptions| {
+            Listener::bind(addr, opts).map_err(|e| StartError::Bind(addr.clone(), e))
+        };
+        let socketmap = match &config.socketmap {
+            Some(s) => Some(bind(&s.listen, &s.socket_options())?),
+            None => None,
+        };
+        let policy_server = match &config.policy_server {
+            Some(s) => Some(bind(&s.listen, &s.socket_options())?),
+            None => None,
+        };
+        Ok(Listeners {
+            socketmap,
+            policy_server,
+        })
+    }
+
+    /// Each bound front door with its name, for the "listening" lines.
+    pub fn each(&self) -> Vec<(&'static str, &Listener)> {
+        [
+            ("socketmap", self.socketmap.as_ref()),
+            ("policy", self.policy_server.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, l)| l.map(|l| (name, l)))
+        .collect()
     }
 }
 
 /// Serve every front door until `shutdown` is cancelled, then let open
 /// connections finish and flush the decision log.
 pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: CancellationToken) {
-    let max = ctx
-        .config()
-        .socketmap
-        .as_ref()
-        .map_or(1, |s| s.max_connections);
-    socketmap::serve(listeners.socketmap, ctx.clone(), max, shutdown).await;
+    let config = ctx.config();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(l) = listeners.socketmap {
+        let max = config.socketmap.as_ref().map_or(1, |s| s.max_connections);
+        tasks.spawn(socketmap::serve(l, ctx.clone(), max, shutdown.clone()));
+    }
+    if let (Some(l), Some(c)) = (listeners.policy_server, &config.policy_server) {
+        let deps = policy::PolicyDeps {
+            backend: ctx.clone(),
+            settings: ctx.policy_server.clone(),
+            knowledge: ctx.knowledge(),
+            max_connections: c.max_connections,
+        };
+        tasks.spawn(policy::serve(l, deps, shutdown.clone()));
+    }
+    drop(config);
+    while tasks.join_next().await.is_some() {}
     ctx.log.close();
 }

@@ -49,6 +49,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Probe a domain's mail servers for STARTTLS now and show what the
+    /// policy decision and the policy server's answer would be.
+    Probe {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The recipient domain.
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Load the config and policy file as `serve` would; exit 1 on errors.
     CheckConfig {
         #[arg(long, short)]
@@ -103,6 +113,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve(config),
         Command::Explain { config, key, json } => print(cli::explain(&config, &key, json)),
+        Command::Probe {
+            config,
+            domain,
+            json,
+        } => print(cli::probe(&config, &domain, json)),
         Command::CheckConfig { config } => print(cli::check_config(&config)),
         Command::Status {
             config,
@@ -250,7 +265,7 @@ fn serve(config_path: PathBuf) -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signals.handle(ctx.clone(), shutdown.clone(), notifier.clone()));
-        let mut bound = vec![("socketmap", &listeners.socketmap)];
+        let mut bound = listeners.each();
         bound.extend(metrics_listener.as_ref().map(|l| ("metrics", l)));
         let mut addresses = Vec::new();
         for (name, l) in bound {

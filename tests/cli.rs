@@ -171,7 +171,7 @@ fn version_and_help() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    for want in ["serve", "explain", "check-config", "log"] {
+    for want in ["serve", "explain", "probe", "check-config", "log"] {
         assert!(
             commands.contains(&want),
             "{want} missing from --help\n{help}"
@@ -255,6 +255,99 @@ fn check_config_unknown_key() {
     assert!(err.contains(&s.config.display().to_string()), "{err}");
     assert!(err.contains("socketmap.lisen"), "{err}");
     assert!(err.contains("unknown field"), "{err}");
+}
+
+/// A config of `text` (plus the `[policy]` section) in a fresh directory.
+fn setup_raw(text: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tls-policyd.toml");
+    let policy = dir.path().join("policy.toml");
+    write(
+        &config,
+        &format!(
+            "{text}
+[policy]
+file = \"policy.toml\"\n"
+        ),
+    );
+    write(&policy, GOOD_POLICY);
+    Setup {
+        dir,
+        config,
+        policy,
+    }
+}
+
+#[test]
+fn check_config_policy_server_alone() {
+    let s = setup_raw(
+        "[policy_server]\nlisten = \"inet:127.0.0.1:10028\"\nrefuse = \"reject\"\ntrace_header = \"X-TLS-Policy\"\n",
+    );
+    let out = check_config(&s).ok().to_string();
+    assert!(out.contains("policy server inet:127.0.0.1:10028"), "{out}");
+    assert!(out.contains("refuse reject"), "{out}");
+    assert!(out.contains("\"smtp-tls-forced\""), "{out}");
+    assert!(out.contains("trace header X-TLS-Policy"), "{out}");
+    assert!(!out.contains("socketmap"), "{out}");
+    assert!(out.contains("background probes on"), "{out}");
+}
+
+#[test]
+fn check_config_names_the_key_in_new_sections() {
+    let listen = "[policy_server]\nlisten = \"inet:127.0.0.1:10028\"\n";
+    for (text, key, problem) in [
+        ("", "socketmap", "no front door is configured"),
+        (
+            "[policy_server]\nlisten = \"inet:127.0.0.1:10028\"\nrefuse = \"sometimes\"\n",
+            "policy_server.refuse",
+            "unknown variant",
+        ),
+        (
+            "[policy_server]\nlisten = \"inet:127.0.0.1:10028\"\nforced_transport = \"smtp:[relay]\"\n",
+            "policy_server.forced_transport",
+            "not a master.cf service name",
+        ),
+        (
+            "[policy_server]\nlisten = \"inet:127.0.0.1:10028\"\nrequest_timeout = \"soon\"\n",
+            "policy_server.request_timeout",
+            "not a duration",
+        ),
+        (
+            &format!("{listen}[prober]\nttl = \"0s\"\n"),
+            "prober.ttl",
+            "longer than zero",
+        ),
+        (
+            &format!("{listen}[prober]\nhelo_name = \"bad name\"\n"),
+            "prober.helo_name",
+            "not a host name",
+        ),
+        (
+            &format!("{listen}[prober]\nprobe_harder = true\n"),
+            "prober.probe_harder",
+            "unknown field",
+        ),
+        (
+            &format!("{listen}[dns]\nnameservers = [\"dns.example\"]\n"),
+            "dns.nameservers",
+            "dns.example",
+        ),
+        (
+            &format!("{listen}[dns]\nattempts = 0\n"),
+            "dns.attempts",
+            "at least 1",
+        ),
+    ] {
+        let s = setup_raw(text);
+        let r = check_config(&s);
+        let err = r.fails();
+        assert!(err.contains(&s.config.display().to_string()), "{err}");
+        assert!(
+            err.contains(&format!("`{key}`")) || err.contains(key),
+            "{key}: {err}"
+        );
+        assert!(err.contains(problem), "{key}: {err}");
+    }
 }
 
 /// Each policy-file problem: the message names the policy file, the rule

@@ -347,7 +347,7 @@ fn health_and_status_show_listeners_reloads_and_errors() {
     let (code, out, err) = status_of(&m);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("tls-policyd 0.1.0 (pid "), "{out}");
-    assert!(out.contains(&format!("): ok\n")), "{out}");
+    assert!(out.contains("): ok\n"), "{out}");
     assert!(
         out.contains(&format!(
             "listeners     socketmap  {sm} (0 open connections, 0 lookups)\n"

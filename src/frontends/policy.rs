@@ -209,6 +209,18 @@ pub struct Settings {
     pub request_timeout: Duration,
 }
 
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            refuse: RefuseMode::default(),
+            forced_transport: Arc::from(default_forced_transport()),
+            trace_header: None,
+            idle_timeout: default_idle(),
+            request_timeout: default_request_timeout(),
+        }
+    }
+}
+
 impl From<&PolicyServerConfig> for Settings {
     fn from(c: &PolicyServerConfig) -> Self {
         Settings {
@@ -516,19 +528,7 @@ impl Server {
         if let Some(m) = self.deps.backend.metrics() {
             m.decision(Frontend::Policy, &ruling.decision);
         }
-        let assessment = self.assess(&ruling);
-        let refusal = match &assessment {
-            Assessment::Cannot { requirement, found } => ruling.domain().and_then(|d| {
-                refusal_action(ruling.refuse, d, *requirement, found).map(|text| Action {
-                    verb: match ruling.refuse {
-                        RefuseMode::Reject => "REJECT",
-                        _ => "DEFER_IF_PERMIT",
-                    },
-                    text,
-                })
-            }),
-            _ => None,
-        };
+        let refusal = refusal_for(&ruling, self.deps.knowledge.as_ref());
         let action = match (refusal, &ruling.transport) {
             (Some(r), _) => r,
             (None, Some(t)) if self.messages.take_filter(instance) => Action {
@@ -549,21 +549,6 @@ impl Server {
         }
         self.deps.backend.decision_log().log(rec);
         action
-    }
-
-    /// Ask the knowledge source, when there is something to ask about.
-    fn assess(&self, ruling: &Ruling) -> Assessment {
-        if ruling.refuse == RefuseMode::Off || Requirement::of(ruling.decision.level).is_none() {
-            return Assessment::Deliverable;
-        }
-        let Some(domain) = ruling.domain() else {
-            return Assessment::Unknown;
-        };
-        let known = self.deps.knowledge.known(domain);
-        if known.is_none() {
-            self.deps.knowledge.schedule(domain);
-        }
-        assess(&ruling.decision, known.as_ref())
     }
 
     async fn data(&mut self, request: &Request, settings: &Settings) -> Action {
@@ -723,6 +708,54 @@ impl Ruling {
             action,
         }
     }
+}
+
+/// Ask the knowledge source, when there is something to ask about; a miss
+/// schedules a background probe.
+fn assess_ruling(ruling: &Ruling, knowledge: &dyn TlsKnowledge) -> Assessment {
+    if ruling.refuse == RefuseMode::Off || Requirement::of(ruling.decision.level).is_none() {
+        return Assessment::Deliverable;
+    }
+    let Some(domain) = ruling.domain() else {
+        return Assessment::Unknown;
+    };
+    let known = knowledge.known(domain);
+    if known.is_none() {
+        knowledge.schedule(domain);
+    }
+    assess(&ruling.decision, known.as_ref())
+}
+
+/// The refusal for a recipient, if what is known says its forced TLS
+/// cannot be met and refusals are on.
+fn refusal_for(ruling: &Ruling, knowledge: &dyn TlsKnowledge) -> Option<Action> {
+    match assess_ruling(ruling, knowledge) {
+        Assessment::Cannot { requirement, found } => ruling.domain().and_then(|d| {
+            refusal_action(ruling.refuse, d, requirement, &found).map(|text| Action {
+                verb: match ruling.refuse {
+                    RefuseMode::Reject => "REJECT",
+                    _ => "DEFER_IF_PERMIT",
+                },
+                text,
+            })
+        }),
+        _ => None,
+    }
+}
+
+/// What the policy server would answer at RCPT for a recipient in
+/// `domain` with a null sender, from what `knowledge` knows now: the
+/// decision and the action text (`DUNNO`, `DEFER_IF_PERMIT 4.7.10 …`).
+/// For `tls-policyd probe`.
+pub async fn rcpt_answer(
+    engine: &Engine,
+    domain: &str,
+    settings: &Settings,
+    knowledge: &dyn TlsKnowledge,
+) -> (Decision, String) {
+    let ruling = rule_recipient(engine, &format!("postmaster@{domain}"), "", settings).await;
+    let action = refusal_for(&ruling, knowledge).unwrap_or_else(Action::dunno);
+    (ruling.decision, action.text)
 }
 
 /// Decide for a recipient: the engine's decision for its domain, the

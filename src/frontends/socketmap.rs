@@ -35,6 +35,17 @@ pub struct Settings {
     pub idle_timeout: Duration,
 }
 
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            map: Arc::from(crate::config::default_map()),
+            forced_map: Arc::from(crate::config::default_forced_map()),
+            default_reply: DefaultReply::default(),
+            idle_timeout: crate::config::default_idle(),
+        }
+    }
+}
+
 impl From<&SocketmapConfig> for Settings {
     fn from(c: &SocketmapConfig) -> Self {
         Settings {

@@ -16,6 +16,7 @@
 //! `max_addresses_per_mx` addresses each are probed per domain, and the
 //! cache holds at most `max_cache_entries` domains.
 
+mod knowledge;
 pub mod result;
 pub mod smtp;
 pub mod tls;

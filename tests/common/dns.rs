@@ -95,7 +95,22 @@ impl TestDns {
     /// port.
     pub fn start(ip: &str) -> TestDns {
         let ip: IpAddr = ip.parse().expect("an IP address");
-        let (udp, tcp) = bind_pair(ip);
+        TestDns::start_sockets(bind_pair(ip))
+    }
+
+    /// Start on exactly `addr` (e.g. `127.0.0.1:53` inside a namespace,
+    /// where a resolv.conf nameserver must be).
+    pub fn start_at(addr: SocketAddr) -> TestDns {
+        let udp =
+            std::net::UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind UDP {addr}: {e}"));
+        let tcp =
+            std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind TCP {addr}: {e}"));
+        udp.set_nonblocking(true).expect("nonblocking");
+        tcp.set_nonblocking(true).expect("nonblocking");
+        TestDns::start_sockets((udp, tcp))
+    }
+
+    fn start_sockets((udp, tcp): (std::net::UdpSocket, std::net::TcpListener)) -> TestDns {
         let addr = udp.local_addr().expect("local address");
         let shared = Arc::new(Shared::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

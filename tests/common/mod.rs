@@ -88,6 +88,7 @@ pub struct Daemon {
     stderr: Arc<Stderr>,
     address: Option<String>,
     status: Option<ExitStatus>,
+    opts: Options,
 }
 
 impl Daemon {
@@ -99,16 +100,31 @@ impl Daemon {
 
     /// [`Daemon::start`] with options.
     pub fn start_with(config_text: &str, policy_text: &str, opts: Options) -> Daemon {
+        Daemon::start_frontend(config_text, policy_text, opts, "socketmap")
+    }
+
+    /// Start a daemon and wait until `frontend` (`socketmap`, `policy`,
+    /// ...) is listening; [`Daemon::address`] is that listener's.
+    pub fn start_frontend(
+        config_text: &str,
+        policy_text: &str,
+        opts: Options,
+        frontend: &str,
+    ) -> Daemon {
         let mut d = Daemon::spawn(config_text, policy_text, opts);
-        let line =
-            d.wait_for_line(|l| l.contains("listening") && l.contains("frontend=\"socketmap\""));
-        let address = line
-            .split_whitespace()
+        d.address = Some(d.listening(frontend));
+        d
+    }
+
+    /// The address `frontend` reported in its "listening" line (waits for
+    /// the line).
+    pub fn listening(&self, frontend: &str) -> String {
+        let tag = format!("frontend=\"{frontend}\"");
+        let line = self.wait_for_line(|l| l.contains("listening") && l.contains(&tag));
+        line.split_whitespace()
             .find_map(|w| w.strip_prefix("address="))
             .unwrap_or_else(|| panic!("no address= in listening line: {line}"))
-            .to_string();
-        d.address = Some(address);
-        d
+            .to_string()
     }
 
     /// Write the files and spawn the daemon without waiting for anything
@@ -120,8 +136,20 @@ impl Daemon {
             .expect("create temp dir");
         std::fs::write(dir.path().join(CONFIG_FILE), config_text).expect("write config");
         std::fs::write(dir.path().join(POLICY_FILE), policy_text).expect("write policy");
+        let (child, stderr) = Daemon::spawn_process(dir.path(), &opts);
+        Daemon {
+            child,
+            dir,
+            stderr,
+            address: None,
+            status: None,
+            opts,
+        }
+    }
+
+    fn spawn_process(dir: &Path, opts: &Options) -> (Child, Arc<Stderr>) {
         let bin = env!("CARGO_BIN_EXE_tls-policyd");
-        let config_path = dir.path().join(CONFIG_FILE);
+        let config_path = dir.join(CONFIG_FILE);
         let mut cmd = match &opts.netns {
             Some(ns) => {
                 let mut c = Command::new(find_tool("ip").expect("`ip` is not installed"));
@@ -148,13 +176,19 @@ impl Daemon {
         let stderr = Arc::new(Stderr::default());
         let s = stderr.clone();
         thread::spawn(move || read_lines(pipe, &s));
-        Daemon {
-            child,
-            dir,
-            stderr,
-            address: None,
-            status: None,
-        }
+        (child, stderr)
+    }
+
+    /// Start the daemon again on the same directory and files, after it
+    /// exited (or was killed), and wait until `frontend` listens. Stderr
+    /// starts afresh. Give the config fixed ports first.
+    pub fn restart(&mut self, frontend: &str) {
+        assert!(self.status.is_some(), "restart() needs a stopped daemon");
+        let (child, stderr) = Daemon::spawn_process(self.dir.path(), &self.opts);
+        self.child = child;
+        self.stderr = stderr;
+        self.status = None;
+        self.address = Some(self.listening(frontend));
     }
 
     pub fn dir(&self) -> &Path {
