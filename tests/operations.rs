@@ -613,3 +613,94 @@ fn completions_for_each_shell() {
     let out = run_with_timeout(tls_policyd().args(["completions", "tcsh"]));
     assert!(!out.status.success());
 }
+
+/// One policy delegation request; the action line of the reply.
+fn policy_ask(s: &mut TcpStream, state: &str, recipient: &str) -> String {
+    let req = format!(
+        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
+         client_address=127.0.0.1\nsender=alice@src.example\nrecipient={recipient}\n\
+         instance=i1\nqueue_id=\n\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\n\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "reply cut short");
+        reply.push(byte[0]);
+    }
+    String::from_utf8(reply).unwrap().trim_end().to_string()
+}
+
+#[test]
+fn metrics_count_policy_server_requests_decisions_and_prober_cache() {
+    let cfg = "[policy_server]\nlisten = \"inet:127.0.0.1:0\"\n\
+               [prober]\nenabled = false\n\
+               [policy]\nfile = \"policy.toml\"\n\
+               [log]\ndecisions = \"decisions.jsonl\"\n\
+               [metrics]\nlisten = \"inet:127.0.0.1:0\"\n";
+    let d = Daemon::start_frontend(cfg, POLICY, Options::default(), "policy");
+    let m = d.listening_address("metrics");
+    let mut s = TcpStream::connect(("127.0.0.1", port_of(d.address()))).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    assert_eq!(
+        policy_ask(&mut s, "RCPT", "bob@bank.example"),
+        "action=DUNNO"
+    );
+    assert_eq!(
+        policy_ask(&mut s, "RCPT", "carol@other.example"),
+        "action=DUNNO"
+    );
+    assert_eq!(policy_ask(&mut s, "END-OF-MESSAGE", ""), "action=DUNNO");
+    let t = scrape(&m);
+    let v = |x: &str| series(&t, x);
+    assert_eq!(
+        v("tls_policyd_lookups_total{frontend=\"policy\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        v("tls_policyd_lookups_total{frontend=\"socketmap\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        v(
+            "tls_policyd_decisions_total{frontend=\"policy\",tls=\"forced\",level=\"encrypt\",source=\"static\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        v(
+            "tls_policyd_decisions_total{frontend=\"policy\",tls=\"opportunistic\",level=\"may\",source=\"default\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        v("tls_policyd_connections_open{frontend=\"policy\"}"),
+        Some(1.0)
+    );
+    // The forced recipient asked the prober's cache, which knew nothing.
+    assert_eq!(
+        v("tls_policyd_cache_requests_total{cache=\"prober\",result=\"miss\"}"),
+        Some(1.0)
+    );
+    assert_eq!(v("tls_policyd_cache_entries{cache=\"prober\"}"), Some(0.0));
+    // A malformed request is counted and closes that connection only.
+    let mut bad = TcpStream::connect(("127.0.0.1", port_of(d.address()))).unwrap();
+    bad.set_read_timeout(Some(WAIT)).unwrap();
+    bad.write_all(b"no equals sign here\n\n").unwrap();
+    let mut rest = Vec::new();
+    bad.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let t = scrape(&m);
+    assert_eq!(
+        series(
+            &t,
+            "tls_policyd_errors_total{component=\"policy\",kind=\"malformed_request\"}"
+        ),
+        Some(1.0),
+        "{t}"
+    );
+    let (code, out, _) = status_of(&m);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("listeners     policy "), "{out}");
+    assert!(out.contains("caches        prober: 0 entries\n"), "{out}");
+}
