@@ -31,7 +31,7 @@ fn config_with_metrics() -> String {
 
 fn start() -> (Daemon, String) {
     let d = Daemon::start(&config_with_metrics(), POLICY);
-    let m = d.listening_address("metrics");
+    let m = d.listening("metrics");
     (d, m)
 }
 
@@ -495,10 +495,7 @@ fn metrics_on_a_unix_socket_for_status() {
         sock.display()
     );
     let d = Daemon::start(&cfg, POLICY);
-    assert_eq!(
-        d.listening_address("metrics"),
-        format!("unix:{}", sock.display())
-    );
+    assert_eq!(d.listening("metrics"), format!("unix:{}", sock.display()));
     let (code, out, err) = status(&["--config", d.config_path().to_str().unwrap()]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -639,7 +636,7 @@ fn metrics_count_policy_server_requests_decisions_and_prober_cache() {
                [log]\ndecisions = \"decisions.jsonl\"\n\
                [metrics]\nlisten = \"inet:127.0.0.1:0\"\n";
     let d = Daemon::start_frontend(cfg, POLICY, Options::default(), "policy");
-    let m = d.listening_address("metrics");
+    let m = d.listening("metrics");
     let mut s = TcpStream::connect(("127.0.0.1", port_of(d.address()))).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
     assert_eq!(

@@ -215,17 +215,6 @@ impl Daemon {
             .expect("daemon was not started with start()")
     }
 
-    /// The address a named listener (`socketmap`, `policy`, `metrics`)
-    /// reported in its "listening" line; waits for the line.
-    pub fn listening_address(&self, name: &str) -> String {
-        let tag = format!("frontend=\"{name}\"");
-        let line = self.wait_for_line(|l| l.contains("listening") && l.contains(&tag));
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("address="))
-            .unwrap_or_else(|| panic!("no address= in listening line: {line}"))
-            .to_string()
-    }
-
     /// The TCP port of an `inet:` listener.
     pub fn port(&self) -> u16 {
         let a = self.address();
