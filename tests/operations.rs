@@ -701,3 +701,58 @@ fn metrics_count_policy_server_requests_decisions_and_prober_cache() {
     assert!(out.contains("listeners     policy "), "{out}");
     assert!(out.contains("caches        prober: 0 entries\n"), "{out}");
 }
+
+/// The sample Grafana dashboard only queries metric families the daemon
+/// serves, and every family the daemon serves is on it somewhere.
+#[test]
+fn grafana_dashboard_matches_the_metrics() {
+    let (_d, m) = start();
+    let served: HashSet<String> = scrape(&m)
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/grafana-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut used = HashSet::new();
+    let mut ids = HashSet::new();
+    let mut exprs: Vec<String> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["query"]["query"].as_str().unwrap().to_string())
+        .collect();
+    for p in dash["panels"].as_array().unwrap() {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().unwrap().to_string());
+        }
+    }
+    for expr in &exprs {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("tls_policyd_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| served.contains(*f)))
+                .unwrap_or(&name)
+                .to_string();
+            assert!(
+                served.contains(&family),
+                "the dashboard queries {name}, which the daemon does not serve: {expr}"
+            );
+            used.insert(family);
+        }
+    }
+    let mut unused: Vec<_> = served.difference(&used).collect();
+    unused.sort();
+    assert!(
+        unused.is_empty(),
+        "families served but on no panel: {unused:?}"
+    );
+}
