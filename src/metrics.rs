@@ -195,7 +195,6 @@ pub struct Histogram {
     /// Per bucket (not cumulative); the last one is `+Inf`.
     buckets: Box<[AtomicU64]>,
     sum_us: AtomicU64,
-    count: AtomicU64,
 }
 
 impl Histogram {
@@ -204,7 +203,6 @@ impl Histogram {
             bounds_us,
             buckets: (0..=bounds_us.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_us: AtomicU64::new(0),
-            count: AtomicU64::new(0),
         }
     }
 
@@ -213,11 +211,12 @@ impl Histogram {
         let i = self.bounds_us.partition_point(|b| *b < us);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Observations so far (the sum of the buckets: no separate counter
+    /// to update on the request path).
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -314,7 +313,7 @@ struct Slow {
 /// The registry. See the module documentation for the API in use.
 pub struct Metrics {
     started: SystemTime,
-    lookups: [AtomicU64; 3],
+    /// Also the lookup count: `lookups_total` is its count.
     lookup_seconds: [Histogram; 3],
     /// [frontend][level][source]; the `tls` label follows from the level.
     decisions: [[[AtomicU64; 4]; 7]; 3],
@@ -348,7 +347,6 @@ impl Metrics {
     pub fn new() -> Metrics {
         Metrics {
             started: SystemTime::now(),
-            lookups: Default::default(),
             lookup_seconds: std::array::from_fn(|_| Histogram::new(LOOKUP_BUCKETS_US)),
             decisions: Default::default(),
             connections_open: Default::default(),
@@ -375,7 +373,6 @@ impl Metrics {
 
     /// One request answered by a front door, and how long the answer took.
     pub fn lookup(&self, frontend: Frontend, took: Duration) {
-        self.lookups[frontend.index()].fetch_add(1, Ordering::Relaxed);
         self.lookup_seconds[frontend.index()].observe(took);
     }
 
@@ -511,7 +508,7 @@ impl Metrics {
     }
 
     pub fn lookups(&self, frontend: Frontend) -> u64 {
-        self.lookups[frontend.index()].load(Ordering::Relaxed)
+        self.lookup_seconds[frontend.index()].count()
     }
 
     /// Every family in the Prometheus text format.
@@ -526,7 +523,7 @@ impl Metrics {
             w.sample(
                 "lookups_total",
                 &[("frontend", f.as_str())],
-                self.lookups[f.index()].load(Ordering::Relaxed),
+                self.lookups(f),
             );
         }
         w.header(
