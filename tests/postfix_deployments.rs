@@ -343,3 +343,157 @@ fn every_deployment_directory_is_tested() {
         }
     }
 }
+
+/// `NAME = VALUE` of a main.cf in the repository (one-line values).
+fn main_cf_value(file: &Path, name: &str) -> String {
+    read(file)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+        .unwrap_or_else(|| panic!("{}: no {name}", file.display()))
+        .trim()
+        .to_string()
+}
+
+/// The `-o smtp_tls_policy_maps=…` of a master.cf service.
+fn master_cf_map(file: &Path, service: &str) -> String {
+    let text = read(file);
+    let at = text
+        .find(&format!("\n{service} "))
+        .unwrap_or_else(|| panic!("{}: no service {service}", file.display()));
+    text[at + 1..]
+        .lines()
+        .skip(1)
+        .take_while(|l| l.starts_with(' ') || l.starts_with('\t'))
+        .find_map(|l| l.trim().strip_prefix("-o smtp_tls_policy_maps="))
+        .unwrap_or_else(|| panic!("{service} has no smtp_tls_policy_maps"))
+        .to_string()
+}
+
+/// The socketmap-only deployment puts the socket in Postfix's spool and
+/// names it relative to the queue directory. This delivers real mail
+/// through chrooted smtp(8) transports using exactly its map
+/// specifications: forced TLS is enforced (the message to a server without
+/// STARTTLS is deferred with "TLS is required"; an unreachable map would
+/// have deferred it with "4.7.5 client TLS configuration problem"
+/// instead), opportunistic mail is delivered, and the decision log shows
+/// the chrooted processes' lookups.
+#[test]
+fn chrooted_smtp_reaches_the_socket_in_the_spool() {
+    use common::postfix::{Mail, Postfix, PostfixOptions};
+    use common::smtp::{SinkTls, SmtpSink};
+    use std::time::{Duration, Instant};
+
+    let Some(ns) = Netns::for_test("tlspd-chroot", &["postfix", "swaks"]) else {
+        return;
+    };
+    let dep = deployment("socketmap-only");
+    let normal = main_cf_value(&dep.join("main.cf"), "smtp_tls_policy_maps");
+    let forced = master_cf_map(&dep.join("master.cf"), "smtp-tls-forced");
+    assert!(
+        normal.starts_with("socketmap:unix:tls-policyd/"),
+        "{normal}"
+    );
+    let (sink25, sink2525) = ns.run_in(|| {
+        (
+            SmtpSink::start("127.0.0.23", 25, SinkTls::None),
+            SmtpSink::start("127.0.0.23", 2525, SinkTls::None),
+        )
+    });
+    let routes = "inline:{ forced.test=smtp-jail:[127.0.0.23]:25, \
+                  opp.test=smtp-jail:[127.0.0.23]:2525, \
+                  forcedmap.test=smtp-jail-forced:[127.0.0.23]:2525 }";
+    let pf = Postfix::start(
+        &ns,
+        PostfixOptions::default()
+            .set("transport_maps", routes)
+            .chrooted_master_line(&format!(
+                "smtp-jail unix - - y - - smtp\n  -o smtp_tls_policy_maps={normal}"
+            ))
+            .chrooted_master_line(&format!(
+                "smtp-jail-forced unix - - y - - smtp\n  -o smtp_tls_policy_maps={forced}\n  \
+                 -o smtp_tls_security_level=encrypt"
+            )),
+    );
+    // What the administrator does: a directory for the socket in the spool.
+    let sock_dir = pf.queue_dir().join("tls-policyd");
+    std::fs::create_dir(&sock_dir).unwrap();
+    let config = format!(
+        "[socketmap]\nlisten = \"unix:{}/socketmap.sock\"\nsocket_mode = \"0660\"\n\
+         socket_group = \"postfix\"\n[policy]\nfile = \"policy.toml\"\n\
+         [log]\ndecisions = \"decisions.jsonl\"\n",
+        sock_dir.display()
+    );
+    let policy = "default = \"opportunistic\"\n[[rule]]\ndomains = [\"[127.0.0.23]:25\"]\n\
+                  tls = \"forced\"\nreason = \"partner relay\"\n";
+    let d = Daemon::start_with(
+        &config,
+        policy,
+        Options {
+            netns: Some(ns.name().to_string()),
+            ..Default::default()
+        },
+    );
+
+    let mark = pf.log_mark();
+    let status = |rcpt: &str| {
+        let to = format!("to=<{rcpt}>");
+        pf.wait_for_log_since(
+            mark,
+            |l| l.contains(&to) && l.contains("status="),
+            Duration::from_secs(20),
+        )
+    };
+    for rcpt in ["a@forced.test", "b@opp.test", "c@forcedmap.test"] {
+        let s = pf.send(&Mail::to(&[rcpt]));
+        assert!(s.status.success(), "{}", s.transcript);
+    }
+    let line = status("a@forced.test");
+    assert!(
+        line.contains("status=deferred") && line.contains("TLS is required, but was not offered"),
+        "{line}\n{}",
+        pf.diagnostics()
+    );
+    assert!(
+        line.contains("postfix/smtp-jail") || line.contains("smtp"),
+        "{line}"
+    );
+    let line = status("b@opp.test");
+    assert!(line.contains("status=sent"), "{line}\n{}", pf.diagnostics());
+    let line = status("c@forcedmap.test");
+    assert!(
+        line.contains("status=deferred") && line.contains("TLS is required, but was not offered"),
+        "{line}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while !sink2525
+        .messages()
+        .iter()
+        .any(|m| m.rcpt_to.iter().any(|r| r == "b@opp.test"))
+    {
+        assert!(Instant::now() < deadline, "b@opp.test never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        sink25.messages().is_empty(),
+        "forced mail went out in plaintext"
+    );
+    assert!(
+        !sink2525
+            .messages()
+            .iter()
+            .any(|m| m.rcpt_to.iter().any(|r| r == "c@forcedmap.test")),
+        "forced-map mail went out in plaintext"
+    );
+    let recs = d.decisions();
+    let find = |key: &str, map: &str| {
+        recs.iter()
+            .find(|r| r["key"] == key && r["map"] == map)
+            .unwrap_or_else(|| panic!("no {map} record for {key}: {recs:?}"))
+            .clone()
+    };
+    assert_eq!(find("[127.0.0.23]:25", "tls_policy")["tls"], "forced");
+    assert_eq!(find("[127.0.0.23]:2525", "tls_policy")["level"], "may");
+    let raised = find("[127.0.0.23]:2525", "tls_forced");
+    assert_eq!(raised["level"], "encrypt");
+    assert_eq!(raised["raised"], true);
+}
