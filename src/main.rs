@@ -256,6 +256,11 @@ fn serve(config_path: PathBuf) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(&e.to_string()),
         };
+        if let Some(ListenAddr::Inet(a)) = config.metrics.as_ref().map(|m| &m.listen)
+            && !a.ip().is_loopback()
+        {
+            tracing::warn!(address = %a, "the metrics listener has no authentication and is not on loopback");
+        }
         let metrics_listener = match &config.metrics {
             Some(m) => match Listener::bind(&m.listen, &SocketOptions::default()) {
                 Ok(l) => Some(l),
