@@ -583,14 +583,24 @@ fn notify_socket_that_cannot_be_used_is_a_warning() {
 
 #[test]
 fn completions_for_each_shell() {
-    for (shell, marker) in [
-        ("bash", "complete -F _tls__policyd"),
-        ("zsh", "#compdef tls-policyd"),
-        ("fish", "complete -c tls-policyd"),
+    for (shell, marker, packaged) in [
+        ("bash", "complete -F _tls__policyd", "tls-policyd.bash"),
+        ("zsh", "#compdef tls-policyd", "_tls-policyd"),
+        ("fish", "complete -c tls-policyd", "tls-policyd.fish"),
     ] {
         let out = run_with_timeout(tls_policyd().args(["completions", shell]));
         assert!(out.status.success(), "{shell}");
         let text = String::from_utf8(out.stdout).unwrap();
+        // The package ships these files: they must match the binary.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("packaging/completions")
+            .join(packaged);
+        assert!(
+            std::fs::read_to_string(&path).unwrap() == text,
+            "{} is stale: tls-policyd completions {shell} > {}",
+            path.display(),
+            path.display()
+        );
         assert!(text.contains(marker), "{shell}: {text}");
         for sub in ["serve", "check-config", "explain", "log", "status"] {
             assert!(text.contains(sub), "{shell} completion lacks {sub}");
