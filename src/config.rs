@@ -45,6 +45,16 @@ pub struct Config {
     pub dane: Option<DaneConfig>,
     /// MTA-STS as a policy source; off when absent.
     pub mta_sts: Option<MtaStsConfig>,
+    /// The HTTP listener for Prometheus metrics and the health endpoint.
+    pub metrics: Option<MetricsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `inet:127.0.0.1:9466` (serves `/metrics` and `/health`) or
+    /// `unix:/PATH` (for `tls-policyd status` only).
+    pub listen: ListenAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +218,11 @@ impl Config {
         };
         resolve(&mut self.policy.file);
         resolve(&mut self.log.decisions);
+        if let Some(m) = &mut self.metrics
+            && let ListenAddr::Unix(p) = &mut m.listen
+        {
+            resolve(p);
+        }
         if let Some(s) = &mut self.socketmap
             && let ListenAddr::Unix(p) = &mut s.listen
         {
@@ -504,6 +519,49 @@ mod tests {
             assert!(
                 e.contains("config.toml"),
                 "error does not name the file: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), MINIMAL);
+        assert_eq!(Config::load_with_env(&p, no_env()).unwrap().metrics, None);
+        let p = write(
+            dir.path(),
+            &format!("{MINIMAL}[metrics]\nlisten = \"inet:127.0.0.1:9466\"\n"),
+        );
+        let m = Config::load_with_env(&p, no_env())
+            .unwrap()
+            .metrics
+            .unwrap();
+        assert_eq!(m.listen.to_string(), "inet:127.0.0.1:9466");
+        let p = write(
+            dir.path(),
+            &format!("{MINIMAL}[metrics]\nlisten = \"unix:run/metrics.sock\"\n"),
+        );
+        let m = Config::load_with_env(&p, no_env())
+            .unwrap()
+            .metrics
+            .unwrap();
+        assert_eq!(
+            m.listen,
+            ListenAddr::Unix(dir.path().join("run/metrics.sock"))
+        );
+        for (extra, want) in [
+            ("[metrics]\nlisten = \"9466\"\n", "key `metrics.listen`"),
+            (
+                "[metrics]\nlisten = \"inet:127.0.0.1:1\"\npath = \"/m\"\n",
+                "unknown field: found `path`",
+            ),
+            ("[metrics]\n", "missing field `listen`"),
+        ] {
+            let p = write(dir.path(), &format!("{MINIMAL}{extra}"));
+            let e = Config::load_with_env(&p, no_env()).unwrap_err().to_string();
+            assert!(
+                e.contains(want) && e.contains("config.toml"),
+                "{extra}: {e}"
             );
         }
     }

@@ -14,6 +14,7 @@ use crate::engine::{Engine, Source};
 use crate::frontends::{milter, policy, socketmap};
 use crate::listen::{ListenAddr, Listener};
 use crate::log::record::{DecisionLog, Target};
+use crate::metrics::Metrics;
 use crate::prober::{Prober, ProberError};
 use crate::sources::dane::{CacheUse, DaneSource};
 use crate::sources::mta_sts::MtaSts;
@@ -23,6 +24,8 @@ use crate::sources::static_file::StaticPolicy;
 pub struct Context {
     pub engine: Engine,
     pub log: DecisionLog,
+    /// Counters for the metrics listener and `status`.
+    pub metrics: Arc<Metrics>,
     /// The STARTTLS prober: what early refusals know. Built when a front
     /// door that refuses is configured.
     pub prober: Option<Prober>,
@@ -89,6 +92,16 @@ pub struct ReloadReport {
 impl Context {
     /// Load the policy file and open the decision log for a config.
     pub fn new(config_path: &Path, config: Config) -> Result<Context, StartError> {
+        Context::with_metrics(config_path, config, Arc::new(Metrics::new()))
+    }
+
+    /// [`Context::new`] recording into `metrics` (which the operational
+    /// log's [`crate::metrics::ErrorCapture`] may share).
+    pub fn with_metrics(
+        config_path: &Path,
+        config: Config,
+        metrics: Arc<Metrics>,
+    ) -> Result<Context, StartError> {
         let policy = StaticPolicy::load(&config.policy.file).map_err(StartError::Policy)?;
         let sts_config = config.mta_sts.as_ref().filter(|m| m.enabled);
         // Early refusals and quarantine (policy server, milter) rely on the prober.
@@ -100,7 +113,10 @@ impl Context {
         };
         let prober = match (refuses, &resolver) {
             (true, Some(r)) => {
-                Some(Prober::new(config.prober.clone(), r.clone()).map_err(StartError::Prober)?)
+                let prober =
+                    Prober::new(config.prober.clone(), r.clone()).map_err(StartError::Prober)?;
+                prober.attach_metrics(metrics.clone());
+                Some(prober)
             }
             _ => None,
         };
@@ -155,6 +171,7 @@ impl Context {
         Ok(Context {
             engine: Engine::with_sources(policy, sources),
             log,
+            metrics,
             prober,
             mta_sts,
             dane,
@@ -191,6 +208,18 @@ impl Context {
     /// and the policy file. Nothing changes unless both load cleanly: a
     /// broken file leaves the running policy in place.
     pub fn reload(&self) -> Result<ReloadReport, StartError> {
+        let result = self.reload_inner();
+        match &result {
+            Ok(_) => self.metrics.reload(Ok(())),
+            Err(e) => {
+                self.metrics.error("reload", "invalid_config");
+                self.metrics.reload(Err(e.to_string()));
+            }
+        }
+        result
+    }
+
+    fn reload_inner(&self) -> Result<ReloadReport, StartError> {
         let old = self.config.load_full();
         let new = match Config::load(&self.config_path) {
             Ok(c) => c,
@@ -286,6 +315,9 @@ impl Context {
         }
         if old.log.level != new.log.level {
             needs_restart.push("log.level");
+        }
+        if old.metrics != new.metrics {
+            needs_restart.push("metrics");
         }
         self.engine.replace_policy(policy);
         if let Some(s) = &new.socketmap {

@@ -6,13 +6,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_complete::Shell;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use tls_policyd::cli::{self, LogOptions};
 use tls_policyd::config::Config;
-use tls_policyd::{Context, Listeners};
+use tls_policyd::listen::{ListenAddr, Listener, SocketOptions};
+use tls_policyd::metrics::{ErrorCapture, Metrics};
+use tls_policyd::notify::Notifier;
+use tls_policyd::{Context, Listeners, health};
+
+/// The packaged configuration file.
+const DEFAULT_CONFIG: &str = "/etc/tls-policyd/config.toml";
 
 #[derive(Parser)]
 #[command(
@@ -92,6 +99,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running daemon how it is: listeners, policy, caches, reloads,
+    /// recent warnings and errors (from the [metrics] listener's /health).
+    /// Exit 0 when it is healthy, 2 when the last reload failed, 1 when
+    /// it cannot be reached.
+    Status {
+        /// Read the [metrics] listener address from this config.
+        #[arg(long, short, default_value = DEFAULT_CONFIG, conflicts_with = "address")]
+        config: PathBuf,
+        /// The metrics listener: inet:127.0.0.1:9466 or unix:/PATH.
+        #[arg(long, short)]
+        address: Option<ListenAddr>,
+        /// The health report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: Shell },
 }
 
 #[derive(Subcommand)]
@@ -127,6 +151,20 @@ fn main() -> ExitCode {
                 CacheAction::Purge { domain } => cli::CacheCommand::Purge(domain),
             };
             print(cli::cache(&config, &cmd, json))
+        }
+        Command::Status {
+            config,
+            address,
+            json,
+        } => status(&config, address, json),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tls-policyd",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
         }
         Command::Log {
             files,
@@ -177,6 +215,31 @@ fn fail(e: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
+fn status(config: &std::path::Path, address: Option<ListenAddr>, json: bool) -> ExitCode {
+    let addr = match address {
+        Some(a) => a,
+        None => match health::address_from_config(config) {
+            Ok(a) => a,
+            Err(e) => return fail(&e.to_string()),
+        },
+    };
+    let report = match health::fetch(&addr) {
+        Ok(r) => r,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let text = if json {
+        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+    } else {
+        report.render_text()
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    if report.status == "ok" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
 fn serve(config_path: PathBuf) -> ExitCode {
     let config = match Config::load(&config_path) {
         Ok(c) => c,
@@ -184,11 +247,25 @@ fn serve(config_path: PathBuf) -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    // Warnings and errors also go to the metrics, for `status`.
+    let metrics = Arc::new(Metrics::new());
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false),
+            )
+            .with(ErrorCapture::new(metrics.clone()))
+            .init();
+    }
+    let notifier = Arc::new(Notifier::from_env());
+    if let Some(p) = notifier.problem() {
+        tracing::warn!("readiness notification is off: {p}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -204,7 +281,7 @@ fn serve(config_path: PathBuf) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
         };
-        let ctx = match Context::new(&config_path, config.clone()) {
+        let ctx = match Context::with_metrics(&config_path, config.clone(), metrics) {
             Ok(c) => Arc::new(c),
             Err(e) => return fail(&e.to_string()),
         };
@@ -212,14 +289,35 @@ fn serve(config_path: PathBuf) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(&e.to_string()),
         };
+        if let Some(ListenAddr::Inet(a)) = config.metrics.as_ref().map(|m| &m.listen)
+            && !a.ip().is_loopback()
+        {
+            tracing::warn!(address = %a, "the metrics listener has no authentication and is not on loopback");
+        }
+        let metrics_listener = match &config.metrics {
+            Some(m) => match Listener::bind(&m.listen, &SocketOptions::default()) {
+                Ok(l) => Some(l),
+                Err(e) => return fail(&format!("cannot listen on {}: {e}", m.listen)),
+            },
+            None => None,
+        };
         let shutdown = CancellationToken::new();
-        tokio::spawn(signals.handle(ctx.clone(), shutdown.clone()));
-        for (frontend, listener) in listeners.each() {
-            match listener.local_addr() {
-                Ok(a) => tracing::info!(frontend, address = %a, "listening"),
-                Err(e) => return fail(&format!("{frontend} listener: {e}")),
+        tokio::spawn(signals.handle(ctx.clone(), shutdown.clone(), notifier.clone()));
+        let mut bound = listeners.each();
+        bound.extend(metrics_listener.as_ref().map(|l| ("metrics", l)));
+        let mut addresses = Vec::new();
+        for (name, l) in bound {
+            match l.local_addr() {
+                Ok(a) => {
+                    tracing::info!(frontend = name, address = %a, "listening");
+                    ctx.metrics.listening(name, a.to_string());
+                    addresses.push(format!("{name} on {a}"));
+                }
+                Err(e) => return fail(&format!("{name} listener: {e}")),
             }
         }
+        let metrics_task =
+            metrics_listener.map(|l| tokio::spawn(health::serve(ctx.clone(), l, shutdown.clone())));
         let policy = ctx.engine.policy();
         tracing::info!(
             policy = %policy.path().display(),
@@ -228,7 +326,12 @@ fn serve(config_path: PathBuf) -> ExitCode {
             env!("CARGO_PKG_VERSION")
         );
         drop(policy);
+        let ready = format!("serving {}", addresses.join(", "));
+        notifier.ready(&ready);
         tls_policyd::serve(ctx, listeners, shutdown).await;
+        if let Some(t) = metrics_task {
+            let _ = t.await;
+        }
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
@@ -250,24 +353,38 @@ impl Signals {
         })
     }
 
-    /// SIGHUP reloads; SIGTERM and SIGINT cancel the shutdown token.
-    async fn handle(mut self, ctx: Arc<Context>, shutdown: CancellationToken) {
+    /// SIGHUP reloads; SIGTERM and SIGINT cancel the shutdown token. systemd
+    /// hears of both.
+    async fn handle(
+        mut self,
+        ctx: Arc<Context>,
+        shutdown: CancellationToken,
+        notifier: Arc<Notifier>,
+    ) {
         loop {
             tokio::select! {
-                _ = self.hup.recv() => match ctx.reload() {
-                    Ok(r) => {
-                        tracing::info!(rules = r.rules, "reloaded");
-                        if !r.needs_restart.is_empty() {
-                            tracing::warn!(settings = ?r.needs_restart, "changed settings take effect on restart");
+                _ = self.hup.recv() => {
+                    notifier.reloading();
+                    match ctx.reload() {
+                        Ok(r) => {
+                            tracing::info!(rules = r.rules, "reloaded");
+                            if !r.needs_restart.is_empty() {
+                                tracing::warn!(settings = ?r.needs_restart, "changed settings take effect on restart");
+                            }
+                            notifier.ready(&format!("serving; reloaded, {} rules", r.rules));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload failed; the previous configuration keeps serving");
+                            notifier.ready("serving the previous configuration; the last reload failed");
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "reload failed; the previous configuration keeps serving"),
                 },
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
             }
         }
         tracing::info!("shutting down");
+        notifier.stopping();
         shutdown.cancel();
     }
 }

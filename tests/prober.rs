@@ -17,6 +17,7 @@ use common::netns::Netns;
 use common::smtp::{SinkOptions, SinkTls, SmtpSink, TestCa};
 use hickory_proto::rr::RecordType;
 use tls_policyd::dns::{self, DnsConfig, LookupError, MxAnswer};
+use tls_policyd::metrics::Metrics;
 use tls_policyd::prober::{
     DomainProbe, MxStatus, Prober, ProberConfig, TlsCapability, render_json, render_text,
 };
@@ -659,6 +660,47 @@ async fn results_are_cached_for_ttl() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(prober.known("cache.test").is_none(), "stale after ttl");
     assert_eq!(prober.cached_domains(), 1);
+}
+
+/// The prober counts its verdicts, cache hits and misses, and its size.
+#[tokio::test]
+async fn probes_and_cache_are_counted_in_metrics() {
+    let Some(mut w) = World::new(59) else {
+        return;
+    };
+    w.sink(21, SinkOptions::new(SinkTls::None));
+    w.mx("plain.test", 10, "mx1.plain.test", 21);
+    let prober = w.prober();
+    let metrics = Arc::new(Metrics::new());
+    prober.attach_metrics(metrics.clone());
+    assert!(prober.known("plain.test").is_none());
+    prober.probe("plain.test").await;
+    prober.probe("nxdomain.test").await;
+    assert!(prober.known("plain.test").is_some());
+    assert!(prober.known("Plain.Test.").is_some());
+    let mut text = String::new();
+    metrics.render(&mut text);
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .to_string()
+    };
+    assert_eq!(
+        value("tls_policyd_probes_total{verdict=\"no_starttls\"}"),
+        "1"
+    );
+    assert_eq!(value("tls_policyd_probes_total{verdict=\"unknown\"}"), "1");
+    assert_eq!(value("tls_policyd_probe_duration_seconds_count"), "2");
+    assert_eq!(
+        value("tls_policyd_cache_requests_total{cache=\"prober\",result=\"hit\"}"),
+        "2"
+    );
+    assert_eq!(
+        value("tls_policyd_cache_requests_total{cache=\"prober\",result=\"miss\"}"),
+        "1"
+    );
+    assert_eq!(value("tls_policyd_cache_entries{cache=\"prober\"}"), "2");
 }
 
 #[test]

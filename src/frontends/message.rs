@@ -19,6 +19,7 @@ use crate::engine::refusal::{
     Assessment, RefuseMode, Requirement, TlsKnowledge, assess, refusal_text,
 };
 use crate::log::record::{DecisionLog, DecisionRecord, RecipientRecord};
+use crate::metrics::Metrics;
 use crate::sources::static_file::{SenderHit, StaticPolicy};
 
 /// Longest trace header line, name included (RFC 5322 allows 998).
@@ -28,6 +29,10 @@ pub const MAX_TRACE_HEADER_LEN: usize = 900;
 pub trait Backend: Send + Sync {
     fn engine(&self) -> &Engine;
     fn decision_log(&self) -> &DecisionLog;
+    /// Where requests, decisions and errors are counted, if anywhere.
+    fn metrics(&self) -> Option<&Arc<Metrics>> {
+        None
+    }
 }
 
 impl Backend for Context {
@@ -37,6 +42,10 @@ impl Backend for Context {
 
     fn decision_log(&self) -> &DecisionLog {
         &self.log
+    }
+
+    fn metrics(&self) -> Option<&Arc<Metrics>> {
+        Some(&self.metrics)
     }
 }
 

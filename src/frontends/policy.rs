@@ -63,6 +63,7 @@ use crate::engine::decision::Decision;
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::{Conn, ListenAddr, Listener, SocketOptions, parse_mode};
 use crate::log::record::RecipientRecord;
+use crate::metrics::Frontend;
 use crate::sources::static_file::SenderHit;
 
 /// Recipients remembered per message; more are answered and logged at
@@ -234,6 +235,12 @@ pub struct PolicyDeps {
 }
 
 impl PolicyDeps {
+    fn count_error(&self, kind: &'static str) {
+        if let Some(m) = self.backend.metrics() {
+            m.error("policy", kind);
+        }
+    }
+
     pub fn new(
         backend: Arc<dyn Backend>,
         config: &PolicyServerConfig,
@@ -276,8 +283,13 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
                     instance: None,
                 };
                 let shutdown = shutdown.clone();
+                let open = deps
+                    .backend
+                    .metrics()
+                    .map(|m| m.connection(Frontend::Policy));
                 conns.spawn(async move {
                     let _permit = permit;
+                    let _open = open;
                     match conn {
                         Conn::Tcp(s) => server.connection(s, &shutdown).await,
                         Conn::Unix(s) => server.connection(s, &shutdown).await,
@@ -285,6 +297,7 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
                 });
             }
             Err(e) => {
+                deps.count_error("accept");
                 tracing::warn!(error = %e, "policy server accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -347,6 +360,7 @@ impl Server {
                         }
                     }
                     Err(e) => {
+                        self.deps.count_error("malformed_request");
                         tracing::warn!(
                             peer = %self.peer,
                             error = %e,
@@ -387,6 +401,7 @@ impl Server {
             match read {
                 Ok(0) => {
                     if decoder.in_request() {
+                        self.deps.count_error("incomplete_request");
                         tracing::warn!(peer = %self.peer, "policy client closed mid-request");
                     }
                     return;
@@ -406,10 +421,17 @@ impl Server {
         let settings = self.deps.settings.load_full();
         let limit = settings.request_timeout;
         let peer = self.peer.clone();
+        let started = Instant::now();
+        let deps = self.deps.clone();
         let work = CatchUnwind(Box::pin(self.respond(request, settings)));
-        match tokio::time::timeout(limit, work).await {
+        let result = tokio::time::timeout(limit, work).await;
+        if let Some(m) = deps.backend.metrics() {
+            m.lookup(Frontend::Policy, started.elapsed());
+        }
+        match result {
             Ok(Ok(action)) => action.text,
             Ok(Err(panic)) => {
+                deps.count_error("internal");
                 tracing::error!(
                     peer = %peer,
                     problem = panic_text(&panic),
@@ -418,6 +440,7 @@ impl Server {
                 Action::dunno().text
             }
             Err(_) => {
+                deps.count_error("timeout");
                 tracing::warn!(
                     peer = %peer,
                     timeout = ?limit,
@@ -469,6 +492,9 @@ impl Server {
         let sender = request.value("sender");
         let engine = self.deps.backend.engine();
         let ruling = rule(engine, recipient, sender, settings).await;
+        if let Some(m) = self.deps.backend.metrics() {
+            m.decision(Frontend::Policy, &ruling.decision);
+        }
         let refusal = refusal_for(&ruling, self.deps.knowledge.as_ref()).map(refusal_action);
         let action = match refusal {
             Some(r) => r,

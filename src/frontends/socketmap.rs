@@ -22,6 +22,7 @@ use crate::daemon::Context;
 use crate::engine::decision::{Decision, SourceKind};
 use crate::listen::{Conn, Listener};
 use crate::log::record::DecisionRecord;
+use crate::metrics::Frontend;
 
 /// Bytes read from a connection at a time.
 const READ_CHUNK: usize = 4096;
@@ -197,8 +198,10 @@ pub async fn serve(
             Ok((conn, peer)) => {
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
+                let open = ctx.metrics.connection(Frontend::Socketmap);
                 conns.spawn(async move {
                     let _permit = permit;
+                    let _open = open;
                     match conn {
                         Conn::Tcp(s) => connection(s, &peer, &ctx, &shutdown).await,
                         Conn::Unix(s) => connection(s, &peer, &ctx, &shutdown).await,
@@ -207,6 +210,7 @@ pub async fn serve(
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
+                ctx.metrics.error("socketmap", "accept");
                 tracing::warn!(error = %e, "socketmap accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -242,6 +246,7 @@ where
                 Ok(Some(frame)) => {
                     let payload = &buf[start + frame.payload.start..start + frame.payload.end];
                     if let Err(problem) = request(payload, ctx, &mut out).await {
+                        ctx.metrics.error("socketmap", "bad_request");
                         tracing::warn!(
                             peer,
                             problem,
@@ -255,6 +260,7 @@ where
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    ctx.metrics.error("socketmap", "framing");
                     tracing::warn!(peer, error = %e, "socketmap framing error; closing connection");
                     close = true;
                     break;
@@ -302,6 +308,7 @@ where
         match read {
             Ok(0) => {
                 if !buf.is_empty() {
+                    ctx.metrics.error("socketmap", "incomplete_request");
                     tracing::warn!(
                         peer,
                         bytes = buf.len(),
@@ -322,6 +329,7 @@ where
 /// Handle one `NAME KEY` request, appending the reply to `out`. An error
 /// means the payload is not a socketmap request at all.
 async fn request(payload: &[u8], ctx: &Context, out: &mut Vec<u8>) -> Result<(), &'static str> {
+    let started = Instant::now();
     let text = std::str::from_utf8(payload).map_err(|_| "request is not UTF-8")?;
     let (name, key) = text.split_once(' ').ok_or("request is not \"NAME KEY\"")?;
     let settings = ctx.socketmap_settings();
@@ -332,11 +340,15 @@ async fn request(payload: &[u8], ctx: &Context, out: &mut Vec<u8>) -> Result<(),
         );
         tracing::warn!(map = name, key, "{reason}");
         Reply::Perm(reason).write_to(out);
+        ctx.metrics.error("socketmap", "unknown_map");
+        ctx.metrics.lookup(Frontend::Socketmap, started.elapsed());
         return Ok(());
     };
     let (dest, decision) = ctx.engine.decide_key(key).await;
     let (decision, reply) = answer(decision, kind, settings.default_reply);
     reply.write_to(out);
+    ctx.metrics.lookup(Frontend::Socketmap, started.elapsed());
+    ctx.metrics.decision(Frontend::Socketmap, &decision);
     let mut rec = DecisionRecord::new("socketmap", key, &decision);
     rec.map = Some(match kind {
         MapKind::Policy => settings.map.clone(),

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::pki_types::ServerName;
@@ -37,6 +37,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::dns::{self, MxAnswer, Resolver};
 use crate::engine::key::normalize_domain;
+use crate::metrics::{Cache, Metrics};
 pub use result::{DomainProbe, MxResult, MxStatus, TlsCapability, render_json, render_text};
 use smtp::Conn;
 use tls::TlsSetup;
@@ -283,6 +284,8 @@ struct Inner {
     pending: AtomicUsize,
     cache: Mutex<HashMap<String, Entry>>,
     started: AtomicU64,
+    /// Where probe results, cache hits and the cache size are counted.
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl Inner {
@@ -342,12 +345,20 @@ impl Prober {
                 tls,
                 cache: Mutex::new(HashMap::new()),
                 started: AtomicU64::new(0),
+                metrics: OnceLock::new(),
             }),
         })
     }
 
     pub fn config(&self) -> &ProberConfig {
         &self.inner.config
+    }
+
+    /// Count probe results, cache hits and misses ([`Prober::known`]) and
+    /// the cache size in `metrics` from now on. The first call wins.
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        metrics.cache_entries(Cache::Prober, self.cached_domains());
+        let _ = self.inner.metrics.set(metrics);
     }
 
     /// Probes started since the prober was built (explicit and background).
@@ -368,6 +379,14 @@ impl Prober {
     /// What is known about a domain: the last result if it is younger
     /// than `ttl`. Never waits for I/O.
     pub fn known(&self, domain: &str) -> Option<Arc<DomainProbe>> {
+        let known = self.lookup(domain);
+        if let Some(m) = self.inner.metrics.get() {
+            m.cache_lookup(Cache::Prober, known.is_some());
+        }
+        known
+    }
+
+    fn lookup(&self, domain: &str) -> Option<Arc<DomainProbe>> {
         let domain = normalize_domain(domain).ok()?;
         let cache = self.inner.cache();
         let (stored, result) = cache.get(&domain)?.result.as_ref()?;
@@ -413,6 +432,9 @@ impl Prober {
             // `pending` only changes under the cache lock, so this
             // check-then-add is exact.
             if self.inner.pending.load(Ordering::SeqCst) >= self.inner.config.max_pending {
+                if let Some(m) = self.inner.metrics.get() {
+                    m.error("prober", "queue_full");
+                }
                 tracing::debug!(domain, "probe queue full; request dropped");
                 return false;
             }
@@ -421,7 +443,9 @@ impl Prober {
         };
         let inner = self.inner.clone();
         handle.spawn(async move {
+            let started = Instant::now();
             let result = run_probe(&inner, &guard.domain).await;
+            count_probe(&inner, &result, started);
             store(&inner, &guard.domain, result);
             drop(guard);
         });
@@ -446,7 +470,9 @@ impl Prober {
             let mut cache = self.inner.cache();
             self.mark_started(&mut cache, &domain, false)
         };
+        let started = Instant::now();
         let result = run_probe(&self.inner, &domain).await;
+        count_probe(&self.inner, &result, started);
         let result = store(&self.inner, &domain, result);
         drop(guard);
         result
@@ -469,6 +495,9 @@ impl Prober {
         e.in_flight += 1;
         e.last_started = Some(Instant::now());
         self.inner.started.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = self.inner.metrics.get() {
+            m.cache_entries(Cache::Prober, cache.len());
+        }
         InFlight {
             inner: self.inner.clone(),
             domain: domain.to_string(),
@@ -492,6 +521,12 @@ fn evict_oldest(cache: &mut HashMap<String, Entry>, max: usize) {
     idle.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
     for (_, k) in idle.into_iter().take(n) {
         cache.remove(&k);
+    }
+}
+
+fn count_probe(inner: &Inner, result: &DomainProbe, started: Instant) {
+    if let Some(m) = inner.metrics.get() {
+        m.probe(result.verdict().as_str(), started.elapsed());
     }
 }
 

@@ -93,6 +93,9 @@ pub struct PostfixOptions {
     /// Extra master.cf entries (continuation lines allowed); chroot must
     /// be `n`.
     pub master: Vec<String>,
+    /// Extra master.cf entries with chroot `y` (see
+    /// [`PostfixOptions::chrooted_master_line`]).
+    pub chrooted: Vec<String>,
     /// `-o name=value` options for the smtpd listener.
     pub smtpd_args: Vec<(String, String)>,
     /// Files written into the config directory before the start (tables,
@@ -110,6 +113,7 @@ impl Default for PostfixOptions {
             main: Vec::new(),
             main_text: String::new(),
             master: Vec::new(),
+            chrooted: Vec::new(),
             smtpd_args: Vec::new(),
             files: Vec::new(),
         }
@@ -138,6 +142,21 @@ impl PostfixOptions {
     /// `"smtp-tls-forced unix - - n - - smtp -o smtp_tls_security_level=encrypt"`.
     pub fn master_line(mut self, line: &str) -> Self {
         self.master.push(line.into());
+        self
+    }
+
+    /// An extra master.cf entry whose service runs chrooted in the queue
+    /// directory, as Debian's master.cf has it. The chroot has no `etc/`
+    /// (no resolv.conf, no services file): route to such a transport with
+    /// IP literals and numeric ports.
+    pub fn chrooted_master_line(mut self, line: &str) -> Self {
+        let first = line.lines().next().unwrap_or_default();
+        let fields: Vec<&str> = first.split_whitespace().collect();
+        assert!(
+            fields.len() >= 8 && fields[4] == "y",
+            "a chrooted master.cf entry needs 8 fields with chroot `y`: {line:?}"
+        );
+        self.chrooted.push(line.into());
         self
     }
 
@@ -259,6 +278,10 @@ impl Postfix {
         let mut master_cf = format!("{smtpd}\n{MASTER_CF}");
         for line in &opts.master {
             check_no_chroot(line);
+            master_cf.push_str(line);
+            master_cf.push('\n');
+        }
+        for line in &opts.chrooted {
             master_cf.push_str(line);
             master_cf.push('\n');
         }

@@ -1,0 +1,68 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_tls_policyd_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_tls_policyd_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_tls_policyd_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_tls_policyd_using_subcommand
+    set -l cmd (__fish_tls_policyd_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -s V -l version -d 'Print version'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "serve" -d 'Run the daemon (SIGHUP reloads config and policy file and reopens the decision log; SIGTERM/SIGINT stop it)'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "explain" -d 'Show the decision for a destination key and every source consulted'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "probe" -d 'Probe a domain\'s mail servers for STARTTLS now and show what the policy decision and the policy server\'s answer would be'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "check-config" -d 'Load the config and policy file as `serve` would; exit 1 on errors'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "log" -d 'Read decision logs (rotated and gzipped ones too)'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "status" -d 'Ask a running daemon how it is: listeners, policy, caches, reloads, recent warnings and errors (from the [metrics] listener\'s /health). Exit 0 when it is healthy, 2 when the last reload failed, 1 when it cannot be reached'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand serve" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand explain" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand explain" -l json
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand explain" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -l json
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand check-config" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand check-config" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -s f -l file -d 'A log file to read (repeatable, read in order)' -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -s c -l config -d 'Read the decision log named in this config, with its rotated files' -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l domain -r
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l queue-id -r
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l since -d 'RFC 3339 time, or a duration ago such as 2h or 1d' -r
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l tls -d 'forced or opportunistic' -r
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l summary -d 'Counts by tls, source, level and domain'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l json -d 'Matching records as JSON lines'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -s c -l config -d 'Read the [metrics] listener address from this config' -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -s a -l address -d 'The metrics listener: inet:127.0.0.1:9466 or unix:/PATH' -r
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -l json -d 'The health report as JSON'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "serve" -d 'Run the daemon (SIGHUP reloads config and policy file and reopens the decision log; SIGTERM/SIGINT stop it)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "explain" -d 'Show the decision for a destination key and every source consulted'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "probe" -d 'Probe a domain\'s mail servers for STARTTLS now and show what the policy decision and the policy server\'s answer would be'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "check-config" -d 'Load the config and policy file as `serve` would; exit 1 on errors'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "log" -d 'Read decision logs (rotated and gzipped ones too)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "status" -d 'Ask a running daemon how it is: listeners, policy, caches, reloads, recent warnings and errors (from the [metrics] listener\'s /health). Exit 0 when it is healthy, 2 when the last reload failed, 1 when it cannot be reached'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

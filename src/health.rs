@@ -1,0 +1,439 @@
+//! The metrics listener's two pages and `tls-policyd status`.
+//!
+//! `GET /metrics`: every counter in the Prometheus text format.
+//! `GET /health`: a JSON [`Health`] report: listeners, policy, caches,
+//! reloads, the decision log, recent warnings and errors.
+//! `tls-policyd status` fetches `/health` and prints it for a person.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::daemon::Context;
+use crate::http::{self, Response};
+use crate::listen::{ListenAddr, Listener};
+use crate::metrics::{Cache, Frontend, RecentError, ReloadStatus, Writer};
+
+/// Content type of the Prometheus text format.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What `/health` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`, or `degraded` when the last reload failed (the previous
+    /// configuration keeps serving).
+    pub status: String,
+    pub version: String,
+    pub pid: u32,
+    /// RFC 3339.
+    pub started: String,
+    pub uptime_seconds: u64,
+    pub listeners: Vec<ListenerHealth>,
+    pub policy: PolicyHealth,
+    pub caches: Vec<CacheHealth>,
+    pub reloads: ReloadsHealth,
+    pub decision_log: DecisionLogHealth,
+    /// Oldest first.
+    pub recent_errors: Vec<RecentError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerHealth {
+    /// `socketmap`, `policy`, `milter` or `metrics`.
+    pub name: String,
+    pub address: String,
+    /// Front doors only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_connections: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookups: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyHealth {
+    pub file: String,
+    pub rules: usize,
+    /// When the running configuration and policy file were loaded.
+    pub loaded: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheHealth {
+    pub name: String,
+    pub entries: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadsHealth {
+    pub ok: u64,
+    pub failed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<ReloadStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionLogHealth {
+    /// The file, or `-` for standard output.
+    pub target: String,
+    /// Records dropped because the writer could not keep up.
+    pub dropped: u64,
+}
+
+fn frontend_named(name: &str) -> Option<Frontend> {
+    Frontend::ALL.into_iter().find(|f| f.as_str() == name)
+}
+
+impl Health {
+    /// The report for a running daemon.
+    pub fn of(ctx: &Context) -> Health {
+        let m = &ctx.metrics;
+        let policy = ctx.engine.policy();
+        let (ok, failed) = m.reloads();
+        let last = m.last_reload();
+        let degraded = last.as_ref().is_some_and(|r| !r.ok);
+        let listeners = m
+            .listeners()
+            .into_iter()
+            .map(|l| {
+                let f = frontend_named(&l.name);
+                ListenerHealth {
+                    open_connections: f.map(|f| m.open_connections(f)),
+                    lookups: f.map(|f| m.lookups(f)),
+                    name: l.name,
+                    address: l.address,
+                }
+            })
+            .collect();
+        let caches = Cache::ALL
+            .into_iter()
+            .filter_map(|c| {
+                Some(CacheHealth {
+                    name: c.as_str().to_string(),
+                    entries: m.cache_size(c)?,
+                })
+            })
+            .collect();
+        Health {
+            status: if degraded { "degraded" } else { "ok" }.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            started: humantime::format_rfc3339_seconds(m.started()).to_string(),
+            uptime_seconds: m.started().elapsed().map_or(0, |d| d.as_secs()),
+            listeners,
+            policy: PolicyHealth {
+                file: policy.path().display().to_string(),
+                rules: policy.rules().len(),
+                loaded: humantime::format_rfc3339_seconds(ctx.last_reload()).to_string(),
+            },
+            caches,
+            reloads: ReloadsHealth { ok, failed, last },
+            decision_log: DecisionLogHealth {
+                target: ctx.config().log.decisions.display().to_string(),
+                dropped: ctx.log.dropped(),
+            },
+            recent_errors: m.recent_errors(),
+        }
+    }
+
+    /// For a person (`tls-policyd status`).
+    pub fn render_text(&self) -> String {
+        let mut out = format!(
+            "tls-policyd {} (pid {}): {}\n",
+            self.version, self.pid, self.status
+        );
+        let _ = writeln!(
+            out,
+            "started       {}, up {}",
+            self.started,
+            humantime::format_duration(Duration::from_secs(self.uptime_seconds))
+        );
+        if self.listeners.is_empty() {
+            out += "listeners     none\n";
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            let head = if i == 0 { "listeners" } else { "" };
+            let _ = write!(out, "{head:<14}{:<10} {}", l.name, l.address);
+            if let (Some(open), Some(lookups)) = (l.open_connections, l.lookups) {
+                let _ = write!(
+                    out,
+                    " ({open} open connection{}, {lookups} lookup{})",
+                    plural(open.unsigned_abs()),
+                    plural(lookups)
+                );
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "policy        {}: {} rule{}, loaded {}",
+            self.policy.file,
+            self.policy.rules,
+            plural(self.policy.rules as u64),
+            self.policy.loaded
+        );
+        if self.caches.is_empty() {
+            out += "caches        none\n";
+        }
+        for (i, c) in self.caches.iter().enumerate() {
+            let head = if i == 0 { "caches" } else { "" };
+            let _ = writeln!(
+                out,
+                "{head:<14}{}: {} entr{}",
+                c.name,
+                c.entries,
+                if c.entries == 1 { "y" } else { "ies" }
+            );
+        }
+        let _ = write!(
+            out,
+            "reloads       {} ok, {} failed",
+            self.reloads.ok, self.reloads.failed
+        );
+        match &self.reloads.last {
+            None => out.push('\n'),
+            Some(r) if r.ok => {
+                let _ = writeln!(out, "; last at {}: ok", r.at);
+            }
+            Some(r) => {
+                let _ = writeln!(
+                    out,
+                    "; last at {}: FAILED, the previous configuration keeps serving: {}",
+                    r.at,
+                    r.error.as_deref().unwrap_or("(no detail)")
+                );
+            }
+        }
+        let target = if self.decision_log.target == "-" {
+            "standard output"
+        } else {
+            &self.decision_log.target
+        };
+        let _ = writeln!(
+            out,
+            "decision log  {target}, {} record{} dropped",
+            self.decision_log.dropped,
+            plural(self.decision_log.dropped)
+        );
+        if self.recent_errors.is_empty() {
+            out += "recent errors none\n";
+        } else {
+            out += "recent warnings and errors, oldest first:\n";
+            for e in &self.recent_errors {
+                let _ = writeln!(
+                    out,
+                    "  {} {:<5} {}: {}",
+                    e.at,
+                    e.level.to_uppercase(),
+                    e.target,
+                    e.message
+                );
+            }
+        }
+        out
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// `/metrics`: the registry plus what only the context knows.
+pub fn render_metrics(ctx: &Context) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    ctx.metrics.render(&mut out);
+    let mut w = Writer { out: &mut out };
+    w.header("build_info", "gauge", "Always 1; the version as a label.");
+    w.sample("build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+    w.header("policy_rules", "gauge", "Rules in the running policy file.");
+    w.sample(
+        "policy_rules",
+        &[],
+        ctx.engine.policy().rules().len() as u64,
+    );
+    w.header(
+        "decision_log_dropped_total",
+        "counter",
+        "Decision records dropped because the writer could not keep up.",
+    );
+    w.sample("decision_log_dropped_total", &[], ctx.log.dropped());
+    w.header(
+        "last_load_timestamp_seconds",
+        "gauge",
+        "Unix time the running configuration and policy file were loaded.",
+    );
+    let loaded = ctx
+        .last_reload()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    w.sample_f("last_load_timestamp_seconds", &[], loaded);
+    out
+}
+
+/// The answer for one path.
+pub fn respond(ctx: &Context, path: &str) -> Response {
+    match path {
+        "/metrics" => Response::new(200, METRICS_CONTENT_TYPE, render_metrics(ctx)),
+        "/health" => match serde_json::to_vec_pretty(&Health::of(ctx)) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                Response::new(200, "application/json", body)
+            }
+            Err(e) => Response::new(
+                503,
+                "text/plain; charset=utf-8",
+                format!("cannot encode health report: {e}\n"),
+            ),
+        },
+        "/" => Response::new(
+            200,
+            "text/plain; charset=utf-8",
+            "tls-policyd: /metrics (Prometheus), /health (JSON)\n",
+        ),
+        _ => Response::new(404, "text/plain; charset=utf-8", "not found\n"),
+    }
+}
+
+/// Serve `/metrics` and `/health` until `shutdown`.
+pub async fn serve(ctx: Arc<Context>, listener: Listener, shutdown: CancellationToken) {
+    http::serve(
+        listener,
+        move |path: String| {
+            let ctx = ctx.clone();
+            async move { respond(&ctx, &path) }
+        },
+        shutdown,
+    )
+    .await;
+}
+
+/// Why `status` has no report.
+#[derive(Debug)]
+pub enum StatusError {
+    Config(String),
+    NoListener(String),
+    Http(http::ClientError),
+    Json(serde_json::Error),
+}
+
+impl std::fmt::Display for StatusError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StatusError::Config(e) => f.write_str(e),
+            StatusError::NoListener(path) => write!(
+                f,
+                "{path} has no [metrics] section: add one with `listen = \"inet:127.0.0.1:9466\"` \
+                 (then restart), or pass --address"
+            ),
+            StatusError::Http(e) => write!(f, "no health report: {e} (is tls-policyd running?)"),
+            StatusError::Json(e) => write!(f, "the health report is not readable: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StatusError {}
+
+/// The metrics listener address named in a config file.
+pub fn address_from_config(path: &Path) -> Result<ListenAddr, StatusError> {
+    let config = Config::load(path).map_err(|e| StatusError::Config(e.to_string()))?;
+    config
+        .metrics
+        .map(|m| m.listen)
+        .ok_or_else(|| StatusError::NoListener(path.display().to_string()))
+}
+
+/// Fetch `/health` from a running daemon.
+pub fn fetch(addr: &ListenAddr) -> Result<Health, StatusError> {
+    let body = http::get(addr, "/health").map_err(StatusError::Http)?;
+    serde_json::from_slice(&body).map_err(StatusError::Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Health {
+        Health {
+            status: "degraded".into(),
+            version: "1.2.3".into(),
+            pid: 42,
+            started: "2026-11-24T10:00:00Z".into(),
+            uptime_seconds: 3723,
+            listeners: vec![
+                ListenerHealth {
+                    name: "socketmap".into(),
+                    address: "unix:/run/tls-policyd/socketmap.sock".into(),
+                    open_connections: Some(1),
+                    lookups: Some(12),
+                },
+                ListenerHealth {
+                    name: "metrics".into(),
+                    address: "inet:127.0.0.1:9466".into(),
+                    open_connections: None,
+                    lookups: None,
+                },
+            ],
+            policy: PolicyHealth {
+                file: "/etc/tls-policyd/policy.toml".into(),
+                rules: 1,
+                loaded: "2026-11-24T10:00:00Z".into(),
+            },
+            caches: vec![CacheHealth {
+                name: "prober".into(),
+                entries: 1,
+            }],
+            reloads: ReloadsHealth {
+                ok: 2,
+                failed: 1,
+                last: Some(ReloadStatus {
+                    at: "2026-11-24T11:00:00Z".into(),
+                    ok: false,
+                    error: Some("policy.toml: rule 3: unknown TLS level".into()),
+                }),
+            },
+            decision_log: DecisionLogHealth {
+                target: "-".into(),
+                dropped: 0,
+            },
+            recent_errors: vec![RecentError {
+                at: "2026-11-24T11:00:00Z".into(),
+                level: "error".into(),
+                target: "tls_policyd".into(),
+                message: "reload failed".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn text_report() {
+        let t = sample().render_text();
+        assert_eq!(
+            t,
+            "tls-policyd 1.2.3 (pid 42): degraded\n\
+             started       2026-11-24T10:00:00Z, up 1h 2m 3s\n\
+             listeners     socketmap  unix:/run/tls-policyd/socketmap.sock (1 open connection, 12 lookups)\n\
+             \x20             metrics    inet:127.0.0.1:9466\n\
+             policy        /etc/tls-policyd/policy.toml: 1 rule, loaded 2026-11-24T10:00:00Z\n\
+             caches        prober: 1 entry\n\
+             reloads       2 ok, 1 failed; last at 2026-11-24T11:00:00Z: FAILED, the previous configuration keeps serving: policy.toml: rule 3: unknown TLS level\n\
+             decision log  standard output, 0 records dropped\n\
+             recent warnings and errors, oldest first:\n\
+             \x20 2026-11-24T11:00:00Z ERROR tls_policyd: reload failed\n"
+        );
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let h = sample();
+        let text = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<Health>(&text).unwrap(), h);
+        // A field a newer daemon adds does not break an older `status`.
+        let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["something_new"] = serde_json::json!(1);
+        assert_eq!(serde_json::from_value::<Health>(v).unwrap(), h);
+    }
+}
