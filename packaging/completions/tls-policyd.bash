@@ -16,6 +16,9 @@ _tls__policyd() {
             ",$1")
                 cmd="tls__policyd"
                 ;;
+            tls__policyd,cache)
+                cmd="tls__policyd__subcmd__cache"
+                ;;
             tls__policyd,check-config)
                 cmd="tls__policyd__subcmd__check__subcmd__config"
                 ;;
@@ -39,6 +42,33 @@ _tls__policyd() {
                 ;;
             tls__policyd,status)
                 cmd="tls__policyd__subcmd__status"
+                ;;
+            tls__policyd__subcmd__cache,help)
+                cmd="tls__policyd__subcmd__cache__subcmd__help"
+                ;;
+            tls__policyd__subcmd__cache,list)
+                cmd="tls__policyd__subcmd__cache__subcmd__list"
+                ;;
+            tls__policyd__subcmd__cache,purge)
+                cmd="tls__policyd__subcmd__cache__subcmd__purge"
+                ;;
+            tls__policyd__subcmd__cache,show)
+                cmd="tls__policyd__subcmd__cache__subcmd__show"
+                ;;
+            tls__policyd__subcmd__cache__subcmd__help,help)
+                cmd="tls__policyd__subcmd__cache__subcmd__help__subcmd__help"
+                ;;
+            tls__policyd__subcmd__cache__subcmd__help,list)
+                cmd="tls__policyd__subcmd__cache__subcmd__help__subcmd__list"
+                ;;
+            tls__policyd__subcmd__cache__subcmd__help,purge)
+                cmd="tls__policyd__subcmd__cache__subcmd__help__subcmd__purge"
+                ;;
+            tls__policyd__subcmd__cache__subcmd__help,show)
+                cmd="tls__policyd__subcmd__cache__subcmd__help__subcmd__show"
+                ;;
+            tls__policyd__subcmd__help,cache)
+                cmd="tls__policyd__subcmd__help__subcmd__cache"
                 ;;
             tls__policyd__subcmd__help,check-config)
                 cmd="tls__policyd__subcmd__help__subcmd__check__subcmd__config"
@@ -64,6 +94,15 @@ _tls__policyd() {
             tls__policyd__subcmd__help,status)
                 cmd="tls__policyd__subcmd__help__subcmd__status"
                 ;;
+            tls__policyd__subcmd__help__subcmd__cache,list)
+                cmd="tls__policyd__subcmd__help__subcmd__cache__subcmd__list"
+                ;;
+            tls__policyd__subcmd__help__subcmd__cache,purge)
+                cmd="tls__policyd__subcmd__help__subcmd__cache__subcmd__purge"
+                ;;
+            tls__policyd__subcmd__help__subcmd__cache,show)
+                cmd="tls__policyd__subcmd__help__subcmd__cache__subcmd__show"
+                ;;
             *)
                 ;;
         esac
@@ -71,8 +110,142 @@ _tls__policyd() {
 
     case "${cmd}" in
         tls__policyd)
-            opts="-h -V --help --version serve explain probe check-config log status completions help"
+            opts="-h -V --help --version serve explain probe cache check-config log status completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__cache)
+            opts="-c -h --config --json --help list show purge help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__cache__subcmd__help)
+            opts="list show purge help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__cache__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__cache__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__cache__subcmd__help__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__cache__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__cache__subcmd__list)
+            opts="-h --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__cache__subcmd__purge)
+            opts="-h --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__cache__subcmd__show)
+            opts="-h --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -143,8 +316,64 @@ _tls__policyd() {
             return 0
             ;;
         tls__subcmd__policyd__subcmd__help)
-            opts="serve explain probe check-config log status completions help"
+            opts="serve explain probe cache check-config log status completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__help__subcmd__cache)
+            opts="list show purge"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__help__subcmd__cache__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__help__subcmd__cache__subcmd__purge)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__help__subcmd__cache__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -29,6 +29,7 @@ complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -s V -l version -d
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "serve" -d 'Run the daemon (SIGHUP reloads config and policy file and reopens the decision log; SIGTERM/SIGINT stop it)'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "explain" -d 'Show the decision for a destination key and every source consulted'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "probe" -d 'Probe a domain\'s mail servers for STARTTLS now and show what the policy decision and the policy server\'s answer would be'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "cache" -d 'The persisted cache (MTA-STS policies): list it, show or purge a domain\'s entries'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "check-config" -d 'Load the config and policy file as `serve` would; exit 1 on errors'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "log" -d 'Read decision logs (rotated and gzipped ones too)'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "status" -d 'Ask a running daemon how it is: listeners, policy, caches, reloads, recent warnings and errors (from the [metrics] listener\'s /health). Exit 0 when it is healthy, 2 when the last reload failed, 1 when it cannot be reached'
@@ -42,6 +43,23 @@ complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand explain" -s h -l
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -s c -l config -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -l json
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -l json
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -f -a "list" -d 'Every cached entry with its state and age'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -f -a "show" -d 'A domain\'s entries in full'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -f -a "purge" -d 'Remove a domain\'s entries from the cache file (a running daemon forgets them on its next reload)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from list" -l json
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from show" -l json
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from show" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from purge" -l json
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from purge" -s h -l help -d 'Print help'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "list" -d 'Every cached entry with its state and age'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "show" -d 'A domain\'s entries in full'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "purge" -d 'Remove a domain\'s entries from the cache file (a running daemon forgets them on its next reload)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand check-config" -s c -l config -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand check-config" -s h -l help -d 'Print help'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -s f -l file -d 'A log file to read (repeatable, read in order)' -r -F
@@ -58,11 +76,15 @@ complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -s a -l 
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -l json -d 'The health report as JSON'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -s h -l help -d 'Print help'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand completions" -s h -l help -d 'Print help'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "serve" -d 'Run the daemon (SIGHUP reloads config and policy file and reopens the decision log; SIGTERM/SIGINT stop it)'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "explain" -d 'Show the decision for a destination key and every source consulted'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "probe" -d 'Probe a domain\'s mail servers for STARTTLS now and show what the policy decision and the policy server\'s answer would be'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "check-config" -d 'Load the config and policy file as `serve` would; exit 1 on errors'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "log" -d 'Read decision logs (rotated and gzipped ones too)'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "status" -d 'Ask a running daemon how it is: listeners, policy, caches, reloads, recent warnings and errors (from the [metrics] listener\'s /health). Exit 0 when it is healthy, 2 when the last reload failed, 1 when it cannot be reached'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe check-config log status completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log status completions help" -f -a "serve" -d 'Run the daemon (SIGHUP reloads config and policy file and reopens the decision log; SIGTERM/SIGINT stop it)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log status completions help" -f -a "explain" -d 'Show the decision for a destination key and every source consulted'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log status completions help" -f -a "probe" -d 'Probe a domain\'s mail servers for STARTTLS now and show what the policy decision and the policy server\'s answer would be'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log status completions help" -f -a "cache" -d 'The persisted cache (MTA-STS policies): list it, show or purge a domain\'s entries'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log status completions help" -f -a "check-config" -d 'Load the config and policy file as `serve` would; exit 1 on errors'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log status completions help" -f -a "log" -d 'Read decision logs (rotated and gzipped ones too)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log status completions help" -f -a "status" -d 'Ask a running daemon how it is: listeners, policy, caches, reloads, recent warnings and errors (from the [metrics] listener\'s /health). Exit 0 when it is healthy, 2 when the last reload failed, 1 when it cannot be reached'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log status completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log status completions help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "list" -d 'Every cached entry with its state and age'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "show" -d 'A domain\'s entries in full'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "purge" -d 'Remove a domain\'s entries from the cache file (a running daemon forgets them on its next reload)'
