@@ -20,16 +20,14 @@
 
 mod common;
 
-use std::fs::File;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::dnssec::{self, Knot, Zone, hex, start_unbound};
 use common::netns::Netns;
 use common::postfix::{Mail, Postfix, PostfixOptions, SENDER};
 use common::smtp::{SinkTls, SmtpSink};
-use common::{Daemon, Options, find_tool};
+use common::{Daemon, Options};
 
 const TOOLS: &[&str] = &[
     "postfix",
@@ -47,184 +45,23 @@ const KNOT: &str = "127.0.0.2";
 const GOOD: (&str, &str) = ("mx-good.dane.test", "127.0.0.31");
 const BAD: (&str, &str) = ("mx-bad.dane.test", "127.0.0.32");
 
-/// A server process in the namespace, killed (and reaped) on drop.
-struct Server {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Server {
-    fn spawn(ns: &Netns, name: &'static str, args: &[&str], dir: &Path) -> Server {
-        let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log).unwrap();
-        let program = find_tool(name).unwrap_or_else(|| panic!("`{name}` is not installed"));
-        let child = ns
-            .cmd(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Server { name, child, log }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Wait until `addr` accepts TCP connections inside the namespace.
-    fn wait_listening(&mut self, ns: &Netns, addr: SocketAddr) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if ns.tcp_connect(addr).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited ({status}):\n{}", self.name, self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} does not listen on {addr}:\n{}",
-                self.name,
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- {} log\n{}", self.name, self.log_text());
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn run_ok(ns: &Netns, program: &str, args: &[&str]) -> String {
-    let tool = find_tool(program).unwrap_or_else(|| panic!("`{program}` is not installed"));
-    let out = ns.run(tool.to_str().unwrap(), args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// Knot serving `dane.test`, signed with a new key.
+fn start_knot(ns: &Netns, dir: &Path, good_tlsa: &str, bad_tlsa: &str) -> Knot {
+    let records = format!(
+        "good MX 10 {good_host}.\n\
+         {good_host}. A {good_ip}\n\
+         _25._tcp.{good_host}. TLSA 3 1 1 {good_tlsa}\n\
+         bad MX 10 {bad_host}.\n\
+         {bad_host}. A {bad_ip}\n\
+         _25._tcp.{bad_host}. TLSA 3 1 1 {bad_tlsa}\n\
+         notlsa MX 10 mx-notlsa\n\
+         mx-notlsa A 127.0.0.33",
+        good_host = GOOD.0,
+        good_ip = GOOD.1,
+        bad_host = BAD.0,
+        bad_ip = BAD.1,
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Knot serving `dane.test`, signed with a new key; returns the server,
-/// the DS record (SHA-256) of that key and its DNSKEY record.
-fn start_knot(ns: &Netns, dir: &Path, good_tlsa: &str, bad_tlsa: &str) -> (Server, String, String) {
-    let d = dir.display();
-    let conf = dir.join("knot.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "server:\n    listen: {KNOT}@53\n    rundir: {d}\n\
-             database:\n    storage: {d}\n\
-             log:\n  - target: stderr\n    any: info\n\
-             policy:\n  - id: manual\n    manual: on\n    single-type-signing: on\n\
-             zone:\n  - domain: dane.test\n    file: {d}/dane.test.zone\n    \
-             dnssec-signing: on\n    dnssec-policy: manual\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("dane.test.zone"),
-        format!(
-            "$ORIGIN dane.test.\n$TTL 60\n\
-             @ SOA ns hostmaster 1 3600 600 86400 60\n\
-             @ NS ns\n\
-             ns A {KNOT}\n\
-             good MX 10 {good_host}.\n\
-             {good_host}. A {good_ip}\n\
-             _25._tcp.{good_host}. TLSA 3 1 1 {good_tlsa}\n\
-             bad MX 10 {bad_host}.\n\
-             {bad_host}. A {bad_ip}\n\
-             _25._tcp.{bad_host}. TLSA 3 1 1 {bad_tlsa}\n\
-             notlsa MX 10 mx-notlsa\n\
-             mx-notlsa A 127.0.0.33\n",
-            good_host = GOOD.0,
-            good_ip = GOOD.1,
-            bad_host = BAD.0,
-            bad_ip = BAD.1,
-        ),
-    )
-    .unwrap();
-    let conf = conf.to_str().unwrap();
-    run_ok(
-        ns,
-        "keymgr",
-        &[
-            "-c",
-            conf,
-            "dane.test.",
-            "generate",
-            "algorithm=ecdsap256sha256",
-            "ksk=yes",
-            "zsk=yes",
-        ],
-    );
-    let ds = run_ok(ns, "keymgr", &["-c", conf, "dane.test.", "ds"])
-        .lines()
-        .find(|l| l.split_whitespace().nth(4) == Some("2"))
-        .unwrap_or_else(|| panic!("keymgr printed no SHA-256 DS"))
-        .trim()
-        .to_string();
-    let dnskey = run_ok(ns, "keymgr", &["-c", conf, "dane.test.", "dnskey"]);
-    let mut knot = Server::spawn(ns, "knotd", &["-c", conf], dir);
-    knot.wait_listening(ns, SocketAddr::new(KNOT.parse().unwrap(), 53));
-    (knot, ds, dnskey)
-}
-
-/// Unbound on 127.0.0.1:53, validating with `ds` as its only trust
-/// anchor, asking knot for `dane.test` and refusing everything else (it
-/// never recurses out of the namespace).
-fn start_unbound(ns: &Netns, dir: &Path, ds: &str) -> Server {
-    let conf = dir.join("unbound.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "server:\n\
-             \x20   interface: 127.0.0.1\n\
-             \x20   port: 53\n\
-             \x20   do-daemonize: no\n\
-             \x20   username: \"\"\n\
-             \x20   chroot: \"\"\n\
-             \x20   directory: \"{d}\"\n\
-             \x20   pidfile: \"\"\n\
-             \x20   use-syslog: no\n\
-             \x20   logfile: \"\"\n\
-             \x20   verbosity: 1\n\
-             \x20   val-log-level: 2\n\
-             \x20   ede: yes\n\
-             \x20   do-ip6: no\n\
-             \x20   access-control: 127.0.0.0/8 allow\n\
-             \x20   do-not-query-localhost: no\n\
-             \x20   qname-minimisation: no\n\
-             \x20   module-config: \"validator iterator\"\n\
-             \x20   trust-anchor: \"{ds}\"\n\
-             \x20   local-zone: \".\" refuse\n\
-             \x20   local-zone: \"dane.test.\" transparent\n\
-             stub-zone:\n\
-             \x20   name: \"dane.test.\"\n\
-             \x20   stub-addr: {KNOT}@53\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    let mut unbound = Server::spawn(ns, "unbound", &["-d", "-c", conf.to_str().unwrap()], dir);
-    unbound.wait_listening(ns, SocketAddr::from(([127, 0, 0, 1], 53)));
-    unbound
+    dnssec::start_knot(ns, dir, KNOT, &[Zone::signed("dane.test", &records)])
 }
 
 const CONFIG: &str = r#"
@@ -256,8 +93,9 @@ fn postfix_delivers_to_dane_with_verified_tls_and_defers_on_a_tlsa_mismatch() {
     let (bad_tls, bad_digest) = SinkTls::self_signed_with_spki_sha256(&[BAD.0]);
     // mx-bad publishes the digest of some other key.
     let wrong: Vec<u8> = bad_digest.iter().map(|b| b ^ 0xff).collect();
-    let (_knot, ds, dnskey) = start_knot(&ns, dir.path(), &hex(&good_digest), &hex(&wrong));
-    let _unbound = start_unbound(&ns, dir.path(), &ds);
+    let knot = start_knot(&ns, dir.path(), &hex(&good_digest), &hex(&wrong));
+    let _unbound = start_unbound(&ns, dir.path(), &knot, &["dane.test"]);
+    let dnskey = knot.dnskeys[0].clone();
     let (good, bad) = ns.run_in(move || {
         (
             SmtpSink::start(GOOD.1, 25, good_tls),

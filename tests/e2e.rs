@@ -1,45 +1,70 @@
 //! End to end: real Postfix delivers real mail over real SMTP and TLS to
-//! SMTP servers found through DNS, with tls-policyd deciding through
-//! `smtp_tls_policy_maps` and `check_policy_service`. Every piece runs
-//! inside a network namespace that the test creates with only `lo`:
+//! SMTP servers found through real DNS, with tls-policyd deciding through
+//! all three front doors: `smtp_tls_policy_maps` (socketmap),
+//! `check_policy_service` (policy server) and `smtpd_milters` (milter).
+//! Every piece runs inside a network namespace that the test creates with
+//! only `lo`:
 //!
-//! - a DNS server on 127.0.0.1:53 (the namespace's resolv.conf points
-//!   there; Postfix and tls-policyd both use it) with MX records, so
+//! - knot on 127.0.0.2:53, authoritative for the unsigned zone `test.`
+//!   (MX records of the recipient domains, MTA-STS TXT records) and the
+//!   zone `dane.test.`, signed with a key made for the test; unbound on
+//!   127.0.0.1:53 (the namespace's resolv.conf) validates, with that key's
+//!   DS as its only trust anchor. Postfix and tls-policyd both use it, so
 //!   Postfix asks the policy map with the recipient domain;
+//! - an HTTPS server on 127.0.0.44:443 serving MTA-STS policies with
+//!   certificates from a test CA;
 //! - SMTP servers on port 25: 127.0.0.21 with STARTTLS and a certificate
-//!   from a test CA, 127.0.0.22 with a self-signed certificate, 127.0.0.23
-//!   without STARTTLS;
+//!   from the test CA, 127.0.0.22 with a self-signed certificate, 127.0.0.23
+//!   without STARTTLS, 127.0.0.31 and .32 with self-signed certificates
+//!   that the DANE zone's TLSA records match and do not match;
 //! - tls-policyd (the binary) and a private Postfix instance that trusts
-//!   the test CA.
+//!   the test CA and uses DNSSEC (`smtp_dns_support_level = dnssec`).
 //!
-//! Each test is one scenario and asserts on what the servers received,
-//! what Postfix logged and what the decision log says. Run alone with
-//! `cargo test --test e2e` (as root). Needs root, `ip`, Postfix and swaks
-//! (`.ci/run` installs them); without them these tests fail, unless
-//! `SKIP_POSTFIX_TESTS=1` is set.
+//! Each test is one scenario; it asserts on what the servers received,
+//! what Postfix logged and what the decision log says, and ends by
+//! checking every decision record against every delivery Postfix logged.
+//! Everything is stopped and the namespace and files removed when a test
+//! ends, failed or not. Run alone with `cargo test --test e2e` (as root).
+//! Needs root, `ip`, Postfix, swaks, knot and unbound (`.ci/run` installs
+//! them); without them these tests fail, unless `SKIP_POSTFIX_TESTS=1` is
+//! set.
 
 mod common;
 
-use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::dns::TestDns;
+use common::dnssec::{Knot, Server, Zone, hex, restart_unbound, start_knot, unbound_conf};
+use common::https::{Response, TestHttps};
 use common::netns::Netns;
-use common::postfix::{Mail, Postfix, PostfixOptions, SENDER};
+use common::postfix::{LogLine, Mail, Postfix, PostfixOptions, SENDER};
 use common::smtp::{Received, SinkTls, SmtpSink, TestCa};
-use common::{Daemon, Options};
+use common::{Client, Daemon, Options};
 use serde_json::Value;
 
-const TOOLS: &[&str] = &["postfix", "postqueue", "swaks"];
+const TOOLS: &[&str] = &[
+    "postfix",
+    "postqueue",
+    "swaks",
+    "knotd",
+    "keymgr",
+    "unbound",
+];
 
 /// How long a delivery may take to show up.
-const DELIVERY: Duration = Duration::from_secs(20);
+const DELIVERY: Duration = Duration::from_secs(30);
 
+const KNOT: &str = "127.0.0.2";
+const HTTPS_IP: &str = "127.0.0.44";
 const TLS_MX: (&str, &str) = ("mx-tls.sink.test", "127.0.0.21");
 const SELF_MX: (&str, &str) = ("mx-self.sink.test", "127.0.0.22");
 const PLAIN_MX: (&str, &str) = ("mx-plain.sink.test", "127.0.0.23");
+const DANE_GOOD_MX: (&str, &str) = ("mx-good.dane.test", "127.0.0.31");
+const DANE_BAD_MX: (&str, &str) = ("mx-bad.dane.test", "127.0.0.32");
 
-/// Recipient domains and the mail server each one's MX points at.
+/// Recipient domains in the unsigned zone and the mail server each one's
+/// MX points at.
 const DOMAINS: &[(&str, (&str, &str))] = &[
     ("opp-tls.test", TLS_MX),
     ("opp-plain.test", PLAIN_MX),
@@ -48,6 +73,22 @@ const DOMAINS: &[(&str, (&str, &str))] = &[
     ("forced-plain.test", PLAIN_MX),
     ("secure-tls.test", TLS_MX),
     ("secure-self.test", SELF_MX),
+    ("sts-enforce.test", TLS_MX),
+    ("sts-forged.test", SELF_MX),
+];
+
+/// MTA-STS policies: domain, policy id, policy text.
+const STS: &[(&str, &str, &str)] = &[
+    (
+        "sts-enforce.test",
+        "e1",
+        "version: STSv1\nmode: enforce\nmx: mx-tls.sink.test\nmax_age: 86400\n",
+    ),
+    (
+        "sts-forged.test",
+        "f1",
+        "version: STSv1\nmode: enforce\nmx: *.sink.test\nmax_age: 86400\n",
+    ),
 ];
 
 const POLICY: &str = r#"
@@ -65,17 +106,26 @@ match = ["mx-tls.sink.test", "mx-self.sink.test"]
 reason = "authenticated partner"
 "#;
 
+/// Everything a scenario needs, stopped in this order when dropped: mail
+/// first, then tls-policyd, then the servers, the files and last the
+/// namespace.
 struct Lab {
-    ns: Netns,
-    dns: Option<TestDns>,
+    pf: Postfix,
+    daemon: Daemon,
     tls: SmtpSink,
     selfsigned: SmtpSink,
     plain: SmtpSink,
-    daemon: Daemon,
-    pf: Postfix,
+    dane_good: SmtpSink,
+    dane_bad: SmtpSink,
+    _https: TestHttps,
+    unbound: Option<Server>,
+    unbound_conf: PathBuf,
+    _knot: Knot,
+    dir: tempfile::TempDir,
+    ns: Netns,
 }
 
-fn config(socketmap: &str, policy_server: &str) -> String {
+fn config(socketmap: &str, policy_server: &str, milter: &str, dir: &std::path::Path) -> String {
     format!(
         r#"
 [socketmap]
@@ -84,6 +134,9 @@ listen = "{socketmap}"
 [policy_server]
 listen = "{policy_server}"
 refuse = "defer"
+
+[milter]
+listen = "{milter}"
 
 [prober]
 helo_name = "probe.test"
@@ -95,32 +148,96 @@ tls_timeout = "2s"
 nameservers = ["127.0.0.1:53"]
 timeout = "1s"
 attempts = 1
+dnssec = "trust-ad"
+
+[dane]
+cache_file = "{cache}"
+
+[mta_sts]
+cache_file = "{cache}"
+extra_ca_file = "{ca}"
 
 [policy]
 file = "policy.toml"
 
 [log]
 decisions = "decisions.jsonl"
-"#
+"#,
+        cache = dir.join("cache.sqlite").display(),
+        ca = dir.join("ca.pem").display(),
     )
+}
+
+/// The unsigned zone `test.`: sinks, recipient domains, MTA-STS records.
+fn test_zone() -> Zone {
+    let mut records = String::new();
+    for (host, ip) in [TLS_MX, SELF_MX, PLAIN_MX] {
+        records.push_str(&format!("{host}. A {ip}\n"));
+    }
+    for (domain, (host, _)) in DOMAINS {
+        records.push_str(&format!("{domain}. MX 10 {host}.\n"));
+    }
+    for (domain, id, _) in STS {
+        records.push_str(&format!("_mta-sts.{domain}. TXT \"v=STSv1; id={id};\"\n"));
+        records.push_str(&format!("mta-sts.{domain}. A {HTTPS_IP}\n"));
+    }
+    Zone::unsigned("test", &records)
+}
+
+/// The signed zone `dane.test.`: `good` publishes a TLSA record that
+/// matches its server's key, `bad` one that does not.
+fn dane_zone(good: &[u8], bad: &[u8]) -> Zone {
+    let wrong: Vec<u8> = bad.iter().map(|b| b ^ 0xff).collect();
+    let mut records = String::new();
+    for (name, (host, ip), digest) in [
+        ("good", DANE_GOOD_MX, good.to_vec()),
+        ("bad", DANE_BAD_MX, wrong),
+    ] {
+        records.push_str(&format!(
+            "{name} MX 10 {host}.\n{host}. A {ip}\n_25._tcp.{host}. TLSA 3 1 1 {}\n",
+            hex(&digest)
+        ));
+    }
+    Zone::signed("dane.test", &records)
 }
 
 impl Lab {
     fn start(prefix: &str) -> Option<Lab> {
         let ns = Netns::for_test(prefix, TOOLS)?;
-        let ca = TestCa::new();
-        let (dns, tls, selfsigned, plain) = ns.run_in({
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(TestCa::new());
+        ca.write_pem(&dir.path().join("ca.pem"));
+        let (good_tls, good_digest) = SinkTls::self_signed_with_spki_sha256(&[DANE_GOOD_MX.0]);
+        let (bad_tls, bad_digest) = SinkTls::self_signed_with_spki_sha256(&[DANE_BAD_MX.0]);
+        let knot = start_knot(
+            &ns,
+            dir.path(),
+            KNOT,
+            &[test_zone(), dane_zone(&good_digest, &bad_digest)],
+        );
+        let conf = unbound_conf(dir.path(), &knot, &["test", "dane.test"]);
+        let unbound = restart_unbound(&ns, dir.path(), &conf);
+        let (https, tls, selfsigned, plain, dane_good, dane_bad) = ns.run_in({
+            let ca = ca.clone();
             let ca_tls = SinkTls::issued_by(&ca, &[TLS_MX.0]);
             move || {
-                let dns = start_dns();
-                let tls = SmtpSink::start(TLS_MX.1, 25, ca_tls);
-                let selfsigned = SmtpSink::start(SELF_MX.1, 25, SinkTls::self_signed(&[SELF_MX.0]));
-                let plain = SmtpSink::start(PLAIN_MX.1, 25, SinkTls::None);
-                (dns, tls, selfsigned, plain)
+                let https = TestHttps::start(HTTPS_IP, 443, ca);
+                for (domain, _, policy) in STS {
+                    https.site(&format!("mta-sts.{domain}"), Response::policy(policy));
+                }
+                (
+                    https,
+                    SmtpSink::start(TLS_MX.1, 25, ca_tls),
+                    SmtpSink::start(SELF_MX.1, 25, SinkTls::self_signed(&[SELF_MX.0])),
+                    SmtpSink::start(PLAIN_MX.1, 25, SinkTls::None),
+                    SmtpSink::start(DANE_GOOD_MX.1, 25, good_tls),
+                    SmtpSink::start(DANE_BAD_MX.1, 25, bad_tls),
+                )
             }
         });
+        let any = "inet:127.0.0.1:0";
         let daemon = Daemon::start_frontend(
-            &config("inet:127.0.0.1:0", "inet:127.0.0.1:0"),
+            &config(any, any, any, dir.path()),
             POLICY,
             Options {
                 netns: Some(ns.name().to_string()),
@@ -129,6 +246,7 @@ impl Lab {
             "socketmap",
         );
         let policy = daemon.listening("policy");
+        let milter = daemon.listening("milter");
         let check = format!("check_policy_service {{ {policy}, default_action=DUNNO }}");
         let pf = Postfix::start(
             &ns,
@@ -141,20 +259,29 @@ impl Lab {
                 .set("smtp_tls_CAfile", "$config_directory/ca.pem")
                 .set("smtp_tls_loglevel", "1")
                 .set("smtp_host_lookup", "dns")
+                .set("smtp_dns_support_level", "dnssec")
                 .set(
                     "smtpd_recipient_restrictions",
                     format!("{check}, permit_mynetworks, reject"),
                 )
-                .set("smtpd_end_of_data_restrictions", check),
+                .set("smtpd_end_of_data_restrictions", check)
+                .set("smtpd_milters", milter)
+                .set("milter_default_action", "accept"),
         );
         Some(Lab {
-            ns,
-            dns: Some(dns),
+            pf,
+            daemon,
             tls,
             selfsigned,
             plain,
-            daemon,
-            pf,
+            dane_good,
+            dane_bad,
+            _https: https,
+            unbound: Some(unbound),
+            unbound_conf: conf,
+            _knot: knot,
+            dir,
+            ns,
         })
     }
 
@@ -195,17 +322,133 @@ impl Lab {
             .filter(|r| r["frontend"] == "socketmap" && r["domain"] == domain)
             .collect()
     }
-}
 
-fn start_dns() -> TestDns {
-    let dns = TestDns::start_at(SocketAddr::from(([127, 0, 0, 1], 53)));
-    for (host, ip) in [TLS_MX, SELF_MX, PLAIN_MX] {
-        dns.a(host, ip);
+    /// The milter's record for a message, waiting for it.
+    fn milter_record(&self, queue_id: &str) -> Value {
+        let deadline = std::time::Instant::now() + DELIVERY;
+        loop {
+            if let Some(r) = self
+                .daemon
+                .decisions()
+                .into_iter()
+                .find(|r| r["frontend"] == "milter" && r["queue_id"] == queue_id)
+            {
+                return r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no milter record for {queue_id}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    for (domain, (host, _)) in DOMAINS {
-        dns.mx(domain, 10, host);
+
+    fn sinks(&self) -> [&SmtpSink; 5] {
+        [
+            &self.tls,
+            &self.selfsigned,
+            &self.plain,
+            &self.dane_good,
+            &self.dane_bad,
+        ]
     }
-    dns
+
+    /// The decision log against what Postfix did, for every message:
+    ///
+    /// - every recipient Postfix delivered was delivered the way the
+    ///   socketmap decided for its domain: over TLS when forced, and only
+    ///   to a server that got it;
+    /// - no recipient of a forced domain was received in plaintext, and a
+    ///   deferred one was not received at all;
+    /// - every message Postfix received over SMTP while the milter ran has
+    ///   exactly one milter record with its queue id, whose recipients
+    ///   carry the socketmap's decision for their domain.
+    fn check_log_matches_postfix(&self, milter_throughout: bool) {
+        let records = self.daemon.decisions();
+        let map_tls = |domain: &str| -> Option<String> {
+            let tls: Vec<&str> = records
+                .iter()
+                .filter(|r| r["frontend"] == "socketmap" && r["domain"] == domain)
+                .map(|r| r["tls"].as_str().unwrap())
+                .collect();
+            let first = *tls.first()?;
+            assert!(
+                tls.iter().all(|t| *t == first),
+                "{domain} decided differently over time: {tls:?}"
+            );
+            Some(first.to_string())
+        };
+        let received = |rcpt: &str| -> Vec<Received> {
+            self.sinks()
+                .iter()
+                .flat_map(|s| s.messages())
+                .filter(|m| m.rcpt_to.iter().any(|r| r == rcpt))
+                .collect()
+        };
+        let mut checked = 0;
+        let mut accepted = Vec::new();
+        for line in self.pf.log_lines() {
+            let Some(l) = LogLine::parse(&line) else {
+                continue;
+            };
+            if l.daemon() == "smtpd"
+                && let Some((id, rest)) = l.text.split_once(": ")
+                && rest.starts_with("client=")
+            {
+                accepted.push(id.to_string());
+            }
+            if l.daemon() != "smtp" || !l.text.contains(" status=") {
+                continue;
+            }
+            let Some(rcpt) = l
+                .text
+                .split_once("to=<")
+                .and_then(|(_, r)| r.split_once('>'))
+                .map(|(r, _)| r)
+            else {
+                continue;
+            };
+            let domain = rcpt.rsplit_once('@').unwrap().1.to_ascii_lowercase();
+            let got = received(rcpt);
+            let tls = map_tls(&domain);
+            if l.text.contains("status=sent") {
+                let tls = tls.unwrap_or_else(|| panic!("{rcpt} sent without a map decision"));
+                assert!(
+                    !got.is_empty(),
+                    "{rcpt}: Postfix says sent, no server has it"
+                );
+                if tls == "forced" {
+                    assert!(got.iter().all(|m| m.tls), "{rcpt} forced, got plaintext");
+                }
+                checked += 1;
+            } else if l.text.contains("status=deferred") && tls.as_deref() == Some("forced") {
+                assert!(
+                    got.iter().all(|m| m.tls),
+                    "{rcpt} forced and deferred, yet received in plaintext"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no delivery checked");
+        for id in &accepted {
+            let recs: Vec<&Value> = records
+                .iter()
+                .filter(|r| r["frontend"] == "milter" && r["queue_id"] == id.as_str())
+                .collect();
+            assert!(recs.len() <= 1, "{id}: {} milter records", recs.len());
+            if milter_throughout {
+                assert_eq!(recs.len(), 1, "{id}: no milter record");
+            }
+            for r in recs {
+                for rcpt in r["recipients"].as_array().unwrap() {
+                    let domain = rcpt["domain"].as_str().unwrap();
+                    if let Some(tls) = map_tls(domain) {
+                        assert_eq!(rcpt["tls"], tls.as_str(), "{id}: {rcpt} vs the map");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The one message a sink got for `rcpt`.
@@ -244,7 +487,7 @@ fn summary(name: &str) {
 }
 
 #[test]
-fn opportunistic_domains_get_tls_when_offered_and_plaintext_otherwise() {
+fn e2e_opportunistic_domains_get_tls_when_offered_and_plaintext_otherwise() {
     let Some(lab) = Lab::start("e2e-opp") else {
         return;
     };
@@ -284,11 +527,12 @@ fn opportunistic_domains_get_tls_when_offered_and_plaintext_otherwise() {
             assert_eq!(r["key"], d, "{r}");
         }
     }
+    lab.check_log_matches_postfix(true);
     summary("opportunistic: TLS when offered, plaintext fallback, nothing lost");
 }
 
 #[test]
-fn forced_domains_never_go_out_in_plaintext() {
+fn e2e_forced_domains_never_go_out_in_plaintext() {
     let Some(lab) = Lab::start("e2e-frc") else {
         return;
     };
@@ -355,11 +599,12 @@ fn forced_domains_never_go_out_in_plaintext() {
     let line = lab.status(&id, "f@secure-self.test", mark);
     assert!(line.contains("status=deferred"), "{line}");
     never_received(&lab.selfsigned, "f@secure-self.test");
+    lab.check_log_matches_postfix(true);
     summary("forced: TLS or nothing, any letter case, 450 4.7.10 at RCPT once known");
 }
 
 #[test]
-fn one_message_to_a_forced_and_an_opportunistic_domain() {
+fn e2e_one_message_to_a_forced_and_an_opportunistic_domain() {
     let Some(lab) = Lab::start("e2e-mix") else {
         return;
     };
@@ -396,18 +641,130 @@ fn one_message_to_a_forced_and_an_opportunistic_domain() {
     assert_eq!(tls_of("a@forced-plain.test").as_deref(), Some("forced"));
     assert_eq!(tls_of("b@opp-plain.test").as_deref(), Some("opportunistic"));
     assert_eq!(m["tls"], "forced");
-    summary("mixed message: each recipient per its domain, one record with the queue id");
+
+    // The milter's record: the same queue id, the sender, the client, and
+    // both recipients with their decisions.
+    let r = lab.milter_record(&id);
+    assert_eq!(r["sender"], SENDER, "{r}");
+    assert_eq!(r["client_address"], "127.0.0.1", "{r}");
+    assert_eq!(r["tls"], "forced", "{r}");
+    let rs = r["recipients"].as_array().unwrap();
+    assert_eq!(rs.len(), 2, "{r}");
+    let of = |domain: &str| {
+        rs.iter()
+            .find(|x| x["domain"] == domain)
+            .unwrap_or_else(|| panic!("{domain} missing: {r}"))
+    };
+    assert_eq!(of("forced-plain.test")["tls"], "forced");
+    assert_eq!(of("forced-plain.test")["level"], "encrypt");
+    assert_eq!(of("forced-plain.test")["source"], "static");
+    assert_eq!(of("opp-plain.test")["tls"], "opportunistic");
+    assert_eq!(of("opp-plain.test")["level"], "may");
+    lab.check_log_matches_postfix(true);
+    summary(
+        "mixed message: each recipient per its domain; policy and milter records with the queue id",
+    );
 }
 
 #[test]
-fn daemon_restart_while_mail_flows_loses_nothing_and_leaks_nothing() {
+fn e2e_mta_sts_enforce_verifies_and_defers_an_untrusted_server() {
+    let Some(lab) = Lab::start("e2e-sts") else {
+        return;
+    };
+    let mark = lab.pf.log_mark();
+    // enforce, MX listed, certificate from the trusted CA: verified TLS.
+    let id = lab.send(SENDER, &["a@sts-enforce.test"]);
+    let line = lab.status(&id, "a@sts-enforce.test", mark);
+    assert!(line.contains("status=sent"), "{line}");
+    assert!(lab.tls_line(TLS_MX.0, mark).contains("Verified TLS"));
+    assert!(received(&lab.tls, "a@sts-enforce.test").tls);
+
+    // enforce, but the server's certificate is self-signed: deferred.
+    let id = lab.send(SENDER, &["b@sts-forged.test"]);
+    let line = lab.status(&id, "b@sts-forged.test", mark);
+    assert!(line.contains("status=deferred"), "{line}");
+    never_received(&lab.selfsigned, "b@sts-forged.test");
+
+    for (domain, level, policy_id) in [
+        (
+            "sts-enforce.test",
+            "secure match=mx-tls.sink.test servername=hostname",
+            "e1",
+        ),
+        (
+            "sts-forged.test",
+            "secure match=.sink.test servername=hostname",
+            "f1",
+        ),
+    ] {
+        let recs = lab.map_records(domain);
+        assert!(!recs.is_empty(), "no socketmap record for {domain}");
+        for r in &recs {
+            assert_eq!(r["source"], "mta-sts", "{r}");
+            assert_eq!(r["tls"], "forced", "{r}");
+            assert_eq!(r["level"], level, "{r}");
+            assert_eq!(r["policy_mode"], "enforce", "{r}");
+            assert_eq!(r["policy_id"], policy_id, "{r}");
+        }
+    }
+    lab.check_log_matches_postfix(true);
+    summary("MTA-STS enforce: verified TLS to a listed MX, deferred on an untrusted certificate");
+}
+
+#[test]
+fn e2e_dane_verifies_by_tlsa_and_defers_on_a_mismatch() {
+    let Some(lab) = Lab::start("e2e-dane") else {
+        return;
+    };
+    let mark = lab.pf.log_mark();
+    let id = lab.send(SENDER, &["a@good.dane.test", "b@bad.dane.test"]);
+    let line = lab.status(&id, "a@good.dane.test", mark);
+    assert!(line.contains("status=sent"), "{line}");
+    let tls = lab.tls_line(DANE_GOOD_MX.0, mark);
+    assert!(
+        tls.contains(&format!(
+            "Verified TLS connection established to {}[{}]:25",
+            DANE_GOOD_MX.0, DANE_GOOD_MX.1
+        )),
+        "{tls}"
+    );
+    assert!(received(&lab.dane_good, "a@good.dane.test").tls);
+
+    let line = lab.status(&id, "b@bad.dane.test", mark);
+    assert!(line.contains("status=deferred"), "{line}");
+    assert!(line.contains("Server certificate not verified"), "{line}");
+    never_received(&lab.dane_bad, "b@bad.dane.test");
+
+    for domain in ["good.dane.test", "bad.dane.test"] {
+        let recs = lab.map_records(domain);
+        assert!(!recs.is_empty(), "no socketmap record for {domain}");
+        for r in &recs {
+            assert_eq!(r["source"], "dane", "{r}");
+            assert_eq!(r["level"], "dane-only", "{r}");
+            assert_eq!(r["tls"], "forced", "{r}");
+        }
+    }
+    // The milter saw the same DANE decisions at RCPT time.
+    let r = lab.milter_record(&id);
+    for x in r["recipients"].as_array().unwrap() {
+        assert_eq!(x["source"], "dane", "{r}");
+        assert_eq!(x["level"], "dane-only", "{r}");
+    }
+    lab.check_log_matches_postfix(true);
+    summary("DANE: verified TLS where the TLSA record matches, deferred where it does not");
+}
+
+#[test]
+fn e2e_daemon_restart_while_mail_flows_loses_nothing_and_leaks_nothing() {
     let Some(mut lab) = Lab::start("e2e-rst") else {
         return;
     };
     // Fixed ports for the restart.
     let sm = lab.daemon.address().to_string();
     let ps = lab.daemon.listening("policy");
-    lab.daemon.write_config(&config(&sm, &ps));
+    let mi = lab.daemon.listening("milter");
+    lab.daemon
+        .write_config(&config(&sm, &ps, &mi, lab.dir.path()));
     lab.daemon.signal(libc::SIGTERM);
     assert!(lab.daemon.wait_exit().success());
 
@@ -435,24 +792,48 @@ fn daemon_restart_while_mail_flows_loses_nothing_and_leaks_nothing() {
     let line = lab.status(&id, "a@forced-plain.test", mark);
     assert!(line.contains("TLS is required"), "{line}");
     never_received(&lab.plain, "a@forced-plain.test");
+    lab.check_log_matches_postfix(false);
     summary("daemon down and back: queued, then delivered; forced never in plaintext");
 }
 
 #[test]
-fn dns_outage_defers_and_a_broken_reload_keeps_the_old_policy() {
+fn e2e_dns_outage_defers_and_a_broken_reload_keeps_the_old_policy() {
     let Some(mut lab) = Lab::start("e2e-flt") else {
         return;
     };
-    // DNS gone: Postfix cannot find the MX and defers; nothing is sent.
-    drop(lab.dns.take());
+    // A DANE domain is learned while DNS works.
+    let mark = lab.pf.log_mark();
+    let id = lab.send(SENDER, &["d@good.dane.test"]);
+    assert!(
+        lab.status(&id, "d@good.dane.test", mark)
+            .contains("status=sent")
+    );
+
+    // The resolver gone: Postfix cannot find the MX and defers; nothing is
+    // sent.
+    drop(lab.unbound.take());
     let mark = lab.pf.log_mark();
     let id = lab.send(SENDER, &["a@forced-tls.test", "b@opp-plain.test"]);
     for rcpt in ["a@forced-tls.test", "b@opp-plain.test"] {
         let line = lab.status(&id, rcpt, mark);
         assert!(line.contains("status=deferred"), "{line}");
     }
+    // tls-policyd keeps answering as documented: policy file rules, the
+    // cached DANE result, the default for a domain it cannot look up.
+    let mut map = Client::from_tcp(
+        lab.ns
+            .tcp_connect(("127.0.0.1", lab.daemon.port()))
+            .unwrap(),
+    );
+    for (domain, answer) in [
+        ("forced-plain.test", "OK encrypt"),
+        ("good.dane.test", "OK dane-only"),
+        ("opp-plain.test", "OK may"),
+    ] {
+        assert_eq!(map.query("tls_policy", domain), answer, "{domain}");
+    }
     // Back: delivered per policy.
-    lab.dns = Some(lab.ns.run_in(start_dns));
+    lab.unbound = Some(restart_unbound(&lab.ns, lab.dir.path(), &lab.unbound_conf));
     let mark = lab.pf.log_mark();
     lab.pf.flush();
     assert!(
@@ -479,5 +860,6 @@ fn dns_outage_defers_and_a_broken_reload_keeps_the_old_policy() {
     let line = lab.status(&id, "c@forced-plain.test", mark);
     assert!(line.contains("TLS is required"), "{line}");
     never_received(&lab.plain, "c@forced-plain.test");
+    lab.check_log_matches_postfix(true);
     summary("DNS outage defers then delivers; broken reload keeps the old policy");
 }

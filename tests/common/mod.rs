@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod dns;
+pub mod dnssec;
 pub mod https;
 pub mod milter;
 pub mod netns;
