@@ -143,6 +143,12 @@ impl Context {
                 None => CacheUse::ReadWrite,
             },
         )?;
+        if let Some(s) = &mta_sts {
+            s.attach_metrics(metrics.clone());
+        }
+        if let Some(d) = &dane {
+            d.attach_metrics(metrics.clone());
+        }
         // Precedence: DANE before MTA-STS (RFC 8461 section 2).
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();
         if let Some(d) = &dane {

@@ -138,6 +138,9 @@ refuse = "defer"
 [milter]
 listen = "{milter}"
 
+[metrics]
+listen = "inet:127.0.0.1:0"
+
 [prober]
 helo_name = "probe.test"
 connect_timeout = "2s"
@@ -321,6 +324,23 @@ impl Lab {
             .into_iter()
             .filter(|r| r["frontend"] == "socketmap" && r["domain"] == domain)
             .collect()
+    }
+
+    /// The value of one Prometheus sample (`name{labels}`) the metrics
+    /// listener serves now; 0 when absent.
+    fn metric(&self, sample: &str) -> u64 {
+        use std::io::{Read, Write};
+        let addr = self.daemon.listening("metrics");
+        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let mut s = self.ns.tcp_connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+            .unwrap_or(0)
     }
 
     /// The milter's record for a message, waiting for it.
@@ -660,6 +680,14 @@ fn e2e_one_message_to_a_forced_and_an_opportunistic_domain() {
     assert_eq!(of("forced-plain.test")["source"], "static");
     assert_eq!(of("opp-plain.test")["tls"], "opportunistic");
     assert_eq!(of("opp-plain.test")["level"], "may");
+    // The milter's work shows in the metrics.
+    assert!(lab.metric("tls_policyd_lookups_total{frontend=\"milter\"}") >= 2);
+    assert!(lab.metric("tls_policyd_connections_total{frontend=\"milter\"}") >= 1);
+    assert!(
+        lab.metric(
+            "tls_policyd_decisions_total{frontend=\"milter\",tls=\"forced\",level=\"encrypt\",source=\"static\"}"
+        ) >= 1
+    );
     lab.check_log_matches_postfix(true);
     summary(
         "mixed message: each recipient per its domain; policy and milter records with the queue id",
@@ -707,6 +735,12 @@ fn e2e_mta_sts_enforce_verifies_and_defers_an_untrusted_server() {
             assert_eq!(r["policy_id"], policy_id, "{r}");
         }
     }
+    assert!(lab.metric("tls_policyd_fetches_total{source=\"mta-sts\",result=\"found\"}") >= 2);
+    assert_eq!(
+        lab.metric("tls_policyd_cache_entries{cache=\"mta-sts\"}"),
+        2
+    );
+    assert!(lab.metric("tls_policyd_cache_requests_total{cache=\"mta-sts\",result=\"hit\"}") >= 1);
     lab.check_log_matches_postfix(true);
     summary("MTA-STS enforce: verified TLS to a listed MX, deferred on an untrusted certificate");
 }
@@ -750,6 +784,9 @@ fn e2e_dane_verifies_by_tlsa_and_defers_on_a_mismatch() {
         assert_eq!(x["source"], "dane", "{r}");
         assert_eq!(x["level"], "dane-only", "{r}");
     }
+    assert!(lab.metric("tls_policyd_fetches_total{source=\"dane\",result=\"found\"}") >= 2);
+    assert!(lab.metric("tls_policyd_cache_requests_total{cache=\"dane\",result=\"hit\"}") >= 1);
+    assert!(lab.metric("tls_policyd_cache_entries{cache=\"dane\"}") >= 2);
     lab.check_log_matches_postfix(true);
     summary("DANE: verified TLS where the TLSA record matches, deferred where it does not");
 }

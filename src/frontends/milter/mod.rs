@@ -61,6 +61,7 @@ use super::message::{
 };
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::{ListenAddr, Listener, SocketOptions, parse_mode};
+use crate::metrics::{ConnectionGuard, Frontend};
 use state::{Message, Recipient, Seen, Session};
 
 /// Highest `max_recipients` accepted.
@@ -279,6 +280,8 @@ pub struct Conn {
     session: Session,
     /// Actions the MTA agreed to.
     actions: Actions,
+    /// Counts the connection as open in the metrics until it closes.
+    _open: Option<ConnectionGuard>,
 }
 
 /// Serve MTA connections until shutdown; then let each connection finish
@@ -363,6 +366,9 @@ async fn guarded<'a>(
     match tokio::time::timeout(limit, CatchUnwind(Box::pin(work))).await {
         Ok(Ok(status)) => status,
         Ok(Err(panic)) => {
+            if let Some(m) = deps.backend.metrics() {
+                m.error("milter", "internal");
+            }
             tracing::error!(
                 stage,
                 queue_id = queue_id.as_deref().unwrap_or(""),
@@ -372,6 +378,9 @@ async fn guarded<'a>(
             Status::Continue
         }
         Err(_) => {
+            if let Some(m) = deps.backend.metrics() {
+                m.error("milter", "timeout");
+            }
             tracing::warn!(
                 stage,
                 queue_id = queue_id.as_deref().unwrap_or(""),
@@ -533,9 +542,14 @@ fn negotiate(
             cx.requested_macros.insert(stage, names);
         }
     }
+    let open = deps
+        .backend
+        .metrics()
+        .map(|m| m.connection(Frontend::Milter));
     cx.data = Some(Conn {
         session: Session::default(),
         actions,
+        _open: open,
     });
     Status::Continue
 }
@@ -544,6 +558,7 @@ fn connect(cx: &mut Context<Conn>, hostname: CString, socket: SocketInfo) {
     let conn = cx.data.get_or_insert_with(|| Conn {
         session: Session::default(),
         actions: Actions::empty(),
+        _open: None,
     });
     let (client_address, local_submission) = match socket {
         SocketInfo::Inet(a) => (Some(a.ip().to_string()), Session::is_local_submission(&a)),
@@ -595,6 +610,7 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
     let local_submission = conn.session.local_submission;
     let message = conn.session.message.get_or_insert_with(Message::default);
     let engine = deps.backend.engine();
+    let started = std::time::Instant::now();
     let mut ruling = rule_recipient(
         engine,
         &recipient,
@@ -603,6 +619,10 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
         settings.routing_header.is_some(),
     )
     .await;
+    if let Some(m) = deps.backend.metrics() {
+        m.lookup(Frontend::Milter, started.elapsed());
+        m.decision(Frontend::Milter, &ruling.decision);
+    }
     if settings.refuse == RefuseMode::Off {
         // Refusals are switched on here, not by a policy-file rule.
         ruling.refuse = RefuseMode::Off;

@@ -40,7 +40,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,7 @@ use crate::dns::secure::SecureResolver;
 use crate::engine::decision::{Decision, Level, SourceKind};
 use crate::engine::key::Destination;
 use crate::engine::{Consulted, Source};
+use crate::metrics::{Cache, Fetch, FetchResult, Metrics};
 pub use assess::{Assessment, Outcome};
 
 /// What to answer when a DANE lookup fails or does not validate.
@@ -454,6 +455,7 @@ struct Inner {
     cache: Mutex<HashMap<String, Entry>>,
     lookups: Semaphore,
     started: AtomicU64,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl Inner {
@@ -489,6 +491,7 @@ impl DaneSource {
                 store: None,
                 cache: Mutex::new(HashMap::new()),
                 started: AtomicU64::new(0),
+                metrics: OnceLock::new(),
             }),
         })
     }
@@ -506,6 +509,7 @@ impl DaneSource {
                 store: None,
                 cache: Mutex::new(HashMap::new()),
                 started: AtomicU64::new(0),
+                metrics: OnceLock::new(),
             },
         };
         let mut stored = store.load_all();
@@ -542,6 +546,13 @@ impl DaneSource {
         }
     }
 
+    /// Count lookups (cache hits and misses), DNS lookups and the number
+    /// of cached domains in `metrics` from now on. The first call wins.
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        metrics.cache_entries(Cache::Dane, self.cached_domains());
+        let _ = self.inner.metrics.set(metrics);
+    }
+
     /// Lookups started since the source was built.
     pub fn lookups_started(&self) -> u64 {
         self.inner.started.load(Ordering::Relaxed)
@@ -563,8 +574,12 @@ impl DaneSource {
     pub async fn resolve(&self, domain: &str) -> Arc<DaneRecord> {
         let now = SystemTime::now();
         let previous = self.current(domain);
+        let hit = previous.as_ref().is_some_and(|r| r.fresh(now));
+        if let Some(m) = self.inner.metrics.get() {
+            m.cache_lookup(Cache::Dane, hit);
+        }
         if let Some(r) = &previous
-            && r.fresh(now)
+            && hit
         {
             if !r.failed() && r.due_for_refresh(now) {
                 self.start_lookup(domain);
@@ -624,7 +639,16 @@ impl DaneSource {
                 inner: inner.clone(),
                 domain: domain.clone(),
             };
+            let started = Instant::now();
             let record = lookup(&inner, &domain).await;
+            if let Some(m) = inner.metrics.get() {
+                let result = match &record.assessment.outcome {
+                    Outcome::Policy { .. } => FetchResult::Found,
+                    Outcome::NoPolicy { .. } => FetchResult::None,
+                    Outcome::Failed { .. } => FetchResult::Error,
+                };
+                m.fetch(Fetch::Dane, result, started.elapsed());
+            }
             let record = Arc::new(record);
             let kept = {
                 let mut cache = inner.cache();
@@ -643,6 +667,9 @@ impl DaneSource {
                     e.record = Some(record.clone());
                 }
                 e.in_flight = None;
+                if let Some(m) = inner.metrics.get() {
+                    m.cache_entries(Cache::Dane, cache.len());
+                }
                 !keep_old
             };
             if kept && let Some(store) = &inner.store {

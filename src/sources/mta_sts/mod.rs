@@ -37,7 +37,7 @@ pub mod report;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -50,6 +50,7 @@ use crate::dns::{self, LookupError, Resolver};
 use crate::engine::decision::{Decision, Level, Published, SourceKind};
 use crate::engine::key::Destination;
 use crate::engine::{Consulted, Source};
+use crate::metrics::{Cache, Fetch, FetchResult, Metrics};
 use crate::store::{Entry, Kind, Store};
 pub use config::MtaStsConfig;
 use fetch::{FetchError, Fetcher, RootsError};
@@ -228,6 +229,7 @@ struct Inner {
     store: Option<Arc<Store>>,
     slots: Semaphore,
     fetches: AtomicU64,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl MtaSts {
@@ -276,6 +278,7 @@ impl MtaSts {
                 inflight: Mutex::new(HashMap::new()),
                 store,
                 fetches: AtomicU64::new(0),
+                metrics: OnceLock::new(),
             }),
         })
     }
@@ -310,6 +313,13 @@ impl MtaSts {
             .values()
             .filter(|s| matches!(s, Slot::Policy(_)))
             .count()
+    }
+
+    /// Count lookups (cache hits and misses), discoveries and the number
+    /// of cached policies in `metrics` from now on. The first call wins.
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        metrics.cache_entries(Cache::MtaSts, self.policy_count());
+        let _ = self.inner.metrics.set(metrics);
     }
 
     /// Policy fetches started so far.
@@ -370,7 +380,11 @@ impl MtaSts {
     /// Look a domain up (lower case, A-labels, no trailing dot).
     pub async fn lookup(&self, domain: &str) -> Consulted {
         let now = now_secs();
-        if let Some(answer) = self.inner.cached_answer(domain, now) {
+        let cached = self.inner.cached_answer(domain, now);
+        if let Some(m) = self.inner.metrics.get() {
+            m.cache_lookup(Cache::MtaSts, cached.is_some());
+        }
+        if let Some(answer) = cached {
             return answer;
         }
         let rx = match self.inner.start(domain, false) {
@@ -480,6 +494,9 @@ impl MtaSts {
         }
         if let Some(store) = &self.inner.store {
             store.remove_expired(to_time(now));
+        }
+        if let Some(m) = self.inner.metrics.get() {
+            m.cache_entries(Cache::MtaSts, self.policy_count());
         }
         let mut started = 0;
         for domain in due {
@@ -609,6 +626,20 @@ impl Inner {
     /// policy. A valid cached policy survives every failure.
     async fn discover(self: &Arc<Self>, domain: &str, fetch: bool) -> Consulted {
         let _permit = self.slots.acquire().await;
+        let started = std::time::Instant::now();
+        let (answer, result) = self.discover_counted(domain, fetch).await;
+        if let Some(m) = self.metrics.get() {
+            m.fetch(Fetch::MtaSts, result, started.elapsed());
+        }
+        answer
+    }
+
+    /// [`Inner::discover`], and how it ended for the metrics.
+    async fn discover_counted(
+        self: &Arc<Self>,
+        domain: &str,
+        fetch: bool,
+    ) -> (Consulted, FetchResult) {
         let now = now_secs();
         let cached = self.valid_policy(domain, now);
         if let Some(c) = &cached {
@@ -622,18 +653,24 @@ impl Inner {
                         tracing::warn!(domain, error = %e, id = %c.id, expires = %humantime::format_rfc3339_seconds(to_time(c.expires_at)),
                             "no MTA-STS record now; the cached policy applies until it expires");
                     }
-                    return c.answer.clone();
+                    return (c.answer.clone(), FetchResult::Error);
                 }
+                let result = match &e {
+                    DiscoveryError::Dns(LookupError::NxDomain | LookupError::NoData)
+                    | DiscoveryError::Record(RecordError::None) => FetchResult::None,
+                    DiscoveryError::Record(_) => FetchResult::Invalid,
+                    _ => FetchResult::Error,
+                };
                 let why = format!("no MTA-STS policy: {e}");
                 self.remember_negative(domain, now, &why);
-                return Consulted::NoPolicy(why);
+                return (Consulted::NoPolicy(why), result);
             }
         };
         if let Some(c) = &cached
             && c.id == record.id
             && !fetch
         {
-            return c.answer.clone();
+            return (c.answer.clone(), FetchResult::Found);
         }
         match self.fetch_policy(domain).await {
             Ok((policy, text)) => {
@@ -665,7 +702,16 @@ impl Inner {
                 }
                 self.write_cache()
                     .insert(domain.to_string(), Slot::Policy(c.clone()));
-                c.answer.clone()
+                if let Some(m) = self.metrics.get() {
+                    // Under the read lock: lookups go on meanwhile.
+                    let policies = self
+                        .read_cache()
+                        .values()
+                        .filter(|s| matches!(s, Slot::Policy(_)))
+                        .count();
+                    m.cache_entries(Cache::MtaSts, policies);
+                }
+                (c.answer.clone(), FetchResult::Found)
             }
             Err(e) => {
                 if let Some(c) = cached {
@@ -674,7 +720,7 @@ impl Inner {
                             expires = %humantime::format_rfc3339_seconds(to_time(c.expires_at)),
                             "MTA-STS policy fetch failed; the cached policy applies until it expires");
                     }
-                    return c.answer.clone();
+                    return (c.answer.clone(), FetchResult::Error);
                 }
                 tracing::warn!(domain, id = %record.id, error = %e, "MTA-STS record published but no usable policy");
                 let why = format!(
@@ -682,7 +728,11 @@ impl Inner {
                     record.id
                 );
                 self.remember_negative(domain, now, &why);
-                Consulted::NoPolicy(why)
+                let result = match e {
+                    DiscoveryError::Policy(_) => FetchResult::Invalid,
+                    _ => FetchResult::Error,
+                };
+                (Consulted::NoPolicy(why), result)
             }
         }
     }
