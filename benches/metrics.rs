@@ -14,18 +14,7 @@ use tls_policyd::engine::decision::{Decision, Level, SourceKind};
 use tls_policyd::metrics::{Frontend, Metrics};
 
 fn decision(level: Level, source: SourceKind) -> Decision {
-    Decision {
-        level,
-        policy: Arc::from(level.as_str()),
-        source,
-        rule: None,
-        matched: None,
-        reason: Arc::from("bench"),
-        ttl: Duration::from_secs(1),
-        raised: false,
-        temporary: false,
-        published: None,
-    }
+    Decision::bare(level, source, "bench")
 }
 
 /// What the socketmap records per request, `ops` times; ns per request.

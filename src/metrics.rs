@@ -870,18 +870,7 @@ mod tests {
     use crate::engine::decision::Decision;
 
     fn decision(level: Level, source: SourceKind) -> Decision {
-        Decision {
-            level,
-            policy: Arc::from(level.as_str()),
-            source,
-            rule: None,
-            matched: None,
-            reason: Arc::from("r"),
-            ttl: Duration::from_secs(1),
-            raised: false,
-            temporary: false,
-            published: None,
-        }
+        Decision::bare(level, source, "r")
     }
 
     fn rendered(m: &Metrics) -> String {

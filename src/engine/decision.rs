@@ -205,6 +205,23 @@ pub struct Published {
 }
 
 impl Decision {
+    /// A decision at `level` by `source` with nothing more to it: no rule,
+    /// no attributes, no published policy, a TTL of one second.
+    pub fn bare(level: Level, source: SourceKind, reason: &str) -> Decision {
+        Decision {
+            level,
+            policy: Arc::from(level.as_str()),
+            source,
+            rule: None,
+            matched: None,
+            reason: Arc::from(reason),
+            ttl: Duration::from_secs(1),
+            raised: false,
+            temporary: false,
+            published: None,
+        }
+    }
+
     pub fn tls(&self) -> Tls {
         self.level.tls()
     }

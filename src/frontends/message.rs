@@ -378,11 +378,12 @@ pub fn panic_text(panic: &Box<dyn Any + Send>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::decision::Level;
 
-    fn rcpt(domain: &str, tls: Tls, level: &str, action: Option<&str>) -> RecipientRecord {
+    /// A recipient record for `u@domain` by policy-file rule 1.
+    pub(crate) fn rcpt(domain: &str, tls: Tls, level: &str, action: Option<&str>) -> RecipientRecord {
         RecipientRecord {
             recipient: Some(format!("u@{domain}")),
             domain: Some(domain.to_string()),

@@ -804,20 +804,8 @@ impl Messages {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::decision::{SourceKind, Tls};
-
-    fn rcpt(domain: &str, tls: Tls, level: &str, action: Option<&str>) -> RecipientRecord {
-        RecipientRecord {
-            recipient: Some(format!("u@{domain}")),
-            domain: Some(domain.to_string()),
-            tls,
-            level: Arc::from(level),
-            source: SourceKind::Static,
-            rule: Some(1),
-            reason: Arc::from("r"),
-            action: action.map(str::to_string),
-        }
-    }
+    use crate::engine::decision::Tls;
+    use crate::frontends::message::tests::rcpt;
 
     fn config(extra: &str) -> Result<PolicyServerConfig, toml::de::Error> {
         toml::from_str(&format!("listen = \"inet:127.0.0.1:0\"\n{extra}"))

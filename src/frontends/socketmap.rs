@@ -369,18 +369,7 @@ mod tests {
     use crate::engine::decision::Level;
 
     fn decision(level: Level, source: SourceKind) -> Decision {
-        Decision {
-            level,
-            policy: Arc::from(level.as_str()),
-            source,
-            rule: None,
-            matched: None,
-            reason: Arc::from("r"),
-            ttl: Duration::from_secs(1),
-            raised: false,
-            temporary: false,
-            published: None,
-        }
+        Decision::bare(level, source, "r")
     }
 
     fn wire(r: &Reply) -> String {
