@@ -288,6 +288,20 @@ impl Config {
             m.validate()
                 .map_err(|e| ConfigError::in_section(path, "mta_sts", &e))?;
         }
+        if let (Some(d), Some(m)) = (&self.dane, &self.mta_sts)
+            && d.cache_file != m.cache_file
+        {
+            return Err(ConfigError::one(
+                path,
+                "dane.cache_file",
+                format!(
+                    "{} is not mta_sts.cache_file ({}): DANE and MTA-STS keep one cache file \
+                     (leave both out for the default)",
+                    d.cache_file.display(),
+                    m.cache_file.display()
+                ),
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::one(
                 path,
@@ -491,6 +505,11 @@ mod tests {
                 "not a duration",
             ),
             ("[policy]\nfile = \"p\"\n", "no front door"),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n[policy]\nfile = \"p\"\n\
+                 [dane]\ncache_file = \"/a.sqlite\"\n[mta_sts]\ncache_file = \"/b.sqlite\"\n",
+                "key `dane.cache_file`: /a.sqlite is not mta_sts.cache_file (/b.sqlite)",
+            ),
             (
                 "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n",
                 "missing field `policy`",

@@ -419,8 +419,14 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         tasks.spawn(milter::serve(l, deps, shutdown.clone()));
     }
     drop(config);
-    if let Some(s) = &ctx.mta_sts {
-        tasks.spawn(s.clone().maintain(shutdown.clone()));
+    match (&ctx.mta_sts, &ctx.dane) {
+        (Some(s), _) => {
+            tasks.spawn(s.clone().maintain(shutdown.clone()));
+        }
+        (None, Some(d)) => {
+            tasks.spawn(d.clone().maintain_store(shutdown.clone()));
+        }
+        (None, None) => {}
     }
     while tasks.join_next().await.is_some() {}
     if let Some(store) = ctx.mta_sts.as_ref().and_then(|s| s.store()) {

@@ -59,8 +59,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The persisted cache (MTA-STS policies): list it, show or purge a
-    /// domain's entries.
+    /// The persisted cache (MTA-STS policies and DANE results): list it,
+    /// show or purge a domain's entries.
     Cache {
         #[arg(long, short)]
         config: PathBuf,

@@ -871,3 +871,51 @@ async fn dane_history_survives_a_restart_in_the_cache_file() {
     );
     assert_eq!(s.lookups_started(), 0, "answered from the stored result");
 }
+
+#[tokio::test]
+async fn expired_rows_leave_the_cache_file_with_dane_alone() {
+    use tls_policyd::store::{Kind, Store};
+    let Some(w) = World::new(100) else {
+        return;
+    };
+    w.dns.set_ad_default(true);
+    w.mx("brief.test", 10, "mx.brief.test", true);
+    let path = w.dir.path().join("cache.sqlite");
+    let store = Arc::new(Store::open(&path).unwrap());
+    let dane = DaneConfig {
+        min_ttl: Duration::from_secs(1),
+        max_ttl: Duration::from_secs(1),
+        remember: Duration::from_secs(1),
+        ..DaneConfig::default()
+    };
+    let s = w
+        .source_with(&w.dns_config(), dane)
+        .with_store(store.clone());
+    assert_eq!(
+        policy(&s.consult_domain("brief.test").await),
+        (Level::DaneOnly, false)
+    );
+    let rows = || {
+        // A read-only look at what the writer has written so far.
+        let (rows, _) = Store::open(&path).unwrap().load(Kind::Dane).unwrap();
+        rows.len()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rows() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the row's keep-until: the maintenance round removes it.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(rows(), 1, "nothing removes rows without maintenance");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(s.clone().maintain_store(stop.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while rows() != 0 {
+        assert!(std::time::Instant::now() < deadline, "expired row kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    store.close();
+}

@@ -383,7 +383,12 @@ pub(crate) mod tests {
     use crate::engine::decision::Level;
 
     /// A recipient record for `u@domain` by policy-file rule 1.
-    pub(crate) fn rcpt(domain: &str, tls: Tls, level: &str, action: Option<&str>) -> RecipientRecord {
+    pub(crate) fn rcpt(
+        domain: &str,
+        tls: Tls,
+        level: &str,
+        action: Option<&str>,
+    ) -> RecipientRecord {
         RecipientRecord {
             recipient: Some(format!("u@{domain}")),
             domain: Some(domain.to_string()),

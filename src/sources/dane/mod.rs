@@ -268,6 +268,8 @@ pub trait DaneStore: Send + Sync {
     /// how long the row is worth keeping (the result's expiry, or longer
     /// while the domain's DANE history is remembered).
     fn save(&self, domain: &str, record: &DaneRecord, keep_until: SystemTime);
+    /// Forget rows not worth keeping any more at `now`.
+    fn remove_expired(&self, _now: SystemTime) {}
     /// Write what is queued and stop (the daemon shutting down).
     fn close(&self) {}
 }
@@ -348,6 +350,10 @@ impl DaneStore for crate::store::Store {
             Ok(e) => self.put(e),
             Err(e) => tracing::warn!(domain, error = %e, "cannot store a DANE result"),
         }
+    }
+
+    fn remove_expired(&self, now: SystemTime) {
+        crate::store::Store::remove_expired(self, now);
     }
 
     fn close(&self) {
@@ -551,6 +557,23 @@ impl DaneSource {
     pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
         metrics.cache_entries(Cache::Dane, self.cached_domains());
         let _ = self.inner.metrics.set(metrics);
+    }
+
+    /// Every 30 s until `shutdown`, drop expired rows from the cache file.
+    /// The MTA-STS source does this for the file when it shares it; run
+    /// this when DANE has the file alone.
+    pub async fn maintain_store(self, shutdown: tokio_util::sync::CancellationToken) {
+        let Some(store) = self.inner.store.clone() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => store.remove_expired(SystemTime::now()),
+            }
+        }
     }
 
     /// Lookups started since the source was built.
