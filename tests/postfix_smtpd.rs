@@ -402,12 +402,18 @@ fn namespaces_processes_and_directories_are_removed() {
         .arg("600")
         .spawn()
         .expect("start a process in the namespace");
-    let left = Leftovers::of(&pf);
+    // `ip netns exec` joins the namespace a moment after it is spawned.
+    let stray_pid = i32::try_from(stray.id()).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let left = loop {
+        let left = Leftovers::of(&pf);
+        if left.pids.contains(&stray_pid) || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(left.pids.contains(&left.master), "{left:?}");
-    assert!(
-        left.pids.contains(&i32::try_from(stray.id()).unwrap()),
-        "{left:?}"
-    );
+    assert!(left.pids.contains(&stray_pid), "{left:?}");
     let t = Instant::now();
     drop(pf);
     drop(ns);
