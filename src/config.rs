@@ -355,11 +355,11 @@ impl Config {
 
 impl SocketmapConfig {
     pub fn socket_options(&self) -> SocketOptions {
-        SocketOptions {
-            mode: self.socket_mode.as_deref().and_then(|m| parse_mode(m).ok()),
-            owner: self.socket_owner.clone(),
-            group: self.socket_group.clone(),
-        }
+        SocketOptions::from_settings(
+            self.socket_mode.as_deref(),
+            self.socket_owner.as_ref(),
+            self.socket_group.as_ref(),
+        )
     }
 }
 

@@ -267,9 +267,7 @@ impl Context {
             if o.max_connections != n.max_connections {
                 needs_restart.push("socketmap.max_connections");
             }
-            if (&o.socket_mode, &o.socket_owner, &o.socket_group)
-                != (&n.socket_mode, &n.socket_owner, &n.socket_group)
-            {
+            if o.socket_options() != n.socket_options() {
                 needs_restart.push("socketmap.socket_*");
             }
         }
@@ -281,9 +279,7 @@ impl Context {
                 if o.max_connections != n.max_connections {
                     needs_restart.push("policy_server.max_connections");
                 }
-                if (&o.socket_mode, &o.socket_owner, &o.socket_group)
-                    != (&n.socket_mode, &n.socket_owner, &n.socket_group)
-                {
+                if o.socket_options() != n.socket_options() {
                     needs_restart.push("policy_server.socket_*");
                 }
             }
@@ -298,9 +294,7 @@ impl Context {
                 if o.max_connections != n.max_connections {
                     needs_restart.push("milter.max_connections");
                 }
-                if (&o.socket_mode, &o.socket_owner, &o.socket_group)
-                    != (&n.socket_mode, &n.socket_owner, &n.socket_group)
-                {
+                if o.socket_options() != n.socket_options() {
                     needs_restart.push("milter.socket_*");
                 }
             }

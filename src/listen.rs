@@ -66,6 +66,22 @@ pub struct SocketOptions {
     pub group: Option<String>,
 }
 
+impl SocketOptions {
+    /// From a section's `socket_mode` (octal text, checked by the
+    /// section's validation), `socket_owner` and `socket_group`.
+    pub fn from_settings(
+        mode: Option<&str>,
+        owner: Option<&String>,
+        group: Option<&String>,
+    ) -> SocketOptions {
+        SocketOptions {
+            mode: mode.and_then(|m| parse_mode(m).ok()),
+            owner: owner.cloned(),
+            group: group.cloned(),
+        }
+    }
+}
+
 /// A bound listener.
 pub enum Listener {
     Tcp(TcpListener),
