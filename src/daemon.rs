@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::engine::refusal::TlsKnowledge;
 use crate::engine::{Engine, Source};
 use crate::frontends::{milter, policy, socketmap};
-use crate::listen::{ListenAddr, Listener};
+use crate::listen::{ListenAddr, Listener, SocketOptions};
 use crate::log::record::{DecisionLog, Target};
 use crate::metrics::Metrics;
 use crate::prober::{Prober, ProberError};
@@ -260,50 +260,36 @@ impl Context {
             (None, None, _) => {}
             _ => needs_restart.push("mta_sts"),
         }
-        if let (Some(o), Some(n)) = (&old.socketmap, &new.socketmap) {
-            if o.listen != n.listen {
-                needs_restart.push("socketmap.listen");
-            }
-            if o.max_connections != n.max_connections {
-                needs_restart.push("socketmap.max_connections");
-            }
-            if o.socket_options() != n.socket_options() {
-                needs_restart.push("socketmap.socket_*");
-            }
-        }
-        match (&old.policy_server, &new.policy_server) {
-            (Some(o), Some(n)) => {
-                if o.listen != n.listen {
-                    needs_restart.push("policy_server.listen");
-                }
-                if o.max_connections != n.max_connections {
-                    needs_restart.push("policy_server.max_connections");
-                }
-                if o.socket_options() != n.socket_options() {
-                    needs_restart.push("policy_server.socket_*");
-                }
-            }
-            (None, None) => {}
-            _ => needs_restart.push("policy_server"),
-        }
-        match (&old.milter, &new.milter) {
-            (Some(o), Some(n)) => {
-                if o.listen != n.listen {
-                    needs_restart.push("milter.listen");
-                }
-                if o.max_connections != n.max_connections {
-                    needs_restart.push("milter.max_connections");
-                }
-                if o.socket_options() != n.socket_options() {
-                    needs_restart.push("milter.socket_*");
-                }
-            }
-            (None, None) => {}
-            _ => needs_restart.push("milter"),
-        }
-        if old.socketmap.is_some() != new.socketmap.is_some() {
-            needs_restart.push("socketmap");
-        }
+        listener_changes(
+            old.socketmap
+                .as_ref()
+                .map(|c| (&c.listen, c.max_connections, c.socket_options())),
+            new.socketmap
+                .as_ref()
+                .map(|c| (&c.listen, c.max_connections, c.socket_options())),
+            LISTENER_KEYS[0],
+            &mut needs_restart,
+        );
+        listener_changes(
+            old.policy_server
+                .as_ref()
+                .map(|c| (&c.listen, c.max_connections, c.socket_options())),
+            new.policy_server
+                .as_ref()
+                .map(|c| (&c.listen, c.max_connections, c.socket_options())),
+            LISTENER_KEYS[1],
+            &mut needs_restart,
+        );
+        listener_changes(
+            old.milter
+                .as_ref()
+                .map(|c| (&c.listen, c.max_connections, c.socket_options())),
+            new.milter
+                .as_ref()
+                .map(|c| (&c.listen, c.max_connections, c.socket_options())),
+            LISTENER_KEYS[2],
+            &mut needs_restart,
+        );
         if old.prober != new.prober {
             needs_restart.push("prober");
         }
@@ -337,6 +323,54 @@ impl Context {
             rules,
             needs_restart,
         })
+    }
+}
+
+/// Per front door: its section and the keys of its listener settings.
+const LISTENER_KEYS: [[&str; 4]; 3] = [
+    [
+        "socketmap",
+        "socketmap.listen",
+        "socketmap.max_connections",
+        "socketmap.socket_*",
+    ],
+    [
+        "policy_server",
+        "policy_server.listen",
+        "policy_server.max_connections",
+        "policy_server.socket_*",
+    ],
+    [
+        "milter",
+        "milter.listen",
+        "milter.max_connections",
+        "milter.socket_*",
+    ],
+];
+
+/// A front door's listener settings (address, connection limit, socket
+/// options) take effect on restart, as does adding or removing the front
+/// door: push the keys that changed.
+fn listener_changes(
+    old: Option<(&ListenAddr, usize, SocketOptions)>,
+    new: Option<(&ListenAddr, usize, SocketOptions)>,
+    [section, listen, max, socket]: [&'static str; 4],
+    out: &mut Vec<&'static str>,
+) {
+    match (old, new) {
+        (Some(o), Some(n)) => {
+            if o.0 != n.0 {
+                out.push(listen);
+            }
+            if o.1 != n.1 {
+                out.push(max);
+            }
+            if o.2 != n.2 {
+                out.push(socket);
+            }
+        }
+        (None, None) => {}
+        _ => out.push(section),
     }
 }
 
@@ -430,4 +464,35 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         d.close_store();
     }
     ctx.log.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_changes_name_what_needs_a_restart() {
+        let a: ListenAddr = "inet:127.0.0.1:1".parse().unwrap();
+        let b: ListenAddr = "inet:127.0.0.1:2".parse().unwrap();
+        let group = SocketOptions {
+            group: Some("postfix".into()),
+            ..SocketOptions::default()
+        };
+        let keys = LISTENER_KEYS[2];
+        let run = |old, new| {
+            let mut out = Vec::new();
+            listener_changes(old, new, keys, &mut out);
+            out
+        };
+        let none: Vec<&str> = Vec::new();
+        assert_eq!(run(None, None), none);
+        let same = Some((&a, 8, SocketOptions::default()));
+        assert_eq!(run(same.clone(), same.clone()), none);
+        assert_eq!(run(None, same.clone()), ["milter"]);
+        assert_eq!(run(same.clone(), None), ["milter"]);
+        assert_eq!(
+            run(same, Some((&b, 9, group))),
+            ["milter.listen", "milter.max_connections", "milter.socket_*"]
+        );
+    }
 }
