@@ -1,9 +1,12 @@
 //! The packaging files agree with each other and with the daemon: the
 //! systemd unit runs the packaged config as the user the maintainer
-//! scripts create, its runtime, state and log directories are the ones
-//! the packaged config uses, every file the package lists exists, and the
-//! unit passes `systemd-analyze verify` where systemd is installed. (The
-//! package itself is built, installed and run by `scripts/build-deb`.)
+//! scripts create, its log directory and the one writable path outside its
+//! own (the socket directory in Postfix's queue directory, which the
+//! maintainer scripts create and purge) are the ones the packaged config
+//! uses, every file the package lists exists, and the unit passes
+//! `systemd-analyze verify` where systemd is installed. (The package itself
+//! is built, installed and run, with Debian's Postfix too, by
+//! `scripts/build-deb`.)
 
 mod common;
 
@@ -84,30 +87,61 @@ fn unit_matches_the_packaged_config_and_user() {
             "/bin/kill -HUP $MAINPID".to_string()
         ]
     );
-    // Only the service's own directories (and the spool socket directory)
-    // are writable.
-    assert_eq!(one(&s, "ReadWritePaths"), "-/var/spool/postfix/tls-policyd");
+    // Only the service's own directories and the socket directory in
+    // Postfix's queue directory are writable.
+    let socket_dir = Path::new("/var/spool/postfix/tls-policyd");
+    assert_eq!(
+        one(&s, "ReadWritePaths"),
+        format!("-{}", socket_dir.display())
+    );
     assert_eq!(one(&s, "CapabilityBoundingSet"), "");
+    // Nothing lives in /run any more.
+    assert!(!s.contains_key("RuntimeDirectory"));
 
     let config = packaged_config();
-    let socket = match &config.socketmap.as_ref().unwrap().listen {
-        ListenAddr::Unix(p) => p.clone(),
-        other => panic!("packaged socketmap listens on {other}"),
-    };
-    assert_eq!(
-        socket.parent().unwrap(),
-        Path::new("/run").join(one(&s, "RuntimeDirectory"))
-    );
     assert_eq!(
         config.log.decisions.parent().unwrap(),
         Path::new("/var/log").join(one(&s, "LogsDirectory"))
     );
     assert_eq!(one(&s, "StateDirectory"), "tls-policyd");
-    // Postfix must traverse the runtime directory to reach the socket.
-    assert_eq!(one(&s, "RuntimeDirectoryMode"), "0755");
-    let sm = config.socketmap.as_ref().unwrap();
-    assert_eq!(sm.socket_mode.as_deref(), Some("0660"));
-    assert_eq!(sm.socket_group.as_deref(), Some("postfix"));
+    // All three front doors, on unix sockets in the spool that chrooted
+    // Postfix daemons reach, for group postfix only.
+    let sm = config.socketmap.as_ref().expect("packaged [socketmap]");
+    let ps = config
+        .policy_server
+        .as_ref()
+        .expect("packaged [policy_server]");
+    let mi = config.milter.as_ref().expect("packaged [milter]");
+    for (name, listen, mode, group, file) in [
+        (
+            "socketmap",
+            &sm.listen,
+            &sm.socket_mode,
+            &sm.socket_group,
+            "socketmap.sock",
+        ),
+        (
+            "policy_server",
+            &ps.listen,
+            &ps.socket_mode,
+            &ps.socket_group,
+            "policy.sock",
+        ),
+        (
+            "milter",
+            &mi.listen,
+            &mi.socket_mode,
+            &mi.socket_group,
+            "milter.sock",
+        ),
+    ] {
+        match listen {
+            ListenAddr::Unix(p) => assert_eq!(p, &socket_dir.join(file), "{name}"),
+            other => panic!("packaged {name} listens on {other}"),
+        }
+        assert_eq!(mode.as_deref(), Some("0660"), "{name}");
+        assert_eq!(group.as_deref(), Some("postfix"), "{name}");
+    }
     match &config.metrics.as_ref().expect("packaged [metrics]").listen {
         ListenAddr::Inet(a) => assert!(a.ip().is_loopback(), "metrics on {a}"),
         other => panic!("metrics on {other}"),
@@ -118,6 +152,25 @@ fn unit_matches_the_packaged_config_and_user() {
     let postinst = read(&root().join("packaging/debian/postinst"));
     assert!(postinst.contains("adduser --system --group --quiet --home /var/lib/tls-policyd"));
     assert!(postinst.contains("adduser --quiet tls-policyd postfix"));
+    // The socket directory: the service user's, traversable by Postfix.
+    assert!(postinst.contains(&format!("SOCKET_DIR={}\n", socket_dir.display())));
+    assert!(postinst.contains("install -d -o tls-policyd -g postfix -m 0750 \"$SOCKET_DIR\""));
+    let postrm = read(&root().join("packaging/debian/postrm"));
+    let purge = postrm
+        .lines()
+        .find(|l| l.trim_start().starts_with("rm -rf "))
+        .expect("postrm purge");
+    for dir in [
+        socket_dir,
+        Path::new("/var/lib/tls-policyd"),
+        Path::new("/var/log/tls-policyd"),
+    ] {
+        assert!(
+            purge.split_whitespace().any(|w| Path::new(w) == dir),
+            "postrm purge keeps {}",
+            dir.display()
+        );
+    }
     for script in ["postinst", "postrm"] {
         let text = read(&root().join("packaging/debian").join(script));
         assert_eq!(text.matches("#DEBHELPER#").count(), 1, "{script}");
