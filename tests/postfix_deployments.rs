@@ -206,25 +206,41 @@ fn start_daemon(inst: &Instance) -> Daemon {
     )
 }
 
-/// `inet:ADDRESS:PORT` of the first check_policy_service in a
-/// restriction list.
+/// The server (`inet:ADDRESS:PORT` or `unix:PATH`) of the first
+/// check_policy_service in a restriction list.
 fn policy_service(restrictions: &str) -> Option<String> {
     let at = restrictions.find("check_policy_service")?;
-    let rest = &restrictions[at..];
-    let start = rest.find("inet:")?;
-    let addr: String = rest[start + "inet:".len()..]
+    let rest = restrictions[at + "check_policy_service".len()..]
+        .trim_start()
+        .trim_start_matches('{')
+        .trim_start();
+    let addr: String = rest
         .chars()
         .take_while(|c| !c.is_whitespace() && *c != ',' && *c != '}')
         .collect();
     Some(addr)
 }
 
-/// One policy delegation request; the `action=` value.
-fn ask_policy(ns: &Netns, addr: &str, sender: &str, recipient: &str) -> String {
-    let mut s = ns
-        .tcp_connect(addr)
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(WAIT)).unwrap();
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// One policy delegation request; the `action=` value. A relative unix
+/// socket path is taken from the queue directory, as smtpd(8) does.
+fn ask_policy(inst: &Instance, addr: &str, sender: &str, recipient: &str) -> String {
+    let mut s: Box<dyn Stream> = if let Some(path) = addr.strip_prefix("unix:") {
+        let s = std::os::unix::net::UnixStream::connect(inst.queue().join(path))
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        Box::new(s)
+    } else {
+        let hostport = addr.strip_prefix("inet:").unwrap_or(addr);
+        let s = inst
+            .ns
+            .tcp_connect(hostport)
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        Box::new(s)
+    };
     let req = format!(
         "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
          client_address=127.0.0.1\nsender={sender}\nrecipient={recipient}\n\
@@ -284,11 +300,11 @@ fn check_deployment(name: &str) {
         Some(addr) => {
             assert!(has_policy, "{name}: main.cf asks a policy server at {addr}");
             assert_eq!(
-                ask_policy(&ns, &addr, "alice@src.example", "bob@other.example"),
+                ask_policy(&inst, &addr, "alice@src.example", "bob@other.example"),
                 "DUNNO"
             );
             // A sender rule: FILTER to a transport that master.cf defines.
-            let action = ask_policy(&ns, &addr, "cfo@finance.example.com", "bob@other.example");
+            let action = ask_policy(&inst, &addr, "cfo@finance.example.com", "bob@other.example");
             let transport = action
                 .strip_prefix("FILTER ")
                 .and_then(|t| t.strip_suffix(':'))
