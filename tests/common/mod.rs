@@ -21,6 +21,7 @@ use serde_json::Value;
 
 pub mod dns;
 pub mod dnssec;
+pub mod examples;
 pub mod https;
 pub mod milter;
 pub mod netns;
