@@ -27,6 +27,7 @@ pub mod milter;
 pub mod netns;
 pub mod postfix;
 pub mod smtp;
+pub mod submission;
 
 /// File names inside a daemon's directory.
 pub const CONFIG_FILE: &str = "tls-policyd.toml";
