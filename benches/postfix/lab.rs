@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::netns::{Netns, missing_prerequisite};
 use crate::common::postfix::{Postfix, PostfixOptions, backdate};
-use crate::common::{Daemon, Options};
+use crate::common::{Daemon, Options, examples};
 
 /// The sink: `dest.example`'s only host.
 const SINK: &str = "127.0.0.2:25";
@@ -23,40 +23,42 @@ const MESSAGE_BYTES: usize = 2048;
 const WARMUP_MESSAGES: usize = 20;
 const POLL: Duration = Duration::from_millis(5);
 
-const SOCKETMAP: &str = "socketmap:inet:127.0.0.1:10027:tls_policy";
-const POLICY_CHECK: &str = "check_policy_service { inet:127.0.0.1:10028, default_action=DUNNO }";
-const MILTER: &str = "inet:127.0.0.1:10029";
+/// The deployment whose lines the benchmark runs, verbatim.
+const DEPLOYMENT: &str = "deployments/all-front-doors";
 
-const DAEMON_CONFIG: &str = r#"
-[socketmap]
-listen = "inet:127.0.0.1:10027"
-map = "tls_policy"
-forced_map = "tls_forced"
-default_reply = "policy"
+/// main.cf settings per front door, as the deployment gives them.
+const SOCKETMAP_SETTINGS: &[&str] = &["smtp_tls_policy_maps"];
+const POLICY_SETTINGS: &[&str] = &[
+    "smtpd_recipient_restrictions",
+    "smtpd_data_restrictions",
+    "smtpd_end_of_data_restrictions",
+];
+const MILTER_SETTINGS: &[&str] = &["smtpd_milters"];
+/// Settings that apply whichever front doors are on.
+const COMMON_SETTINGS: &[&str] = &[
+    "smtpd_relay_restrictions",
+    "smtpd_policy_service_max_idle",
+    "milter_default_action",
+    "milter_protocol",
+    "milter_connect_timeout",
+    "milter_command_timeout",
+];
 
-[policy_server]
-listen = "inet:127.0.0.1:10028"
-refuse = "defer"
-forced_transport = "smtp-tls-forced"
+/// The deployment's tls-policyd.toml with its files in the daemon's
+/// directory; and its policy file.
+fn daemon_files() -> (String, String) {
+    let config = examples::read(&format!("{DEPLOYMENT}/tls-policyd.toml"))
+        .replace("/etc/tls-policyd/policy.toml", "policy.toml")
+        .replace("/var/log/tls-policyd/decisions.jsonl", "decisions.jsonl");
+    let policy = examples::read(&format!("{DEPLOYMENT}/policy.toml"));
+    (config, policy)
+}
 
-[milter]
-listen = "inet:127.0.0.1:10029"
-refuse = "defer"
-
-[prober]
-enabled = true
-
-[policy]
-file = "policy.toml"
-
-[log]
-decisions = "decisions.jsonl"
-level = "info"
-"#;
-
-/// The example policy file: the benchmark's mail goes to an unruled
-/// domain (the default, opportunistic), as most mail does.
-const POLICY: &str = include_str!("../../postfix-examples/policy.toml");
+fn deployment_setting(name: &str) -> String {
+    let main_cf = examples::read(&format!("{DEPLOYMENT}/main.cf"));
+    examples::main_cf_value(&main_cf, name)
+        .unwrap_or_else(|| panic!("{DEPLOYMENT}/main.cf has no {name}"))
+}
 
 /// One Postfix configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,21 +102,24 @@ impl Config {
         matches!(self, Config::Milter | Config::All)
     }
 
-    /// The main.cf settings, every one of them set (to empty when off).
-    fn main_cf(self) -> Vec<(&'static str, &'static str)> {
-        let on = |yes: bool, v: &'static str| if yes { v } else { "" };
-        vec![
-            ("smtp_tls_policy_maps", on(self.socketmap(), SOCKETMAP)),
-            (
-                "smtpd_recipient_restrictions",
-                on(self.policy(), POLICY_CHECK),
-            ),
-            (
-                "smtpd_end_of_data_restrictions",
-                on(self.policy(), POLICY_CHECK),
-            ),
-            ("smtpd_milters", on(self.milter(), MILTER)),
-        ]
+    /// The main.cf settings, every front door's set (to empty when off).
+    fn main_cf(self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (on, names) in [
+            (self.socketmap(), SOCKETMAP_SETTINGS),
+            (self.policy(), POLICY_SETTINGS),
+            (self.milter(), MILTER_SETTINGS),
+        ] {
+            for name in names {
+                let value = if on {
+                    deployment_setting(name)
+                } else {
+                    String::new()
+                };
+                out.push((name.to_string(), value));
+            }
+        }
+        out
     }
 }
 
@@ -217,9 +222,10 @@ impl Lab {
         std::fs::write(&hosts, text).expect("write namespace hosts");
 
         let (sink, sink_count) = start_sink(&ns);
+        let (config, policy) = daemon_files();
         let daemon = Daemon::start_frontend(
-            DAEMON_CONFIG,
-            POLICY,
+            &config,
+            &policy,
             Options {
                 netns: Some(ns.name().to_string()),
                 env: Vec::new(),
@@ -228,23 +234,20 @@ impl Lab {
         );
         daemon.listening("socketmap");
         daemon.listening("policy");
-        let pf = Postfix::start(
-            &ns,
-            PostfixOptions::default()
-                // Next hop by /etc/hosts: the TLS policy key is the
-                // recipient domain, as with MX routing.
-                .set("smtp_dns_support_level", "disabled")
-                .set("smtp_host_lookup", "native")
-                .set("smtp_tls_security_level", "may")
-                .set(
-                    "smtpd_relay_restrictions",
-                    "permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination",
-                )
-                .set("smtpd_recipient_restrictions", "")
-                .master_line(
-                    "smtp-tls-forced unix - - n - - smtp\n  -o smtp_tls_security_level=encrypt",
-                ),
-        );
+        let mut opts = PostfixOptions::default()
+            // Next hop by /etc/hosts: the TLS policy key is the recipient
+            // domain, as with MX routing.
+            .set("smtp_dns_support_level", "disabled")
+            .set("smtp_host_lookup", "native")
+            .set("smtp_tls_security_level", "may")
+            .set("smtpd_recipient_restrictions", "")
+            .master_line(
+                "smtp-tls-forced unix - - n - - smtp\n  -o smtp_tls_security_level=encrypt",
+            );
+        for name in COMMON_SETTINGS {
+            opts = opts.set(name, deployment_setting(name));
+        }
+        let pf = Postfix::start(&ns, opts);
         let log = LogTail {
             path: daemon.decisions_path(),
             offset: 0,
@@ -281,7 +284,7 @@ impl Lab {
             // reload would serve a few more sessions the old way.
             let settings: Vec<String> = config
                 .main_cf()
-                .iter()
+                .into_iter()
                 .map(|(n, v)| format!("{n}={v}"))
                 .collect();
             let mut args = vec!["-e".to_string()];

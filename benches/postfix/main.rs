@@ -4,18 +4,20 @@
 //! Inside a network namespace it creates (only `lo`), the benchmark runs
 //! Postfix's `smtp-sink` on 127.0.0.2:25 (the MX of `dest.example`, by
 //! `/etc/hosts`), a private Postfix instance on 127.0.0.1:25 and the
-//! release `tls-policyd` with all three front doors on loopback TCP, as the
-//! README configures them. Postfix's `smtp-source` then injects messages
+//! release `tls-policyd` with all three front doors on loopback TCP, as
+//! `postfix-examples/deployments/all-front-doors` configures them (its
+//! `tls-policyd.toml`, `policy.toml` and main.cf lines, read from the
+//! files). Postfix's `smtp-source` then injects messages
 //! (3 recipients, 2 KB, one SMTP session per message, S sessions in
 //! parallel) from 127.0.0.1, a client in `mynetworks`, and each run is
 //! timed until the sink has counted every message.
 //!
-//! Configurations, switched with `postconf -e` and `postfix reload` and
+//! Configurations, switched with `postconf -e` and a Postfix restart and
 //! run interleaved (one of each per repetition), each after a short
 //! untimed warm-up:
 //! - `plain`: no front door;
 //! - `socketmap`: `smtp_tls_policy_maps`;
-//! - `policy`: `check_policy_service` at RCPT and at end of data;
+//! - `policy`: `check_policy_service` at RCPT, DATA and end of data;
 //! - `milter`: `smtpd_milters`;
 //! - `all`: the three together.
 //!
