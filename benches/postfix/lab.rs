@@ -44,20 +44,76 @@ const COMMON_SETTINGS: &[&str] = &[
     "milter_command_timeout",
 ];
 
+/// The deployment's loopback addresses and the unix sockets that replace
+/// them with `BENCH_SOCKETS=unix` (inside Postfix's queue directory, as
+/// the Debian package has them).
+const ENDPOINTS: [(&str, &str); 3] = [
+    ("inet:127.0.0.1:10027", "tls-policyd/socketmap.sock"),
+    ("inet:127.0.0.1:10028", "tls-policyd/policy.sock"),
+    ("inet:127.0.0.1:10029", "tls-policyd/milter.sock"),
+];
+
+/// How Postfix reaches the front doors.
+#[derive(Debug, Clone)]
+pub enum Sockets {
+    /// The deployment's loopback TCP addresses.
+    Inet,
+    /// Unix sockets under this queue directory.
+    Unix(PathBuf),
+}
+
+impl Sockets {
+    fn name(&self) -> &'static str {
+        match self {
+            Sockets::Inet => "loopback TCP",
+            Sockets::Unix(_) => "unix sockets in the queue directory",
+        }
+    }
+}
+
 /// The deployment's tls-policyd.toml with its files in the daemon's
 /// directory; and its policy file.
-fn daemon_files() -> (String, String) {
-    let config = examples::read(&format!("{DEPLOYMENT}/tls-policyd.toml"))
+fn daemon_files(sockets: &Sockets) -> (String, String) {
+    let mut config = examples::read(&format!("{DEPLOYMENT}/tls-policyd.toml"))
         .replace("/etc/tls-policyd/policy.toml", "policy.toml")
         .replace("/var/log/tls-policyd/decisions.jsonl", "decisions.jsonl");
+    if let Sockets::Unix(queue) = sockets {
+        let mut out = String::new();
+        for line in config.lines() {
+            let unix = ENDPOINTS.iter().find(|(inet, _)| {
+                line.trim_start().starts_with("listen") && line.contains(&format!("\"{inet}\""))
+            });
+            match unix {
+                Some((_, path)) => {
+                    let path = queue.join(path);
+                    out.push_str(&format!(
+                        "listen = \"unix:{}\"\nsocket_mode = \"0666\"\n",
+                        path.display()
+                    ));
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        config = out;
+    }
     let policy = examples::read(&format!("{DEPLOYMENT}/policy.toml"));
     (config, policy)
 }
 
-fn deployment_setting(name: &str) -> String {
+fn deployment_setting(name: &str, sockets: &Sockets) -> String {
     let main_cf = examples::read(&format!("{DEPLOYMENT}/main.cf"));
-    examples::main_cf_value(&main_cf, name)
-        .unwrap_or_else(|| panic!("{DEPLOYMENT}/main.cf has no {name}"))
+    let mut value = examples::main_cf_value(&main_cf, name)
+        .unwrap_or_else(|| panic!("{DEPLOYMENT}/main.cf has no {name}"));
+    if let Sockets::Unix(_) = sockets {
+        // Relative to the queue directory, where Postfix daemons run.
+        for (inet, path) in ENDPOINTS {
+            value = value.replace(inet, &format!("unix:{path}"));
+        }
+    }
+    value
 }
 
 /// One Postfix configuration.
@@ -103,7 +159,7 @@ impl Config {
     }
 
     /// The main.cf settings, every front door's set (to empty when off).
-    fn main_cf(self) -> Vec<(String, String)> {
+    fn main_cf(self, sockets: &Sockets) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for (on, names) in [
             (self.socketmap(), SOCKETMAP_SETTINGS),
@@ -112,7 +168,7 @@ impl Config {
         ] {
             for name in names {
                 let value = if on {
-                    deployment_setting(name)
+                    deployment_setting(name, sockets)
                 } else {
                     String::new()
                 };
@@ -205,12 +261,13 @@ pub struct Lab {
     log: LogTail,
     pf: Postfix,
     ns: Netns,
+    sockets: Sockets,
     current: Option<Config>,
 }
 
 impl Lab {
     /// Everything up and listening; `None` when the machine cannot run it.
-    pub fn start() -> Option<Lab> {
+    pub fn start(unix_sockets: bool) -> Option<Lab> {
         if let Some(why) = missing_prerequisite(&["postfix", "smtp-source", "smtp-sink"]) {
             eprintln!("{why}");
             return None;
@@ -222,18 +279,6 @@ impl Lab {
         std::fs::write(&hosts, text).expect("write namespace hosts");
 
         let (sink, sink_count) = start_sink(&ns);
-        let (config, policy) = daemon_files();
-        let daemon = Daemon::start_frontend(
-            &config,
-            &policy,
-            Options {
-                netns: Some(ns.name().to_string()),
-                env: Vec::new(),
-            },
-            "milter",
-        );
-        daemon.listening("socketmap");
-        daemon.listening("policy");
         let mut opts = PostfixOptions::default()
             // Next hop by /etc/hosts: the TLS policy key is the recipient
             // domain, as with MX routing.
@@ -245,9 +290,28 @@ impl Lab {
                 "smtp-tls-forced unix - - n - - smtp\n  -o smtp_tls_security_level=encrypt",
             );
         for name in COMMON_SETTINGS {
-            opts = opts.set(name, deployment_setting(name));
+            opts = opts.set(name, deployment_setting(name, &Sockets::Inet));
         }
         let pf = Postfix::start(&ns, opts);
+        let sockets = if unix_sockets {
+            let dir = pf.queue_dir().join("tls-policyd");
+            std::fs::create_dir_all(&dir).expect("create the socket directory");
+            Sockets::Unix(pf.queue_dir())
+        } else {
+            Sockets::Inet
+        };
+        let (config, policy) = daemon_files(&sockets);
+        let daemon = Daemon::start_frontend(
+            &config,
+            &policy,
+            Options {
+                netns: Some(ns.name().to_string()),
+                env: Vec::new(),
+            },
+            "milter",
+        );
+        daemon.listening("socketmap");
+        daemon.listening("policy");
         let log = LogTail {
             path: daemon.decisions_path(),
             offset: 0,
@@ -260,6 +324,7 @@ impl Lab {
             log,
             pf,
             ns,
+            sockets,
             current: None,
         })
     }
@@ -269,9 +334,10 @@ impl Lab {
         format!(
             "Postfix {}, {} CPUs, smtp-source ({RECIPIENTS_PER_MESSAGE} recipients, \
              {MESSAGE_BYTES} bytes, one session per message) -> Postfix 127.0.0.1:25 -> \
-             smtp-sink {SINK}; tls-policyd front doors on loopback TCP.",
+             smtp-sink {SINK}; tls-policyd front doors on {}.",
             version.trim(),
             thread::available_parallelism().map_or(0, |n| n.get()),
+            self.sockets.name(),
         )
     }
 
@@ -283,7 +349,7 @@ impl Lab {
             // A restart, not a reload: processes that started before a
             // reload would serve a few more sessions the old way.
             let settings: Vec<String> = config
-                .main_cf()
+                .main_cf(&self.sockets)
                 .into_iter()
                 .map(|(n, v)| format!("{n}={v}"))
                 .collect();

@@ -34,7 +34,10 @@
 //! Knobs (environment): `BENCH_MESSAGES` (default 3000), `BENCH_SESSIONS`
 //! (default `8,32`), `BENCH_SINGLE_MESSAGES` (messages for the
 //! one-session latency runs, default 300; 0 skips them), `BENCH_REPS`
-//! (default 5), `BENCH_CONFIGS` (default `plain,socketmap,policy,milter,all`).
+//! (default 5), `BENCH_CONFIGS` (default `plain,socketmap,policy,milter,all`),
+//! `BENCH_SOCKETS` (`inet`, the default: the deployment's loopback TCP
+//! addresses; `unix`: unix sockets in Postfix's queue directory instead,
+//! as the Debian package has them).
 //! Every wait is bounded; a run that does not finish fails the benchmark.
 
 #[path = "../../tests/common/mod.rs"]
@@ -148,7 +151,8 @@ fn main() {
         .map(|s| Config::parse(s.trim()).unwrap_or_else(|| panic!("unknown configuration {s:?}")))
         .collect();
 
-    let Some(mut lab) = Lab::start() else {
+    let unix = std::env::var("BENCH_SOCKETS").is_ok_and(|v| v == "unix");
+    let Some(mut lab) = Lab::start(unix) else {
         eprintln!("postfix benchmark skipped: needs root, ip, postfix, smtp-source and smtp-sink");
         return;
     };

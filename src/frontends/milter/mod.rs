@@ -38,7 +38,7 @@
 
 pub mod state;
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -342,13 +342,17 @@ impl indymilter::Listener for Accept {
 }
 
 /// A macro's value as text.
-fn macro_value(macros: &Macros, name: &str) -> Option<String> {
-    let name = CString::new(name).ok()?;
-    macros.get(&name).map(|v| v.to_string_lossy().into_owned())
+fn macro_value(macros: &Macros, name: &CStr) -> Option<String> {
+    macros.get(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// [`macro_value`] by a name given as text (names from outside the code).
+fn macro_value_named(macros: &Macros, name: &str) -> Option<String> {
+    macro_value(macros, &CString::new(name).ok()?)
 }
 
 fn queue_id(macros: &Macros) -> Option<String> {
-    macro_value(macros, "i").filter(|s| !s.is_empty())
+    macro_value(macros, c"i").filter(|s| !s.is_empty())
 }
 
 fn text(s: &CString) -> String {
@@ -643,7 +647,7 @@ fn connect(cx: &mut Context<Conn>, hostname: CString, socket: SocketInfo) {
 }
 
 fn mail(cx: &mut Context<Conn>, args: &[CString]) {
-    let sender = macro_value(&cx.macros, "{mail_addr}")
+    let sender = macro_value(&cx.macros, c"{mail_addr}")
         .map(|s| state::bounded(&s))
         .or_else(|| {
             args.first()
@@ -656,7 +660,7 @@ fn mail(cx: &mut Context<Conn>, args: &[CString]) {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let requiretls = state::has_requiretls(params.iter().map(String::as_str));
-    let auth = macro_value(&cx.macros, "{auth_authen}")
+    let auth = macro_value(&cx.macros, c"{auth_authen}")
         .filter(|s| !s.is_empty())
         .map(|s| state::bounded(&s));
     if let Some(c) = cx.data.as_mut() {
@@ -666,7 +670,7 @@ fn mail(cx: &mut Context<Conn>, args: &[CString]) {
 
 async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
     let settings = deps.settings.load_full();
-    let recipient = macro_value(&cx.macros, "{rcpt_addr}")
+    let recipient = macro_value(&cx.macros, c"{rcpt_addr}")
         .map(|s| state::bounded(&s))
         .or_else(|| {
             args.first()
@@ -778,7 +782,7 @@ fn header(deps: &Shared, cx: &mut Context<Conn>, name: &CString, value: &CString
 
 async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
     let settings = deps.settings.load_full();
-    let seen = Seen::from_macros(|n| macro_value(&cx.macros, n));
+    let seen = Seen::from_macros(|n| macro_value_named(&cx.macros, n));
     let Some(conn) = cx.data.as_mut() else {
         return Status::Continue;
     };
@@ -852,7 +856,7 @@ async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
 /// RSET, abort or disconnect: drop the message in progress; write its
 /// record only when a recipient had been refused.
 fn end_transaction(deps: &Shared, cx: &mut Context<Conn>, why: &str) {
-    let seen = Seen::from_macros(|n| macro_value(&cx.macros, n));
+    let seen = Seen::from_macros(|n| macro_value_named(&cx.macros, n));
     let Some(conn) = cx.data.as_mut() else {
         return;
     };
