@@ -391,6 +391,74 @@ impl Lab {
         }
     }
 
+    /// Submit `messages` messages one after another with `sendmail(1)`,
+    /// with the milter as `non_smtpd_milters` or without it; the time until
+    /// the sink has them all. Checks one milter record per message.
+    pub fn sendmail_run(&mut self, milter: bool, messages: usize) -> Duration {
+        let value = if milter {
+            deployment_setting("smtpd_milters", &self.sockets)
+        } else {
+            String::new()
+        };
+        self.pf.run_ok(
+            "postconf",
+            &[
+                "-e".to_string(),
+                format!("non_smtpd_milters={value}"),
+                "smtpd_milters=".to_string(),
+            ],
+        );
+        backdate(&self.pf.config_dir().join("main.cf"));
+        self.pf.stop();
+        self.pf.start_again();
+        self.current = None;
+        let target = self.sink_count.load(Ordering::SeqCst) + messages as u64;
+        let t0 = Instant::now();
+        for i in 0..messages {
+            let mut child = self
+                .ns
+                .cmd("sendmail")
+                .arg("-C")
+                .arg(self.pf.config_dir())
+                .args(["-f", SENDER, RECIPIENT])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn sendmail");
+            let text = format!(
+                "From: {SENDER}\nTo: {RECIPIENT}\nSubject: sendmail {i}\n\n{}\n",
+                "x".repeat(MESSAGE_BYTES)
+            );
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("sendmail stdin")
+                .write_all(text.as_bytes())
+                .expect("write to sendmail");
+            let status = child.wait().expect("wait for sendmail");
+            assert!(status.success(), "sendmail failed: {status}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.sink_count.load(Ordering::SeqCst) < target {
+            assert!(
+                Instant::now() < deadline,
+                "the sink counted {} of {target} sendmail messages\n{}",
+                self.sink_count.load(Ordering::SeqCst),
+                self.pf.diagnostics()
+            );
+            thread::sleep(POLL);
+        }
+        let elapsed = t0.elapsed();
+        self.pf
+            .wait_for_queue(|q| q.is_empty(), Duration::from_secs(30));
+        self.wait_for_records(Records {
+            milter: if milter { messages } else { 0 },
+            ..Records::default()
+        });
+        elapsed
+    }
+
     /// The records `messages` messages must leave (socketmap: see
     /// [`Lab::wait_for_records`]).
     fn expected(&self, config: Config, messages: usize) -> Records {

@@ -33,7 +33,10 @@
 //!
 //! Knobs (environment): `BENCH_MESSAGES` (default 3000), `BENCH_SESSIONS`
 //! (default `8,32`), `BENCH_SINGLE_MESSAGES` (messages for the
-//! one-session latency runs, default 300; 0 skips them), `BENCH_REPS`
+//! one-session latency runs, default 300; 0 skips them),
+//! `BENCH_SENDMAIL_MESSAGES` (messages submitted with `sendmail(1)` one
+//! after another, with and without the milter as `non_smtpd_milters`,
+//! default 100; 0 skips them), `BENCH_REPS`
 //! (default 5), `BENCH_CONFIGS` (default `plain,socketmap,policy,milter,all`),
 //! `BENCH_SOCKETS` (`inet`, the default: the deployment's loopback TCP
 //! addresses; `unix`: unix sockets in Postfix's queue directory instead,
@@ -139,6 +142,7 @@ fn main() {
     let messages: usize = env_or("BENCH_MESSAGES", 3000);
     let single: usize = env_or("BENCH_SINGLE_MESSAGES", 300);
     let reps: usize = env_or("BENCH_REPS", 5).max(1);
+    let sendmail: usize = env_or("BENCH_SENDMAIL_MESSAGES", 100);
     let sessions: Vec<usize> = std::env::var("BENCH_SESSIONS")
         .unwrap_or_else(|_| "8,32".into())
         .split(',')
@@ -183,6 +187,29 @@ fn main() {
                 }
             }
         }
+    }
+    if sendmail > 0 {
+        // Mail submitted with sendmail(1): cleanup speaks to the milter
+        // (non_smtpd_milters) without an smtpd in between.
+        let mut plain = Vec::new();
+        let mut with = Vec::new();
+        for _ in 0..reps {
+            plain.push(lab.sendmail_run(false, sendmail).as_secs_f64() * 1000.0 / sendmail as f64);
+            with.push(lab.sendmail_run(true, sendmail).as_secs_f64() * 1000.0 / sendmail as f64);
+        }
+        let (plain, with) = (median(plain), median(with));
+        println!("\n### sendmail(1), {sendmail} messages one after another, median of {reps}\n");
+        println!("| non_smtpd_milters | ms per message |");
+        println!("|---|---:|");
+        println!("| none | {plain:.2} |");
+        println!("| tls-policyd milter | {with:.2} |");
+        targets.push((
+            format!(
+                "the milter adds {:.2} ms per sendmail(1) message (< 1 ms)",
+                with - plain
+            ),
+            with - plain < 1.0,
+        ));
     }
     for &s in &sessions {
         let rows = run_level(&mut lab, &configs, s, messages, reps);
