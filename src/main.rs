@@ -365,7 +365,18 @@ impl Signals {
             tokio::select! {
                 _ = self.hup.recv() => {
                     notifier.reloading();
-                    match ctx.reload() {
+                    // Reading and checking a large policy file takes a
+                    // while: off the threads that answer Postfix.
+                    let reloading = ctx.clone();
+                    let result = match tokio::task::spawn_blocking(move || reloading.reload()).await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload failed; the previous configuration keeps serving");
+                            notifier.ready("serving the previous configuration; the last reload failed");
+                            continue;
+                        }
+                    };
+                    match result {
                         Ok(r) => {
                             tracing::info!(rules = r.rules, "reloaded");
                             if !r.needs_restart.is_empty() {

@@ -17,8 +17,13 @@
 //!   from the test CA, 127.0.0.22 with a self-signed certificate, 127.0.0.23
 //!   without STARTTLS, 127.0.0.31 and .32 with self-signed certificates
 //!   that the DANE zone's TLSA records match and do not match;
-//! - tls-policyd (the binary) and a private Postfix instance that trusts
-//!   the test CA and uses DNSSEC (`smtp_dns_support_level = dnssec`).
+//! - tls-policyd (the binary) on the addresses the documented `main.cf`
+//!   names, and a private Postfix instance that trusts the test CA, uses
+//!   DNSSEC (`smtp_dns_support_level = dnssec`) and wires tls-policyd in
+//!   with the lines of `postfix-examples/deployments/all-front-doors`,
+//!   read from the files: relay control in `smtpd_relay_restrictions`, the
+//!   policy check, the milter, and the `submission` entry of its
+//!   `master.cf` with Cyrus SASL (see `common::submission`).
 //!
 //! Each test is one scenario; it asserts on what the servers received,
 //! what Postfix logged and what the decision log says, and ends by
@@ -40,6 +45,7 @@ use common::https::{Response, TestHttps};
 use common::netns::Netns;
 use common::postfix::{LogLine, Mail, Postfix, PostfixOptions, SENDER};
 use common::smtp::{Received, SinkTls, SmtpSink, TestCa};
+use common::submission;
 use common::{Client, Daemon, Options};
 use serde_json::Value;
 
@@ -50,6 +56,7 @@ const TOOLS: &[&str] = &[
     "knotd",
     "keymgr",
     "unbound",
+    "saslpasswd2",
 ];
 
 /// How long a delivery may take to show up.
@@ -238,9 +245,10 @@ impl Lab {
                 )
             }
         });
-        let any = "inet:127.0.0.1:0";
+        // Where the documented main.cf lines expect the front doors.
+        let doors = submission::front_doors();
         let daemon = Daemon::start_frontend(
-            &config(any, any, any, dir.path()),
+            &config(&doors.socketmap, &doors.policy, &doors.milter, dir.path()),
             POLICY,
             Options {
                 netns: Some(ns.name().to_string()),
@@ -248,29 +256,16 @@ impl Lab {
             },
             "socketmap",
         );
-        let policy = daemon.listening("policy");
-        let milter = daemon.listening("milter");
-        let check = format!("check_policy_service {{ {policy}, default_action=DUNNO }}");
         let pf = Postfix::start(
             &ns,
-            PostfixOptions::default()
+            submission::documented(PostfixOptions::default())
                 .file("ca.pem", ca.pem())
-                .set(
-                    "smtp_tls_policy_maps",
-                    format!("socketmap:{}:tls_policy", daemon.address()),
-                )
                 .set("smtp_tls_CAfile", "$config_directory/ca.pem")
                 .set("smtp_tls_loglevel", "1")
                 .set("smtp_host_lookup", "dns")
-                .set("smtp_dns_support_level", "dnssec")
-                .set(
-                    "smtpd_recipient_restrictions",
-                    format!("{check}, permit_mynetworks, reject"),
-                )
-                .set("smtpd_end_of_data_restrictions", check)
-                .set("smtpd_milters", milter)
-                .set("milter_default_action", "accept"),
+                .set("smtp_dns_support_level", "dnssec"),
         );
+        submission::add_sasl_user(&pf);
         Some(Lab {
             pf,
             daemon,
@@ -899,4 +894,145 @@ fn e2e_dns_outage_defers_and_a_broken_reload_keeps_the_old_policy() {
     never_received(&lab.plain, "c@forced-plain.test");
     lab.check_log_matches_postfix(true);
     summary("DNS outage defers then delivers; broken reload keeps the old policy");
+}
+
+#[test]
+fn e2e_mail_from_mynetworks_and_sasl_users_is_tagged_and_refused_early() {
+    use submission::MUA_IP;
+    let Some(lab) = Lab::start("e2e-mua") else {
+        return;
+    };
+    let mark = lab.pf.log_mark();
+    // A client in mynetworks (127.0.0.1) on port 25. The forced domain
+    // without STARTTLS is new: nothing is known, so DUNNO, and a probe.
+    let local = lab.send(
+        SENDER,
+        &[
+            "a@forced-tls.test",
+            "b@opp-plain.test",
+            "c@forced-plain.test",
+        ],
+    );
+    // A SASL-authenticated user on the submission port, from an address
+    // outside mynetworks.
+    let mail = Mail::to(&["d@forced-tls.test", "e@opp-plain.test"]).from("alice@src.example");
+    let s = submission::submit(&lab.pf, &mail, true);
+    assert!(s.status.success(), "{}", s.transcript);
+    let sasl = s
+        .queue_id()
+        .unwrap_or_else(|| panic!("not queued:\n{}", s.transcript));
+    // Without AUTH that client may not relay: relay control refuses it
+    // before the policy server is asked.
+    let s = submission::submit(
+        &lab.pf,
+        &Mail::to(&["f@opp-plain.test"]).quit_after("RCPT"),
+        false,
+    );
+    let r = s.rcpt_reply("f@opp-plain.test");
+    assert!(r.starts_with("554 5.7.1 "), "{r}\n{}", s.transcript);
+
+    for (id, rcpt) in [
+        (&local, "a@forced-tls.test"),
+        (&local, "b@opp-plain.test"),
+        (&sasl, "d@forced-tls.test"),
+        (&sasl, "e@opp-plain.test"),
+    ] {
+        let line = lab.status(id, rcpt, mark);
+        assert!(line.contains("status=sent"), "{line}");
+    }
+    assert!(received(&lab.tls, "a@forced-tls.test").tls);
+    assert!(received(&lab.tls, "d@forced-tls.test").tls);
+    let line = lab.status(&local, "c@forced-plain.test", mark);
+    assert!(line.contains("TLS is required"), "{line}");
+    never_received(&lab.plain, "c@forced-plain.test");
+
+    // Tagged at RCPT: a policy record per recipient, with its decision
+    // and the client it came from.
+    for (rcpt, client, tls, level, source) in [
+        (
+            "a@forced-tls.test",
+            "127.0.0.1",
+            "forced",
+            "encrypt",
+            "static",
+        ),
+        (
+            "b@opp-plain.test",
+            "127.0.0.1",
+            "opportunistic",
+            "may",
+            "default",
+        ),
+        (
+            "c@forced-plain.test",
+            "127.0.0.1",
+            "forced",
+            "encrypt",
+            "static",
+        ),
+        ("d@forced-tls.test", MUA_IP, "forced", "encrypt", "static"),
+        (
+            "e@opp-plain.test",
+            MUA_IP,
+            "opportunistic",
+            "may",
+            "default",
+        ),
+    ] {
+        let r = submission::rcpt_record(&lab.daemon, rcpt, DELIVERY);
+        assert_eq!(r["client_address"], client, "{r}");
+        assert_eq!(r["tls"], tls, "{r}");
+        assert_eq!(r["level"], level, "{r}");
+        assert_eq!(r["source"], source, "{r}");
+        assert_eq!(r["action"], "DUNNO", "{r}");
+    }
+    assert!(
+        !lab.daemon
+            .decisions()
+            .iter()
+            .any(|r| r["recipient"] == "f@opp-plain.test"),
+        "asked about mail that relay control refused"
+    );
+    // The milter saw the user behind the submission.
+    let m = lab.milter_record(&sasl);
+    assert_eq!(m["auth_user"], submission::sasl_login().as_str(), "{m}");
+    assert_eq!(m["client_address"], MUA_IP, "{m}");
+    assert_eq!(m["daemon_name"], "ORIGINATING", "{m}");
+    assert_eq!(
+        m["inbound_tls"]["version"]
+            .as_str()
+            .map(|v| v.starts_with("TLS")),
+        Some(true),
+        "{m}"
+    );
+    assert!(lab.milter_record(&local).get("auth_user").is_none());
+
+    // Refused early both ways once the prober has seen that
+    // forced-plain.test offers no STARTTLS.
+    let deadline = std::time::Instant::now() + DELIVERY;
+    while lab.metric("tls_policyd_probes_total{verdict=\"no_starttls\"}") == 0 {
+        assert!(std::time::Instant::now() < deadline, "never probed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let rcpt = Mail::to(&["g@forced-plain.test"]).quit_after("RCPT");
+    let from_mynetworks = lab.pf.send(&rcpt).rcpt_reply("g@forced-plain.test");
+    let rcpt = Mail::to(&["h@forced-plain.test"]).quit_after("RCPT");
+    let from_user = submission::submit(&lab.pf, &rcpt, true).rcpt_reply("h@forced-plain.test");
+    for (reply, rcpt, client) in [
+        (from_mynetworks, "g@forced-plain.test", "127.0.0.1"),
+        (from_user, "h@forced-plain.test", MUA_IP),
+    ] {
+        assert!(reply.starts_with("450 4.7.10 "), "{reply}");
+        assert!(reply.contains("forced-plain.test"), "{reply}");
+        let r = submission::rcpt_record(&lab.daemon, rcpt, DELIVERY);
+        assert_eq!(r["client_address"], client, "{r}");
+        assert_eq!(r["tls"], "forced", "{r}");
+        let action = r["action"].as_str().unwrap();
+        assert!(action.starts_with("DEFER_IF_PERMIT 4.7.10 "), "{r}");
+    }
+    lab.check_log_matches_postfix(true);
+    summary(
+        "documented lines: mail from mynetworks and from SASL users on submission tagged at RCPT, \
+         450 4.7.10 early",
+    );
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use indymilter_test::{Actions, EomAction, MacroStage, Status, TestConnection};
 
+use common::milter::accepted;
 use common::{Daemon, Options};
 
 const POLICY: &str = r#"
@@ -66,7 +67,7 @@ async fn message(
     for r in recipients {
         conn.macros(MacroStage::Rcpt, [("i", id)]).await.unwrap();
         assert_eq!(
-            conn.rcpt([format!("<{r}>")]).await.unwrap(),
+            accepted(conn.rcpt([format!("<{r}>")]).await.unwrap()),
             Status::Continue
         );
     }

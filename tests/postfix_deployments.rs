@@ -10,6 +10,14 @@
 //! daemon). The policy server is asked at the address `main.cf` names, and
 //! its FILTER must name a transport `master.cf` defines.
 //!
+//! The commented-out `submission` and `submissions` entries of `master.cf`
+//! are enabled as an administrator would, and on every smtpd service the
+//! restriction lists Postfix would use (`postconf -P` over `main.cf`) must
+//! reach the policy check with no `permit...` before it, so mail from
+//! `mynetworks` and from SASL clients is asked about; their milters must
+//! include the one `main.cf` names (`documented_lines` checks that the
+//! README and the other example files give the same lines).
+//!
 //! Nothing is started but tls-policyd, inside a network namespace with
 //! only `lo`: the deployments' fixed loopback ports cannot clash with
 //! anything, and nothing leaves the machine. Needs root and Postfix
@@ -21,10 +29,16 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::examples::{
+    enable_commented_services, policy_check_problem, policy_service, restriction_items,
+};
 use common::netns::Netns;
 use common::{Daemon, Options, WAIT, run_with_timeout};
 
 const DEPLOYMENTS: [&str; 3] = ["socketmap-only", "socketmap-and-policy", "all-front-doors"];
+
+/// The master.cf entries the files ship commented out.
+const SUBMISSION: [&str; 2] = ["submission", "submissions"];
 
 fn deployment(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -94,6 +108,29 @@ impl Instance {
             .to_string()
     }
 
+    /// The value of `name` for a master.cf service as Postfix applies it:
+    /// the service's `-o` override, else main.cf's.
+    fn effective(&self, service: &str, name: &str) -> String {
+        let key = format!("{service}/{name} = ");
+        let all = self.run_clean("postconf", &["-P"]);
+        match all.lines().find_map(|l| l.strip_prefix(&key)) {
+            Some(v) => v.trim().to_string(),
+            None => self.param(name),
+        }
+    }
+
+    /// The smtpd services of master.cf (`smtp/inet`, `submission/inet`, ...).
+    fn smtpd_services(&self) -> Vec<String> {
+        self.run_clean("postconf", &["-M"])
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 8 && f[1] == "inet" && f[7] == "smtpd")
+                    .then(|| format!("{}/inet", f[0]))
+            })
+            .collect()
+    }
+
     /// `postmap -q KEY MAP`, run from the queue directory like a Postfix
     /// daemon.
     fn query(&self, key: &str, map: &str) -> String {
@@ -144,7 +181,9 @@ fn load(ns: &Netns, name: &str) -> Instance {
     }
     let main = main.replace("hash:/etc/postfix/", &format!("hash:{}/", etc.display()));
     std::fs::write(etc.join("main.cf"), main).unwrap();
-    std::fs::copy(src.join("master.cf"), etc.join("master.cf")).unwrap();
+    // The submission entries enabled, as an administrator would.
+    let master = enable_commented_services(&read(&src.join("master.cf")), &SUBMISSION);
+    std::fs::write(etc.join("master.cf"), master).unwrap();
     let root = inst.dir.path().display().to_string();
     // Only paths change; postconf -e edits in place, so no "overriding
     // earlier entry" warnings.
@@ -206,21 +245,6 @@ fn start_daemon(inst: &Instance) -> Daemon {
     )
 }
 
-/// The server (`inet:ADDRESS:PORT` or `unix:PATH`) of the first
-/// check_policy_service in a restriction list.
-fn policy_service(restrictions: &str) -> Option<String> {
-    let at = restrictions.find("check_policy_service")?;
-    let rest = restrictions[at + "check_policy_service".len()..]
-        .trim_start()
-        .trim_start_matches('{')
-        .trim_start();
-    let addr: String = rest
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ',' && *c != '}')
-        .collect();
-    Some(addr)
-}
-
 trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
@@ -260,11 +284,61 @@ fn ask_policy(inst: &Instance, addr: &str, sender: &str, recipient: &str) -> Str
         .to_string()
 }
 
+/// Every smtpd service, the enabled submission entries included, asks the
+/// policy server (when the deployment has one) before anything can permit
+/// the mail, and keeps main.cf's milters.
+fn check_services_reach_tls_policyd(inst: &Instance, has_policy: bool) {
+    let name = &inst.name;
+    let services = inst.smtpd_services();
+    for s in ["smtp/inet", "submission/inet", "submissions/inet"] {
+        assert!(
+            services.iter().any(|x| x == s),
+            "{name}: no {s} in {services:?}"
+        );
+    }
+    // Relay control is in smtpd_relay_restrictions, for the submission
+    // ports too.
+    let relay = inst.param("smtpd_relay_restrictions");
+    assert!(relay.contains("_unauth_destination"), "{name}: {relay}");
+    for service in &services {
+        let relay = inst.effective(service, "smtpd_relay_restrictions");
+        let items = restriction_items(&relay);
+        assert!(
+            items
+                .iter()
+                .any(|i| i == "reject" || i.ends_with("_unauth_destination")),
+            "{name} {service}: no relay control in smtpd_relay_restrictions = {relay}"
+        );
+        let recipient = inst.effective(service, "smtpd_recipient_restrictions");
+        if !has_policy {
+            assert!(policy_service(&recipient).is_none(), "{name} {service}");
+            continue;
+        }
+        if let Some(problem) = policy_check_problem(&recipient) {
+            panic!("{name} {service}: smtpd_recipient_restrictions: {problem}");
+        }
+        let main_addr = policy_service(&inst.param("smtpd_recipient_restrictions"));
+        assert_eq!(policy_service(&recipient), main_addr, "{name} {service}");
+        let eod = inst.effective(service, "smtpd_end_of_data_restrictions");
+        assert_eq!(policy_service(&eod), main_addr, "{name} {service}: {eod}");
+        let milters = inst.param("smtpd_milters");
+        for m in restriction_items(&milters) {
+            let here = inst.effective(service, "smtpd_milters");
+            assert!(
+                restriction_items(&here).contains(&m),
+                "{name} {service}: smtpd_milters = {here} leaves out {m}"
+            );
+        }
+    }
+}
+
 fn check_deployment(name: &str) {
     let Some(ns) = Netns::for_test("tlspd-dep", &["postfix", "postmap", "postconf"]) else {
         return;
     };
     let inst = load(&ns, name);
+    let has_policy = read(&deployment(name).join("tls-policyd.toml")).contains("[policy_server]");
+    check_services_reach_tls_policyd(&inst, has_policy);
     let forced_service = "smtp-tls-forced/unix";
     // The forced transport exists and cannot fall back to plaintext.
     assert_eq!(
@@ -291,7 +365,6 @@ fn check_deployment(name: &str) {
     assert_eq!(records[3]["map"], "tls_forced");
 
     let restrictions = inst.param("smtpd_recipient_restrictions");
-    let has_policy = read(&deployment(name).join("tls-policyd.toml")).contains("[policy_server]");
     match policy_service(&restrictions) {
         None => assert!(
             !has_policy,

@@ -30,6 +30,16 @@ use tls_policyd::sources::static_file::StaticPolicy;
 use super::WAIT;
 use super::netns::Netns;
 
+/// A step's status as "accepted": the milter answers `Continue`, or
+/// nothing at all where it told the MTA not to wait for a reply
+/// (connect, HELO, MAIL, headers, and RCPT when it never refuses).
+pub fn accepted(s: indymilter_test::Status) -> indymilter_test::Status {
+    match s {
+        indymilter_test::Status::Noreply => indymilter_test::Status::Continue,
+        s => s,
+    }
+}
+
 /// The domain whose knowledge lookup panics, like a broken prober would.
 pub const PANIC_DOMAIN: &str = "panic.bank.example";
 /// The domain whose policy lookup never finishes (a DNS source that

@@ -21,11 +21,13 @@ use serde_json::Value;
 
 pub mod dns;
 pub mod dnssec;
+pub mod examples;
 pub mod https;
 pub mod milter;
 pub mod netns;
 pub mod postfix;
 pub mod smtp;
+pub mod submission;
 
 /// File names inside a daemon's directory.
 pub const CONFIG_FILE: &str = "tls-policyd.toml";

@@ -633,11 +633,19 @@ impl Postfix {
     /// swaks against this instance, from inside the namespace:
     /// `--server 127.0.0.1:PORT --helo client.test.example` and `args`.
     pub fn swaks<S: AsRef<OsStr>>(&self, args: &[S]) -> SmtpSession {
+        let mut all: Vec<&OsStr> =
+            vec!["--server".as_ref(), "--helo".as_ref(), CLIENT_HELO.as_ref()];
+        let server = self.server();
+        all.insert(1, server.as_ref());
+        all.extend(args.iter().map(|a| a.as_ref()));
+        self.swaks_raw(&all)
+    }
+
+    /// swaks from inside the namespace with `args` only (and a timeout):
+    /// for another port or client address.
+    pub fn swaks_raw<S: AsRef<OsStr>>(&self, args: &[S]) -> SmtpSession {
         let mut cmd = self.netns.cmd("swaks");
-        cmd.arg("--server")
-            .arg(self.server())
-            .args(["--helo", CLIENT_HELO, "--timeout", "10s"])
-            .args(args);
+        cmd.args(["--timeout", "10s"]).args(args);
         let (status, transcript) = run_merged(&mut cmd, WAIT);
         SmtpSession { status, transcript }
     }
@@ -954,7 +962,7 @@ fn set_mode(p: &Path, mode: u32) {
 }
 
 /// Set a file's modification time an hour back.
-fn backdate(path: &Path) {
+pub fn backdate(path: &Path) {
     let past = SystemTime::now() - Duration::from_secs(3600);
     std::fs::File::options()
         .write(true)

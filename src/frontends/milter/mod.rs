@@ -38,7 +38,7 @@
 
 pub mod state;
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -280,6 +280,9 @@ pub struct Conn {
     session: Session,
     /// Actions the MTA agreed to.
     actions: Actions,
+    /// The steps the MTA sends without waiting for a reply
+    /// (`ProtoOpts::NOREPLY_*`).
+    noreply: ProtoOpts,
     /// Counts the connection as open in the metrics until it closes.
     _open: Option<ConnectionGuard>,
 }
@@ -339,13 +342,17 @@ impl indymilter::Listener for Accept {
 }
 
 /// A macro's value as text.
-fn macro_value(macros: &Macros, name: &str) -> Option<String> {
-    let name = CString::new(name).ok()?;
-    macros.get(&name).map(|v| v.to_string_lossy().into_owned())
+fn macro_value(macros: &Macros, name: &CStr) -> Option<String> {
+    macros.get(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// [`macro_value`] by a name given as text (names from outside the code).
+fn macro_value_named(macros: &Macros, name: &str) -> Option<String> {
+    macro_value(macros, &CString::new(name).ok()?)
 }
 
 fn queue_id(macros: &Macros) -> Option<String> {
-    macro_value(macros, "i").filter(|s| !s.is_empty())
+    macro_value(macros, c"i").filter(|s| !s.is_empty())
 }
 
 fn text(s: &CString) -> String {
@@ -408,11 +415,12 @@ fn callbacks(deps: Shared) -> Callbacks<Conn> {
             move |cx, hostname, socket| {
                 let deps = deps.clone();
                 Box::pin(async move {
-                    guarded(&deps, "connect", None, async {
+                    let status = guarded(&deps, "connect", None, async {
                         connect(cx, hostname, socket);
                         Status::Continue
                     })
-                    .await
+                    .await;
+                    answer(cx.data.as_ref(), ProtoOpts::NOREPLY_CONNECT, status)
                 })
             }
         })
@@ -421,13 +429,14 @@ fn callbacks(deps: Shared) -> Callbacks<Conn> {
             move |cx, name| {
                 let deps = deps.clone();
                 Box::pin(async move {
-                    guarded(&deps, "helo", None, async {
+                    let status = guarded(&deps, "helo", None, async {
                         if let Some(c) = cx.data.as_mut() {
                             c.session.helo_name = Some(text(&name));
                         }
                         Status::Continue
                     })
-                    .await
+                    .await;
+                    answer(cx.data.as_ref(), ProtoOpts::NOREPLY_HELO, status)
                 })
             }
         })
@@ -437,11 +446,12 @@ fn callbacks(deps: Shared) -> Callbacks<Conn> {
                 let deps = deps.clone();
                 Box::pin(async move {
                     let id = queue_id(&cx.macros);
-                    guarded(&deps, "mail", id, async {
+                    let status = guarded(&deps, "mail", id, async {
                         mail(cx, &args);
                         Status::Continue
                     })
-                    .await
+                    .await;
+                    answer(cx.data.as_ref(), ProtoOpts::NOREPLY_MAIL, status)
                 })
             }
         })
@@ -451,22 +461,27 @@ fn callbacks(deps: Shared) -> Callbacks<Conn> {
                 let deps = deps.clone();
                 Box::pin(async move {
                     let id = queue_id(&cx.macros);
-                    let work = rcpt(&deps, cx, args);
-                    guarded(&deps, "rcpt", id, work).await
+                    let status = guarded(&deps, "rcpt", id, rcpt(&deps, cx, args)).await;
+                    answer(cx.data.as_ref(), ProtoOpts::NOREPLY_RCPT, status)
                 })
             }
         })
+        // Answered at once, so that nothing Postfix's smtpd sent is left
+        // unanswered when it hands the connection to cleanup (see
+        // `protocol_options`).
+        .on_data(|_| Box::pin(async { Status::Continue }))
         .on_header({
             let deps = d();
             move |cx, name, value| {
                 let deps = deps.clone();
                 Box::pin(async move {
                     let id = queue_id(&cx.macros);
-                    guarded(&deps, "header", id, async {
+                    let status = guarded(&deps, "header", id, async {
                         header(&deps, cx, &name, &value);
                         Status::Continue
                     })
-                    .await
+                    .await;
+                    answer(cx.data.as_ref(), ProtoOpts::NOREPLY_HEADER, status)
                 })
             }
         })
@@ -518,9 +533,11 @@ fn negotiate(
     deps: &Shared,
     cx: &mut NegotiateContext<Conn>,
     offered: Actions,
-    _opts: ProtoOpts,
+    offered_opts: ProtoOpts,
 ) -> Status {
-    let want = deps.settings.load().actions();
+    let settings = deps.settings.load();
+    let want = settings.actions();
+    let refuse = settings.refuse;
     let actions = want & offered;
     if actions != want {
         tracing::warn!(
@@ -546,18 +563,75 @@ fn negotiate(
         .backend
         .metrics()
         .map(|m| m.connection(Frontend::Milter));
+    // Steps and replies: see [`protocol_options`].
+    let opts = protocol_options(offered_opts, refuse != RefuseMode::Off);
+    cx.requested_opts = opts;
     cx.data = Some(Conn {
         session: Session::default(),
         actions,
+        noreply: opts & NOREPLY,
         _open: open,
     });
     Status::Continue
+}
+
+/// Every "no reply" protocol option.
+const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+    .union(ProtoOpts::NOREPLY_HELO)
+    .union(ProtoOpts::NOREPLY_MAIL)
+    .union(ProtoOpts::NOREPLY_RCPT)
+    .union(ProtoOpts::NOREPLY_DATA)
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_EOH)
+    .union(ProtoOpts::NOREPLY_BODY)
+    .union(ProtoOpts::NOREPLY_UNKNOWN);
+
+/// The protocol steps and replies asked of the MTA, from those it offers.
+///
+/// Each reply is a round trip the MTA waits for, so only the steps that
+/// can change what happens are answered: RCPT when recipients may be
+/// refused, DATA, and the end of message (headers, trace and routing,
+/// quarantine, the record). Connect, HELO, MAIL and headers are sent
+/// without waiting for a reply (Postfix writes them together with the
+/// next answered step); end of headers, body chunks and unknown commands
+/// are skipped (their macros, too, travel with the next answered step).
+///
+/// Whatever the MTA writes must be followed, before it waits, by a step
+/// the milter answers: a packet left unanswered is acknowledged only by
+/// the kernel's delayed ACK, and Postfix (which leaves Nagle's algorithm
+/// on) holds its next small write until then, about 40 ms per message.
+/// Postfix's smtpd sends the DATA step's macros even when the step itself
+/// is skipped, then hands the connection to cleanup, whose first write
+/// waits behind them: so the DATA step is taken and answered.
+fn protocol_options(offered: ProtoOpts, refuse: bool) -> ProtoOpts {
+    let mut opts = ProtoOpts::NO_EOH
+        | ProtoOpts::NO_BODY
+        | ProtoOpts::NO_UNKNOWN
+        | ProtoOpts::NOREPLY_CONNECT
+        | ProtoOpts::NOREPLY_HELO
+        | ProtoOpts::NOREPLY_MAIL
+        | ProtoOpts::NOREPLY_HEADER;
+    if !refuse {
+        opts |= ProtoOpts::NOREPLY_RCPT;
+    }
+    // Only what the MTA offers may be asked for.
+    opts & offered
+}
+
+/// `status`, or no reply where the MTA was told not to wait for one.
+fn answer(conn: Option<&Conn>, step: ProtoOpts, status: Status) -> Status {
+    if conn.is_some_and(|c| c.noreply.contains(step)) {
+        Status::Noreply
+    } else {
+        status
+    }
 }
 
 fn connect(cx: &mut Context<Conn>, hostname: CString, socket: SocketInfo) {
     let conn = cx.data.get_or_insert_with(|| Conn {
         session: Session::default(),
         actions: Actions::empty(),
+        noreply: ProtoOpts::empty(),
         _open: None,
     });
     let (client_address, local_submission) = match socket {
@@ -573,7 +647,7 @@ fn connect(cx: &mut Context<Conn>, hostname: CString, socket: SocketInfo) {
 }
 
 fn mail(cx: &mut Context<Conn>, args: &[CString]) {
-    let sender = macro_value(&cx.macros, "{mail_addr}")
+    let sender = macro_value(&cx.macros, c"{mail_addr}")
         .map(|s| state::bounded(&s))
         .or_else(|| {
             args.first()
@@ -586,7 +660,7 @@ fn mail(cx: &mut Context<Conn>, args: &[CString]) {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let requiretls = state::has_requiretls(params.iter().map(String::as_str));
-    let auth = macro_value(&cx.macros, "{auth_authen}")
+    let auth = macro_value(&cx.macros, c"{auth_authen}")
         .filter(|s| !s.is_empty())
         .map(|s| state::bounded(&s));
     if let Some(c) = cx.data.as_mut() {
@@ -596,7 +670,7 @@ fn mail(cx: &mut Context<Conn>, args: &[CString]) {
 
 async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
     let settings = deps.settings.load_full();
-    let recipient = macro_value(&cx.macros, "{rcpt_addr}")
+    let recipient = macro_value(&cx.macros, c"{rcpt_addr}")
         .map(|s| state::bounded(&s))
         .or_else(|| {
             args.first()
@@ -607,6 +681,9 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
     let Some(conn) = cx.data.as_mut() else {
         return Status::Continue;
     };
+    // Refusing was off when this connection was negotiated (RCPT needs no
+    // reply); a reload that switched it on applies to later connections.
+    let can_refuse = !conn.noreply.contains(ProtoOpts::NOREPLY_RCPT);
     let local_submission = conn.session.local_submission;
     let message = conn.session.message.get_or_insert_with(Message::default);
     let engine = deps.backend.engine();
@@ -623,7 +700,7 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
         m.lookup(Frontend::Milter, started.elapsed());
         m.decision(Frontend::Milter, &ruling.decision);
     }
-    if settings.refuse == RefuseMode::Off {
+    if settings.refuse == RefuseMode::Off || !can_refuse {
         // Refusals are switched on here, not by a policy-file rule.
         ruling.refuse = RefuseMode::Off;
     }
@@ -705,7 +782,7 @@ fn header(deps: &Shared, cx: &mut Context<Conn>, name: &CString, value: &CString
 
 async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
     let settings = deps.settings.load_full();
-    let seen = Seen::from_macros(|n| macro_value(&cx.macros, n));
+    let seen = Seen::from_macros(|n| macro_value_named(&cx.macros, n));
     let Some(conn) = cx.data.as_mut() else {
         return Status::Continue;
     };
@@ -779,7 +856,7 @@ async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
 /// RSET, abort or disconnect: drop the message in progress; write its
 /// record only when a recipient had been refused.
 fn end_transaction(deps: &Shared, cx: &mut Context<Conn>, why: &str) {
-    let seen = Seen::from_macros(|n| macro_value(&cx.macros, n));
+    let seen = Seen::from_macros(|n| macro_value_named(&cx.macros, n));
     let Some(conn) = cx.data.as_mut() else {
         return;
     };

@@ -1,0 +1,631 @@
+//! The benchmark's laboratory: a network namespace with `smtp-sink`, a
+//! private Postfix and the release `tls-policyd`, and one timed run of
+//! `smtp-source` through them.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::netns::{Netns, missing_prerequisite};
+use crate::common::postfix::{Postfix, PostfixOptions, backdate};
+use crate::common::{Daemon, Options, examples};
+
+/// The sink: `dest.example`'s only host.
+const SINK: &str = "127.0.0.2:25";
+const SENDER: &str = "bench@src.example";
+const RECIPIENT: &str = "user@dest.example";
+const RECIPIENTS_PER_MESSAGE: usize = 3;
+const MESSAGE_BYTES: usize = 2048;
+const WARMUP_MESSAGES: usize = 20;
+const POLL: Duration = Duration::from_millis(5);
+
+/// The deployment whose lines the benchmark runs, verbatim.
+const DEPLOYMENT: &str = "deployments/all-front-doors";
+
+/// main.cf settings per front door, as the deployment gives them.
+const SOCKETMAP_SETTINGS: &[&str] = &["smtp_tls_policy_maps"];
+const POLICY_SETTINGS: &[&str] = &[
+    "smtpd_recipient_restrictions",
+    "smtpd_data_restrictions",
+    "smtpd_end_of_data_restrictions",
+];
+const MILTER_SETTINGS: &[&str] = &["smtpd_milters"];
+/// Settings that apply whichever front doors are on.
+const COMMON_SETTINGS: &[&str] = &[
+    "smtpd_relay_restrictions",
+    "smtpd_policy_service_max_idle",
+    "milter_default_action",
+    "milter_protocol",
+    "milter_connect_timeout",
+    "milter_command_timeout",
+];
+
+/// The deployment's loopback addresses and the unix sockets that replace
+/// them with `BENCH_SOCKETS=unix` (inside Postfix's queue directory, as
+/// the Debian package has them).
+const ENDPOINTS: [(&str, &str); 3] = [
+    ("inet:127.0.0.1:10027", "tls-policyd/socketmap.sock"),
+    ("inet:127.0.0.1:10028", "tls-policyd/policy.sock"),
+    ("inet:127.0.0.1:10029", "tls-policyd/milter.sock"),
+];
+
+/// How Postfix reaches the front doors.
+#[derive(Debug, Clone)]
+pub enum Sockets {
+    /// The deployment's loopback TCP addresses.
+    Inet,
+    /// Unix sockets under this queue directory.
+    Unix(PathBuf),
+}
+
+impl Sockets {
+    fn name(&self) -> &'static str {
+        match self {
+            Sockets::Inet => "loopback TCP",
+            Sockets::Unix(_) => "unix sockets in the queue directory",
+        }
+    }
+}
+
+/// The deployment's tls-policyd.toml with its files in the daemon's
+/// directory; and its policy file.
+fn daemon_files(sockets: &Sockets) -> (String, String) {
+    let mut config = examples::read(&format!("{DEPLOYMENT}/tls-policyd.toml"))
+        .replace("/etc/tls-policyd/policy.toml", "policy.toml")
+        .replace("/var/log/tls-policyd/decisions.jsonl", "decisions.jsonl");
+    if let Sockets::Unix(queue) = sockets {
+        let mut out = String::new();
+        for line in config.lines() {
+            let unix = ENDPOINTS.iter().find(|(inet, _)| {
+                line.trim_start().starts_with("listen") && line.contains(&format!("\"{inet}\""))
+            });
+            match unix {
+                Some((_, path)) => {
+                    let path = queue.join(path);
+                    out.push_str(&format!(
+                        "listen = \"unix:{}\"\nsocket_mode = \"0666\"\n",
+                        path.display()
+                    ));
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        config = out;
+    }
+    let policy = examples::read(&format!("{DEPLOYMENT}/policy.toml"));
+    (config, policy)
+}
+
+fn deployment_setting(name: &str, sockets: &Sockets) -> String {
+    let main_cf = examples::read(&format!("{DEPLOYMENT}/main.cf"));
+    let mut value = examples::main_cf_value(&main_cf, name)
+        .unwrap_or_else(|| panic!("{DEPLOYMENT}/main.cf has no {name}"));
+    if let Sockets::Unix(_) = sockets {
+        // Relative to the queue directory, where Postfix daemons run.
+        for (inet, path) in ENDPOINTS {
+            value = value.replace(inet, &format!("unix:{path}"));
+        }
+    }
+    value
+}
+
+/// One Postfix configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Config {
+    Plain,
+    Socketmap,
+    Policy,
+    Milter,
+    All,
+}
+
+impl Config {
+    pub fn parse(s: &str) -> Option<Config> {
+        Some(match s {
+            "plain" | "none" => Config::Plain,
+            "socketmap" => Config::Socketmap,
+            "policy" => Config::Policy,
+            "milter" => Config::Milter,
+            "all" => Config::All,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Plain => "plain",
+            Config::Socketmap => "socketmap",
+            Config::Policy => "policy",
+            Config::Milter => "milter",
+            Config::All => "all",
+        }
+    }
+
+    fn socketmap(self) -> bool {
+        matches!(self, Config::Socketmap | Config::All)
+    }
+    fn policy(self) -> bool {
+        matches!(self, Config::Policy | Config::All)
+    }
+    fn milter(self) -> bool {
+        matches!(self, Config::Milter | Config::All)
+    }
+
+    /// The main.cf settings, every front door's set (to empty when off).
+    fn main_cf(self, sockets: &Sockets) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (on, names) in [
+            (self.socketmap(), SOCKETMAP_SETTINGS),
+            (self.policy(), POLICY_SETTINGS),
+            (self.milter(), MILTER_SETTINGS),
+        ] {
+            for name in names {
+                let value = if on {
+                    deployment_setting(name, sockets)
+                } else {
+                    String::new()
+                };
+                out.push((name.to_string(), value));
+            }
+        }
+        out
+    }
+}
+
+/// One timed run.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub messages: usize,
+    pub elapsed: Duration,
+    pub daemon_cpu: Duration,
+    pub socketmap_records: usize,
+}
+
+impl Measurement {
+    pub fn msgs_per_sec(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+    pub fn ms_per_msg(&self) -> f64 {
+        self.elapsed.as_secs_f64() * 1000.0 / self.messages as f64
+    }
+    pub fn daemon_cpu_ms_per_msg(&self) -> f64 {
+        self.daemon_cpu.as_secs_f64() * 1000.0 / self.messages as f64
+    }
+}
+
+/// Decision records counted by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Records {
+    socketmap: usize,
+    policy_recipient: usize,
+    policy_message: usize,
+    milter: usize,
+}
+
+/// Reads the decision log from where it was last read.
+struct LogTail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+}
+
+impl LogTail {
+    fn read_new(&mut self) -> Records {
+        let mut counts = Records::default();
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return counts;
+        };
+        f.seek(SeekFrom::Start(self.offset))
+            .expect("seek decision log");
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).expect("read decision log");
+        self.offset += buf.len() as u64;
+        self.partial.extend_from_slice(&buf);
+        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            return counts;
+        };
+        let complete: Vec<u8> = self.partial.drain(..=end).collect();
+        for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let line = std::str::from_utf8(line).expect("decision log is UTF-8");
+            if line.contains(r#""frontend":"socketmap""#) {
+                counts.socketmap += 1;
+            } else if line.contains(r#""frontend":"milter""#) {
+                counts.milter += 1;
+            } else if line.contains(r#""frontend":"policy""#) {
+                if line.contains(r#""recipients":"#) {
+                    counts.policy_message += 1;
+                } else {
+                    counts.policy_recipient += 1;
+                }
+            } else {
+                panic!("unexpected decision record: {line}");
+            }
+        }
+        counts
+    }
+}
+
+pub struct Lab {
+    // Dropped in this order: sink and daemon before Postfix, the
+    // namespace last.
+    sink: Child,
+    sink_count: Arc<AtomicU64>,
+    daemon: Daemon,
+    log: LogTail,
+    pf: Postfix,
+    ns: Netns,
+    sockets: Sockets,
+    current: Option<Config>,
+}
+
+impl Lab {
+    /// Everything up and listening; `None` when the machine cannot run it.
+    pub fn start(unix_sockets: bool) -> Option<Lab> {
+        if let Some(why) = missing_prerequisite(&["postfix", "smtp-source", "smtp-sink"]) {
+            eprintln!("{why}");
+            return None;
+        }
+        let ns = Netns::new("pfbench");
+        let hosts = ns.etc_dir().join("hosts");
+        let mut text = std::fs::read_to_string(&hosts).expect("read namespace hosts");
+        text.push_str("127.0.0.2\tdest.example\n");
+        std::fs::write(&hosts, text).expect("write namespace hosts");
+
+        let (sink, sink_count) = start_sink(&ns);
+        let mut opts = PostfixOptions::default()
+            // Next hop by /etc/hosts: the TLS policy key is the recipient
+            // domain, as with MX routing.
+            .set("smtp_dns_support_level", "disabled")
+            .set("smtp_host_lookup", "native")
+            .set("smtp_tls_security_level", "may")
+            .set("smtpd_recipient_restrictions", "")
+            .master_line(
+                "smtp-tls-forced unix - - n - - smtp\n  -o smtp_tls_security_level=encrypt",
+            );
+        for name in COMMON_SETTINGS {
+            opts = opts.set(name, deployment_setting(name, &Sockets::Inet));
+        }
+        let pf = Postfix::start(&ns, opts);
+        let sockets = if unix_sockets {
+            let dir = pf.queue_dir().join("tls-policyd");
+            std::fs::create_dir_all(&dir).expect("create the socket directory");
+            Sockets::Unix(pf.queue_dir())
+        } else {
+            Sockets::Inet
+        };
+        let (config, policy) = daemon_files(&sockets);
+        let daemon = Daemon::start_frontend(
+            &config,
+            &policy,
+            Options {
+                netns: Some(ns.name().to_string()),
+                env: Vec::new(),
+            },
+            "milter",
+        );
+        daemon.listening("socketmap");
+        daemon.listening("policy");
+        let log = LogTail {
+            path: daemon.decisions_path(),
+            offset: 0,
+            partial: Vec::new(),
+        };
+        Some(Lab {
+            sink,
+            sink_count,
+            daemon,
+            log,
+            pf,
+            ns,
+            sockets,
+            current: None,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        let version = self.pf.run_ok("postconf", &["-h", "mail_version"]);
+        format!(
+            "Postfix {}, {} CPUs, smtp-source ({RECIPIENTS_PER_MESSAGE} recipients, \
+             {MESSAGE_BYTES} bytes, one session per message) -> Postfix 127.0.0.1:25 -> \
+             smtp-sink {SINK}; tls-policyd front doors on {}.",
+            version.trim(),
+            thread::available_parallelism().map_or(0, |n| n.get()),
+            self.sockets.name(),
+        )
+    }
+
+    /// Switch Postfix to `config` if needed, warm up, then time
+    /// `messages` messages over `sessions` parallel sessions and check
+    /// every message and record.
+    pub fn run(&mut self, config: Config, sessions: usize, messages: usize) -> Measurement {
+        if self.current != Some(config) {
+            // A restart, not a reload: processes that started before a
+            // reload would serve a few more sessions the old way.
+            let settings: Vec<String> = config
+                .main_cf(&self.sockets)
+                .into_iter()
+                .map(|(n, v)| format!("{n}={v}"))
+                .collect();
+            let mut args = vec!["-e".to_string()];
+            args.extend(settings);
+            self.pf.run_ok("postconf", &args);
+            backdate(&self.pf.config_dir().join("main.cf"));
+            self.pf.stop();
+            self.pf.start_again();
+            self.current = Some(config);
+        }
+        // Warm-up: new Postfix processes and daemon connections, untimed.
+        self.inject(sessions.min(4), WARMUP_MESSAGES);
+        self.pf
+            .wait_for_queue(|q| q.is_empty(), Duration::from_secs(30));
+        let warm = self.wait_for_records(self.expected(config, WARMUP_MESSAGES));
+
+        let cpu0 = process_cpu(self.daemon.pid());
+        let t0 = Instant::now();
+        self.inject(sessions, messages);
+        let elapsed = t0.elapsed();
+        self.pf
+            .wait_for_queue(|q| q.is_empty(), Duration::from_secs(30));
+        let seen = self.wait_for_records(self.expected(config, messages));
+        // After the records are written: their cost is the daemon's too.
+        let daemon_cpu = process_cpu(self.daemon.pid()).saturating_sub(cpu0);
+        if config.socketmap() {
+            assert!(
+                warm.socketmap + seen.socketmap > 0,
+                "{}: no socketmap lookup",
+                config.name()
+            );
+        }
+        Measurement {
+            messages,
+            elapsed,
+            daemon_cpu,
+            socketmap_records: seen.socketmap,
+        }
+    }
+
+    /// Submit `messages` messages one after another with `sendmail(1)`,
+    /// with the milter as `non_smtpd_milters` or without it; the time until
+    /// the sink has them all. Checks one milter record per message.
+    pub fn sendmail_run(&mut self, milter: bool, messages: usize) -> Duration {
+        let value = if milter {
+            deployment_setting("smtpd_milters", &self.sockets)
+        } else {
+            String::new()
+        };
+        self.pf.run_ok(
+            "postconf",
+            &[
+                "-e".to_string(),
+                format!("non_smtpd_milters={value}"),
+                "smtpd_milters=".to_string(),
+            ],
+        );
+        backdate(&self.pf.config_dir().join("main.cf"));
+        self.pf.stop();
+        self.pf.start_again();
+        self.current = None;
+        let target = self.sink_count.load(Ordering::SeqCst) + messages as u64;
+        let t0 = Instant::now();
+        for i in 0..messages {
+            let mut child = self
+                .ns
+                .cmd("sendmail")
+                .arg("-C")
+                .arg(self.pf.config_dir())
+                .args(["-f", SENDER, RECIPIENT])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn sendmail");
+            let text = format!(
+                "From: {SENDER}\nTo: {RECIPIENT}\nSubject: sendmail {i}\n\n{}\n",
+                "x".repeat(MESSAGE_BYTES)
+            );
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("sendmail stdin")
+                .write_all(text.as_bytes())
+                .expect("write to sendmail");
+            let status = child.wait().expect("wait for sendmail");
+            assert!(status.success(), "sendmail failed: {status}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.sink_count.load(Ordering::SeqCst) < target {
+            assert!(
+                Instant::now() < deadline,
+                "the sink counted {} of {target} sendmail messages\n{}",
+                self.sink_count.load(Ordering::SeqCst),
+                self.pf.diagnostics()
+            );
+            thread::sleep(POLL);
+        }
+        let elapsed = t0.elapsed();
+        self.pf
+            .wait_for_queue(|q| q.is_empty(), Duration::from_secs(30));
+        self.wait_for_records(Records {
+            milter: if milter { messages } else { 0 },
+            ..Records::default()
+        });
+        elapsed
+    }
+
+    /// The records `messages` messages must leave (socketmap: see
+    /// [`Lab::wait_for_records`]).
+    fn expected(&self, config: Config, messages: usize) -> Records {
+        Records {
+            socketmap: 0,
+            policy_recipient: if config.policy() {
+                messages * RECIPIENTS_PER_MESSAGE
+            } else {
+                0
+            },
+            policy_message: if config.policy() { messages } else { 0 },
+            milter: if config.milter() { messages } else { 0 },
+        }
+    }
+
+    /// Wait until the log holds exactly `want` policy-server and milter
+    /// records since the last call; socketmap records are counted, not
+    /// predicted (Postfix reuses cached connections' policies).
+    fn wait_for_records(&mut self, want: Records) -> Records {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Records::default();
+        loop {
+            seen = add(seen, self.log.read_new());
+            let matches = seen.policy_recipient == want.policy_recipient
+                && seen.policy_message == want.policy_message
+                && seen.milter == want.milter;
+            if matches {
+                // Anything late would be an extra record.
+                thread::sleep(Duration::from_millis(50));
+                seen = add(seen, self.log.read_new());
+                assert_eq!(
+                    (seen.policy_recipient, seen.policy_message, seen.milter),
+                    (want.policy_recipient, want.policy_message, want.milter),
+                    "more decision records than messages and recipients"
+                );
+                return seen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "decision records: want {want:?}, have {seen:?}\n{}",
+                self.daemon.stderr_text()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Send `messages` messages with `smtp-source` and wait until the sink
+    /// has counted them all.
+    fn inject(&self, sessions: usize, messages: usize) {
+        let target = self.sink_count.load(Ordering::SeqCst) + messages as u64;
+        let limit = Duration::from_secs(60) + Duration::from_millis(100) * messages as u32;
+        let mut source = self
+            .ns
+            .cmd("smtp-source")
+            .args(["-s", &sessions.to_string(), "-m", &messages.to_string()])
+            .args(["-r", &RECIPIENTS_PER_MESSAGE.to_string()])
+            .args(["-l", &MESSAGE_BYTES.to_string()])
+            .args(["-f", SENDER, "-t", RECIPIENT, "-M", "client.bench.example"])
+            .arg("127.0.0.1:25")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn smtp-source");
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = source.try_wait().expect("wait for smtp-source") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = source.kill();
+                let _ = source.wait();
+                panic!("smtp-source did not finish within {limit:?}");
+            }
+            thread::sleep(POLL);
+        };
+        if !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = source.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("smtp-source failed ({status}): {err}");
+        }
+        while self.sink_count.load(Ordering::SeqCst) < target {
+            assert!(
+                Instant::now() < deadline,
+                "the sink counted {} of {target} messages within {limit:?}\n{}",
+                self.sink_count.load(Ordering::SeqCst),
+                self.pf.diagnostics()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    pub fn stop(mut self, timeout: Duration) {
+        let _ = self.sink.kill();
+        let _ = self.sink.wait();
+        self.daemon.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        while crate::common::netns::process_alive(self.daemon.pid()) && Instant::now() < deadline {
+            thread::sleep(POLL);
+        }
+    }
+}
+
+fn add(a: Records, b: Records) -> Records {
+    Records {
+        socketmap: a.socketmap + b.socketmap,
+        policy_recipient: a.policy_recipient + b.policy_recipient,
+        policy_message: a.policy_message + b.policy_message,
+        milter: a.milter + b.milter,
+    }
+}
+
+/// `smtp-sink` on [`SINK`] and its message counter (`-c` prints
+/// `sess=N quit=N mesg=N` after each message, separated by `\r`).
+fn start_sink(ns: &Netns) -> (Child, Arc<AtomicU64>) {
+    let mut child: Child = ns
+        .cmd("smtp-sink")
+        .args(["-c", "-4", "-u", "postfix", SINK, "1024"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn smtp-sink");
+    let count = Arc::new(AtomicU64::new(0));
+    let mut out = child.stdout.take().expect("smtp-sink stdout");
+    let c = count.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut pending = Vec::new();
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(end) = pending.iter().position(|&b| b == b'\r' || b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(n) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("mesg="))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    c.fetch_max(n, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    // Listening once a connection is accepted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ns.tcp_connect(SINK).is_err() {
+        assert!(Instant::now() < deadline, "smtp-sink did not start");
+        thread::sleep(POLL);
+    }
+    (child, count)
+}
+
+/// User plus system CPU time of a process, all its threads included.
+fn process_cpu(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_nanos(ticks * 1_000_000_000 / hz.max(1))
+}
