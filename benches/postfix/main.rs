@@ -40,7 +40,8 @@
 //! (default 5), `BENCH_CONFIGS` (default `plain,socketmap,policy,milter,all`),
 //! `BENCH_SOCKETS` (`inet`, the default: the deployment's loopback TCP
 //! addresses; `unix`: unix sockets in Postfix's queue directory instead,
-//! as the Debian package has them).
+//! as the Debian package has them), `BENCH_DAEMON` (another `tls-policyd`
+//! binary to run, for figures before a change).
 //! Every wait is bounded; a run that does not finish fails the benchmark.
 
 #[path = "../../tests/common/mod.rs"]
@@ -203,12 +204,14 @@ fn main() {
         println!("|---|---:|");
         println!("| none | {plain:.2} |");
         println!("| tls-policyd milter | {with:.2} |");
+        // A submission costs ~15 ms of process start-up either way; a
+        // packet waiting for the delayed ACK would add 40.
         targets.push((
             format!(
-                "the milter adds {:.2} ms per sendmail(1) message (< 1 ms)",
+                "the milter adds {:.2} ms per sendmail(1) message (< 5 ms: no delayed-ACK wait)",
                 with - plain
             ),
-            with - plain < 1.0,
+            with - plain < 5.0,
         ));
     }
     for &s in &sessions {

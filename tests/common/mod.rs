@@ -153,7 +153,10 @@ impl Daemon {
     }
 
     fn spawn_process(dir: &Path, opts: &Options) -> (Child, Arc<Stderr>) {
-        let bin = env!("CARGO_BIN_EXE_tls-policyd");
+        // Benchmarks compare builds: BENCH_DAEMON names another binary.
+        let bin = std::env::var("BENCH_DAEMON")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_tls-policyd").to_string());
+        let bin = bin.as_str();
         let config_path = dir.join(CONFIG_FILE);
         let mut cmd = match &opts.netns {
             Some(ns) => {
