@@ -1,0 +1,118 @@
+//! Negotiation: the actions, protocol steps, replies and macros asked of
+//! the MTA, and the per-connection state it starts.
+
+use std::ffi::CString;
+
+use indymilter::{Actions, MacroStage, NegotiateContext, ProtoOpts, Status};
+
+use super::state::Session;
+use super::{Conn, Shared};
+use crate::engine::refusal::RefuseMode;
+use crate::metrics::Frontend;
+
+/// Macros requested per stage.
+const CONNECT_MACROS: &str = "j {daemon_name}";
+const HELO_MACROS: &str = "{tls_version} {cipher} {cipher_bits} {cert_subject}";
+const MAIL_MACROS: &str = "i {auth_authen} {mail_addr}";
+const RCPT_MACROS: &str = "i {rcpt_addr}";
+const EOM_MACROS: &str = "i";
+
+/// Ask for the actions the settings need (those the MTA offers) and the
+/// macros used; start the connection's state.
+pub(super) fn negotiate(
+    deps: &Shared,
+    cx: &mut NegotiateContext<Conn>,
+    offered: Actions,
+    offered_opts: ProtoOpts,
+) -> Status {
+    let settings = deps.settings.load();
+    let want = settings.actions();
+    let refuse = settings.refuse;
+    let actions = want & offered;
+    if actions != want {
+        tracing::warn!(
+            wanted = ?want,
+            offered = ?offered,
+            "the MTA does not offer every milter action the settings need; those actions are skipped"
+        );
+    }
+    // Assigned, not added to: it starts out as everything the MTA offers.
+    cx.requested_actions = actions;
+    for (stage, names) in [
+        (MacroStage::Connect, CONNECT_MACROS),
+        (MacroStage::Helo, HELO_MACROS),
+        (MacroStage::Mail, MAIL_MACROS),
+        (MacroStage::Rcpt, RCPT_MACROS),
+        (MacroStage::Eom, EOM_MACROS),
+    ] {
+        if let Ok(names) = CString::new(names) {
+            cx.requested_macros.insert(stage, names);
+        }
+    }
+    let open = deps
+        .backend
+        .metrics()
+        .map(|m| m.connection(Frontend::Milter));
+    // Steps and replies: see [`protocol_options`].
+    let opts = protocol_options(offered_opts, refuse != RefuseMode::Off);
+    cx.requested_opts = opts;
+    cx.data = Some(Conn {
+        session: Session::default(),
+        actions,
+        noreply: opts & NOREPLY,
+        _open: open,
+    });
+    Status::Continue
+}
+
+/// Every "no reply" protocol option.
+const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
+    .union(ProtoOpts::NOREPLY_HELO)
+    .union(ProtoOpts::NOREPLY_MAIL)
+    .union(ProtoOpts::NOREPLY_RCPT)
+    .union(ProtoOpts::NOREPLY_DATA)
+    .union(ProtoOpts::NOREPLY_HEADER)
+    .union(ProtoOpts::NOREPLY_EOH)
+    .union(ProtoOpts::NOREPLY_BODY)
+    .union(ProtoOpts::NOREPLY_UNKNOWN);
+
+/// The protocol steps and replies asked of the MTA, from those it offers.
+///
+/// Each reply is a round trip the MTA waits for, so only the steps that
+/// can change what happens are answered: RCPT when recipients may be
+/// refused, DATA, and the end of message (headers, trace and routing,
+/// quarantine, the record). Connect, HELO, MAIL and headers are sent
+/// without waiting for a reply (Postfix writes them together with the
+/// next answered step); end of headers, body chunks and unknown commands
+/// are skipped (their macros, too, travel with the next answered step).
+///
+/// Whatever the MTA writes must be followed, before it waits, by a step
+/// the milter answers: a packet left unanswered is acknowledged only by
+/// the kernel's delayed ACK, and Postfix (which leaves Nagle's algorithm
+/// on) holds its next small write until then, about 40 ms per message.
+/// Postfix's smtpd sends the DATA step's macros even when the step itself
+/// is skipped, then hands the connection to cleanup, whose first write
+/// waits behind them: so the DATA step is taken and answered.
+fn protocol_options(offered: ProtoOpts, refuse: bool) -> ProtoOpts {
+    let mut opts = ProtoOpts::NO_EOH
+        | ProtoOpts::NO_BODY
+        | ProtoOpts::NO_UNKNOWN
+        | ProtoOpts::NOREPLY_CONNECT
+        | ProtoOpts::NOREPLY_HELO
+        | ProtoOpts::NOREPLY_MAIL
+        | ProtoOpts::NOREPLY_HEADER;
+    if !refuse {
+        opts |= ProtoOpts::NOREPLY_RCPT;
+    }
+    // Only what the MTA offers may be asked for.
+    opts & offered
+}
+
+/// `status`, or no reply where the MTA was told not to wait for one.
+pub(super) fn answer(conn: Option<&Conn>, step: ProtoOpts, status: Status) -> Status {
+    if conn.is_some_and(|c| c.noreply.contains(step)) {
+        Status::Noreply
+    } else {
+        status
+    }
+}
