@@ -439,16 +439,7 @@ impl Lab {
             let status = child.wait().expect("wait for sendmail");
             assert!(status.success(), "sendmail failed: {status}");
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.sink_count.load(Ordering::SeqCst) < target {
-            assert!(
-                Instant::now() < deadline,
-                "the sink counted {} of {target} sendmail messages\n{}",
-                self.sink_count.load(Ordering::SeqCst),
-                self.pf.diagnostics()
-            );
-            thread::sleep(POLL);
-        }
+        self.wait_for_sink(target, Instant::now() + Duration::from_secs(60));
         let elapsed = t0.elapsed();
         self.pf
             .wait_for_queue(|q| q.is_empty(), Duration::from_secs(30));
@@ -541,10 +532,15 @@ impl Lab {
             }
             panic!("smtp-source failed ({status}): {err}");
         }
+        self.wait_for_sink(target, deadline);
+    }
+
+    /// Wait until the sink has counted `target` messages in all.
+    fn wait_for_sink(&self, target: u64, deadline: Instant) {
         while self.sink_count.load(Ordering::SeqCst) < target {
             assert!(
                 Instant::now() < deadline,
-                "the sink counted {} of {target} messages within {limit:?}\n{}",
+                "the sink counted {} of {target} messages in time\n{}",
                 self.sink_count.load(Ordering::SeqCst),
                 self.pf.diagnostics()
             );

@@ -36,6 +36,7 @@
 //! [`state::MAX_FIELD_LEN`] bytes; reaching a cap is logged once per
 //! message.
 
+mod accept;
 mod config;
 mod negotiate;
 pub mod state;
@@ -46,18 +47,13 @@ pub use config::{
 
 use std::ffi::{CStr, CString};
 use std::future::Future;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll, ready};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use indymilter::{
-    Actions, Callbacks, Context, ContextActions, EitherStream, EomContext, Macros, ProtoOpts,
-    SetErrorReply, SocketInfo, Status,
+    Actions, Callbacks, Context, ContextActions, EomContext, Macros, ProtoOpts, SetErrorReply,
+    SocketInfo, Status,
 };
-use tokio::net::{TcpStream, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use super::message::{
@@ -66,11 +62,9 @@ use super::message::{
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::Listener;
 use crate::metrics::{ConnectionGuard, Frontend};
+use accept::Accept;
 use negotiate::{answer, negotiate};
 use state::{Message, Recipient, Seen, Session};
-
-/// Pause after a failed accept (out of file descriptors, ...).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Everything the milter needs.
 #[derive(Clone)]
@@ -124,42 +118,6 @@ pub async fn serve(listener: Listener, deps: MilterDeps, shutdown: CancellationT
     let stop = async move { shutdown.cancelled().await };
     if let Err(e) = indymilter::run(accept, callbacks, config, stop).await {
         tracing::error!(error = %e, "milter stopped accepting connections");
-    }
-}
-
-/// The listener as indymilter wants it. A failed accept (out of file
-/// descriptors, ...) is logged and retried after a pause instead of
-/// ending the milter.
-struct Accept {
-    listener: Listener,
-    backoff: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl indymilter::Listener for Accept {
-    type Io = EitherStream<TcpStream, UnixStream>;
-
-    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Self::Io>> {
-        loop {
-            if let Some(pause) = &mut self.backoff {
-                ready!(pause.as_mut().poll(cx));
-                self.backoff = None;
-            }
-            let accepted = match &self.listener {
-                Listener::Tcp(l) => l.poll_accept(cx).map_ok(|(s, _)| {
-                    // Small request/reply exchanges: never wait for Nagle.
-                    let _ = s.set_nodelay(true);
-                    EitherStream::Tcp(s)
-                }),
-                Listener::Unix(l, _) => l.poll_accept(cx).map_ok(|(s, _)| EitherStream::Unix(s)),
-            };
-            match ready!(accepted) {
-                Ok(s) => return Poll::Ready(Ok(s)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "milter accept failed");
-                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
-                }
-            }
-        }
     }
 }
 

@@ -1,0 +1,51 @@
+//! The milter's listener as indymilter wants it.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+use std::time::Duration;
+
+use indymilter::EitherStream;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::listen::Listener;
+
+/// Pause after a failed accept (out of file descriptors, ...).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The listener as indymilter wants it. A failed accept (out of file
+/// descriptors, ...) is logged and retried after a pause instead of
+/// ending the milter.
+pub(super) struct Accept {
+    pub(super) listener: Listener,
+    pub(super) backoff: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl indymilter::Listener for Accept {
+    type Io = EitherStream<TcpStream, UnixStream>;
+
+    fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Self::Io>> {
+        loop {
+            if let Some(pause) = &mut self.backoff {
+                ready!(pause.as_mut().poll(cx));
+                self.backoff = None;
+            }
+            let accepted = match &self.listener {
+                Listener::Tcp(l) => l.poll_accept(cx).map_ok(|(s, _)| {
+                    // Small request/reply exchanges: never wait for Nagle.
+                    let _ = s.set_nodelay(true);
+                    EitherStream::Tcp(s)
+                }),
+                Listener::Unix(l, _) => l.poll_accept(cx).map_ok(|(s, _)| EitherStream::Unix(s)),
+            };
+            match ready!(accepted) {
+                Ok(s) => return Poll::Ready(Ok(s)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "milter accept failed");
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                }
+            }
+        }
+    }
+}
