@@ -47,6 +47,36 @@ pub struct Config {
     pub mta_sts: Option<MtaStsConfig>,
     /// The HTTP listener for Prometheus metrics and the health endpoint.
     pub metrics: Option<MetricsConfig>,
+    /// The threads that answer Postfix.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// Most threads `runtime.threads` accepts.
+pub const MAX_THREADS: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Threads answering the front doors (1 to [`MAX_THREADS`]). One is
+    /// the cheapest for Postfix: every answer comes from memory, and with
+    /// more threads most packets wake a second thread. Writes to the
+    /// decision log and the cache file, and reloads, run on threads of
+    /// their own either way.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            threads: default_threads(),
+        }
+    }
+}
+
+fn default_threads() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -302,6 +332,16 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=MAX_THREADS).contains(&self.runtime.threads) {
+            return Err(ConfigError::one(
+                path,
+                "runtime.threads",
+                format!(
+                    "{} is not between 1 and {MAX_THREADS}",
+                    self.runtime.threads
+                ),
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(ConfigError::one(
                 path,
@@ -419,6 +459,38 @@ mod tests {
         assert_eq!(c.policy.file, dir.path().join("policy.toml"));
         assert_eq!(c.log.decisions, PathBuf::from("-"));
         assert!(c.dane.is_none(), "DANE is off without a [dane] section");
+        assert_eq!(
+            c.runtime.threads, 1,
+            "one thread answers Postfix by default"
+        );
+    }
+
+    #[test]
+    fn runtime_threads_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, ok) in [
+            (0, false),
+            (1, true),
+            (2, true),
+            (MAX_THREADS, true),
+            (MAX_THREADS + 1, false),
+        ] {
+            let p = write(dir.path(), &format!("{MINIMAL}[runtime]\nthreads = {n}\n"));
+            match Config::load_with_env(&p, no_env()) {
+                Ok(c) => {
+                    assert!(ok, "{n} threads accepted");
+                    assert_eq!(c.runtime.threads, n);
+                }
+                Err(e) => {
+                    assert!(!ok, "{n} threads refused: {e}");
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("runtime.threads") && e.contains("config.toml"),
+                        "{e}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

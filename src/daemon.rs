@@ -296,6 +296,9 @@ impl Context {
         if old.dns != new.dns {
             needs_restart.push("dns");
         }
+        if old.runtime != new.runtime {
+            needs_restart.push("runtime.threads");
+        }
         if old.dane != new.dane {
             needs_restart.push("dane");
         }

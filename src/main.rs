@@ -266,10 +266,17 @@ fn serve(config_path: PathBuf) -> ExitCode {
     if let Some(p) = notifier.problem() {
         tracing::warn!("readiness notification is off: {p}");
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread (the default) runs everything on the thread that calls
+    // block_on: no packet wakes a second thread.
+    let threads = config.runtime.threads;
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start runtime: {e}")),
     };

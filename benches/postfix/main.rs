@@ -17,13 +17,15 @@
 //! untimed warm-up:
 //! - `plain`: no front door;
 //! - `socketmap`: `smtp_tls_policy_maps`;
-//! - `policy`: `check_policy_service` at RCPT, DATA and end of data;
+//! - `policy`: `check_policy_service` where the deployment asks it (at
+//!   RCPT: its milter writes the per-message record);
 //! - `milter`: `smtpd_milters`;
 //! - `all`: the three together.
 //!
 //! Every run is checked: every message reached the sink, the queue is
 //! empty, and the decision log gained exactly one policy-server record per
-//! recipient plus one per message, one milter record per message, and at
+//! recipient (plus one per message if the deployment asks the policy
+//! server at END-OF-DATA), one milter record per message, and at
 //! least one socketmap record (Postfix reuses a cached connection's policy,
 //! so socketmap lookups are fewer than deliveries). The report is a
 //! markdown table per session count: median messages/s, the ratio to

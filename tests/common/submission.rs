@@ -38,8 +38,6 @@ pub const TLS_POLICYD_SETTINGS: &[&str] = &[
     "smtp_tls_policy_maps",
     "smtpd_relay_restrictions",
     "smtpd_recipient_restrictions",
-    "smtpd_data_restrictions",
-    "smtpd_end_of_data_restrictions",
     "smtpd_policy_service_max_idle",
     "smtpd_milters",
     "non_smtpd_milters",
