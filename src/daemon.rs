@@ -450,6 +450,7 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         tasks.spawn(milter::serve(l, deps, shutdown.clone()));
     }
     drop(config);
+    tasks.spawn(timer_anchor(shutdown.clone()));
     match (&ctx.mta_sts, &ctx.dane) {
         (Some(s), _) => {
             tasks.spawn(s.clone().maintain(shutdown.clone()));
@@ -468,6 +469,28 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
     }
     ctx.log.close();
 }
+
+/// Keeps a timer due within [`TIMER_ANCHOR`], until shutdown.
+///
+/// Every request arms a timeout (`request_timeout`, the idle timeout) that
+/// is almost always cancelled long before it is due. Tokio wakes its driver
+/// (a write to an eventfd, then one more pass through epoll) whenever a new
+/// timer is due before every timer it already has; with a timer always due
+/// sooner than any request's timeout, arming one costs no system call. The
+/// price is one wake-up per [`TIMER_ANCHOR`].
+async fn timer_anchor(shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TIMER_ANCHOR);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// How often [`timer_anchor`] wakes.
+const TIMER_ANCHOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
