@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::config::{Config, DefaultReply};
+use crate::config::Config;
 use crate::engine::{Engine, Explanation};
 use crate::frontends::policy;
+use crate::frontends::socketmap::DefaultReply;
 use crate::frontends::socketmap::{self, MapKind};
 use crate::log::reader::{self, LogQuery, OutputFormat};
 use crate::prober::{self, Prober};

@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -19,7 +18,8 @@ use crate::prober::ProberConfig;
 use crate::sources::dane::DaneConfig;
 use crate::sources::mta_sts::MtaStsConfig;
 
-use crate::listen::{ListenAddr, SocketOptions, parse_mode};
+use crate::frontends::socketmap::SocketmapConfig;
+use crate::listen::ListenAddr;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "TLS_POLICYD_";
@@ -89,56 +89,6 @@ pub struct MetricsConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SocketmapConfig {
-    /// `inet:ADDRESS:PORT` or `unix:/PATH`.
-    pub listen: ListenAddr,
-    /// Unix socket mode, octal (`"0660"`).
-    pub socket_mode: Option<String>,
-    pub socket_owner: Option<String>,
-    pub socket_group: Option<String>,
-    /// Map name for `smtp_tls_policy_maps = socketmap:…:NAME`.
-    #[serde(default = "default_map")]
-    pub map: String,
-    /// Map name that never answers weaker than `encrypt`.
-    #[serde(default = "default_forced_map")]
-    pub forced_map: String,
-    /// What the normal map answers when only the default applies.
-    #[serde(default)]
-    pub default_reply: DefaultReply,
-    /// Connections served at once; more wait in the listen queue.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Close a connection with no request for this long (`"5m"`).
-    #[serde(default = "default_idle", with = "human_duration")]
-    pub idle_timeout: Duration,
-}
-
-pub(crate) fn default_map() -> String {
-    "tls_policy".into()
-}
-pub(crate) fn default_forced_map() -> String {
-    "tls_forced".into()
-}
-fn default_max_connections() -> usize {
-    1024
-}
-pub(crate) fn default_idle() -> Duration {
-    Duration::from_secs(300)
-}
-
-/// The normal map's answer for a domain no source has a policy for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DefaultReply {
-    /// `OK <default level>`: the policy file's default is sent explicitly.
-    #[default]
-    Policy,
-    /// `NOTFOUND `: Postfix applies its own `smtp_tls_security_level`.
-    Notfound,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// The policy file (TOML).
     pub file: PathBuf,
@@ -170,22 +120,6 @@ fn default_decisions() -> PathBuf {
 }
 fn default_level() -> String {
     "info".into()
-}
-
-/// `#[serde(with = "crate::config::human_duration")]`: durations written
-/// like `"30s"` or `"5m"`.
-pub(crate) mod human_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"30s\" or \"5m\": {e}"
-            ))
-        })
-    }
 }
 
 /// A configuration problem: which file (or environment variable), which
@@ -294,7 +228,8 @@ impl Config {
             ));
         }
         if let Some(s) = &self.socketmap {
-            Self::validate_socketmap(path, s)?;
+            s.validate()
+                .map_err(|(key, problem)| ConfigError::one(path, key, problem))?;
         }
         if let Some(p) = &self.policy_server {
             p.validate()
@@ -354,53 +289,6 @@ impl Config {
         }
         Ok(())
     }
-
-    fn validate_socketmap(path: &Path, s: &SocketmapConfig) -> Result<(), ConfigError> {
-        for (key, name) in [
-            ("socketmap.map", &s.map),
-            ("socketmap.forced_map", &s.forced_map),
-        ] {
-            if name.is_empty()
-                || name
-                    .chars()
-                    .any(|c| c.is_whitespace() || c == ':' || c.is_control())
-            {
-                return Err(ConfigError::one(
-                    path,
-                    key,
-                    format!("{name:?} is not a usable map name (no spaces or ':')"),
-                ));
-            }
-        }
-        if s.map == s.forced_map {
-            return Err(ConfigError::one(
-                path,
-                "socketmap.forced_map",
-                format!("must differ from socketmap.map ({:?})", s.map),
-            ));
-        }
-        if s.max_connections == 0 {
-            return Err(ConfigError::one(
-                path,
-                "socketmap.max_connections",
-                "must be at least 1",
-            ));
-        }
-        if let Some(m) = &s.socket_mode {
-            parse_mode(m).map_err(|e| ConfigError::one(path, "socketmap.socket_mode", e))?;
-        }
-        Ok(())
-    }
-}
-
-impl SocketmapConfig {
-    pub fn socket_options(&self) -> SocketOptions {
-        SocketOptions::from_settings(
-            self.socket_mode.as_deref(),
-            self.socket_owner.as_ref(),
-            self.socket_group.as_ref(),
-        )
-    }
 }
 
 /// Turn figment's errors into lines naming origin, key and problem.
@@ -432,6 +320,8 @@ fn describe(path: &Path, err: figment::Error) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frontends::socketmap::DefaultReply;
+    use std::time::Duration;
 
     fn write(dir: &Path, text: &str) -> PathBuf {
         let p = dir.join("config.toml");

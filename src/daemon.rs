@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::refusal::TlsKnowledge;
 use crate::engine::{Engine, Source};
-use crate::frontends::{milter, policy, socketmap};
+use crate::frontends::{Backend, milter, policy, socketmap};
 use crate::listen::{ListenAddr, Listener, SocketOptions};
 use crate::log::record::{DecisionLog, Target};
 use crate::metrics::Metrics;
@@ -33,12 +33,26 @@ pub struct Context {
     pub mta_sts: Option<MtaSts>,
     /// The DANE source, when `[dane]` enables it.
     pub dane: Option<DaneSource>,
-    socketmap: ArcSwap<socketmap::Settings>,
+    socketmap: Arc<ArcSwap<socketmap::Settings>>,
     policy_server: Arc<ArcSwap<policy::Settings>>,
     milter: Arc<ArcSwap<milter::Settings>>,
     config_path: PathBuf,
     config: ArcSwap<Config>,
     last_reload: ArcSwap<SystemTime>,
+}
+
+impl Backend for Context {
+    fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn decision_log(&self) -> &DecisionLog {
+        &self.log
+    }
+
+    fn metrics(&self) -> Option<&Arc<Metrics>> {
+        Some(&self.metrics)
+    }
 }
 
 /// Why the daemon could not start.
@@ -181,7 +195,7 @@ impl Context {
             prober,
             mta_sts,
             dane,
-            socketmap: ArcSwap::from_pointee(socketmap),
+            socketmap: Arc::new(ArcSwap::from_pointee(socketmap)),
             policy_server: Arc::new(ArcSwap::from_pointee(policy_server)),
             milter: Arc::new(ArcSwap::from_pointee(milter)),
             config_path: config_path.to_path_buf(),
@@ -427,9 +441,13 @@ impl Listeners {
 pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: CancellationToken) {
     let config = ctx.config();
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(l) = listeners.socketmap {
-        let max = config.socketmap.as_ref().map_or(1, |s| s.max_connections);
-        tasks.spawn(socketmap::serve(l, ctx.clone(), max, shutdown.clone()));
+    if let (Some(l), Some(c)) = (listeners.socketmap, &config.socketmap) {
+        let deps = socketmap::SocketmapDeps {
+            backend: ctx.clone(),
+            settings: ctx.socketmap.clone(),
+            max_connections: c.max_connections,
+        };
+        tasks.spawn(socketmap::serve(l, deps, shutdown.clone()));
     }
     if let (Some(l), Some(c)) = (listeners.policy_server, &config.policy_server) {
         let deps = policy::PolicyDeps {

@@ -49,7 +49,7 @@ pub struct DnsConfig {
     #[serde(default)]
     pub nameservers: Vec<String>,
     /// How long to wait for one answer (`"5s"`).
-    #[serde(default = "default_timeout", with = "crate::config::human_duration")]
+    #[serde(default = "default_timeout", with = "crate::util::duration::human")]
     pub timeout: Duration,
     /// How many times a query is sent before giving up.
     #[serde(default = "default_attempts")]

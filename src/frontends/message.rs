@@ -11,43 +11,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use crate::daemon::Context;
 use crate::engine::Engine;
 use crate::engine::decision::{Decision, SourceKind, Tls};
 use crate::engine::key::{Destination, KeyForm};
 use crate::engine::refusal::{
     Assessment, RefuseMode, Requirement, TlsKnowledge, assess, refusal_text,
 };
-use crate::log::record::{DecisionLog, DecisionRecord, RecipientRecord};
-use crate::metrics::Metrics;
+use crate::log::record::{DecisionRecord, RecipientRecord};
 use crate::sources::static_file::{SenderHit, StaticPolicy};
 
 /// Longest trace header line, name included (RFC 5322 allows 998).
 pub const MAX_TRACE_HEADER_LEN: usize = 900;
-
-/// The engine and the decision log, wherever they live.
-pub trait Backend: Send + Sync {
-    fn engine(&self) -> &Engine;
-    fn decision_log(&self) -> &DecisionLog;
-    /// Where requests, decisions and errors are counted, if anywhere.
-    fn metrics(&self) -> Option<&Arc<Metrics>> {
-        None
-    }
-}
-
-impl Backend for Context {
-    fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    fn decision_log(&self) -> &DecisionLog {
-        &self.log
-    }
-
-    fn metrics(&self) -> Option<&Arc<Metrics>> {
-        Some(&self.metrics)
-    }
-}
 
 /// Everything decided about one recipient.
 #[derive(Debug, Clone)]

@@ -52,8 +52,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use super::Backend;
 use super::attrs::{Decoder, Request, encode_reply};
-pub use super::message::Backend;
 use super::message::{
     CatchUnwind, MessageSummary, Refusal, Ruling, header_value, message_record, non_empty,
     panic_text, refusal_for, rule_recipient, trace_value, valid_header_name,
@@ -112,12 +112,12 @@ pub struct PolicyServerConfig {
     /// Close a connection with no request for this long. Longer than
     /// Postfix's `smtpd_policy_service_max_idle` (300 s), so Postfix
     /// closes first.
-    #[serde(default = "default_idle", with = "crate::config::human_duration")]
+    #[serde(default = "default_idle", with = "crate::util::duration::human")]
     pub idle_timeout: Duration,
     /// Longest time to answer one request; after it, `DUNNO`.
     #[serde(
         default = "default_request_timeout",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub request_timeout: Duration,
 }

@@ -60,21 +60,18 @@ pub struct ProberConfig {
     /// Time allowed for the TCP connection.
     #[serde(
         default = "default_connect_timeout",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub connect_timeout: Duration,
     /// Time allowed for each SMTP command and its complete reply (and for
     /// the greeting).
     #[serde(
         default = "default_smtp_timeout",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub smtp_timeout: Duration,
     /// Time allowed for the TLS handshake.
-    #[serde(
-        default = "default_tls_timeout",
-        with = "crate::config::human_duration"
-    )]
+    #[serde(default = "default_tls_timeout", with = "crate::util::duration::human")]
     pub tls_timeout: Duration,
     /// Domains probed at once (DNS lookups and SMTP); more wait.
     #[serde(default = "default_concurrency")]
@@ -90,11 +87,11 @@ pub struct ProberConfig {
     /// last one started.
     #[serde(
         default = "default_min_interval",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub min_interval: Duration,
     /// How long a result counts as knowledge.
-    #[serde(default = "default_ttl", with = "crate::config::human_duration")]
+    #[serde(default = "default_ttl", with = "crate::util::duration::human")]
     pub ttl: Duration,
     /// MX hosts probed per domain, most preferred first.
     #[serde(default = "default_max_mx")]

@@ -21,7 +21,7 @@ use tls_policyd::engine::decision::SourceKind;
 use tls_policyd::engine::key::Destination;
 use tls_policyd::engine::refusal::{Capability, TlsKnowledge};
 use tls_policyd::engine::{Consulted, Engine, Source};
-use tls_policyd::frontends::message::Backend;
+use tls_policyd::frontends::Backend;
 use tls_policyd::frontends::milter::{self, MilterConfig, MilterDeps, Settings};
 use tls_policyd::listen::{ListenAddr, Listener};
 use tls_policyd::log::record::{DecisionLog, Target};

@@ -423,8 +423,22 @@ impl Daemon {
     }
 
     /// Decision log records written so far (complete lines only).
+    ///
+    /// The daemon writes records in batches (every 20 ms at most): this
+    /// reads until the file has stopped growing for longer than that, so
+    /// every record of what happened before the call is in.
     pub fn decisions(&self) -> Vec<Value> {
-        read_json_lines(&self.decisions_path())
+        let path = self.decisions_path();
+        let mut seen = read_json_lines(&path);
+        for _ in 0..100 {
+            std::thread::sleep(std::time::Duration::from_millis(60));
+            let now = read_json_lines(&path);
+            if now.len() == seen.len() {
+                return now;
+            }
+            seen = now;
+        }
+        seen
     }
 
     /// Wait until the decision log has at least `n` records and return

@@ -54,7 +54,7 @@ pub struct MilterConfig {
     /// Longest time for one stage; after it, "continue".
     #[serde(
         default = "default_request_timeout",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub request_timeout: Duration,
 }

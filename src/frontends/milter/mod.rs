@@ -56,8 +56,9 @@ use indymilter::{
 };
 use tokio_util::sync::CancellationToken;
 
+use super::Backend;
 use super::message::{
-    Backend, CatchUnwind, assess_delivery, header_value, panic_text, refusal_for, rule_recipient,
+    CatchUnwind, assess_delivery, header_value, panic_text, refusal_for, rule_recipient,
 };
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::Listener;

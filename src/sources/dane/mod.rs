@@ -87,22 +87,19 @@ pub struct DaneConfig {
     #[serde(default)]
     pub on_failure: FailPolicy,
     /// Results are kept at least this long, whatever the DNS TTL.
-    #[serde(default = "default_min_ttl", with = "crate::config::human_duration")]
+    #[serde(default = "default_min_ttl", with = "crate::util::duration::human")]
     pub min_ttl: Duration,
     /// Results are kept at most this long, whatever the DNS TTL.
-    #[serde(default = "default_max_ttl", with = "crate::config::human_duration")]
+    #[serde(default = "default_max_ttl", with = "crate::util::duration::human")]
     pub max_ttl: Duration,
     /// A failed lookup is remembered this long before the next try.
-    #[serde(
-        default = "default_failure_ttl",
-        with = "crate::config::human_duration"
-    )]
+    #[serde(default = "default_failure_ttl", with = "crate::util::duration::human")]
     pub failure_ttl: Duration,
     /// A request waits at most this long for a lookup; a lookup that takes
     /// longer fails.
     #[serde(
         default = "default_lookup_timeout",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub lookup_timeout: Duration,
     /// MX hosts looked at per domain, most preferred first. A domain with
@@ -121,7 +118,7 @@ pub struct DaneConfig {
     pub cache_file: PathBuf,
     /// How long a domain counts as having had DANE after the last lookup
     /// that found a DANE policy (for `on_failure = "defer-known"`).
-    #[serde(default = "default_remember", with = "crate::config::human_duration")]
+    #[serde(default = "default_remember", with = "crate::util::duration::human")]
     pub remember: Duration,
 }
 

@@ -25,19 +25,19 @@ pub struct MtaStsConfig {
     /// cached before the answer goes out without MTA-STS.
     #[serde(
         default = "default_lookup_timeout",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub lookup_timeout: Duration,
     /// Time allowed for the TCP connection to the policy host.
     #[serde(
         default = "default_connect_timeout",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub connect_timeout: Duration,
     /// Time allowed for a whole fetch (DNS, connection, TLS, HTTP).
     #[serde(
         default = "default_fetch_timeout",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub fetch_timeout: Duration,
     /// PEM file of CA certificates trusted for policy hosts in addition
@@ -61,14 +61,14 @@ pub struct MtaStsConfig {
     /// remembered.
     #[serde(
         default = "default_negative_ttl",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub negative_ttl: Duration,
     /// How long after the last look at a domain's TXT record a lookup
     /// checks it again (in the background) for a new policy id.
     #[serde(
         default = "default_check_interval",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub check_interval: Duration,
     /// Cached policies are fetched again this long after they were
@@ -76,7 +76,7 @@ pub struct MtaStsConfig {
     /// expire while the domain is in use.
     #[serde(
         default = "default_refresh_interval",
-        with = "crate::config::human_duration"
+        with = "crate::util::duration::human"
     )]
     pub refresh_interval: Duration,
     /// Discoveries (DNS and HTTPS) running at once.

@@ -10,50 +10,49 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Backend;
 use super::netstring::{self, MAX_QUERY_LEN};
-use crate::config::{DefaultReply, SocketmapConfig};
-use crate::daemon::Context;
 use crate::engine::decision::{Decision, SourceKind};
 use crate::listen::{Conn, Listener};
 use crate::log::record::DecisionRecord;
 use crate::metrics::Frontend;
 
+mod config;
+
+pub use config::{DefaultReply, Settings, SocketmapConfig};
+
 /// Bytes read from a connection at a time.
 const READ_CHUNK: usize = 4096;
 
-/// The reloadable part of the socketmap settings.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub map: Arc<str>,
-    pub forced_map: Arc<str>,
-    pub default_reply: DefaultReply,
-    pub idle_timeout: Duration,
+/// Everything the socketmap server needs.
+#[derive(Clone)]
+pub struct SocketmapDeps {
+    pub backend: Arc<dyn Backend>,
+    /// Swapped on reload; read once per request.
+    pub settings: Arc<ArcSwap<Settings>>,
+    pub max_connections: usize,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            map: Arc::from(crate::config::default_map()),
-            forced_map: Arc::from(crate::config::default_forced_map()),
-            default_reply: DefaultReply::default(),
-            idle_timeout: crate::config::default_idle(),
+impl SocketmapDeps {
+    pub fn new(backend: Arc<dyn Backend>, config: &SocketmapConfig) -> SocketmapDeps {
+        SocketmapDeps {
+            backend,
+            settings: Arc::new(ArcSwap::from_pointee(Settings::from(config))),
+            max_connections: config.max_connections,
         }
     }
-}
 
-impl From<&SocketmapConfig> for Settings {
-    fn from(c: &SocketmapConfig) -> Self {
-        Settings {
-            map: Arc::from(c.map.as_str()),
-            forced_map: Arc::from(c.forced_map.as_str()),
-            default_reply: c.default_reply,
-            idle_timeout: c.idle_timeout,
+    fn count_error(&self, kind: &'static str) {
+        if let Some(m) = self.backend.metrics() {
+            m.error("socketmap", kind);
         }
     }
 }
@@ -104,18 +103,6 @@ impl Reply {
             Reply::NotFound => "NOTFOUND ".to_string(),
             Reply::Temp(r) => format!("TEMP {r}"),
             Reply::Perm(r) => format!("PERM {r}"),
-        }
-    }
-}
-
-impl Settings {
-    pub fn map_kind(&self, name: &str) -> Option<MapKind> {
-        if name == &*self.map {
-            Some(MapKind::Policy)
-        } else if name == &*self.forced_map {
-            Some(MapKind::Forced)
-        } else {
-            None
         }
     }
 }
@@ -172,13 +159,9 @@ fn temp_text(reason: &str) -> Arc<str> {
 
 /// Accept connections until shutdown, then wait for open connections to
 /// finish the request they are on.
-pub async fn serve(
-    listener: Listener,
-    ctx: Arc<Context>,
-    max_connections: usize,
-    shutdown: CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(max_connections));
+pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: CancellationToken) {
+    let ctx = Arc::new(deps);
+    let slots = Arc::new(Semaphore::new(ctx.max_connections.max(1)));
     let mut conns = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -198,7 +181,10 @@ pub async fn serve(
             Ok((conn, peer)) => {
                 let ctx = ctx.clone();
                 let shutdown = shutdown.clone();
-                let open = ctx.metrics.connection(Frontend::Socketmap);
+                let open = ctx
+                    .backend
+                    .metrics()
+                    .map(|m| m.connection(Frontend::Socketmap));
                 conns.spawn(async move {
                     let _permit = permit;
                     let _open = open;
@@ -210,7 +196,7 @@ pub async fn serve(
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                ctx.metrics.error("socketmap", "accept");
+                ctx.count_error("accept");
                 tracing::warn!(error = %e, "socketmap accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -221,7 +207,7 @@ pub async fn serve(
 }
 
 /// Serve one connection: requests in order, one reply each.
-async fn connection<S>(mut stream: S, peer: &str, ctx: &Context, shutdown: &CancellationToken)
+async fn connection<S>(mut stream: S, peer: &str, ctx: &SocketmapDeps, shutdown: &CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -235,7 +221,7 @@ where
     // closes after one to two idle periods and costs nothing per request.
     let mut served = 0u64;
     let mut served_at_check = 0u64;
-    let idle = tokio::time::sleep(ctx.socketmap_settings().idle_timeout);
+    let idle = tokio::time::sleep(ctx.settings.load().idle_timeout);
     tokio::pin!(idle);
     loop {
         // Answer every complete request already received. Requests before
@@ -246,7 +232,7 @@ where
                 Ok(Some(frame)) => {
                     let payload = &buf[start + frame.payload.start..start + frame.payload.end];
                     if let Err(problem) = request(payload, ctx, &mut out).await {
-                        ctx.metrics.error("socketmap", "bad_request");
+                        ctx.count_error("bad_request");
                         tracing::warn!(
                             peer,
                             problem,
@@ -260,7 +246,7 @@ where
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    ctx.metrics.error("socketmap", "framing");
+                    ctx.count_error("framing");
                     tracing::warn!(peer, error = %e, "socketmap framing error; closing connection");
                     close = true;
                     break;
@@ -300,7 +286,7 @@ where
                         return;
                     }
                     served_at_check = served;
-                    let limit = ctx.socketmap_settings().idle_timeout;
+                    let limit = ctx.settings.load().idle_timeout;
                     idle.as_mut().reset(Instant::now() + limit);
                 }
             }
@@ -308,7 +294,7 @@ where
         match read {
             Ok(0) => {
                 if !buf.is_empty() {
-                    ctx.metrics.error("socketmap", "incomplete_request");
+                    ctx.count_error("incomplete_request");
                     tracing::warn!(
                         peer,
                         bytes = buf.len(),
@@ -328,11 +314,15 @@ where
 
 /// Handle one `NAME KEY` request, appending the reply to `out`. An error
 /// means the payload is not a socketmap request at all.
-async fn request(payload: &[u8], ctx: &Context, out: &mut Vec<u8>) -> Result<(), &'static str> {
+async fn request(
+    payload: &[u8],
+    ctx: &SocketmapDeps,
+    out: &mut Vec<u8>,
+) -> Result<(), &'static str> {
     let started = Instant::now();
     let text = std::str::from_utf8(payload).map_err(|_| "request is not UTF-8")?;
     let (name, key) = text.split_once(' ').ok_or("request is not \"NAME KEY\"")?;
-    let settings = ctx.socketmap_settings();
+    let settings = ctx.settings.load();
     let Some(kind) = settings.map_kind(name) else {
         let reason = format!(
             "unknown map name {name:?}; this server answers {:?} and {:?}",
@@ -340,15 +330,19 @@ async fn request(payload: &[u8], ctx: &Context, out: &mut Vec<u8>) -> Result<(),
         );
         tracing::warn!(map = name, key, "{reason}");
         Reply::Perm(reason).write_to(out);
-        ctx.metrics.error("socketmap", "unknown_map");
-        ctx.metrics.lookup(Frontend::Socketmap, started.elapsed());
+        ctx.count_error("unknown_map");
+        if let Some(m) = ctx.backend.metrics() {
+            m.lookup(Frontend::Socketmap, started.elapsed());
+        }
         return Ok(());
     };
-    let (dest, decision) = ctx.engine.decide_key(key).await;
+    let (dest, decision) = ctx.backend.engine().decide_key(key).await;
     let (decision, reply) = answer(decision, kind, settings.default_reply);
     reply.write_to(out);
-    ctx.metrics.lookup(Frontend::Socketmap, started.elapsed());
-    ctx.metrics.decision(Frontend::Socketmap, &decision);
+    if let Some(m) = ctx.backend.metrics() {
+        m.lookup(Frontend::Socketmap, started.elapsed());
+        m.decision(Frontend::Socketmap, &decision);
+    }
     let mut rec = DecisionRecord::new("socketmap", key, &decision);
     rec.map = Some(match kind {
         MapKind::Policy => settings.map.clone(),
@@ -359,7 +353,7 @@ async fn request(payload: &[u8], ctx: &Context, out: &mut Vec<u8>) -> Result<(),
     if matches!(reply, Reply::NotFound | Reply::Temp(_)) {
         rec.level = None;
     }
-    ctx.log.log(rec);
+    ctx.backend.decision_log().log(rec);
     Ok(())
 }
 

@@ -1,0 +1,3 @@
+//! Small helpers every layer may use; they import nothing of the crate.
+
+pub mod duration;
