@@ -22,10 +22,10 @@ use tls_policyd::dns::DnsConfig;
 use tls_policyd::dns::secure::{DnssecMode, SecureResolver};
 use tls_policyd::engine::decision::{Level, SourceKind};
 use tls_policyd::engine::key::Destination;
+use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::{Consulted, Engine, Source};
 use tls_policyd::sources::dane::assess::{AddressState, MxState, TlsaState};
 use tls_policyd::sources::dane::{DaneConfig, DaneSource, FailPolicy, MemoryStore, Outcome};
-use tls_policyd::sources::static_file::StaticPolicy;
 
 const DIGEST: [u8; 32] = [0xd1; 32];
 
@@ -750,7 +750,7 @@ async fn precedence_static_then_dane_then_default() {
     w.dns.set_ad_default(true);
     w.mx("dane.test", 10, "mx.dane.test", true);
     let s = Arc::new(w.source());
-    let policy_file = StaticPolicy::parse(
+    let policy_file = PolicyFile::parse(
         "[[rule]]\ndomains = [\"bank.test\"]\ntls = \"forced\"\n",
         Path::new("p.toml"),
     )

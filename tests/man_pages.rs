@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::{find_tool, run_with_timeout};
 use tls_policyd::config::Config;
-use tls_policyd::sources::static_file::StaticPolicy;
+use tls_policyd::engine::policy_file::PolicyFile;
 
 const PAGES: [&str; 3] = [
     "tls-policyd.8",
@@ -117,7 +117,7 @@ fn config_error(dir: &Path, text: &str) -> String {
 fn policy_error(dir: &Path, text: &str) -> String {
     let p = dir.join("policy.toml");
     std::fs::write(&p, text).unwrap();
-    StaticPolicy::load(&p)
+    PolicyFile::load(&p)
         .err()
         .unwrap_or_else(|| panic!("accepted: {text}"))
         .to_string()

@@ -18,10 +18,10 @@ use hickory_proto::rr::RecordType;
 use tls_policyd::dns::{self, DnsConfig};
 use tls_policyd::engine::decision::{Decision, Level, SourceKind};
 use tls_policyd::engine::key::Destination;
+use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::{Consulted, Engine, Source};
 use tls_policyd::sources::mta_sts::policy::MAX_POLICY_LEN;
 use tls_policyd::sources::mta_sts::{CacheState, MtaSts, MtaStsConfig};
-use tls_policyd::sources::static_file::StaticPolicy;
 use tls_policyd::store::{Db, Kind};
 
 const DNS_IP: &str = "127.0.0.53";
@@ -724,7 +724,7 @@ fn engine_never_asks_for_parent_walk_or_next_hop_keys() {
         let sts = w.source();
         let src: Arc<dyn Source> = Arc::new(sts.clone());
         let engine = Engine::with_sources(
-            StaticPolicy::parse("", Path::new("p.toml")).unwrap(),
+            PolicyFile::parse("", Path::new("p.toml")).unwrap(),
             vec![src],
         );
         for key in [

@@ -15,12 +15,12 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use tls_policyd::engine::Engine;
+use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::refusal::{Capability, TlsKnowledge};
 use tls_policyd::frontends::attrs::{MAX_LINE_LEN, MAX_REQUEST_LEN};
 use tls_policyd::frontends::policy::{self, Backend, PolicyDeps, PolicyServerConfig};
 use tls_policyd::listen::{ListenAddr, Listener};
 use tls_policyd::log::record::{DecisionLog, Target};
-use tls_policyd::sources::static_file::StaticPolicy;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -133,7 +133,7 @@ impl Server {
         let config: PolicyServerConfig =
             toml::from_str(&format!("listen = \"{listen}\"\n{settings}")).unwrap();
         config.validate().unwrap();
-        let policy = StaticPolicy::parse(POLICY, Path::new("policy.toml")).unwrap();
+        let policy = PolicyFile::parse(POLICY, Path::new("policy.toml")).unwrap();
         let log_path = dir.path().join("decisions.jsonl");
         let parts = Arc::new(Parts {
             engine: Engine::new(policy),

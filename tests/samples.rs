@@ -1,11 +1,11 @@
 //! Every sample configuration shipped in the repository must load: daemon
 //! configs through `Config::load` (and the policy file each one names),
-//! policy files through `StaticPolicy::load`.
+//! policy files through `PolicyFile::load`.
 
 use std::path::{Path, PathBuf};
 
 use tls_policyd::config::Config;
-use tls_policyd::sources::static_file::StaticPolicy;
+use tls_policyd::engine::policy_file::PolicyFile;
 
 /// Directories holding sample configs, relative to the crate root.
 const SAMPLE_DIRS: [&str; 2] = ["postfix-examples", "packaging"];
@@ -89,10 +89,10 @@ fn check(path: &Path) -> Result<Kind, String> {
         Kind::Daemon => {
             let config = Config::load(path).map_err(|e| e.to_string())?;
             let policy = shipped_policy(path, &config.policy.file)?;
-            StaticPolicy::load(&policy).map_err(|e| format!("policy.file: {e}"))?;
+            PolicyFile::load(&policy).map_err(|e| format!("policy.file: {e}"))?;
         }
         Kind::Policy => {
-            StaticPolicy::load(path).map_err(|e| e.to_string())?;
+            PolicyFile::load(path).map_err(|e| e.to_string())?;
         }
     }
     Ok(kind)

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::config::Config;
-use crate::sources::static_file::StaticPolicy;
+use crate::engine::policy_file::PolicyFile;
 
 mod cache;
 mod check_config;
@@ -20,8 +20,8 @@ pub use log::{LogOptions, log};
 pub use probe::probe;
 
 /// Load config and policy file, or say precisely what is wrong.
-fn load(config_path: &Path) -> Result<(Config, StaticPolicy), String> {
+fn load(config_path: &Path) -> Result<(Config, PolicyFile), String> {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
-    let policy = StaticPolicy::load(&config.policy.file).map_err(|e| e.to_string())?;
+    let policy = PolicyFile::load(&config.policy.file).map_err(|e| e.to_string())?;
     Ok((config, policy))
 }

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::engine::policy_file::PolicyFile;
 use crate::engine::refusal::TlsKnowledge;
 use crate::engine::{Engine, Source};
 use crate::frontends::{Backend, milter, policy, socketmap};
@@ -18,7 +19,6 @@ use crate::metrics::Metrics;
 use crate::prober::{Prober, ProberError};
 use crate::sources::dane::{CacheUse, DaneSource};
 use crate::sources::mta_sts::MtaSts;
-use crate::sources::static_file::StaticPolicy;
 
 /// Everything a front door needs, shared behind an `Arc`.
 pub struct Context {
@@ -59,7 +59,7 @@ impl Backend for Context {
 #[derive(Debug)]
 pub enum StartError {
     Config(crate::config::ConfigError),
-    Policy(crate::sources::static_file::PolicyError),
+    Policy(crate::engine::policy_file::PolicyFileError),
     Log(Target, std::io::Error),
     Bind(ListenAddr, std::io::Error),
     Dns(crate::dns::DnsError),
@@ -116,7 +116,7 @@ impl Context {
         config: Config,
         metrics: Arc<Metrics>,
     ) -> Result<Context, StartError> {
-        let policy = StaticPolicy::load(&config.policy.file).map_err(StartError::Policy)?;
+        let policy = PolicyFile::load(&config.policy.file).map_err(StartError::Policy)?;
         let sts_config = config.mta_sts.as_ref().filter(|m| m.enabled);
         // Early refusals and quarantine (policy server, milter) rely on the prober.
         let refuses = config.policy_server.is_some() || config.milter.is_some();
@@ -248,7 +248,7 @@ impl Context {
                 return Err(StartError::Config(e));
             }
         };
-        let policy = match StaticPolicy::load(&new.policy.file) {
+        let policy = match PolicyFile::load(&new.policy.file) {
             Ok(p) => p,
             Err(e) => {
                 self.log.reopen(Target::from_setting(&old.log.decisions));

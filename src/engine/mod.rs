@@ -13,6 +13,7 @@
 
 pub mod decision;
 pub mod key;
+pub mod policy_file;
 pub mod refusal;
 
 use std::future::Future;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::sources::static_file::StaticPolicy;
+use crate::engine::policy_file::PolicyFile;
 use decision::{Decision, SourceKind, Tls};
 use key::{Destination, KeyError, KeyForm, parents};
 
@@ -82,17 +83,17 @@ pub struct Explanation {
 /// The engine. Shared by every front door; the policy file is swapped
 /// atomically on reload, so lookups never wait for a reload.
 pub struct Engine {
-    policy: ArcSwap<StaticPolicy>,
+    policy: ArcSwap<PolicyFile>,
     sources: Vec<Arc<dyn Source>>,
 }
 
 impl Engine {
-    pub fn new(policy: StaticPolicy) -> Engine {
+    pub fn new(policy: PolicyFile) -> Engine {
         Engine::with_sources(policy, Vec::new())
     }
 
     /// `sources` in precedence order (DANE before MTA-STS).
-    pub fn with_sources(policy: StaticPolicy, sources: Vec<Arc<dyn Source>>) -> Engine {
+    pub fn with_sources(policy: PolicyFile, sources: Vec<Arc<dyn Source>>) -> Engine {
         Engine {
             policy: ArcSwap::from_pointee(policy),
             sources,
@@ -101,11 +102,11 @@ impl Engine {
 
     /// Install a newly loaded policy file. Lookups in flight finish with
     /// the old one.
-    pub fn replace_policy(&self, policy: StaticPolicy) {
+    pub fn replace_policy(&self, policy: PolicyFile) {
         self.policy.store(Arc::new(policy));
     }
 
-    pub fn policy(&self) -> Arc<StaticPolicy> {
+    pub fn policy(&self) -> Arc<PolicyFile> {
         self.policy.load_full()
     }
 
@@ -270,7 +271,7 @@ fn not_below_default(d: Decision, default: &Decision) -> Decision {
 }
 
 /// The default, with the parse problem as its reason.
-fn bad_key_decision(policy: &StaticPolicy, e: &KeyError) -> Decision {
+fn bad_key_decision(policy: &PolicyFile, e: &KeyError) -> Decision {
     let mut d = policy.default_decision().clone();
     d.reason = Arc::from(format!(
         "key is not a destination ({e}); the default applies"
@@ -347,7 +348,7 @@ mod tests {
     }
 
     fn engine(text: &str) -> (Engine, Arc<Fixed>) {
-        let p = StaticPolicy::parse(text, Path::new("p.toml")).unwrap();
+        let p = PolicyFile::parse(text, Path::new("p.toml")).unwrap();
         let src = Arc::new(Fixed {
             domain: "dane.example",
             calls: AtomicUsize::new(0),
@@ -371,7 +372,7 @@ mod tests {
             let d = e.decide(&Destination::parse("dane.example").unwrap()).await;
             assert_eq!(d.source, SourceKind::Static, "static beats DANE");
             assert_eq!(src.calls.load(Ordering::SeqCst), 0);
-            e.replace_policy(StaticPolicy::parse("", Path::new("p.toml")).unwrap());
+            e.replace_policy(PolicyFile::parse("", Path::new("p.toml")).unwrap());
             let d = e.decide(&Destination::parse("dane.example").unwrap()).await;
             assert_eq!((d.source, d.level), (SourceKind::Dane, Level::DaneOnly));
             let d = e
@@ -430,7 +431,7 @@ mod tests {
     #[test]
     fn published_opportunistic_never_weakens_a_forced_default() {
         let sources: Vec<Arc<dyn Source>> = vec![Arc::new(Testing)];
-        let forced = StaticPolicy::parse("default = \"forced\"\n", Path::new("p.toml")).unwrap();
+        let forced = PolicyFile::parse("default = \"forced\"\n", Path::new("p.toml")).unwrap();
         let e = Engine::with_sources(forced, sources.clone());
         let dest = Destination::parse("sts.example").unwrap();
         let d = block_on(e.decide(&dest));
@@ -444,7 +445,7 @@ mod tests {
         );
         let x = block_on(e.explain("sts.example"));
         assert_eq!(x.decision.level, Level::Encrypt);
-        let open = StaticPolicy::parse("", Path::new("p.toml")).unwrap();
+        let open = PolicyFile::parse("", Path::new("p.toml")).unwrap();
         let e = Engine::with_sources(open, sources);
         assert_eq!(block_on(e.decide(&dest)).level, Level::May);
     }

@@ -14,11 +14,11 @@ use std::task::{Context as TaskContext, Poll};
 use crate::engine::Engine;
 use crate::engine::decision::{Decision, SourceKind, Tls};
 use crate::engine::key::{Destination, KeyForm};
+use crate::engine::policy_file::{PolicyFile, SenderHit};
 use crate::engine::refusal::{
     Assessment, RefuseMode, Requirement, TlsKnowledge, assess, refusal_text,
 };
 use crate::log::record::{DecisionRecord, RecipientRecord};
-use crate::sources::static_file::{SenderHit, StaticPolicy};
 
 /// Longest trace header line, name included (RFC 5322 allows 998).
 pub const MAX_TRACE_HEADER_LEN: usize = 900;
@@ -120,7 +120,7 @@ pub async fn rule_recipient(
 /// The `refuse` of the static rule behind a decision. Checked against the
 /// decision's policy text so a reload between deciding and looking here
 /// never picks another rule's setting.
-pub fn rule_refuse(policy: &StaticPolicy, decision: &Decision) -> Option<RefuseMode> {
+pub fn rule_refuse(policy: &PolicyFile, decision: &Decision) -> Option<RefuseMode> {
     if decision.source != SourceKind::Static {
         return None;
     }
@@ -450,7 +450,7 @@ pub(crate) mod tests {
 
     #[test]
     fn message_record_counts_and_lists() {
-        let p = StaticPolicy::parse("", std::path::Path::new("p.toml")).unwrap();
+        let p = PolicyFile::parse("", std::path::Path::new("p.toml")).unwrap();
         let rec = message_record(
             "milter",
             p.default_decision(),
@@ -493,7 +493,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rule_refuse_checks_the_rule_still_matches() {
-        let p = StaticPolicy::parse(
+        let p = PolicyFile::parse(
             "[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nrefuse=\"reject\"\n",
             std::path::Path::new("p.toml"),
         )
@@ -511,7 +511,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn sender_rules_raise_only_when_applied() {
-        let p = StaticPolicy::parse(
+        let p = PolicyFile::parse(
             "[[sender_rule]]\nsenders=[\"ceo@example.com\"]\ntls=\"forced\"\nrefuse=\"reject\"\n",
             std::path::Path::new("p.toml"),
         )

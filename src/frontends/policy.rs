@@ -60,11 +60,11 @@ use super::message::{
 };
 use crate::engine::Engine;
 use crate::engine::decision::Decision;
+use crate::engine::policy_file::SenderHit;
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::{Conn, ListenAddr, Listener, SocketOptions, parse_mode};
 use crate::log::record::RecipientRecord;
 use crate::metrics::Frontend;
-use crate::sources::static_file::SenderHit;
 
 /// Recipients remembered per message; more are answered and logged at
 /// RCPT but left out of the END-OF-MESSAGE record (Postfix's own

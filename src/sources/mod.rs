@@ -1,7 +1,6 @@
-//! Policy sources, in precedence order: the static policy file first, then
-//! published policies, then the default.
+//! Published-policy sources (DANE, MTA-STS): what the engine consults
+//! after the operator's policy file ([`crate::engine::policy_file`]) and
+//! before the default.
 
 pub mod dane;
 pub mod mta_sts;
-pub mod name_index;
-pub mod static_file;

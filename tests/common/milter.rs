@@ -19,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 
 use tls_policyd::engine::decision::SourceKind;
 use tls_policyd::engine::key::Destination;
+use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::refusal::{Capability, TlsKnowledge};
 use tls_policyd::engine::{Consulted, Engine, Source};
 use tls_policyd::frontends::Backend;
 use tls_policyd::frontends::milter::{self, MilterConfig, MilterDeps, Settings};
 use tls_policyd::listen::{ListenAddr, Listener};
 use tls_policyd::log::record::{DecisionLog, Target};
-use tls_policyd::sources::static_file::StaticPolicy;
 
 use super::WAIT;
 use super::netns::Netns;
@@ -147,7 +147,7 @@ impl MilterServer {
         let config: MilterConfig =
             toml::from_str(&format!("listen = \"{listen}\"\n{settings}")).unwrap();
         config.validate().unwrap();
-        let policy = StaticPolicy::parse(policy, Path::new("policy.toml")).unwrap();
+        let policy = PolicyFile::parse(policy, Path::new("policy.toml")).unwrap();
         let log_path = dir.path().join("decisions.jsonl");
         let parts = Arc::new(Parts {
             engine: Engine::with_sources(policy, vec![Arc::new(Hanging)]),

@@ -4,12 +4,12 @@
 //! quarantine. No I/O here; the callbacks in the parent module feed it.
 
 use crate::engine::decision::{Decision, SourceKind, Tls};
+use crate::engine::policy_file::PolicyFile;
 use crate::engine::refusal::{Assessment, TlsKnowledge, refusal_text};
 use crate::frontends::message::{
     MessageSummary, Ruling, assess_delivery, message_record, non_empty, trace_value,
 };
 use crate::log::record::{DecisionRecord, InboundTls, RecipientRecord};
-use crate::sources::static_file::StaticPolicy;
 
 /// Longest text kept from any one macro, address or header value (RFC
 /// 5322's line limit); longer values are cut.
@@ -162,7 +162,7 @@ impl Message {
     /// REQUIRETLS (which overrides the header), and no accepted
     /// recipient's forced TLS comes from a rule (or default) of the policy
     /// file that does not allow relaxing; otherwise none.
-    pub fn route(&self, policy: &StaticPolicy) -> Option<&'static str> {
+    pub fn route(&self, policy: &PolicyFile) -> Option<&'static str> {
         if self.sender_rule.is_some() {
             return Some(ROUTE_FORCED);
         }
@@ -209,7 +209,7 @@ impl Message {
 /// trivially; published policies (DANE, MTA-STS) yes, that is what the
 /// header is for; the operator's rules only with
 /// `allow_tls_required_no = true`; a forced default never.
-pub fn may_relax(policy: &StaticPolicy, decision: &Decision) -> bool {
+pub fn may_relax(policy: &PolicyFile, decision: &Decision) -> bool {
     if decision.tls() == Tls::Opportunistic {
         return true;
     }
@@ -376,7 +376,7 @@ tls = "forced"
     }
 
     fn engine() -> Engine {
-        Engine::new(StaticPolicy::parse(POLICY, Path::new("p.toml")).unwrap())
+        Engine::new(PolicyFile::parse(POLICY, Path::new("p.toml")).unwrap())
     }
 
     async fn rcpt(engine: &Engine, m: &mut Message, addr: &str, routing: bool) {
@@ -452,7 +452,7 @@ tls = "forced"
     #[test]
     fn recipient_cap() {
         let mut m = Message::default();
-        let p = StaticPolicy::parse("", Path::new("p.toml")).unwrap();
+        let p = PolicyFile::parse("", Path::new("p.toml")).unwrap();
         let ruling = Ruling {
             key: "a.example".into(),
             dest: None,
@@ -505,7 +505,7 @@ tls = "forced"
 
     #[test]
     fn relaxing_needs_the_policy_files_allowance() {
-        let p = StaticPolicy::parse(
+        let p = PolicyFile::parse(
             "default = \"forced\"\n[[rule]]\ndomains=[\"a.example\"]\ntls=\"forced\"\nallow_tls_required_no=true\n",
             Path::new("p.toml"),
         )
