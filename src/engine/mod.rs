@@ -14,6 +14,7 @@
 pub mod decision;
 pub mod key;
 pub mod policy_file;
+pub mod recipient;
 pub mod refusal;
 
 use std::future::Future;

@@ -55,15 +55,17 @@ use tokio_util::sync::CancellationToken;
 pub use super::Backend;
 use super::attrs::{Decoder, Request, encode_reply};
 use super::message::{
-    CatchUnwind, MessageSummary, Refusal, Ruling, header_value, message_record, non_empty,
-    panic_text, refusal_for, rule_recipient, trace_value, valid_header_name,
+    CatchUnwind, header_value, message_record, non_empty, panic_text, ruling_record,
+    valid_header_name,
 };
 use crate::engine::Engine;
 use crate::engine::decision::Decision;
 use crate::engine::policy_file::SenderHit;
+use crate::engine::recipient::{
+    MessageSummary, RecipientDecision, Refusal, Ruling, refusal_for, rule_recipient, trace_value,
+};
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::{Conn, ListenAddr, Listener, SocketOptions, parse_mode};
-use crate::log::record::RecipientRecord;
 use crate::metrics::Frontend;
 
 /// Recipients remembered per message; more are answered and logged at
@@ -505,7 +507,7 @@ impl Server {
             None => Action::dunno(),
         };
 
-        let mut rec = ruling.record("policy");
+        let mut rec = ruling_record(&ruling, "policy");
         rec.queue_id = non_empty(request.value("queue_id"));
         rec.instance = non_empty(request.value("instance"));
         rec.sender = Some(request.value("sender").to_string());
@@ -514,7 +516,7 @@ impl Server {
         rec.reply = action.verb;
         rec.action = Some(action.text.clone());
         if !instance.is_empty() {
-            let entry = ruling.recipient_record(recipient, Some(action.text.clone()));
+            let entry = ruling.recipient_decision(recipient, Some(action.text.clone()));
             self.messages
                 .add_recipient(instance, request, ruling.sender_hit.as_ref(), entry);
         }
@@ -535,7 +537,7 @@ impl Server {
             if !recipient.is_empty() {
                 let engine = self.deps.backend.engine();
                 let ruling = rule(engine, recipient, request.value("sender"), settings).await;
-                let r = ruling.recipient_record(recipient, None);
+                let r = ruling.recipient_decision(recipient, None);
                 summary = Some(trace_value(
                     std::slice::from_ref(&r),
                     ruling.sender_hit.as_ref().map(|h| h.rule),
@@ -574,7 +576,7 @@ impl Server {
                 } else {
                     let ruling = rule(engine, recipient, sender, &settings).await;
                     let hit = ruling.sender_hit.as_ref().map(|h| h.rule);
-                    (vec![ruling.recipient_record(recipient, None)], 0, hit)
+                    (vec![ruling.recipient_decision(recipient, None)], 0, hit)
                 }
             }
         };
@@ -652,7 +654,7 @@ struct Message {
     created: Instant,
     sender_rule: Option<u32>,
     filter_sent: bool,
-    recipients: Vec<RecipientRecord>,
+    recipients: Vec<RecipientDecision>,
     /// Recipients over [`MAX_RECIPIENTS_PER_MESSAGE`], counted only.
     dropped: usize,
 }
@@ -754,7 +756,7 @@ impl Messages {
         instance: &str,
         request: &Request,
         sender_hit: Option<&SenderHit>,
-        entry: RecipientRecord,
+        entry: RecipientDecision,
     ) {
         let mut inner = self.lock();
         let m = Self::entry(&mut inner, instance);
@@ -805,7 +807,7 @@ impl Messages {
 mod tests {
     use super::*;
     use crate::engine::decision::Tls;
-    use crate::frontends::message::tests::rcpt;
+    use crate::engine::recipient::tests::rcpt;
 
     fn config(extra: &str) -> Result<PolicyServerConfig, toml::de::Error> {
         toml::from_str(&format!("listen = \"inet:127.0.0.1:0\"\n{extra}"))
@@ -881,7 +883,7 @@ mod tests {
             "{h}"
         );
         assert!(
-            h.len() - "PREPEND ".len() <= super::super::message::MAX_TRACE_HEADER_LEN,
+            h.len() - "PREPEND ".len() <= crate::engine::recipient::MAX_TRACE_HEADER_LEN,
             "{}",
             h.len()
         );

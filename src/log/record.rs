@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Serialize, Serializer};
 
 use crate::engine::decision::{Decision, SourceKind, Tls};
+use crate::engine::recipient::RecipientDecision;
 
 /// Records that may wait for the writer before new ones are dropped.
 pub const LOG_QUEUE_CAPACITY: usize = 1 << 16;
@@ -86,7 +87,7 @@ pub struct DecisionRecord {
     pub client_address: Option<String>,
     /// Policy server, one record per message: every recipient's decision.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipients: Option<Vec<RecipientRecord>>,
+    pub recipients: Option<Vec<RecipientDecision>>,
     /// Policy server: the action answered (`DUNNO`,
     /// `DEFER_IF_PERMIT 4.7.10 …`, `FILTER smtp-tls-forced:`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,26 +139,6 @@ pub struct InboundTls {
     /// The client certificate's subject, when the client presented one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cert_subject: Option<String>,
-}
-
-/// One recipient's decision inside a per-message record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RecipientRecord {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recipient: Option<String>,
-    /// Normalised recipient domain; absent when the address had none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    pub tls: Tls,
-    /// The Postfix level and attributes that apply (`encrypt`).
-    pub level: Arc<str>,
-    pub source: SourceKind,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<u32>,
-    pub reason: Arc<str>,
-    /// What was answered at RCPT for this recipient.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
 }
 
 impl DecisionRecord {
@@ -490,7 +471,7 @@ mod tests {
         r.client_address = Some("192.0.2.1".into());
         r.action = Some("DUNNO".into());
         r.sender_rule = Some(1);
-        r.recipients = Some(vec![RecipientRecord {
+        r.recipients = Some(vec![RecipientDecision {
             recipient: Some("a@bank.example".into()),
             domain: Some("bank.example".into()),
             tls: Tls::Forced,

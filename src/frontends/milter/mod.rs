@@ -57,9 +57,8 @@ use indymilter::{
 use tokio_util::sync::CancellationToken;
 
 use super::Backend;
-use super::message::{
-    CatchUnwind, assess_delivery, header_value, panic_text, refusal_for, rule_recipient,
-};
+use super::message::{CatchUnwind, header_value, panic_text};
+use crate::engine::recipient::{assess_delivery, refusal_for, rule_recipient};
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::Listener;
 use crate::metrics::{ConnectionGuard, Frontend};

@@ -5,11 +5,12 @@
 
 use crate::engine::decision::{Decision, SourceKind, Tls};
 use crate::engine::policy_file::PolicyFile;
-use crate::engine::refusal::{Assessment, TlsKnowledge, refusal_text};
-use crate::frontends::message::{
-    MessageSummary, Ruling, assess_delivery, message_record, non_empty, trace_value,
+use crate::engine::recipient::{
+    MessageSummary, RecipientDecision, Ruling, assess_delivery, trace_value,
 };
-use crate::log::record::{DecisionRecord, InboundTls, RecipientRecord};
+use crate::engine::refusal::{Assessment, TlsKnowledge, refusal_text};
+use crate::frontends::message::{message_record, non_empty};
+use crate::log::record::{DecisionRecord, InboundTls};
 
 /// Longest text kept from any one macro, address or header value (RFC
 /// 5322's line limit); longer values are cut.
@@ -65,7 +66,7 @@ pub fn tls_required_says_no(value: &str) -> bool {
 /// One recipient of the message in progress.
 #[derive(Debug, Clone)]
 pub struct Recipient {
-    pub record: RecipientRecord,
+    pub record: RecipientDecision,
     pub decision: Decision,
     /// The normalised domain, for domain destinations.
     pub domain: Option<String>,
@@ -77,7 +78,7 @@ impl Recipient {
     pub fn new(ruling: &Ruling, address: &str, refusal_reply: Option<String>) -> Recipient {
         Recipient {
             refused: refusal_reply.is_some(),
-            record: ruling.recipient_record(address, refusal_reply),
+            record: ruling.recipient_decision(address, refusal_reply),
             decision: ruling.decision.clone(),
             domain: ruling.domain().map(str::to_string),
         }
@@ -178,7 +179,7 @@ impl Message {
 
     /// The trace header value (empty when nothing is accepted).
     pub fn trace(&self) -> String {
-        let records: Vec<RecipientRecord> = self.accepted().map(|r| r.record.clone()).collect();
+        let records: Vec<RecipientDecision> = self.accepted().map(|r| r.record.clone()).collect();
         trace_value(&records, self.sender_rule)
     }
 
@@ -342,8 +343,8 @@ pub fn escape_reply(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::engine::Engine;
+    use crate::engine::recipient::rule_recipient;
     use crate::engine::refusal::{Capability, RefuseMode};
-    use crate::frontends::message::rule_recipient;
     use std::collections::HashMap;
     use std::path::Path;
     use std::sync::{Arc, Mutex};
