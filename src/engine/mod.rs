@@ -114,17 +114,98 @@ impl Engine {
     /// Decide for a destination.
     pub async fn decide(&self, dest: &Destination) -> Decision {
         let policy = self.policy.load();
-        if let Some(hit) = policy.lookup(dest) {
-            return policy.decision(hit);
+        self.walk(&policy, dest, None).await
+    }
+
+    /// The precedence walk behind [`Engine::decide`] and
+    /// [`Engine::explain`]: the policy file, then each source in order,
+    /// then the default. Without `trace` it stops at the first decision;
+    /// with one, it records a step for every source, consulted or not.
+    async fn walk(
+        &self,
+        policy: &PolicyFile,
+        dest: &Destination,
+        mut trace: Option<&mut Vec<Step>>,
+    ) -> Decision {
+        let hit = policy.lookup(dest);
+        if let Some(steps) = trace.as_deref_mut() {
+            steps.push(Step {
+                source: SourceKind::Static,
+                applied: hit.is_some(),
+                detail: match &hit {
+                    Some(hit) => format!(
+                        "rule {} matches through entry {:?} in {}",
+                        hit.rule + 1,
+                        hit.entry,
+                        policy.path().display()
+                    ),
+                    None => format!(
+                        "no rule in {} matches (looked for {})",
+                        policy.path().display(),
+                        candidates(dest).join(", ")
+                    ),
+                },
+                details: Vec::new(),
+            });
         }
+        let mut decision = hit.map(|hit| policy.decision(hit));
         for source in &self.sources {
-            if source.applies_to(dest)
-                && let Consulted::Policy(d) = source.consult(dest).await
-            {
-                return not_below_default(d, policy.default_decision());
+            let step = |applied, detail, details| Step {
+                source: source.kind(),
+                applied,
+                detail,
+                details,
+            };
+            if decision.is_some() {
+                let Some(steps) = trace.as_deref_mut() else {
+                    break;
+                };
+                steps.push(step(false, NOT_CONSULTED.to_string(), Vec::new()));
+                continue;
+            }
+            if !source.applies_to(dest) {
+                if let Some(steps) = trace.as_deref_mut() {
+                    let why = format!("not consulted for a {} key", dest.form.as_str());
+                    steps.push(step(false, why, Vec::new()));
+                }
+                continue;
+            }
+            let consulted = source.consult(dest).await;
+            let (applied, detail) = match consulted {
+                Consulted::Policy(d) => {
+                    let d = not_below_default(d, policy.default_decision());
+                    let text = if d.temporary {
+                        format!("temporary failure: {}", d.reason)
+                    } else {
+                        format!("policy: {}", d.reason)
+                    };
+                    decision = Some(d);
+                    (true, text)
+                }
+                Consulted::NoPolicy(why) => (false, why),
+            };
+            if let Some(steps) = trace.as_deref_mut() {
+                steps.push(step(applied, detail, source.details(dest)));
             }
         }
-        policy.default_decision().clone()
+        if let Some(steps) = trace {
+            let applied = decision.is_none();
+            steps.push(Step {
+                source: SourceKind::Default,
+                applied,
+                detail: if applied {
+                    format!(
+                        "default = {:?} from {}",
+                        policy.default_decision().level.as_str(),
+                        policy.path().display()
+                    )
+                } else {
+                    NOT_CONSULTED.to_string()
+                },
+                details: Vec::new(),
+            });
+        }
+        decision.unwrap_or_else(|| policy.default_decision().clone())
     }
 
     /// Decide for a raw key. A key that is not a destination gets the
@@ -137,110 +218,37 @@ impl Engine {
                 let d = self.decide(&dest).await;
                 (Some(dest), d)
             }
-            Err(e) => {
-                let mut d = self.policy.load().default_decision().clone();
-                d.reason = Arc::from(format!(
-                    "key is not a destination ({e}); the default applies"
-                ));
-                (None, d)
-            }
+            Err(e) => (None, bad_key_decision(&self.policy.load(), &e)),
         }
     }
 
-    /// Decide and say why, consulting every source (for `explain`).
+    /// Decide and say why, consulting every source (for `explain`): the
+    /// same walk as [`Engine::decide`], with a step per source.
     pub async fn explain(&self, key: &str) -> Explanation {
         let policy = self.policy.load_full();
         let dest = Destination::parse(key);
         let mut steps = Vec::new();
-        let mut decision = None;
-        match &dest {
-            Err(e) => steps.push(Step {
-                source: SourceKind::Static,
-                applied: false,
-                detail: format!("key {key:?} is not a destination: {e}"),
-                details: Vec::new(),
-            }),
-            Ok(d) => {
-                let detail;
-                if let Some(hit) = policy.lookup(d) {
-                    let dec = policy.decision(hit.clone());
-                    detail = format!(
-                        "rule {} matches through entry {:?} in {}",
-                        hit.rule + 1,
-                        hit.entry,
-                        policy.path().display()
-                    );
-                    decision = Some(dec);
-                } else {
-                    detail = format!(
-                        "no rule in {} matches (looked for {})",
-                        policy.path().display(),
-                        candidates(d).join(", ")
-                    );
-                }
+        let decision = match &dest {
+            Err(e) => {
                 steps.push(Step {
                     source: SourceKind::Static,
-                    applied: decision.is_some(),
-                    detail,
+                    applied: false,
+                    detail: format!("key {key:?} is not a destination: {e}"),
                     details: Vec::new(),
                 });
-                for source in &self.sources {
-                    let mut details = Vec::new();
-                    let (applied, detail) = if decision.is_some() {
-                        (
-                            false,
-                            "not consulted: a higher-precedence source decided".to_string(),
-                        )
-                    } else if !source.applies_to(d) {
-                        (
-                            false,
-                            format!("not consulted for a {} key", d.form.as_str()),
-                        )
-                    } else {
-                        let consulted = source.consult(d).await;
-                        details = source.details(d);
-                        match consulted {
-                            Consulted::Policy(dec) => {
-                                let dec = not_below_default(dec, policy.default_decision());
-                                let text = if dec.temporary {
-                                    format!("temporary failure: {}", dec.reason)
-                                } else {
-                                    format!("policy: {}", dec.reason)
-                                };
-                                decision = Some(dec);
-                                (true, text)
-                            }
-                            Consulted::NoPolicy(why) => (false, why),
-                        }
-                    };
-                    steps.push(Step {
-                        source: source.kind(),
-                        applied,
-                        detail,
-                        details,
-                    });
-                }
+                steps.push(Step {
+                    source: SourceKind::Default,
+                    applied: true,
+                    detail: format!(
+                        "default = {:?} from {}",
+                        policy.default_decision().level.as_str(),
+                        policy.path().display()
+                    ),
+                    details: Vec::new(),
+                });
+                bad_key_decision(&policy, e)
             }
-        }
-        let applied = decision.is_none();
-        steps.push(Step {
-            source: SourceKind::Default,
-            applied,
-            detail: if applied {
-                format!(
-                    "default = {:?} from {}",
-                    policy.default_decision().level.as_str(),
-                    policy.path().display()
-                )
-            } else {
-                "not consulted: a higher-precedence source decided".to_string()
-            },
-            details: Vec::new(),
-        });
-        let decision = match (&dest, decision) {
-            (Err(e), _) => bad_key_decision(&policy, e),
-            (Ok(_), Some(d)) => d,
-            (Ok(_), None) => policy.default_decision().clone(),
+            Ok(d) => self.walk(&policy, d, Some(&mut steps)).await,
         };
         Explanation {
             key: key.to_string(),
@@ -250,6 +258,9 @@ impl Engine {
         }
     }
 }
+
+/// What a step says of a source the walk passed over.
+const NOT_CONSULTED: &str = "not consulted: a higher-precedence source decided";
 
 /// A published policy never weakens a forced default: an opportunistic
 /// answer (MTA-STS `testing`) gives way to the default's level, and the
