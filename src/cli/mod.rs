@@ -1,23 +1,117 @@
-//! The administrator's commands besides `serve`: `explain`, `probe`,
-//! `check-config`, `cache` and `log`, one module each. Each returns text
-//! (or an error text) so `main` only prints.
+//! The command line: its definitions ([`Cli`]), the dispatch ([`run`]) and
+//! one module per command: `serve`, `status`, `explain`, `probe`,
+//! `check-config`, `cache`, `log` and `completions`. Most commands return
+//! text (or an error text) that [`run`] prints.
 
+use std::io::Write;
 use std::path::Path;
+use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::engine::policy_file::PolicyFile;
 
+mod args;
 mod cache;
 mod check_config;
+mod completions;
 mod explain;
 mod log;
 mod probe;
+mod serve;
+mod status;
 
+pub use args::{CacheAction, Cli, Command, DEFAULT_CONFIG};
 pub use cache::{CacheCommand, cache};
 pub use check_config::check_config;
+pub use completions::completions;
 pub use explain::explain;
 pub use log::{LogOptions, log};
 pub use probe::probe;
+pub use serve::serve;
+pub use status::status;
+
+/// Run the command `cli` names; its exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Explain { config, key, json } => print(explain(&config, &key, json)),
+        Command::Probe {
+            config,
+            domain,
+            json,
+        } => print(probe(&config, &domain, json)),
+        Command::CheckConfig { config } => print(check_config(&config)),
+        Command::Cache {
+            config,
+            action,
+            json,
+        } => {
+            let cmd = match action {
+                CacheAction::List => CacheCommand::List,
+                CacheAction::Show { domain } => CacheCommand::Show(domain),
+                CacheAction::Purge { domain } => CacheCommand::Purge(domain),
+            };
+            print(cache(&config, &cmd, json))
+        }
+        Command::Status {
+            config,
+            address,
+            json,
+        } => status(&config, address, json),
+        Command::Completions { shell } => {
+            completions(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Log {
+            files,
+            config,
+            domain,
+            queue_id,
+            since,
+            tls,
+            summary,
+            json,
+        } => {
+            let opts = LogOptions {
+                files,
+                config,
+                domain,
+                queue_id,
+                since,
+                tls,
+                summary,
+                json,
+            };
+            let stdout = std::io::stdout();
+            match log(&opts, &mut stdout.lock()) {
+                Ok(stats) => {
+                    if stats.bad_lines > 0 {
+                        eprintln!("tls-policyd: skipped {} unreadable lines", stats.bad_lines);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+/// Print a command's text, or its error; exit 0 or 1.
+fn print(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Report an error on stderr; exit 1.
+fn fail(e: &str) -> ExitCode {
+    eprintln!("tls-policyd: {e}");
+    ExitCode::FAILURE
+}
 
 /// Load config and policy file, or say precisely what is wrong.
 fn load(config_path: &Path) -> Result<(Config, PolicyFile), String> {

@@ -20,6 +20,10 @@ use crate::prober::{Prober, ProberError};
 use crate::sources::dane::{CacheUse, DaneSource};
 use crate::sources::mta_sts::MtaSts;
 
+mod signals;
+
+pub use signals::Signals;
+
 /// Everything a front door needs, shared behind an `Arc`.
 pub struct Context {
     pub engine: Engine,

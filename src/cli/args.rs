@@ -1,0 +1,123 @@
+//! The command line: every command, option, help text and default. The
+//! shell completions and `tls-policyd(8)` are generated from or checked
+//! against these definitions.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use clap_complete::Shell;
+
+use crate::listen::ListenAddr;
+
+/// The packaged configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/tls-policyd/config.toml";
+
+// The commands. Plain comments here: a doc comment would become help text.
+#[derive(Parser)]
+#[command(
+    name = "tls-policyd",
+    version,
+    about = "Per-recipient-domain TLS policy (opportunistic or forced) for Postfix"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the daemon (SIGHUP reloads config and policy file and reopens
+    /// the decision log; SIGTERM/SIGINT stop it).
+    Serve {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show the decision for a destination key and every source consulted.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A key as Postfix sends it: domain, .parent, [host], [host]:port or host:port.
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe a domain's mail servers for STARTTLS now and show what the
+    /// policy decision and the policy server's answer would be.
+    Probe {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The recipient domain.
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The persisted cache (MTA-STS policies and DANE results): list it,
+    /// show or purge a domain's entries.
+    Cache {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: CacheAction,
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Load the config and policy file as `serve` would; exit 1 on errors.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Read decision logs (rotated and gzipped ones too).
+    Log {
+        /// A log file to read (repeatable, read in order).
+        #[arg(long = "file", short = 'f')]
+        files: Vec<PathBuf>,
+        /// Read the decision log named in this config, with its rotated files.
+        #[arg(long, short, conflicts_with = "files")]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long = "queue-id")]
+        queue_id: Option<String>,
+        /// RFC 3339 time, or a duration ago such as 2h or 1d.
+        #[arg(long)]
+        since: Option<String>,
+        /// forced or opportunistic.
+        #[arg(long)]
+        tls: Option<String>,
+        /// Counts by tls, source, level and domain.
+        #[arg(long, conflicts_with = "json")]
+        summary: bool,
+        /// Matching records as JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a running daemon how it is: listeners, policy, caches, reloads,
+    /// recent warnings and errors (from the [metrics] listener's /health).
+    /// Exit 0 when it is healthy, 2 when the last reload failed, 1 when
+    /// it cannot be reached.
+    Status {
+        /// Read the [metrics] listener address from this config.
+        #[arg(long, short, default_value = DEFAULT_CONFIG, conflicts_with = "address")]
+        config: PathBuf,
+        /// The metrics listener: inet:127.0.0.1:9466 or unix:/PATH.
+        #[arg(long, short)]
+        address: Option<ListenAddr>,
+        /// The health report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: Shell },
+}
+
+// What `cache` does.
+#[derive(Subcommand)]
+pub enum CacheAction {
+    /// Every cached entry with its state and age.
+    List,
+    /// A domain's entries in full.
+    Show { domain: String },
+    /// Remove a domain's entries from the cache file (a running daemon
+    /// forgets them on its next reload).
+    Purge { domain: String },
+}
