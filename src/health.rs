@@ -92,7 +92,7 @@ impl Health {
     /// The report for a running daemon.
     pub fn of(ctx: &Context) -> Health {
         let m = &ctx.metrics;
-        let policy = ctx.engine.policy();
+        let policy = ctx.engine().policy().clone();
         let (ok, failed) = m.reloads();
         let last = m.last_reload();
         let degraded = last.as_ref().is_some_and(|r| !r.ok);
@@ -253,7 +253,7 @@ pub fn render_metrics(ctx: &Context) -> String {
     w.sample(
         "policy_rules",
         &[],
-        ctx.engine.policy().rules().len() as u64,
+        ctx.engine().policy().clone().rules().len() as u64,
     );
     w.header(
         "decision_log_dropped_total",

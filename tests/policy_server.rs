@@ -18,7 +18,7 @@ use tls_policyd::engine::Engine;
 use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::refusal::{Capability, TlsKnowledge};
 use tls_policyd::frontends::attrs::{MAX_LINE_LEN, MAX_REQUEST_LEN};
-use tls_policyd::frontends::policy::{self, Backend, PolicyDeps, PolicyServerConfig};
+use tls_policyd::frontends::policy::{self, Backend, Live, PolicyDeps, PolicyServerConfig};
 use tls_policyd::listen::{ListenAddr, Listener};
 use tls_policyd::log::record::{DecisionLog, Target};
 
@@ -92,13 +92,13 @@ impl TlsKnowledge for MapKnowledge {
 }
 
 struct Parts {
-    engine: Engine,
+    live: Arc<Live>,
     log: DecisionLog,
 }
 
 impl Backend for Parts {
-    fn engine(&self) -> &Engine {
-        &self.engine
+    fn live(&self) -> Arc<Live> {
+        self.live.clone()
     }
     fn decision_log(&self) -> &DecisionLog {
         &self.log
@@ -136,7 +136,10 @@ impl Server {
         let policy = PolicyFile::parse(POLICY, Path::new("policy.toml")).unwrap();
         let log_path = dir.path().join("decisions.jsonl");
         let parts = Arc::new(Parts {
-            engine: Engine::new(policy),
+            live: Arc::new(Live {
+                policy_server: policy::Settings::from(&config),
+                ..Live::new(Engine::new(policy))
+            }),
             log: DecisionLog::start(Target::File(log_path.clone())).unwrap(),
         });
         let knowledge = Arc::new(MapKnowledge::default());

@@ -107,7 +107,7 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
         }
         let metrics_task =
             metrics_listener.map(|l| tokio::spawn(health::serve(ctx.clone(), l, shutdown.clone())));
-        let policy = ctx.engine.policy();
+        let policy = ctx.engine().policy().clone();
         tracing::info!(
             target: LOG_TARGET,
             policy = %policy.path().display(),

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::engine::policy_file::PolicyFile;
 use crate::engine::refusal::TlsKnowledge;
 use crate::engine::{Engine, Source};
-use crate::frontends::{Backend, milter, policy, socketmap};
+use crate::frontends::{Backend, Live, milter, policy, socketmap};
 use crate::listen::{ListenAddr, Listener, SocketOptions};
 use crate::log::record::{DecisionLog, Target};
 use crate::metrics::Metrics;
@@ -26,7 +26,8 @@ pub use signals::Signals;
 
 /// Everything a front door needs, shared behind an `Arc`.
 pub struct Context {
-    pub engine: Engine,
+    /// The engine and the front doors' settings: replaced whole on reload.
+    live: ArcSwap<Live>,
     pub log: DecisionLog,
     /// Counters for the metrics listener and `status`.
     pub metrics: Arc<Metrics>,
@@ -37,17 +38,14 @@ pub struct Context {
     pub mta_sts: Option<MtaSts>,
     /// The DANE source, when `[dane]` enables it.
     pub dane: Option<DaneSource>,
-    socketmap: Arc<ArcSwap<socketmap::Settings>>,
-    policy_server: Arc<ArcSwap<policy::Settings>>,
-    milter: Arc<ArcSwap<milter::Settings>>,
     config_path: PathBuf,
     config: ArcSwap<Config>,
     last_reload: ArcSwap<SystemTime>,
 }
 
 impl Backend for Context {
-    fn engine(&self) -> &Engine {
-        &self.engine
+    fn live(&self) -> Arc<Live> {
+        self.live.load_full()
     }
 
     fn decision_log(&self) -> &DecisionLog {
@@ -97,6 +95,29 @@ pub fn dane_source(config: &Config, cache: CacheUse) -> Result<Option<DaneSource
             .map_err(StartError::Dane),
         None => Ok(None),
     }
+}
+
+/// The live configuration for `config`: each front door's settings from
+/// its section; a section that is absent keeps `old`'s settings (removing a
+/// front door takes a restart), or the defaults at start.
+fn live_config(engine: Engine, config: &Config, old: Option<&Live>) -> Live {
+    let mut live = match old {
+        Some(old) => Live {
+            engine,
+            ..old.clone()
+        },
+        None => Live::new(engine),
+    };
+    if let Some(s) = &config.socketmap {
+        live.socketmap = socketmap::Settings::from(s);
+    }
+    if let Some(s) = &config.policy_server {
+        live.policy_server = policy::Settings::from(s);
+    }
+    if let Some(s) = &config.milter {
+        live.milter = milter::Settings::from(s);
+    }
+    live
 }
 
 /// What a reload changed.
@@ -177,31 +198,14 @@ impl Context {
         }
         let target = Target::from_setting(&config.log.decisions);
         let log = DecisionLog::start(target.clone()).map_err(|e| StartError::Log(target, e))?;
-        let socketmap = config
-            .socketmap
-            .as_ref()
-            .map(socketmap::Settings::from)
-            .unwrap_or_default();
-        let policy_server = config
-            .policy_server
-            .as_ref()
-            .map(policy::Settings::from)
-            .unwrap_or_default();
-        let milter = config
-            .milter
-            .as_ref()
-            .map(milter::Settings::from)
-            .unwrap_or_default();
+        let live = live_config(Engine::with_sources(policy, sources), &config, None);
         Ok(Context {
-            engine: Engine::with_sources(policy, sources),
+            live: ArcSwap::from_pointee(live),
             log,
             metrics,
             prober,
             mta_sts,
             dane,
-            socketmap: Arc::new(ArcSwap::from_pointee(socketmap)),
-            policy_server: Arc::new(ArcSwap::from_pointee(policy_server)),
-            milter: Arc::new(ArcSwap::from_pointee(milter)),
             config_path: config_path.to_path_buf(),
             config: ArcSwap::from_pointee(config),
             last_reload: ArcSwap::from_pointee(SystemTime::now()),
@@ -216,8 +220,9 @@ impl Context {
         }
     }
 
-    pub fn socketmap_settings(&self) -> arc_swap::Guard<Arc<socketmap::Settings>> {
-        self.socketmap.load()
+    /// The engine in force now (its policy file, its sources).
+    pub fn engine(&self) -> Engine {
+        self.live.load().engine.clone()
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -326,17 +331,10 @@ impl Context {
         if old.metrics != new.metrics {
             needs_restart.push("metrics");
         }
-        self.engine.replace_policy(policy);
-        if let Some(s) = &new.socketmap {
-            self.socketmap.store(Arc::new(socketmap::Settings::from(s)));
-        }
-        if let Some(s) = &new.policy_server {
-            self.policy_server
-                .store(Arc::new(policy::Settings::from(s)));
-        }
-        if let Some(s) = &new.milter {
-            self.milter.store(Arc::new(milter::Settings::from(s)));
-        }
+        // One swap: the policy file and every front door's settings.
+        let old_live = self.live.load_full();
+        let live = live_config(old_live.engine.with_policy(policy), &new, Some(&old_live));
+        self.live.store(Arc::new(live));
         self.log.reopen(Target::from_setting(&new.log.decisions));
         self.config.store(Arc::new(new));
         self.last_reload.store(Arc::new(SystemTime::now()));
@@ -448,7 +446,6 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
     if let (Some(l), Some(c)) = (listeners.socketmap, &config.socketmap) {
         let deps = socketmap::SocketmapDeps {
             backend: ctx.clone(),
-            settings: ctx.socketmap.clone(),
             max_connections: c.max_connections,
         };
         tasks.spawn(socketmap::serve(l, deps, shutdown.clone()));
@@ -456,7 +453,6 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
     if let (Some(l), Some(c)) = (listeners.policy_server, &config.policy_server) {
         let deps = policy::PolicyDeps {
             backend: ctx.clone(),
-            settings: ctx.policy_server.clone(),
             knowledge: ctx.knowledge(),
             max_connections: c.max_connections,
         };
@@ -465,7 +461,6 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
     if let (Some(l), Some(c)) = (listeners.milter, &config.milter) {
         let deps = milter::MilterDeps {
             backend: ctx.clone(),
-            settings: ctx.milter.clone(),
             knowledge: ctx.knowledge(),
             max_connections: c.max_connections,
         };

@@ -21,8 +21,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use crate::engine::policy_file::PolicyFile;
 use decision::{Decision, SourceKind, Tls};
 use key::{Destination, KeyError, KeyForm, parents};
@@ -81,11 +79,14 @@ pub struct Explanation {
     pub decision: Decision,
 }
 
-/// The engine. Shared by every front door; the policy file is swapped
-/// atomically on reload, so lookups never wait for a reload.
+/// The engine: the operator's policy file and the published-policy
+/// sources, in precedence order. Immutable: a reload builds a new engine
+/// with the new policy file and the same sources ([`Engine::with_policy`]),
+/// and the daemon swaps it in together with the front doors' settings.
+#[derive(Clone)]
 pub struct Engine {
-    policy: ArcSwap<PolicyFile>,
-    sources: Vec<Arc<dyn Source>>,
+    policy: Arc<PolicyFile>,
+    sources: Arc<[Arc<dyn Source>]>,
 }
 
 impl Engine {
@@ -96,25 +97,27 @@ impl Engine {
     /// `sources` in precedence order (DANE before MTA-STS).
     pub fn with_sources(policy: PolicyFile, sources: Vec<Arc<dyn Source>>) -> Engine {
         Engine {
-            policy: ArcSwap::from_pointee(policy),
-            sources,
+            policy: Arc::new(policy),
+            sources: sources.into(),
         }
     }
 
-    /// Install a newly loaded policy file. Lookups in flight finish with
-    /// the old one.
-    pub fn replace_policy(&self, policy: PolicyFile) {
-        self.policy.store(Arc::new(policy));
+    /// The same sources (and what they have learned) with another policy
+    /// file.
+    pub fn with_policy(&self, policy: PolicyFile) -> Engine {
+        Engine {
+            policy: Arc::new(policy),
+            sources: self.sources.clone(),
+        }
     }
 
-    pub fn policy(&self) -> Arc<PolicyFile> {
-        self.policy.load_full()
+    pub fn policy(&self) -> &Arc<PolicyFile> {
+        &self.policy
     }
 
     /// Decide for a destination.
     pub async fn decide(&self, dest: &Destination) -> Decision {
-        let policy = self.policy.load();
-        self.walk(&policy, dest, None).await
+        self.walk(&self.policy, dest, None).await
     }
 
     /// The precedence walk behind [`Engine::decide`] and
@@ -149,7 +152,7 @@ impl Engine {
             });
         }
         let mut decision = hit.map(|hit| policy.decision(hit));
-        for source in &self.sources {
+        for source in self.sources.iter() {
             let step = |applied, detail, details| Step {
                 source: source.kind(),
                 applied,
@@ -218,14 +221,14 @@ impl Engine {
                 let d = self.decide(&dest).await;
                 (Some(dest), d)
             }
-            Err(e) => (None, bad_key_decision(&self.policy.load(), &e)),
+            Err(e) => (None, bad_key_decision(&self.policy, &e)),
         }
     }
 
     /// Decide and say why, consulting every source (for `explain`): the
     /// same walk as [`Engine::decide`], with a step per source.
     pub async fn explain(&self, key: &str) -> Explanation {
-        let policy = self.policy.load_full();
+        let policy = &self.policy;
         let dest = Destination::parse(key);
         let mut steps = Vec::new();
         let decision = match &dest {
@@ -246,9 +249,9 @@ impl Engine {
                     ),
                     details: Vec::new(),
                 });
-                bad_key_decision(&policy, e)
+                bad_key_decision(policy, e)
             }
-            Ok(d) => self.walk(&policy, d, Some(&mut steps)).await,
+            Ok(d) => self.walk(policy, d, Some(&mut steps)).await,
         };
         Explanation {
             key: key.to_string(),
@@ -384,7 +387,7 @@ mod tests {
             let d = e.decide(&Destination::parse("dane.example").unwrap()).await;
             assert_eq!(d.source, SourceKind::Static, "static beats DANE");
             assert_eq!(src.calls.load(Ordering::SeqCst), 0);
-            e.replace_policy(PolicyFile::parse("", Path::new("p.toml")).unwrap());
+            let e = e.with_policy(PolicyFile::parse("", Path::new("p.toml")).unwrap());
             let d = e.decide(&Destination::parse("dane.example").unwrap()).await;
             assert_eq!((d.source, d.level), (SourceKind::Dane, Level::DaneOnly));
             let d = e

@@ -99,7 +99,7 @@ pub async fn rule_recipient(
     let raised = forced_by_sender && Requirement::of(decision.level).is_none();
     let refuse = if Requirement::of(decision.level).is_some() {
         // The domain itself requires forced TLS: its rule's setting.
-        rule_refuse(&policy, &decision).unwrap_or(default_refuse)
+        rule_refuse(policy, &decision).unwrap_or(default_refuse)
     } else if raised {
         sender_hit
             .as_ref()

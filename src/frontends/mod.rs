@@ -13,9 +13,35 @@ use crate::engine::Engine;
 use crate::log::record::DecisionLog;
 use crate::metrics::Metrics;
 
-/// The engine and the decision log, wherever they live.
+/// Everything a reload replaces, in one value: the engine (with the
+/// policy file) and every front door's reloadable settings. The daemon
+/// swaps it whole, so an answer never mixes two configurations.
+#[derive(Clone)]
+pub struct Live {
+    pub engine: Engine,
+    pub socketmap: socketmap::Settings,
+    pub policy_server: policy::Settings,
+    pub milter: milter::Settings,
+}
+
+impl Live {
+    /// `engine` with every front door's default settings.
+    pub fn new(engine: Engine) -> Live {
+        Live {
+            engine,
+            socketmap: socketmap::Settings::default(),
+            policy_server: policy::Settings::default(),
+            milter: milter::Settings::default(),
+        }
+    }
+}
+
+/// What every front door is handed: the live configuration, the decision
+/// log and the metrics, wherever they live.
 pub trait Backend: Send + Sync {
-    fn engine(&self) -> &Engine;
+    /// The configuration in force now. Read once per request (the milter:
+    /// once per connection) and used for the whole answer.
+    fn live(&self) -> Arc<Live>;
     fn decision_log(&self) -> &DecisionLog;
     /// Where requests, decisions and errors are counted, if anywhere.
     fn metrics(&self) -> Option<&Arc<Metrics>> {

@@ -44,7 +44,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
@@ -52,12 +51,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use super::Backend;
 use super::attrs::{Decoder, Request, encode_reply};
 use super::message::{
     CatchUnwind, header_value, message_record, non_empty, panic_text, ruling_record,
     valid_header_name,
 };
+pub use super::{Backend, Live};
 use crate::engine::Engine;
 use crate::engine::decision::Decision;
 use crate::engine::policy_file::SenderHit;
@@ -230,8 +229,6 @@ impl From<&PolicyServerConfig> for Settings {
 #[derive(Clone)]
 pub struct PolicyDeps {
     pub backend: Arc<dyn Backend>,
-    /// Swapped on reload; read once per request.
-    pub settings: Arc<ArcSwap<Settings>>,
     pub knowledge: Arc<dyn TlsKnowledge>,
     pub max_connections: usize,
 }
@@ -250,7 +247,6 @@ impl PolicyDeps {
     ) -> PolicyDeps {
         PolicyDeps {
             backend,
-            settings: Arc::new(ArcSwap::from_pointee(Settings::from(config))),
             knowledge,
             max_connections: config.max_connections,
         }
@@ -345,7 +341,9 @@ impl Server {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let mut last_request = Instant::now();
-        let idle = tokio::time::sleep_until(last_request + self.deps.settings.load().idle_timeout);
+        let idle = tokio::time::sleep_until(
+            last_request + self.deps.backend.live().policy_server.idle_timeout,
+        );
         tokio::pin!(idle);
         loop {
             // Answer every complete request received; requests before a
@@ -391,7 +389,7 @@ impl Server {
                     r = stream.read_buf(&mut buf) => break r,
                     _ = &mut cancelled => return,
                     _ = &mut idle => {
-                        let deadline = last_request + self.deps.settings.load().idle_timeout;
+                        let deadline = last_request + self.deps.backend.live().policy_server.idle_timeout;
                         if Instant::now() >= deadline {
                             tracing::debug!(peer = %self.peer, "policy connection idle; closing");
                             return;
@@ -420,12 +418,12 @@ impl Server {
     /// The action for one request. Never fails: a panic anywhere below, or
     /// an answer slower than `request_timeout`, becomes `DUNNO`.
     async fn answer(&mut self, request: &Request) -> String {
-        let settings = self.deps.settings.load_full();
-        let limit = settings.request_timeout;
+        let live = self.deps.backend.live();
+        let limit = live.policy_server.request_timeout;
         let peer = self.peer.clone();
         let started = Instant::now();
         let deps = self.deps.clone();
-        let work = CatchUnwind(Box::pin(self.respond(request, settings)));
+        let work = CatchUnwind(Box::pin(self.respond(request, live)));
         let result = tokio::time::timeout(limit, work).await;
         if let Some(m) = deps.backend.metrics() {
             m.lookup(Frontend::Policy, started.elapsed());
@@ -453,7 +451,7 @@ impl Server {
         }
     }
 
-    async fn respond(&mut self, request: &Request, settings: Arc<Settings>) -> Action {
+    async fn respond(&mut self, request: &Request, live: Arc<Live>) -> Action {
         let kind = request.value("request");
         if kind != POLICY_REQUEST {
             tracing::warn!(
@@ -467,11 +465,11 @@ impl Server {
         self.switch_instance(instance);
         let state = request.value("protocol_state");
         if state.eq_ignore_ascii_case("RCPT") {
-            self.rcpt(request, &settings).await
+            self.rcpt(request, &live).await
         } else if state.eq_ignore_ascii_case("DATA") {
-            self.data(request, &settings).await
+            self.data(request, &live).await
         } else if state.eq_ignore_ascii_case("END-OF-MESSAGE") {
-            self.end_of_message(request).await
+            self.end_of_message(request, &live).await
         } else {
             Action::dunno()
         }
@@ -488,11 +486,12 @@ impl Server {
         }
     }
 
-    async fn rcpt(&mut self, request: &Request, settings: &Settings) -> Action {
+    async fn rcpt(&mut self, request: &Request, live: &Live) -> Action {
+        let settings = &live.policy_server;
         let recipient = request.value("recipient");
         let instance = request.value("instance");
         let sender = request.value("sender");
-        let engine = self.deps.backend.engine();
+        let engine = &live.engine;
         let ruling = rule(engine, recipient, sender, settings).await;
         if let Some(m) = self.deps.backend.metrics() {
             m.decision(Frontend::Policy, &ruling.decision);
@@ -524,7 +523,8 @@ impl Server {
         action
     }
 
-    async fn data(&mut self, request: &Request, settings: &Settings) -> Action {
+    async fn data(&mut self, request: &Request, live: &Live) -> Action {
+        let settings = &live.policy_server;
         let Some(name) = &settings.trace_header else {
             return Action::dunno();
         };
@@ -535,7 +535,7 @@ impl Server {
             // can still be decided now.
             let recipient = request.value("recipient");
             if !recipient.is_empty() {
-                let engine = self.deps.backend.engine();
+                let engine = &live.engine;
                 let ruling = rule(engine, recipient, request.value("sender"), settings).await;
                 let r = ruling.recipient_decision(recipient, None);
                 summary = Some(trace_value(
@@ -553,9 +553,9 @@ impl Server {
         }
     }
 
-    async fn end_of_message(&mut self, request: &Request) -> Action {
+    async fn end_of_message(&mut self, request: &Request, live: &Live) -> Action {
         let instance = request.value("instance");
-        let engine = self.deps.backend.engine();
+        let engine = &live.engine;
         let policy = engine.policy();
         let message = if instance.is_empty() {
             None
@@ -570,11 +570,11 @@ impl Server {
             Some(m) => (m.recipients, m.dropped, m.sender_rule),
             None => {
                 let recipient = request.value("recipient");
-                let settings = self.deps.settings.load_full();
+                let settings = &live.policy_server;
                 if recipient.is_empty() {
                     (Vec::new(), 0, policy.lookup_sender(sender).map(|h| h.rule))
                 } else {
-                    let ruling = rule(engine, recipient, sender, &settings).await;
+                    let ruling = rule(engine, recipient, sender, settings).await;
                     let hit = ruling.sender_hit.as_ref().map(|h| h.rule);
                     (vec![ruling.recipient_decision(recipient, None)], 0, hit)
                 }

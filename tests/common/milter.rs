@@ -22,8 +22,8 @@ use tls_policyd::engine::key::Destination;
 use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::refusal::{Capability, TlsKnowledge};
 use tls_policyd::engine::{Consulted, Engine, Source};
-use tls_policyd::frontends::Backend;
 use tls_policyd::frontends::milter::{self, MilterConfig, MilterDeps, Settings};
+use tls_policyd::frontends::{Backend, Live};
 use tls_policyd::listen::{ListenAddr, Listener};
 use tls_policyd::log::record::{DecisionLog, Target};
 
@@ -103,13 +103,13 @@ impl Source for Hanging {
 }
 
 struct Parts {
-    engine: Engine,
+    live: arc_swap::ArcSwap<Live>,
     log: DecisionLog,
 }
 
 impl Backend for Parts {
-    fn engine(&self) -> &Engine {
-        &self.engine
+    fn live(&self) -> Arc<Live> {
+        self.live.load_full()
     }
     fn decision_log(&self) -> &DecisionLog {
         &self.log
@@ -120,7 +120,6 @@ impl Backend for Parts {
 pub struct MilterServer {
     pub addr: ListenAddr,
     pub knowledge: Arc<MapKnowledge>,
-    settings: Arc<arc_swap::ArcSwap<Settings>>,
     parts: Arc<Parts>,
     shutdown: CancellationToken,
     thread: Option<JoinHandle<()>>,
@@ -150,12 +149,14 @@ impl MilterServer {
         let policy = PolicyFile::parse(policy, Path::new("policy.toml")).unwrap();
         let log_path = dir.path().join("decisions.jsonl");
         let parts = Arc::new(Parts {
-            engine: Engine::with_sources(policy, vec![Arc::new(Hanging)]),
+            live: arc_swap::ArcSwap::from_pointee(Live {
+                milter: Settings::from(&config),
+                ..Live::new(Engine::with_sources(policy, vec![Arc::new(Hanging)]))
+            }),
             log: DecisionLog::start(Target::File(log_path.clone())).unwrap(),
         });
         let knowledge = Arc::new(MapKnowledge::default());
         let deps = MilterDeps::new(parts.clone(), &config, knowledge.clone());
-        let settings = deps.settings.clone();
         let shutdown = CancellationToken::new();
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = shutdown.clone();
@@ -179,7 +180,6 @@ impl MilterServer {
         MilterServer {
             addr,
             knowledge,
-            settings,
             parts,
             shutdown,
             thread: Some(thread),
@@ -201,7 +201,11 @@ impl MilterServer {
         let config: MilterConfig =
             toml::from_str(&format!("listen = \"inet:127.0.0.1:0\"\n{settings}")).unwrap();
         config.validate().unwrap();
-        self.settings.store(Arc::new(Settings::from(&config)));
+        let live = self.parts.live.load_full();
+        self.parts.live.store(Arc::new(Live {
+            milter: Settings::from(&config),
+            ..(*live).clone()
+        }));
     }
 
     /// Every decision record written so far.

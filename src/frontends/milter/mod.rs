@@ -49,15 +49,14 @@ use std::ffi::{CStr, CString};
 use std::future::Future;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, Macros, ProtoOpts, SetErrorReply,
     SocketInfo, Status,
 };
 use tokio_util::sync::CancellationToken;
 
-use super::Backend;
 use super::message::{CatchUnwind, header_value, panic_text};
+use super::{Backend, Live};
 use crate::engine::recipient::{assess_delivery, refusal_for, rule_recipient};
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::Listener;
@@ -70,8 +69,6 @@ use state::{Message, Recipient, Seen, Session};
 #[derive(Clone)]
 pub struct MilterDeps {
     pub backend: Arc<dyn Backend>,
-    /// Swapped on reload; read once per stage.
-    pub settings: Arc<ArcSwap<Settings>>,
     pub knowledge: Arc<dyn TlsKnowledge>,
     pub max_connections: usize,
 }
@@ -84,7 +81,6 @@ impl MilterDeps {
     ) -> MilterDeps {
         MilterDeps {
             backend,
-            settings: Arc::new(ArcSwap::from_pointee(Settings::from(config))),
             knowledge,
             max_connections: config.max_connections,
         }
@@ -101,6 +97,10 @@ pub struct Conn {
     noreply: ProtoOpts,
     /// Counts the connection as open in the metrics until it closes.
     _open: Option<ConnectionGuard>,
+    /// The configuration this connection was negotiated with; it rules
+    /// every message on the connection (a reload applies to connections
+    /// opened afterwards).
+    live: Arc<Live>,
 }
 
 /// Serve MTA connections until shutdown; then let each connection finish
@@ -149,7 +149,7 @@ async fn guarded<'a>(
     queue_id: Option<String>,
     work: impl Future<Output = Status> + Send + 'a,
 ) -> Status {
-    let limit = deps.settings.load().request_timeout;
+    let limit = deps.backend.live().milter.request_timeout;
     match tokio::time::timeout(limit, CatchUnwind(Box::pin(work))).await {
         Ok(Ok(status)) => status,
         Ok(Err(panic)) => {
@@ -196,7 +196,7 @@ fn callbacks(deps: Shared) -> Callbacks<Conn> {
                 let deps = deps.clone();
                 Box::pin(async move {
                     let status = guarded(&deps, "connect", None, async {
-                        connect(cx, hostname, socket);
+                        connect(&deps, cx, hostname, socket);
                         Status::Continue
                     })
                     .await;
@@ -257,7 +257,7 @@ fn callbacks(deps: Shared) -> Callbacks<Conn> {
                 Box::pin(async move {
                     let id = queue_id(&cx.macros);
                     let status = guarded(&deps, "header", id, async {
-                        header(&deps, cx, &name, &value);
+                        header(cx, &name, &value);
                         Status::Continue
                     })
                     .await;
@@ -307,12 +307,13 @@ fn callbacks(deps: Shared) -> Callbacks<Conn> {
         })
 }
 
-fn connect(cx: &mut Context<Conn>, hostname: CString, socket: SocketInfo) {
+fn connect(deps: &Shared, cx: &mut Context<Conn>, hostname: CString, socket: SocketInfo) {
     let conn = cx.data.get_or_insert_with(|| Conn {
         session: Session::default(),
         actions: Actions::empty(),
         noreply: ProtoOpts::empty(),
         _open: None,
+        live: deps.backend.live(),
     });
     let (client_address, local_submission) = match socket {
         SocketInfo::Inet(a) => (Some(a.ip().to_string()), Session::is_local_submission(&a)),
@@ -349,7 +350,6 @@ fn mail(cx: &mut Context<Conn>, args: &[CString]) {
 }
 
 async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
-    let settings = deps.settings.load_full();
     let recipient = macro_value(&cx.macros, c"{rcpt_addr}")
         .map(|s| state::bounded(&s))
         .or_else(|| {
@@ -361,12 +361,14 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
     let Some(conn) = cx.data.as_mut() else {
         return Status::Continue;
     };
+    let live = conn.live.clone();
+    let settings = &live.milter;
     // Refusing was off when this connection was negotiated (RCPT needs no
     // reply); a reload that switched it on applies to later connections.
     let can_refuse = !conn.noreply.contains(ProtoOpts::NOREPLY_RCPT);
     let local_submission = conn.session.local_submission;
     let message = conn.session.message.get_or_insert_with(Message::default);
-    let engine = deps.backend.engine();
+    let engine = &live.engine;
     let started = std::time::Instant::now();
     let mut ruling = rule_recipient(
         engine,
@@ -443,10 +445,13 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
     status
 }
 
-fn header(deps: &Shared, cx: &mut Context<Conn>, name: &CString, value: &CString) {
-    let cap = deps.settings.load().max_header_bytes;
+fn header(cx: &mut Context<Conn>, name: &CString, value: &CString) {
     let id = queue_id(&cx.macros);
-    let Some(message) = cx.data.as_mut().and_then(|c| c.session.message.as_mut()) else {
+    let Some(conn) = cx.data.as_mut() else {
+        return;
+    };
+    let cap = conn.live.milter.max_header_bytes;
+    let Some(message) = conn.session.message.as_mut() else {
         return;
     };
     let name = name.to_string_lossy();
@@ -461,7 +466,6 @@ fn header(deps: &Shared, cx: &mut Context<Conn>, name: &CString, value: &CString
 }
 
 async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
-    let settings = deps.settings.load_full();
     let seen = Seen::from_macros(|n| macro_value_named(&cx.macros, n));
     let Some(conn) = cx.data.as_mut() else {
         return Status::Continue;
@@ -470,8 +474,9 @@ async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
         return Status::Continue;
     };
     let id = seen.queue_id.clone().unwrap_or_default();
-    let engine = deps.backend.engine();
-    let policy = engine.policy();
+    let live = conn.live.clone();
+    let settings = &live.milter;
+    let policy = live.engine.policy();
     let mut done: Vec<String> = Vec::new();
 
     if settings.quarantine
@@ -492,7 +497,7 @@ async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
     }
     let mut headers: Vec<(Arc<str>, String)> = Vec::new();
     if let Some(name) = &settings.routing_header
-        && let Some(route) = message.route(&policy)
+        && let Some(route) = message.route(policy)
     {
         headers.push((name.clone(), route.to_string()));
     }
@@ -546,8 +551,8 @@ fn end_transaction(deps: &Shared, cx: &mut Context<Conn>, why: &str) {
     if !message.has_refusals() {
         return;
     }
-    let settings = deps.settings.load();
-    let policy = deps.backend.engine().policy();
+    let settings = &conn.live.milter;
+    let policy = conn.live.engine.policy();
     let mut rec = state::record(
         &conn.session,
         message,

@@ -25,7 +25,8 @@ pub(super) fn negotiate(
     offered: Actions,
     offered_opts: ProtoOpts,
 ) -> Status {
-    let settings = deps.settings.load();
+    let live = deps.backend.live();
+    let settings = &live.milter;
     let want = settings.actions();
     let refuse = settings.refuse;
     let actions = want & offered;
@@ -61,6 +62,7 @@ pub(super) fn negotiate(
         actions,
         noreply: opts & NOREPLY,
         _open: open,
+        live: live.clone(),
     });
     Status::Continue
 }

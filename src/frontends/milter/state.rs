@@ -476,7 +476,7 @@ tls = "forced"
         let mut m = Message::new("ceo@example.com".into(), None, false);
         m.tls_required_no = true;
         rcpt(&e, &mut m, "x@other.example", true).await;
-        assert_eq!(m.route(&p), Some(ROUTE_FORCED));
+        assert_eq!(m.route(p), Some(ROUTE_FORCED));
         assert!(m.trace().contains("sender rule 1"), "{}", m.trace());
 
         // TLS-Required: No with an opportunistic and a relaxable domain.
@@ -484,24 +484,24 @@ tls = "forced"
         m.tls_required_no = true;
         rcpt(&e, &mut m, "x@other.example", true).await;
         rcpt(&e, &mut m, "y@relaxable.example", true).await;
-        assert_eq!(m.route(&p), Some(ROUTE_RELAXED));
+        assert_eq!(m.route(p), Some(ROUTE_RELAXED));
         // A forced rule without the allowance keeps the message normal.
         rcpt(&e, &mut m, "z@bank.example", true).await;
-        assert_eq!(m.route(&p), None);
+        assert_eq!(m.route(p), None);
         // ... unless that recipient was refused (not part of the message).
         m.recipients.last_mut().unwrap().refused = true;
-        assert_eq!(m.route(&p), Some(ROUTE_RELAXED));
+        assert_eq!(m.route(p), Some(ROUTE_RELAXED));
         // REQUIRETLS overrides the header.
         m.requiretls = true;
-        assert_eq!(m.route(&p), None);
+        assert_eq!(m.route(p), None);
         // No header, no route.
         let mut m = Message::new("a@src.example".into(), None, false);
         rcpt(&e, &mut m, "x@other.example", true).await;
-        assert_eq!(m.route(&p), None);
+        assert_eq!(m.route(p), None);
         // Nothing accepted: no route.
         let mut m = Message::new("a@src.example".into(), None, false);
         m.tls_required_no = true;
-        assert_eq!(m.route(&p), None);
+        assert_eq!(m.route(p), None);
     }
 
     #[test]

@@ -10,8 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -36,8 +34,6 @@ const READ_CHUNK: usize = 4096;
 #[derive(Clone)]
 pub struct SocketmapDeps {
     pub backend: Arc<dyn Backend>,
-    /// Swapped on reload; read once per request.
-    pub settings: Arc<ArcSwap<Settings>>,
     pub max_connections: usize,
 }
 
@@ -45,7 +41,6 @@ impl SocketmapDeps {
     pub fn new(backend: Arc<dyn Backend>, config: &SocketmapConfig) -> SocketmapDeps {
         SocketmapDeps {
             backend,
-            settings: Arc::new(ArcSwap::from_pointee(Settings::from(config))),
             max_connections: config.max_connections,
         }
     }
@@ -221,7 +216,7 @@ where
     // closes after one to two idle periods and costs nothing per request.
     let mut served = 0u64;
     let mut served_at_check = 0u64;
-    let idle = tokio::time::sleep(ctx.settings.load().idle_timeout);
+    let idle = tokio::time::sleep(ctx.backend.live().socketmap.idle_timeout);
     tokio::pin!(idle);
     loop {
         // Answer every complete request already received. Requests before
@@ -286,7 +281,7 @@ where
                         return;
                     }
                     served_at_check = served;
-                    let limit = ctx.settings.load().idle_timeout;
+                    let limit = ctx.backend.live().socketmap.idle_timeout;
                     idle.as_mut().reset(Instant::now() + limit);
                 }
             }
@@ -322,7 +317,8 @@ async fn request(
     let started = Instant::now();
     let text = std::str::from_utf8(payload).map_err(|_| "request is not UTF-8")?;
     let (name, key) = text.split_once(' ').ok_or("request is not \"NAME KEY\"")?;
-    let settings = ctx.settings.load();
+    let live = ctx.backend.live();
+    let settings = &live.socketmap;
     let Some(kind) = settings.map_kind(name) else {
         let reason = format!(
             "unknown map name {name:?}; this server answers {:?} and {:?}",
@@ -336,7 +332,7 @@ async fn request(
         }
         return Ok(());
     };
-    let (dest, decision) = ctx.backend.engine().decide_key(key).await;
+    let (dest, decision) = live.engine.decide_key(key).await;
     let (decision, reply) = answer(decision, kind, settings.default_reply);
     reply.write_to(out);
     if let Some(m) = ctx.backend.metrics() {
