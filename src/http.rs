@@ -1,27 +1,37 @@
-//! A small HTTP/1.1 server for the metrics listener (`GET /metrics`,
-//! `GET /health`) and the matching client for `tls-policyd status`.
+//! The metrics listener's HTTP/1.1 server (`GET /metrics`,
+//! `GET /health`), on hyper, and the small client for `tls-policyd status`.
 //!
 //! Only what a Prometheus scraper and a health check need: `GET` and
 //! `HEAD`, no request bodies, one request per connection
 //! (`Connection: close`). Everything is bounded: the request head (request
 //! line plus headers) by [`MAX_REQUEST_HEAD`], the time to send it by
-//! [`REQUEST_TIMEOUT`], connections at once by [`MAX_CONNECTIONS`]; the
-//! client reads at most [`MAX_RESPONSE`] bytes.
+//! [`REQUEST_TIMEOUT`] (and as long again to take the response),
+//! connections at once by [`MAX_CONNECTIONS`]; the client reads at most
+//! [`MAX_RESPONSE`] bytes.
 
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, StatusCode, Uri};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::listen::{Conn, ListenAddr, Listener};
 
-/// Longest request line plus headers, in bytes.
+/// Longest request line plus headers, in bytes (no lower than hyper's
+/// smallest read buffer, 8192).
 pub const MAX_REQUEST_HEAD: usize = 8192;
 /// Time allowed to receive the request head.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -54,58 +64,18 @@ impl Response {
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
-}
-
-/// Why a request head was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestError {
-    TooLarge,
-    Malformed(&'static str),
-    Version,
-}
-
-impl fmt::Display for RequestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RequestError::TooLarge => {
-                write!(f, "request head longer than {MAX_REQUEST_HEAD} bytes")
-            }
-            RequestError::Malformed(why) => write!(f, "malformed request: {why}"),
-            RequestError::Version => f.write_str("not HTTP/1.0 or HTTP/1.1"),
-        }
-    }
-}
-
-impl std::error::Error for RequestError {}
-
-impl RequestError {
-    fn status(&self) -> u16 {
-        match self {
-            RequestError::TooLarge => 431,
-            RequestError::Malformed(_) => 400,
-            RequestError::Version => 505,
-        }
-    }
-}
-
-/// A parsed request line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
-    pub method: String,
-    /// The path without the query string.
-    pub path: String,
+/// An answer written on the bare connection, for the two refusals hyper
+/// would make by closing without a word: a request head not complete
+/// within the timeout (408), or cut short by the client (400).
+fn plain(status: StatusCode, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len() + 1
+    )
+    .into_bytes()
 }
 
 /// Where the request head ends (just past the blank line), if it is
@@ -119,127 +89,117 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-/// Parse a complete request head.
-pub fn parse_head(head: &[u8]) -> Result<Request, RequestError> {
-    let text = std::str::from_utf8(head).map_err(|_| RequestError::Malformed("not UTF-8"))?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let line = lines.next().unwrap_or_default();
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(RequestError::Malformed(
-            "request line is not METHOD TARGET VERSION",
-        ));
+/// The connection settings: one request, a bounded head that must arrive
+/// within `timeout`, and response headers spelled as they always were
+/// (`Content-Type`, no `Date`).
+fn builder(timeout: Duration) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.keep_alive(false)
+        // A client may shut its side down once it has asked.
+        .half_close(true)
+        .title_case_headers(true)
+        .auto_date_header(false)
+        // Never buffer more than the limit; a complete head longer than it
+        // is refused too: 431 either way.
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .max_header_size(MAX_REQUEST_HEAD)
+        // The head's size is the bound, not the number of header lines
+        // (the shortest, "a:\n", takes three bytes).
+        .max_headers(MAX_REQUEST_HEAD / 3)
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout);
+    b
+}
+
+/// A request target of the form `/path?query`.
+fn origin_form(uri: &Uri) -> bool {
+    uri.scheme().is_none() && uri.authority().is_none() && uri.path().starts_with('/')
+}
+
+/// Answer one parsed request: `GET` and `HEAD` go to `handler(path)`
+/// (path without the query string); hyper drops the body of a `HEAD`
+/// answer and keeps its `Content-Length`.
+async fn answer<H, F>(
+    handler: &H,
+    req: hyper::Request<Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible>
+where
+    H: Fn(String) -> F,
+    F: Future<Output = Response>,
+{
+    let method = req.method();
+    let resp = if !method.as_str().bytes().all(|b| b.is_ascii_uppercase()) {
+        Response::text(400, "malformed request: bad method")
+    } else if !origin_form(req.uri()) {
+        Response::text(400, "malformed request: bad request target")
+    } else if method == Method::GET || method == Method::HEAD {
+        handler(req.uri().path().to_string()).await
+    } else {
+        Response::text(405, "only GET and HEAD")
     };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(RequestError::Malformed("bad method"));
-    }
-    if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
-        return Err(RequestError::Malformed("bad request target"));
-    }
-    if version != "HTTP/1.1" && version != "HTTP/1.0" {
-        return Err(RequestError::Version);
-    }
-    for header in lines {
-        if header.is_empty() {
-            break;
-        }
-        let Some((name, _)) = header.split_once(':') else {
-            return Err(RequestError::Malformed("header line without ':'"));
-        };
-        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
-            return Err(RequestError::Malformed("bad header name"));
-        }
-    }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
-    Ok(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-    })
+    Ok(to_hyper(resp))
 }
 
-/// Read a request head: `Ok(None)` when the client closed before sending
-/// anything.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Option<Request>, RequestError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = head_end(&buf) {
-            if end > MAX_REQUEST_HEAD {
-                return Err(RequestError::TooLarge);
-            }
-            return parse_head(&buf[..end]).map(Some);
-        }
-        if buf.len() > MAX_REQUEST_HEAD {
-            return Err(RequestError::TooLarge);
-        }
-        // Never buffer more than one byte past the limit.
-        let want = chunk.len().min(MAX_REQUEST_HEAD + 1 - buf.len());
-        let n = stream
-            .read(&mut chunk[..want])
-            .await
-            .map_err(|_| RequestError::Malformed("read failed"))?;
-        if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(RequestError::Malformed("connection closed mid-request"))
-            };
-        }
-        buf.extend_from_slice(&chunk[..n]);
+fn to_hyper(resp: Response) -> hyper::Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let length = resp.body.len();
+    let mut r = hyper::Response::new(Full::new(Bytes::from(resp.body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(resp.content_type));
+    h.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(CONNECTION, HeaderValue::from_static("close"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        h.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
     }
+    r
 }
 
-fn encode(resp: &Response, head_only: bool) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
-        resp.status,
-        reason(resp.status),
-        resp.content_type,
-        resp.body.len()
-    );
-    if resp.status == 405 {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    let mut bytes = out.into_bytes();
-    if !head_only {
-        bytes.extend_from_slice(&resp.body);
-    }
-    bytes
-}
-
-/// Serve one connection: one request, one response.
-async fn connection<S, H, F>(mut stream: S, handler: &H, timeout: Duration)
+/// Serve one connection: one request, one response. hyper answers a
+/// malformed head (400) or one over [`MAX_REQUEST_HEAD`] (431) itself; a
+/// head not complete within `timeout` gets a 408, one cut short a 400; a
+/// response then has `timeout` to go out.
+async fn connection<S, H, F>(stream: S, handler: &H, timeout: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
     H: Fn(String) -> F,
     F: Future<Output = Response>,
 {
-    let head = match tokio::time::timeout(timeout, read_head(&mut stream)).await {
-        Ok(Ok(Some(r))) => Ok(r),
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => Err(e),
-        Err(_) => {
-            let _ = stream
-                .write_all(&encode(&Response::text(408, "request timeout"), false))
-                .await;
+    let asked = Notify::new();
+    let service = service_fn(|req| {
+        asked.notify_one();
+        answer(handler, req)
+    });
+    let mut conn = builder(timeout).serve_connection(TokioIo::new(stream), service);
+    let finished = tokio::select! {
+        r = &mut conn => r,
+        _ = asked.notified() => {
+            let _ = tokio::time::timeout(timeout, &mut conn).await;
+            return;
+        }
+        // Only a refusal that the client does not read can still be
+        // going out here.
+        _ = tokio::time::sleep(2 * timeout) => return,
+    };
+    let refusal = match finished {
+        Ok(()) => return,
+        Err(e) if e.is_timeout() => plain(StatusCode::REQUEST_TIMEOUT, "request timeout"),
+        Err(e) if e.is_incomplete_message() => {
+            tracing::debug!(error = %e, "metrics listener: bad request");
+            plain(
+                StatusCode::BAD_REQUEST,
+                "malformed request: connection closed mid-request",
+            )
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "metrics listener: bad request");
             return;
         }
     };
-    let (resp, head_only) = match head {
-        Err(e) => {
-            tracing::debug!(error = %e, "metrics listener: bad request");
-            (Response::text(e.status(), &e.to_string()), false)
-        }
-        Ok(r) if r.method == "GET" || r.method == "HEAD" => {
-            (handler(r.path).await, r.method == "HEAD")
-        }
-        Ok(_) => (Response::text(405, "only GET and HEAD"), false),
-    };
+    let mut stream = conn.into_parts().io.into_inner();
     let _ = tokio::time::timeout(timeout, async {
-        stream.write_all(&encode(&resp, head_only)).await?;
+        stream.write_all(&refusal).await?;
         stream.shutdown().await
     })
     .await;
@@ -416,54 +376,65 @@ pub fn parse_response(raw: &[u8]) -> Result<Vec<u8>, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
-    #[test]
-    fn request_lines() {
-        let r = parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        assert_eq!(r.method, "GET");
-        assert_eq!(r.path, "/metrics");
-        assert_eq!(
-            parse_head(b"HEAD /health HTTP/1.0\n\n").unwrap().path,
-            "/health"
-        );
-        for (bad, want) in [
-            (
-                &b"GET /metrics\r\n\r\n"[..],
-                RequestError::Malformed("request line is not METHOD TARGET VERSION"),
-            ),
-            (
-                b"GET  /metrics HTTP/1.1\r\n\r\n",
-                RequestError::Malformed("request line is not METHOD TARGET VERSION"),
-            ),
+    /// Send `request`, close the sending side, read the whole answer.
+    async fn exchange(request: &[u8]) -> String {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let handler = |path: String| async move {
+            Response::text(if path == "/ok" { 200 } else { 404 }, &path)
+        };
+        let task = tokio::spawn(async move { connection(server, &handler, REQUEST_TIMEOUT).await });
+        // The server may stop reading (and drop its end) early.
+        let _ = client.write_all(request).await;
+        let _ = client.shutdown().await;
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        task.await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn request_lines() {
+        // The path goes to the handler without its query string.
+        let r = exchange(b"GET /ok?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.ends_with("\r\n\r\n/ok\n"), "{r}");
+        // HTTP/1.0 and bare \n line ends.
+        let r = exchange(b"HEAD /ok HTTP/1.0\n\n").await;
+        assert!(r.starts_with("HTTP/1.0 200 OK\r\n"), "{r}");
+        assert!(r.contains("Content-Length: 4\r\n"), "{r}");
+        for (bad, body) in [
+            (&b"GET /metrics\r\n\r\n"[..], None),
+            (b"GET  /metrics HTTP/1.1\r\n\r\n", None),
             (
                 b"get /metrics HTTP/1.1\r\n\r\n",
-                RequestError::Malformed("bad method"),
+                Some("malformed request: bad method\n"),
             ),
             (
-                b"GET metrics HTTP/1.1\r\n\r\n",
-                RequestError::Malformed("bad request target"),
+                b"GET http://localhost/metrics HTTP/1.1\r\n\r\n",
+                Some("malformed request: bad request target\n"),
             ),
-            (b"GET /metrics HTTP/2\r\n\r\n", RequestError::Version),
+            (b"GET metrics HTTP/1.1\r\n\r\n", None),
+            (b"GET /metrics HTTP/2\r\n\r\n", None),
+            (b"GET / HTTP/1.1\r\nHost a\r\n\r\n", None),
+            (b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n", None),
+            (b"GET /\xff HTTP/1.1\r\n\r\n", None),
             (
-                b"GET / HTTP/1.1\r\nHost a\r\n\r\n",
-                RequestError::Malformed("header line without ':'"),
-            ),
-            (
-                b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n",
-                RequestError::Malformed("bad header name"),
-            ),
-            (
-                b"GET /\xff HTTP/1.1\r\n\r\n",
-                RequestError::Malformed("not UTF-8"),
+                b"GET / HTTP/1.1\r\n",
+                Some("malformed request: connection closed mid-request\n"),
             ),
         ] {
-            assert_eq!(
-                parse_head(bad),
-                Err(want),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            let r = exchange(bad).await;
+            let what = String::from_utf8_lossy(bad);
+            assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{what}: {r}");
+            assert!(r.contains("Connection: close\r\n"), "{what}: {r}");
+            if let Some(body) = body {
+                assert!(r.ends_with(&format!("\r\n\r\n{body}")), "{what}: {r}");
+            }
         }
+        // A client that connects and closes gets nothing.
+        assert_eq!(exchange(b"").await, "");
     }
 
     /// A request head of exactly `len` bytes.
@@ -478,26 +449,32 @@ mod tests {
 
     #[tokio::test]
     async fn head_size_limit_is_exact() {
-        let ok = head_of(MAX_REQUEST_HEAD);
-        let r = read_head(&mut &ok[..]).await.unwrap().unwrap();
-        assert_eq!(r.path, "/");
-        let big = head_of(MAX_REQUEST_HEAD + 1);
-        assert_eq!(
-            read_head(&mut &big[..]).await.unwrap_err(),
-            RequestError::TooLarge
+        // The handler answers 404 for "/": the request was read.
+        let r = exchange(&head_of(MAX_REQUEST_HEAD)).await;
+        assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{r}");
+        let r = exchange(&head_of(MAX_REQUEST_HEAD + 1)).await;
+        assert!(
+            r.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{r}"
         );
-        // Never more than the limit is buffered, however much is sent.
-        let endless = vec![b'a'; 10 * MAX_REQUEST_HEAD];
-        assert_eq!(
-            read_head(&mut &endless[..]).await.unwrap_err(),
-            RequestError::TooLarge
-        );
-        assert_eq!(read_head(&mut &b""[..]).await.unwrap(), None);
-        assert_eq!(
-            read_head(&mut &b"GET / HTTP/1.1\r\n"[..])
-                .await
-                .unwrap_err(),
-            RequestError::Malformed("connection closed mid-request")
+        // However much is sent without an end of head.
+        let r = exchange(&vec![b'a'; 10 * MAX_REQUEST_HEAD]).await;
+        assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+        let mut endless = b"GET / HTTP/1.1\r\n".to_vec();
+        endless.extend(std::iter::repeat_n(b"X: a\r\n", 2 * MAX_REQUEST_HEAD).flatten());
+        let r = exchange(&endless).await;
+        assert!(r.starts_with("HTTP/1.1 431 "), "{r}");
+        // Many short header lines within the limit are fine.
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        while many.len() + 5 + 2 <= MAX_REQUEST_HEAD {
+            many.extend_from_slice(b"X:a\r\n");
+        }
+        many.extend_from_slice(b"\r\n");
+        let r = exchange(&many).await;
+        assert!(
+            r.starts_with("HTTP/1.1 404 "),
+            "{} header lines: {r}",
+            many.len() / 5
         );
     }
 
@@ -556,6 +533,154 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out)
         );
+    }
+
+    #[tokio::test]
+    async fn response_headers() {
+        let r = exchange_with(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n", REQUEST_TIMEOUT).await;
+        let head = &r[..r.find("\r\n\r\n").unwrap() + 2];
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 4\r\n\
+             Cache-Control: no-store\r\n\
+             Connection: close\r\n"
+        );
+        // One request per connection: a second one is not read.
+        let r = exchange_with(
+            b"GET /ok HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\n",
+            REQUEST_TIMEOUT,
+        )
+        .await;
+        assert!(r.ends_with("\r\n\r\n/ok\n"), "{r}");
+        assert_eq!(r.matches("HTTP/1.1").count(), 1, "{r}");
+        // A client that closes its side once it has asked still gets the
+        // answer.
+        let r = exchange(b"GET /ok HTTP/1.1\r\n\r\n").await;
+        assert!(r.ends_with("\r\n\r\n/ok\n"), "{r}");
+    }
+
+    fn bind(addr: &str) -> Listener {
+        Listener::bind(&addr.parse().unwrap(), &Default::default()).unwrap()
+    }
+
+    async fn handler(path: String) -> Response {
+        Response::text(if path == "/ok" { 200 } else { 404 }, &path)
+    }
+
+    /// Listeners on a port and on a socket file: both answer until
+    /// shutdown; then in-flight connections are dropped and nothing more
+    /// is accepted.
+    #[tokio::test]
+    async fn serves_inet_and_unix_until_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("metrics.sock");
+        for l in [
+            bind("inet:127.0.0.1:0"),
+            bind(&format!("unix:{}", sock.display())),
+        ] {
+            let addr = l.local_addr().unwrap();
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(serve(l, handler, shutdown.clone()));
+            let a = addr.clone();
+            let body = tokio::task::spawn_blocking(move || get(&a, "/ok"))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(body, b"/ok\n", "{addr}");
+            let a = addr.clone();
+            let e = tokio::task::spawn_blocking(move || get(&a, "/nope"))
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(matches!(e, ClientError::Status(404, _)), "{addr}: {e}");
+            // A connection that has sent half a request is cut on shutdown,
+            // well before its request timeout.
+            let mut idle = connect(&addr).await;
+            idle.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let started = std::time::Instant::now();
+            shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .expect("serve returns on shutdown")
+                .unwrap();
+            let mut out = Vec::new();
+            let _ = idle.read_to_end(&mut out).await;
+            assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+            assert!(started.elapsed() < REQUEST_TIMEOUT);
+            let a = addr.clone();
+            let e = tokio::task::spawn_blocking(move || get(&a, "/ok"))
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(matches!(e, ClientError::Connect(..)), "{addr}: {e}");
+        }
+        assert!(!sock.exists());
+    }
+
+    enum Stream {
+        Tcp(tokio::net::TcpStream),
+        Unix(tokio::net::UnixStream),
+    }
+
+    impl Stream {
+        async fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+            match self {
+                Stream::Tcp(s) => s.write_all(b).await,
+                Stream::Unix(s) => s.write_all(b).await,
+            }
+        }
+
+        async fn read_to_end(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+            match self {
+                Stream::Tcp(s) => s.read_to_end(out).await,
+                Stream::Unix(s) => s.read_to_end(out).await,
+            }
+        }
+    }
+
+    async fn connect(addr: &ListenAddr) -> Stream {
+        match addr {
+            ListenAddr::Inet(a) => Stream::Tcp(tokio::net::TcpStream::connect(a).await.unwrap()),
+            ListenAddr::Unix(p) => Stream::Unix(tokio::net::UnixStream::connect(p).await.unwrap()),
+        }
+    }
+
+    /// At most [`MAX_CONNECTIONS`] are served at once; the next waits for
+    /// a free slot.
+    #[tokio::test]
+    async fn connections_at_once_are_bounded() {
+        let l = bind("inet:127.0.0.1:0");
+        let addr = l.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(l, handler, shutdown.clone()));
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut s = connect(&addr).await;
+            s.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
+            held.push(s);
+        }
+        let mut next = connect(&addr).await;
+        next.write_all(b"GET /ok HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), next.read_to_end(&mut out))
+                .await
+                .is_err(),
+            "answered while every slot was taken: {}",
+            String::from_utf8_lossy(&out)
+        );
+        drop(held.pop());
+        tokio::time::timeout(Duration::from_secs(10), next.read_to_end(&mut out))
+            .await
+            .expect("answered once a slot is free")
+            .unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.ends_with("\r\n\r\n/ok\n"), "{out}");
+        shutdown.cancel();
+        task.await.unwrap();
     }
 
     #[test]

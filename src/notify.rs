@@ -1,12 +1,24 @@
 //! systemd readiness notification (`sd_notify(3)`): `READY=1` once every
-//! listener is bound, `RELOADING=1` … `READY=1` around a reload,
-//! `STOPPING=1` on shutdown, and `STATUS=` lines that `systemctl status`
-//! shows. Without `NOTIFY_SOCKET` (not started by systemd with
-//! `Type=notify`) every call does nothing.
+//! listener is bound, `RELOADING=1` with `MONOTONIC_USEC=` … `READY=1`
+//! around a reload (as `Type=notify-reload` needs), `STOPPING=1` on
+//! shutdown, and `STATUS=` lines that `systemctl status` shows. Without
+//! `NOTIFY_SOCKET` (not started by systemd with `Type=notify`) every call
+//! does nothing.
+//!
+//! The assignments are [`sd_notify::NotifyState`]s. They go out as one
+//! datagram per notification, each assignment on a line of its own, to
+//! the socket `NOTIFY_SOCKET` names as it was at start: a path, or
+//! `@name` for a socket in the abstract namespace. A value that cannot
+//! name a socket is found at start ([`Notifier::problem`]), not at the
+//! first notification. (`sd_notify::notify` itself reads the variable
+//! anew each time, takes `@name` for a file name and ends every line with
+//! a newline, so the sending stays here.)
 
 use std::fmt;
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+use sd_notify::NotifyState;
 
 /// The environment variable systemd sets.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -75,35 +87,48 @@ impl Notifier {
 
     /// Every listener is bound; requests are being served.
     pub fn ready(&self, status: &str) {
-        self.send(&format!("READY=1\nSTATUS={}", status_text(status)));
+        let status = status_text(status);
+        self.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
     }
 
     /// A reload starts. `READY=1` (from [`Notifier::ready`]) ends it.
     pub fn reloading(&self) {
-        self.send(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=reloading",
-            monotonic_usec()
-        ));
+        // systemd refuses a RELOADING=1 without the time it was sent.
+        let now = NotifyState::monotonic_usec_now().unwrap_or(NotifyState::MonotonicUsec(0));
+        self.send(&[
+            NotifyState::Reloading,
+            now,
+            NotifyState::Status("reloading"),
+        ]);
     }
 
     /// Shutdown starts.
     pub fn stopping(&self) {
-        self.send("STOPPING=1\nSTATUS=stopping");
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 
     /// A status line only.
     pub fn status(&self, status: &str) {
-        self.send(&format!("STATUS={}", status_text(status)));
+        self.send(&[NotifyState::Status(&status_text(status))]);
     }
 
-    fn send(&self, message: &str) {
+    fn send(&self, states: &[NotifyState<'_>]) {
         let Some((sock, addr)) = &self.target else {
             return;
         };
-        if let Err(e) = sock.send_to_addr(message.as_bytes(), addr) {
+        if let Err(e) = sock.send_to_addr(message(states).as_bytes(), addr) {
             tracing::warn!(error = %e, "cannot notify systemd");
         }
     }
+}
+
+/// One datagram: the assignments, one a line.
+fn message(states: &[NotifyState<'_>]) -> String {
+    states
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// One line, at most [`MAX_STATUS`] bytes.
@@ -135,19 +160,6 @@ fn open(socket: &str) -> io::Result<(UnixDatagram, SocketAddr)> {
         ));
     };
     Ok((UnixDatagram::unbound()?, addr))
-}
-
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
 #[cfg(test)]
@@ -213,6 +225,18 @@ mod tests {
             n.ready("nothing happens");
         }
         assert!(!Notifier::disabled().enabled());
+    }
+
+    #[test]
+    fn one_assignment_a_line() {
+        assert_eq!(
+            message(&[NotifyState::Ready, NotifyState::Status("a b")]),
+            "READY=1\nSTATUS=a b"
+        );
+        assert_eq!(
+            message(&[NotifyState::MonotonicUsec(7)]),
+            "MONOTONIC_USEC=7"
+        );
     }
 
     #[test]

@@ -314,6 +314,83 @@ fn metrics_listener_refuses_bad_requests_and_keeps_serving() {
     assert_eq!(d.client().query("tls_policy", "bank.example"), "OK encrypt");
 }
 
+#[test]
+fn metrics_listener_pages_heads_and_headers() {
+    let (_d, m) = start();
+    // The index names the two pages.
+    let (code, head, body) = get(&m, "/");
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.contains("Content-Type: text/plain; charset=utf-8"),
+        "{head}"
+    );
+    assert_eq!(body, "tls-policyd: /metrics (Prometheus), /health (JSON)\n");
+    // Every answer: not cached, one request per connection, its length.
+    for path in ["/", "/metrics", "/health", "/nope"] {
+        let (_, head, body) = get(&m, path);
+        assert!(
+            head.contains("\r\nCache-Control: no-store"),
+            "{path}: {head}"
+        );
+        assert!(head.contains("\r\nConnection: close"), "{path}: {head}");
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}", body.len())),
+            "{path}: {head}"
+        );
+    }
+    // HEAD: the headers of GET, no body.
+    let (code, head, body) = http(&m, b"HEAD /health HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("Content-Type: application/json"), "{head}");
+    assert!(
+        body.is_empty() && !head.contains("Content-Length: 0"),
+        "{head}"
+    );
+    let (code, head, body) = http(&m, b"HEAD /nope HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 404, "{head}");
+    assert!(
+        body.is_empty() && head.contains("Content-Length: 10"),
+        "{head}"
+    );
+    // 405 says what is allowed.
+    let (code, head, body) = http(&m, b"DELETE /health HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 405, "{head}");
+    assert!(head.contains("\r\nAllow: GET, HEAD"), "{head}");
+    assert_eq!(body, b"only GET and HEAD\n");
+    // HTTP/1.0 clients, and a query string.
+    let (code, head, body) = http(&m, b"GET /health?x=1 HTTP/1.0\r\n\r\n");
+    assert_eq!(code, 200, "{head}");
+    let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(h["status"], "ok");
+}
+
+/// A request head that does not arrive in time gets a 408; one longer
+/// than the limit a 431, however it is sent.
+#[test]
+fn metrics_listener_bounds_slow_and_long_requests() {
+    let (_d, m) = start();
+    let started = std::time::Instant::now();
+    let (code, head, body) = http(&m, b"GET /metrics HTTP/1.1\r\n");
+    assert_eq!(code, 408, "{head}");
+    assert_eq!(body, b"request timeout\n");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(4) && waited < WAIT,
+        "{waited:?}"
+    );
+    // Many short header lines: the size counts, not the number of lines.
+    let mut many = b"GET /metrics HTTP/1.1\r\n".to_vec();
+    for _ in 0..1000 {
+        many.extend_from_slice(b"X-A: b\r\n");
+    }
+    many.extend_from_slice(b"\r\n");
+    let (code, head, _) = http(&m, &many);
+    assert_eq!(code, 200, "{head}");
+    // No end of head at all.
+    let (code, head, _) = http(&m, &[b'a'; 20_000]);
+    assert_eq!(code, 431, "{head}");
+}
+
 fn tls_policyd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tls-policyd"));
     for (k, _) in std::env::vars_os() {
