@@ -31,20 +31,25 @@
 //! the `tracing` layer that keeps the recent warnings and errors.
 
 mod capture;
+#[cfg(feature = "prometheus-client")]
+mod client;
 mod histogram;
 mod labels;
+#[cfg_attr(feature = "prometheus-client", allow(dead_code))]
 mod registry;
+#[cfg_attr(feature = "prometheus-client", allow(dead_code))]
 mod render;
 mod text;
-
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 pub use capture::ErrorCapture;
+#[cfg(feature = "prometheus-client")]
+pub use client::{ConnectionGuard, Metrics};
 pub use histogram::Histogram;
 pub use labels::{Cache, Fetch, FetchResult, Frontend};
-pub use registry::Metrics;
+#[cfg(not(feature = "prometheus-client"))]
+pub use registry::{ConnectionGuard, Metrics};
 pub use text::Writer;
 
 /// Prefix of every metric name.
@@ -84,19 +89,6 @@ pub struct ListenerStatus {
     pub name: String,
     /// `inet:127.0.0.1:10027`, `unix:/run/tls-policyd/socketmap.sock`.
     pub address: String,
-}
-
-/// An open connection; dropping it closes it in the counts.
-#[must_use = "the connection counts as open until this is dropped"]
-pub struct ConnectionGuard {
-    metrics: Arc<Metrics>,
-    frontend: Frontend,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.metrics.connection_closed(self.frontend);
-    }
 }
 
 #[cfg(test)]

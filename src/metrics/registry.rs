@@ -10,9 +10,7 @@ use std::time::{Duration, SystemTime};
 use super::capture::truncate_utf8;
 use super::histogram::{Histogram, LOOKUP_BUCKETS_US, NETWORK_BUCKETS_US};
 use super::labels::{Cache, Fetch, FetchResult, Frontend, level_index, source_index};
-use super::{
-    ConnectionGuard, ListenerStatus, MAX_ERROR_TEXT, RECENT_ERRORS, RecentError, ReloadStatus,
-};
+use super::{ListenerStatus, MAX_ERROR_TEXT, RECENT_ERRORS, RecentError, ReloadStatus};
 use crate::engine::decision::Decision;
 
 /// The rarely changing part, behind one mutex.
@@ -236,5 +234,18 @@ impl Metrics {
     /// A connection's guard was dropped.
     pub(super) fn connection_closed(&self, frontend: Frontend) {
         self.connections_open[frontend.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An open connection; dropping it closes it in the counts.
+#[must_use = "the connection counts as open until this is dropped"]
+pub struct ConnectionGuard {
+    metrics: Arc<Metrics>,
+    frontend: Frontend,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics.connection_closed(self.frontend);
     }
 }
