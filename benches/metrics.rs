@@ -3,9 +3,7 @@
 //! threaded and from two threads at once, and the time to render a scrape.
 //!
 //!     cargo bench --bench metrics
-//!     cargo bench --bench metrics --features prometheus-client
 //!
-//! The second measures the registry on the `prometheus-client` crate.
 //! `BENCH_OPS` sets the operations per thread (default 20,000,000).
 
 use std::hint::black_box;

@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use super::PREFIX;
 
-/// Writes families; `render_extra` in the daemon uses it too.
+/// Writes families; `health::render_metrics` uses it too, for what only
+/// the daemon's context knows.
 pub struct Writer<'a> {
     pub out: &'a mut String,
 }
