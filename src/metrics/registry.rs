@@ -1,0 +1,251 @@
+//! The registry: fixed label sets in arrays of atomics, rare events
+//! behind one mutex.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use super::capture::truncate_utf8;
+use super::histogram::{Histogram, LOOKUP_BUCKETS_US, NETWORK_BUCKETS_US};
+use super::labels::{Cache, Fetch, FetchResult, Frontend, level_index, source_index};
+use super::{ListenerStatus, MAX_ERROR_TEXT, RECENT_ERRORS, RecentError, ReloadStatus};
+use crate::engine::decision::Decision;
+
+/// The rarely changing part, behind one mutex.
+#[derive(Default)]
+pub(super) struct Slow {
+    /// (component, kind) -> count.
+    pub(super) errors: BTreeMap<(&'static str, &'static str), u64>,
+    /// Prober verdicts (`starttls_verified`, `no_starttls`, ...) -> count.
+    pub(super) probes: BTreeMap<&'static str, u64>,
+    /// Operational log warnings and errors by level.
+    pub(super) log_events: BTreeMap<&'static str, u64>,
+    pub(super) reloads_ok: u64,
+    pub(super) reloads_failed: u64,
+    pub(super) last_reload: Option<ReloadStatus>,
+    pub(super) last_reload_unix: Option<f64>,
+    pub(super) recent: VecDeque<RecentError>,
+    pub(super) listeners: Vec<ListenerStatus>,
+}
+
+/// The registry. See the module documentation for the API in use.
+pub struct Metrics {
+    pub(super) started: SystemTime,
+    /// Also the lookup count: `lookups_total` is its count.
+    pub(super) lookup_seconds: [Histogram; 3],
+    /// [frontend][level][source]; the `tls` label follows from the level.
+    pub(super) decisions: [[[AtomicU64; 4]; 7]; 3],
+    pub(super) connections_open: [AtomicI64; 3],
+    pub(super) connections: [AtomicU64; 3],
+    /// [cache][0 = hit, 1 = miss]
+    pub(super) cache_lookups: [[AtomicU64; 2]; 3],
+    pub(super) cache_entries: [AtomicU64; 3],
+    /// Caches that reported a size at least once.
+    pub(super) cache_seen: [AtomicU64; 3],
+    /// [fetch][result]
+    pub(super) fetches: [[AtomicU64; 4]; 2],
+    pub(super) fetch_seconds: [Histogram; 2],
+    pub(super) probe_seconds: Histogram,
+    pub(super) slow: Mutex<Slow>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        Metrics {
+            started: SystemTime::now(),
+            lookup_seconds: std::array::from_fn(|_| Histogram::new(LOOKUP_BUCKETS_US)),
+            decisions: Default::default(),
+            connections_open: Default::default(),
+            connections: Default::default(),
+            cache_lookups: Default::default(),
+            cache_entries: Default::default(),
+            cache_seen: Default::default(),
+            fetches: Default::default(),
+            fetch_seconds: std::array::from_fn(|_| Histogram::new(NETWORK_BUCKETS_US)),
+            probe_seconds: Histogram::new(NETWORK_BUCKETS_US),
+            slow: Mutex::new(Slow::default()),
+        }
+    }
+
+    pub(super) fn slow(&self) -> MutexGuard<'_, Slow> {
+        self.slow.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    // ---- front doors ----
+
+    /// One request answered by a front door, and how long the answer took.
+    pub fn lookup(&self, frontend: Frontend, took: Duration) {
+        self.lookup_seconds[frontend.index()].observe(took);
+    }
+
+    /// One decision a front door acted on.
+    pub fn decision(&self, frontend: Frontend, decision: &Decision) {
+        self.decisions[frontend.index()][level_index(decision.level)]
+            [source_index(decision.source)]
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection accepted; it counts as open until the guard is dropped.
+    pub fn connection(self: &Arc<Self>, frontend: Frontend) -> ConnectionGuard {
+        self.connections[frontend.index()].fetch_add(1, Ordering::Relaxed);
+        self.connections_open[frontend.index()].fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: self.clone(),
+            frontend,
+        }
+    }
+
+    /// Something went wrong that an operator may want to alert on:
+    /// `component` is `socketmap`, `policy`, `milter`, `prober`, `mta-sts`,
+    /// `dane`, `reload`, `metrics`; `kind` a short snake_case word.
+    pub fn error(&self, component: &'static str, kind: &'static str) {
+        *self.slow().errors.entry((component, kind)).or_insert(0) += 1;
+    }
+
+    // ---- caches and sources ----
+
+    /// A cache was asked; `hit` when it had a usable answer.
+    pub fn cache_lookup(&self, cache: Cache, hit: bool) {
+        self.cache_lookups[cache.index()][usize::from(!hit)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A cache's size now (call when it changes).
+    pub fn cache_entries(&self, cache: Cache, entries: usize) {
+        self.cache_entries[cache.index()].store(entries as u64, Ordering::Relaxed);
+        self.cache_seen[cache.index()].store(1, Ordering::Relaxed);
+    }
+
+    /// The size last reported for a cache, if it ever reported one.
+    pub fn cache_size(&self, cache: Cache) -> Option<u64> {
+        (self.cache_seen[cache.index()].load(Ordering::Relaxed) != 0)
+            .then(|| self.cache_entries[cache.index()].load(Ordering::Relaxed))
+    }
+
+    /// A network fetch by a policy source ended.
+    pub fn fetch(&self, fetch: Fetch, result: FetchResult, took: Duration) {
+        self.fetches[fetch.index()][result.index()].fetch_add(1, Ordering::Relaxed);
+        self.fetch_seconds[fetch.index()].observe(took);
+    }
+
+    /// A STARTTLS probe of a domain ended with this verdict
+    /// (`TlsCapability::as_str`).
+    pub fn probe(&self, verdict: &'static str, took: Duration) {
+        *self.slow().probes.entry(verdict).or_insert(0) += 1;
+        self.probe_seconds.observe(took);
+    }
+
+    // ---- the daemon ----
+
+    /// A listener is bound and served.
+    pub fn listening(&self, name: &str, address: String) {
+        let mut s = self.slow();
+        s.listeners.retain(|l| l.name != name);
+        s.listeners.push(ListenerStatus {
+            name: name.to_string(),
+            address,
+        });
+    }
+
+    pub fn listeners(&self) -> Vec<ListenerStatus> {
+        self.slow().listeners.clone()
+    }
+
+    /// A reload finished: `Ok` or the error text.
+    pub fn reload(&self, result: Result<(), String>) {
+        let now = SystemTime::now();
+        let mut s = self.slow();
+        let ok = result.is_ok();
+        if ok {
+            s.reloads_ok += 1;
+        } else {
+            s.reloads_failed += 1;
+        }
+        s.last_reload = Some(ReloadStatus {
+            at: humantime::format_rfc3339_seconds(now).to_string(),
+            ok,
+            error: result.err(),
+        });
+        s.last_reload_unix = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs_f64());
+    }
+
+    /// (successful, failed) reloads so far.
+    pub fn reloads(&self) -> (u64, u64) {
+        let s = self.slow();
+        (s.reloads_ok, s.reloads_failed)
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadStatus> {
+        self.slow().last_reload.clone()
+    }
+
+    /// Remember a warning or error from the operational log (see
+    /// [`ErrorCapture`]). Keeps the last [`RECENT_ERRORS`].
+    pub fn log_event(&self, level: &'static str, target: &str, message: String) {
+        let mut message = message;
+        truncate_utf8(&mut message, MAX_ERROR_TEXT);
+        let mut s = self.slow();
+        *s.log_events.entry(level).or_insert(0) += 1;
+        if s.recent.len() == RECENT_ERRORS {
+            s.recent.pop_front();
+        }
+        s.recent.push_back(RecentError {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            level: level.to_string(),
+            target: target.to_string(),
+            message,
+        });
+    }
+
+    /// Warnings and errors, oldest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.slow().recent.iter().cloned().collect()
+    }
+
+    /// Open connections per front door that has any listener or traffic.
+    pub fn open_connections(&self, frontend: Frontend) -> i64 {
+        self.connections_open[frontend.index()].load(Ordering::Relaxed)
+    }
+
+    pub fn lookups(&self, frontend: Frontend) -> u64 {
+        self.lookup_seconds[frontend.index()].count()
+    }
+
+    /// A connection's guard was dropped.
+    pub(super) fn connection_closed(&self, frontend: Frontend) {
+        self.connections_open[frontend.index()].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An open connection; dropping it closes it in the counts.
+#[must_use = "the connection counts as open until this is dropped"]
+pub struct ConnectionGuard {
+    metrics: Arc<Metrics>,
+    frontend: Frontend,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics.connection_closed(self.frontend);
+    }
+}
