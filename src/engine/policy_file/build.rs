@@ -1,6 +1,17 @@
 //! Reading and checking a policy file: TOML into rules and indexes.
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::name_index::NameIndex;
+use super::sender::{SenderEntry, SenderIndex, parse_sender_entry};
+use super::{CIPHER_GRADES, PolicyFile, PolicyFileError, Rule, STATIC_DECISION_TTL, SenderRule};
+use crate::engine::decision::{Decision, Level, PolicyWord, SourceKind, policy_text};
+use crate::engine::key::{Destination, KeyForm, MAX_NAME_LEN};
+use crate::engine::refusal::RefuseMode;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

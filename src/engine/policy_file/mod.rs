@@ -44,19 +44,16 @@ mod build;
 pub mod name_index;
 mod sender;
 
-use build::*;
-use sender::*;
+use build::{Builder, RawPolicy, Table, dotted, table_of_toml_error};
+use sender::{SenderIndex, fold_local};
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use crate::engine::decision::{Decision, Level, PolicyWord, SourceKind, policy_text};
-use crate::engine::key::{Destination, KeyForm, MAX_NAME_LEN, normalize_domain, parents};
+use crate::engine::decision::{Decision, Level, SourceKind};
+use crate::engine::key::{Destination, KeyForm, normalize_domain, parents};
 use crate::engine::refusal::RefuseMode;
 use name_index::NameIndex;
 

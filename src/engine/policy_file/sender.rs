@@ -1,6 +1,8 @@
 //! Sender rules' entries: addresses, `@domain`, `.parent`.
 
-use super::*;
+use std::collections::HashMap;
+
+use crate::engine::key::normalize_domain;
 
 /// The sender entries of all sender rules, by form. Values are 0-based
 /// sender rule positions.
