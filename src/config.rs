@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::dns::DnsConfig;
 use crate::frontends::milter::MilterConfig;
-use crate::frontends::policy::PolicyServerConfig;
+use crate::frontends::policy_server::PolicyServerConfig;
 use crate::prober::ProberConfig;
 use crate::sources::dane::DaneConfig;
 use crate::sources::mta_sts::MtaStsConfig;

@@ -24,11 +24,10 @@ use hyper::service::service_fn;
 use hyper::{Method, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::listen::{Conn, ListenAddr, Listener};
+use crate::listen::{self, Admission, Conn, Drain, ListenAddr, Listener};
 
 /// Longest request line plus headers, in bytes (no lower than hyper's
 /// smallest read buffer, 8192).
@@ -226,41 +225,22 @@ pub async fn serve_with<H, F>(
     F: Future<Output = Response> + Send,
 {
     let handler = Arc::new(handler);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        while conns.try_join_next().is_some() {}
-        match accepted {
-            Ok((conn, _peer)) => {
-                let handler = handler.clone();
-                conns.spawn(async move {
-                    let _permit = permit;
-                    match conn {
-                        Conn::Tcp(s) => connection(s, &*handler, timeout).await,
-                        Conn::Unix(s) => connection(s, &*handler, timeout).await,
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let admission = Admission {
+        name: "metrics listener",
+        max_connections: MAX_CONNECTIONS,
+        drain: Drain::Abort,
+        metrics: None,
+    };
+    listen::serve(listener, admission, shutdown, move |conn, _peer| {
+        let handler = handler.clone();
+        async move {
+            match conn {
+                Conn::Tcp(s) => connection(s, &*handler, timeout).await,
+                Conn::Unix(s) => connection(s, &*handler, timeout).await,
             }
         }
-    }
-    drop(listener);
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Why the client got no usable response.

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::engine::policy_file::PolicyFile;
 use crate::engine::refusal::TlsKnowledge;
 use crate::engine::{Engine, Source};
-use crate::frontends::{Backend, Live, milter, policy, socketmap};
+use crate::frontends::{Backend, Live, milter, policy_server, socketmap};
 use crate::listen::{ListenAddr, Listener, SocketOptions};
 use crate::log::record::{DecisionLog, Target};
 use crate::metrics::Metrics;
@@ -109,13 +109,13 @@ fn live_config(engine: Engine, config: &Config, old: Option<&Live>) -> Live {
         None => Live::new(engine),
     };
     if let Some(s) = &config.socketmap {
-        live.socketmap = socketmap::Settings::from(s);
+        live.socketmap = socketmap::SocketmapSettings::from(s);
     }
     if let Some(s) = &config.policy_server {
-        live.policy_server = policy::Settings::from(s);
+        live.policy_server = policy_server::PolicyServerSettings::from(s);
     }
     if let Some(s) = &config.milter {
-        live.milter = milter::Settings::from(s);
+        live.milter = milter::MilterSettings::from(s);
     }
     live
 }
@@ -451,12 +451,12 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         tasks.spawn(socketmap::serve(l, deps, shutdown.clone()));
     }
     if let (Some(l), Some(c)) = (listeners.policy_server, &config.policy_server) {
-        let deps = policy::PolicyDeps {
+        let deps = policy_server::PolicyDeps {
             backend: ctx.clone(),
             knowledge: ctx.knowledge(),
             max_connections: c.max_connections,
         };
-        tasks.spawn(policy::serve(l, deps, shutdown.clone()));
+        tasks.spawn(policy_server::serve(l, deps, shutdown.clone()));
     }
     if let (Some(l), Some(c)) = (listeners.milter, &config.milter) {
         let deps = milter::MilterDeps {

@@ -42,7 +42,7 @@ mod negotiate;
 pub mod state;
 
 pub use config::{
-    MAX_HEADER_BYTES_LIMIT, MAX_RECIPIENTS_LIMIT, MIN_HEADER_BYTES, MilterConfig, Settings,
+    MAX_HEADER_BYTES_LIMIT, MAX_RECIPIENTS_LIMIT, MIN_HEADER_BYTES, MilterConfig, MilterSettings,
 };
 
 use std::ffi::{CStr, CString};
@@ -59,7 +59,7 @@ use super::message::{CatchUnwind, header_value, panic_text};
 use super::{Backend, Live};
 use crate::engine::recipient::{assess_delivery, refusal_for, rule_recipient};
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
-use crate::listen::Listener;
+use crate::listen::{Admission, Drain, Listener};
 use crate::metrics::{ConnectionGuard, Frontend};
 use accept::Accept;
 use negotiate::{answer, negotiate};
@@ -112,6 +112,15 @@ pub async fn serve(listener: Listener, deps: MilterDeps, shutdown: CancellationT
     };
     let accept = Accept {
         listener,
+        admission: Admission {
+            name: "milter",
+            max_connections: config.max_connections,
+            drain: Drain::Wait,
+            metrics: deps
+                .backend
+                .metrics()
+                .map(|m| (m.clone(), Frontend::Milter)),
+        },
         backoff: None,
     };
     let callbacks = callbacks(Arc::new(deps));

@@ -11,6 +11,10 @@ use std::str::FromStr;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
+mod accept;
+
+pub use accept::{ACCEPT_BACKOFF, Admission, Drain, IdleTimer, serve};
+
 /// Where a front door listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
