@@ -10,7 +10,6 @@
 //! [`MAX_RESPONSE`] bytes.
 
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -244,28 +243,19 @@ pub async fn serve_with<H, F>(
 }
 
 /// Why the client got no usable response.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("cannot connect to {0}: {1}")]
     Connect(ListenAddr, io::Error),
+    #[error("reading the response: {0}")]
     Io(io::Error),
+    #[error("response longer than {MAX_RESPONSE} bytes")]
     TooLarge,
+    #[error("malformed response: {0}")]
     Malformed(&'static str),
+    #[error("HTTP status {0}: {body}", body = .1.trim())]
     Status(u16, String),
 }
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Connect(a, e) => write!(f, "cannot connect to {a}: {e}"),
-            ClientError::Io(e) => write!(f, "reading the response: {e}"),
-            ClientError::TooLarge => write!(f, "response longer than {MAX_RESPONSE} bytes"),
-            ClientError::Malformed(why) => write!(f, "malformed response: {why}"),
-            ClientError::Status(code, body) => write!(f, "HTTP status {code}: {}", body.trim()),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
 
 /// `GET path` from a listener address; the body of a 200 response.
 /// Blocking, with [`CLIENT_TIMEOUT`] per step.

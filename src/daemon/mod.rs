@@ -58,34 +58,25 @@ impl Backend for Context {
 }
 
 /// Why the daemon could not start.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
     Config(crate::config::ConfigError),
+    #[error(transparent)]
     Policy(crate::engine::policy_file::PolicyFileError),
+    #[error("cannot open decision log {0}: {1}")]
     Log(Target, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
     Bind(ListenAddr, std::io::Error),
+    #[error("dns: {0}")]
     Dns(crate::dns::DnsError),
+    #[error("mta_sts: {0}")]
     MtaSts(crate::sources::mta_sts::MtaStsError),
+    #[error(transparent)]
     Prober(ProberError),
+    #[error(transparent)]
     Dane(crate::sources::dane::DaneError),
 }
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Config(e) => e.fmt(f),
-            StartError::Policy(e) => e.fmt(f),
-            StartError::Log(t, e) => write!(f, "cannot open decision log {t}: {e}"),
-            StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
-            StartError::Dns(e) => write!(f, "dns: {e}"),
-            StartError::MtaSts(e) => write!(f, "mta_sts: {e}"),
-            StartError::Prober(e) => e.fmt(f),
-            StartError::Dane(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// The DANE source, when `[dane]` enables it.
 pub fn dane_source(config: &Config, cache: CacheUse) -> Result<Option<DaneSource>, StartError> {

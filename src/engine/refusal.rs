@@ -23,6 +23,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use super::decision::{Decision, Level};
+use crate::util::text::printable_ascii;
 
 /// Longest reply text built by [`refusal_text`], in bytes. Postfix puts
 /// `450 4.7.10 <recipient>: Recipient address rejected: ` in front of it,
@@ -281,15 +282,7 @@ pub fn status_codes(mode: RefuseMode) -> Option<(&'static str, &'static str)> {
 
 /// Printable ASCII; everything else (controls, non-ASCII) becomes `?`.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c == ' ' || c.is_ascii_graphic() {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    printable_ascii(s, usize::MAX)
 }
 
 #[cfg(test)]

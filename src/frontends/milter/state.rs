@@ -25,14 +25,7 @@ pub const ROUTE_RELAXED: &str = "relaxed";
 
 /// `s` cut to at most [`MAX_FIELD_LEN`] bytes on a character boundary.
 pub fn bounded(s: &str) -> String {
-    if s.len() <= MAX_FIELD_LEN {
-        return s.to_string();
-    }
-    let mut end = MAX_FIELD_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    crate::util::text::cut(s, MAX_FIELD_LEN).to_string()
 }
 
 /// An envelope address from a MAIL or RCPT argument: without the angle

@@ -19,6 +19,7 @@ use crate::engine::decision::{Decision, SourceKind};
 use crate::listen::{self, Admission, Conn, Drain, IdleTimer, Listener};
 use crate::log::record::DecisionRecord;
 use crate::metrics::Frontend;
+use crate::util::text::printable_ascii;
 
 mod config;
 
@@ -134,19 +135,7 @@ pub const MAX_TEMP_TEXT: usize = 200;
 
 /// A reason as one printable ASCII line of at most [`MAX_TEMP_TEXT`] bytes.
 fn temp_text(reason: &str) -> Arc<str> {
-    let mut t: String = reason
-        .chars()
-        .map(|c| {
-            if c == ' ' || c.is_ascii_graphic() {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    // ASCII now, so any index is a char boundary.
-    t.truncate(MAX_TEMP_TEXT);
-    Arc::from(t)
+    Arc::from(printable_ascii(reason, MAX_TEMP_TEXT))
 }
 
 /// Accept connections until shutdown, then wait for open connections to
