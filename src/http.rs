@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::listen::{self, Admission, Conn, Drain, ListenAddr, Listener};
+use crate::listen::{self, Accepted, Admission, Drain, ListenAddr, Listener};
 
 /// Longest request line plus headers, in bytes (no lower than hyper's
 /// smallest read buffer, 8192).
@@ -234,8 +234,8 @@ pub async fn serve_with<H, F>(
         let handler = handler.clone();
         async move {
             match conn {
-                Conn::Tcp(s) => connection(s, &*handler, timeout).await,
-                Conn::Unix(s) => connection(s, &*handler, timeout).await,
+                Accepted::Tcp(s) => connection(s, &*handler, timeout).await,
+                Accepted::Unix(s) => connection(s, &*handler, timeout).await,
             }
         }
     })

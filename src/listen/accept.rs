@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
-use super::{Conn, Listener};
+use super::{Accepted, Listener};
 use crate::metrics::{Frontend, Metrics};
 
 /// Pause after a failed accept (out of file descriptors, ...) instead of
@@ -73,7 +73,7 @@ pub async fn serve<H, F>(
     shutdown: CancellationToken,
     handle: H,
 ) where
-    H: Fn(Conn, String) -> F,
+    H: Fn(Accepted, String) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(admission.max_connections.max(1)));
@@ -206,7 +206,7 @@ mod tests {
                 let count = count.clone();
                 async move {
                     count.fetch_add(1, Ordering::SeqCst);
-                    let Conn::Tcp(mut s) = conn else { return };
+                    let Accepted::Tcp(mut s) = conn else { return };
                     let mut b = [0u8; 1];
                     // Echo one byte, then hold the connection until the peer closes.
                     if s.read_exact(&mut b).await.is_ok() {

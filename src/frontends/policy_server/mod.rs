@@ -55,7 +55,7 @@ use super::attrs::{Decoder, Request, encode_reply};
 use super::message::{CatchUnwind, panic_text};
 pub use super::{Backend, Live};
 use crate::engine::refusal::TlsKnowledge;
-use crate::listen::{self, Admission, Conn, Drain, IdleTimer, Listener};
+use crate::listen::{self, Accepted, Admission, Drain, IdleTimer, Listener};
 use crate::metrics::Frontend;
 pub use config::{PolicyServerConfig, PolicyServerSettings};
 use messages::Messages;
@@ -131,8 +131,8 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
         let shutdown = stop.clone();
         async move {
             match conn {
-                Conn::Tcp(s) => server.connection(s, &shutdown).await,
-                Conn::Unix(s) => server.connection(s, &shutdown).await,
+                Accepted::Tcp(s) => server.connection(s, &shutdown).await,
+                Accepted::Unix(s) => server.connection(s, &shutdown).await,
             }
         }
     })

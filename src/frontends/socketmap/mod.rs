@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Backend;
 use super::netstring::{self, MAX_QUERY_LEN};
 use crate::engine::decision::{Decision, SourceKind};
-use crate::listen::{self, Admission, Conn, Drain, IdleTimer, Listener};
+use crate::listen::{self, Accepted, Admission, Drain, IdleTimer, Listener};
 use crate::log::record::DecisionRecord;
 use crate::metrics::Frontend;
 use crate::util::text::printable_ascii;
@@ -157,8 +157,8 @@ pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: Cancellati
         let shutdown = stop.clone();
         async move {
             match conn {
-                Conn::Tcp(s) => connection(s, &peer, &ctx, &shutdown).await,
-                Conn::Unix(s) => connection(s, &peer, &ctx, &shutdown).await,
+                Accepted::Tcp(s) => connection(s, &peer, &ctx, &shutdown).await,
+                Accepted::Unix(s) => connection(s, &peer, &ctx, &shutdown).await,
             }
         }
     })
