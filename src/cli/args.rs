@@ -67,30 +67,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Read decision logs (rotated and gzipped ones too).
-    Log {
-        /// A log file to read (repeatable, read in order).
-        #[arg(long = "file", short = 'f')]
-        files: Vec<PathBuf>,
-        /// Read the decision log named in this config, with its rotated files.
-        #[arg(long, short, conflicts_with = "files")]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        domain: Option<String>,
-        #[arg(long = "queue-id")]
-        queue_id: Option<String>,
-        /// RFC 3339 time, or a duration ago such as 2h or 1d.
-        #[arg(long)]
-        since: Option<String>,
-        /// forced or opportunistic.
-        #[arg(long)]
-        tls: Option<String>,
-        /// Counts by tls, source, level and domain.
-        #[arg(long, conflicts_with = "json")]
-        summary: bool,
-        /// Matching records as JSON lines.
-        #[arg(long)]
-        json: bool,
-    },
+    Log(super::log::LogOptions),
     /// Ask a running daemon how it is: listeners, policy, caches, reloads,
     /// recent warnings and errors (from the [metrics] listener's /health).
     /// Exit 0 when it is healthy, 2 when the last reload failed, 1 when

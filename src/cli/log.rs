@@ -6,15 +6,29 @@ use crate::config::Config;
 use crate::log::reader::{self, LogQuery, OutputFormat};
 
 /// Options of `tls-policyd log`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct LogOptions {
+    /// A log file to read (repeatable, read in order).
+    #[arg(long = "file", short = 'f')]
     pub files: Vec<PathBuf>,
+    /// Read the decision log named in this config, with its rotated files.
+    #[arg(long, short, conflicts_with = "files")]
     pub config: Option<PathBuf>,
+    #[arg(long)]
     pub domain: Option<String>,
+    #[arg(long = "queue-id")]
     pub queue_id: Option<String>,
+    /// RFC 3339 time, or a duration ago such as 2h or 1d.
+    #[arg(long)]
     pub since: Option<String>,
+    /// forced or opportunistic.
+    #[arg(long)]
     pub tls: Option<String>,
+    /// Counts by tls, source, level and domain.
+    #[arg(long, conflicts_with = "json")]
     pub summary: bool,
+    /// Matching records as JSON lines.
+    #[arg(long)]
     pub json: bool,
 }
 

@@ -62,26 +62,7 @@ pub fn run(cli: Cli) -> ExitCode {
             completions(shell, &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Log {
-            files,
-            config,
-            domain,
-            queue_id,
-            since,
-            tls,
-            summary,
-            json,
-        } => {
-            let opts = LogOptions {
-                files,
-                config,
-                domain,
-                queue_id,
-                since,
-                tls,
-                summary,
-                json,
-            };
+        Command::Log(opts) => {
             let stdout = std::io::stdout();
             match log(&opts, &mut stdout.lock()) {
                 Ok(stats) => {
