@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
+pub mod doctor;
 pub mod engine;
 pub mod frontends;
 pub mod health;

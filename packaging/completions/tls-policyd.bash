@@ -25,6 +25,9 @@ _tls__policyd() {
             tls__policyd,completions)
                 cmd="tls__policyd__subcmd__completions"
                 ;;
+            tls__policyd,doctor)
+                cmd="tls__policyd__subcmd__doctor"
+                ;;
             tls__policyd,explain)
                 cmd="tls__policyd__subcmd__explain"
                 ;;
@@ -76,6 +79,9 @@ _tls__policyd() {
             tls__policyd__subcmd__help,completions)
                 cmd="tls__policyd__subcmd__help__subcmd__completions"
                 ;;
+            tls__policyd__subcmd__help,doctor)
+                cmd="tls__policyd__subcmd__help__subcmd__doctor"
+                ;;
             tls__policyd__subcmd__help,explain)
                 cmd="tls__policyd__subcmd__help__subcmd__explain"
                 ;;
@@ -110,7 +116,7 @@ _tls__policyd() {
 
     case "${cmd}" in
         tls__policyd)
-            opts="-h -V --help --version serve explain probe cache check-config log status completions help"
+            opts="-h -V --help --version serve explain probe cache check-config log doctor status completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -293,6 +299,32 @@ _tls__policyd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        tls__subcmd__policyd__subcmd__doctor)
+            opts="-c -h --config --postfix-config --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --postfix-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         tls__subcmd__policyd__subcmd__explain)
             opts="-c -h --config --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -316,7 +348,7 @@ _tls__policyd() {
             return 0
             ;;
         tls__subcmd__policyd__subcmd__help)
-            opts="serve explain probe cache check-config log status completions help"
+            opts="serve explain probe cache check-config log doctor status completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -400,6 +432,20 @@ _tls__policyd() {
             return 0
             ;;
         tls__subcmd__policyd__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__subcmd__policyd__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

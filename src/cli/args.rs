@@ -68,6 +68,20 @@ pub enum Command {
     },
     /// Read decision logs (rotated and gzipped ones too).
     Log(super::log::LogOptions),
+    /// Check Postfix's configuration for wiring that bypasses the policy
+    /// or stops mail (each finding with the command that fixes it), then
+    /// ask the running daemon through postmap -q. Exit 0 when no problem
+    /// is found, 1 otherwise.
+    Doctor {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Postfix's configuration directory (postconf -c); Postfix's
+        /// default when absent.
+        #[arg(long = "postfix-config")]
+        postfix_config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask a running daemon how it is: listeners, policy, caches, reloads,
     /// recent warnings and errors (from the [metrics] listener's /health).
     /// Exit 0 when it is healthy, 2 when the last reload failed, 1 when

@@ -1,6 +1,6 @@
 //! The command line: its definitions ([`Cli`]), the dispatch ([`run`]) and
 //! one module per command: `serve`, `status`, `explain`, `probe`,
-//! `check-config`, `cache`, `log` and `completions`. Most commands return
+//! `check-config`, `cache`, `log`, `doctor` and `completions`. Most commands return
 //! text (or an error text) that [`run`] prints.
 
 use std::io::Write;
@@ -14,6 +14,7 @@ mod args;
 mod cache;
 mod check_config;
 mod completions;
+mod doctor;
 mod explain;
 mod log;
 mod probe;
@@ -24,6 +25,7 @@ pub use args::{CacheAction, Cli, Command, DEFAULT_CONFIG};
 pub use cache::{CacheCommand, cache};
 pub use check_config::check_config;
 pub use completions::completions;
+pub use doctor::doctor;
 pub use explain::explain;
 pub use log::{LogOptions, log};
 pub use probe::probe;
@@ -41,6 +43,11 @@ pub fn run(cli: Cli) -> ExitCode {
             json,
         } => print(probe(&config, &domain, json)),
         Command::CheckConfig { config } => print(check_config(&config)),
+        Command::Doctor {
+            config,
+            postfix_config,
+            json,
+        } => doctor(&config, postfix_config.as_deref(), json),
         Command::Cache {
             config,
             action,

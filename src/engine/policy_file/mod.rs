@@ -216,6 +216,15 @@ impl PolicyFile {
         &self.path
     }
 
+    /// The first exact domain (in file order) of a rule that `pred`
+    /// accepts: a domain to ask about when checking a deployment.
+    pub fn exact_domain_where(&self, pred: impl Fn(&Rule) -> bool) -> Option<&str> {
+        self.exact.iter().find_map(|(name, rule)| {
+            let r = self.rules.get(usize::try_from(rule).ok()?)?;
+            pred(r).then_some(name)
+        })
+    }
+
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
@@ -411,6 +420,20 @@ protocols = ">=TLSv1.2"
         assert_eq!(decide(&p, "BANK.Example.").unwrap().0, 1);
         assert_eq!(decide(&p, "xn--bcher-kva.example").unwrap().0, 4);
         assert_eq!(decide(&p, "BÜCHER.example").unwrap().0, 4);
+    }
+
+    #[test]
+    fn exact_domain_of_a_rule() {
+        let p = PolicyFile::parse(
+            "[[rule]]\ndomains=[\".sub.example\", \"a.example\"]\ntls=\"may\"\n[[rule]]\ndomains=[\".b.example\", \"b.example\", \"c.example\"]\ntls=\"forced\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let forced =
+            p.exact_domain_where(|r| r.level.tls() == crate::engine::decision::Tls::Forced);
+        assert_eq!(forced, Some("b.example"));
+        assert_eq!(p.exact_domain_where(|_| true), Some("a.example"));
+        assert_eq!(p.exact_domain_where(|_| false), None);
     }
 
     #[test]

@@ -68,6 +68,21 @@ impl NameIndex {
         self.table.len()
     }
 
+    /// Every name with its rule position, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> + '_ {
+        let mut at = 0usize;
+        std::iter::from_fn(move || {
+            if at >= self.names.len() {
+                return None;
+            }
+            let name = name_in(&self.names, at as u32);
+            at += 2 + name.len();
+            // Names come from `&str`s, so they are UTF-8.
+            let name = std::str::from_utf8(name).ok()?;
+            Some((name, self.get(name)?))
+        })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
@@ -112,6 +127,16 @@ mod tests {
             assert_eq!(ix.get(&format!("d{i}.example")), Some(i));
         }
         assert_eq!(ix.get("d50000.example"), None);
+    }
+
+    #[test]
+    fn iterates_in_insertion_order() {
+        let mut i = NameIndex::default();
+        i.insert("b.example", 2).unwrap();
+        i.insert("a.example", 1).unwrap();
+        let all: Vec<_> = i.iter().collect();
+        assert_eq!(all, vec![("b.example", 2), ("a.example", 1)]);
+        assert_eq!(NameIndex::default().iter().count(), 0);
     }
 
     #[test]

@@ -1,0 +1,777 @@
+//! The checks: Postfix's configuration (as [`PostfixConfig`]) against the
+//! front doors tls-policyd serves ([`Ours`]). Pure: every finding comes
+//! with the command that fixes it.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::postconf::{
+    Endpoint, Item, PostfixConfig, RESTRICTION_LISTS, Service, group_parts, list_items, socketmap,
+};
+use crate::config::Config;
+use crate::frontends::socketmap::DefaultReply;
+use crate::listen::ListenAddr;
+
+/// What tls-policyd serves, from its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Ours {
+    pub socketmap: Option<OurSocketmap>,
+    pub policy_server: Option<ListenAddr>,
+    pub milter: Option<ListenAddr>,
+    pub dane: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct OurSocketmap {
+    pub listen: ListenAddr,
+    pub map: String,
+    pub forced_map: String,
+    /// Unruled domains get `NOTFOUND`: Postfix's own level applies.
+    pub notfound_default: bool,
+}
+
+impl Ours {
+    pub fn from_config(c: &Config) -> Ours {
+        Ours {
+            socketmap: c.socketmap.as_ref().map(|s| OurSocketmap {
+                listen: s.listen.clone(),
+                map: s.map.clone(),
+                forced_map: s.forced_map.clone(),
+                notfound_default: s.default_reply == DefaultReply::Notfound,
+            }),
+            policy_server: c.policy_server.as_ref().map(|p| p.listen.clone()),
+            milter: c.milter.as_ref().map(|m| m.listen.clone()),
+            dane: c.dane.is_some(),
+        }
+    }
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The policy is bypassed or mail stops: exit status 1.
+    Problem,
+    /// Worth knowing; nothing is bypassed.
+    Note,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub text: String,
+    /// The command (or main.cf/master.cf line) that fixes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// What the checks found, and what they found in order.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub findings: Vec<Finding>,
+    pub ok: Vec<String>,
+}
+
+impl Outcome {
+    pub(super) fn problem(&mut self, text: String, fix: Option<String>) {
+        self.findings.push(Finding {
+            severity: Severity::Problem,
+            text,
+            fix,
+        });
+    }
+
+    pub(super) fn note(&mut self, text: String, fix: Option<String>) {
+        self.findings.push(Finding {
+            severity: Severity::Note,
+            text,
+            fix,
+        });
+    }
+}
+
+/// Run every check.
+pub fn check(pf: &PostfixConfig, ours: &Ours) -> Outcome {
+    let mut out = Outcome::default();
+    if let Some(sm) = &ours.socketmap {
+        check_socketmap(pf, sm, &mut out);
+    }
+    if let Some(p) = &ours.policy_server {
+        check_policy_server(pf, p, &mut out);
+    }
+    if let Some(m) = &ours.milter {
+        check_milter(pf, m, &mut out);
+    }
+    if ours.dane {
+        let level = pf.param("smtp_dns_support_level");
+        if level == "dnssec" {
+            out.ok.push("smtp_dns_support_level = dnssec (DANE)".into());
+        } else {
+            out.problem(
+                format!(
+                    "DANE is on, but smtp_dns_support_level = {}: Postfix does not ask for DNSSEC, so it cannot verify a dane-only answer and defers that mail",
+                    shown(level)
+                ),
+                Some("postconf -e 'smtp_dns_support_level = dnssec'".into()),
+            );
+        }
+    }
+    out
+}
+
+fn shown(v: &str) -> &str {
+    if v.is_empty() { "(empty)" } else { v }
+}
+
+/// Whether a Postfix endpoint reaches our listener, for a process that
+/// works in `queue_dir`, chrooted there or not.
+pub fn reaches(e: &Endpoint, ours: &ListenAddr, queue_dir: &Path, chrooted: bool) -> bool {
+    match (e, ours) {
+        (Endpoint::Inet { host, port }, ListenAddr::Inet(sa)) => {
+            *port == sa.port()
+                && match host.parse::<IpAddr>() {
+                    Ok(ip) => ip == sa.ip() || sa.ip().is_unspecified(),
+                    Err(_) => host.eq_ignore_ascii_case("localhost") && sa.ip().is_loopback(),
+                }
+        }
+        (Endpoint::Unix(_), ListenAddr::Unix(path)) => {
+            e.unix_path(queue_dir, chrooted).as_deref() == Some(path.as_path())
+        }
+        _ => false,
+    }
+}
+
+/// Our listener as Postfix should name it: unix sockets under the queue
+/// directory relative to it, so chrooted and other daemons alike reach it.
+pub fn postfix_name(ours: &ListenAddr, queue_dir: &Path) -> String {
+    match ours {
+        ListenAddr::Inet(sa) if sa.is_ipv6() => format!("inet:[{}]:{}", sa.ip(), sa.port()),
+        ListenAddr::Inet(sa) => format!("inet:{}:{}", sa.ip(), sa.port()),
+        ListenAddr::Unix(p) => match p.strip_prefix(queue_dir) {
+            Ok(rel) => format!("unix:{}", rel.display()),
+            Err(_) => format!("unix:{}", p.display()),
+        },
+    }
+}
+
+/// The delivery services (`smtp(8)` clients) in master.cf.
+fn smtp_clients(pf: &PostfixConfig) -> impl Iterator<Item = &Service> {
+    pf.services
+        .iter()
+        .filter(|s| s.kind == "unix" && s.command == "smtp")
+}
+
+/// The SMTP servers (`smtpd(8)`) in master.cf.
+fn smtp_servers(pf: &PostfixConfig) -> impl Iterator<Item = &Service> {
+    pf.services.iter().filter(|s| s.command == "smtpd")
+}
+
+fn check_socketmap(pf: &PostfixConfig, sm: &OurSocketmap, out: &mut Outcome) {
+    let queue = pf.queue_directory();
+    let wanted = format!("socketmap:{}:{}", postfix_name(&sm.listen, queue), sm.map);
+    let clients: Vec<&Service> = smtp_clients(pf).collect();
+    if clients.is_empty() {
+        out.note(
+            "master.cf has no smtp(8) delivery service: nothing asks the socketmap".into(),
+            None,
+        );
+    }
+    for svc in clients {
+        let maps = svc.param(pf, "smtp_tls_policy_maps");
+        let overridden = svc.overrides.contains_key("smtp_tls_policy_maps");
+        let whose = if overridden {
+            format!("master.cf service {} (-o smtp_tls_policy_maps)", svc.id())
+        } else {
+            format!("smtp_tls_policy_maps (used by {})", svc.id())
+        };
+        let tables: Vec<String> = list_items(maps)
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Word(w) => Some(w),
+                Item::Group(_) => None,
+            })
+            .collect();
+        let mut verdict = None;
+        for (pos, t) in tables.iter().enumerate() {
+            let Some((endpoint, name)) = socketmap(t) else {
+                continue;
+            };
+            if reaches(&endpoint, &sm.listen, queue, svc.chrooted()) {
+                verdict = Some(if name == sm.map || name == sm.forced_map {
+                    Ok(pos)
+                } else {
+                    Err(format!(
+                        "{whose} asks tls-policyd for the map {name:?}, which it does not serve (it serves {:?} and {:?}): every delivery through it is deferred",
+                        sm.map, sm.forced_map
+                    ))
+                });
+                break;
+            }
+            if svc.chrooted() && reaches(&endpoint, &sm.listen, queue, false) {
+                verdict = Some(Err(format!(
+                    "{} runs chrooted in {} and cannot reach {}: every delivery is deferred with \"4.7.5 client TLS configuration problem\"",
+                    svc.id(),
+                    queue.display(),
+                    sm.listen
+                )));
+                break;
+            }
+        }
+        match verdict {
+            Some(Ok(0)) => out.ok.push(format!("{whose} asks tls-policyd ({maps})")),
+            Some(Ok(_)) => out.note(
+                format!(
+                    "{whose} = {maps}: the tables before tls-policyd's answer first; tls-policyd decides only for next hops they do not list"
+                ),
+                None,
+            ),
+            Some(Err(text)) => {
+                let fix = if overridden {
+                    format!("postconf -P '{}/smtp_tls_policy_maps={wanted}'", svc.id())
+                } else if text.contains("chrooted") {
+                    format!(
+                        "listen on a socket under {} (smtp_tls_policy_maps = {wanted}), or postconf -F '{}/chroot=n'",
+                        queue.display(),
+                        svc.id()
+                    )
+                } else {
+                    format!("postconf -e 'smtp_tls_policy_maps = {wanted}'")
+                };
+                out.problem(text, Some(fix));
+            }
+            None if overridden => out.problem(
+                format!(
+                    "{whose} = {}: mail through this transport bypasses tls-policyd",
+                    shown(maps)
+                ),
+                Some(format!("postconf -PX '{}/smtp_tls_policy_maps'", svc.id())),
+            ),
+            None => out.problem(
+                format!(
+                    "smtp_tls_policy_maps = {}: Postfix never asks tls-policyd (used by {})",
+                    shown(maps),
+                    svc.id()
+                ),
+                Some(format!("postconf -e 'smtp_tls_policy_maps = {wanted}'")),
+            ),
+        }
+        if sm.notfound_default {
+            if let Some(level) = svc.overrides.get("smtp_tls_security_level") {
+                if level == "none" || level == "may" || level.is_empty() {
+                    out.note(
+                        format!(
+                            "master.cf service {} sets smtp_tls_security_level={}: with default_reply = \"notfound\" that level applies to every domain no rule names",
+                            svc.id(),
+                            shown(level)
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `check_policy_service` entries in one restriction list.
+struct PolicyCheck {
+    endpoint: Endpoint,
+    default_action: Option<String>,
+    /// A `permit_*` that comes before it (mail it permits is never asked).
+    after_permit: Option<String>,
+}
+
+fn policy_checks(value: &str) -> Vec<PolicyCheck> {
+    let items = list_items(value);
+    let mut found = Vec::new();
+    let mut permit: Option<String> = None;
+    let mut i = 0;
+    while i < items.len() {
+        match &items[i] {
+            Item::Word(w) if w == "check_policy_service" => {
+                let (endpoint, default_action) = match items.get(i + 1) {
+                    Some(Item::Group(g)) => {
+                        let (e, attrs) = group_parts(g);
+                        (e, attrs.get("default_action").cloned())
+                    }
+                    Some(Item::Word(e)) => (e.clone(), None),
+                    None => (String::new(), None),
+                };
+                if let Some(endpoint) = Endpoint::parse(&endpoint) {
+                    found.push(PolicyCheck {
+                        endpoint,
+                        default_action,
+                        after_permit: permit.clone(),
+                    });
+                }
+                i += 2;
+                continue;
+            }
+            Item::Word(w)
+                if permit.is_none()
+                    && matches!(
+                        w.as_str(),
+                        "permit" | "permit_mynetworks" | "permit_sasl_authenticated"
+                    ) =>
+            {
+                permit = Some(w.clone());
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    found
+}
+
+fn check_policy_server(pf: &PostfixConfig, ours: &ListenAddr, out: &mut Outcome) {
+    let queue = pf.queue_directory();
+    let name = postfix_name(ours, queue);
+    let entry = format!("check_policy_service {{ {name}, default_action=DUNNO }}");
+    let main_chroot = smtp_servers(pf).any(|s| s.chrooted() && s.kind == "inet");
+    let global_default = pf.param("smtpd_policy_service_default_action");
+    let mut asked = false;
+    let mut lists: Vec<(String, String, bool, Option<&Service>)> = RESTRICTION_LISTS
+        .iter()
+        .map(|l| (l.to_string(), pf.param(l).to_string(), main_chroot, None))
+        .collect();
+    for svc in smtp_servers(pf) {
+        for l in RESTRICTION_LISTS {
+            if let Some(v) = svc.overrides.get(*l) {
+                lists.push((l.to_string(), v.clone(), svc.chrooted(), Some(svc)));
+            }
+        }
+    }
+    for (list, value, chrooted, svc) in &lists {
+        let place = match svc {
+            Some(s) => format!("master.cf service {} (-o {list})", s.id()),
+            None => list.clone(),
+        };
+        let ours_here: Vec<PolicyCheck> = policy_checks(value)
+            .into_iter()
+            .filter(|c| reaches(&c.endpoint, ours, queue, *chrooted))
+            .collect();
+        if let Some(s) = svc {
+            let rcpt = list == "smtpd_recipient_restrictions" || list == "smtpd_relay_restrictions";
+            if ours_here.is_empty() && rcpt && s.kind == "inet" {
+                out.problem(
+                    format!(
+                        "{place} replaces the restriction list without check_policy_service for tls-policyd: mail received by this service is never tagged or refused early"
+                    ),
+                    Some(format!("postconf -P '{}/{list}={entry}, {value}'", s.id())),
+                );
+            }
+        }
+        for c in ours_here {
+            asked = true;
+            let action = c.default_action.as_deref().unwrap_or(global_default);
+            if action.eq_ignore_ascii_case("DUNNO") {
+                out.ok.push(format!(
+                    "{place}: check_policy_service asks tls-policyd, default_action=DUNNO"
+                ));
+            } else {
+                out.problem(
+                    format!(
+                        "{place}: when tls-policyd cannot answer, Postfix applies {action:?} to the mail (check_policy_service without default_action=DUNNO)"
+                    ),
+                    Some(format!("use {entry} in {list}")),
+                );
+            }
+            if let Some(p) = c.after_permit {
+                out.problem(
+                    format!(
+                        "{place}: {p} comes before check_policy_service: mail it permits (your own users' and networks' outbound mail) is never tagged or refused early"
+                    ),
+                    Some(format!("put {entry} first in {list}")),
+                );
+            }
+        }
+    }
+    if !asked {
+        let current = pf.param("smtpd_recipient_restrictions");
+        let fix = if current.is_empty() {
+            format!("postconf -e 'smtpd_recipient_restrictions = {entry}'")
+        } else {
+            format!("postconf -e 'smtpd_recipient_restrictions = {entry}, {current}'")
+        };
+        out.problem(
+            format!("no restriction list asks tls-policyd's policy server ({name})"),
+            Some(fix),
+        );
+    }
+}
+
+/// Our milter in a milter list, and its own `default_action` if set.
+fn find_milter(
+    value: &str,
+    ours: &ListenAddr,
+    queue: &Path,
+    chrooted: bool,
+) -> Option<Option<String>> {
+    list_items(value).into_iter().find_map(|i| {
+        let (e, action) = match i {
+            Item::Word(w) => (w, None),
+            Item::Group(g) => {
+                let (e, attrs) = group_parts(&g);
+                (e, attrs.get("default_action").cloned())
+            }
+        };
+        let e = Endpoint::parse(&e)?;
+        reaches(&e, ours, queue, chrooted).then_some(action)
+    })
+}
+
+fn check_milter(pf: &PostfixConfig, ours: &ListenAddr, out: &mut Outcome) {
+    let queue = pf.queue_directory();
+    let name = postfix_name(ours, queue);
+    let chrooted = smtp_servers(pf).any(|s| s.chrooted() && s.kind == "inet");
+    let milters = pf.param("smtpd_milters");
+    match find_milter(milters, ours, queue, chrooted) {
+        None => out.problem(
+            format!(
+                "smtpd_milters = {}: tls-policyd's milter ({name}) is not asked",
+                shown(milters)
+            ),
+            Some(if milters.is_empty() {
+                format!("postconf -e 'smtpd_milters = {name}'")
+            } else {
+                format!("postconf -e 'smtpd_milters = {milters}, {name}'")
+            }),
+        ),
+        Some(own) => {
+            let action = own.unwrap_or_else(|| pf.param("milter_default_action").to_string());
+            if action.eq_ignore_ascii_case("accept") {
+                out.ok.push(format!(
+                    "smtpd_milters asks tls-policyd ({name}), default action accept"
+                ));
+            } else {
+                out.problem(
+                    format!(
+                        "milter_default_action = {}: when tls-policyd cannot be reached Postfix refuses or holds every message",
+                        shown(&action)
+                    ),
+                    Some("postconf -e 'milter_default_action = accept'".into()),
+                );
+            }
+        }
+    }
+    let other = pf.param("non_smtpd_milters");
+    if find_milter(other, ours, queue, false).is_none() {
+        out.note(
+            format!(
+                "non_smtpd_milters = {}: mail submitted with sendmail(1) gets no milter record",
+                shown(other)
+            ),
+            Some(format!("postconf -e 'non_smtpd_milters = {name}'")),
+        );
+    }
+    for svc in smtp_servers(pf) {
+        if let Some(v) = svc.overrides.get("smtpd_milters") {
+            if find_milter(v, ours, queue, svc.chrooted()).is_none() {
+                out.problem(
+                    format!(
+                        "master.cf service {} sets smtpd_milters={}: mail received by it bypasses tls-policyd's milter",
+                        svc.id(),
+                        shown(v)
+                    ),
+                    Some(format!("postconf -P '{}/smtpd_milters={name}'", svc.id())),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::postconf::{parse_params, parse_services};
+    use super::*;
+
+    const MASTER: &str = "\
+smtp       inet  n       -       y       -       -       smtpd
+submission inet  n       -       y       -       -       smtpd
+smtp       unix  -       -       y       -       -       smtp
+relay      unix  -       -       y       -       -       smtp
+";
+
+    fn pf(main: &str, overrides: &str) -> PostfixConfig {
+        let mut params = parse_params(
+            "queue_directory = /var/spool/postfix\nsmtpd_policy_service_default_action = 451 4.3.5 Server configuration problem\nmilter_default_action = tempfail\n",
+        );
+        params.extend(parse_params(main));
+        PostfixConfig {
+            dir: None,
+            params,
+            services: parse_services(MASTER, overrides),
+        }
+    }
+
+    fn ours() -> Ours {
+        Ours {
+            socketmap: Some(OurSocketmap {
+                listen: "inet:127.0.0.1:10027".parse().unwrap(),
+                map: "tls_policy".into(),
+                forced_map: "tls_forced".into(),
+                notfound_default: false,
+            }),
+            policy_server: Some(
+                "unix:/var/spool/postfix/tls-policyd/policy.sock"
+                    .parse()
+                    .unwrap(),
+            ),
+            milter: Some("inet:127.0.0.1:10029".parse().unwrap()),
+            dane: true,
+        }
+    }
+
+    const GOOD: &str = "\
+smtp_tls_policy_maps = socketmap:inet:127.0.0.1:10027:tls_policy
+smtpd_recipient_restrictions = check_policy_service { unix:tls-policyd/policy.sock, default_action=DUNNO }, permit_mynetworks, reject_unauth_destination
+smtpd_milters = { inet:127.0.0.1:10029, default_action=accept }
+non_smtpd_milters = inet:127.0.0.1:10029
+smtp_dns_support_level = dnssec
+";
+
+    fn problems(o: &Outcome) -> Vec<&Finding> {
+        o.findings
+            .iter()
+            .filter(|f| f.severity == Severity::Problem)
+            .collect()
+    }
+
+    #[test]
+    fn documented_wiring_has_no_problem() {
+        let o = check(&pf(GOOD, ""), &ours());
+        assert!(o.findings.is_empty(), "{:#?}", o.findings);
+        // smtp/unix and relay/unix use the map; the policy server; the
+        // milter; DNSSEC.
+        assert_eq!(o.ok.len(), 5, "{:#?}", o.ok);
+    }
+
+    #[test]
+    fn a_transport_overriding_the_map_is_named_with_its_fix() {
+        let o = check(
+            &pf(
+                GOOD,
+                "relay/unix/smtp_tls_policy_maps = hash:/etc/postfix/tls_policy\n",
+            ),
+            &ours(),
+        );
+        let p = problems(&o);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].text.contains("relay/unix"), "{}", p[0].text);
+        assert!(p[0].text.contains("bypasses"), "{}", p[0].text);
+        assert_eq!(
+            p[0].fix.as_deref(),
+            Some("postconf -PX 'relay/unix/smtp_tls_policy_maps'")
+        );
+        // Our forced map on a transport of its own is fine.
+        let o = check(
+            &pf(
+                GOOD,
+                "relay/unix/smtp_tls_policy_maps = socketmap:inet:127.0.0.1:10027:tls_forced\n",
+            ),
+            &ours(),
+        );
+        assert!(problems(&o).is_empty(), "{:#?}", o.findings);
+        // A map name nobody serves defers everything.
+        let o = check(
+            &pf(
+                GOOD,
+                "relay/unix/smtp_tls_policy_maps = socketmap:inet:127.0.0.1:10027:tls_polcy\n",
+            ),
+            &ours(),
+        );
+        let p = problems(&o);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].text.contains("\"tls_polcy\""), "{}", p[0].text);
+    }
+
+    #[test]
+    fn missing_map_and_tables_in_front() {
+        let o = check(
+            &pf(
+                &GOOD.replace(
+                    "socketmap:inet:127.0.0.1:10027:tls_policy",
+                    "hash:/etc/postfix/tls",
+                ),
+                "",
+            ),
+            &ours(),
+        );
+        let p = problems(&o);
+        // Both delivery services use main.cf's value.
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert_eq!(
+            p[0].fix.as_deref(),
+            Some("postconf -e 'smtp_tls_policy_maps = socketmap:inet:127.0.0.1:10027:tls_policy'")
+        );
+        let o = check(
+            &pf(
+                &GOOD.replace(
+                    "= socketmap:inet:127.0.0.1:10027:tls_policy",
+                    "= hash:/etc/postfix/tls, socketmap:inet:127.0.0.1:10027:tls_policy",
+                ),
+                "",
+            ),
+            &ours(),
+        );
+        assert!(problems(&o).is_empty());
+        assert!(o.findings.iter().all(|f| f.text.contains("answer first")));
+    }
+
+    #[test]
+    fn a_chrooted_client_cannot_reach_a_socket_outside_the_queue_directory() {
+        let mut o = ours();
+        o.socketmap.as_mut().unwrap().listen =
+            "unix:/run/tls-policyd/socketmap.sock".parse().unwrap();
+        let main = GOOD.replace(
+            "socketmap:inet:127.0.0.1:10027:tls_policy",
+            "socketmap:unix:/run/tls-policyd/socketmap.sock:tls_policy",
+        );
+        let out = check(&pf(&main, ""), &o);
+        let p = problems(&out);
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p[0].text
+                .contains("smtp/unix runs chrooted in /var/spool/postfix")
+        );
+        assert!(
+            p[0].fix
+                .as_deref()
+                .unwrap()
+                .contains("postconf -F 'smtp/unix/chroot=n'")
+        );
+        // The same socket under the queue directory, named relative to it.
+        o.socketmap.as_mut().unwrap().listen = "unix:/var/spool/postfix/tls-policyd/socketmap.sock"
+            .parse()
+            .unwrap();
+        let main = GOOD.replace(
+            "socketmap:inet:127.0.0.1:10027:tls_policy",
+            "socketmap:unix:tls-policyd/socketmap.sock:tls_policy",
+        );
+        assert!(problems(&check(&pf(&main, ""), &o)).is_empty());
+    }
+
+    #[test]
+    fn policy_server_order_default_action_and_overriding_services() {
+        let main = GOOD.replace(
+            "check_policy_service { unix:tls-policyd/policy.sock, default_action=DUNNO }, permit_mynetworks",
+            "permit_mynetworks, check_policy_service unix:tls-policyd/policy.sock",
+        );
+        let o = check(&pf(&main, ""), &ours());
+        let p = problems(&o);
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(
+            p[0].text
+                .contains("\"451 4.3.5 Server configuration problem\""),
+            "{}",
+            p[0].text
+        );
+        assert!(
+            p[1].text.contains("permit_mynetworks comes before"),
+            "{}",
+            p[1].text
+        );
+        // A submission service with its own list, without the check.
+        let o = check(
+            &pf(
+                GOOD,
+                "submission/inet/smtpd_recipient_restrictions = permit_sasl_authenticated, reject\n",
+            ),
+            &ours(),
+        );
+        let p = problems(&o);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].text.contains("submission/inet"));
+        assert_eq!(
+            p[0].fix.as_deref(),
+            Some(
+                "postconf -P 'submission/inet/smtpd_recipient_restrictions=check_policy_service { unix:tls-policyd/policy.sock, default_action=DUNNO }, permit_sasl_authenticated, reject'"
+            )
+        );
+        // Not asked anywhere.
+        let main = GOOD.replace(
+            "check_policy_service { unix:tls-policyd/policy.sock, default_action=DUNNO }, ",
+            "",
+        );
+        let p = check(&pf(&main, ""), &ours()).findings;
+        assert!(
+            p.iter()
+                .any(|f| f.text.starts_with("no restriction list asks"))
+        );
+    }
+
+    #[test]
+    fn milter_lists_and_default_action() {
+        let main = GOOD.replace(
+            "{ inet:127.0.0.1:10029, default_action=accept }",
+            "inet:127.0.0.1:10029",
+        );
+        let o = check(&pf(&main, ""), &ours());
+        let p = problems(&o);
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].text.contains("milter_default_action = tempfail"));
+        let main = main.replace("non_smtpd_milters = inet:127.0.0.1:10029\n", "");
+        let o = check(
+            &pf(&format!("{main}milter_default_action = accept\n"), ""),
+            &ours(),
+        );
+        assert!(problems(&o).is_empty());
+        assert_eq!(o.findings.len(), 1);
+        assert!(o.findings[0].text.contains("sendmail(1)"));
+        let o = check(
+            &pf(
+                GOOD,
+                "submission/inet/smtpd_milters = inet:127.0.0.1:9999\n",
+            ),
+            &ours(),
+        );
+        let p = problems(&o);
+        assert_eq!(p.len(), 1);
+        assert!(p[0].text.contains("submission/inet sets smtpd_milters"));
+    }
+
+    #[test]
+    fn dane_needs_dnssec_lookups() {
+        let main = GOOD.replace("smtp_dns_support_level = dnssec\n", "");
+        let p = check(&pf(&main, ""), &ours()).findings;
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p[0].fix.as_deref(),
+            Some("postconf -e 'smtp_dns_support_level = dnssec'")
+        );
+        let mut o = ours();
+        o.dane = false;
+        assert!(check(&pf(&main, ""), &o).findings.is_empty());
+    }
+
+    #[test]
+    fn endpoints_reach_listeners() {
+        let q = Path::new("/var/spool/postfix");
+        let l: ListenAddr = "inet:127.0.0.1:10027".parse().unwrap();
+        let e = |s: &str| Endpoint::parse(s).unwrap();
+        assert!(reaches(&e("inet:127.0.0.1:10027"), &l, q, false));
+        assert!(reaches(&e("inet:localhost:10027"), &l, q, false));
+        assert!(!reaches(&e("inet:127.0.0.2:10027"), &l, q, false));
+        assert!(!reaches(&e("inet:127.0.0.1:10028"), &l, q, false));
+        assert_eq!(postfix_name(&l, q), "inet:127.0.0.1:10027");
+        let v6: ListenAddr = "inet:[::1]:10027".parse().unwrap();
+        assert_eq!(postfix_name(&v6, q), "inet:[::1]:10027");
+        assert!(reaches(&e("inet:[::1]:10027"), &v6, q, false));
+        let u: ListenAddr = "unix:/var/spool/postfix/t/s.sock".parse().unwrap();
+        assert_eq!(postfix_name(&u, q), "unix:t/s.sock");
+        assert!(reaches(&e("unix:t/s.sock"), &u, q, true));
+        assert!(reaches(
+            &e("unix:/var/spool/postfix/t/s.sock"),
+            &u,
+            q,
+            false
+        ));
+        assert!(!reaches(
+            &e("unix:/var/spool/postfix/t/s.sock"),
+            &u,
+            q,
+            true
+        ));
+    }
+}

@@ -1,0 +1,254 @@
+//! `tls-policyd doctor` against Postfix's own `postconf` and `postmap`:
+//! a Postfix configuration directory wired as the README says passes; a
+//! planted master.cf transport that bypasses the map, a chrooted client
+//! that cannot reach the socket, a policy check after permit_mynetworks
+//! and a daemon that is not running are each named, and the fix doctor
+//! prints, run as printed, makes the problem go away.
+//!
+//! The daemon and doctor (and so postmap) run inside a network namespace
+//! with only `lo`. Needs root and Postfix (`.ci/run` installs it).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use common::netns::Netns;
+use common::{Daemon, Options};
+
+const POLICY: &str = r#"
+default = "opportunistic"
+
+[[rule]]
+domains = ["bank.example"]
+tls = "forced"
+reason = "never in plaintext"
+"#;
+
+/// Debian's master.cf lines that matter here: smtpd and smtp chrooted.
+const MASTER: &str = "\
+smtp      inet  n       -       y       -       -       smtpd
+submission inet n       -       y       -       -       smtpd
+pickup    unix  n       -       y       60      1       pickup
+cleanup   unix  n       -       y       -       0       cleanup
+smtp      unix  -       -       y       -       -       smtp
+relay     unix  -       -       y       -       -       smtp
+  -o syslog_name=postfix/$service_name
+";
+
+struct Lab {
+    ns: Netns,
+    daemon: Daemon,
+    postfix: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+impl Lab {
+    fn start() -> Option<Lab> {
+        let ns = Netns::for_test("doctor", &["postconf", "postmap"])?;
+        let config_text = "[socketmap]\nlisten = \"inet:127.0.0.1:0\"\n\
+             [policy_server]\nlisten = \"inet:127.0.0.1:0\"\n\
+             [milter]\nlisten = \"inet:127.0.0.1:0\"\n\
+             [policy]\nfile = \"policy.toml\"\n";
+        let daemon = Daemon::start_with(
+            config_text,
+            POLICY,
+            Options {
+                netns: Some(ns.name().to_string()),
+                ..Options::default()
+            },
+        );
+        // doctor reads a config naming the ports the daemon got.
+        let (s, p, m) = (
+            daemon.listening("socketmap"),
+            daemon.listening("policy"),
+            daemon.listening("milter"),
+        );
+        let config = daemon.dir().join("doctor.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[socketmap]\nlisten = \"{s}\"\n[policy_server]\nlisten = \"{p}\"\n\
+                 [milter]\nlisten = \"{m}\"\n[policy]\nfile = \"policy.toml\"\n"
+            ),
+        )
+        .unwrap();
+        let postfix = tempfile::Builder::new()
+            .prefix("tls-policyd-doctor.")
+            .tempdir()
+            .unwrap();
+        let main = format!(
+            "compatibility_level = 3.6\n\
+             smtp_tls_policy_maps = socketmap:{s}:tls_policy\n\
+             smtpd_recipient_restrictions = check_policy_service {{ {p}, default_action=DUNNO }}, permit_mynetworks, reject_unauth_destination\n\
+             smtpd_milters = {m}\n\
+             non_smtpd_milters = $smtpd_milters\n\
+             milter_default_action = accept\n"
+        );
+        let lab = Lab {
+            ns,
+            daemon,
+            postfix,
+            config,
+        };
+        lab.write("main.cf", &main);
+        lab.write("master.cf", MASTER);
+        Some(lab)
+    }
+
+    /// Write a Postfix file, an hour old (Postfix re-reads files that look
+    /// freshly written).
+    fn write(&self, name: &str, text: &str) {
+        let path = self.postfix.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now() - Duration::from_secs(3600)))
+            .unwrap();
+    }
+
+    fn main_cf(&self) -> String {
+        std::fs::read_to_string(self.postfix.path().join("main.cf")).unwrap()
+    }
+
+    fn doctor(&self) -> (i32, serde_json::Value, String) {
+        let run = |json: bool| -> Output {
+            let mut c = self.ns.cmd(env!("CARGO_BIN_EXE_tls-policyd"));
+            c.arg("doctor")
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--postfix-config")
+                .arg(self.postfix.path());
+            if json {
+                c.arg("--json");
+            }
+            common::run_with_timeout(&mut c)
+        };
+        let text = run(false);
+        let json = run(true);
+        assert_eq!(text.status.code(), json.status.code());
+        let report: serde_json::Value = serde_json::from_slice(&json.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&json.stdout)));
+        (
+            text.status.code().unwrap_or(-1),
+            report,
+            String::from_utf8_lossy(&text.stdout).into_owned(),
+        )
+    }
+
+    /// Run a fix as doctor printed it (a postconf command with -c DIR).
+    fn apply(&self, fix: &str) {
+        assert!(fix.starts_with("postconf -c "), "{fix}");
+        let out = common::run_with_timeout(Command::new("sh").arg("-c").arg(fix));
+        assert!(
+            out.status.success(),
+            "{fix}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn problems(report: &serde_json::Value) -> Vec<&serde_json::Value> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "problem")
+        .collect()
+}
+
+#[test]
+fn documented_wiring_passes_and_the_daemon_answers_through_postmap() {
+    let Some(lab) = Lab::start() else { return };
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 0, "{text}");
+    assert!(problems(&report).is_empty(), "{text}");
+    assert!(text.contains("postmap -q bank.example"), "{text}");
+    assert!(
+        text.contains(": encrypt (a rule forces TLS for bank.example)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("postmap -q tls-policyd-doctor.invalid"),
+        "{text}"
+    );
+    assert_eq!(
+        report["mail_version"].as_str().unwrap().split('.').count(),
+        3
+    );
+    assert!(text.ends_with("no problems found\n"), "{text}");
+}
+
+#[test]
+fn a_bypassing_transport_is_named_and_its_fix_works() {
+    let Some(lab) = Lab::start() else { return };
+    lab.write(
+        "master.cf",
+        &format!("{MASTER}  -o smtp_tls_policy_maps=hash:/etc/postfix/tls_policy\n"),
+    );
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 1, "{text}");
+    let p = problems(&report);
+    assert_eq!(p.len(), 1, "{text}");
+    let t = p[0]["text"].as_str().unwrap();
+    assert!(t.contains("master.cf service relay/unix"), "{t}");
+    assert!(t.contains("bypasses tls-policyd"), "{t}");
+    lab.apply(p[0]["fix"].as_str().unwrap());
+    let (code, _, text) = lab.doctor();
+    assert_eq!(code, 0, "{text}");
+}
+
+#[test]
+fn a_policy_check_after_permit_and_a_tempfail_milter_action() {
+    let Some(lab) = Lab::start() else { return };
+    let main = lab
+        .main_cf()
+        .replace(
+            "check_policy_service {",
+            "permit_mynetworks, check_policy_service {",
+        )
+        .replace("milter_default_action = accept\n", "");
+    lab.write("main.cf", &main);
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 1, "{text}");
+    let p = problems(&report);
+    assert_eq!(p.len(), 2, "{text}");
+    assert!(p.iter().any(|f| {
+        f["text"]
+            .as_str()
+            .unwrap()
+            .contains("permit_mynetworks comes before check_policy_service")
+    }));
+    let milter = p
+        .iter()
+        .find(|f| {
+            f["text"]
+                .as_str()
+                .unwrap()
+                .contains("milter_default_action = tempfail")
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    lab.apply(milter["fix"].as_str().unwrap());
+    let (_, report, text) = lab.doctor();
+    assert_eq!(problems(&report).len(), 1, "{text}");
+}
+
+#[test]
+fn a_daemon_that_does_not_answer_is_a_problem() {
+    let Some(mut lab) = Lab::start() else { return };
+    lab.daemon.kill();
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 1, "{text}");
+    let p = problems(&report);
+    assert!(!p.is_empty(), "{text}");
+    assert!(
+        p[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Postfix's own client could not ask tls-policyd"),
+        "{text}"
+    );
+    assert!(Path::new(&lab.config).exists());
+}
