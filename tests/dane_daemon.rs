@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::dns::TestDns;
+use common::fixtures::POLICY_DEFAULT;
 use common::netns::Netns;
 use common::{Client, Daemon, Options};
 
@@ -316,7 +317,7 @@ decisions = "decisions.jsonl"
     );
     let mut daemon = Daemon::start_with(
         &conf,
-        "default = \"opportunistic\"\n",
+        POLICY_DEFAULT,
         Options {
             netns: Some(ns.name().to_string()),
             env: Vec::new(),

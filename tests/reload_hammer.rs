@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use indymilter_test::{EomAction, Status, TestConnection};
 
 use common::milter::accepted;
-use common::{Daemon, Options, WAIT};
+use common::{Daemon, Options, WAIT, policy_request};
 
 /// Reloads to make, unless [`MAX_TIME`] runs out first.
 const RELOADS: usize = 300;
@@ -279,12 +279,8 @@ fn policy_client(addr: &str, tally: &Tally, thread: usize) {
     let mut n = thread;
     while !tally.stopped() {
         let e = &POLICY[n % POLICY.len()];
-        let req = format!(
-            "request=smtpd_access_policy\nprotocol_state=DATA\nprotocol_name=ESMTP\n\
-             client_address=127.0.0.1\nsender=alice@src.example\nrecipient={}\n\
-             instance=t{thread}.{n}\nqueue_id=\n\n",
-            e.ask
-        );
+        let instance = format!("t{thread}.{n}");
+        let req = policy_request("DATA", "alice@src.example", e.ask, &instance, "");
         writer.write_all(req.as_bytes()).unwrap();
         let mut line = String::new();
         reader.read_line(&mut line).unwrap();
