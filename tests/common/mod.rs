@@ -24,6 +24,7 @@ pub mod dnssec;
 pub mod examples;
 pub mod fixtures;
 pub mod https;
+pub mod knowledge;
 pub mod milter;
 pub mod netns;
 pub mod postfix;
