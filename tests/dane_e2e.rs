@@ -103,14 +103,7 @@ fn postfix_delivers_to_dane_with_verified_tls_and_defers_on_a_tlsa_mismatch() {
         )
     });
 
-    let daemon = Daemon::start_with(
-        CONFIG,
-        POLICY_DEFAULT,
-        Options {
-            netns: Some(ns.name().to_string()),
-            env: Vec::new(),
-        },
-    );
+    let daemon = Daemon::start_with(CONFIG, POLICY_DEFAULT, Options::in_netns(&ns));
     let pf = Postfix::start(
         &ns,
         PostfixOptions::default()

@@ -251,10 +251,7 @@ impl Lab {
         let daemon = Daemon::start_frontend(
             &config(&doors.socketmap, &doors.policy, &doors.milter, dir.path()),
             POLICY,
-            Options {
-                netns: Some(ns.name().to_string()),
-                env: Vec::new(),
-            },
+            Options::in_netns(&ns),
             "socketmap",
         );
         let pf = Postfix::start(

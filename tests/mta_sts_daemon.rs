@@ -76,14 +76,7 @@ fn client(ns: &Netns, d: &Daemon) -> Client {
 }
 
 fn start(ns: &Netns, config: &str) -> Daemon {
-    Daemon::start_with(
-        config,
-        POLICY_DEFAULT,
-        Options {
-            netns: Some(ns.name().to_string()),
-            env: Vec::new(),
-        },
-    )
+    Daemon::start_with(config, POLICY_DEFAULT, Options::in_netns(ns))
 }
 
 fn run(cmd: &mut Command) -> (bool, String, String) {

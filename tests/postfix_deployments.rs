@@ -516,14 +516,7 @@ fn chrooted_smtp_reaches_the_socket_in_the_spool() {
     );
     let policy = "default = \"opportunistic\"\n[[rule]]\ndomains = [\"[127.0.0.23]:25\"]\n\
                   tls = \"forced\"\nreason = \"partner relay\"\n";
-    let d = Daemon::start_with(
-        &config,
-        policy,
-        Options {
-            netns: Some(ns.name().to_string()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_with(&config, policy, Options::in_netns(&ns));
 
     let mark = pf.log_mark();
     let status = |rcpt: &str| {

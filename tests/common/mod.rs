@@ -114,6 +114,16 @@ pub struct Options {
     pub env: Vec<(String, String)>,
 }
 
+impl Options {
+    /// Run inside the test's network namespace `ns`.
+    pub fn in_netns(ns: &netns::Netns) -> Options {
+        Options {
+            netns: Some(ns.name().to_string()),
+            ..Options::default()
+        }
+    }
+}
+
 #[derive(Default)]
 struct StderrState {
     lines: Vec<String>,
