@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::dns::DnsConfig;
 use crate::frontends::milter::MilterConfig;
-use crate::frontends::policy::PolicyServerConfig;
+use crate::frontends::policy_server::PolicyServerConfig;
 use crate::prober::ProberConfig;
 use crate::sources::dane::DaneConfig;
 use crate::sources::mta_sts::MtaStsConfig;
@@ -124,18 +124,11 @@ fn default_level() -> String {
 
 /// A configuration problem: which file (or environment variable), which
 /// key, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .messages.join("\n"))]
 pub struct ConfigError {
     pub messages: Vec<String>,
 }
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.messages.join("\n"))
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     /// A section's own check, `"key: problem"`, as `section.key`.

@@ -19,7 +19,6 @@
 
 pub mod secure;
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -159,34 +158,23 @@ pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// Why a resolver could not be built.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
     /// A `nameservers` entry is not an address.
+    #[error("dns.nameservers: {problem}")]
     BadNameserver { value: String, problem: String },
     /// `nameservers` is empty and the system configuration is unusable.
+    #[error(
+        "cannot read the system resolver configuration (/etc/resolv.conf): {0}; set dns.nameservers"
+    )]
     SystemConfig(String),
     /// The resolver library refused the configuration.
+    #[error("cannot set up the DNS resolver: {0}")]
     Build(String),
     /// The `trust_anchor` file cannot be read or parsed.
+    #[error("dns.trust_anchor: {0}")]
     TrustAnchor(String),
 }
-
-impl fmt::Display for DnsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DnsError::BadNameserver { problem, .. } => write!(f, "dns.nameservers: {problem}"),
-            DnsError::SystemConfig(e) => write!(
-                f,
-                "cannot read the system resolver configuration (/etc/resolv.conf): {e}; \
-                 set dns.nameservers"
-            ),
-            DnsError::Build(e) => write!(f, "cannot set up the DNS resolver: {e}"),
-            DnsError::TrustAnchor(e) => write!(f, "dns.trust_anchor: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for DnsError {}
 
 /// The resolver type every lookup uses.
 pub type Resolver = TokioResolver;
@@ -264,16 +252,20 @@ pub(crate) fn resolver_builder(
 }
 
 /// Why a lookup gave no records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LookupError {
     /// The name does not exist (NXDOMAIN).
+    #[error("the name does not exist (NXDOMAIN)")]
     NxDomain,
     /// The name exists but has no records of the type asked for.
+    #[error("no records of that type")]
     NoData,
     /// No usable answer (SERVFAIL, REFUSED, timeout, network error):
     /// nothing is known.
+    #[error("lookup failed: {0}")]
     Failed(String),
     /// The name cannot be put in a query.
+    #[error("not a name that can be looked up: {0}")]
     BadName(String),
 }
 
@@ -284,19 +276,6 @@ impl LookupError {
         matches!(self, LookupError::NxDomain | LookupError::NoData)
     }
 }
-
-impl fmt::Display for LookupError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LookupError::NxDomain => f.write_str("the name does not exist (NXDOMAIN)"),
-            LookupError::NoData => f.write_str("no records of that type"),
-            LookupError::Failed(e) => write!(f, "lookup failed: {e}"),
-            LookupError::BadName(e) => write!(f, "not a name that can be looked up: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for LookupError {}
 
 fn classify(e: NetError) -> LookupError {
     if e.is_nx_domain() {

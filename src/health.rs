@@ -312,30 +312,19 @@ pub async fn serve(ctx: Arc<Context>, listener: Listener, shutdown: Cancellation
 }
 
 /// Why `status` has no report.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StatusError {
+    #[error("{0}")]
     Config(String),
+    #[error(
+        "{0} has no [metrics] section: add one with `listen = \"inet:127.0.0.1:9466\"` (then restart), or pass --address"
+    )]
     NoListener(String),
+    #[error("no health report: {0} (is tls-policyd running?)")]
     Http(http::ClientError),
+    #[error("the health report is not readable: {0}")]
     Json(serde_json::Error),
 }
-
-impl std::fmt::Display for StatusError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StatusError::Config(e) => f.write_str(e),
-            StatusError::NoListener(path) => write!(
-                f,
-                "{path} has no [metrics] section: add one with `listen = \"inet:127.0.0.1:9466\"` \
-                 (then restart), or pass --address"
-            ),
-            StatusError::Http(e) => write!(f, "no health report: {e} (is tls-policyd running?)"),
-            StatusError::Json(e) => write!(f, "the health report is not readable: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StatusError {}
 
 /// The metrics listener address named in a config file.
 pub fn address_from_config(path: &Path) -> Result<ListenAddr, StatusError> {

@@ -10,7 +10,6 @@
 //! [`MAX_RESPONSE`] bytes.
 
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -24,11 +23,10 @@ use hyper::service::service_fn;
 use hyper::{Method, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::listen::{Conn, ListenAddr, Listener};
+use crate::listen::{self, Accepted, Admission, Drain, ListenAddr, Listener};
 
 /// Longest request line plus headers, in bytes (no lower than hyper's
 /// smallest read buffer, 8192).
@@ -226,66 +224,38 @@ pub async fn serve_with<H, F>(
     F: Future<Output = Response> + Send,
 {
     let handler = Arc::new(handler);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut conns = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        while conns.try_join_next().is_some() {}
-        match accepted {
-            Ok((conn, _peer)) => {
-                let handler = handler.clone();
-                conns.spawn(async move {
-                    let _permit = permit;
-                    match conn {
-                        Conn::Tcp(s) => connection(s, &*handler, timeout).await,
-                        Conn::Unix(s) => connection(s, &*handler, timeout).await,
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let admission = Admission {
+        name: "metrics listener",
+        max_connections: MAX_CONNECTIONS,
+        drain: Drain::Abort,
+        metrics: None,
+    };
+    listen::serve(listener, admission, shutdown, move |conn, _peer| {
+        let handler = handler.clone();
+        async move {
+            match conn {
+                Accepted::Tcp(s) => connection(s, &*handler, timeout).await,
+                Accepted::Unix(s) => connection(s, &*handler, timeout).await,
             }
         }
-    }
-    drop(listener);
-    conns.abort_all();
-    while conns.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Why the client got no usable response.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("cannot connect to {0}: {1}")]
     Connect(ListenAddr, io::Error),
+    #[error("reading the response: {0}")]
     Io(io::Error),
+    #[error("response longer than {MAX_RESPONSE} bytes")]
     TooLarge,
+    #[error("malformed response: {0}")]
     Malformed(&'static str),
+    #[error("HTTP status {0}: {body}", body = .1.trim())]
     Status(u16, String),
 }
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Connect(a, e) => write!(f, "cannot connect to {a}: {e}"),
-            ClientError::Io(e) => write!(f, "reading the response: {e}"),
-            ClientError::TooLarge => write!(f, "response longer than {MAX_RESPONSE} bytes"),
-            ClientError::Malformed(why) => write!(f, "malformed response: {why}"),
-            ClientError::Status(code, body) => write!(f, "HTTP status {code}: {}", body.trim()),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
 
 /// `GET path` from a listener address; the body of a 200 response.
 /// Blocking, with [`CLIENT_TIMEOUT`] per step.

@@ -20,6 +20,7 @@ pub mod notify;
 pub mod prober;
 pub mod sources;
 pub mod store;
+pub mod tls_roots;
 pub mod util;
 
 pub use daemon::{Context, Listeners, serve};

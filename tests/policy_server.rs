@@ -18,7 +18,7 @@ use tls_policyd::engine::Engine;
 use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::refusal::Capability;
 use tls_policyd::frontends::attrs::{MAX_LINE_LEN, MAX_REQUEST_LEN};
-use tls_policyd::frontends::policy::{self, Backend, Live, PolicyDeps, PolicyServerConfig};
+use tls_policyd::frontends::policy_server::{self, Backend, Live, PolicyDeps, PolicyServerConfig};
 use tls_policyd::listen::{ListenAddr, Listener};
 use tls_policyd::log::record::{DecisionLog, Target};
 
@@ -103,7 +103,7 @@ impl Server {
         let log_path = dir.path().join("decisions.jsonl");
         let parts = Arc::new(Parts {
             live: Arc::new(Live {
-                policy_server: policy::Settings::from(&config),
+                policy_server: policy_server::PolicyServerSettings::from(&config),
                 ..Live::new(Engine::new(policy))
             }),
             log: DecisionLog::start(Target::File(log_path.clone())).unwrap(),
@@ -121,7 +121,7 @@ impl Server {
         let addr = listener.local_addr().unwrap();
         let deps = PolicyDeps::new(parts.clone(), &config, knowledge.clone());
         let shutdown = CancellationToken::new();
-        rt.spawn(policy::serve(listener, deps, shutdown.clone()));
+        rt.spawn(policy_server::serve(listener, deps, shutdown.clone()));
         Server {
             rt: Some(rt),
             shutdown,

@@ -48,7 +48,7 @@ pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, S
     let settings = config
         .socketmap
         .as_ref()
-        .map(socketmap::Settings::from)
+        .map(socketmap::SocketmapSettings::from)
         .unwrap_or_default();
     let replies: Vec<(Arc<str>, String)> = [
         (settings.map.clone(), MapKind::Policy),

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::engine::Engine;
-use crate::frontends::policy;
+use crate::frontends::policy_server;
 use crate::prober::{self, Prober};
 
 /// `tls-policyd probe`: probe a domain's mail servers now, then show what
@@ -25,9 +25,10 @@ pub fn probe(config_path: &Path, domain: &str, as_json: bool) -> Result<String, 
         let settings = config
             .policy_server
             .as_ref()
-            .map(policy::Settings::from)
+            .map(policy_server::PolicyServerSettings::from)
             .unwrap_or_default();
-        let (decision, action) = policy::rcpt_answer(&engine, domain, &settings, &prober).await;
+        let (decision, action) =
+            policy_server::rcpt_answer(&engine, domain, &settings, &prober).await;
         Ok(if as_json {
             let mut v: serde_json::Value = serde_json::from_str(&prober::render_json(&found))
                 .map_err(|e| format!("cannot render the probe: {e}"))?;

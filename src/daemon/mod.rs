@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::engine::policy_file::PolicyFile;
 use crate::engine::refusal::TlsKnowledge;
 use crate::engine::{Engine, Source};
-use crate::frontends::{Backend, Live, milter, policy, socketmap};
+use crate::frontends::{Backend, Live, milter, policy_server, socketmap};
 use crate::listen::{ListenAddr, Listener, SocketOptions};
 use crate::log::record::{DecisionLog, Target};
 use crate::metrics::Metrics;
@@ -58,34 +58,25 @@ impl Backend for Context {
 }
 
 /// Why the daemon could not start.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
     Config(crate::config::ConfigError),
+    #[error(transparent)]
     Policy(crate::engine::policy_file::PolicyFileError),
+    #[error("cannot open decision log {0}: {1}")]
     Log(Target, std::io::Error),
+    #[error("cannot listen on {0}: {1}")]
     Bind(ListenAddr, std::io::Error),
+    #[error("dns: {0}")]
     Dns(crate::dns::DnsError),
+    #[error("mta_sts: {0}")]
     MtaSts(crate::sources::mta_sts::MtaStsError),
+    #[error(transparent)]
     Prober(ProberError),
+    #[error(transparent)]
     Dane(crate::sources::dane::DaneError),
 }
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Config(e) => e.fmt(f),
-            StartError::Policy(e) => e.fmt(f),
-            StartError::Log(t, e) => write!(f, "cannot open decision log {t}: {e}"),
-            StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
-            StartError::Dns(e) => write!(f, "dns: {e}"),
-            StartError::MtaSts(e) => write!(f, "mta_sts: {e}"),
-            StartError::Prober(e) => e.fmt(f),
-            StartError::Dane(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
 
 /// The DANE source, when `[dane]` enables it.
 pub fn dane_source(config: &Config, cache: CacheUse) -> Result<Option<DaneSource>, StartError> {
@@ -109,13 +100,13 @@ fn live_config(engine: Engine, config: &Config, old: Option<&Live>) -> Live {
         None => Live::new(engine),
     };
     if let Some(s) = &config.socketmap {
-        live.socketmap = socketmap::Settings::from(s);
+        live.socketmap = socketmap::SocketmapSettings::from(s);
     }
     if let Some(s) = &config.policy_server {
-        live.policy_server = policy::Settings::from(s);
+        live.policy_server = policy_server::PolicyServerSettings::from(s);
     }
     if let Some(s) = &config.milter {
-        live.milter = milter::Settings::from(s);
+        live.milter = milter::MilterSettings::from(s);
     }
     live
 }
@@ -451,12 +442,12 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         tasks.spawn(socketmap::serve(l, deps, shutdown.clone()));
     }
     if let (Some(l), Some(c)) = (listeners.policy_server, &config.policy_server) {
-        let deps = policy::PolicyDeps {
+        let deps = policy_server::PolicyDeps {
             backend: ctx.clone(),
             knowledge: ctx.knowledge(),
             max_connections: c.max_connections,
         };
-        tasks.spawn(policy::serve(l, deps, shutdown.clone()));
+        tasks.spawn(policy_server::serve(l, deps, shutdown.clone()));
     }
     if let (Some(l), Some(c)) = (listeners.milter, &config.milter) {
         let deps = milter::MilterDeps {

@@ -161,28 +161,19 @@ impl fmt::Display for Destination {
 }
 
 /// Why a key or name was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    #[error("empty key")]
     Empty,
+    #[error("'[' without matching ']'")]
     UnclosedBracket,
+    #[error("text after ']' that is not ':port'")]
     TrailingGarbage,
+    #[error("bad port {0:?} (1-65535)")]
     BadPort(String),
+    #[error(transparent)]
     BadName(NameError),
 }
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyError::Empty => f.write_str("empty key"),
-            KeyError::UnclosedBracket => f.write_str("'[' without matching ']'"),
-            KeyError::TrailingGarbage => f.write_str("text after ']' that is not ':port'"),
-            KeyError::BadPort(p) => write!(f, "bad port {p:?} (1-65535)"),
-            KeyError::BadName(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for KeyError {}
 
 impl From<NameError> for KeyError {
     fn from(e: NameError) -> Self {
@@ -191,35 +182,21 @@ impl From<NameError> for KeyError {
 }
 
 /// Why a domain name was not accepted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    #[error("empty domain name")]
     Empty,
+    #[error("domain name is {0} characters long (at most {MAX_NAME_LEN})")]
     TooLong(usize),
+    #[error("empty label (two dots in a row?)")]
     EmptyLabel,
+    #[error("label is {0} characters long (at most {MAX_LABEL_LEN})")]
     LabelTooLong(usize),
+    #[error("character {0:?} is not allowed in a domain name")]
     BadChar(char),
+    #[error("not a valid internationalised domain name")]
     Idna,
 }
-
-impl fmt::Display for NameError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NameError::Empty => f.write_str("empty domain name"),
-            NameError::TooLong(n) => write!(
-                f,
-                "domain name is {n} characters long (at most {MAX_NAME_LEN})"
-            ),
-            NameError::EmptyLabel => f.write_str("empty label (two dots in a row?)"),
-            NameError::LabelTooLong(n) => {
-                write!(f, "label is {n} characters long (at most {MAX_LABEL_LEN})")
-            }
-            NameError::BadChar(c) => write!(f, "character {c:?} is not allowed in a domain name"),
-            NameError::Idna => f.write_str("not a valid internationalised domain name"),
-        }
-    }
-}
-
-impl std::error::Error for NameError {}
 
 fn parse_port(p: &str) -> Result<u16, KeyError> {
     if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {

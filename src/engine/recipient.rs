@@ -12,7 +12,9 @@ use super::Engine;
 use super::decision::{Decision, SourceKind, Tls};
 use super::key::{Destination, KeyForm};
 use super::policy_file::{PolicyFile, SenderHit};
-use super::refusal::{Assessment, RefuseMode, Requirement, TlsKnowledge, assess, refusal_text};
+use super::refusal::{
+    DeliveryAssessment, RefuseMode, Requirement, TlsKnowledge, assess, refusal_text,
+};
 
 /// Longest trace header line, name included (RFC 5322 allows 998).
 pub const MAX_TRACE_HEADER_LEN: usize = 900;
@@ -146,12 +148,12 @@ pub fn assess_delivery(
     decision: &Decision,
     domain: Option<&str>,
     knowledge: &dyn TlsKnowledge,
-) -> Assessment {
+) -> DeliveryAssessment {
     if Requirement::of(decision.level).is_none() {
-        return Assessment::Deliverable;
+        return DeliveryAssessment::Deliverable;
     }
     let Some(domain) = domain else {
-        return Assessment::Unknown;
+        return DeliveryAssessment::Unknown;
     };
     let known = knowledge.known(domain);
     if known.is_none() {
@@ -175,7 +177,7 @@ pub fn refusal_for(ruling: &Ruling, knowledge: &dyn TlsKnowledge) -> Option<Refu
         return None;
     }
     match assess_delivery(&ruling.decision, ruling.domain(), knowledge) {
-        Assessment::Cannot { requirement, found } => ruling.domain().map(|d| Refusal {
+        DeliveryAssessment::Cannot { requirement, found } => ruling.domain().map(|d| Refusal {
             mode: ruling.refuse,
             text: refusal_text(d, requirement, &found),
         }),

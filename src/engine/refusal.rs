@@ -9,9 +9,9 @@
 //! away, while the SMTP session is still open.
 //!
 //! The rules are conservative: **never refuse on a guess**. Nothing known,
-//! stale knowledge, a failed probe: all of those are [`Assessment::Unknown`]
+//! stale knowledge, a failed probe: all of those are [`DeliveryAssessment::Unknown`]
 //! and the recipient is accepted. Only positive knowledge that the
-//! requirement cannot be met gives [`Assessment::Cannot`].
+//! requirement cannot be met gives [`DeliveryAssessment::Cannot`].
 //!
 //! This module knows nothing about any front door: the policy server and
 //! the milter build their replies from [`assess`], [`refusal_text`] and
@@ -23,6 +23,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use super::decision::{Decision, Level};
+use crate::util::text::printable_ascii;
 
 /// Longest reply text built by [`refusal_text`], in bytes. Postfix puts
 /// `450 4.7.10 <recipient>: Recipient address rejected: ` in front of it,
@@ -159,7 +160,7 @@ impl fmt::Display for Requirement {
 
 /// Whether a delivery can meet a decision's requirement.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Assessment {
+pub enum DeliveryAssessment {
     /// Nothing stands in the way (or the level falls back to plaintext).
     Deliverable,
     /// Not known: accept.
@@ -173,20 +174,20 @@ pub enum Assessment {
 
 /// Judge a decision against what is known about the destination. Pure:
 /// the caller fetches the knowledge.
-pub fn assess(decision: &Decision, cap: Option<&Capability>) -> Assessment {
+pub fn assess(decision: &Decision, cap: Option<&Capability>) -> DeliveryAssessment {
     // A source that could not decide is not knowledge.
     if decision.temporary {
-        return Assessment::Unknown;
+        return DeliveryAssessment::Unknown;
     }
     let Some(requirement) = Requirement::of(decision.level) else {
-        return Assessment::Deliverable;
+        return DeliveryAssessment::Deliverable;
     };
     let Some(cap) = cap else {
-        return Assessment::Unknown;
+        return DeliveryAssessment::Unknown;
     };
     match (requirement, cap) {
-        (_, Capability::Unknown { .. }) => Assessment::Unknown,
-        (_, Capability::NoStarttls { detail }) => Assessment::Cannot {
+        (_, Capability::Unknown { .. }) => DeliveryAssessment::Unknown,
+        (_, Capability::NoStarttls { detail }) => DeliveryAssessment::Cannot {
             requirement,
             found: with_detail("no mail server of the domain offers STARTTLS", detail),
         },
@@ -196,10 +197,10 @@ pub fn assess(decision: &Decision, cap: Option<&Capability>) -> Assessment {
                 level: Level::DaneOnly,
             },
             _,
-        ) => Assessment::Unknown,
-        (Requirement::Starttls { .. }, _) => Assessment::Deliverable,
+        ) => DeliveryAssessment::Unknown,
+        (Requirement::Starttls { .. }, _) => DeliveryAssessment::Deliverable,
         (Requirement::VerifiedCertificate { .. }, Capability::StarttlsUnverified { detail }) => {
-            Assessment::Cannot {
+            DeliveryAssessment::Cannot {
                 requirement,
                 found: with_detail(
                     "the domain's mail servers offer STARTTLS but their certificate does not verify",
@@ -210,7 +211,7 @@ pub fn assess(decision: &Decision, cap: Option<&Capability>) -> Assessment {
         // `match=` patterns are Postfix's to check at delivery; a verified
         // certificate is enough not to refuse.
         (Requirement::VerifiedCertificate { .. }, Capability::StarttlsVerified { .. }) => {
-            Assessment::Deliverable
+            DeliveryAssessment::Deliverable
         }
     }
 }
@@ -281,15 +282,7 @@ pub fn status_codes(mode: RefuseMode) -> Option<(&'static str, &'static str)> {
 
 /// Printable ASCII; everything else (controls, non-ASCII) becomes `?`.
 fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c == ' ' || c.is_ascii_graphic() {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    printable_ascii(s, usize::MAX)
 }
 
 #[cfg(test)]
@@ -338,8 +331,8 @@ mod tests {
         }
     }
 
-    fn cannot(a: &Assessment) -> bool {
-        matches!(a, Assessment::Cannot { .. })
+    fn cannot(a: &DeliveryAssessment) -> bool {
+        matches!(a, DeliveryAssessment::Cannot { .. })
     }
 
     #[test]
@@ -348,7 +341,7 @@ mod tests {
             for cap in [None, Some(no_tls()), Some(unverified())] {
                 assert_eq!(
                     assess(&decision(level), cap.as_ref()),
-                    Assessment::Deliverable,
+                    DeliveryAssessment::Deliverable,
                     "{level}"
                 );
             }
@@ -364,7 +357,10 @@ mod tests {
                 "{level}"
             );
         }
-        assert_eq!(assess(&decision(Level::Encrypt), None), Assessment::Unknown);
+        assert_eq!(
+            assess(&decision(Level::Encrypt), None),
+            DeliveryAssessment::Unknown
+        );
     }
 
     #[test]
@@ -372,7 +368,11 @@ mod tests {
         for level in Level::ALL {
             let mut d = decision(level);
             d.temporary = true;
-            assert_eq!(assess(&d, Some(&no_tls())), Assessment::Unknown, "{level}");
+            assert_eq!(
+                assess(&d, Some(&no_tls())),
+                DeliveryAssessment::Unknown,
+                "{level}"
+            );
         }
     }
 
@@ -380,7 +380,7 @@ mod tests {
     fn encrypt_needs_starttls_only() {
         let d = decision(Level::Encrypt);
         let a = assess(&d, Some(&no_tls()));
-        let Assessment::Cannot { requirement, found } = a else {
+        let DeliveryAssessment::Cannot { requirement, found } = a else {
             panic!("{a:?}")
         };
         assert_eq!(
@@ -394,8 +394,14 @@ mod tests {
             found.contains("mx1.example: STARTTLS not offered"),
             "{found}"
         );
-        assert_eq!(assess(&d, Some(&unverified())), Assessment::Deliverable);
-        assert_eq!(assess(&d, Some(&verified())), Assessment::Deliverable);
+        assert_eq!(
+            assess(&d, Some(&unverified())),
+            DeliveryAssessment::Deliverable
+        );
+        assert_eq!(
+            assess(&d, Some(&verified())),
+            DeliveryAssessment::Deliverable
+        );
     }
 
     #[test]
@@ -404,12 +410,15 @@ mod tests {
             let d = decision(level);
             assert!(cannot(&assess(&d, Some(&no_tls()))));
             let a = assess(&d, Some(&unverified()));
-            let Assessment::Cannot { requirement, found } = a else {
+            let DeliveryAssessment::Cannot { requirement, found } = a else {
                 panic!("{a:?}")
             };
             assert_eq!(requirement, Requirement::VerifiedCertificate { level });
             assert!(found.contains("does not verify (self-signed)"), "{found}");
-            assert_eq!(assess(&d, Some(&verified())), Assessment::Deliverable);
+            assert_eq!(
+                assess(&d, Some(&verified())),
+                DeliveryAssessment::Deliverable
+            );
         }
     }
 
@@ -417,8 +426,8 @@ mod tests {
     fn dane_only_refused_only_without_starttls() {
         let d = decision(Level::DaneOnly);
         assert!(cannot(&assess(&d, Some(&no_tls()))));
-        assert_eq!(assess(&d, Some(&unverified())), Assessment::Unknown);
-        assert_eq!(assess(&d, Some(&verified())), Assessment::Unknown);
+        assert_eq!(assess(&d, Some(&unverified())), DeliveryAssessment::Unknown);
+        assert_eq!(assess(&d, Some(&verified())), DeliveryAssessment::Unknown);
     }
 
     #[test]

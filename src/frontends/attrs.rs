@@ -24,7 +24,6 @@
 //!   UTF-8 become U+FFFD instead of failing the request: an odd HELO name
 //!   must not cost a connection.
 
-use std::fmt;
 use std::ops::Range;
 
 /// Longest line accepted, in bytes, counting the `\n` (and a `\r` before
@@ -44,48 +43,27 @@ const TYPICAL_REQUEST_LEN: usize = 1024;
 const TYPICAL_ATTRIBUTES: usize = 40;
 
 /// Why a byte stream is not a policy request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttrError {
     /// A line longer than [`MAX_LINE_LEN`] (counting its newline).
+    #[error("attribute line longer than {max} bytes")]
     LineTooLong { max: usize },
     /// A request longer than [`MAX_REQUEST_LEN`].
+    #[error("policy request longer than {max} bytes")]
     RequestTooLong { max: usize },
     /// More than [`MAX_ATTRIBUTES`] attribute lines.
+    #[error("policy request has more than {max} attributes")]
     TooManyAttributes { max: usize },
     /// A line (1-based within its request) without `=`.
+    #[error("line {line} of the request is not name=value")]
     MissingEquals { line: usize },
     /// A line (1-based within its request) that starts with `=`.
+    #[error("line {line} of the request has an empty attribute name")]
     EmptyName { line: usize },
     /// The same attribute name twice in one request.
+    #[error("attribute {name:?} appears twice in one request")]
     Duplicate { name: String },
 }
-
-impl fmt::Display for AttrError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AttrError::LineTooLong { max } => {
-                write!(f, "attribute line longer than {max} bytes")
-            }
-            AttrError::RequestTooLong { max } => {
-                write!(f, "policy request longer than {max} bytes")
-            }
-            AttrError::TooManyAttributes { max } => {
-                write!(f, "policy request has more than {max} attributes")
-            }
-            AttrError::MissingEquals { line } => {
-                write!(f, "line {line} of the request is not name=value")
-            }
-            AttrError::EmptyName { line } => {
-                write!(f, "line {line} of the request has an empty attribute name")
-            }
-            AttrError::Duplicate { name } => {
-                write!(f, "attribute {name:?} appears twice in one request")
-            }
-        }
-    }
-}
-
-impl std::error::Error for AttrError {}
 
 /// One policy request: its attributes in the order received.
 ///

@@ -12,6 +12,7 @@ use std::task::{Context as TaskContext, Poll};
 use crate::engine::decision::Decision;
 use crate::engine::recipient::{MAX_TRACE_HEADER_LEN, MessageSummary, Ruling};
 use crate::log::record::DecisionRecord;
+use crate::util::text::printable_ascii;
 
 /// A decision record for a recipient's domain; the front door fills in
 /// the rest.
@@ -37,18 +38,7 @@ pub fn non_empty(s: &str) -> Option<String> {
 /// [`MAX_TRACE_HEADER_LEN`].
 pub fn header_value(name: &str, value: &str) -> String {
     let room = MAX_TRACE_HEADER_LEN.saturating_sub(name.len() + 2);
-    // One byte per character pushed: the length is exact.
-    value
-        .chars()
-        .take(room)
-        .map(|c| {
-            if c == ' ' || c.is_ascii_graphic() {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    printable_ascii(value, room)
 }
 
 /// One decision record for a whole message: `tls` is forced when any

@@ -4,7 +4,7 @@ pub mod attrs;
 pub mod message;
 pub mod milter;
 pub mod netstring;
-pub mod policy;
+pub mod policy_server;
 pub mod socketmap;
 
 use std::sync::Arc;
@@ -19,9 +19,9 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct Live {
     pub engine: Engine,
-    pub socketmap: socketmap::Settings,
-    pub policy_server: policy::Settings,
-    pub milter: milter::Settings,
+    pub socketmap: socketmap::SocketmapSettings,
+    pub policy_server: policy_server::PolicyServerSettings,
+    pub milter: milter::MilterSettings,
 }
 
 impl Live {
@@ -29,9 +29,9 @@ impl Live {
     pub fn new(engine: Engine) -> Live {
         Live {
             engine,
-            socketmap: socketmap::Settings::default(),
-            policy_server: policy::Settings::default(),
-            milter: milter::Settings::default(),
+            socketmap: socketmap::SocketmapSettings::default(),
+            policy_server: policy_server::PolicyServerSettings::default(),
+            milter: milter::MilterSettings::default(),
         }
     }
 }

@@ -3,7 +3,6 @@
 //! arrived and says "need more", "here is one request", or "this can never
 //! become a valid request" as early as that is certain.
 
-use std::fmt;
 use std::ops::Range;
 
 /// Largest socketmap query accepted (`NAME KEY`), in bytes. Postfix keys
@@ -11,45 +10,24 @@ use std::ops::Range;
 pub const MAX_QUERY_LEN: usize = 10_000;
 
 /// Why a byte stream is not a netstring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NetstringError {
     /// `:` with no digits before it.
+    #[error("netstring has no length before ':'")]
     EmptyLength,
     /// A length written with a leading zero (`007:`), which netstrings forbid.
+    #[error("netstring length has a leading zero")]
     LeadingZero,
     /// A byte other than a digit or `:` in the length.
+    #[error("netstring length contains byte 0x{0:02x}")]
     BadLengthByte(u8),
     /// The declared length is over the limit (the value seen so far).
+    #[error("netstring length {declared} is over the limit of {max} bytes")]
     TooLong { declared: usize, max: usize },
     /// The byte after the payload is not `,`.
+    #[error("netstring payload is followed by byte 0x{0:02x}, not ','")]
     MissingComma(u8),
 }
-
-impl fmt::Display for NetstringError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            NetstringError::EmptyLength => f.write_str("netstring has no length before ':'"),
-            NetstringError::LeadingZero => f.write_str("netstring length has a leading zero"),
-            NetstringError::BadLengthByte(b) => {
-                write!(f, "netstring length contains byte 0x{b:02x}")
-            }
-            NetstringError::TooLong { declared, max } => {
-                write!(
-                    f,
-                    "netstring length {declared} is over the limit of {max} bytes"
-                )
-            }
-            NetstringError::MissingComma(b) => {
-                write!(
-                    f,
-                    "netstring payload is followed by byte 0x{b:02x}, not ','"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for NetstringError {}
 
 /// One complete netstring found at the start of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]

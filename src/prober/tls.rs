@@ -3,13 +3,13 @@
 //! concluded, so that protocol version, cipher and certificate names can
 //! be reported for every server, trusted or not.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::tls_roots::{RootsError, load_roots};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{WebPkiServerVerifier, verify_server_name};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{
@@ -20,7 +20,7 @@ use rustls::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSetupError {
     /// `extra_ca_file` could not be read or holds no usable certificate.
-    ExtraCa { path: PathBuf, problem: String },
+    ExtraCa(RootsError),
     /// rustls refused the configuration.
     Config(String),
 }
@@ -28,9 +28,7 @@ pub enum TlsSetupError {
 impl std::fmt::Display for TlsSetupError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TlsSetupError::ExtraCa { path, problem } => {
-                write!(f, "prober.extra_ca_file {}: {problem}", path.display())
-            }
+            TlsSetupError::ExtraCa(e) => write!(f, "{e}"),
             TlsSetupError::Config(e) => write!(f, "prober TLS setup: {e}"),
         }
     }
@@ -64,27 +62,7 @@ impl TlsSetup {
     /// `extra_ca` (PEM) if given.
     pub fn new(extra_ca: Option<&Path>) -> Result<TlsSetup, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        if let Some(path) = extra_ca {
-            let err = |problem: String| TlsSetupError::ExtraCa {
-                path: path.to_path_buf(),
-                problem,
-            };
-            let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-            let mut added = 0;
-            for cert in CertificateDer::pem_slice_iter(&bytes) {
-                let cert = cert.map_err(|e| err(format!("not PEM certificates: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| err(format!("unusable CA certificate: {e}")))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(err("no PEM certificate in the file".into()));
-            }
-        }
+        let roots = load_roots(extra_ca, "prober.extra_ca_file").map_err(TlsSetupError::ExtraCa)?;
         let roots = Arc::new(roots);
         let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()

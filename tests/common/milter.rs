@@ -20,7 +20,7 @@ use tls_policyd::engine::decision::SourceKind;
 use tls_policyd::engine::key::Destination;
 use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::{Consulted, Engine, Source};
-use tls_policyd::frontends::milter::{self, MilterConfig, MilterDeps, Settings};
+use tls_policyd::frontends::milter::{self, MilterConfig, MilterDeps, MilterSettings};
 use tls_policyd::frontends::{Backend, Live};
 use tls_policyd::listen::{ListenAddr, Listener};
 use tls_policyd::log::record::{DecisionLog, Target};
@@ -111,7 +111,7 @@ impl MilterServer {
         let log_path = dir.path().join("decisions.jsonl");
         let parts = Arc::new(Parts {
             live: arc_swap::ArcSwap::from_pointee(Live {
-                milter: Settings::from(&config),
+                milter: MilterSettings::from(&config),
                 ..Live::new(Engine::with_sources(policy, vec![Arc::new(Hanging)]))
             }),
             log: DecisionLog::start(Target::File(log_path.clone())).unwrap(),
@@ -164,7 +164,7 @@ impl MilterServer {
         config.validate().unwrap();
         let live = self.parts.live.load_full();
         self.parts.live.store(Arc::new(Live {
-            milter: Settings::from(&config),
+            milter: MilterSettings::from(&config),
             ..(*live).clone()
         }));
     }

@@ -47,7 +47,6 @@ mod sender;
 use build::{Builder, RawPolicy, Table, dotted, table_of_toml_error};
 use sender::{SenderIndex, fold_local};
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,7 +129,13 @@ pub struct PolicyFile {
 }
 
 /// A policy-file problem, naming the file, the rule and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{}: {}{}{problem}",
+    .file.display(),
+    where_in_file("rule", "[[rule]]", *.rule),
+    where_in_file("sender_rule", "[[sender_rule]]", *.sender_rule)
+)]
 pub struct PolicyFileError {
     pub file: PathBuf,
     /// 1-based rule number, when the problem is inside one rule.
@@ -141,23 +146,11 @@ pub struct PolicyFileError {
     pub problem: String,
 }
 
-impl fmt::Display for PolicyFileError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.file.display())?;
-        if let Some(r) = self.rule {
-            write!(f, "rule {r} ([[rule]] number {r} in the file): ")?;
-        }
-        if let Some(r) = self.sender_rule {
-            write!(
-                f,
-                "sender_rule {r} ([[sender_rule]] number {r} in the file): "
-            )?;
-        }
-        f.write_str(&self.problem)
-    }
+/// `rule 3 ([[rule]] number 3 in the file): `, or nothing.
+fn where_in_file(name: &str, table: &str, n: Option<u32>) -> String {
+    n.map(|r| format!("{name} {r} ({table} number {r} in the file): "))
+        .unwrap_or_default()
 }
-
-impl std::error::Error for PolicyFileError {}
 
 impl PolicyFile {
     /// Read and check a policy file.

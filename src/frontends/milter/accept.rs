@@ -4,21 +4,19 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
-use std::time::Duration;
 
 use indymilter::EitherStream;
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::listen::Listener;
-
-/// Pause after a failed accept (out of file descriptors, ...).
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+use crate::listen::{ACCEPT_BACKOFF, Admission, Listener};
 
 /// The listener as indymilter wants it. A failed accept (out of file
 /// descriptors, ...) is logged and retried after a pause instead of
-/// ending the milter.
+/// ending the milter, as in [`crate::listen::serve`] (indymilter runs the
+/// loop itself and holds the connection limit).
 pub(super) struct Accept {
     pub(super) listener: Listener,
+    pub(super) admission: Admission,
     pub(super) backoff: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -42,7 +40,7 @@ impl indymilter::Listener for Accept {
             match ready!(accepted) {
                 Ok(s) => return Poll::Ready(Ok(s)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "milter accept failed");
+                    self.admission.accept_failed(&e);
                     self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
                 }
             }

@@ -136,7 +136,7 @@ impl MilterConfig {
 /// The reloadable part of the milter settings. Actions switched on by a
 /// reload are negotiated with connections opened afterwards.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub struct MilterSettings {
     pub refuse: RefuseMode,
     pub trace_header: Option<Arc<str>>,
     pub quarantine: bool,
@@ -146,9 +146,9 @@ pub struct Settings {
     pub request_timeout: Duration,
 }
 
-impl Default for Settings {
+impl Default for MilterSettings {
     fn default() -> Self {
-        Settings {
+        MilterSettings {
             refuse: RefuseMode::Off,
             trace_header: None,
             quarantine: false,
@@ -160,9 +160,9 @@ impl Default for Settings {
     }
 }
 
-impl From<&MilterConfig> for Settings {
+impl From<&MilterConfig> for MilterSettings {
     fn from(c: &MilterConfig) -> Self {
-        Settings {
+        MilterSettings {
             refuse: c.refuse,
             trace_header: c.trace_header.as_deref().map(Arc::from),
             quarantine: c.quarantine,
@@ -174,7 +174,7 @@ impl From<&MilterConfig> for Settings {
     }
 }
 
-impl Settings {
+impl MilterSettings {
     /// The milter actions these settings need.
     pub fn actions(&self) -> Actions {
         let mut a = Actions::empty();
@@ -208,22 +208,22 @@ mod tests {
         assert_eq!(c.max_connections, 1024);
         assert_eq!(c.request_timeout, Duration::from_secs(10));
         assert!(c.validate().is_ok());
-        assert_eq!(Settings::from(&c), Settings::default());
-        assert_eq!(Settings::from(&c).actions(), Actions::empty());
+        assert_eq!(MilterSettings::from(&c), MilterSettings::default());
+        assert_eq!(MilterSettings::from(&c).actions(), Actions::empty());
     }
 
     #[test]
     fn actions_follow_settings() {
         let c = config("trace_header = \"X-TLS-Policy\"\n").unwrap();
-        assert_eq!(Settings::from(&c).actions(), Actions::ADD_HEADER);
+        assert_eq!(MilterSettings::from(&c).actions(), Actions::ADD_HEADER);
         let c = config("routing_header = \"X-TLS-Route\"\nquarantine = true\n").unwrap();
         assert_eq!(
-            Settings::from(&c).actions(),
+            MilterSettings::from(&c).actions(),
             Actions::ADD_HEADER | Actions::QUARANTINE
         );
         let c = config("refuse = \"defer\"\n").unwrap();
         assert_eq!(
-            Settings::from(&c).actions(),
+            MilterSettings::from(&c).actions(),
             Actions::empty(),
             "refusing needs no action"
         );

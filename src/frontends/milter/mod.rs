@@ -42,7 +42,7 @@ mod negotiate;
 pub mod state;
 
 pub use config::{
-    MAX_HEADER_BYTES_LIMIT, MAX_RECIPIENTS_LIMIT, MIN_HEADER_BYTES, MilterConfig, Settings,
+    MAX_HEADER_BYTES_LIMIT, MAX_RECIPIENTS_LIMIT, MIN_HEADER_BYTES, MilterConfig, MilterSettings,
 };
 
 use std::ffi::{CStr, CString};
@@ -59,7 +59,7 @@ use super::message::{CatchUnwind, header_value, panic_text};
 use super::{Backend, Live};
 use crate::engine::recipient::{assess_delivery, refusal_for, rule_recipient};
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
-use crate::listen::Listener;
+use crate::listen::{Admission, Drain, Listener};
 use crate::metrics::{ConnectionGuard, Frontend};
 use accept::Accept;
 use negotiate::{answer, negotiate};
@@ -88,7 +88,7 @@ impl MilterDeps {
 }
 
 /// Per-connection state: the session and what was negotiated.
-pub struct Conn {
+pub struct MilterConn {
     session: Session,
     /// Actions the MTA agreed to.
     actions: Actions,
@@ -112,6 +112,15 @@ pub async fn serve(listener: Listener, deps: MilterDeps, shutdown: CancellationT
     };
     let accept = Accept {
         listener,
+        admission: Admission {
+            name: "milter",
+            max_connections: config.max_connections,
+            drain: Drain::Wait,
+            metrics: deps
+                .backend
+                .metrics()
+                .map(|m| (m.clone(), Frontend::Milter)),
+        },
         backoff: None,
     };
     let callbacks = callbacks(Arc::new(deps));
@@ -179,7 +188,7 @@ async fn guarded<'a>(
     }
 }
 
-fn callbacks(deps: Shared) -> Callbacks<Conn> {
+fn callbacks(deps: Shared) -> Callbacks<MilterConn> {
     // Each callback owns a handle on the shared parts.
     let d = || deps.clone();
     Callbacks::new()
@@ -307,8 +316,8 @@ fn callbacks(deps: Shared) -> Callbacks<Conn> {
         })
 }
 
-fn connect(deps: &Shared, cx: &mut Context<Conn>, hostname: CString, socket: SocketInfo) {
-    let conn = cx.data.get_or_insert_with(|| Conn {
+fn connect(deps: &Shared, cx: &mut Context<MilterConn>, hostname: CString, socket: SocketInfo) {
+    let conn = cx.data.get_or_insert_with(|| MilterConn {
         session: Session::default(),
         actions: Actions::empty(),
         noreply: ProtoOpts::empty(),
@@ -327,7 +336,7 @@ fn connect(deps: &Shared, cx: &mut Context<Conn>, hostname: CString, socket: Soc
     };
 }
 
-fn mail(cx: &mut Context<Conn>, args: &[CString]) {
+fn mail(cx: &mut Context<MilterConn>, args: &[CString]) {
     let sender = macro_value(&cx.macros, c"{mail_addr}")
         .map(|s| state::bounded(&s))
         .or_else(|| {
@@ -349,7 +358,7 @@ fn mail(cx: &mut Context<Conn>, args: &[CString]) {
     }
 }
 
-async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Status {
+async fn rcpt(deps: &Shared, cx: &mut Context<MilterConn>, args: Vec<CString>) -> Status {
     let recipient = macro_value(&cx.macros, c"{rcpt_addr}")
         .map(|s| state::bounded(&s))
         .or_else(|| {
@@ -445,7 +454,7 @@ async fn rcpt(deps: &Shared, cx: &mut Context<Conn>, args: Vec<CString>) -> Stat
     status
 }
 
-fn header(cx: &mut Context<Conn>, name: &CString, value: &CString) {
+fn header(cx: &mut Context<MilterConn>, name: &CString, value: &CString) {
     let id = queue_id(&cx.macros);
     let Some(conn) = cx.data.as_mut() else {
         return;
@@ -465,7 +474,7 @@ fn header(cx: &mut Context<Conn>, name: &CString, value: &CString) {
     }
 }
 
-async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
+async fn eom(deps: &Shared, cx: &mut EomContext<MilterConn>) -> Status {
     let seen = Seen::from_macros(|n| macro_value_named(&cx.macros, n));
     let Some(conn) = cx.data.as_mut() else {
         return Status::Continue;
@@ -540,7 +549,7 @@ async fn eom(deps: &Shared, cx: &mut EomContext<Conn>) -> Status {
 
 /// RSET, abort or disconnect: drop the message in progress; write its
 /// record only when a recipient had been refused.
-fn end_transaction(deps: &Shared, cx: &mut Context<Conn>, why: &str) {
+fn end_transaction(deps: &Shared, cx: &mut Context<MilterConn>, why: &str) {
     let seen = Seen::from_macros(|n| macro_value_named(&cx.macros, n));
     let Some(conn) = cx.data.as_mut() else {
         return;

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use indymilter::{Actions, MacroStage, NegotiateContext, ProtoOpts, Status};
 
 use super::state::Session;
-use super::{Conn, Shared};
+use super::{MilterConn, Shared};
 use crate::engine::refusal::RefuseMode;
 use crate::metrics::Frontend;
 
@@ -21,7 +21,7 @@ const EOM_MACROS: &str = "i";
 /// macros used; start the connection's state.
 pub(super) fn negotiate(
     deps: &Shared,
-    cx: &mut NegotiateContext<Conn>,
+    cx: &mut NegotiateContext<MilterConn>,
     offered: Actions,
     offered_opts: ProtoOpts,
 ) -> Status {
@@ -57,7 +57,7 @@ pub(super) fn negotiate(
     // Steps and replies: see [`protocol_options`].
     let opts = protocol_options(offered_opts, refuse != RefuseMode::Off);
     cx.requested_opts = opts;
-    cx.data = Some(Conn {
+    cx.data = Some(MilterConn {
         session: Session::default(),
         actions,
         noreply: opts & NOREPLY,
@@ -111,7 +111,7 @@ fn protocol_options(offered: ProtoOpts, refuse: bool) -> ProtoOpts {
 }
 
 /// `status`, or no reply where the MTA was told not to wait for one.
-pub(super) fn answer(conn: Option<&Conn>, step: ProtoOpts, status: Status) -> Status {
+pub(super) fn answer(conn: Option<&MilterConn>, step: ProtoOpts, status: Status) -> Status {
     if conn.is_some_and(|c| c.noreply.contains(step)) {
         Status::Noreply
     } else {

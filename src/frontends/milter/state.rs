@@ -8,7 +8,7 @@ use crate::engine::policy_file::PolicyFile;
 use crate::engine::recipient::{
     MessageSummary, RecipientDecision, Ruling, assess_delivery, trace_value,
 };
-use crate::engine::refusal::{Assessment, TlsKnowledge, refusal_text};
+use crate::engine::refusal::{DeliveryAssessment, TlsKnowledge, refusal_text};
 use crate::frontends::message::{message_record, non_empty};
 use crate::log::record::{DecisionRecord, InboundTls};
 
@@ -25,14 +25,7 @@ pub const ROUTE_RELAXED: &str = "relaxed";
 
 /// `s` cut to at most [`MAX_FIELD_LEN`] bytes on a character boundary.
 pub fn bounded(s: &str) -> String {
-    if s.len() <= MAX_FIELD_LEN {
-        return s.to_string();
-    }
-    let mut end = MAX_FIELD_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    crate::util::text::cut(s, MAX_FIELD_LEN).to_string()
 }
 
 /// An envelope address from a MAIL or RCPT argument: without the angle
@@ -189,7 +182,7 @@ impl Message {
     pub fn quarantine_reason(&self, knowledge: &dyn TlsKnowledge) -> Option<String> {
         let mut cannot = self.accepted().filter_map(|r| {
             match assess_delivery(&r.decision, r.domain.as_deref(), knowledge) {
-                Assessment::Cannot { requirement, found } => r
+                DeliveryAssessment::Cannot { requirement, found } => r
                     .domain
                     .as_deref()
                     .map(|d| refusal_text(d, requirement, &found)),

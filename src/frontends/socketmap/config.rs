@@ -104,16 +104,16 @@ impl SocketmapConfig {
 
 /// The reloadable part of the socketmap settings.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct SocketmapSettings {
     pub map: Arc<str>,
     pub forced_map: Arc<str>,
     pub default_reply: DefaultReply,
     pub idle_timeout: Duration,
 }
 
-impl Default for Settings {
+impl Default for SocketmapSettings {
     fn default() -> Self {
-        Settings {
+        SocketmapSettings {
             map: Arc::from(default_map()),
             forced_map: Arc::from(default_forced_map()),
             default_reply: DefaultReply::default(),
@@ -122,9 +122,9 @@ impl Default for Settings {
     }
 }
 
-impl From<&SocketmapConfig> for Settings {
+impl From<&SocketmapConfig> for SocketmapSettings {
     fn from(c: &SocketmapConfig) -> Self {
-        Settings {
+        SocketmapSettings {
             map: Arc::from(c.map.as_str()),
             forced_map: Arc::from(c.forced_map.as_str()),
             default_reply: c.default_reply,
@@ -133,7 +133,7 @@ impl From<&SocketmapConfig> for Settings {
     }
 }
 
-impl Settings {
+impl SocketmapSettings {
     /// Which map `name` is, if either.
     pub fn map_kind(&self, name: &str) -> Option<super::MapKind> {
         if name == &*self.map {

@@ -8,24 +8,22 @@
 //! line; other connections are not affected.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Backend;
 use super::netstring::{self, MAX_QUERY_LEN};
 use crate::engine::decision::{Decision, SourceKind};
-use crate::listen::{Conn, Listener};
+use crate::listen::{self, Accepted, Admission, Drain, IdleTimer, Listener};
 use crate::log::record::DecisionRecord;
 use crate::metrics::Frontend;
+use crate::util::text::printable_ascii;
 
 mod config;
 
-pub use config::{DefaultReply, Settings, SocketmapConfig};
+pub use config::{DefaultReply, SocketmapConfig, SocketmapSettings};
 
 /// Bytes read from a connection at a time.
 const READ_CHUNK: usize = 4096;
@@ -137,68 +135,34 @@ pub const MAX_TEMP_TEXT: usize = 200;
 
 /// A reason as one printable ASCII line of at most [`MAX_TEMP_TEXT`] bytes.
 fn temp_text(reason: &str) -> Arc<str> {
-    let mut t: String = reason
-        .chars()
-        .map(|c| {
-            if c == ' ' || c.is_ascii_graphic() {
-                c
-            } else {
-                '?'
-            }
-        })
-        .collect();
-    // ASCII now, so any index is a char boundary.
-    t.truncate(MAX_TEMP_TEXT);
-    Arc::from(t)
+    Arc::from(printable_ascii(reason, MAX_TEMP_TEXT))
 }
 
 /// Accept connections until shutdown, then wait for open connections to
 /// finish the request they are on.
 pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: CancellationToken) {
+    let admission = Admission {
+        name: "socketmap",
+        max_connections: deps.max_connections,
+        drain: Drain::Wait,
+        metrics: deps
+            .backend
+            .metrics()
+            .map(|m| (m.clone(), Frontend::Socketmap)),
+    };
     let ctx = Arc::new(deps);
-    let slots = Arc::new(Semaphore::new(ctx.max_connections.max(1)));
-    let mut conns = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        // Reap finished connections so the set does not grow.
-        while conns.try_join_next().is_some() {}
-        match accepted {
-            Ok((conn, peer)) => {
-                let ctx = ctx.clone();
-                let shutdown = shutdown.clone();
-                let open = ctx
-                    .backend
-                    .metrics()
-                    .map(|m| m.connection(Frontend::Socketmap));
-                conns.spawn(async move {
-                    let _permit = permit;
-                    let _open = open;
-                    match conn {
-                        Conn::Tcp(s) => connection(s, &peer, &ctx, &shutdown).await,
-                        Conn::Unix(s) => connection(s, &peer, &ctx, &shutdown).await,
-                    }
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                ctx.count_error("accept");
-                tracing::warn!(error = %e, "socketmap accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = shutdown.clone();
+    listen::serve(listener, admission, shutdown, move |conn, peer| {
+        let ctx = ctx.clone();
+        let shutdown = stop.clone();
+        async move {
+            match conn {
+                Accepted::Tcp(s) => connection(s, &peer, &ctx, &shutdown).await,
+                Accepted::Unix(s) => connection(s, &peer, &ctx, &shutdown).await,
             }
         }
-    }
-    drop(listener);
-    while conns.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Serve one connection: requests in order, one reply each.
@@ -211,13 +175,7 @@ where
     let mut start = 0usize;
     let cancelled = shutdown.cancelled();
     tokio::pin!(cancelled);
-    // Requests served, and the count when the idle timer last fired: a
-    // connection is idle when a whole period passed without a request. This
-    // closes after one to two idle periods and costs nothing per request.
-    let mut served = 0u64;
-    let mut served_at_check = 0u64;
-    let idle = tokio::time::sleep(ctx.backend.live().socketmap.idle_timeout);
-    tokio::pin!(idle);
+    let mut idle = IdleTimer::new(ctx.backend.live().socketmap.idle_timeout);
     loop {
         // Answer every complete request already received. Requests before
         // a bad one still get their replies before the connection closes.
@@ -237,7 +195,6 @@ where
                         break;
                     }
                     start += frame.consumed;
-                    served += 1;
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -254,6 +211,7 @@ where
                 return;
             }
             out.clear();
+            idle.touch();
         }
         if close {
             return;
@@ -270,20 +228,13 @@ where
         buf.reserve(READ_CHUNK);
         // One timer and one cancellation future per connection, not per
         // read: the idle deadline is only re-armed when it fires early.
-        let read = loop {
-            tokio::select! {
-                biased;
-                r = stream.read_buf(&mut buf) => break r,
-                _ = &mut cancelled => return,
-                _ = &mut idle => {
-                    if served == served_at_check {
-                        tracing::debug!(peer, "socketmap connection idle; closing");
-                        return;
-                    }
-                    served_at_check = served;
-                    let limit = ctx.backend.live().socketmap.idle_timeout;
-                    idle.as_mut().reset(Instant::now() + limit);
-                }
+        let read = tokio::select! {
+            biased;
+            r = stream.read_buf(&mut buf) => r,
+            _ = &mut cancelled => return,
+            _ = idle.expired(|| ctx.backend.live().socketmap.idle_timeout) => {
+                tracing::debug!(peer, "socketmap connection idle; closing");
+                return;
             }
         };
         match read {

@@ -17,8 +17,7 @@ use hyper::body::Bytes;
 use hyper::header::{ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, USER_AGENT};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -108,50 +107,12 @@ pub struct FetchSettings {
     pub extra_ca_file: Option<PathBuf>,
 }
 
-/// Why the TLS roots could not be loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RootsError {
-    pub path: PathBuf,
-    pub problem: String,
-}
+pub use crate::tls_roots::RootsError;
 
-impl fmt::Display for RootsError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "mta_sts.extra_ca_file {}: {}",
-            self.path.display(),
-            self.problem
-        )
-    }
-}
-
-impl std::error::Error for RootsError {}
-
-/// The WebPKI roots plus the PEM certificates in `extra`.
+/// The WebPKI roots plus the PEM certificates in `extra`
+/// (`mta_sts.extra_ca_file`).
 pub fn load_roots(extra: Option<&Path>) -> Result<RootCertStore, RootsError> {
-    let mut roots = RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = extra {
-        let err = |problem: String| RootsError {
-            path: path.to_path_buf(),
-            problem,
-        };
-        let bytes = std::fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(&bytes) {
-            let cert = cert.map_err(|e| err(format!("not PEM certificates: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| err(format!("unusable CA certificate: {e}")))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(err("no PEM certificate in the file".into()));
-        }
-    }
-    Ok(roots)
+    crate::tls_roots::load_roots(extra, "mta_sts.extra_ca_file")
 }
 
 /// Fetches policies. Cheap to share.
@@ -168,6 +129,7 @@ impl Fetcher {
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| RootsError {
+                key: "mta_sts TLS setup",
                 path: PathBuf::new(),
                 problem: e.to_string(),
             })?

@@ -11,6 +11,10 @@ use std::str::FromStr;
 
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
+mod accept;
+
+pub use accept::{ACCEPT_BACKOFF, Admission, Drain, IdleTimer, serve};
+
 /// Where a front door listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
@@ -89,7 +93,7 @@ pub enum Listener {
 }
 
 /// An accepted connection.
-pub enum Conn {
+pub enum Accepted {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
@@ -121,18 +125,18 @@ impl Listener {
     }
 
     /// Accept one connection; the peer is described for log lines.
-    pub async fn accept(&self) -> io::Result<(Conn, String)> {
+    pub async fn accept(&self) -> io::Result<(Accepted, String)> {
         match self {
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().await?;
                 // Request→reply traffic of a few dozen bytes: never wait
                 // for Nagle.
                 s.set_nodelay(true)?;
-                Ok((Conn::Tcp(s), peer.to_string()))
+                Ok((Accepted::Tcp(s), peer.to_string()))
             }
             Listener::Unix(l, p) => {
                 let (s, _) = l.accept().await?;
-                Ok((Conn::Unix(s), format!("unix:{}", p.display())))
+                Ok((Accepted::Unix(s), format!("unix:{}", p.display())))
             }
         }
     }

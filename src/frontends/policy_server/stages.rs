@@ -1,0 +1,180 @@
+//! The answers per protocol stage: RCPT, DATA, END-OF-MESSAGE.
+
+use super::{Action, Live, MAX_RECIPIENTS_PER_MESSAGE, PolicyServerSettings, Server};
+use crate::engine::Engine;
+use crate::engine::decision::Decision;
+use crate::engine::recipient::{
+    MessageSummary, Refusal, Ruling, refusal_for, rule_recipient, trace_value,
+};
+use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
+use crate::frontends::attrs::Request;
+use crate::frontends::message::{header_value, message_record, non_empty, ruling_record};
+use crate::metrics::Frontend;
+
+impl Server {
+    pub(super) async fn rcpt(&mut self, request: &Request, live: &Live) -> Action {
+        let settings = &live.policy_server;
+        let recipient = request.value("recipient");
+        let instance = request.value("instance");
+        let sender = request.value("sender");
+        let engine = &live.engine;
+        let ruling = rule(engine, recipient, sender, settings).await;
+        if let Some(m) = self.deps.backend.metrics() {
+            m.decision(Frontend::Policy, &ruling.decision);
+        }
+        let refusal = refusal_for(&ruling, self.deps.knowledge.as_ref()).map(refusal_action);
+        let action = match refusal {
+            Some(r) => r,
+            None if ruling.forced_by_sender && self.messages.take_filter(instance) => Action {
+                verb: "FILTER",
+                text: format!("FILTER {}:", settings.forced_transport),
+            },
+            None => Action::dunno(),
+        };
+
+        let mut rec = ruling_record(&ruling, "policy");
+        rec.queue_id = non_empty(request.value("queue_id"));
+        rec.instance = non_empty(request.value("instance"));
+        rec.sender = Some(request.value("sender").to_string());
+        rec.client_address = non_empty(request.value("client_address"));
+        rec.recipient = Some(recipient.to_string());
+        rec.reply = action.verb;
+        rec.action = Some(action.text.clone());
+        if !instance.is_empty() {
+            let entry = ruling.recipient_decision(recipient, Some(action.text.clone()));
+            self.messages
+                .add_recipient(instance, request, ruling.sender_hit.as_ref(), entry);
+        }
+        self.deps.backend.decision_log().log(rec);
+        action
+    }
+
+    pub(super) async fn data(&mut self, request: &Request, live: &Live) -> Action {
+        let settings = &live.policy_server;
+        let Some(name) = &settings.trace_header else {
+            return Action::dunno();
+        };
+        let instance = request.value("instance");
+        let mut summary = self.messages.trace(instance).filter(|s| !s.is_empty());
+        if summary.is_none() {
+            // Not asked at RCPT (or the state is gone): a single recipient
+            // can still be decided now.
+            let recipient = request.value("recipient");
+            if !recipient.is_empty() {
+                let engine = &live.engine;
+                let ruling = rule(engine, recipient, request.value("sender"), settings).await;
+                let r = ruling.recipient_decision(recipient, None);
+                summary = Some(trace_value(
+                    std::slice::from_ref(&r),
+                    ruling.sender_hit.as_ref().map(|h| h.rule),
+                ));
+            }
+        }
+        match summary {
+            Some(s) if !s.is_empty() => Action {
+                verb: "PREPEND",
+                text: trace_header(name, &s),
+            },
+            _ => Action::dunno(),
+        }
+    }
+
+    pub(super) async fn end_of_message(&mut self, request: &Request, live: &Live) -> Action {
+        let instance = request.value("instance");
+        let engine = &live.engine;
+        let policy = engine.policy();
+        let message = if instance.is_empty() {
+            None
+        } else {
+            self.messages.take(instance)
+        };
+        if !instance.is_empty() && self.instance.as_deref() == Some(instance) {
+            self.instance = None;
+        }
+        let sender = request.value("sender");
+        let (recipients, dropped, sender_rule) = match message {
+            Some(m) => (m.recipients, m.dropped, m.sender_rule),
+            None => {
+                let recipient = request.value("recipient");
+                let settings = &live.policy_server;
+                if recipient.is_empty() {
+                    (Vec::new(), 0, policy.lookup_sender(sender).map(|h| h.rule))
+                } else {
+                    let ruling = rule(engine, recipient, sender, settings).await;
+                    let hit = ruling.sender_hit.as_ref().map(|h| h.rule);
+                    (vec![ruling.recipient_decision(recipient, None)], 0, hit)
+                }
+            }
+        };
+        let empty_reason = format!(
+            "no RCPT decision was seen for this message (recipient_count={})",
+            request.value("recipient_count")
+        );
+        let mut rec = message_record(
+            "policy",
+            policy.default_decision(),
+            MessageSummary {
+                recipients,
+                dropped,
+                cap: MAX_RECIPIENTS_PER_MESSAGE,
+                sender_rule,
+                empty_reason: &empty_reason,
+            },
+        );
+        rec.queue_id = non_empty(request.value("queue_id"));
+        rec.instance = non_empty(instance);
+        rec.sender = Some(sender.to_string());
+        rec.client_address = non_empty(request.value("client_address"));
+        let action = Action::dunno();
+        rec.reply = action.verb;
+        rec.action = Some(action.text.clone());
+        self.deps.backend.decision_log().log(rec);
+        action
+    }
+}
+
+/// What the policy server would answer at RCPT for a recipient in
+/// `domain` with a null sender, from what `knowledge` knows now: the
+/// decision and the action text (`DUNNO`, `DEFER_IF_PERMIT 4.7.10 …`).
+/// For `tls-policyd probe`.
+pub async fn rcpt_answer(
+    engine: &Engine,
+    domain: &str,
+    settings: &PolicyServerSettings,
+    knowledge: &dyn TlsKnowledge,
+) -> (Decision, String) {
+    let ruling = rule(engine, &format!("postmaster@{domain}"), "", settings).await;
+    let action = refusal_for(&ruling, knowledge)
+        .map(refusal_action)
+        .unwrap_or_else(Action::dunno);
+    (ruling.decision, action.text)
+}
+
+/// Decide for a recipient with the policy server's settings: sender rules
+/// always apply (the message is FILTERed to the forced transport).
+async fn rule(
+    engine: &Engine,
+    recipient: &str,
+    sender: &str,
+    settings: &PolicyServerSettings,
+) -> Ruling {
+    rule_recipient(engine, recipient, sender, settings.refuse, true).await
+}
+
+/// `DEFER_IF_PERMIT 4.7.10 …` or `REJECT 5.7.10 …`.
+fn refusal_action(r: Refusal) -> Action {
+    let verb = match r.mode {
+        RefuseMode::Reject => "REJECT",
+        _ => "DEFER_IF_PERMIT",
+    };
+    let (_, enhanced) = status_codes(r.mode).unwrap_or(("450", "4.7.10"));
+    Action {
+        verb,
+        text: format!("{verb} {enhanced} {}", r.text),
+    }
+}
+
+/// `PREPEND Name: value`, sanitised and bounded.
+pub(super) fn trace_header(name: &str, value: &str) -> String {
+    format!("PREPEND {name}: {}", header_value(name, value))
+}

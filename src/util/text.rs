@@ -1,0 +1,55 @@
+//! Text from outside, made safe to put on one line of a protocol reply, a
+//! header or a log: [`printable_ascii`] and [`cut`].
+
+/// At most `max` characters of `s`, each printable ASCII or a space;
+/// anything else (controls, line breaks, non-ASCII) becomes `?`. The result
+/// is ASCII, so its length in bytes is its length in characters.
+pub fn printable_ascii(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_ascii_replaces_and_bounds() {
+        assert_eq!(printable_ascii("a b\r\nc\u{e9}\t~", 100), "a b??c??~");
+        assert_eq!(printable_ascii("abcdef", 3), "abc");
+        assert_eq!(printable_ascii("abc", 3), "abc");
+        assert_eq!(printable_ascii("", 3), "");
+        // A multi-byte character counts as one and becomes one byte.
+        let s = printable_ascii("\u{1F600}\u{1F600}x", 2);
+        assert_eq!(s, "??");
+    }
+
+    #[test]
+    fn cut_on_character_boundaries() {
+        assert_eq!(cut("abc", 3), "abc");
+        assert_eq!(cut("abcd", 3), "abc");
+        assert_eq!(cut("ab\u{e9}", 3), "ab");
+        assert_eq!(cut("ab\u{e9}", 4), "ab\u{e9}");
+        assert_eq!(cut("", 0), "");
+    }
+}
