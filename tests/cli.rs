@@ -24,6 +24,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_tls-policyd");
 /// How long any single child process may take.
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// `[milter]` lines switching every action on (shared fixture).
+const MILTER_ALL_ACTIONS: &str = include_str!("fixtures/milter-all-actions.toml");
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("postfix-examples")
 }
@@ -302,9 +305,9 @@ fn check_config_milter_alone() {
     );
     assert!(!out.contains("socketmap"), "{out}");
     assert!(out.contains("background probes on"), "{out}");
-    let s = setup_raw(
-        "[milter]\nlisten = \"inet:127.0.0.1:10029\"\nrefuse = \"defer\"\ntrace_header = \"X-TLS-Policy\"\nquarantine = true\nrouting_header = \"X-TLS-Route\"\n",
-    );
+    let s = setup_raw(&format!(
+        "[milter]\nlisten = \"inet:127.0.0.1:10029\"\n{MILTER_ALL_ACTIONS}"
+    ));
     let out = check_config(&s).ok().to_string();
     assert!(
         out.contains(

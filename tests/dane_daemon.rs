@@ -10,6 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::dns::TestDns;
+use common::fixtures::POLICY_DEFAULT;
 use common::netns::Netns;
 use common::{Client, Daemon, Options};
 
@@ -76,14 +77,7 @@ impl Lab {
             }
         }
         dns.set_ad("plain.test", false);
-        let daemon = Daemon::start_with(
-            &config(dane),
-            POLICY,
-            Options {
-                netns: Some(ns.name().to_string()),
-                env: Vec::new(),
-            },
-        );
+        let daemon = Daemon::start_with(&config(dane), POLICY, Options::in_netns(&ns));
         Some(Lab { ns, dns, daemon })
     }
 
@@ -314,14 +308,7 @@ decisions = "decisions.jsonl"
         cache = cache.display(),
         ca = ca_pem.display()
     );
-    let mut daemon = Daemon::start_with(
-        &conf,
-        "default = \"opportunistic\"\n",
-        Options {
-            netns: Some(ns.name().to_string()),
-            env: Vec::new(),
-        },
-    );
+    let mut daemon = Daemon::start_with(&conf, POLICY_DEFAULT, Options::in_netns(&ns));
     let mut c = Client::connect(daemon.port());
     assert_eq!(c.query("tls_policy", "both.test"), "OK dane-only");
     let sts = c.query("tls_policy", "sts.test");

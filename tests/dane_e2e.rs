@@ -23,7 +23,8 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::dnssec::{self, Knot, Zone, hex, start_unbound};
+use common::dnssec::{self, KNOT, Knot, Zone, hex, start_unbound};
+use common::fixtures::POLICY_DEFAULT;
 use common::netns::Netns;
 use common::postfix::{Mail, Postfix, PostfixOptions, SENDER};
 use common::smtp::{SinkTls, SmtpSink};
@@ -41,7 +42,6 @@ const TOOLS: &[&str] = &[
 /// How long a delivery may take to show up.
 const DELIVERY: Duration = Duration::from_secs(30);
 
-const KNOT: &str = "127.0.0.2";
 const GOOD: (&str, &str) = ("mx-good.dane.test", "127.0.0.31");
 const BAD: (&str, &str) = ("mx-bad.dane.test", "127.0.0.32");
 
@@ -103,14 +103,7 @@ fn postfix_delivers_to_dane_with_verified_tls_and_defers_on_a_tlsa_mismatch() {
         )
     });
 
-    let daemon = Daemon::start_with(
-        CONFIG,
-        "default = \"opportunistic\"\n",
-        Options {
-            netns: Some(ns.name().to_string()),
-            env: Vec::new(),
-        },
-    );
+    let daemon = Daemon::start_with(CONFIG, POLICY_DEFAULT, Options::in_netns(&ns));
     let pf = Postfix::start(
         &ns,
         PostfixOptions::default()

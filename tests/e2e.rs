@@ -40,8 +40,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::dnssec::{Knot, Server, Zone, hex, restart_unbound, start_knot, unbound_conf};
-use common::https::{Response, TestHttps};
+use common::dnssec::{KNOT, Knot, Server, Zone, hex, restart_unbound, start_knot, unbound_conf};
+use common::https::{HTTPS_IP, Response, TestHttps};
 use common::netns::Netns;
 use common::postfix::{LogLine, Mail, Postfix, PostfixOptions, SENDER};
 use common::smtp::{Received, SinkTls, SmtpSink, TestCa};
@@ -62,8 +62,6 @@ const TOOLS: &[&str] = &[
 /// How long a delivery may take to show up.
 const DELIVERY: Duration = Duration::from_secs(30);
 
-const KNOT: &str = "127.0.0.2";
-const HTTPS_IP: &str = "127.0.0.44";
 const TLS_MX: (&str, &str) = ("mx-tls.sink.test", "127.0.0.21");
 const SELF_MX: (&str, &str) = ("mx-self.sink.test", "127.0.0.22");
 const PLAIN_MX: (&str, &str) = ("mx-plain.sink.test", "127.0.0.23");
@@ -253,10 +251,7 @@ impl Lab {
         let daemon = Daemon::start_frontend(
             &config(&doors.socketmap, &doors.policy, &doors.milter, dir.path()),
             POLICY,
-            Options {
-                netns: Some(ns.name().to_string()),
-                env: Vec::new(),
-            },
+            Options::in_netns(&ns),
             "socketmap",
         );
         let pf = Postfix::start(

@@ -12,7 +12,8 @@ use indymilter_test::{
 };
 use serde_json::Value;
 
-use common::milter::{MilterServer, PANIC_DOMAIN, SLOW_DOMAIN, accepted, no_starttls};
+use common::knowledge::{PANIC_DOMAIN, no_starttls};
+use common::milter::{MilterServer, SLOW_DOMAIN, accepted};
 
 const POLICY: &str = r#"
 default = "opportunistic"

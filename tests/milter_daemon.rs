@@ -8,36 +8,14 @@ use std::time::Duration;
 
 use indymilter_test::{Actions, EomAction, MacroStage, Status, TestConnection};
 
+use common::fixtures::POLICY_BANK as POLICY;
 use common::milter::accepted;
-use common::{Daemon, Options};
-
-const POLICY: &str = r#"
-default = "opportunistic"
-
-[[rule]]
-domains = ["bank.example"]
-tls = "forced"
-reason = "PCI partner"
-"#;
+use common::{Daemon, Options, front_door_config};
 
 fn config(extra: &str) -> String {
-    format!(
-        r#"
-[milter]
-listen = "inet:127.0.0.1:0"
-max_recipients = 2
-max_header_bytes = 1024
-{extra}
-
-[prober]
-enabled = false
-
-[policy]
-file = "policy.toml"
-
-[log]
-decisions = "decisions.jsonl"
-"#
+    front_door_config(
+        "milter",
+        &format!("max_recipients = 2\nmax_header_bytes = 1024\n{extra}"),
     )
 }
 

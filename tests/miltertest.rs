@@ -12,7 +12,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::milter::{MilterServer, no_starttls};
+use common::knowledge::no_starttls;
+use common::milter::MilterServer;
 use common::netns::skip_or_fail;
 use common::{find_tool, run_with_timeout};
 
@@ -27,12 +28,7 @@ tls = "forced"
 refuse = "off"
 "#;
 
-const SETTINGS: &str = r#"
-refuse = "defer"
-trace_header = "X-TLS-Policy"
-quarantine = true
-routing_header = "X-TLS-Route"
-"#;
+const SETTINGS: &str = common::fixtures::MILTER_ALL_ACTIONS;
 
 #[test]
 fn miltertest_script_drives_the_milter() {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::dns::{Behaviour, TestDns};
-use common::https::{Cert, Response, TestHttps};
+use common::https::{Cert, HTTPS_IP, Response, TestHttps};
 use common::netns::Netns;
 use common::smtp::TestCa;
 use hickory_proto::rr::RecordType;
@@ -25,7 +25,6 @@ use tls_policyd::sources::mta_sts::{CacheState, MtaSts, MtaStsConfig};
 use tls_policyd::store::{Db, Kind};
 
 const DNS_IP: &str = "127.0.0.53";
-const HTTPS_IP: &str = "127.0.0.44";
 
 fn policy(mode: &str, mx: &[&str], max_age: u64) -> String {
     let mut s = format!("version: STSv1\nmode: {mode}\n");

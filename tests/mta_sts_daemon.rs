@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::dns::TestDns;
-use common::https::{Response, TestHttps};
+use common::fixtures::POLICY_DEFAULT;
+use common::https::{HTTPS_IP, Response, TestHttps};
 use common::netns::Netns;
 use common::postfix::{Mail, Postfix, PostfixOptions, SENDER};
 use common::smtp::{SinkTls, SmtpSink, TestCa};
 use common::{Client, Daemon, Options};
 
-const HTTPS_IP: &str = "127.0.0.44";
 const BIN: &str = env!("CARGO_BIN_EXE_tls-policyd");
 
 fn config(cache: &Path, ca: &Path) -> String {
@@ -76,14 +76,7 @@ fn client(ns: &Netns, d: &Daemon) -> Client {
 }
 
 fn start(ns: &Netns, config: &str) -> Daemon {
-    Daemon::start_with(
-        config,
-        "default = \"opportunistic\"\n",
-        Options {
-            netns: Some(ns.name().to_string()),
-            env: Vec::new(),
-        },
-    )
+    Daemon::start_with(config, POLICY_DEFAULT, Options::in_netns(ns))
 }
 
 fn run(cmd: &mut Command) -> (bool, String, String) {
@@ -387,7 +380,7 @@ fn check_config_and_start_name_cache_file_problems() {
     let ca_pem = keep.path().join("ca.pem");
     ca.write_pem(&ca_pem);
     let dir = keep.path();
-    std::fs::write(dir.join("policy.toml"), "default = \"opportunistic\"\n").unwrap();
+    std::fs::write(dir.join("policy.toml"), POLICY_DEFAULT).unwrap();
     let write = |cache: &Path| {
         let p = dir.join("tls-policyd.toml");
         std::fs::write(&p, config(cache, &ca_pem)).unwrap();

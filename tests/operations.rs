@@ -13,13 +13,8 @@ use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Daemon, Options, WAIT, config, run_with_timeout};
-
-const POLICY: &str = "default = \"opportunistic\"\n\
-    [[rule]]\n\
-    domains = [\"bank.example\"]\n\
-    tls = \"forced\"\n\
-    reason = \"PCI partner\"\n";
+use common::fixtures::POLICY_BANK as POLICY;
+use common::{Daemon, Options, WAIT, config, front_door_config, policy_request, run_with_timeout};
 
 /// The common test config plus a metrics listener on a free port.
 fn config_with_metrics() -> String {
@@ -700,11 +695,7 @@ fn completions_for_each_shell() {
 
 /// One policy delegation request; the action line of the reply.
 fn policy_ask(s: &mut TcpStream, state: &str, recipient: &str) -> String {
-    let req = format!(
-        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
-         client_address=127.0.0.1\nsender=alice@src.example\nrecipient={recipient}\n\
-         instance=i1\nqueue_id=\n\n"
-    );
+    let req = policy_request(state, "alice@src.example", recipient, "i1", "");
     s.write_all(req.as_bytes()).unwrap();
     let mut reply = Vec::new();
     let mut byte = [0u8; 1];
@@ -717,12 +708,11 @@ fn policy_ask(s: &mut TcpStream, state: &str, recipient: &str) -> String {
 
 #[test]
 fn metrics_count_policy_server_requests_decisions_and_prober_cache() {
-    let cfg = "[policy_server]\nlisten = \"inet:127.0.0.1:0\"\n\
-               [prober]\nenabled = false\n\
-               [policy]\nfile = \"policy.toml\"\n\
-               [log]\ndecisions = \"decisions.jsonl\"\n\
-               [metrics]\nlisten = \"inet:127.0.0.1:0\"\n";
-    let d = Daemon::start_frontend(cfg, POLICY, Options::default(), "policy");
+    let cfg = format!(
+        "{}\n[metrics]\nlisten = \"inet:127.0.0.1:0\"\n",
+        front_door_config("policy_server", "")
+    );
+    let d = Daemon::start_frontend(&cfg, POLICY, Options::default(), "policy");
     let m = d.listening("metrics");
     let mut s = TcpStream::connect(("127.0.0.1", port_of(d.address()))).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();

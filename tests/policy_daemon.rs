@@ -7,34 +7,11 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 
-use common::{Daemon, Options, WAIT};
-
-const POLICY: &str = r#"
-default = "opportunistic"
-
-[[rule]]
-domains = ["bank.example"]
-tls = "forced"
-reason = "PCI partner"
-"#;
+use common::fixtures::POLICY_BANK as POLICY;
+use common::{Daemon, Options, WAIT, front_door_config, policy_request};
 
 fn config(extra: &str) -> String {
-    format!(
-        r#"
-[policy_server]
-listen = "inet:127.0.0.1:0"
-{extra}
-
-[prober]
-enabled = false
-
-[policy]
-file = "policy.toml"
-
-[log]
-decisions = "decisions.jsonl"
-"#
-    )
+    front_door_config("policy_server", extra)
 }
 
 struct Client {
@@ -55,10 +32,12 @@ impl Client {
 
     /// Send one request; the action Postfix would read.
     fn ask(&mut self, state: &str, recipient: &str, instance: &str) -> String {
-        let req = format!(
-            "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
-             client_address=127.0.0.1\nsender=alice@src.example\nrecipient={recipient}\n\
-             instance={instance}\nqueue_id=\nsome_future_attribute=1\n\n"
+        let req = policy_request(
+            state,
+            "alice@src.example",
+            recipient,
+            instance,
+            "some_future_attribute=1\n",
         );
         self.writer.write_all(req.as_bytes()).unwrap();
         let mut line = String::new();

@@ -89,15 +89,7 @@ decisions = "decisions.jsonl"
             port = mx.port(),
             dns = dns.nameserver(),
         );
-        let daemon = Daemon::start_frontend(
-            &config,
-            POLICY,
-            Options {
-                netns: Some(ns.name().to_string()),
-                env: Vec::new(),
-            },
-            "policy",
-        );
+        let daemon = Daemon::start_frontend(&config, POLICY, Options::in_netns(&ns), "policy");
         let check = format!(
             "check_policy_service {{ {}, default_action=DUNNO }}",
             daemon.address()

@@ -3,26 +3,27 @@
 //! and an in-memory TLS knowledge source; the client is a plain blocking
 //! socket that writes the protocol by hand.
 
-use std::collections::HashMap;
+mod common;
+
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use tls_policyd::engine::Engine;
 use tls_policyd::engine::policy_file::PolicyFile;
-use tls_policyd::engine::refusal::{Capability, TlsKnowledge};
+use tls_policyd::engine::refusal::Capability;
 use tls_policyd::frontends::attrs::{MAX_LINE_LEN, MAX_REQUEST_LEN};
 use tls_policyd::frontends::policy_server::{self, Backend, Live, PolicyDeps, PolicyServerConfig};
 use tls_policyd::listen::{ListenAddr, Listener};
 use tls_policyd::log::record::{DecisionLog, Target};
 
-const WAIT: Duration = Duration::from_secs(10);
+use common::WAIT;
+use common::knowledge::{MapKnowledge, no_starttls};
 
 const POLICY: &str = r#"
 default = "opportunistic"
@@ -57,40 +58,6 @@ tls = "forced"
 reason = "board mail"
 "#;
 
-/// TLS knowledge from a map; records what was scheduled. A domain named
-/// `panic.example` makes it panic, like a buggy prober would.
-#[derive(Default)]
-struct MapKnowledge {
-    known: Mutex<HashMap<String, Capability>>,
-    asked: Mutex<Vec<String>>,
-    scheduled: Mutex<Vec<String>>,
-}
-
-impl MapKnowledge {
-    fn set(&self, domain: &str, cap: Capability) {
-        self.known.lock().unwrap().insert(domain.into(), cap);
-    }
-    fn asked(&self) -> Vec<String> {
-        self.asked.lock().unwrap().clone()
-    }
-    fn scheduled(&self) -> Vec<String> {
-        self.scheduled.lock().unwrap().clone()
-    }
-}
-
-impl TlsKnowledge for MapKnowledge {
-    fn known(&self, domain: &str) -> Option<Capability> {
-        if domain == "panic.bank.example" {
-            panic!("prober state is broken");
-        }
-        self.asked.lock().unwrap().push(domain.into());
-        self.known.lock().unwrap().get(domain).cloned()
-    }
-    fn schedule(&self, domain: &str) {
-        self.scheduled.lock().unwrap().push(domain.into());
-    }
-}
-
 struct Parts {
     live: Arc<Live>,
     log: DecisionLog,
@@ -105,10 +72,9 @@ impl Backend for Parts {
     }
 }
 
+/// No STARTTLS at bank.example's MX (the detail every refusal here names).
 fn no_tls() -> Capability {
-    Capability::NoStarttls {
-        detail: "mx1.bank.example[192.0.2.10]: no STARTTLS in EHLO reply".into(),
-    }
+    no_starttls("bank.example")
 }
 
 /// A running policy server with its own directory.

@@ -33,7 +33,7 @@ use common::examples::{
     enable_commented_services, policy_check_problem, policy_service, restriction_items,
 };
 use common::netns::Netns;
-use common::{Daemon, Options, WAIT, run_with_timeout};
+use common::{Daemon, Options, WAIT, policy_request, run_with_timeout};
 
 const DEPLOYMENTS: [&str; 3] = ["socketmap-only", "socketmap-and-policy", "all-front-doors"];
 
@@ -265,11 +265,7 @@ fn ask_policy(inst: &Instance, addr: &str, sender: &str, recipient: &str) -> Str
         s.set_read_timeout(Some(WAIT)).unwrap();
         Box::new(s)
     };
-    let req = format!(
-        "request=smtpd_access_policy\nprotocol_state=RCPT\nprotocol_name=ESMTP\n\
-         client_address=127.0.0.1\nsender={sender}\nrecipient={recipient}\n\
-         instance=a1.b2.c3\nqueue_id=\n\n"
-    );
+    let req = policy_request("RCPT", sender, recipient, "a1.b2.c3", "");
     s.write_all(req.as_bytes()).unwrap();
     let mut reply = Vec::new();
     let mut b = [0u8; 1];
@@ -520,14 +516,7 @@ fn chrooted_smtp_reaches_the_socket_in_the_spool() {
     );
     let policy = "default = \"opportunistic\"\n[[rule]]\ndomains = [\"[127.0.0.23]:25\"]\n\
                   tls = \"forced\"\nreason = \"partner relay\"\n";
-    let d = Daemon::start_with(
-        &config,
-        policy,
-        Options {
-            netns: Some(ns.name().to_string()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_with(&config, policy, Options::in_netns(&ns));
 
     let mark = pf.log_mark();
     let status = |rcpt: &str| {

@@ -10,7 +10,9 @@
 mod common;
 
 use common::WAIT;
-use common::milter::{MilterServer, no_starttls};
+use common::fixtures::MILTER_ALL_ACTIONS;
+use common::knowledge::no_starttls;
+use common::milter::MilterServer;
 use common::netns::Netns;
 use common::postfix::{CLIENT_HELO, MYHOSTNAME, Mail, Postfix, PostfixOptions, SENDER};
 use serde_json::Value;
@@ -127,12 +129,7 @@ fn enabled_actions_refuse_add_headers_quarantine_and_route() {
     let Some(ns) = Netns::for_test("tlspd-mi", TOOLS) else {
         return;
     };
-    let m = MilterServer::start_in(
-        Some(&ns),
-        "inet:127.0.0.1:0",
-        "refuse = \"defer\"\ntrace_header = \"X-TLS-Policy\"\nquarantine = true\nrouting_header = \"X-TLS-Route\"\n",
-        POLICY,
-    );
+    let m = MilterServer::start_in(Some(&ns), "inet:127.0.0.1:0", MILTER_ALL_ACTIONS, POLICY);
     for d in ["bank.example", "held.example"] {
         m.knowledge.set(d, no_starttls(d));
     }

@@ -16,31 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use common::{Daemon, Options, config, config_listening, find_tool, run_with_timeout};
 
-const POLICY: &str = r#"
-default = "opportunistic"
-
-[[rule]]
-domains = ["bank.example", ".bank.example"]
-tls = "forced"
-reason = "PCI partner: never in plaintext"
-
-[[rule]]
-domains = ["payroll.example"]
-tls = "secure"
-match = ["mx1.payroll.example", "mx2.payroll.example"]
-protocols = ">=TLSv1.2"
-reason = "contract requires an authenticated TLS connection"
-
-[[rule]]
-domains = ["legacy-partner.example"]
-tls = "none"
-reason = "STARTTLS broken on their side"
-
-[[rule]]
-domains = ["bücher.example", "xn--mller-kva.example"]
-tls = "forced"
-reason = "IDN partners, one written as U-label, one as A-label"
-"#;
+/// The socketmap tests' policy (`tests/fixtures/policy-partners.toml`).
+const POLICY: &str = common::fixtures::POLICY_PARTNERS;
 
 const PAYROLL: &str = "secure match=mx1.payroll.example:mx2.payroll.example protocols=>=TLSv1.2";
 

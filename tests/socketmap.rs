@@ -11,49 +11,8 @@ use std::time::Duration;
 use common::{Client, Daemon, Options, config, config_listening, netstring, read_json_lines};
 use serde_json::Value;
 
-const POLICY: &str = r#"
-default = "opportunistic"
-
-# rule 1
-[[rule]]
-domains = ["bank.example", ".bank.example"]
-tls = "forced"
-reason = "PCI partner: never in plaintext"
-
-# rule 2
-[[rule]]
-domains = ["payroll.example"]
-tls = "secure"
-match = ["mx1.payroll.example", "mx2.payroll.example"]
-protocols = ">=TLSv1.2"
-reason = "contract requires an authenticated TLS connection"
-
-# rule 3
-[[rule]]
-domains = ["legacy-partner.example"]
-tls = "none"
-reason = "STARTTLS broken on their side"
-
-# rule 4: an exact name and a nearer parent inside .bank.example
-[[rule]]
-domains = ["secure.bank.example", ".eu.bank.example"]
-tls = "verify"
-match = ["mx.bank.example"]
-reason = "verified MX"
-
-# rule 5: one IDN written as U-label, one as A-label (müller)
-[[rule]]
-domains = ["bücher.example", "xn--mller-kva.example"]
-tls = "forced"
-reason = "IDN partners"
-
-# rule 6: next-hop entries for transport_maps routes
-[[rule]]
-domains = ["[relay.example]:587", "relay.example:2525", "[192.0.2.7]"]
-tls = "secure"
-match = ["relay.example"]
-reason = "smarthost"
-"#;
+/// Rules 1 to 6 (`tests/fixtures/policy-partners.toml`).
+const POLICY: &str = common::fixtures::POLICY_PARTNERS;
 
 const ENCRYPT: &str = "OK encrypt";
 const MAY: &str = "OK may";

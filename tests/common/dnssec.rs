@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use super::find_tool;
 use super::netns::Netns;
 
+/// Where the tests' Knot listens, in a test's network namespace.
+pub const KNOT: &str = "127.0.0.2";
+
 /// A server process in the namespace, killed (and reaped) on drop.
 pub struct Server {
     name: &'static str,

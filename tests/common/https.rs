@@ -26,6 +26,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::smtp::TestCa;
 
+/// Where the tests' MTA-STS policy host (`mta-sts.DOMAIN`) listens, in a
+/// test's network namespace.
+pub const HTTPS_IP: &str = "127.0.0.44";
+
 /// Longest request head read.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
 

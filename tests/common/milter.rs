@@ -7,11 +7,10 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use serde_json::Value;
@@ -20,7 +19,6 @@ use tokio_util::sync::CancellationToken;
 use tls_policyd::engine::decision::SourceKind;
 use tls_policyd::engine::key::Destination;
 use tls_policyd::engine::policy_file::PolicyFile;
-use tls_policyd::engine::refusal::{Capability, TlsKnowledge};
 use tls_policyd::engine::{Consulted, Engine, Source};
 use tls_policyd::frontends::milter::{self, MilterConfig, MilterDeps, MilterSettings};
 use tls_policyd::frontends::{Backend, Live};
@@ -28,6 +26,7 @@ use tls_policyd::listen::{ListenAddr, Listener};
 use tls_policyd::log::record::{DecisionLog, Target};
 
 use super::WAIT;
+use super::knowledge::MapKnowledge;
 use super::netns::Netns;
 
 /// A step's status as "accepted": the milter answers `Continue`, or
@@ -40,47 +39,9 @@ pub fn accepted(s: indymilter_test::Status) -> indymilter_test::Status {
     }
 }
 
-/// The domain whose knowledge lookup panics, like a broken prober would.
-pub const PANIC_DOMAIN: &str = "panic.bank.example";
 /// The domain whose policy lookup never finishes (a DNS source that
 /// hangs).
 pub const SLOW_DOMAIN: &str = "slow.example";
-
-/// TLS knowledge from a map; records what was scheduled.
-#[derive(Default)]
-pub struct MapKnowledge {
-    known: Mutex<HashMap<String, Capability>>,
-    scheduled: Mutex<Vec<String>>,
-}
-
-impl MapKnowledge {
-    pub fn set(&self, domain: &str, cap: Capability) {
-        self.known.lock().unwrap().insert(domain.into(), cap);
-    }
-    pub fn scheduled(&self) -> Vec<String> {
-        self.scheduled.lock().unwrap().clone()
-    }
-}
-
-impl TlsKnowledge for MapKnowledge {
-    fn known(&self, domain: &str) -> Option<Capability> {
-        if domain == PANIC_DOMAIN {
-            panic!("prober state is broken");
-        }
-        self.known.lock().unwrap().get(domain).cloned()
-    }
-    fn schedule(&self, domain: &str) {
-        self.scheduled.lock().unwrap().push(domain.into());
-    }
-}
-
-/// What a prober would know about a domain whose mail servers do not
-/// offer STARTTLS.
-pub fn no_starttls(domain: &str) -> Capability {
-    Capability::NoStarttls {
-        detail: format!("mx1.{domain}[192.0.2.10]: no STARTTLS in EHLO reply"),
-    }
-}
 
 /// A policy source that never answers for [`SLOW_DOMAIN`].
 struct Hanging;

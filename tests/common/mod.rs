@@ -22,7 +22,9 @@ use serde_json::Value;
 pub mod dns;
 pub mod dnssec;
 pub mod examples;
+pub mod fixtures;
 pub mod https;
+pub mod knowledge;
 pub mod milter;
 pub mod netns;
 pub mod postfix;
@@ -64,6 +66,45 @@ pub fn config_listening(listen: &str, default_reply: &str, extra_socketmap: &str
     )
 }
 
+/// A config for one front door (`policy_server`, `milter`) on a free
+/// loopback port with `extra` lines in its section, the prober off (no
+/// network), reading `policy.toml` and writing decisions to
+/// `decisions.jsonl` next to it.
+pub fn front_door_config(section: &str, extra: &str) -> String {
+    format!(
+        "\n[{section}]\n\
+         listen = \"inet:127.0.0.1:0\"\n\
+         {extra}\n\
+         \n\
+         [prober]\n\
+         enabled = false\n\
+         \n\
+         [policy]\n\
+         file = \"{POLICY_FILE}\"\n\
+         \n\
+         [log]\n\
+         decisions = \"{DECISIONS_FILE}\"\n"
+    )
+}
+
+/// One policy delegation request (`smtpd_access_policy`) as Postfix
+/// writes it: ESMTP from 127.0.0.1, no queue id yet, then `extra`
+/// attribute lines (each ending in a newline) and the empty line that
+/// ends the request.
+pub fn policy_request(
+    state: &str,
+    sender: &str,
+    recipient: &str,
+    instance: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "request=smtpd_access_policy\nprotocol_state={state}\nprotocol_name=ESMTP\n\
+         client_address=127.0.0.1\nsender={sender}\nrecipient={recipient}\n\
+         instance={instance}\nqueue_id=\n{extra}\n"
+    )
+}
+
 /// How to run the daemon.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -71,6 +112,16 @@ pub struct Options {
     pub netns: Option<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+}
+
+impl Options {
+    /// Run inside the test's network namespace `ns`.
+    pub fn in_netns(ns: &netns::Netns) -> Options {
+        Options {
+            netns: Some(ns.name().to_string()),
+            ..Options::default()
+        }
+    }
 }
 
 #[derive(Default)]

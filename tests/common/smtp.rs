@@ -152,16 +152,7 @@ impl SinkTls {
 
     /// A self-signed certificate for `names`.
     pub fn self_signed(names: &[&str]) -> SinkTls {
-        let ck = rcgen::generate_simple_self_signed(
-            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-        )
-        .expect("self-signed certificate");
-        SinkTls::Cert {
-            chain: vec![ck.cert.der().clone()],
-            key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                ck.signing_key.serialize_der(),
-            ))),
-        }
+        SinkTls::self_signed_with_spki_sha256(names).0
     }
 }
 
