@@ -366,6 +366,28 @@ fn check_deployment(name: &str) {
     assert_eq!(records[0]["map"], "tls_policy");
     assert_eq!(records[3]["map"], "tls_forced");
 
+    // `tls-policyd doctor` finds nothing to fix in the deployment as
+    // shipped (and asks the running daemon through postmap).
+    let doctor = run_with_timeout(
+        inst.ns
+            .cmd(env!("CARGO_BIN_EXE_tls-policyd"))
+            .arg("doctor")
+            .arg("--config")
+            .arg(d.config_path())
+            .arg("--postfix-config")
+            .arg(inst.etc()),
+    );
+    let report = text(&doctor.stdout);
+    assert!(
+        doctor.status.success(),
+        "{name}: doctor:\n{report}{}",
+        text(&doctor.stderr)
+    );
+    assert!(
+        report.contains("postmap -q bank.example"),
+        "{name}: doctor:\n{report}"
+    );
+
     let restrictions = inst.param("smtpd_recipient_restrictions");
     match policy_service(&restrictions) {
         None => assert!(

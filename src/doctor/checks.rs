@@ -351,17 +351,6 @@ fn check_policy_server(pf: &PostfixConfig, ours: &ListenAddr, out: &mut Outcome)
             .into_iter()
             .filter(|c| reaches(&c.endpoint, ours, queue, *chrooted))
             .collect();
-        if let Some(s) = svc {
-            let rcpt = list == "smtpd_recipient_restrictions" || list == "smtpd_relay_restrictions";
-            if ours_here.is_empty() && rcpt && s.kind == "inet" {
-                out.problem(
-                    format!(
-                        "{place} replaces the restriction list without check_policy_service for tls-policyd: mail received by this service is never tagged or refused early"
-                    ),
-                    Some(format!("postconf -P '{}/{list}={entry}, {value}'", s.id())),
-                );
-            }
-        }
         for c in ours_here {
             asked = true;
             let action = c.default_action.as_deref().unwrap_or(global_default);
@@ -383,6 +372,31 @@ fn check_policy_server(pf: &PostfixConfig, ours: &ListenAddr, out: &mut Outcome)
                         "{place}: {p} comes before check_policy_service: mail it permits (your own users' and networks' outbound mail) is never tagged or refused early"
                     ),
                     Some(format!("put {entry} first in {list}")),
+                );
+            }
+        }
+    }
+    // Each SMTP server must reach the check through the lists it uses
+    // (its own -o lists or main.cf's): relay restrictions first, then
+    // recipient restrictions; a permit in one does not skip the other.
+    if asked {
+        for svc in smtp_servers(pf).filter(|s| s.kind == "inet") {
+            let reaches_check = ["smtpd_relay_restrictions", "smtpd_recipient_restrictions"]
+                .iter()
+                .any(|l| {
+                    policy_checks(svc.param(pf, l))
+                        .iter()
+                        .any(|c| reaches(&c.endpoint, ours, queue, svc.chrooted()))
+                });
+            if !reaches_check {
+                let list = "smtpd_recipient_restrictions";
+                let value = svc.param(pf, list);
+                out.problem(
+                    format!(
+                        "master.cf service {} replaces its restriction lists without check_policy_service for tls-policyd: mail received by this service is never tagged or refused early",
+                        svc.id()
+                    ),
+                    Some(format!("postconf -P '{}/{list}={entry}, {value}'", svc.id())),
                 );
             }
         }
@@ -689,6 +703,16 @@ smtp_dns_support_level = dnssec
                 "postconf -P 'submission/inet/smtpd_recipient_restrictions=check_policy_service { unix:tls-policyd/policy.sock, default_action=DUNNO }, permit_sasl_authenticated, reject'"
             )
         );
+        // Its own relay restrictions alone: main.cf's recipient list still
+        // asks (a permit in one list does not skip the other).
+        let o = check(
+            &pf(
+                GOOD,
+                "submission/inet/smtpd_relay_restrictions = permit_sasl_authenticated, reject\n",
+            ),
+            &ours(),
+        );
+        assert!(problems(&o).is_empty(), "{:#?}", o.findings);
         // Not asked anywhere.
         let main = GOOD.replace(
             "check_policy_service { unix:tls-policyd/policy.sock, default_action=DUNNO }, ",
