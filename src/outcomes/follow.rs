@@ -1,0 +1,476 @@
+//! Following a log file as it is written: new bytes since the last read,
+//! across rotation by rename (the old file is read to its end before the
+//! new one) and by copytruncate (the file shrinks: read again from its
+//! start), and across restarts: a saved [`Position`] names the file by
+//! device and inode, so after a restart reading resumes where it stopped,
+//! in the rotated file if the log was rotated meanwhile.
+//!
+//! The follower hands out bytes with where they came from; the caller
+//! splits lines and saves the position of the end of the last line it
+//! finished with, so nothing is read twice and nothing skipped.
+
+use std::fs::{File, Metadata};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where reading stopped: a file by device and inode (and a hash of its
+/// first bytes, since a removed file's inode is soon given to a new one),
+/// and a byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub dev: u64,
+    pub ino: u64,
+    pub offset: u64,
+    /// How many of the file's first bytes [`Position::head_hash`] covers
+    /// (at most [`HEAD_LEN`]).
+    pub head_len: u32,
+    pub head_hash: u64,
+}
+
+/// The first bytes of a file that tell it from another with its inode.
+pub const HEAD_LEN: u32 = 256;
+
+/// FNV-1a, 64 bits: stable across builds (unlike std's hasher).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The length and hash of the first bytes of `file` (up to `limit`).
+fn head(file: &File, limit: u64) -> io::Result<(u32, u64)> {
+    use std::os::unix::fs::FileExt;
+    let want = limit.min(u64::from(HEAD_LEN)) as usize;
+    let mut buf = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        match file.read_at(&mut buf[got..], got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    Ok((got as u32, fnv1a(&buf[..got])))
+}
+
+/// Whether `saved` names this file (same inode, same first bytes).
+fn same_file(saved: &Position, file: &File, meta: &Metadata) -> bool {
+    meta.dev() == saved.dev
+        && meta.ino() == saved.ino
+        && head(file, u64::from(saved.head_len))
+            .is_ok_and(|h| h == (saved.head_len, saved.head_hash))
+}
+
+/// Where to start when no saved position names a file that still exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At the end: only what is written from now on.
+    End,
+    /// At the beginning of the file.
+    Beginning,
+}
+
+/// Bytes read, and where they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// The file and the offset of the chunk's first byte.
+    pub at: Position,
+    /// This chunk starts a file (or the file was truncated): a line left
+    /// unfinished before it will never be finished.
+    pub fresh: bool,
+    pub bytes: Vec<u8>,
+}
+
+/// What a restart found of the saved position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumed {
+    /// The saved file is the live one: reading goes on from the offset.
+    InPlace,
+    /// The saved file was rotated to this path: its rest is read first.
+    Rotated(PathBuf),
+    /// The saved file is gone (rotated and compressed, or removed): what
+    /// it held after the offset cannot be read.
+    Lost,
+    /// Nothing was saved.
+    Fresh,
+}
+
+struct Open {
+    file: File,
+    dev: u64,
+    ino: u64,
+    offset: u64,
+    head: (u32, u64),
+    /// The next chunk from this file is its first.
+    fresh: bool,
+}
+
+impl Open {
+    fn new(file: File, meta: &Metadata, offset: u64, fresh: bool) -> io::Result<Open> {
+        let head = head(&file, meta.len())?;
+        let mut o = Open {
+            file,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            offset,
+            head,
+            fresh,
+        };
+        o.file.seek(SeekFrom::Start(offset))?;
+        Ok(o)
+    }
+
+    fn is(&self, meta: &Metadata) -> bool {
+        self.dev == meta.dev() && self.ino == meta.ino()
+    }
+
+    /// Up to `max` bytes from the offset on.
+    fn read(&mut self, max: usize) -> io::Result<Option<Chunk>> {
+        let mut bytes = Vec::new();
+        (&mut self.file).take(max as u64).read_to_end(&mut bytes)?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if self.head.0 < HEAD_LEN {
+            self.head = head(&self.file, self.offset + bytes.len() as u64)?;
+        }
+        let chunk = Chunk {
+            at: Position {
+                dev: self.dev,
+                ino: self.ino,
+                offset: self.offset,
+                head_len: self.head.0,
+                head_hash: self.head.1,
+            },
+            fresh: std::mem::take(&mut self.fresh),
+            bytes,
+        };
+        self.offset += chunk.bytes.len() as u64;
+        Ok(Some(chunk))
+    }
+}
+
+/// Follows one log file.
+pub struct Follower {
+    path: PathBuf,
+    /// The file being read (`None` while the path does not exist).
+    current: Option<Open>,
+    /// A rotated file still to be read to its end, before `current`.
+    draining: Option<Open>,
+}
+
+impl Follower {
+    /// Start following `path`: at `saved` when it names the live file or a
+    /// rotated file beside it, else as `start` says.
+    pub fn new(path: &Path, saved: Option<Position>, start: Start) -> (Follower, Resumed) {
+        let mut f = Follower {
+            path: path.to_path_buf(),
+            current: None,
+            draining: None,
+        };
+        let live = File::open(path).and_then(|file| {
+            let meta = file.metadata()?;
+            Ok((file, meta))
+        });
+        let resumed = match (saved, live) {
+            (Some(p), Ok((file, meta))) if same_file(&p, &file, &meta) => {
+                // The same file; shorter than the offset means truncated.
+                let offset = if meta.len() >= p.offset { p.offset } else { 0 };
+                f.current = Open::new(file, &meta, offset, offset == 0).ok();
+                Resumed::InPlace
+            }
+            (Some(p), live) => {
+                let rotated = find_rotated(path, p);
+                if let Some((rpath, rfile, rmeta)) = &rotated {
+                    let offset = p.offset.min(rmeta.len());
+                    f.draining = rfile
+                        .try_clone()
+                        .ok()
+                        .and_then(|file| Open::new(file, rmeta, offset, offset == 0).ok());
+                    let _ = rpath;
+                }
+                if let Ok((file, meta)) = live {
+                    f.current = Open::new(file, &meta, 0, true).ok();
+                }
+                match rotated {
+                    Some((rpath, _, _)) => Resumed::Rotated(rpath),
+                    None => Resumed::Lost,
+                }
+            }
+            (None, Ok((file, meta))) => {
+                let offset = match start {
+                    Start::End => meta.len(),
+                    Start::Beginning => 0,
+                };
+                f.current = Open::new(file, &meta, offset, true).ok();
+                Resumed::Fresh
+            }
+            (None, Err(_)) => Resumed::Fresh,
+        };
+        (f, resumed)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next bytes, at most `max`: the rest of a rotated file first,
+    /// then the live file. `None` when nothing new was written. Checks
+    /// for rotation and truncation when the current file has nothing new.
+    pub fn read(&mut self, max: usize) -> io::Result<Option<Chunk>> {
+        if let Some(d) = &mut self.draining {
+            match d.read(max)? {
+                Some(c) => return Ok(Some(c)),
+                None => self.draining = None,
+            }
+        }
+        if let Some(c) = &mut self.current {
+            if let Some(chunk) = c.read(max)? {
+                return Ok(Some(chunk));
+            }
+        }
+        // Nothing new: has the file been replaced or truncated?
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            // Renamed away and not recreated yet.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match self.current.take() {
+            Some(c) if c.is(&meta) => {
+                let mut c = c;
+                if meta.len() < c.offset {
+                    // copytruncate: the file starts again.
+                    c.file.seek(SeekFrom::Start(0))?;
+                    c.offset = 0;
+                    c.fresh = true;
+                    c.head = (0, fnv1a(&[]));
+                }
+                self.current = Some(c);
+                if self.current.as_ref().is_some_and(|c| c.offset == 0) {
+                    return self.current.as_mut().map_or(Ok(None), |c| c.read(max));
+                }
+                Ok(None)
+            }
+            old => {
+                // A new file at the path (rename rotation): finish the old
+                // one (anything written to it since the last read), then
+                // read the new one from its start.
+                self.draining = old;
+                let file = File::open(&self.path)?;
+                let meta = file.metadata()?;
+                self.current = Some(Open::new(file, &meta, 0, true)?);
+                self.read(max)
+            }
+        }
+    }
+}
+
+/// A file beside `path` whose name starts with `path`'s name (`mail.log.1`,
+/// `mail.log-20261205`) and that is the file `saved` names: renamed (same
+/// inode and first bytes) or copied before a truncation (same first bytes,
+/// at least as long as the saved offset).
+fn find_rotated(path: &Path, saved: Position) -> Option<(PathBuf, File, Metadata)> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name()?.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let n = entry.file_name().to_string_lossy().into_owned();
+        if n == name || !n.starts_with(&name) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        let renamed = meta.dev() == saved.dev && meta.ino() == saved.ino;
+        let copied = saved.head_len > 0 && meta.len() >= saved.offset;
+        if renamed || copied {
+            let p = entry.path();
+            let Ok(file) = File::open(&p) else { continue };
+            let head_matches = head(&file, u64::from(saved.head_len))
+                .is_ok_and(|h| h == (saved.head_len, saved.head_hash));
+            if head_matches {
+                return Some((p, file, meta));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(p: &Path, text: &str) {
+        let mut f = File::options().create(true).append(true).open(p).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Everything readable now, as text, and the end position.
+    fn drain(f: &mut Follower, max: usize) -> (String, Option<Position>, usize) {
+        let mut text = String::new();
+        let mut end = None;
+        let mut fresh = 0;
+        while let Some(c) = f.read(max).unwrap() {
+            fresh += usize::from(c.fresh);
+            text.push_str(std::str::from_utf8(&c.bytes).unwrap());
+            end = Some(Position {
+                offset: c.at.offset + c.bytes.len() as u64,
+                ..c.at
+            });
+        }
+        (text, end, fresh)
+    }
+
+    #[test]
+    fn starts_at_the_end_or_the_beginning() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        append(&log, "old 1\nold 2\n");
+        let (mut f, r) = Follower::new(&log, None, Start::End);
+        assert_eq!(r, Resumed::Fresh);
+        assert_eq!(drain(&mut f, 4096).0, "");
+        append(&log, "new\n");
+        assert_eq!(drain(&mut f, 4096).0, "new\n");
+        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
+        assert_eq!(drain(&mut f, 3).0, "old 1\nold 2\nnew\n");
+    }
+
+    #[test]
+    fn a_missing_file_is_followed_once_it_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        let (mut f, _) = Follower::new(&log, None, Start::End);
+        assert_eq!(drain(&mut f, 4096).0, "");
+        append(&log, "first\n");
+        let (text, _, fresh) = drain(&mut f, 4096);
+        assert_eq!(text, "first\n");
+        assert_eq!(fresh, 1);
+    }
+
+    #[test]
+    fn rotation_by_rename_reads_the_old_file_to_its_end_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        append(&log, "a\n");
+        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
+        assert_eq!(drain(&mut f, 4096).0, "a\n");
+        // The writer still has the old file open and writes one more line
+        // after the rename; then it reopens.
+        std::fs::rename(&log, dir.path().join("mail.log.1")).unwrap();
+        append(&dir.path().join("mail.log.1"), "b\n");
+        // Renamed, not recreated yet: nothing new, and no error.
+        assert_eq!(drain(&mut f, 4096).0, "b\n");
+        append(&log, "c\n");
+        let (text, _, fresh) = drain(&mut f, 4096);
+        assert_eq!(text, "c\n");
+        assert_eq!(fresh, 1);
+        // The old file written after the new one appeared.
+        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
+        assert_eq!(drain(&mut f, 4096).0, "c\n");
+        std::fs::rename(&log, dir.path().join("mail.log.2")).unwrap();
+        append(&log, "e\n");
+        append(&dir.path().join("mail.log.2"), "d\n");
+        assert_eq!(drain(&mut f, 4096).0, "d\ne\n");
+    }
+
+    #[test]
+    fn copytruncate_reads_again_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        append(&log, "one\ntwo\n");
+        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
+        assert_eq!(drain(&mut f, 4096).0, "one\ntwo\n");
+        std::fs::copy(&log, dir.path().join("mail.log.1")).unwrap();
+        File::options()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        assert_eq!(drain(&mut f, 4096).0, "");
+        append(&log, "3\n");
+        let (text, _, fresh) = drain(&mut f, 4096);
+        assert_eq!(text, "3\n");
+        assert_eq!(fresh, 1);
+    }
+
+    #[test]
+    fn a_restart_resumes_in_place_or_in_the_rotated_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        append(&log, "1\n2\n");
+        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
+        let (_, end, _) = drain(&mut f, 4096);
+        let saved = end.unwrap();
+        drop(f);
+        append(&log, "3\n");
+        let (mut f, r) = Follower::new(&log, Some(saved), Start::End);
+        assert_eq!(r, Resumed::InPlace);
+        let (text, end, _) = drain(&mut f, 4096);
+        assert_eq!(text, "3\n");
+        drop(f);
+        // Down while the log was rotated: the rest of the old file, then
+        // the new one, nothing twice and nothing skipped.
+        append(&log, "4\n");
+        std::fs::rename(&log, dir.path().join("mail.log.1")).unwrap();
+        append(&log, "5\n");
+        let (mut f, r) = Follower::new(&log, end, Start::End);
+        assert_eq!(r, Resumed::Rotated(dir.path().join("mail.log.1")));
+        assert_eq!(drain(&mut f, 4096).0, "4\n5\n");
+    }
+
+    #[test]
+    fn a_lost_rotated_file_is_said_and_the_new_one_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        append(&log, "1\n");
+        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
+        let saved = drain(&mut f, 4096).1;
+        drop(f);
+        std::fs::remove_file(&log).unwrap();
+        append(&log, "2\n");
+        let (mut f, r) = Follower::new(&log, saved, Start::End);
+        assert_eq!(r, Resumed::Lost);
+        assert_eq!(drain(&mut f, 4096).0, "2\n");
+    }
+
+    #[test]
+    fn copytruncate_while_down_resumes_in_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("mail.log");
+        append(&log, "line one\n");
+        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
+        let saved = drain(&mut f, 4096).1;
+        drop(f);
+        append(&log, "line two\n");
+        std::fs::copy(&log, dir.path().join("mail.log.1")).unwrap();
+        File::options()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        append(&log, "x\n");
+        let (mut f, r) = Follower::new(&log, saved, Start::End);
+        assert_eq!(r, Resumed::Rotated(dir.path().join("mail.log.1")));
+        let (text, saved, _) = drain(&mut f, 4096);
+        assert_eq!(text, "line two\nx\n");
+        // Truncated with no copy kept: the new content, whole.
+        drop(f);
+        std::fs::remove_file(dir.path().join("mail.log.1")).unwrap();
+        File::options()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        append(&log, "y\n");
+        let (mut f, r) = Follower::new(&log, saved, Start::End);
+        assert_eq!(r, Resumed::Lost);
+        assert_eq!(drain(&mut f, 4096).0, "y\n");
+    }
+}

@@ -1,0 +1,3 @@
+//! Delivery outcomes: what Postfix did with each delivery, read from its log.
+
+pub mod follow;
