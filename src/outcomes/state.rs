@@ -113,7 +113,10 @@ mod tests {
         let p = dir.path().join("outcomes.json");
         std::fs::write(&p, b"{\"log\": 3}").unwrap();
         let e = load(&p).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("{}: not a position file", p.display())), "{e}");
+        assert!(
+            e.starts_with(&format!("{}: not a position file", p.display())),
+            "{e}"
+        );
         // Exactly at the limit is read (and found invalid); one over is refused.
         std::fs::write(&p, vec![b' '; MAX_STATE_LEN as usize]).unwrap();
         assert!(matches!(load(&p), Err(StateError::Invalid { .. })));
