@@ -11,8 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tls_policyd::engine::decision::{Decision, Level, SourceKind, Tls};
-use tls_policyd::engine::recipient::RecipientDecision;
-use tls_policyd::log::record::{DecisionRecord, InboundTls};
+use tls_policyd::engine::recipient::{MessageSummary, RecipientDecision};
+use tls_policyd::log::record::{
+    DecisionRecord, Detail, Envelope, InboundTls, Lookup, LookupReply, Message, MessageDoor,
+    MilterMessage, PolicyAction, Recipient,
+};
 
 fn static_decision() -> Decision {
     Decision {
@@ -45,67 +48,81 @@ fn recipients() -> Vec<RecipientDecision> {
 }
 
 fn lookup() -> DecisionRecord {
-    let mut r = DecisionRecord::new("socketmap", "MX.Bank.Example.", &static_decision());
-    r.map = Some(Arc::from("tls_policy"));
-    r.domain = Some("mx.bank.example".into());
-    r
+    DecisionRecord::new(
+        None,
+        Detail::Lookup(Lookup {
+            map: Arc::from("tls_policy"),
+            key: "MX.Bank.Example.".into(),
+            domain: Some("mx.bank.example".into()),
+            decision: static_decision(),
+            reply: LookupReply::Ok,
+        }),
+    )
+}
+
+fn envelope() -> Envelope {
+    Envelope {
+        sender: "alice@example.com".into(),
+        client_address: Some("192.0.2.25".into()),
+    }
 }
 
 fn policy_rcpt() -> DecisionRecord {
-    let mut r = DecisionRecord::new("policy", "Bank.Example", &static_decision());
-    r.domain = Some("bank.example".into());
-    r.queue_id = Some("4XyZ1".into());
-    r.instance = Some("1a2b.6543.0".into());
-    r.sender = Some("alice@example.com".into());
-    r.recipient = Some("bob@Bank.Example".into());
-    r.client_address = Some("192.0.2.25".into());
-    r.reply = "DUNNO";
-    r.action = Some("DUNNO".into());
-    r
+    DecisionRecord::new(
+        Some("4XyZ1".into()),
+        Detail::Recipient(Recipient {
+            key: "Bank.Example".into(),
+            domain: Some("bank.example".into()),
+            decision: static_decision(),
+            instance: Some("1a2b.6543.0".into()),
+            envelope: envelope(),
+            recipient: "bob@Bank.Example".into(),
+            action: PolicyAction::Dunno,
+            sender_rule: None,
+        }),
+    )
 }
 
-fn message(frontend: &'static str) -> DecisionRecord {
-    let d = Decision::bare(Level::May, SourceKind::Default, "default");
-    let mut r = DecisionRecord::new(frontend, "", &d);
-    r.tls = Tls::Forced;
-    r.level = None;
-    r.source = SourceKind::Static;
-    r.reason = Arc::from("message with 3 recipients: 3 forced, 0 opportunistic");
-    r.queue_id = Some("4XyZ1".into());
-    r.sender = Some("alice@example.com".into());
-    r.client_address = Some("192.0.2.25".into());
-    r.recipients = Some(recipients());
-    r
+fn message(door: MessageDoor) -> DecisionRecord {
+    let summary = MessageSummary {
+        recipients: recipients(),
+        dropped: 0,
+        cap: 1000,
+        sender_rule: None,
+        empty_reason: "none",
+    };
+    DecisionRecord::new(
+        Some("4XyZ1".into()),
+        Detail::Message(Message::new(summary, envelope(), door)),
+    )
 }
 
 fn policy_message() -> DecisionRecord {
-    let mut r = message("policy");
-    r.instance = Some("1a2b.6543.0".into());
-    r.reply = "DUNNO";
-    r.action = Some("DUNNO".into());
-    r
+    message(MessageDoor::Policy {
+        instance: Some("1a2b.6543.0".into()),
+        action: PolicyAction::Dunno,
+    })
 }
 
 fn milter_message() -> DecisionRecord {
-    let mut r = message("milter");
-    r.client_name = Some("client.example".into());
-    r.helo_name = Some("client.example".into());
-    r.mta = Some("mx.example".into());
-    r.daemon_name = Some("smtpd".into());
-    r.inbound_tls = Some(InboundTls {
-        version: Some("TLSv1.3".into()),
-        cipher: Some("TLS_AES_256_GCM_SHA384".into()),
-        bits: Some(256),
-        cert_subject: None,
-    });
-    r.message_id = Some("<1@client.example>".into());
-    r.reply = "CONTINUE";
-    r.action = Some("continue".into());
-    r
+    message(MessageDoor::Milter(Box::new(MilterMessage {
+        client_name: Some("client.example".into()),
+        helo_name: Some("client.example".into()),
+        mta: Some("mx.example".into()),
+        daemon_name: Some("smtpd".into()),
+        inbound_tls: Some(InboundTls {
+            version: Some("TLSv1.3".into()),
+            cipher: Some("TLS_AES_256_GCM_SHA384".into()),
+            bits: Some(256),
+            cert_subject: None,
+        }),
+        message_id: Some("<1@client.example>".into()),
+        ..MilterMessage::default()
+    })))
 }
 
 fn with_ts(mut r: DecisionRecord) -> DecisionRecord {
-    r.ts = SystemTime::UNIX_EPOCH + Duration::from_micros(1_767_323_045_123_456);
+    r.head.ts = SystemTime::UNIX_EPOCH + Duration::from_micros(1_767_323_045_123_456);
     r
 }
 

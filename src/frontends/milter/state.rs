@@ -1,7 +1,10 @@
 //! What the milter remembers about one MTA connection and the message in
 //! progress, and what it makes of it at end of message: the decision
-//! record, the trace and routing header values, and whether to
-//! quarantine. No I/O here; the callbacks in the parent module feed it.
+//! record (built here, in [`record`], from the state alone), the trace and
+//! routing header values, and whether to quarantine. No I/O here; the
+//! callbacks in the parent module feed it.
+
+use std::sync::Arc;
 
 use crate::engine::decision::{Decision, SourceKind, Tls};
 use crate::engine::policy_file::PolicyFile;
@@ -9,8 +12,11 @@ use crate::engine::recipient::{
     MessageSummary, RecipientDecision, Ruling, assess_delivery, trace_value,
 };
 use crate::engine::refusal::{Assessment, TlsKnowledge, refusal_text};
-use crate::frontends::message::{message_record, non_empty};
-use crate::log::record::{DecisionRecord, InboundTls};
+use crate::frontends::message::non_empty;
+use crate::log::record::{
+    DecisionRecord, Detail, Envelope, InboundTls, Message as MessageRecord, MessageDoor,
+    MilterMessage, MilterOutcome, MilterStep,
+};
 
 /// Longest text kept from any one macro, address or header value (RFC
 /// 5322's line limit); longer values are cut.
@@ -287,14 +293,27 @@ impl Seen {
     }
 }
 
-/// Everything known about the message, as one decision record.
+/// The reason of a message record when no recipient was seen.
+pub const NO_RECIPIENT: &str = "no recipient was seen for this message";
+
+/// How a message ended, for its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// End of message, and what was done to it.
+    EndOfMessage(Vec<MilterStep>),
+    /// RSET, abort or disconnect before end of message (recorded only
+    /// after a refusal), and why.
+    Aborted(&'static str),
+}
+
+/// Everything known about the message, as one decision record:
+/// `cap` is the recipients remembered (the reason counts those over it).
 pub fn record(
     session: &Session,
     message: Message,
     seen: Seen,
-    default: &Decision,
     cap: usize,
-    empty_reason: &str,
+    ending: Ending,
 ) -> DecisionRecord {
     let Message {
         sender,
@@ -307,30 +326,38 @@ pub fn record(
         tls_required_no,
         ..
     } = message;
-    let mut rec = message_record(
-        "milter",
-        default,
-        MessageSummary {
-            recipients: recipients.into_iter().map(|r| r.record).collect(),
-            dropped,
-            cap,
-            sender_rule,
-            empty_reason,
-        },
-    );
-    rec.queue_id = seen.queue_id;
-    rec.sender = Some(sender);
-    rec.client_address = session.client_address.clone();
-    rec.client_name = session.client_name.clone();
-    rec.helo_name = session.helo_name.clone();
-    rec.mta = seen.mta;
-    rec.daemon_name = seen.daemon_name;
-    rec.inbound_tls = seen.inbound_tls;
-    rec.auth_user = auth_user;
-    rec.message_id = message_id;
-    rec.tls_required_no = tls_required_no;
-    rec.requiretls = requiretls;
-    rec
+    let summary = MessageSummary {
+        recipients: recipients.into_iter().map(|r| r.record).collect(),
+        dropped,
+        cap,
+        sender_rule,
+        empty_reason: NO_RECIPIENT,
+    };
+    let envelope = Envelope {
+        sender,
+        client_address: session.client_address.clone(),
+    };
+    let (outcome, aborted) = match ending {
+        Ending::EndOfMessage(done) => (MilterOutcome::Continue(done), None),
+        Ending::Aborted(why) => (MilterOutcome::Abort, Some(why)),
+    };
+    let milter = MilterMessage {
+        client_name: session.client_name.clone(),
+        helo_name: session.helo_name.clone(),
+        mta: seen.mta,
+        daemon_name: seen.daemon_name,
+        inbound_tls: seen.inbound_tls,
+        auth_user,
+        message_id,
+        tls_required_no,
+        requiretls,
+        outcome,
+    };
+    let mut msg = MessageRecord::new(summary, envelope, MessageDoor::Milter(Box::new(milter)));
+    if let Some(why) = aborted {
+        msg.verdict.reason = Arc::from(format!("{}; {why}", msg.verdict.reason));
+    }
+    DecisionRecord::new(seen.queue_id, Detail::Message(msg))
 }
 
 /// `%` doubled: Postfix and sendmail read a milter's reply text as a

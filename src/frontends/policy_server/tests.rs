@@ -73,7 +73,7 @@ fn trace_header_is_bounded() {
         .collect();
     let v = trace_value(&many, Some(1));
     assert!(v.contains("more domains"), "{v}");
-    let h = trace_header("X-TLS-Policy", &v);
+    let h = trace_header("X-TLS-Policy", &v).to_string();
     assert!(
         h.starts_with("PREPEND X-TLS-Policy: domain0.example="),
         "{h}"
@@ -83,7 +83,7 @@ fn trace_header_is_bounded() {
         "{}",
         h.len()
     );
-    let h = trace_header("X-T", "a\nb\u{e9}");
+    let h = trace_header("X-T", "a\nb\u{e9}").to_string();
     assert_eq!(h, "PREPEND X-T: a?b?");
 }
 

@@ -18,7 +18,7 @@ use super::netstring::{self, MAX_QUERY_LEN};
 use crate::engine::decision::{Decision, SourceKind};
 use crate::engine::key::Destination;
 use crate::listen::{self, Admission, Conn, Drain, IdleTimer, Listener};
-use crate::log::record::DecisionRecord;
+use crate::log::record::{DecisionRecord, Detail, Lookup, LookupReply};
 use crate::metrics::Frontend;
 
 mod config;
@@ -76,6 +76,17 @@ impl Reply {
             Reply::NotFound => "NOTFOUND",
             Reply::Temp(_) => "TEMP",
             Reply::Perm(_) => "PERM",
+        }
+    }
+
+    /// The reply code as the decision log has it; `PERM` (a map name not
+    /// served) is not a decision and has no record.
+    pub fn recorded(&self) -> Option<LookupReply> {
+        match self {
+            Reply::Ok(_) => Some(LookupReply::Ok),
+            Reply::NotFound => Some(LookupReply::NotFound),
+            Reply::Temp(_) => Some(LookupReply::Temp),
+            Reply::Perm(_) => None,
         }
     }
 
@@ -306,8 +317,10 @@ async fn request(
         MapKind::Policy => settings.map.clone(),
         MapKind::Forced => settings.forced_map.clone(),
     };
-    let rec = record(key, map, dest, &decision, &reply);
-    ctx.backend.decision_log().log(rec);
+    if let Some(recorded) = reply.recorded() {
+        let rec = record(key, map, dest, decision, recorded);
+        ctx.backend.decision_log().log(rec);
+    }
     Ok(())
 }
 
@@ -316,17 +329,19 @@ fn record(
     key: &str,
     map: Arc<str>,
     dest: Option<Destination>,
-    decision: &Decision,
-    reply: &Reply,
+    decision: Decision,
+    reply: LookupReply,
 ) -> DecisionRecord {
-    let mut rec = DecisionRecord::new("socketmap", key, decision);
-    rec.map = Some(map);
-    rec.domain = dest.map(|d| d.name);
-    rec.reply = reply.code();
-    if matches!(reply, Reply::NotFound | Reply::Temp(_)) {
-        rec.level = None;
-    }
-    rec
+    DecisionRecord::new(
+        None,
+        Detail::Lookup(Lookup {
+            map,
+            key: key.to_string(),
+            domain: dest.map(|d| d.name),
+            decision,
+            reply,
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -389,8 +404,14 @@ mod tests {
     fn golden(key: &str, map: &str, decision: Decision, kind: MapKind, dr: DefaultReply) -> String {
         let (decision, reply) = answer(decision, kind, dr);
         let dest = Destination::parse(key).ok();
-        let mut rec = record(key, Arc::from(map), dest, &decision, &reply);
-        rec.ts = std::time::SystemTime::UNIX_EPOCH
+        let mut rec = record(
+            key,
+            Arc::from(map),
+            dest,
+            decision,
+            reply.recorded().unwrap(),
+        );
+        rec.head.ts = std::time::SystemTime::UNIX_EPOCH
             + std::time::Duration::from_micros(1_767_323_045_123_456);
         serde_json::to_string(&rec).unwrap()
     }
