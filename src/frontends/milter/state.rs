@@ -580,6 +580,48 @@ tls = "forced"
         assert_eq!(m.quarantine_reason(&k), None, "refused ones do not count");
     }
 
+    #[tokio::test]
+    async fn one_record_from_the_state() {
+        let e = engine();
+        let session = Session {
+            client_address: Some("192.0.2.25".into()),
+            client_name: Some("client.example".into()),
+            helo_name: Some("helo.example".into()),
+            ..Session::default()
+        };
+        let seen = Seen::from_macros(|n| (n == "i").then(|| "4QX1".to_string()));
+        let mut m = Message::new("a@src.example".into(), Some("alice".into()), false);
+        rcpt(&e, &mut m, "x@bank.example", false).await;
+        m.recipients[0].refused = true;
+        m.recipients[0].record.action = Some("450 4.7.10 no".into());
+        let mut rec = record(
+            &session,
+            m,
+            seen,
+            10,
+            Ending::Aborted("the connection ended"),
+        );
+        rec.head.ts = std::time::SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            serde_json::to_string(&rec).unwrap(),
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","frontend":"milter","queue_id":"4QX1","key":"","tls":"forced","reply":"ABORT","source":"static","reason":"message with 1 recipient: 1 forced, 0 opportunistic; the connection ended","sender":"a@src.example","client_address":"192.0.2.25","recipients":[{"recipient":"x@bank.example","domain":"bank.example","tls":"forced","level":"encrypt","source":"static","rule":1,"reason":"policy file rule 1","action":"450 4.7.10 no"}],"action":"none: no message","client_name":"client.example","helo_name":"helo.example","auth_user":"alice"}"#
+        );
+        let m = Message::new(String::new(), None, true);
+        let rec = record(
+            &Session::default(),
+            m,
+            Seen::default(),
+            10,
+            Ending::EndOfMessage(vec![MilterStep::Quarantine]),
+        );
+        let v = serde_json::to_value(&rec).unwrap();
+        assert_eq!(v["reason"], NO_RECIPIENT);
+        assert_eq!(v["reply"], "CONTINUE");
+        assert_eq!(v["action"], "quarantine");
+        assert_eq!(v["requiretls"], true);
+        assert_eq!(v["sender"], "");
+    }
+
     #[test]
     fn seen_from_macros() {
         let macros: HashMap<&str, &str> = [
