@@ -867,3 +867,96 @@ async fn unix_socket_and_concurrent_connections() {
     drop(m);
     assert!(!path.exists(), "socket file removed at shutdown");
 }
+
+/// Golden lines: the decision log's exact bytes (field order, presence,
+/// escaping) for the milter's message records. `ts` is the only field
+/// that varies between runs; it is set to a fixed value.
+mod golden {
+    use super::*;
+
+    const TS: &str = "2026-01-02T03:04:05.123456Z";
+
+    fn fixed_ts(line: &str) -> String {
+        let rest = line
+            .strip_prefix("{\"ts\":\"")
+            .unwrap_or_else(|| panic!("record does not start with ts: {line}"));
+        let end = rest.find('"').unwrap();
+        format!("{{\"ts\":\"{TS}\"{}", &rest[end + 1..])
+    }
+
+    const MESSAGE_WITH_EVERYTHING: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"milter","queue_id":"4QX1","key":"","tls":"forced","reply":"CONTINUE","source":"static","reason":"message with 4 recipients: 2 forced, 1 opportunistic, 1 not listed (over 3)","sender":"alice@src.example","client_address":"192.0.2.25","recipients":[{"recipient":"a@Other.Example","domain":"other.example","tls":"opportunistic","level":"may","source":"default","reason":"no rule matches; the policy file's default"},{"recipient":"b@bank.example","domain":"bank.example","tls":"forced","level":"encrypt","source":"static","rule":1,"reason":"PCI partner","action":"450 4.7.10 TLS policy for bank.example requires forced TLS (encrypt), but no mail server of the domain offers STARTTLS (mx1.bank.example[192.0.2.10]: no STARTTLS in EHLO reply); the mail could not be delivered"},{"recipient":"c@lenient.example","domain":"lenient.example","tls":"forced","level":"encrypt","source":"static","rule":3,"reason":"policy file rule 3"}],"action":"quarantine; add header X-TLS-Policy: other.example=opportunistic (may, default); lenient.example=forced (encrypt, static rule 3)","client_name":"client.example","helo_name":"client.example","mta":"mx.test.example","daemon_name":"smtpd","inbound_tls":{"version":"TLSv1.3","cipher":"TLS_AES_256_GCM_SHA384","bits":256,"cert_subject":"CN=client.example"},"auth_user":"alice \"admin\"","message_id":"<m1@src.example>","tls_required_no":true}"#;
+    const MESSAGE_SENDER_RULE_REQUIRETLS: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"milter","queue_id":"4QX2","key":"","tls":"forced","reply":"CONTINUE","source":"default","reason":"message with 1 recipient: 1 forced, 0 opportunistic","sender":"ceo@example.com","client_address":"192.0.2.25","recipients":[{"recipient":"x@other.example","domain":"other.example","tls":"forced","level":"encrypt","source":"default","reason":"no rule matches; the policy file's default"}],"action":"add header X-TLS-Route: forced; add header X-TLS-Policy: other.example=forced (encrypt, default); sender rule 1: forced TLS for the whole message","sender_rule":1,"client_name":"client.example","helo_name":"client.example","mta":"mx.test.example","daemon_name":"smtpd","inbound_tls":{"version":"TLSv1.3","cipher":"TLS_AES_256_GCM_SHA384","bits":256,"cert_subject":"CN=client.example"},"requiretls":true}"#;
+    const ABORTED_AFTER_REFUSAL: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"milter","key":"","tls":"forced","reply":"ABORT","source":"static","reason":"message with 1 recipient: 1 forced, 0 opportunistic; the transaction was aborted (RSET)","sender":"bob@src.example","client_address":"192.0.2.25","recipients":[{"recipient":"y@bank.example","domain":"bank.example","tls":"forced","level":"encrypt","source":"static","rule":1,"reason":"PCI partner","action":"450 4.7.10 TLS policy for bank.example requires forced TLS (encrypt), but no mail server of the domain offers STARTTLS (mx1.bank.example[192.0.2.10]: no STARTTLS in EHLO reply); the mail could not be delivered"}],"action":"none: no message","client_name":"client.example","helo_name":"client.example","mta":"mx.test.example","daemon_name":"smtpd","inbound_tls":{"version":"TLSv1.3","cipher":"TLS_AES_256_GCM_SHA384","bits":256,"cert_subject":"CN=client.example"}}"#;
+    const PLAINTEXT_NULL_SENDER: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"milter","key":"","tls":"opportunistic","reply":"CONTINUE","source":"default","reason":"message with 1 recipient: 0 forced, 1 opportunistic","sender":"","client_address":"198.51.100.7","recipients":[{"recipient":"postmaster@other.example","domain":"other.example","tls":"opportunistic","level":"may","source":"default","reason":"no rule matches; the policy file's default"}],"action":"add header X-TLS-Policy: other.example=opportunistic (may, default)","client_name":"unknown","helo_name":"client.example"}"#;
+
+    #[tokio::test]
+    async fn milter_records_byte_for_byte() {
+        let m = start(
+            "max_recipients = 3\nrefuse = \"defer\"\nquarantine = true\n\
+             trace_header = \"X-TLS-Policy\"\nrouting_header = \"X-TLS-Route\"\n",
+        );
+        m.knowledge.set("bank.example", no_starttls("bank.example"));
+        m.knowledge
+            .set("lenient.example", no_starttls("lenient.example"));
+        let mut conn = open(&m).await;
+        greet(&mut conn).await;
+        // Message 1: accepted, refused, quarantined and dropped
+        // recipients, the headers looked at, a trace header.
+        conn.macros(
+            MacroStage::Mail,
+            [
+                ("{mail_addr}", "alice@src.example"),
+                ("{auth_authen}", "alice \"admin\""),
+            ],
+        )
+        .await
+        .unwrap();
+        conn.mail(["<alice@src.example>", "SIZE=100"])
+            .await
+            .unwrap();
+        rcpt(&mut conn, "", "a@Other.Example").await;
+        rcpt(&mut conn, "4QX1", "b@bank.example").await;
+        rcpt(&mut conn, "4QX1", "c@lenient.example").await;
+        rcpt(&mut conn, "4QX1", "d@fourth.example").await;
+        for (name, value) in [("Message-ID", "<m1@src.example>"), ("TLS-Required", "No")] {
+            conn.header(name, value).await.unwrap();
+        }
+        eom(&mut conn, "4QX1").await;
+        // Message 2: a sender rule with REQUIRETLS.
+        conn.macros(MacroStage::Mail, [("{mail_addr}", "ceo@example.com")])
+            .await
+            .unwrap();
+        conn.mail(["<ceo@example.com>", "REQUIRETLS"])
+            .await
+            .unwrap();
+        rcpt(&mut conn, "4QX2", "x@other.example").await;
+        eom(&mut conn, "4QX2").await;
+        // Message 3: ends with RSET after a refusal.
+        mail(&mut conn, "bob@src.example").await;
+        rcpt(&mut conn, "", "y@bank.example").await;
+        conn.abort().await.unwrap();
+        conn.close().await.unwrap();
+        m.wait_for_records(3);
+        // Message 4: plaintext, no macros, the null sender.
+        let mut conn = open(&m).await;
+        conn.connect("unknown", [198, 51, 100, 7]).await.unwrap();
+        conn.helo("client.example").await.unwrap();
+        conn.mail(["<>"]).await.unwrap();
+        conn.rcpt(["<postmaster@other.example>"]).await.unwrap();
+        conn.eom().await.unwrap();
+        conn.close().await.unwrap();
+
+        m.wait_for_records(4);
+        let got: Vec<String> = m.lines().iter().map(|l| fixed_ts(l)).collect();
+        let want = [
+            MESSAGE_WITH_EVERYTHING,
+            MESSAGE_SENDER_RULE_REQUIRETLS,
+            ABORTED_AFTER_REFUSAL,
+            PLAINTEXT_NULL_SENDER,
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g, w, "record {i}");
+        }
+    }
+}

@@ -1021,3 +1021,132 @@ fn unix_socket() {
     let mut c = s.connect();
     assert_eq!(c.ask(&rcpt("a@other.example")), "DUNNO");
 }
+
+/// Golden lines: the decision log's exact bytes (field order, presence,
+/// escaping) for each record kind the policy server writes. `ts` is the
+/// only field that varies between runs; it is set to a fixed value.
+mod golden {
+    use super::*;
+
+    const TS: &str = "2026-01-02T03:04:05.123456Z";
+
+    /// `line` with its leading `"ts"` value replaced by [`TS`].
+    pub(super) fn fixed_ts(line: &str) -> String {
+        let rest = line
+            .strip_prefix("{\"ts\":\"")
+            .unwrap_or_else(|| panic!("record does not start with ts: {line}"));
+        let end = rest.find('"').unwrap();
+        format!("{{\"ts\":\"{TS}\"{}", &rest[end + 1..])
+    }
+
+    fn lines(s: &Server) -> Vec<String> {
+        s.parts.log.flush();
+        std::fs::read_to_string(&s.log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(fixed_ts)
+            .collect()
+    }
+
+    const RCPT_DUNNO: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"policy","queue_id":"4XyZ1","key":"Other.Example","domain":"other.example","tls":"opportunistic","level":"may","reply":"DUNNO","source":"default","reason":"no rule matches; the policy file's default","instance":"1a2b.6543.0","sender":"alice@example.com","recipient":"Bob@Other.Example","client_address":"192.0.2.25","action":"DUNNO"}"#;
+    const RCPT_DEFER: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"policy","queue_id":"4XyZ1","key":"Bank.Example","domain":"bank.example","tls":"forced","level":"encrypt","reply":"DEFER_IF_PERMIT","source":"static","rule":1,"matched":"bank.example","reason":"PCI partner","instance":"1a2b.6543.0","sender":"alice@example.com","recipient":"b@Bank.Example","client_address":"192.0.2.25","action":"DEFER_IF_PERMIT 4.7.10 TLS policy for bank.example requires forced TLS (encrypt), but no mail server of the domain offers STARTTLS (mx1.bank.example[192.0.2.10]: no STARTTLS in EHLO reply); the mail could not be delivered"}"#;
+    const RCPT_REJECT: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"policy","queue_id":"4XyZ1","key":"strict.example","domain":"strict.example","tls":"forced","level":"encrypt","reply":"REJECT","source":"static","rule":4,"matched":"strict.example","reason":"policy file rule 4","instance":"1a2b.6543.0","sender":"alice@example.com","recipient":"c@strict.example","client_address":"192.0.2.25","action":"REJECT 5.7.10 TLS policy for strict.example requires forced TLS (encrypt), but no mail server of the domain offers STARTTLS (mx1.bank.example[192.0.2.10]: no STARTTLS in EHLO reply); the mail could not be delivered"}"#;
+    const RCPT_FILTER: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"policy","key":"other.example","domain":"other.example","tls":"forced","level":"encrypt","reply":"FILTER","source":"default","reason":"no rule matches; the policy file's default","raised":true,"instance":"m2","sender":"CEO@Example.com","recipient":"a@other.example","client_address":"192.0.2.25","action":"FILTER smtp-tls-forced:","sender_rule":1}"#;
+    const RCPT_AFTER_FILTER: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"policy","queue_id":"4M2","key":"payroll.example","domain":"payroll.example","tls":"forced","level":"secure match=mx1.payroll.example","reply":"DUNNO","source":"static","rule":2,"matched":"payroll.example","reason":"policy file rule 2","instance":"m2","sender":"CEO@Example.com","recipient":"\"q\"@payroll.example","client_address":"192.0.2.25","action":"DUNNO","sender_rule":1}"#;
+    const RCPT_NULL_SENDER_NO_QUEUE_ID: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"policy","key":"[192.0.2.7]","domain":"192.0.2.7","tls":"opportunistic","level":"may","reply":"DUNNO","source":"default","reason":"no rule matches; the policy file's default","instance":"m3","sender":"","recipient":"x@[192.0.2.7]","action":"DUNNO"}"#;
+    const EOM_MESSAGE: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"policy","queue_id":"4XyZ1","key":"","tls":"forced","reply":"DUNNO","source":"static","reason":"message with 3 recipients: 2 forced, 1 opportunistic","instance":"1a2b.6543.0","sender":"alice@example.com","client_address":"192.0.2.25","recipients":[{"recipient":"Bob@Other.Example","domain":"other.example","tls":"opportunistic","level":"may","source":"default","reason":"no rule matches; the policy file's default","action":"DUNNO"},{"recipient":"b@Bank.Example","domain":"bank.example","tls":"forced","level":"encrypt","source":"static","rule":1,"reason":"PCI partner","action":"DEFER_IF_PERMIT 4.7.10 TLS policy for bank.example requires forced TLS (encrypt), but no mail server of the domain offers STARTTLS (mx1.bank.example[192.0.2.10]: no STARTTLS in EHLO reply); the mail could not be delivered"},{"recipient":"c@strict.example","domain":"strict.example","tls":"forced","level":"encrypt","source":"static","rule":4,"reason":"policy file rule 4","action":"REJECT 5.7.10 TLS policy for strict.example requires forced TLS (encrypt), but no mail server of the domain offers STARTTLS (mx1.bank.example[192.0.2.10]: no STARTTLS in EHLO reply); the mail could not be delivered"}],"action":"DUNNO"}"#;
+    const EOM_FILTERED_MESSAGE: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"policy","queue_id":"4M2","key":"","tls":"forced","reply":"DUNNO","source":"default","reason":"message with 2 recipients: 2 forced, 0 opportunistic","instance":"m2","sender":"CEO@Example.com","client_address":"192.0.2.25","recipients":[{"recipient":"a@other.example","domain":"other.example","tls":"forced","level":"encrypt","source":"default","reason":"no rule matches; the policy file's default","action":"FILTER smtp-tls-forced:"},{"recipient":"\"q\"@payroll.example","domain":"payroll.example","tls":"forced","level":"secure match=mx1.payroll.example","source":"static","rule":2,"reason":"policy file rule 2","action":"DUNNO"}],"action":"DUNNO","sender_rule":1}"#;
+    const EOM_NOTHING_SEEN: &str = r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"policy","queue_id":"4M4","key":"","tls":"opportunistic","reply":"DUNNO","source":"default","reason":"no RCPT decision was seen for this message (recipient_count=3)","instance":"m4","sender":"alice@example.com","client_address":"192.0.2.25","recipients":[],"action":"DUNNO"}"#;
+
+    #[test]
+    fn policy_records_byte_for_byte() {
+        let s = Server::start("forced_transport = \"smtp-tls-forced\"\nrefuse = \"defer\"\n");
+        s.knowledge.set("bank.example", no_tls());
+        s.knowledge.set("strict.example", no_tls());
+        let mut c = s.connect();
+        let ask = |c: &mut Client, state: &str, attrs: &[(&str, &str)]| {
+            c.ask(&request(state, attrs));
+        };
+        // Message 1: a DUNNO, a deferral and a rule's REJECT, then its
+        // END-OF-MESSAGE record.
+        ask(
+            &mut c,
+            "RCPT",
+            &[("recipient", "Bob@Other.Example"), ("queue_id", "4XyZ1")],
+        );
+        ask(
+            &mut c,
+            "RCPT",
+            &[("recipient", "b@Bank.Example"), ("queue_id", "4XyZ1")],
+        );
+        ask(
+            &mut c,
+            "RCPT",
+            &[("recipient", "c@strict.example"), ("queue_id", "4XyZ1")],
+        );
+        ask(
+            &mut c,
+            "END-OF-MESSAGE",
+            &[("queue_id", "4XyZ1"), ("recipient_count", "1")],
+        );
+        // Message 2: a sender rule FILTERs, the null sender without a
+        // queue id yet, and a quote in an address.
+        let m2 = [("sender", "CEO@Example.com"), ("instance", "m2")];
+        ask(
+            &mut c,
+            "RCPT",
+            &[m2[0], m2[1], ("recipient", "a@other.example")],
+        );
+        ask(
+            &mut c,
+            "RCPT",
+            &[
+                m2[0],
+                m2[1],
+                ("recipient", "\"q\"@payroll.example"),
+                ("queue_id", "4M2"),
+            ],
+        );
+        ask(
+            &mut c,
+            "END-OF-MESSAGE",
+            &[m2[0], m2[1], ("queue_id", "4M2"), ("recipient_count", "2")],
+        );
+        ask(
+            &mut c,
+            "RCPT",
+            &[
+                ("sender", ""),
+                ("instance", "m3"),
+                ("recipient", "x@[192.0.2.7]"),
+                ("client_address", ""),
+            ],
+        );
+        // Message 4: END-OF-MESSAGE without any RCPT state.
+        ask(
+            &mut c,
+            "END-OF-MESSAGE",
+            &[
+                ("instance", "m4"),
+                ("queue_id", "4M4"),
+                ("recipient_count", "3"),
+            ],
+        );
+        let got = lines(&s);
+        let want = [
+            RCPT_DUNNO,
+            RCPT_DEFER,
+            RCPT_REJECT,
+            EOM_MESSAGE,
+            RCPT_FILTER,
+            RCPT_AFTER_FILTER,
+            EOM_FILTERED_MESSAGE,
+            RCPT_NULL_SENDER_NO_QUEUE_ID,
+            EOM_NOTHING_SEEN,
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g, w, "record {i}");
+        }
+    }
+}

@@ -819,3 +819,44 @@ fn environment_overrides_the_listen_address() {
     );
     assert_eq!(d.client().query("tls_policy", "bank.example"), ENCRYPT);
 }
+
+/// `line` with its leading `"ts"` value replaced by a fixed one: the only
+/// field that varies between runs.
+fn fixed_ts(line: &str) -> String {
+    let rest = line
+        .strip_prefix("{\"ts\":\"")
+        .unwrap_or_else(|| panic!("record does not start with ts: {line}"));
+    let end = rest.find('"').unwrap();
+    format!(
+        "{{\"ts\":\"2026-01-02T03:04:05.123456Z\"{}",
+        &rest[end + 1..]
+    )
+}
+
+/// Golden lines: the exact bytes the daemon writes per lookup (field
+/// order, presence, escaping), through the real binary.
+#[test]
+fn decision_log_lines_byte_for_byte() {
+    let d = notfound_daemon();
+    let mut c = d.client();
+    assert_eq!(c.query("tls_policy", "MX.Bank.Example."), ENCRYPT);
+    assert_eq!(c.query("tls_policy", "example.com"), "NOTFOUND ");
+    assert_eq!(c.query("tls_forced", "legacy-partner.example"), ENCRYPT);
+    assert_eq!(c.query("tls_policy", "[relay.example]:587"), RELAY);
+    d.wait_for_decisions(4);
+    let got: Vec<String> = std::fs::read_to_string(d.decisions_path())
+        .unwrap()
+        .lines()
+        .map(fixed_ts)
+        .collect();
+    let want = [
+        r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_policy","key":"MX.Bank.Example.","domain":"mx.bank.example","tls":"forced","level":"encrypt","reply":"OK","source":"static","rule":1,"matched":".bank.example","reason":"PCI partner: never in plaintext"}"#,
+        r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_policy","key":"example.com","domain":"example.com","tls":"opportunistic","reply":"NOTFOUND","source":"default","reason":"no rule matches; the policy file's default"}"#,
+        r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_forced","key":"legacy-partner.example","domain":"legacy-partner.example","tls":"forced","level":"encrypt","reply":"OK","source":"static","rule":3,"matched":"legacy-partner.example","reason":"STARTTLS broken on their side","raised":true}"#,
+        r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_policy","key":"[relay.example]:587","domain":"relay.example","tls":"forced","level":"secure match=relay.example","reply":"OK","source":"static","rule":6,"matched":"[relay.example]:587","reason":"smarthost"}"#,
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g, w, "record {i}");
+    }
+}

@@ -1,7 +1,8 @@
 //! What the front doors that see whole messages (the policy server and
 //! the milter) share besides the engine's ruling
-//! ([`crate::engine::recipient`]): the decision records they write, header
-//! values, and turning a panic in a handler into a logged error.
+//! ([`crate::engine::recipient`]) and their records
+//! ([`crate::log::record::Message`]): header values, and turning a panic
+//! in a handler into a logged error.
 
 use std::any::Any;
 use std::future::Future;
@@ -9,19 +10,8 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
-use crate::engine::decision::Decision;
-use crate::engine::recipient::{MAX_TRACE_HEADER_LEN, MessageSummary, Ruling};
-use crate::log::record::DecisionRecord;
+use crate::engine::recipient::MAX_TRACE_HEADER_LEN;
 use crate::util::text::printable_ascii;
-
-/// A decision record for a recipient's domain; the front door fills in
-/// the rest.
-pub fn ruling_record(ruling: &Ruling, frontend: &'static str) -> DecisionRecord {
-    let mut rec = DecisionRecord::new(frontend, &ruling.key, &ruling.decision);
-    rec.domain = ruling.dest.as_ref().map(|d| d.name.clone());
-    rec.sender_rule = ruling.sender_hit.as_ref().map(|h| h.rule);
-    rec
-}
 
 /// Whether `h` can be used as a header name: 1 to 64 printable ASCII
 /// characters, no spaces or `:`.
@@ -39,29 +29,6 @@ pub fn non_empty(s: &str) -> Option<String> {
 pub fn header_value(name: &str, value: &str) -> String {
     let room = MAX_TRACE_HEADER_LEN.saturating_sub(name.len() + 2);
     printable_ascii(value, room)
-}
-
-/// One decision record for a whole message: `tls` is forced when any
-/// recipient (or a sender rule) is, `source` is the strictest recipient's,
-/// `reason` counts the recipients; every recipient's decision is listed.
-/// The front door fills in queue id, sender, client and action.
-pub fn message_record(
-    frontend: &'static str,
-    default: &Decision,
-    summary: MessageSummary<'_>,
-) -> DecisionRecord {
-    let verdict = summary.verdict();
-    let mut rec = DecisionRecord::new(frontend, "", default);
-    rec.tls = verdict.tls;
-    rec.level = None;
-    rec.source = verdict.source;
-    rec.rule = None;
-    rec.matched = None;
-    rec.raised = false;
-    rec.reason = verdict.reason;
-    rec.sender_rule = summary.sender_rule;
-    rec.recipients = Some(summary.recipients);
-    rec
 }
 
 /// A future that turns a panic while polling into an error, so one bad
@@ -94,8 +61,7 @@ pub fn panic_text(panic: &Box<dyn Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::decision::{SourceKind, Tls};
-    use crate::engine::policy_file::PolicyFile;
+    use crate::engine::decision::Tls;
     use crate::engine::recipient::tests::rcpt;
     use crate::engine::recipient::trace_value;
 
@@ -125,49 +91,6 @@ mod tests {
         );
         let fits = "y".repeat(MAX_TRACE_HEADER_LEN - "N: ".len());
         assert_eq!(header_value("N", &fits), fits);
-    }
-
-    #[test]
-    fn message_record_counts_and_lists() {
-        let p = PolicyFile::parse("", std::path::Path::new("p.toml")).unwrap();
-        let rec = message_record(
-            "milter",
-            p.default_decision(),
-            MessageSummary {
-                recipients: vec![
-                    rcpt("a.example", Tls::Opportunistic, "may", None),
-                    rcpt("b.example", Tls::Forced, "encrypt", None),
-                ],
-                dropped: 3,
-                cap: 2,
-                sender_rule: None,
-                empty_reason: "none",
-            },
-        );
-        assert_eq!(rec.frontend, "milter");
-        assert_eq!(rec.tls, Tls::Forced);
-        assert_eq!(rec.source, SourceKind::Static);
-        assert_eq!(
-            &*rec.reason,
-            "message with 5 recipients: 1 forced, 1 opportunistic, 3 not listed (over 2)"
-        );
-        assert_eq!(rec.recipients.as_ref().unwrap().len(), 2);
-        assert!(rec.level.is_none());
-
-        let rec = message_record(
-            "policy",
-            p.default_decision(),
-            MessageSummary {
-                recipients: vec![],
-                dropped: 0,
-                cap: 2,
-                sender_rule: Some(1),
-                empty_reason: "nothing seen",
-            },
-        );
-        assert_eq!(rec.tls, Tls::Forced, "a sender rule forces the message");
-        assert_eq!(&*rec.reason, "nothing seen");
-        assert_eq!(rec.sender_rule, Some(1));
     }
 
     #[tokio::test]

@@ -3,26 +3,9 @@
 
 use crate::engine::decision::{Level, SourceKind};
 
-/// A front door: where lookups come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Frontend {
-    Socketmap,
-    Policy,
-    Milter,
-}
+pub use crate::log::record::Frontend;
 
 impl Frontend {
-    pub const ALL: [Frontend; 3] = [Frontend::Socketmap, Frontend::Policy, Frontend::Milter];
-
-    /// The label value (the same word as the decision log's `frontend`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Frontend::Socketmap => "socketmap",
-            Frontend::Policy => "policy",
-            Frontend::Milter => "milter",
-        }
-    }
-
     pub(super) fn index(self) -> usize {
         self as usize
     }

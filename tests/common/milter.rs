@@ -178,6 +178,16 @@ impl MilterServer {
             .collect()
     }
 
+    /// Every decision record written so far, as the exact lines.
+    pub fn lines(&self) -> Vec<String> {
+        self.parts.log.flush();
+        std::fs::read_to_string(&self.log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Wait until `n` records are written (the end-of-message record of a
     /// message may be written after the MTA got its reply).
     pub fn wait_for_records(&self, n: usize) -> Vec<Value> {

@@ -60,10 +60,11 @@ use super::{Backend, Live};
 use crate::engine::recipient::{assess_delivery, refusal_for, rule_recipient};
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::{Admission, Drain, Listener};
+use crate::log::record::MilterStep;
 use crate::metrics::{ConnectionGuard, Frontend};
 use accept::Accept;
 use negotiate::{answer, negotiate};
-use state::{Message, Recipient, Seen, Session};
+use state::{Ending, Message, Recipient, Seen, Session};
 
 /// Everything the milter needs.
 #[derive(Clone)]
@@ -486,7 +487,7 @@ async fn eom(deps: &Shared, cx: &mut EomContext<MilterConn>) -> Status {
     let live = conn.live.clone();
     let settings = &live.milter;
     let policy = live.engine.policy();
-    let mut done: Vec<String> = Vec::new();
+    let mut done: Vec<MilterStep> = Vec::new();
 
     if settings.quarantine
         && let Some(why) = message.quarantine_reason(deps.knowledge.as_ref())
@@ -496,7 +497,7 @@ async fn eom(deps: &Shared, cx: &mut EomContext<MilterConn>) -> Status {
             match cx.actions.quarantine(why.as_str()).await {
                 Ok(()) => {
                     tracing::info!(queue_id = %id, reason = %why, "message quarantined");
-                    done.push("quarantine".into());
+                    done.push(MilterStep::Quarantine);
                 }
                 Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot quarantine"),
             }
@@ -522,34 +523,27 @@ async fn eom(deps: &Shared, cx: &mut EomContext<MilterConn>) -> Status {
             continue;
         }
         match cx.actions.insert_header(0, &*name, value.as_str()).await {
-            Ok(()) => done.push(format!("add header {name}: {value}")),
+            Ok(()) => done.push(MilterStep::AddHeader { name, value }),
             Err(e) => {
                 tracing::error!(queue_id = %id, header = %name, error = %e, "cannot add header")
             }
         }
     }
 
-    let mut rec = state::record(
+    let rec = state::record(
         &conn.session,
         message,
         seen,
-        policy.default_decision(),
         settings.max_recipients,
-        "no recipient was seen for this message",
+        Ending::EndOfMessage(done),
     );
-    rec.reply = "CONTINUE";
-    rec.action = Some(if done.is_empty() {
-        "continue".into()
-    } else {
-        done.join("; ")
-    });
     deps.backend.decision_log().log(rec);
     Status::Continue
 }
 
 /// RSET, abort or disconnect: drop the message in progress; write its
 /// record only when a recipient had been refused.
-fn end_transaction(deps: &Shared, cx: &mut Context<MilterConn>, why: &str) {
+fn end_transaction(deps: &Shared, cx: &mut Context<MilterConn>, why: &'static str) {
     let seen = Seen::from_macros(|n| macro_value_named(&cx.macros, n));
     let Some(conn) = cx.data.as_mut() else {
         return;
@@ -560,18 +554,12 @@ fn end_transaction(deps: &Shared, cx: &mut Context<MilterConn>, why: &str) {
     if !message.has_refusals() {
         return;
     }
-    let settings = &conn.live.milter;
-    let policy = conn.live.engine.policy();
-    let mut rec = state::record(
+    let rec = state::record(
         &conn.session,
         message,
         seen,
-        policy.default_decision(),
-        settings.max_recipients,
-        "no recipient was seen for this message",
+        conn.live.milter.max_recipients,
+        Ending::Aborted(why),
     );
-    rec.reason = Arc::from(format!("{}; {why}", rec.reason));
-    rec.reply = "ABORT";
-    rec.action = Some("none: no message".into());
     deps.backend.decision_log().log(rec);
 }

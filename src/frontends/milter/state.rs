@@ -1,7 +1,10 @@
 //! What the milter remembers about one MTA connection and the message in
 //! progress, and what it makes of it at end of message: the decision
-//! record, the trace and routing header values, and whether to
-//! quarantine. No I/O here; the callbacks in the parent module feed it.
+//! record (built here, in [`record`], from the state alone), the trace and
+//! routing header values, and whether to quarantine. No I/O here; the
+//! callbacks in the parent module feed it.
+
+use std::sync::Arc;
 
 use crate::engine::decision::{Decision, SourceKind, Tls};
 use crate::engine::policy_file::PolicyFile;
@@ -9,8 +12,11 @@ use crate::engine::recipient::{
     MessageSummary, RecipientDecision, Ruling, assess_delivery, trace_value,
 };
 use crate::engine::refusal::{DeliveryAssessment, TlsKnowledge, refusal_text};
-use crate::frontends::message::{message_record, non_empty};
-use crate::log::record::{DecisionRecord, InboundTls};
+use crate::frontends::message::non_empty;
+use crate::log::record::{
+    DecisionRecord, Detail, Envelope, InboundTls, Message as MessageRecord, MessageDoor,
+    MilterMessage, MilterOutcome, MilterStep,
+};
 
 /// Longest text kept from any one macro, address or header value (RFC
 /// 5322's line limit); longer values are cut.
@@ -280,14 +286,27 @@ impl Seen {
     }
 }
 
-/// Everything known about the message, as one decision record.
+/// The reason of a message record when no recipient was seen.
+pub const NO_RECIPIENT: &str = "no recipient was seen for this message";
+
+/// How a message ended, for its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// End of message, and what was done to it.
+    EndOfMessage(Vec<MilterStep>),
+    /// RSET, abort or disconnect before end of message (recorded only
+    /// after a refusal), and why.
+    Aborted(&'static str),
+}
+
+/// Everything known about the message, as one decision record:
+/// `cap` is the recipients remembered (the reason counts those over it).
 pub fn record(
     session: &Session,
     message: Message,
     seen: Seen,
-    default: &Decision,
     cap: usize,
-    empty_reason: &str,
+    ending: Ending,
 ) -> DecisionRecord {
     let Message {
         sender,
@@ -300,30 +319,38 @@ pub fn record(
         tls_required_no,
         ..
     } = message;
-    let mut rec = message_record(
-        "milter",
-        default,
-        MessageSummary {
-            recipients: recipients.into_iter().map(|r| r.record).collect(),
-            dropped,
-            cap,
-            sender_rule,
-            empty_reason,
-        },
-    );
-    rec.queue_id = seen.queue_id;
-    rec.sender = Some(sender);
-    rec.client_address = session.client_address.clone();
-    rec.client_name = session.client_name.clone();
-    rec.helo_name = session.helo_name.clone();
-    rec.mta = seen.mta;
-    rec.daemon_name = seen.daemon_name;
-    rec.inbound_tls = seen.inbound_tls;
-    rec.auth_user = auth_user;
-    rec.message_id = message_id;
-    rec.tls_required_no = tls_required_no;
-    rec.requiretls = requiretls;
-    rec
+    let summary = MessageSummary {
+        recipients: recipients.into_iter().map(|r| r.record).collect(),
+        dropped,
+        cap,
+        sender_rule,
+        empty_reason: NO_RECIPIENT,
+    };
+    let envelope = Envelope {
+        sender,
+        client_address: session.client_address.clone(),
+    };
+    let (outcome, aborted) = match ending {
+        Ending::EndOfMessage(done) => (MilterOutcome::Continue(done), None),
+        Ending::Aborted(why) => (MilterOutcome::Abort, Some(why)),
+    };
+    let milter = MilterMessage {
+        client_name: session.client_name.clone(),
+        helo_name: session.helo_name.clone(),
+        mta: seen.mta,
+        daemon_name: seen.daemon_name,
+        inbound_tls: seen.inbound_tls,
+        auth_user,
+        message_id,
+        tls_required_no,
+        requiretls,
+        outcome,
+    };
+    let mut msg = MessageRecord::new(summary, envelope, MessageDoor::Milter(Box::new(milter)));
+    if let Some(why) = aborted {
+        msg.verdict.reason = Arc::from(format!("{}; {why}", msg.verdict.reason));
+    }
+    DecisionRecord::new(seen.queue_id, Detail::Message(msg))
 }
 
 /// `%` doubled: Postfix and sendmail read a milter's reply text as a
@@ -544,6 +571,48 @@ tls = "forced"
         );
         m.recipients[0].refused = true;
         assert_eq!(m.quarantine_reason(&k), None, "refused ones do not count");
+    }
+
+    #[tokio::test]
+    async fn one_record_from_the_state() {
+        let e = engine();
+        let session = Session {
+            client_address: Some("192.0.2.25".into()),
+            client_name: Some("client.example".into()),
+            helo_name: Some("helo.example".into()),
+            ..Session::default()
+        };
+        let seen = Seen::from_macros(|n| (n == "i").then(|| "4QX1".to_string()));
+        let mut m = Message::new("a@src.example".into(), Some("alice".into()), false);
+        rcpt(&e, &mut m, "x@bank.example", false).await;
+        m.recipients[0].refused = true;
+        m.recipients[0].record.action = Some("450 4.7.10 no".into());
+        let mut rec = record(
+            &session,
+            m,
+            seen,
+            10,
+            Ending::Aborted("the connection ended"),
+        );
+        rec.head.ts = std::time::SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            serde_json::to_string(&rec).unwrap(),
+            r#"{"ts":"1970-01-01T00:00:00.000000Z","frontend":"milter","queue_id":"4QX1","key":"","tls":"forced","reply":"ABORT","source":"static","reason":"message with 1 recipient: 1 forced, 0 opportunistic; the connection ended","sender":"a@src.example","client_address":"192.0.2.25","recipients":[{"recipient":"x@bank.example","domain":"bank.example","tls":"forced","level":"encrypt","source":"static","rule":1,"reason":"policy file rule 1","action":"450 4.7.10 no"}],"action":"none: no message","client_name":"client.example","helo_name":"helo.example","auth_user":"alice"}"#
+        );
+        let m = Message::new(String::new(), None, true);
+        let rec = record(
+            &Session::default(),
+            m,
+            Seen::default(),
+            10,
+            Ending::EndOfMessage(vec![MilterStep::Quarantine]),
+        );
+        let v = serde_json::to_value(&rec).unwrap();
+        assert_eq!(v["reason"], NO_RECIPIENT);
+        assert_eq!(v["reply"], "CONTINUE");
+        assert_eq!(v["action"], "quarantine");
+        assert_eq!(v["requiretls"], true);
+        assert_eq!(v["sender"], "");
     }
 
     #[test]

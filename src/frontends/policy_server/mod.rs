@@ -56,6 +56,7 @@ use super::message::{CatchUnwind, panic_text};
 pub use super::{Backend, Live};
 use crate::engine::refusal::TlsKnowledge;
 use crate::listen::{self, Accepted, Admission, Drain, IdleTimer, Listener};
+use crate::log::record::PolicyAction;
 use crate::metrics::Frontend;
 pub use config::{PolicyServerConfig, PolicyServerSettings};
 use messages::Messages;
@@ -137,22 +138,6 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
         }
     })
     .await;
-}
-
-/// One action and the word that goes into the record's `reply`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Action {
-    verb: &'static str,
-    text: String,
-}
-
-impl Action {
-    fn dunno() -> Action {
-        Action {
-            verb: "DUNNO",
-            text: "DUNNO".into(),
-        }
-    }
 }
 
 /// One connection's handler.
@@ -253,7 +238,7 @@ impl Server {
             m.lookup(Frontend::Policy, started.elapsed());
         }
         match result {
-            Ok(Ok(action)) => action.text,
+            Ok(Ok(action)) => action.to_string(),
             Ok(Err(panic)) => {
                 deps.count_error("internal");
                 tracing::error!(
@@ -261,7 +246,7 @@ impl Server {
                     problem = panic_text(&panic),
                     "internal error answering a policy request; answering DUNNO"
                 );
-                Action::dunno().text
+                PolicyAction::Dunno.to_string()
             }
             Err(_) => {
                 deps.count_error("timeout");
@@ -270,12 +255,12 @@ impl Server {
                     timeout = ?limit,
                     "policy request took too long; answering DUNNO"
                 );
-                Action::dunno().text
+                PolicyAction::Dunno.to_string()
             }
         }
     }
 
-    async fn respond(&mut self, request: &Request, live: Arc<Live>) -> Action {
+    async fn respond(&mut self, request: &Request, live: Arc<Live>) -> PolicyAction {
         let kind = request.value("request");
         if kind != POLICY_REQUEST {
             tracing::warn!(
@@ -283,7 +268,7 @@ impl Server {
                 request = kind,
                 "not a {POLICY_REQUEST} request; answering DUNNO"
             );
-            return Action::dunno();
+            return PolicyAction::Dunno;
         }
         let instance = request.value("instance");
         self.switch_instance(instance);
@@ -295,7 +280,7 @@ impl Server {
         } else if state.eq_ignore_ascii_case("END-OF-MESSAGE") {
             self.end_of_message(request, &live).await
         } else {
-            Action::dunno()
+            PolicyAction::Dunno
         }
     }
 

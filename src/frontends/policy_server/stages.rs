@@ -1,6 +1,6 @@
 //! The answers per protocol stage: RCPT, DATA, END-OF-MESSAGE.
 
-use super::{Action, Live, MAX_RECIPIENTS_PER_MESSAGE, PolicyServerSettings, Server};
+use super::{Live, MAX_RECIPIENTS_PER_MESSAGE, PolicyServerSettings, Server};
 use crate::engine::Engine;
 use crate::engine::decision::Decision;
 use crate::engine::recipient::{
@@ -8,11 +8,14 @@ use crate::engine::recipient::{
 };
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::frontends::attrs::Request;
-use crate::frontends::message::{header_value, message_record, non_empty, ruling_record};
+use crate::frontends::message::{header_value, non_empty};
+use crate::log::record::{
+    DecisionRecord, Detail, Envelope, Message, MessageDoor, PolicyAction, Recipient,
+};
 use crate::metrics::Frontend;
 
 impl Server {
-    pub(super) async fn rcpt(&mut self, request: &Request, live: &Live) -> Action {
+    pub(super) async fn rcpt(&mut self, request: &Request, live: &Live) -> PolicyAction {
         let settings = &live.policy_server;
         let recipient = request.value("recipient");
         let instance = request.value("instance");
@@ -25,34 +28,27 @@ impl Server {
         let refusal = refusal_for(&ruling, self.deps.knowledge.as_ref()).map(refusal_action);
         let action = match refusal {
             Some(r) => r,
-            None if ruling.forced_by_sender && self.messages.take_filter(instance) => Action {
-                verb: "FILTER",
-                text: format!("FILTER {}:", settings.forced_transport),
-            },
-            None => Action::dunno(),
+            None if ruling.forced_by_sender && self.messages.take_filter(instance) => {
+                PolicyAction::Filter {
+                    transport: settings.forced_transport.clone(),
+                }
+            }
+            None => PolicyAction::Dunno,
         };
-
-        let mut rec = ruling_record(&ruling, "policy");
-        rec.queue_id = non_empty(request.value("queue_id"));
-        rec.instance = non_empty(request.value("instance"));
-        rec.sender = Some(request.value("sender").to_string());
-        rec.client_address = non_empty(request.value("client_address"));
-        rec.recipient = Some(recipient.to_string());
-        rec.reply = action.verb;
-        rec.action = Some(action.text.clone());
         if !instance.is_empty() {
-            let entry = ruling.recipient_decision(recipient, Some(action.text.clone()));
+            let entry = ruling.recipient_decision(recipient, Some(action.to_string()));
             self.messages
                 .add_recipient(instance, request, ruling.sender_hit.as_ref(), entry);
         }
+        let rec = rcpt_record(request, &ruling, action.clone());
         self.deps.backend.decision_log().log(rec);
         action
     }
 
-    pub(super) async fn data(&mut self, request: &Request, live: &Live) -> Action {
+    pub(super) async fn data(&mut self, request: &Request, live: &Live) -> PolicyAction {
         let settings = &live.policy_server;
         let Some(name) = &settings.trace_header else {
-            return Action::dunno();
+            return PolicyAction::Dunno;
         };
         let instance = request.value("instance");
         let mut summary = self.messages.trace(instance).filter(|s| !s.is_empty());
@@ -71,15 +67,12 @@ impl Server {
             }
         }
         match summary {
-            Some(s) if !s.is_empty() => Action {
-                verb: "PREPEND",
-                text: trace_header(name, &s),
-            },
-            _ => Action::dunno(),
+            Some(s) if !s.is_empty() => trace_header(name, &s),
+            _ => PolicyAction::Dunno,
         }
     }
 
-    pub(super) async fn end_of_message(&mut self, request: &Request, live: &Live) -> Action {
+    pub(super) async fn end_of_message(&mut self, request: &Request, live: &Live) -> PolicyAction {
         let instance = request.value("instance");
         let engine = &live.engine;
         let policy = engine.policy();
@@ -110,9 +103,7 @@ impl Server {
             "no RCPT decision was seen for this message (recipient_count={})",
             request.value("recipient_count")
         );
-        let mut rec = message_record(
-            "policy",
-            policy.default_decision(),
+        let message = Message::new(
             MessageSummary {
                 recipients,
                 dropped,
@@ -120,16 +111,43 @@ impl Server {
                 sender_rule,
                 empty_reason: &empty_reason,
             },
+            envelope(request),
+            MessageDoor::Policy {
+                instance: non_empty(instance),
+                action: PolicyAction::Dunno,
+            },
         );
-        rec.queue_id = non_empty(request.value("queue_id"));
-        rec.instance = non_empty(instance);
-        rec.sender = Some(sender.to_string());
-        rec.client_address = non_empty(request.value("client_address"));
-        let action = Action::dunno();
-        rec.reply = action.verb;
-        rec.action = Some(action.text.clone());
+        let queue_id = non_empty(request.value("queue_id"));
+        let rec = DecisionRecord::new(queue_id, Detail::Message(message));
         self.deps.backend.decision_log().log(rec);
-        action
+        PolicyAction::Dunno
+    }
+}
+
+/// The record of a RCPT request: the recipient's domain as decided, and
+/// what was answered.
+fn rcpt_record(request: &Request, ruling: &Ruling, action: PolicyAction) -> DecisionRecord {
+    let rcpt = Recipient {
+        key: ruling.key.clone(),
+        domain: ruling.dest.as_ref().map(|d| d.name.clone()),
+        decision: ruling.decision.clone(),
+        instance: non_empty(request.value("instance")),
+        envelope: envelope(request),
+        recipient: request.value("recipient").to_string(),
+        action,
+        sender_rule: ruling.sender_hit.as_ref().map(|h| h.rule),
+    };
+    DecisionRecord::new(
+        non_empty(request.value("queue_id")),
+        Detail::Recipient(rcpt),
+    )
+}
+
+/// Sender and client of a request.
+fn envelope(request: &Request) -> Envelope {
+    Envelope {
+        sender: request.value("sender").to_string(),
+        client_address: non_empty(request.value("client_address")),
     }
 }
 
@@ -146,8 +164,8 @@ pub async fn rcpt_answer(
     let ruling = rule(engine, &format!("postmaster@{domain}"), "", settings).await;
     let action = refusal_for(&ruling, knowledge)
         .map(refusal_action)
-        .unwrap_or_else(Action::dunno);
-    (ruling.decision, action.text)
+        .unwrap_or(PolicyAction::Dunno);
+    (ruling.decision, action.to_string())
 }
 
 /// Decide for a recipient with the policy server's settings: sender rules
@@ -162,19 +180,23 @@ async fn rule(
 }
 
 /// `DEFER_IF_PERMIT 4.7.10 …` or `REJECT 5.7.10 …`.
-fn refusal_action(r: Refusal) -> Action {
-    let verb = match r.mode {
-        RefuseMode::Reject => "REJECT",
-        _ => "DEFER_IF_PERMIT",
-    };
+fn refusal_action(r: Refusal) -> PolicyAction {
     let (_, enhanced) = status_codes(r.mode).unwrap_or(("450", "4.7.10"));
-    Action {
-        verb,
-        text: format!("{verb} {enhanced} {}", r.text),
+    match r.mode {
+        RefuseMode::Reject => PolicyAction::Reject {
+            enhanced,
+            text: r.text,
+        },
+        _ => PolicyAction::DeferIfPermit {
+            enhanced,
+            text: r.text,
+        },
     }
 }
 
 /// `PREPEND Name: value`, sanitised and bounded.
-pub(super) fn trace_header(name: &str, value: &str) -> String {
-    format!("PREPEND {name}: {}", header_value(name, value))
+pub(super) fn trace_header(name: &str, value: &str) -> PolicyAction {
+    PolicyAction::Prepend {
+        header: format!("{name}: {}", header_value(name, value)),
+    }
 }

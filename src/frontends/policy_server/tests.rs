@@ -63,7 +63,7 @@ fn config_defaults_and_validation() {
 fn trace_header_is_prepend_with_the_bounded_value() {
     // The value's bounds are header_value's (tested in frontends::message).
     let long = "d.example=may ".repeat(200);
-    let h = trace_header("X-TLS-Policy", &long);
+    let h = trace_header("X-TLS-Policy", &long).to_string();
     assert_eq!(
         h,
         format!(
@@ -72,7 +72,10 @@ fn trace_header_is_prepend_with_the_bounded_value() {
         )
     );
     assert!(h.len() - "PREPEND ".len() <= crate::engine::recipient::MAX_TRACE_HEADER_LEN);
-    assert_eq!(trace_header("X-T", "a\nb\u{e9}"), "PREPEND X-T: a?b?");
+    assert_eq!(
+        trace_header("X-T", "a\nb\u{e9}").to_string(),
+        "PREPEND X-T: a?b?"
+    );
 }
 
 #[test]

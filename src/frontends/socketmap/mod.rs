@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::Backend;
 use super::netstring::{self, MAX_QUERY_LEN};
 use crate::engine::decision::{Decision, SourceKind};
+use crate::engine::key::Destination;
 use crate::listen::{self, Accepted, Admission, Drain, IdleTimer, Listener};
-use crate::log::record::DecisionRecord;
+use crate::log::record::{DecisionRecord, Detail, Lookup, LookupReply};
 use crate::metrics::Frontend;
 use crate::util::text::printable_ascii;
 
@@ -76,6 +77,17 @@ impl Reply {
             Reply::NotFound => "NOTFOUND",
             Reply::Temp(_) => "TEMP",
             Reply::Perm(_) => "PERM",
+        }
+    }
+
+    /// The reply code as the decision log has it; `PERM` (a map name not
+    /// served) is not a decision and has no record.
+    pub fn recorded(&self) -> Option<LookupReply> {
+        match self {
+            Reply::Ok(_) => Some(LookupReply::Ok),
+            Reply::NotFound => Some(LookupReply::NotFound),
+            Reply::Temp(_) => Some(LookupReply::Temp),
+            Reply::Perm(_) => None,
         }
     }
 
@@ -290,18 +302,35 @@ async fn request(
         m.lookup(Frontend::Socketmap, started.elapsed());
         m.decision(Frontend::Socketmap, &decision);
     }
-    let mut rec = DecisionRecord::new("socketmap", key, &decision);
-    rec.map = Some(match kind {
+    let map = match kind {
         MapKind::Policy => settings.map.clone(),
         MapKind::Forced => settings.forced_map.clone(),
-    });
-    rec.domain = dest.map(|d| d.name);
-    rec.reply = reply.code();
-    if matches!(reply, Reply::NotFound | Reply::Temp(_)) {
-        rec.level = None;
+    };
+    if let Some(recorded) = reply.recorded() {
+        let rec = record(key, map, dest, decision, recorded);
+        ctx.backend.decision_log().log(rec);
     }
-    ctx.backend.decision_log().log(rec);
     Ok(())
+}
+
+/// The decision record for one lookup on `map`.
+fn record(
+    key: &str,
+    map: Arc<str>,
+    dest: Option<Destination>,
+    decision: Decision,
+    reply: LookupReply,
+) -> DecisionRecord {
+    DecisionRecord::new(
+        None,
+        Detail::Lookup(Lookup {
+            map,
+            key: key.to_string(),
+            domain: dest.map(|d| d.name),
+            decision,
+            reply,
+        }),
+    )
 }
 
 #[cfg(test)]
@@ -356,6 +385,125 @@ mod tests {
             }
         }
         assert_eq!(wire(&Reply::Temp(Arc::from("later"))), "10:TEMP later,");
+    }
+
+    /// Golden lines: the exact bytes of the lookup records the socketmap
+    /// writes, through [`answer`] and [`record`] as a request does, at a
+    /// fixed time.
+    fn golden(key: &str, map: &str, decision: Decision, kind: MapKind, dr: DefaultReply) -> String {
+        let (decision, reply) = answer(decision, kind, dr);
+        let dest = Destination::parse(key).ok();
+        let mut rec = record(
+            key,
+            Arc::from(map),
+            dest,
+            decision,
+            reply.recorded().unwrap(),
+        );
+        rec.head.ts = std::time::SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_micros(1_767_323_045_123_456);
+        serde_json::to_string(&rec).unwrap()
+    }
+
+    fn static_rule() -> Decision {
+        Decision {
+            level: Level::Secure,
+            policy: Arc::from("secure match=mx1.bank.example:mx2.bank.example"),
+            source: SourceKind::Static,
+            rule: Some(2),
+            matched: Some(Arc::from(".bank.example")),
+            reason: Arc::from("PCI \"partner\"\tnever plaintext"),
+            ttl: std::time::Duration::from_secs(1),
+            raised: false,
+            temporary: false,
+            published: None,
+        }
+    }
+
+    #[test]
+    fn golden_lookup_records() {
+        let p = DefaultReply::Policy;
+        assert_eq!(
+            golden(
+                "MX.Bank.Example.",
+                "tls_policy",
+                static_rule(),
+                MapKind::Policy,
+                p
+            ),
+            r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_policy","key":"MX.Bank.Example.","domain":"mx.bank.example","tls":"forced","level":"secure match=mx1.bank.example:mx2.bank.example","reply":"OK","source":"static","rule":2,"matched":".bank.example","reason":"PCI \"partner\"\tnever plaintext"}"#
+        );
+        let default = Decision::bare(Level::May, SourceKind::Default, "no rule matched");
+        assert_eq!(
+            golden(
+                "[192.0.2.7]:25",
+                "tls_policy",
+                default.clone(),
+                MapKind::Policy,
+                p
+            ),
+            r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_policy","key":"[192.0.2.7]:25","domain":"192.0.2.7","tls":"opportunistic","level":"may","reply":"OK","source":"default","reason":"no rule matched"}"#
+        );
+        // NOTFOUND: no level.
+        assert_eq!(
+            golden(
+                ".example",
+                "tls_policy",
+                default.clone(),
+                MapKind::Policy,
+                DefaultReply::Notfound
+            ),
+            r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_policy","key":".example","domain":"example","tls":"opportunistic","reply":"NOTFOUND","source":"default","reason":"no rule matched"}"#
+        );
+        // The forced map raises the default.
+        assert_eq!(
+            golden(
+                "example.com",
+                "tls_forced",
+                default.clone(),
+                MapKind::Forced,
+                p
+            ),
+            r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_forced","key":"example.com","domain":"example.com","tls":"forced","level":"encrypt","reply":"OK","source":"default","reason":"no rule matched","raised":true}"#
+        );
+        // Not a destination: no domain.
+        assert_eq!(
+            golden("not a domain", "tls_policy", default, MapKind::Policy, p),
+            r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_policy","key":"not a domain","tls":"opportunistic","level":"may","reply":"OK","source":"default","reason":"no rule matched"}"#
+        );
+        // DANE could not decide now: TEMP, no level, on both maps.
+        let mut dane = Decision::bare(Level::DaneOnly, SourceKind::Dane, "DNSSEC lookup failed");
+        dane.temporary = true;
+        assert_eq!(
+            golden(
+                "dane.example",
+                "tls_policy",
+                dane.clone(),
+                MapKind::Policy,
+                p
+            ),
+            r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_policy","key":"dane.example","domain":"dane.example","tls":"forced","reply":"TEMP","source":"dane","reason":"DNSSEC lookup failed","temporary":true}"#
+        );
+        assert_eq!(
+            golden("dane.example", "tls_forced", dane, MapKind::Forced, p),
+            r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_forced","key":"dane.example","domain":"dane.example","tls":"forced","reply":"TEMP","source":"dane","reason":"DNSSEC lookup failed","temporary":true}"#
+        );
+        // MTA-STS: the published policy's id and mode; testing mode
+        // raised on the forced map.
+        let mut sts = Decision::bare(Level::May, SourceKind::MtaSts, "MTA-STS testing");
+        sts.policy = Arc::from("may");
+        sts.published = Some(Arc::new(crate::engine::decision::Published {
+            policy_id: Some(Arc::from("20240101T000000")),
+            mode: Some("testing"),
+        }));
+        assert_eq!(
+            golden("sts.example", "tls_policy", sts.clone(), MapKind::Policy, p),
+            r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_policy","key":"sts.example","domain":"sts.example","tls":"opportunistic","level":"may","reply":"OK","source":"mta-sts","reason":"MTA-STS testing","policy_id":"20240101T000000","policy_mode":"testing"}"#
+        );
+        assert_eq!(
+            golden("sts.example", "tls_forced", sts, MapKind::Forced, p),
+            r#"{"ts":"2026-01-02T03:04:05.123456Z","frontend":"socketmap","map":"tls_forced","key":"sts.example","domain":"sts.example","tls":"forced","level":"encrypt","reply":"OK","source":"mta-sts","reason":"MTA-STS testing","raised":true,"policy_id":"20240101T000000","policy_mode":"testing"}"#
+        );
     }
 
     #[test]
