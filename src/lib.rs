@@ -17,6 +17,7 @@ pub mod log;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod outcomes;
 pub mod prober;
 pub mod sources;
 pub mod store;

@@ -1,0 +1,34 @@
+//! Delivery outcomes, first brick: parsing Postfix's mail log.
+//!
+//! - [`lines`]: bytes → complete lines, bounded ([`lines::LineSplitter`]).
+//! - [`syslog`]: a line → timestamp, host, program, pid, message
+//!   ([`syslog::parse_line`]).
+//! - [`postfix`]: an smtp/lmtp message → a typed [`postfix::Event`].
+//! - [`connections`]: per-process state that attaches a connection's TLS
+//!   facts to the delivery lines it carried ([`connections::ConnectionTracker`]).
+//!
+//! All of it is pure (no I/O, no clock): the follower that reads files or
+//! the journal, and the join with the decision log, build on it.
+
+pub mod connections;
+pub mod lines;
+pub mod postfix;
+pub mod syslog;
+
+use postfix::Event;
+use syslog::SyslogLine;
+
+/// The Postfix daemons whose messages [`event_of`] parses: the delivery
+/// agents, and tlsproxy (which logs the TLS summary too when
+/// `smtp_tls_connection_reuse = yes`).
+pub const PARSED_DAEMONS: [&str; 3] = ["smtp", "lmtp", "tlsproxy"];
+
+/// The event a syslog line carries: parsed for [`PARSED_DAEMONS`],
+/// [`Event::Unknown`] for any other program.
+pub fn event_of(line: &SyslogLine<'_>) -> Event {
+    if PARSED_DAEMONS.contains(&line.daemon()) {
+        postfix::parse_message(line.message)
+    } else {
+        Event::Unknown
+    }
+}
