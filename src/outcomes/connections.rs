@@ -179,7 +179,9 @@ impl ConnectionTracker {
                 None => true,
                 Some(bound) => {
                     *bound == this_use
-                        || delivery.conn_use.is_some_and(|n| n >= 2 && Some(n) != bound.1)
+                        || delivery
+                            .conn_use
+                            .is_some_and(|n| n >= 2 && Some(n) != bound.1)
                 }
             };
         if governs {
@@ -247,4 +249,155 @@ impl ConnectionTracker {
 /// line and a status line name the host the same way).
 fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
     a.addr == b.addr && a.port == b.port && a.host.eq_ignore_ascii_case(&b.host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcomes::postfix::{Trust, parse_message};
+
+    fn key(pid: u32) -> ProcessKey {
+        ProcessKey {
+            host: "mx1".into(),
+            program: "postfix/smtp".into(),
+            pid,
+        }
+    }
+
+    fn feed(t: &mut ConnectionTracker, pid: u32, msg: &str) -> Option<AttributedDelivery> {
+        let ev = parse_message(msg);
+        assert_ne!(ev, Event::Unknown, "{msg}");
+        t.observe(&key(pid), ev)
+    }
+
+    fn trust(a: &Option<AttributedDelivery>) -> Option<Trust> {
+        a.as_ref()?
+            .connection
+            .as_ref()?
+            .tls
+            .as_ref()
+            .map(|t| t.trust)
+    }
+
+    const TLS_A: &str = "Verified TLS connection established to a.test[192.0.2.1]:25: TLSv1.3 with cipher C (256/256 bits)";
+    const TLS_B: &str = "Untrusted TLS connection established to b.test[192.0.2.2]:25: TLSv1.3 with cipher C (256/256 bits)";
+
+    fn dlv(q: &str, to: &str, relay: &str, conn_use: Option<u32>) -> String {
+        let cu = conn_use.map_or(String::new(), |n| format!(", conn_use={n}"));
+        format!(
+            "{q}: to=<{to}>, relay={relay}{cu}, delay=0.1, delays=0/0/0/0.1, dsn=2.0.0, status=sent (250 ok)"
+        )
+    }
+
+    #[test]
+    fn one_connection_several_recipients_then_reuse() {
+        let mut t = ConnectionTracker::new(8);
+        assert!(feed(&mut t, 1, TLS_A).is_none());
+        let r = "a.test[192.0.2.1]:25";
+        for to in ["x@a", "y@a", "z@a"] {
+            let a = feed(&mut t, 1, &dlv("Q1", to, r, None));
+            assert_eq!(trust(&a), Some(Trust::Verified), "{to}");
+        }
+        // The cached connection used again by the same process.
+        assert_eq!(
+            trust(&feed(&mut t, 1, &dlv("Q2", "x@a", r, Some(2)))),
+            Some(Trust::Verified)
+        );
+        assert_eq!(
+            trust(&feed(&mut t, 1, &dlv("Q2", "y@a", r, Some(2)))),
+            Some(Trust::Verified)
+        );
+        assert_eq!(
+            trust(&feed(&mut t, 1, &dlv("Q3", "x@a", r, Some(3)))),
+            Some(Trust::Verified)
+        );
+        // A new message over a new connection with no TLS line: plaintext.
+        let a = feed(&mut t, 1, &dlv("Q4", "x@a", r, None));
+        assert_eq!(a.as_ref().unwrap().connection, None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn another_peer_or_process_gets_no_facts() {
+        let mut t = ConnectionTracker::new(8);
+        feed(&mut t, 1, TLS_A);
+        // Same process, other peer: the TLS facts do not apply.
+        let a = feed(&mut t, 1, &dlv("Q1", "x@b", "b.test[192.0.2.2]:25", None));
+        assert_eq!(a.unwrap().connection, None);
+        // Other process: nothing known.
+        feed(&mut t, 1, TLS_A);
+        let a = feed(&mut t, 2, &dlv("Q1", "x@a", "a.test[192.0.2.1]:25", None));
+        assert_eq!(a.unwrap().connection, None);
+        // relay=none leaves the state for the next delivery.
+        let a = feed(&mut t, 1, &dlv("Q9", "x@c", "none", None));
+        assert_eq!(a.unwrap().connection, None);
+        let a = feed(&mut t, 1, &dlv("Q1", "x@a", "a.test[192.0.2.1]:25", None));
+        assert_eq!(trust(&a), Some(Trust::Verified));
+        // A later TLS line replaces the facts.
+        feed(&mut t, 1, TLS_B);
+        let a = feed(&mut t, 1, &dlv("Q2", "x@b", "b.test[192.0.2.2]:25", None));
+        assert_eq!(trust(&a), Some(Trust::Untrusted));
+    }
+
+    #[test]
+    fn failures_are_kept_with_their_connection() {
+        let mut t = ConnectionTracker::new(8);
+        feed(
+            &mut t,
+            1,
+            "certificate verification failed for b.test[192.0.2.2]:25: self-signed certificate",
+        );
+        feed(&mut t, 1, TLS_B);
+        let a = feed(
+            &mut t,
+            1,
+            "Q1: to=<x@b>, relay=b.test[192.0.2.2]:25, delay=0, delays=0/0/0/0, dsn=4.7.5, status=deferred (Server certificate not verified)",
+        )
+        .unwrap();
+        let c = a.connection.unwrap();
+        assert_eq!(c.tls.unwrap().trust, Trust::Untrusted);
+        assert_eq!(c.failures.len(), 1);
+        // Handshake failure: no TLS summary, two failure lines.
+        feed(&mut t, 1, "SSL_connect error to b.test[192.0.2.2]:25: -1");
+        feed(&mut t, 1, "warning: TLS library problem: error:0A00042E:x:");
+        let a = feed(
+            &mut t,
+            1,
+            "Q2: to=<x@b>, relay=b.test[192.0.2.2]:25, delay=0, delays=0/0/0/0, dsn=4.7.5, status=deferred (Cannot start TLS: handshake failure)",
+        )
+        .unwrap();
+        let c = a.connection.unwrap();
+        assert_eq!(c.tls, None);
+        assert_eq!(c.failures.len(), 2);
+        // Failure lines beyond the cap are counted, not kept.
+        for _ in 0..MAX_FAILURES + 2 {
+            feed(&mut t, 3, "warning: TLS library problem: x");
+        }
+        assert_eq!(t.stats().failures_dropped, 2);
+        // A failed connect clears the process's record.
+        feed(
+            &mut t,
+            3,
+            "connect to b.test[192.0.2.2]:25: Connection refused",
+        );
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn capacity_evicts_least_recently_seen() {
+        let mut t = ConnectionTracker::new(2);
+        feed(&mut t, 1, TLS_A);
+        feed(&mut t, 2, TLS_A);
+        feed(&mut t, 1, TLS_B); // pid 1 seen again, pid 2 is now the oldest
+        feed(&mut t, 3, TLS_A);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.stats().evicted, 1);
+        let a = feed(&mut t, 2, &dlv("Q1", "x@a", "a.test[192.0.2.1]:25", None));
+        assert_eq!(a.unwrap().connection, None);
+        let a = feed(&mut t, 3, &dlv("Q1", "x@a", "a.test[192.0.2.1]:25", None));
+        assert_eq!(trust(&a), Some(Trust::Verified));
+        t.forget(&key(1));
+        assert_eq!(t.len(), 1);
+        assert!(ConnectionTracker::new(0).capacity >= 1);
+    }
 }

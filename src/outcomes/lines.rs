@@ -149,7 +149,11 @@ mod tests {
         let got = split_all(100, &[b"one\ntwo\r\n\nthree"]);
         assert_eq!(
             got,
-            vec![Got::L(b"one".to_vec()), Got::L(b"two".to_vec()), Got::L(vec![])]
+            vec![
+                Got::L(b"one".to_vec()),
+                Got::L(b"two".to_vec()),
+                Got::L(vec![])
+            ]
         );
     }
 

@@ -3,7 +3,8 @@
 //! - [`lines`]: bytes → complete lines, bounded ([`lines::LineSplitter`]).
 //! - [`syslog`]: a line → timestamp, host, program, pid, message
 //!   ([`syslog::parse_line`]).
-//! - [`postfix`]: an smtp/lmtp message → a typed [`postfix::Event`].
+//! - [`postfix`]: an smtp/lmtp message → a typed [`postfix::Event`];
+//!   [`delivery`]: its status lines (`to=<...>, relay=..., status=...`).
 //! - [`connections`]: per-process state that attaches a connection's TLS
 //!   facts to the delivery lines it carried ([`connections::ConnectionTracker`]).
 //!
@@ -11,6 +12,7 @@
 //! the journal, and the join with the decision log, build on it.
 
 pub mod connections;
+pub mod delivery;
 pub mod lines;
 pub mod postfix;
 pub mod syslog;
@@ -32,3 +34,6 @@ pub fn event_of(line: &SyslogLine<'_>) -> Event {
         Event::Unknown
     }
 }
+
+#[cfg(test)]
+mod fixture_tests;

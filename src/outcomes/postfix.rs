@@ -4,6 +4,7 @@
 //! status=...`), the TLS failures logged on their own lines, and the
 //! warnings Postfix logs when it cannot get a TLS policy answer. Everything
 //! else is [`Event::Unknown`]. Pure and total: any string gives an event.
+//! Status lines themselves are parsed in [`super::delivery`].
 //!
 //! The formats come from Postfix's source (3.7 to 3.12): `tls_log_summary`
 //! in `src/tls/tls_misc.c`, `log_adhoc` in `src/global/log_adhoc.c`
@@ -12,8 +13,10 @@
 //! `src/tls/tls_client.c`, `smtp_connect.c`, `smtp_proto.c`,
 //! `smtp_tls_policy.c` and `util/dict_sockmap.c`.
 
-use std::time::Duration;
-
+use super::delivery::parse_delivery;
+pub use super::delivery::{
+    Delivery, Relay, Status, TlsFeature, classify_status_text, parse_tls_features,
+};
 use super::syslog::parse_digits;
 
 /// How far the server certificate was checked (`tls_log_summary`).
@@ -89,72 +92,6 @@ pub struct TlsEstablished {
     pub extra: String,
 }
 
-/// Where a delivery went (`relay=`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Relay {
-    /// `relay=none`: no connection was made.
-    None,
-    Peer(Endpoint),
-    /// Anything else (`local`, `virtual`, a transport name).
-    Other(String),
-}
-
-/// `status=`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
-    Sent,
-    Deferred,
-    Bounced,
-    Expired,
-    Other(String),
-}
-
-/// One entry of 3.11's `tls=` field (`may/!requiretls:nostarttls`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFeature {
-    pub name: String,
-    /// `:final`: the feature ended at this level instead.
-    pub downgraded_to: Option<String>,
-    /// `!`: the policy was not met and delivery was blocked.
-    pub violated: bool,
-    /// `?`: left undecided (e.g. lost connection).
-    pub undecided: bool,
-}
-
-/// A delivery status line from `log_adhoc`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub queue_id: String,
-    pub to: String,
-    pub orig_to: Option<String>,
-    pub relay: Relay,
-    /// `conn_use=N`: the Nth delivery over a cached connection (absent on
-    /// a new connection's first message).
-    pub conn_use: Option<u32>,
-    pub delay: Option<Duration>,
-    /// `delays=a/b/c/d` as written.
-    pub delays: Option<String>,
-    /// Postfix ≥ 3.11 `tls=`, as written.
-    pub tls: Option<String>,
-    pub dsn: String,
-    pub status: Status,
-    /// The text in parentheses after the status (the remote reply or the
-    /// reason), without the parentheses.
-    pub text: String,
-}
-
-impl Delivery {
-    /// The `tls=` field, split into features.
-    pub fn tls_features(&self) -> Vec<TlsFeature> {
-        self.tls.as_deref().map(parse_tls_features).unwrap_or_default()
-    }
-
-    /// The TLS failure this status line reports, if any (from its text).
-    pub fn tls_failure(&self) -> Option<TlsFailureKind> {
-        classify_status_text(&self.text)
-    }
-}
-
 /// Kinds of TLS failure Postfix logs, on their own lines or as the reason
 /// of a deferral.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -200,7 +137,10 @@ pub enum Event {
     Delivery(Delivery),
     TlsFailure(TlsFailure),
     /// `connect to HOST[ADDR]:PORT: REASON` (no connection was made).
-    ConnectFailed { peer: Endpoint, detail: String },
+    ConnectFailed {
+        peer: Endpoint,
+        detail: String,
+    },
     /// `warning: TLS policy lookup [error ]for NEXTHOP/HOST: REASON`:
     /// delivery to that host gets no TLS policy (usually deferred with
     /// `client TLS configuration problem`).
@@ -220,7 +160,10 @@ pub enum Event {
     },
     /// `warning: connect to ENDPOINT: REASON` without a `host[addr]`: a
     /// table client (socketmap) could not reach its server.
-    TableConnectFailed { endpoint: String, detail: String },
+    TableConnectFailed {
+        endpoint: String,
+        detail: String,
+    },
     Unknown,
 }
 
@@ -242,6 +185,17 @@ fn parse_info(msg: &str) -> Option<Event> {
             let rest = msg.strip_prefix("SSL_connect error to ")?;
             let (peer, detail) = split_namaddr(rest)?;
             return Some(failure(TlsFailureKind::HandshakeFailed, Some(peer), detail));
+        }
+        "TLS" => {
+            // tlsproxy (tlsproxy_state.c): `TLS handshake failed for
+            // service=%s peer=%s`, the peer as `[addr]:port`.
+            let rest = msg.strip_prefix("TLS handshake failed for ")?;
+            let (service, peer) = rest.split_once(" peer=")?;
+            return Some(failure(
+                TlsFailureKind::HandshakeFailed,
+                Some(Endpoint::parse(peer)?),
+                service,
+            ));
         }
         "connect" => {
             let rest = msg.strip_prefix("connect to ")?;
@@ -314,7 +268,11 @@ fn parse_warning(w: &str) -> Option<Event> {
         return Some(table_error(head, Some(key), "lookup error"));
     }
     if let Some((head, detail)) = w.split_once(" socketmap server ") {
-        return Some(table_error(head, None, &format!("socketmap server {detail}")));
+        return Some(table_error(
+            head,
+            None,
+            &format!("socketmap server {detail}"),
+        ));
     }
     if let Some(head) = w.strip_suffix("\": policy table lookup error") {
         let (table, key) = head.split_once(", ")?;
@@ -411,161 +369,10 @@ fn split_at_colon_after_bracket(s: &str) -> Option<(&str, &str)> {
     Some((&s[..sep], &s[sep + 2..]))
 }
 
-/// Longest accepted queue id (Postfix long queue ids are about 17 chars).
-const MAX_QUEUE_ID: usize = 32;
-
-fn parse_delivery(msg: &str) -> Option<Delivery> {
-    let (queue_id, rest) = msg.split_once(": ")?;
-    if queue_id.is_empty()
-        || queue_id.len() > MAX_QUEUE_ID
-        || !queue_id.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
-        return None;
-    }
-    let rest = rest.strip_prefix("to=<")?;
-    let (to, mut rest) = split_address(rest)?;
-    let mut orig_to = None;
-    if let Some(r) = rest.strip_prefix("orig_to=<") {
-        let (o, r) = split_address(r)?;
-        orig_to = Some(o.to_string());
-        rest = r;
-    }
-    let rest = rest.strip_prefix("relay=")?;
-    let (relay, mut rest) = rest.split_once(", ")?;
-    let relay = match relay {
-        "none" => Relay::None,
-        r => Endpoint::parse(r).map_or_else(|| Relay::Other(r.to_string()), Relay::Peer),
-    };
-    let mut d = Delivery {
-        queue_id: queue_id.to_string(),
-        to: to.to_string(),
-        orig_to,
-        relay,
-        conn_use: None,
-        delay: None,
-        delays: None,
-        tls: None,
-        dsn: String::new(),
-        status: Status::Other(String::new()),
-        text: String::new(),
-    };
-    // Fields up to `status=`, which comes last (its text may hold anything).
-    loop {
-        if let Some(s) = rest.strip_prefix("status=") {
-            let (status, text) = parse_status(s)?;
-            d.status = status;
-            d.text = text.to_string();
-            break;
-        }
-        let (field, r) = rest.split_once(", ")?;
-        rest = r;
-        let (name, value) = field.split_once('=')?;
-        match name {
-            "conn_use" => d.conn_use = Some(u32::try_from(parse_digits(value)?).ok()?),
-            "delay" => d.delay = parse_seconds(value),
-            "delays" => d.delays = Some(value.to_string()),
-            "tls" => d.tls = Some(value.to_string()),
-            "dsn" => d.dsn = value.to_string(),
-            _ => {} // a field from a newer Postfix
-        }
-    }
-    (!d.dsn.is_empty()).then_some(d)
-}
-
-/// The address up to `>, ` before the next field (`orig_to=<` or `relay=`).
-/// Addresses may hold spaces, quotes, commas and even `>`.
-fn split_address(s: &str) -> Option<(&str, &str)> {
-    let mut from = 0;
-    while let Some(i) = s[from..].find(">, ") {
-        let at = from + i;
-        let next = &s[at + 3..];
-        if next.starts_with("orig_to=<") || next.starts_with("relay=") {
-            return Some((&s[..at], next));
-        }
-        from = at + 1;
-    }
-    None
-}
-
-/// `WORD (TEXT)` at the end of the line; also `expired, returned to sender`.
-fn parse_status(s: &str) -> Option<(Status, &str)> {
-    let end = s.find([' ', ',']).unwrap_or(s.len());
-    let (word, rest) = s.split_at(end);
-    let status = match word {
-        "sent" => Status::Sent,
-        "deferred" => Status::Deferred,
-        "bounced" => Status::Bounced,
-        "expired" => Status::Expired,
-        "" => return None,
-        w => Status::Other(w.to_string()),
-    };
-    let text = match rest.strip_prefix(" (").and_then(|r| r.strip_suffix(')')) {
-        Some(t) => t,
-        None => rest.trim_start_matches([',', ' ']),
-    };
-    Some((status, text))
-}
-
-/// `0.2`, `8.4`, `1234` (seconds).
-fn parse_seconds(s: &str) -> Option<Duration> {
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return None;
-    }
-    let v: f64 = s.parse().ok()?;
-    Duration::try_from_secs_f64(v).ok()
-}
-
-/// Split a `tls=` value (`feature/feature`, each `[!]name[:final][?]`).
-pub fn parse_tls_features(s: &str) -> Vec<TlsFeature> {
-    s.split('/')
-        .filter(|f| !f.is_empty())
-        .map(|f| {
-            let (violated, f) = match f.strip_prefix('!') {
-                Some(f) => (true, f),
-                None => (false, f),
-            };
-            let (undecided, f) = match f.strip_suffix('?') {
-                Some(f) => (true, f),
-                None => (false, f),
-            };
-            let (name, downgraded_to) = match f.split_once(':') {
-                Some((n, d)) => (n, Some(d.to_string())),
-                None => (f, None),
-            };
-            TlsFeature {
-                name: name.to_string(),
-                downgraded_to,
-                violated,
-                undecided,
-            }
-        })
-        .collect()
-}
-
-/// The TLS failure a deferral/bounce reason names, if any.
-pub fn classify_status_text(text: &str) -> Option<TlsFailureKind> {
-    use TlsFailureKind::*;
-    const PATTERNS: [(&str, TlsFailureKind); 10] = [
-        ("TLS is required, but was not offered by host", NotOffered),
-        ("REQUIRETLS, but TLS service was not offered by host", NotOffered),
-        ("TLS is required, but host ", StartTlsRefused),
-        ("REQUIRETLS, but host ", StartTlsRefused),
-        ("TLS is required, but our TLS engine is unavailable", TlsUnavailable),
-        ("TLS is required, but unavailable", TlsUnavailable),
-        ("Server certificate not verified", CertNotVerified),
-        ("Cannot start TLS: handshake failure", HandshakeFailed),
-        ("client TLS configuration problem", ConfigProblem),
-        ("TLSA lookup error for ", TlsaLookupError),
-    ];
-    PATTERNS
-        .iter()
-        .find(|(p, _)| text.contains(p))
-        .map(|(_, k)| *k)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn delivery(msg: &str) -> Delivery {
         match parse_message(msg) {
@@ -597,7 +404,8 @@ mod tests {
         assert_eq!(t.cipher, "TLS_AES_256_GCM_SHA384");
         assert_eq!(t.bits, Some((256, 256)));
         assert!(t.extra.starts_with("key-exchange X25519"));
-        let m = "Trusted TLS connection reused to ::1[::1]:25: TLSv1.3 with cipher X (128/256 bits)";
+        let m =
+            "Trusted TLS connection reused to ::1[::1]:25: TLSv1.3 with cipher X (128/256 bits)";
         let Event::TlsEstablished(t) = parse_message(m) else {
             panic!()
         };
@@ -675,8 +483,14 @@ mod tests {
              delays=1/0/0/0, dsn=2.0.0, status=sent (delivered to mailbox)",
         );
         assert_eq!(d.to, "\"x>, y\"@b");
-        // An address holding `>, relay=` is ambiguous; the first wins.
-        assert_eq!(d.orig_to.as_deref(), Some("\"q"));
+        assert_eq!(d.orig_to.as_deref(), Some("\"q>, relay=z\"@c"));
+        assert_eq!(d.relay, Relay::Other("local".into()));
+        // Unbalanced quotes: the first `>, relay=` wins.
+        let d = delivery("A4: to=<\"x>, relay=y>, relay=none, dsn=2.0.0, status=sent (x)");
+        assert_eq!(d.to, "\"x");
+        // A backslash-escaped quote inside quotes.
+        let d = delivery("A5: to=<\"a\\\">, \"@b>, relay=none, dsn=2.0.0, status=sent (x)");
+        assert_eq!(d.to, "\"a\\\">, \"@b");
         let d = delivery("A3: to=<>, relay=local, delay=1, dsn=2.0.0, status=sent (x)");
         assert_eq!(d.to, "");
         assert_eq!(d.relay, Relay::Other("local".into()));
@@ -711,10 +525,16 @@ mod tests {
             "C1: to=<a@b>, relay=mail.b[private/dovecot-lmtp], delay=0.05, \
              delays=0.01/0/0.01/0.03, dsn=2.0.0, status=sent (250 2.0.0 <a@b> Saved)",
         );
-        assert_eq!(d.relay, Relay::Peer(ep("mail.b", "private/dovecot-lmtp", None)));
+        assert_eq!(
+            d.relay,
+            Relay::Peer(ep("mail.b", "private/dovecot-lmtp", None))
+        );
         // Status without parenthesised text (qmgr-style) and odd statuses.
         let d = delivery("D1: to=<a@b>, relay=none, dsn=4.7.0, status=expired, returned to sender");
-        assert_eq!((d.status, d.text.as_str()), (Status::Expired, "returned to sender"));
+        assert_eq!(
+            (d.status, d.text.as_str()),
+            (Status::Expired, "returned to sender")
+        );
         let d = delivery("D2: to=<a@b>, relay=none, dsn=4.0.0, status=SOFTBOUNCE (x)");
         assert_eq!(d.status, Status::Other("SOFTBOUNCE".into()));
         assert_eq!(
@@ -741,7 +561,10 @@ mod tests {
         ] {
             assert_eq!(parse_message(m), Event::Unknown, "{m}");
         }
-        let long_id = format!("{}: to=<a@b>, relay=none, dsn=2.0.0, status=sent (x)", "A".repeat(33));
+        let long_id = format!(
+            "{}: to=<a@b>, relay=none, dsn=2.0.0, status=sent (x)",
+            "A".repeat(33)
+        );
         assert_eq!(parse_message(&long_id), Event::Unknown);
     }
 
@@ -749,12 +572,18 @@ mod tests {
     fn status_texts() {
         use TlsFailureKind::*;
         for (text, want) in [
-            ("TLS is required, but was not offered by host h[192.0.2.1]", Some(NotOffered)),
+            (
+                "TLS is required, but was not offered by host h[192.0.2.1]",
+                Some(NotOffered),
+            ),
             (
                 "TLS is required, but host h[192.0.2.1] refused to start TLS: 454 4.7.0 no",
                 Some(StartTlsRefused),
             ),
-            ("TLS is required, but our TLS engine is unavailable", Some(TlsUnavailable)),
+            (
+                "TLS is required, but our TLS engine is unavailable",
+                Some(TlsUnavailable),
+            ),
             ("TLS is required, but unavailable", Some(TlsUnavailable)),
             ("Server certificate not verified", Some(CertNotVerified)),
             ("Cannot start TLS: handshake failure", Some(HandshakeFailed)),
@@ -789,7 +618,16 @@ mod tests {
                 VerificationFailed,
                 "untrusted issuer /CN=x: y",
             ),
-            ("SSL_connect error to mx.old[127.0.0.14]:25: -1", HandshakeFailed, "-1"),
+            (
+                "SSL_connect error to mx.old[127.0.0.14]:25: -1",
+                HandshakeFailed,
+                "-1",
+            ),
+            (
+                "TLS handshake failed for service=smtp peer=[127.0.0.14]:25",
+                HandshakeFailed,
+                "service=smtp",
+            ),
             (
                 "SSL_connect error to mx.old[127.0.0.14]:25: lost connection",
                 HandshakeFailed,
@@ -849,7 +687,11 @@ mod tests {
             parse_message(
                 "warning: table socketmap:inet:127.0.0.1:9999:policy lookup error: Connection refused"
             ),
-            table("socketmap:inet:127.0.0.1:9999:policy", None, "Connection refused")
+            table(
+                "socketmap:inet:127.0.0.1:9999:policy",
+                None,
+                "Connection refused"
+            )
         );
         assert_eq!(
             parse_message(
@@ -896,14 +738,25 @@ mod tests {
             }
         );
         assert_eq!(parse_message("warning: something else"), Event::Unknown);
-        assert_eq!(parse_message("warning: TLS policy lookup for x"), Event::Unknown);
+        assert_eq!(
+            parse_message("warning: TLS policy lookup for x"),
+            Event::Unknown
+        );
     }
 
     #[test]
     fn endpoints() {
         assert_eq!(Endpoint::parse("a[b]:25"), Some(ep("a", "b", Some(25))));
         assert_eq!(Endpoint::parse("[b]"), Some(ep("", "b", None)));
-        for bad in ["a", "a[]", "a[b]x", "a[b]:", "a[b]:99999", "a b[c]:25", "a[b]:2x"] {
+        for bad in [
+            "a",
+            "a[]",
+            "a[b]x",
+            "a[b]:",
+            "a[b]:99999",
+            "a b[c]:25",
+            "a[b]:2x",
+        ] {
             assert_eq!(Endpoint::parse(bad), None, "{bad}");
         }
         let e = ep("mx", "2001:db8::1", Some(25));

@@ -138,10 +138,7 @@ pub fn parse_line(line: &[u8], hint: YearHint) -> Result<SyslogLine<'_>, SyslogE
     let rest = rest.trim_start_matches(' ');
     let (tag, message) = match rest.split_once(": ") {
         Some((tag, message)) => (tag, message),
-        None => (
-            rest.strip_suffix(':').ok_or(SyslogError::MissingTag)?,
-            "",
-        ),
+        None => (rest.strip_suffix(':').ok_or(SyslogError::MissingTag)?, ""),
     };
     if tag.is_empty() || tag.contains(' ') {
         return Err(SyslogError::MissingTag);
@@ -333,7 +330,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (l.time.year, l.time.month, l.time.day, l.time.hour, l.time.second),
+            (
+                l.time.year,
+                l.time.month,
+                l.time.day,
+                l.time.hour,
+                l.time.second
+            ),
             (2026, 12, 5, 6, 46)
         );
         assert_eq!(l.time.offset, None);
@@ -437,13 +440,31 @@ mod tests {
         assert!(matches!(parse_line(&long, HINT), Err(TooLong { .. })));
         assert_eq!(parse_line(b"\xff", HINT), Err(NotUtf8));
         assert_eq!(parse_line(b"", HINT), Err(BadTimestamp));
-        assert_eq!(parse_line(b"Foo  5 06:47:46 h p: m", HINT), Err(BadTimestamp));
-        assert_eq!(parse_line(b"Feb 30 06:47:46 h p: m", HINT), Err(BadTimestamp));
-        assert_eq!(parse_line(b"Dec  5 24:47:46 h p: m", HINT), Err(BadTimestamp));
-        assert_eq!(parse_line(b"2026-13-05T06:47:46Z h p: m", HINT), Err(BadTimestamp));
-        assert_eq!(parse_line(b"2026-12-05T06:47:46 h p: m", HINT), Err(BadTimestamp));
+        assert_eq!(
+            parse_line(b"Foo  5 06:47:46 h p: m", HINT),
+            Err(BadTimestamp)
+        );
+        assert_eq!(
+            parse_line(b"Feb 30 06:47:46 h p: m", HINT),
+            Err(BadTimestamp)
+        );
+        assert_eq!(
+            parse_line(b"Dec  5 24:47:46 h p: m", HINT),
+            Err(BadTimestamp)
+        );
+        assert_eq!(
+            parse_line(b"2026-13-05T06:47:46Z h p: m", HINT),
+            Err(BadTimestamp)
+        );
+        assert_eq!(
+            parse_line(b"2026-12-05T06:47:46 h p: m", HINT),
+            Err(BadTimestamp)
+        );
         assert_eq!(parse_line(b"Dec  5 06:47:46 h", HINT), Err(MissingHost));
-        assert_eq!(parse_line(b"Dec  5 06:47:46 h no tag", HINT), Err(MissingTag));
+        assert_eq!(
+            parse_line(b"Dec  5 06:47:46 h no tag", HINT),
+            Err(MissingTag)
+        );
         assert_eq!(parse_line(b"Dec  5 06:47:46 h p[x]: m", HINT), Err(BadPid));
         assert_eq!(parse_line(b"Dec  5 06:47:46 h p[]: m", HINT), Err(BadPid));
         let l = parse_line(b"Dec  5 06:47:46 h postfix/smtp[1]:", HINT).unwrap();
