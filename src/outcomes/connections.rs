@@ -17,6 +17,13 @@
 //!
 //! At most `capacity` processes are tracked; the least recently seen is
 //! evicted and counted.
+//!
+//! Observed with Postfix 3.7 and `smtp_tls_connection_reuse = yes`: the
+//! smtp process still logs the TLS summary (`established`, or `reused` for a
+//! cached TLS connection, followed by `conn_use=N` lines), but the
+//! certificate-verification and handshake failure lines come from tlsproxy,
+//! one process serving many connections; they are not attached here. Feed
+//! only smtp/lmtp processes to a tracker.
 
 use std::collections::HashMap;
 

@@ -207,12 +207,13 @@ fn parse_info(msg: &str) -> Option<Event> {
         }
         _ => {}
     }
-    if let Some(i) = msg.find("certificate verification failed for ") {
-        let purpose = &msg[..i];
-        if !matches!(purpose, "" | "server " | "CA " | "client ") {
-            return None;
-        }
-        let rest = &msg[i + "certificate verification failed for ".len()..];
+    // `[PURPOSE ]certificate verification failed for NAMADDR: DETAIL`
+    // (tls_verify.c); PURPOSE is `server`, `client` or `CA`.
+    const VERIFY: &str = "certificate verification failed for ";
+    let verify = ["", "server ", "CA ", "client "]
+        .iter()
+        .find_map(|p| msg.strip_prefix(p)?.strip_prefix(VERIFY));
+    if let Some(rest) = verify {
         let (peer, detail) = split_namaddr(rest)?;
         let kind = if detail.contains("DANE TLSA") {
             TlsFailureKind::DaneMismatch
@@ -656,6 +657,10 @@ mod tests {
             parse_message("weird certificate verification failed for a[b]:25: x"),
             Event::Unknown
         );
+        // A status text that quotes such a line is still a status line.
+        let m = "Q1: to=<a@b>, relay=none, dsn=4.7.5, status=deferred \
+                 (server certificate verification failed for a[b]:25: x)";
+        assert!(matches!(parse_message(m), Event::Delivery(_)));
     }
 
     #[test]
