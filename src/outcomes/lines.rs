@@ -49,7 +49,10 @@ impl LineSplitter {
         self.max
     }
 
-    /// Bytes of an unfinished line held (or being skipped).
+    /// Bytes since the last newline: of an unfinished line held, or of an
+    /// over-long one being skipped. After feeding the bytes up to file
+    /// offset `end`, every line ending at or before `end - pending()` has
+    /// been handed out: the position a follower saves.
     pub fn pending(&self) -> usize {
         self.skipping.unwrap_or(self.partial.len())
     }
@@ -213,6 +216,23 @@ mod tests {
         let mut called = false;
         s.finish(|_| called = true);
         assert!(!called);
+    }
+
+    #[test]
+    fn pending_marks_the_end_of_the_last_line_handed_out() {
+        let input = b"one\ntoo long a line\ntwo\nthr";
+        let mut s = LineSplitter::new(8);
+        let mut fed = 0;
+        let mut last_end = 0;
+        for chunk in input.chunks(3) {
+            s.push(chunk, |_| {});
+            fed += chunk.len();
+            let end = fed - s.pending();
+            assert!(end >= last_end);
+            assert!(end == 0 || input[end - 1] == b'\n', "{end}");
+            last_end = end;
+        }
+        assert_eq!(last_end, input.len() - 3);
     }
 
     #[test]
