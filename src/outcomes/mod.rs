@@ -1,4 +1,44 @@
-//! Delivery outcomes: what Postfix did with each delivery, read from its log.
+//! Delivery outcomes: what Postfix did with each delivery, read from its
+//! log.
+//!
+//! - [`follow`]: a log file followed across rotation and restarts;
+//!   [`state`]: where it stopped, saved atomically.
+//! - [`lines`]: bytes → complete lines, bounded ([`lines::LineSplitter`]).
+//! - [`syslog`]: a line → timestamp, host, program, pid, message
+//!   ([`syslog::parse_line`]).
+//! - [`postfix`]: an smtp/lmtp message → a typed [`postfix::Event`];
+//!   [`delivery`]: its status lines (`to=<...>, relay=..., status=...`).
+//! - [`connections`]: per-process state that attaches a connection's TLS
+//!   facts to the delivery lines it carried ([`connections::ConnectionTracker`]).
+//!
+//! Parsing is pure (no I/O, no clock); the follower reads files, and the
+//! join with the decision log builds on both.
 
+pub mod connections;
+pub mod delivery;
 pub mod follow;
+pub mod lines;
+pub mod postfix;
 pub mod state;
+pub mod syslog;
+
+use postfix::Event;
+use syslog::SyslogLine;
+
+/// The Postfix daemons whose messages [`event_of`] parses: the delivery
+/// agents, and tlsproxy (which logs the TLS summary too when
+/// `smtp_tls_connection_reuse = yes`).
+pub const PARSED_DAEMONS: [&str; 3] = ["smtp", "lmtp", "tlsproxy"];
+
+/// The event a syslog line carries: parsed for [`PARSED_DAEMONS`],
+/// [`Event::Unknown`] for any other program.
+pub fn event_of(line: &SyslogLine<'_>) -> Event {
+    if PARSED_DAEMONS.contains(&line.daemon()) {
+        postfix::parse_message(line.message)
+    } else {
+        Event::Unknown
+    }
+}
+
+#[cfg(test)]
+mod fixture_tests;
