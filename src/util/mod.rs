@@ -1,3 +1,4 @@
 //! Small helpers every layer may use; they import nothing of the crate.
 
 pub mod duration;
+pub mod paths;
