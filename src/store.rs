@@ -26,7 +26,6 @@
 //! and [`Store::remove`] queue the change for a writer thread that applies
 //! queued changes in one transaction per batch.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -52,42 +51,30 @@ pub use crate::cache::persist::{Entry, Kind, PayloadError};
 use crate::cache::persist::{PersistError, PersistedStore};
 
 /// Why the cache file cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The file cannot be opened or created.
+    #[error("cache file {}: cannot open: {problem}", path.display())]
     Open { path: PathBuf, problem: String },
     /// The file was written by a newer tls-policyd.
+    #[error(
+        "cache file {}: schema version {found} is newer than this tls-policyd reads \
+         ({}); use the newer version or move the file away",
+        path.display(),
+        SCHEMA_VERSION
+    )]
     Schema { path: PathBuf, found: i32 },
     /// A statement failed.
+    #[error(
+        "cache file {}: {problem} (if the file is damaged, move it away: \
+         the cache is rebuilt, but policies learned so far are forgotten)",
+        path.display()
+    )]
     Sql { path: PathBuf, problem: String },
     /// A payload could not be encoded or decoded.
+    #[error("cache payload: {0}")]
     Payload(String),
 }
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Open { path, problem } => {
-                write!(f, "cache file {}: cannot open: {problem}", path.display())
-            }
-            StoreError::Schema { path, found } => write!(
-                f,
-                "cache file {}: schema version {found} is newer than this tls-policyd reads \
-                 ({SCHEMA_VERSION}); use the newer version or move the file away",
-                path.display()
-            ),
-            StoreError::Sql { path, problem } => write!(
-                f,
-                "cache file {}: {problem} (if the file is damaged, move it away: \
-                 the cache is rebuilt, but policies learned so far are forgotten)",
-                path.display()
-            ),
-            StoreError::Payload(e) => write!(f, "cache payload: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
 
 impl From<PayloadError> for StoreError {
     fn from(e: PayloadError) -> StoreError {
