@@ -45,7 +45,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hashbrown::HashMap;
 
@@ -95,11 +95,39 @@ impl<V> Lookup<V> {
     }
 }
 
+/// An entry. Times are nanoseconds since the epoch (the table stays
+/// small: lookups touch fewer cache lines).
 struct Slot<V> {
     value: V,
-    expiry: Expiry,
+    from: u64,
+    until: u64,
+    /// `u64::MAX`: never due.
+    refresh_at: u64,
+    negative: bool,
     /// Milliseconds since the epoch of the last use (or write).
     order: AtomicU64,
+}
+
+impl<V> Slot<V> {
+    fn is_valid_at(&self, now: u64) -> bool {
+        now >= self.from && now < self.until
+    }
+
+    fn expiry(&self) -> Expiry {
+        let t = |n: u64| UNIX_EPOCH + Duration::from_nanos(n);
+        let e = Expiry::between(t(self.from), t(self.until));
+        let e = if self.negative { e.negative() } else { e };
+        match self.refresh_at {
+            u64::MAX => e.no_refresh(),
+            at => e.refresh_at(t(at)),
+        }
+    }
+}
+
+/// Nanoseconds since the epoch (0 before it, `u64::MAX` past 2554).
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 struct Table<K, V> {
@@ -116,7 +144,7 @@ impl<K: Hash + Eq, V> Table<K, V> {
     }
 
     fn removed(&mut self, slot: &Slot<V>) {
-        if slot.expiry.negative {
+        if slot.negative {
             self.negative -= 1;
         }
     }
@@ -198,17 +226,17 @@ where
                 slot.order.store(ms, Ordering::Relaxed);
             }
         }
-        let e = &slot.expiry;
-        if !e.is_valid_at(now) {
+        let now = nanos(now);
+        if !slot.is_valid_at(now) {
             self.observer.miss();
             return f(Found::Expired(&slot.value));
         }
-        if e.negative {
+        if slot.negative {
             self.observer.negative_hit();
         } else {
             self.observer.hit();
         }
-        let refresh_due = matches!(e.refresh, Refresh::At(t) if now > t);
+        let refresh_due = now > slot.refresh_at;
         f(Found::Fresh {
             value: &slot.value,
             refresh_due,
@@ -249,7 +277,7 @@ where
         self.read()
             .map
             .get(key)
-            .map(|s| (s.value.clone(), s.expiry))
+            .map(|s| (s.value.clone(), s.expiry()))
     }
 
     /// The value if valid at `now`: not counted, not touched.
@@ -260,7 +288,7 @@ where
     {
         let table = self.read();
         let s = table.map.get(key)?;
-        s.expiry.is_valid_at(now).then(|| s.value.clone())
+        s.is_valid_at(nanos(now)).then(|| s.value.clone())
     }
 
     pub fn contains<Q>(&self, key: &Q) -> bool
@@ -302,7 +330,7 @@ where
         let now = SystemTime::now();
         let mut table = self.write();
         if let Some(old) = table.map.get(&key)
-            && keep(&old.value, old.expiry.is_valid_at(now))
+            && keep(&old.value, old.is_valid_at(nanos(now)))
         {
             return false;
         }
@@ -318,7 +346,8 @@ where
     pub fn upsert(&self, key: K, f: impl FnOnce(Option<(&V, &Expiry)>) -> (V, Expiry)) {
         let now = SystemTime::now();
         let mut table = self.write();
-        let (value, expiry) = f(table.map.get(&key).map(|s| (&s.value, &s.expiry)));
+        let old = table.map.get(&key).map(|s| (&s.value, s.expiry()));
+        let (value, expiry) = f(old.as_ref().map(|(v, e)| (*v, e)));
         self.put(&mut table, key, value, expiry, now);
         let size = table.size();
         drop(table);
@@ -335,7 +364,13 @@ where
         }
         let slot = Slot {
             value,
-            expiry,
+            from: nanos(expiry.from),
+            until: nanos(expiry.until),
+            refresh_at: match expiry.refresh {
+                Refresh::At(t) => nanos(t),
+                _ => u64::MAX,
+            },
+            negative: expiry.negative,
             order: AtomicU64::new(millis(now)),
         };
         if let Some(old) = table.map.insert(key, slot) {
@@ -388,8 +423,8 @@ where
         let before = table.map.len();
         let mut negative_gone = 0;
         table.map.retain(|k, s| {
-            let keep = f(k, &s.value, &s.expiry);
-            if !keep && s.expiry.negative {
+            let keep = f(k, &s.value, &s.expiry());
+            if !keep && s.negative {
                 negative_gone += 1;
             }
             keep
@@ -419,7 +454,7 @@ where
     /// Call `f` on every entry (under the read lock).
     pub fn for_each(&self, mut f: impl FnMut(&K, &V, &Expiry)) {
         for (k, s) in self.read().map.iter() {
-            f(k, &s.value, &s.expiry);
+            f(k, &s.value, &s.expiry());
         }
     }
 
