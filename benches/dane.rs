@@ -23,7 +23,7 @@ use tls_policyd::sources::dane::assess::{
     AddressState, Assessment, MxHost, MxState, TlsaRecord, TlsaState,
 };
 use tls_policyd::sources::dane::{
-    DaneConfig, DaneRecord, DaneSource, DaneStore, LastDane, MemoryStore, Outcome,
+    DaneConfig, DaneRecord, DaneSource, LastDane, MemoryStore, Outcome,
 };
 
 fn env_usize(name: &str, default: usize) -> usize {

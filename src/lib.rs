@@ -4,6 +4,7 @@
 //! reached through front doors ([`frontends`]), every decision written to
 //! the decision log ([`log`]). [`daemon::serve`] runs it all.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -26,9 +26,7 @@
 //! and [`Store::remove`] queue the change for a writer thread that applies
 //! queued changes in one transaction per batch.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -36,13 +34,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 /// The schema this version reads and writes (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i32 = 1;
 /// Where the cache lives unless configured otherwise.
-pub const DEFAULT_CACHE_FILE: &str = "/var/lib/tls-policyd/cache.sqlite";
+pub use crate::util::paths::DEFAULT_CACHE_FILE;
 /// Changes that may wait for the writer before new ones are dropped.
 pub const WRITE_QUEUE_CAPACITY: usize = 1 << 14;
 /// Largest payload stored or loaded; larger rows are refused.
@@ -51,124 +47,40 @@ pub const MAX_PAYLOAD_LEN: usize = 256 * 1024;
 /// line purging while the daemon writes).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What a row is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// An MTA-STS policy (RFC 8461).
-    MtaSts,
-    /// A DANE result (RFC 7672).
-    Dane,
-}
-
-impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::MtaSts, Kind::Dane];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::MtaSts => "mta-sts",
-            Kind::Dane => "dane",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Kind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Kind, String> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not a cache kind (mta-sts or dane)"))
-    }
-}
-
-/// One cached item.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub kind: Kind,
-    /// Lower case, A-labels, no trailing dot.
-    pub domain: String,
-    /// When the source learned it.
-    pub fetched_at: SystemTime,
-    /// When it stops being valid.
-    pub expires_at: SystemTime,
-    /// JSON text whose shape the kind's source defines.
-    pub payload: String,
-}
-
-impl Entry {
-    /// An entry whose payload is `value` as JSON.
-    pub fn new<T: Serialize>(
-        kind: Kind,
-        domain: &str,
-        fetched_at: SystemTime,
-        expires_at: SystemTime,
-        value: &T,
-    ) -> Result<Entry, StoreError> {
-        let payload =
-            serde_json::to_string(value).map_err(|e| StoreError::Payload(e.to_string()))?;
-        Ok(Entry {
-            kind,
-            domain: domain.to_string(),
-            fetched_at,
-            expires_at,
-            payload,
-        })
-    }
-
-    /// The payload, decoded.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, StoreError> {
-        serde_json::from_str(&self.payload).map_err(|e| StoreError::Payload(e.to_string()))
-    }
-
-    /// Whether the entry is still valid at `now`.
-    pub fn is_valid_at(&self, now: SystemTime) -> bool {
-        self.expires_at > now
-    }
-}
+pub use crate::cache::persist::{Entry, Kind, PayloadError};
+use crate::cache::persist::{PersistError, PersistedStore};
 
 /// Why the cache file cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The file cannot be opened or created.
+    #[error("cache file {}: cannot open: {problem}", path.display())]
     Open { path: PathBuf, problem: String },
     /// The file was written by a newer tls-policyd.
+    #[error(
+        "cache file {}: schema version {found} is newer than this tls-policyd reads \
+         ({}); use the newer version or move the file away",
+        path.display(),
+        SCHEMA_VERSION
+    )]
     Schema { path: PathBuf, found: i32 },
     /// A statement failed.
+    #[error(
+        "cache file {}: {problem} (if the file is damaged, move it away: \
+         the cache is rebuilt, but policies learned so far are forgotten)",
+        path.display()
+    )]
     Sql { path: PathBuf, problem: String },
     /// A payload could not be encoded or decoded.
+    #[error("cache payload: {0}")]
     Payload(String),
 }
 
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Open { path, problem } => {
-                write!(f, "cache file {}: cannot open: {problem}", path.display())
-            }
-            StoreError::Schema { path, found } => write!(
-                f,
-                "cache file {}: schema version {found} is newer than this tls-policyd reads \
-                 ({SCHEMA_VERSION}); use the newer version or move the file away",
-                path.display()
-            ),
-            StoreError::Sql { path, problem } => write!(
-                f,
-                "cache file {}: {problem} (if the file is damaged, move it away: \
-                 the cache is rebuilt, but policies learned so far are forgotten)",
-                path.display()
-            ),
-            StoreError::Payload(e) => write!(f, "cache payload: {e}"),
-        }
+impl From<PayloadError> for StoreError {
+    fn from(e: PayloadError) -> StoreError {
+        StoreError::Payload(e.0)
     }
 }
-
-impl std::error::Error for StoreError {}
 
 fn unix(t: SystemTime) -> i64 {
     match t.duration_since(UNIX_EPOCH) {
@@ -536,6 +448,33 @@ impl Store {
         };
         let _ = self.tx.send(Op::Stop);
         let _ = t.join();
+    }
+}
+
+/// The cache file below the caches.
+impl PersistedStore for Store {
+    fn load(&self, kind: Kind) -> Result<(Vec<Entry>, usize), PersistError> {
+        Store::load(self, kind).map_err(|e| PersistError(e.to_string()))
+    }
+
+    fn save(&self, entry: Entry) {
+        self.put(entry);
+    }
+
+    fn remove(&self, kind: Kind, domain: &str) {
+        Store::remove(self, kind, domain);
+    }
+
+    fn remove_expired(&self, now: SystemTime) {
+        Store::remove_expired(self, now);
+    }
+
+    fn flush(&self) {
+        Store::flush(self);
+    }
+
+    fn close(&self) {
+        Store::close(self);
     }
 }
 

@@ -121,7 +121,14 @@ impl World {
         })
         .unwrap();
         self.resolvers.lock().unwrap().push(resolver.clone());
-        MtaSts::open(config, resolver).unwrap()
+        let store = Arc::new(tls_policyd::store::Store::open(&config.cache_file).unwrap());
+        MtaSts::open(
+            config,
+            resolver,
+            store,
+            Arc::new(tls_policyd::cache::NoObserver),
+        )
+        .unwrap()
     }
 
     fn source(&self) -> MtaSts {

@@ -670,9 +670,13 @@ async fn probes_and_cache_are_counted_in_metrics() {
     };
     w.sink(21, SinkOptions::new(SinkTls::None));
     w.mx("plain.test", 10, "mx1.plain.test", 21);
-    let prober = w.prober();
     let metrics = Arc::new(Metrics::new());
-    prober.attach_metrics(metrics.clone());
+    let prober = Prober::with_observer(
+        w.config(),
+        dns::build_resolver(&w.dns_config()).unwrap(),
+        metrics.cache_observer(tls_policyd::metrics::Cache::Prober),
+    )
+    .unwrap();
     assert!(prober.known("plain.test").is_none());
     prober.probe("plain.test").await;
     prober.probe("nxdomain.test").await;

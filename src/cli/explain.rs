@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use crate::cache::NoObserver;
+use crate::cache::persist::{PersistError, PersistedStore, ReadOnly};
 use crate::config::Config;
 use crate::engine::{Engine, Explanation};
 use crate::frontends::socketmap::{self, MapKind};
-use crate::sources::dane::CacheUse;
 use crate::sources::mta_sts::MtaSts;
 use crate::store::{Db, Entry, Kind};
 
@@ -27,7 +28,9 @@ pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, S
     // Nothing is written.
     let mut sources: Vec<Arc<dyn crate::engine::Source>> = Vec::new();
     let dane = rt
-        .block_on(async { crate::daemon::dane_source(&config, CacheUse::ReadOnly) })
+        .block_on(async {
+            crate::daemon::dane_source(&config, read_only_dane, Arc::new(NoObserver))
+        })
         .map_err(|e| e.to_string())?;
     if let Some(d) = dane {
         sources.push(Arc::new(d));
@@ -95,6 +98,18 @@ fn read_cache_file(path: &Path) -> (Vec<Entry>, Option<String>) {
     }
 }
 
+/// The DANE rows of the cache file, never written (a missing file has
+/// none).
+fn read_only_dane(path: &Path) -> Result<Arc<dyn PersistedStore>, PersistError> {
+    if !path.exists() {
+        return Ok(Arc::new(ReadOnly::default()));
+    }
+    let (entries, _) = Db::open_read_only(path)
+        .and_then(|db| db.all(Some(Kind::Dane)))
+        .map_err(|e| PersistError(e.to_string()))?;
+    Ok(Arc::new(ReadOnly::new(entries)))
+}
+
 type StsView = Option<(MtaSts, Vec<Entry>, Option<String>)>;
 
 /// A read-only MTA-STS source seeded from the cache file, when the config
@@ -105,8 +120,8 @@ fn mta_sts_view(config: &Config) -> Result<StsView, String> {
     };
     let resolver = crate::dns::build_resolver(&config.dns).map_err(|e| format!("dns: {e}"))?;
     let (entries, problem) = read_cache_file(&c.cache_file);
-    let sts =
-        MtaSts::new(c, resolver, entries.clone(), None).map_err(|e| format!("mta_sts: {e}"))?;
+    let sts = MtaSts::new(c, resolver, entries.clone(), None, Arc::new(NoObserver))
+        .map_err(|e| format!("mta_sts: {e}"))?;
     Ok(Some((sts, entries, problem)))
 }
 

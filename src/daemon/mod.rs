@@ -8,6 +8,8 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::CacheObserver;
+use crate::cache::persist::{PersistError, PersistedStore};
 use crate::config::Config;
 use crate::engine::policy_file::PolicyFile;
 use crate::engine::refusal::TlsKnowledge;
@@ -15,10 +17,11 @@ use crate::engine::{Engine, Source};
 use crate::frontends::{Backend, Live, milter, policy_server, socketmap};
 use crate::listen::{ListenAddr, Listener, SocketOptions};
 use crate::log::record::{DecisionLog, Target};
-use crate::metrics::Metrics;
+use crate::metrics::{Cache, Metrics};
 use crate::prober::{Prober, ProberError};
-use crate::sources::dane::{CacheUse, DaneSource};
-use crate::sources::mta_sts::MtaSts;
+use crate::sources::dane::{DaneError, DaneSource};
+use crate::sources::mta_sts::{MtaSts, MtaStsError};
+use crate::store::Store;
 
 mod signals;
 
@@ -78,14 +81,28 @@ pub enum StartError {
     Dane(crate::sources::dane::DaneError),
 }
 
-/// The DANE source, when `[dane]` enables it.
-pub fn dane_source(config: &Config, cache: CacheUse) -> Result<Option<DaneSource>, StartError> {
-    match config.dane.as_ref().filter(|d| d.enabled) {
-        Some(d) => crate::sources::dane::open(d, &config.dns, cache)
-            .map(Some)
-            .map_err(StartError::Dane),
-        None => Ok(None),
-    }
+/// The DANE source, when `[dane]` enables it: its results kept in the
+/// store `store` gives for the configured cache file (loaded now), its
+/// cache counted by `observer`.
+pub fn dane_source(
+    config: &Config,
+    store: impl FnOnce(&Path) -> Result<Arc<dyn PersistedStore>, PersistError>,
+    observer: Arc<dyn CacheObserver>,
+) -> Result<Option<DaneSource>, StartError> {
+    let Some(d) = config.dane.as_ref().filter(|d| d.enabled) else {
+        return Ok(None);
+    };
+    let store = store(&d.cache_file).map_err(|e| StartError::Dane(DaneError::Store(e)))?;
+    crate::sources::dane::open(d, &config.dns, Some(store), observer)
+        .map(Some)
+        .map_err(StartError::Dane)
+}
+
+/// Open the cache file for writing.
+fn open_store(path: &Path) -> Result<Arc<Store>, PersistError> {
+    Store::open(path)
+        .map(Arc::new)
+        .map_err(|e| PersistError(e.to_string()))
 }
 
 /// The live configuration for `config`: each front door's settings from
@@ -142,43 +159,45 @@ impl Context {
             None
         };
         let prober = match (refuses, &resolver) {
-            (true, Some(r)) => {
-                let prober =
-                    Prober::new(config.prober.clone(), r.clone()).map_err(StartError::Prober)?;
-                prober.attach_metrics(metrics.clone());
-                Some(prober)
-            }
-            _ => None,
-        };
-        let mta_sts = match (sts_config, &resolver) {
-            (Some(c), Some(r)) => Some(MtaSts::open(c, r.clone()).map_err(StartError::MtaSts)?),
+            (true, Some(r)) => Some(
+                Prober::with_observer(
+                    config.prober.clone(),
+                    r.clone(),
+                    metrics.cache_observer(Cache::Prober),
+                )
+                .map_err(StartError::Prober)?,
+            ),
             _ => None,
         };
         // One cache file, one writer: DANE shares MTA-STS's store when both
         // name the same file.
-        let shared = mta_sts
-            .as_ref()
-            .and_then(|s| s.store())
-            .filter(|st| {
-                config
-                    .dane
-                    .as_ref()
-                    .is_some_and(|d| d.cache_file == st.path())
-            })
-            .cloned();
+        let sts_store = match (sts_config, &resolver) {
+            (Some(c), Some(_)) => Some((
+                c.cache_file.clone(),
+                open_store(&c.cache_file).map_err(|e| StartError::MtaSts(MtaStsError::Store(e)))?,
+            )),
+            _ => None,
+        };
+        let mta_sts = match (sts_config, &resolver, &sts_store) {
+            (Some(c), Some(r), Some((_, store))) => Some(
+                MtaSts::open(
+                    c,
+                    r.clone(),
+                    store.clone(),
+                    metrics.cache_observer(Cache::MtaSts),
+                )
+                .map_err(StartError::MtaSts)?,
+            ),
+            _ => None,
+        };
         let dane = dane_source(
             &config,
-            match shared {
-                Some(st) => CacheUse::Shared(st),
-                None => CacheUse::ReadWrite,
+            |path| match &sts_store {
+                Some((p, store)) if p == path => Ok(store.clone() as Arc<dyn PersistedStore>),
+                _ => open_store(path).map(|s| s as Arc<dyn PersistedStore>),
             },
+            metrics.cache_observer(Cache::Dane),
         )?;
-        if let Some(s) = &mta_sts {
-            s.attach_metrics(metrics.clone());
-        }
-        if let Some(d) = &dane {
-            d.attach_metrics(metrics.clone());
-        }
         // Precedence: DANE before MTA-STS (RFC 8461 section 2).
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();
         if let Some(d) = &dane {

@@ -33,6 +33,15 @@ impl Cache {
         }
     }
 
+    /// The component its errors are counted under.
+    pub fn component(self) -> &'static str {
+        match self {
+            Cache::Prober => "prober",
+            Cache::MtaSts => "mta_sts",
+            Cache::Dane => "dane",
+        }
+    }
+
     pub(super) fn index(self) -> usize {
         self as usize
     }

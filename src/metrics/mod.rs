@@ -22,14 +22,12 @@
 //! metrics.lookup(Frontend::Milter, t.elapsed());
 //! metrics.decision(Frontend::Milter, &decision);
 //! metrics.error("milter", "malformed_packet");
-//! // A policy source with a cache:
-//! metrics.cache_lookup(Cache::MtaSts, hit);
-//! metrics.cache_entries(Cache::MtaSts, cache.len());
-//! metrics.fetch(Fetch::MtaSts, FetchResult::Found, started.elapsed());
+//! // A cache (crate::cache::TtlCache) reports through its observer:
+//! let observer = metrics.cache_observer(Cache::MtaSts);
 //! ```
 //!
 //! The files: `labels` holds the label values (front doors, caches,
-//! fetches), `registry` the counters and the recording API, `render` the
+//! fetches), `observer` the registry as a cache's observer, `registry` the counters and the recording API, `render` the
 //! exposition of the registry, `histogram` the lock-free latency
 //! histogram, `text` the [`Writer`] every family is written with, `capture`
 //! the `tracing` layer that keeps the recent warnings and errors.
@@ -37,6 +35,7 @@
 mod capture;
 mod histogram;
 mod labels;
+mod observer;
 mod registry;
 mod render;
 mod text;
@@ -46,6 +45,7 @@ use serde::{Deserialize, Serialize};
 pub use capture::ErrorCapture;
 pub use histogram::Histogram;
 pub use labels::{Cache, Fetch, FetchResult, Frontend};
+pub use observer::MetricsObserver;
 pub use registry::{ConnectionGuard, Metrics};
 pub use text::Writer;
 

@@ -1,4 +1,5 @@
 //! Small helpers every layer may use; they import nothing of the crate.
 
 pub mod duration;
+pub mod paths;
 pub mod text;

@@ -7,7 +7,6 @@ use serde::Deserialize;
 
 use super::fetch::FetchSettings;
 use super::policy::AnswerStyle;
-use crate::store::DEFAULT_CACHE_FILE;
 
 /// Most discoveries run at once.
 pub const MAX_CONCURRENCY: usize = 1024;
@@ -19,7 +18,7 @@ pub struct MtaStsConfig {
     #[serde(default = "yes")]
     pub enabled: bool,
     /// The persisted cache (SQLite).
-    #[serde(default = "default_cache_file")]
+    #[serde(default = "crate::util::paths::default_cache_file")]
     pub cache_file: PathBuf,
     /// How long a lookup waits for the discovery of a domain with nothing
     /// cached before the answer goes out without MTA-STS.
@@ -87,9 +86,6 @@ pub struct MtaStsConfig {
 fn yes() -> bool {
     true
 }
-fn default_cache_file() -> PathBuf {
-    PathBuf::from(DEFAULT_CACHE_FILE)
-}
 fn default_lookup_timeout() -> Duration {
     Duration::from_secs(3)
 }
@@ -119,7 +115,7 @@ impl Default for MtaStsConfig {
     fn default() -> Self {
         MtaStsConfig {
             enabled: true,
-            cache_file: default_cache_file(),
+            cache_file: crate::util::paths::default_cache_file(),
             lookup_timeout: default_lookup_timeout(),
             connect_timeout: default_connect_timeout(),
             fetch_timeout: default_fetch_timeout(),

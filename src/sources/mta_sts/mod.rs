@@ -10,7 +10,7 @@
 //! - `mode: none`: nothing (the next source decides).
 //!
 //! Lookups are answered from memory. What is known is kept in the
-//! persisted store ([`crate::store`]) so a restart does not forget it, and
+//! persisted store ([`crate::cache::persist`]) so a restart does not forget it, and
 //! a cached policy keeps applying until it expires even when its TXT
 //! record disappears or its host is unreachable (RFC 8461 section 5.1): an
 //! attacker who blocks the discovery of a known policy gains nothing.
@@ -27,8 +27,17 @@
 //! new policy is fetched; the same id means none is), and every cached
 //! policy is fetched again after `refresh_interval` (at the latest half-way
 //! through its `max_age`), so policies in use do not expire.
+//!
+//! The cache is a [`crate::cache::TtlCache`] (single flight, the limit of
+//! pending discoveries); the persisted store and the observer are handed in
+//! at construction. The files: `cached` (what the cache holds, the
+//! answers), `discover` (one discovery), `config`, `record` (the TXT
+//! record), `fetch` (HTTPS), `policy` (the policy file), `report` (the
+//! CLI's view).
 
+mod cached;
 pub mod config;
+mod discover;
 pub mod fetch;
 pub mod policy;
 pub mod record;
@@ -36,25 +45,25 @@ pub mod report;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use hashbrown::HashMap;
-use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::dns::{self, LookupError, Resolver};
-use crate::engine::decision::{Decision, Level, Published, SourceKind};
+use crate::cache::persist::{Entry, Kind, PersistError, PersistedStore};
+use crate::cache::{CacheConfig, CacheObserver, Flight, Found, TtlCache};
+use crate::dns::{LookupError, Resolver};
+use crate::engine::decision::SourceKind;
 use crate::engine::key::Destination;
 use crate::engine::{Consulted, Source};
-use crate::metrics::{Cache, Fetch, FetchResult, Metrics};
-use crate::store::{Entry, Kind, Store};
+pub use cached::{CacheState, Cached, Negative, Persisted};
+use cached::{Settings, Slot, build_cached, rebuild};
 pub use config::MtaStsConfig;
 use fetch::{FetchError, Fetcher, RootsError};
-use policy::{AnswerStyle, Mode, Policy, PolicyError};
+use policy::{StsPolicy, StsPolicyError};
 use record::{RecordError, StsRecord};
 
 /// Discoveries waiting or running at most; lookups of further domains are
@@ -83,135 +92,26 @@ fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// What the store keeps per domain (the payload's JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Persisted {
-    /// The policy id from the TXT record when the policy was fetched.
-    pub id: String,
-    pub policy: Policy,
-    /// The policy text as fetched.
-    pub text: String,
-}
-
-/// A cached policy.
-#[derive(Debug)]
-pub struct Cached {
-    pub domain: String,
-    pub id: String,
-    pub policy: Policy,
-    pub text: String,
-    pub fetched_at: u64,
-    pub expires_at: u64,
-    /// Last time the TXT record was looked at (or such a look started).
-    checked_at: AtomicU64,
-    /// Last time a background refresh was started.
-    refresh_started_at: AtomicU64,
-    /// The answer, built for the settings in force.
-    answer: Consulted,
-}
-
-impl Cached {
-    pub fn checked_at(&self) -> u64 {
-        self.checked_at.load(Ordering::Relaxed)
-    }
-
-    /// When the policy is fetched again: `refresh_interval` after the
-    /// fetch, at the latest half-way through `max_age`.
-    pub fn refresh_due(&self, refresh_interval: Duration) -> u64 {
-        let half = self.policy.max_age / 2;
-        self.fetched_at + half.min(refresh_interval.as_secs())
-    }
-
-    fn persisted(&self) -> Persisted {
-        Persisted {
-            id: self.id.clone(),
-            policy: self.policy.clone(),
-            text: self.text.clone(),
-        }
-    }
-}
-
-/// A remembered "no policy".
-#[derive(Debug)]
-pub struct Negative {
-    pub until: u64,
-    pub why: String,
-}
-
-#[derive(Debug, Clone)]
-enum Slot {
-    Policy(Arc<Cached>),
-    Negative(Arc<Negative>),
-}
-
-/// What the cache holds for a domain, for `explain` and the CLI.
-#[derive(Debug, Clone)]
-pub enum CacheState {
-    Policy(Arc<Cached>),
-    Negative(Arc<Negative>),
-    Nothing,
-}
-
-/// The settings that a reload may change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Settings {
-    lookup_timeout: Duration,
-    negative_ttl: Duration,
-    check_interval: Duration,
-    refresh_interval: Duration,
-    strict_testing: bool,
-    style: AnswerStyle,
-}
-
-impl From<&MtaStsConfig> for Settings {
-    fn from(c: &MtaStsConfig) -> Self {
-        Settings {
-            lookup_timeout: c.lookup_timeout,
-            negative_ttl: c.negative_ttl,
-            check_interval: c.check_interval,
-            refresh_interval: c.refresh_interval,
-            strict_testing: c.strict_testing,
-            style: c.answer_style(),
-        }
-    }
-}
-
 /// Why the source could not be built.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum MtaStsError {
+    #[error("{0}")]
     Roots(RootsError),
-    Store(crate::store::StoreError),
+    #[error("{0}")]
+    Store(PersistError),
 }
-
-impl std::fmt::Display for MtaStsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MtaStsError::Roots(e) => e.fmt(f),
-            MtaStsError::Store(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for MtaStsError {}
 
 /// Why discovery found no policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiscoveryError {
+    #[error("TXT lookup: {0}")]
     Dns(LookupError),
+    #[error("{0}")]
     Record(RecordError),
+    #[error("{0}")]
     Fetch(FetchError),
-    Policy(PolicyError),
-}
-
-impl std::fmt::Display for DiscoveryError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DiscoveryError::Dns(e) => write!(f, "TXT lookup: {e}"),
-            DiscoveryError::Record(e) => e.fmt(f),
-            DiscoveryError::Fetch(e) => e.fmt(f),
-            DiscoveryError::Policy(e) => write!(f, "invalid policy: {e}"),
-        }
-    }
+    #[error("invalid policy: {0}")]
+    Policy(StsPolicyError),
 }
 
 /// The MTA-STS source. Cheap to clone; clones share everything.
@@ -224,29 +124,33 @@ struct Inner {
     settings: ArcSwap<Settings>,
     resolver: Resolver,
     fetcher: ArcSwap<Fetcher>,
-    cache: RwLock<HashMap<String, Slot>>,
-    inflight: Mutex<HashMap<String, watch::Receiver<Option<Consulted>>>>,
-    store: Option<Arc<Store>>,
+    cache: Arc<TtlCache<String, Slot>>,
+    store: Option<Arc<dyn PersistedStore>>,
     slots: Semaphore,
     fetches: AtomicU64,
-    metrics: OnceLock<Arc<Metrics>>,
+    observer: Arc<dyn CacheObserver>,
 }
 
 impl MtaSts {
     /// Build the source. `entries` are what the store holds (expired ones
     /// are skipped); `store` receives what is learned from now on (`None`
-    /// for a read-only view, as `explain` uses).
+    /// for a read-only view, as `explain` uses); `observer` counts lookups,
+    /// discoveries and the policies held.
     pub fn new(
         config: &MtaStsConfig,
         resolver: Resolver,
         entries: Vec<Entry>,
-        store: Option<Arc<Store>>,
+        store: Option<Arc<dyn PersistedStore>>,
+        observer: Arc<dyn CacheObserver>,
     ) -> Result<MtaSts, MtaStsError> {
         let fetcher =
             Fetcher::new(resolver.clone(), config.fetch_settings()).map_err(MtaStsError::Roots)?;
         let settings = Settings::from(config);
         let now = now_secs();
-        let mut cache = HashMap::new();
+        let cache = Arc::new(TtlCache::new(
+            CacheConfig::unbounded().max_flights(MAX_PENDING),
+            observer.clone(),
+        ));
         for e in entries {
             if e.kind != Kind::MtaSts || secs(e.expires_at) <= now {
                 continue;
@@ -261,7 +165,9 @@ impl MtaSts {
                         secs(e.fetched_at),
                         &settings,
                     );
-                    cache.insert(e.domain.clone(), Slot::Policy(Arc::new(c)));
+                    let slot = Slot::Policy(Arc::new(c));
+                    let expiry = slot.expiry();
+                    cache.insert(e.domain, slot, expiry);
                 }
                 Err(err) => {
                     tracing::warn!(domain = %e.domain, error = %err, "cached MTA-STS policy unreadable; ignored");
@@ -274,23 +180,26 @@ impl MtaSts {
                 settings: ArcSwap::from_pointee(settings),
                 resolver,
                 fetcher: ArcSwap::from_pointee(fetcher),
-                cache: RwLock::new(cache),
-                inflight: Mutex::new(HashMap::new()),
+                cache,
                 store,
                 fetches: AtomicU64::new(0),
-                metrics: OnceLock::new(),
+                observer,
             }),
         })
     }
 
-    /// Open the store at `config.cache_file`, load it and build the source.
-    pub fn open(config: &MtaStsConfig, resolver: Resolver) -> Result<MtaSts, MtaStsError> {
-        let store = Arc::new(Store::open(&config.cache_file).map_err(MtaStsError::Store)?);
+    /// Load what `store` holds and build the source writing to it.
+    pub fn open(
+        config: &MtaStsConfig,
+        resolver: Resolver,
+        store: Arc<dyn PersistedStore>,
+        observer: Arc<dyn CacheObserver>,
+    ) -> Result<MtaSts, MtaStsError> {
         let (entries, skipped) = store.load(Kind::MtaSts).map_err(MtaStsError::Store)?;
         if skipped > 0 {
             tracing::warn!(cache = %config.cache_file.display(), skipped, "unusable rows in the cache file ignored");
         }
-        let src = MtaSts::new(config, resolver, entries, Some(store))?;
+        let src = MtaSts::new(config, resolver, entries, Some(store), observer)?;
         // The rows and their JSON were read whole; give that memory back.
         crate::memory::release_free_memory();
         tracing::info!(
@@ -302,24 +211,13 @@ impl MtaSts {
     }
 
     /// The store, when this source writes one.
-    pub fn store(&self) -> Option<&Arc<Store>> {
+    pub fn store(&self) -> Option<&Arc<dyn PersistedStore>> {
         self.inner.store.as_ref()
     }
 
     /// Cached policies (valid or not yet cleared).
     pub fn policy_count(&self) -> usize {
-        self.inner
-            .read_cache()
-            .values()
-            .filter(|s| matches!(s, Slot::Policy(_)))
-            .count()
-    }
-
-    /// Count lookups (cache hits and misses), discoveries and the number
-    /// of cached policies in `metrics` from now on. The first call wins.
-    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
-        metrics.cache_entries(Cache::MtaSts, self.policy_count());
-        let _ = self.inner.metrics.set(metrics);
+        self.inner.cache.size().positive()
     }
 
     /// Policy fetches started so far.
@@ -347,12 +245,10 @@ impl MtaSts {
             };
             self.inner.settings.store(Arc::new(settings.clone()));
             if answers_change {
-                let mut cache = self.inner.write_cache();
-                for slot in cache.values_mut() {
-                    if let Slot::Policy(c) = slot {
-                        *slot = Slot::Policy(Arc::new(rebuild(c, &settings)));
-                    }
-                }
+                self.inner.cache.map_values(|_, slot| match slot {
+                    Slot::Policy(c) => Slot::Policy(Arc::new(rebuild(c, &settings))),
+                    other => other.clone(),
+                });
             }
         }
         if let Some(store) = &self.inner.store {
@@ -360,10 +256,10 @@ impl MtaSts {
                 Ok((entries, _)) => {
                     let kept: hashbrown::HashSet<String> =
                         entries.into_iter().map(|e| e.domain).collect();
-                    let mut cache = self.inner.write_cache();
-                    let before = cache.len();
-                    cache.retain(|d, s| !matches!(s, Slot::Policy(_)) || kept.contains(d));
-                    let gone = before - cache.len();
+                    let gone = self
+                        .inner
+                        .cache
+                        .retain(|d, s, _| !matches!(s, Slot::Policy(_)) || kept.contains(d));
                     if gone > 0 {
                         tracing::info!(
                             forgotten = gone,
@@ -379,26 +275,18 @@ impl MtaSts {
 
     /// Look a domain up (lower case, A-labels, no trailing dot).
     pub async fn lookup(&self, domain: &str) -> Consulted {
-        let now = now_secs();
-        let cached = self.inner.cached_answer(domain, now);
-        if let Some(m) = self.inner.metrics.get() {
-            m.cache_lookup(Cache::MtaSts, cached.is_some());
-        }
-        if let Some(answer) = cached {
+        if let Some(answer) = self.inner.cached_answer(domain, now_secs()) {
             return answer;
         }
-        let rx = match self.inner.start(domain, false) {
-            Some(rx) => rx,
-            None => {
-                return Consulted::NoPolicy(format!(
-                    "MTA-STS: {MAX_PENDING} discoveries are in progress; {domain} answered without MTA-STS"
-                ));
-            }
+        let Some(flight) = self.inner.start(domain, false) else {
+            return Consulted::NoPolicy(format!(
+                "MTA-STS: {MAX_PENDING} discoveries are in progress; {domain} answered without MTA-STS"
+            ));
         };
         let limit = self.inner.settings.load().lookup_timeout;
-        match wait(rx, Some(limit)).await {
-            Some(answer) => answer,
-            None => {
+        match flight.wait_at_most(limit).await {
+            Ok(Some(slot)) => slot.answer(),
+            _ => {
                 tracing::info!(domain, timeout = %humantime::format_duration(limit),
                     "MTA-STS discovery did not finish in time; answered without MTA-STS, the discovery goes on");
                 Consulted::NoPolicy(format!(
@@ -415,18 +303,19 @@ impl MtaSts {
     /// proactive refresh) when `fetch` is set.
     pub async fn refresh(&self, domain: &str, fetch: bool) -> Consulted {
         match self.inner.start(domain, fetch) {
-            Some(rx) => wait(rx, None)
-                .await
-                .unwrap_or_else(|| Consulted::NoPolicy("discovery ended without a result".into())),
+            Some(flight) => flight.wait().await.map_or_else(
+                || Consulted::NoPolicy("discovery ended without a result".into()),
+                |slot| slot.answer(),
+            ),
             None => Consulted::NoPolicy(format!("{MAX_PENDING} discoveries are in progress")),
         }
     }
 
     /// What the cache holds for a domain.
     pub fn cache_state(&self, domain: &str) -> CacheState {
-        match self.inner.read_cache().get(domain) {
-            Some(Slot::Policy(c)) => CacheState::Policy(c.clone()),
-            Some(Slot::Negative(n)) => CacheState::Negative(n.clone()),
+        match self.inner.cache.peek(domain) {
+            Some((Slot::Policy(c), _)) => CacheState::Policy(c),
+            Some((Slot::Negative(n), _)) => CacheState::Negative(n),
             None => CacheState::Nothing,
         }
     }
@@ -438,7 +327,7 @@ impl MtaSts {
         domain: &str,
     ) -> (
         Result<StsRecord, DiscoveryError>,
-        Option<Result<(Policy, String), DiscoveryError>>,
+        Option<Result<(StsPolicy, String), DiscoveryError>>,
     ) {
         let record = self.inner.record(domain).await;
         let policy = match &record {
@@ -466,37 +355,28 @@ impl MtaSts {
     /// refreshes were started.
     pub fn maintenance_round(&self, now: u64) -> usize {
         let settings = self.inner.settings.load_full();
+        self.inner.cache.remove_expired(to_time(now));
         let mut due = Vec::new();
-        {
-            let mut cache = self.inner.write_cache();
-            cache.retain(|_, slot| match slot {
-                Slot::Policy(c) => c.expires_at > now,
-                Slot::Negative(n) => n.until > now,
-            });
-            let retry = settings.check_interval.as_secs();
-            for (domain, slot) in cache.iter() {
-                if due.len() >= MAX_REFRESH_PER_ROUND {
-                    break;
-                }
-                if let Slot::Policy(c) = slot
-                    && now >= c.refresh_due(settings.refresh_interval)
+        let retry = settings.check_interval.as_secs();
+        self.inner.cache.for_each(|domain, slot, _| {
+            if due.len() >= MAX_REFRESH_PER_ROUND {
+                return;
+            }
+            if let Slot::Policy(c) = slot
+                && now >= c.refresh_due(settings.refresh_interval)
+            {
+                let last = c.refresh_started_at.load(Ordering::Relaxed);
+                if (last <= c.fetched_at || now >= last + retry)
+                    && c.refresh_started_at
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
                 {
-                    let last = c.refresh_started_at.load(Ordering::Relaxed);
-                    if (last <= c.fetched_at || now >= last + retry)
-                        && c.refresh_started_at
-                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                            .is_ok()
-                    {
-                        due.push(domain.clone());
-                    }
+                    due.push(domain.clone());
                 }
             }
-        }
+        });
         if let Some(store) = &self.inner.store {
             store.remove_expired(to_time(now));
-        }
-        if let Some(m) = self.inner.metrics.get() {
-            m.cache_entries(Cache::MtaSts, self.policy_count());
         }
         let mut started = 0;
         for domain in due {
@@ -508,338 +388,55 @@ impl MtaSts {
     }
 }
 
-/// Wait for a discovery's answer, at most `limit`.
-async fn wait(
-    mut rx: watch::Receiver<Option<Consulted>>,
-    limit: Option<Duration>,
-) -> Option<Consulted> {
-    let done = async {
-        match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone(),
-            Err(_) => None,
-        }
-    };
-    match limit {
-        Some(l) => tokio::time::timeout(l, done).await.ok().flatten(),
-        None => done.await,
-    }
-}
-
 impl Inner {
-    fn read_cache(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Slot>> {
-        self.cache.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_cache(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Slot>> {
-        self.cache.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The hot path: the answer from memory, if it is valid. Starts a
     /// background check of the TXT record when one is due.
     fn cached_answer(self: &Arc<Self>, domain: &str, now: u64) -> Option<Consulted> {
-        let cache = self.read_cache();
-        match cache.get(domain)? {
-            Slot::Policy(c) if c.expires_at > now => {
-                let checked = c.checked_at.load(Ordering::Relaxed);
-                let interval = self.settings.load().check_interval.as_secs();
-                if now >= checked.saturating_add(interval)
-                    && c.checked_at
-                        .compare_exchange(checked, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    let answer = c.answer.clone();
-                    drop(cache);
-                    self.start(domain, false);
-                    return Some(answer);
+        let (answer, check) = self
+            .cache
+            .lookup_with(domain, to_time(now), |found| match found {
+                Found::Fresh {
+                    value: Slot::Policy(c),
+                    ..
+                } => {
+                    let checked = c.checked_at.load(Ordering::Relaxed);
+                    let interval = self.settings.load().check_interval.as_secs();
+                    let check = now >= checked.saturating_add(interval)
+                        && c.checked_at
+                            .compare_exchange(checked, now, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok();
+                    (Some(c.answer.clone()), check)
                 }
-                Some(c.answer.clone())
-            }
-            Slot::Negative(n) if n.until > now => Some(Consulted::NoPolicy(n.why.clone())),
-            _ => None,
+                Found::Fresh {
+                    value: Slot::Negative(n),
+                    ..
+                } => (Some(Consulted::NoPolicy(n.why.clone())), false),
+                _ => (None, false),
+            });
+        if check {
+            self.start(domain, false);
         }
+        answer
     }
 
     /// The valid cached policy of a domain.
     fn valid_policy(&self, domain: &str, now: u64) -> Option<Arc<Cached>> {
-        match self.read_cache().get(domain) {
-            Some(Slot::Policy(c)) if c.expires_at > now => Some(c.clone()),
+        match self.cache.peek_valid(domain, to_time(now)) {
+            Some(Slot::Policy(c)) => Some(c),
             _ => None,
         }
     }
 
     /// Start a discovery of `domain`, or join the one running. `None` when
     /// too many are pending.
-    fn start(
-        self: &Arc<Self>,
-        domain: &str,
-        fetch: bool,
-    ) -> Option<watch::Receiver<Option<Consulted>>> {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        // A finished discovery stays listed until its task removes it:
-        // that one is not joined, a new one starts.
-        if let Some(rx) = inflight.get(domain)
-            && rx.borrow().is_none()
-        {
-            return Some(rx.clone());
-        }
-        if inflight.len() >= MAX_PENDING {
-            return None;
-        }
-        let (tx, rx) = watch::channel(None);
-        inflight.insert(domain.to_string(), rx.clone());
-        drop(inflight);
+    fn start(self: &Arc<Self>, domain: &str, fetch: bool) -> Option<Flight<Slot>> {
         let inner = self.clone();
-        let domain = domain.to_string();
-        let own = rx.clone();
-        tokio::spawn(async move {
-            let answer = inner.discover(&domain, fetch).await;
-            let _ = tx.send(Some(answer));
-            let mut inflight = inner.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            if inflight.get(&domain).is_some_and(|r| r.same_channel(&own)) {
-                inflight.remove(&domain);
-            }
-        });
-        Some(rx)
-    }
-
-    async fn record(&self, domain: &str) -> Result<StsRecord, DiscoveryError> {
-        let name = format!("_mta-sts.{domain}");
-        let txt = dns::lookup_txt(&self.resolver, &name)
-            .await
-            .map_err(DiscoveryError::Dns)?;
-        record::select(&txt).map_err(DiscoveryError::Record)
-    }
-
-    async fn fetch_policy(&self, domain: &str) -> Result<(Policy, String), DiscoveryError> {
-        self.fetches.fetch_add(1, Ordering::Relaxed);
-        let fetcher = self.fetcher.load_full();
-        let fetched = fetcher.fetch(domain).await.map_err(DiscoveryError::Fetch)?;
-        if let Some(t) = &fetched.lenient_content_type {
-            tracing::info!(domain, content_type = %t, "MTA-STS policy not served as text/plain; accepted (lenient_content_type)");
-        }
-        let policy = policy::parse(&fetched.body).map_err(DiscoveryError::Policy)?;
-        let text = String::from_utf8_lossy(&fetched.body).into_owned();
-        Ok((policy, text))
-    }
-
-    /// One discovery: TXT record, then (if the id is new, or `fetch`) the
-    /// policy. A valid cached policy survives every failure.
-    async fn discover(self: &Arc<Self>, domain: &str, fetch: bool) -> Consulted {
-        let _permit = self.slots.acquire().await;
-        let started = std::time::Instant::now();
-        let (answer, result) = self.discover_counted(domain, fetch).await;
-        if let Some(m) = self.metrics.get() {
-            m.fetch(Fetch::MtaSts, result, started.elapsed());
-        }
-        answer
-    }
-
-    /// [`Inner::discover`], and how it ended for the metrics.
-    async fn discover_counted(
-        self: &Arc<Self>,
-        domain: &str,
-        fetch: bool,
-    ) -> (Consulted, FetchResult) {
-        let now = now_secs();
-        let cached = self.valid_policy(domain, now);
-        if let Some(c) = &cached {
-            c.checked_at.store(now, Ordering::Relaxed);
-        }
-        let record = match self.record(domain).await {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(c) = cached {
-                    if c.policy.mode != Mode::None {
-                        tracing::warn!(domain, error = %e, id = %c.id, expires = %humantime::format_rfc3339_seconds(to_time(c.expires_at)),
-                            "no MTA-STS record now; the cached policy applies until it expires");
-                    }
-                    return (c.answer.clone(), FetchResult::Error);
-                }
-                let result = match &e {
-                    DiscoveryError::Dns(LookupError::NxDomain | LookupError::NoData)
-                    | DiscoveryError::Record(RecordError::None) => FetchResult::None,
-                    DiscoveryError::Record(_) => FetchResult::Invalid,
-                    _ => FetchResult::Error,
-                };
-                let why = format!("no MTA-STS policy: {e}");
-                self.remember_negative(domain, now, &why);
-                return (Consulted::NoPolicy(why), result);
-            }
-        };
-        if let Some(c) = &cached
-            && c.id == record.id
-            && !fetch
-        {
-            return (c.answer.clone(), FetchResult::Found);
-        }
-        match self.fetch_policy(domain).await {
-            Ok((policy, text)) => {
-                let settings = self.settings.load_full();
-                let persisted = Persisted {
-                    id: record.id.clone(),
-                    policy,
-                    text,
-                };
-                let expires = now.saturating_add(persisted.policy.max_age);
-                let c = Arc::new(build_cached(
-                    domain, persisted, now, expires, now, &settings,
-                ));
-                tracing::info!(domain, id = %c.id, mode = %c.policy.mode, max_age = c.policy.max_age,
-                    "MTA-STS policy fetched");
-                if let Some(store) = &self.store {
-                    match Entry::new(
-                        Kind::MtaSts,
-                        domain,
-                        to_time(now),
-                        to_time(expires),
-                        &c.persisted(),
-                    ) {
-                        Ok(e) => store.put(e),
-                        Err(e) => {
-                            tracing::error!(domain, error = %e, "cannot store MTA-STS policy")
-                        }
-                    }
-                }
-                self.write_cache()
-                    .insert(domain.to_string(), Slot::Policy(c.clone()));
-                if let Some(m) = self.metrics.get() {
-                    // Under the read lock: lookups go on meanwhile.
-                    let policies = self
-                        .read_cache()
-                        .values()
-                        .filter(|s| matches!(s, Slot::Policy(_)))
-                        .count();
-                    m.cache_entries(Cache::MtaSts, policies);
-                }
-                (c.answer.clone(), FetchResult::Found)
-            }
-            Err(e) => {
-                if let Some(c) = cached {
-                    if c.policy.mode != Mode::None {
-                        tracing::warn!(domain, error = %e, id = %c.id, new_id = %record.id,
-                            expires = %humantime::format_rfc3339_seconds(to_time(c.expires_at)),
-                            "MTA-STS policy fetch failed; the cached policy applies until it expires");
-                    }
-                    return (c.answer.clone(), FetchResult::Error);
-                }
-                tracing::warn!(domain, id = %record.id, error = %e, "MTA-STS record published but no usable policy");
-                let why = format!(
-                    "MTA-STS record (id {}) but no usable policy: {e}",
-                    record.id
-                );
-                self.remember_negative(domain, now, &why);
-                let result = match e {
-                    DiscoveryError::Policy(_) => FetchResult::Invalid,
-                    _ => FetchResult::Error,
-                };
-                (Consulted::NoPolicy(why), result)
-            }
-        }
-    }
-
-    fn remember_negative(&self, domain: &str, now: u64, why: &str) {
-        let until = now.saturating_add(self.settings.load().negative_ttl.as_secs());
-        let mut cache = self.write_cache();
-        if cache.len() >= MAX_NEGATIVE && !cache.contains_key(domain) {
-            return;
-        }
-        // Never replace a policy (one fetched meanwhile, or expired: the
-        // maintenance round clears those).
-        if let Some(Slot::Policy(c)) = cache.get(domain)
-            && c.expires_at > now
-        {
-            return;
-        }
-        cache.insert(
-            domain.to_string(),
-            Slot::Negative(Arc::new(Negative {
-                until,
-                why: why.to_string(),
-            })),
-        );
-    }
-}
-
-fn build_cached(
-    domain: &str,
-    p: Persisted,
-    fetched_at: u64,
-    expires_at: u64,
-    checked_at: u64,
-    settings: &Settings,
-) -> Cached {
-    let answer = answer(domain, &p.id, &p.policy, fetched_at, settings);
-    Cached {
-        domain: domain.to_string(),
-        id: p.id,
-        policy: p.policy,
-        text: p.text,
-        fetched_at,
-        expires_at,
-        checked_at: AtomicU64::new(checked_at),
-        refresh_started_at: AtomicU64::new(0),
-        answer,
-    }
-}
-
-fn rebuild(c: &Cached, settings: &Settings) -> Cached {
-    let mut n = build_cached(
-        &c.domain,
-        c.persisted(),
-        c.fetched_at,
-        c.expires_at,
-        c.checked_at(),
-        settings,
-    );
-    n.refresh_started_at = AtomicU64::new(c.refresh_started_at.load(Ordering::Relaxed));
-    n
-}
-
-/// The answer for a policy.
-fn answer(domain: &str, id: &str, p: &Policy, fetched_at: u64, settings: &Settings) -> Consulted {
-    let published = Some(Arc::new(Published {
-        policy_id: Some(Arc::from(id)),
-        mode: Some(p.mode.as_str()),
-    }));
-    let mx = p.mx.join(", ");
-    let ttl = Duration::from_secs(p.max_age).min(settings.check_interval);
-    let fetched = humantime::format_rfc3339_seconds(to_time(fetched_at));
-    let secure = |reason: String| Decision {
-        level: Level::Secure,
-        policy: Arc::from(policy::postfix_secure(domain, p, settings.style)),
-        source: SourceKind::MtaSts,
-        rule: None,
-        matched: None,
-        reason: Arc::from(reason),
-        ttl,
-        raised: false,
-        temporary: false,
-        published: published.clone(),
-    };
-    match p.mode {
-        Mode::Enforce => Consulted::Policy(secure(format!(
-            "MTA-STS policy {id} (enforce, fetched {fetched}): MX must be {mx}"
-        ))),
-        Mode::Testing if settings.strict_testing => Consulted::Policy(secure(format!(
-            "MTA-STS policy {id} (testing, enforced by strict_testing, fetched {fetched}): MX must be {mx}"
-        ))),
-        Mode::Testing => Consulted::Policy(Decision {
-            level: Level::May,
-            policy: Arc::from(Level::May.as_str()),
-            source: SourceKind::MtaSts,
-            rule: None,
-            matched: None,
-            reason: Arc::from(format!(
-                "MTA-STS policy {id} is in testing mode: opportunistic TLS (fetched {fetched})"
-            )),
-            ttl,
-            raised: false,
-            temporary: false,
-            published,
-        }),
-        Mode::None => Consulted::NoPolicy(format!(
-            "MTA-STS policy {id} has mode none (fetched {fetched})"
-        )),
+        let owned = domain.to_string();
+        self.cache
+            .spawn_flight(domain.to_string(), move || async move {
+                inner.discover(&owned, fetch).await
+            })
+            .flight()
     }
 }
 

@@ -59,7 +59,7 @@ impl fmt::Display for Mode {
 
 /// A valid policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Policy {
+pub struct StsPolicy {
     pub mode: Mode,
     /// Seconds, capped at [`MAX_AGE_LIMIT`].
     pub max_age: u64,
@@ -76,23 +76,16 @@ pub struct Policy {
 }
 
 /// Why a policy body was rejected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyError(pub String);
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StsPolicyError(pub String);
 
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for PolicyError {}
-
-fn err(s: impl Into<String>) -> PolicyError {
-    PolicyError(s.into())
+fn err(s: impl Into<String>) -> StsPolicyError {
+    StsPolicyError(s.into())
 }
 
 /// Parse a policy body.
-pub fn parse(body: &[u8]) -> Result<Policy, PolicyError> {
+pub fn parse(body: &[u8]) -> Result<StsPolicy, StsPolicyError> {
     if body.len() > MAX_POLICY_LEN {
         return Err(err(format!(
             "the policy is {} bytes, more than {MAX_POLICY_LEN}",
@@ -182,7 +175,7 @@ pub fn parse(body: &[u8]) -> Result<Policy, PolicyError> {
             )
         }));
     }
-    Ok(Policy {
+    Ok(StsPolicy {
         mode,
         max_age,
         mx,
@@ -237,7 +230,7 @@ pub const MAX_TLSRPT_POLICY_STRINGS: usize = 8 * 1024;
 /// The Postfix policy text for an enforced policy:
 /// `secure match=mail.example.com:.example.net servername=hostname`, plus
 /// the TLSRPT attributes when asked for.
-pub fn postfix_secure(domain: &str, policy: &Policy, style: AnswerStyle) -> String {
+pub fn postfix_secure(domain: &str, policy: &StsPolicy, style: AnswerStyle) -> String {
     let mut matches: Vec<&str> = Vec::with_capacity(policy.mx.len());
     for m in policy.mx.iter().map(|p| postfix_match(p)) {
         if !matches.contains(&m) {
@@ -279,7 +272,7 @@ pub fn postfix_secure(domain: &str, policy: &Policy, style: AnswerStyle) -> Stri
 mod tests {
     use super::*;
 
-    fn ok(text: &str) -> Policy {
+    fn ok(text: &str) -> StsPolicy {
         parse(text.as_bytes()).unwrap_or_else(|e| panic!("{text:?}: {e}"))
     }
 

@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use super::policy::Policy;
+use super::policy::StsPolicy;
 use super::record::StsRecord;
 use super::{DiscoveryError, MtaSts, Persisted};
-use crate::store::{Entry, Kind};
+use crate::cache::persist::{Entry, Kind};
 
 /// The MTA-STS part of an explanation.
 #[derive(Debug, Clone)]
@@ -18,7 +18,7 @@ pub struct Report {
     /// The TXT record now.
     pub record: Result<StsRecord, DiscoveryError>,
     /// The policy fetched now (when there is a record).
-    pub live: Option<Result<(Policy, String), DiscoveryError>>,
+    pub live: Option<Result<(StsPolicy, String), DiscoveryError>>,
     /// The cached entry in the cache file, if any.
     pub cached: Option<Entry>,
     /// Why the cache file could not be read, if it could not.
@@ -59,7 +59,7 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// One line about a policy: `id X, mode enforce, max_age N, mx a, *.b`.
-pub fn policy_line(id: &str, p: &Policy) -> String {
+pub fn policy_line(id: &str, p: &StsPolicy) -> String {
     let mut s = format!("id {id}, mode {}, max_age {}", p.mode, p.max_age);
     if !p.mx.is_empty() {
         s += &format!(", mx {}", p.mx.join(", "));
