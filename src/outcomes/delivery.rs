@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use super::postfix::{Endpoint, TlsFailureKind};
+use super::peer::{Endpoint, TlsFailureKind};
 use super::syslog::parse_digits;
 
 /// Where a delivery went (`relay=`).

@@ -18,6 +18,7 @@ pub mod connections;
 pub mod delivery;
 pub mod follow;
 pub mod lines;
+pub mod peer;
 pub mod postfix;
 pub mod state;
 pub mod syslog;
