@@ -104,7 +104,7 @@ struct Slot<V> {
     /// `u64::MAX`: never due.
     refresh_at: u64,
     negative: bool,
-    /// Milliseconds since the epoch of the last use (or write).
+    /// When it was last used (or written), for eviction: see [`order`].
     order: AtomicU64,
 }
 
@@ -133,6 +133,8 @@ fn nanos(t: SystemTime) -> u64 {
 struct Table<K, V> {
     map: HashMap<K, Slot<V>>,
     negative: usize,
+    /// Writes so far: orders the writes of one millisecond.
+    writes: u64,
 }
 
 impl<K: Hash + Eq, V> Table<K, V> {
@@ -153,6 +155,17 @@ impl<K: Hash + Eq, V> Table<K, V> {
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Bits of [`Slot::order`] below the milliseconds.
+const ORDER_SHIFT: u32 = 20;
+
+/// An eviction order: milliseconds since the epoch, then (low bits) the
+/// write's number within the table, so that writes in one millisecond keep
+/// their order; a use counts as after every write of its millisecond.
+fn order(ms: u64, write: Option<u64>) -> u64 {
+    let low = write.map_or((1 << ORDER_SHIFT) - 1, |w| w % ((1 << ORDER_SHIFT) - 1));
+    (ms.min(u64::MAX >> ORDER_SHIFT) << ORDER_SHIFT) | low
 }
 
 /// The TTL cache. Share it behind an `Arc` (flights need one).
@@ -181,6 +194,7 @@ where
             table: RwLock::new(Table {
                 map: HashMap::new(),
                 negative: 0,
+                writes: 0,
             }),
             flights: Flights::new(config.max_flights),
             config,
@@ -221,9 +235,9 @@ where
             return f(Found::Missing);
         };
         if self.config.eviction == Eviction::LeastRecentlyUsed {
-            let ms = millis(now);
-            if slot.order.load(Ordering::Relaxed) < ms {
-                slot.order.store(ms, Ordering::Relaxed);
+            let used = order(millis(now), None);
+            if slot.order.load(Ordering::Relaxed) < used {
+                slot.order.store(used, Ordering::Relaxed);
             }
         }
         let now = nanos(now);
@@ -371,8 +385,9 @@ where
                 _ => u64::MAX,
             },
             negative: expiry.negative,
-            order: AtomicU64::new(millis(now)),
+            order: AtomicU64::new(order(millis(now), Some(table.writes))),
         };
+        table.writes = table.writes.wrapping_add(1);
         if let Some(old) = table.map.insert(key, slot) {
             table.removed(&old);
         }

@@ -20,16 +20,24 @@ pub enum Cache {
     MtaSts,
     /// DANE (TLSA) lookups.
     Dane,
+    /// The policy server's RCPT decisions per open message.
+    PolicyMessages,
 }
 
 impl Cache {
-    pub const ALL: [Cache; 3] = [Cache::Prober, Cache::MtaSts, Cache::Dane];
+    pub const ALL: [Cache; 4] = [
+        Cache::Prober,
+        Cache::MtaSts,
+        Cache::Dane,
+        Cache::PolicyMessages,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Cache::Prober => "prober",
             Cache::MtaSts => "mta-sts",
             Cache::Dane => "dane",
+            Cache::PolicyMessages => "policy-messages",
         }
     }
 
@@ -39,6 +47,7 @@ impl Cache {
             Cache::Prober => "prober",
             Cache::MtaSts => "mta_sts",
             Cache::Dane => "dane",
+            Cache::PolicyMessages => "policy",
         }
     }
 

@@ -40,12 +40,16 @@ impl CacheObserver for MetricsObserver {
         self.metrics.cache_lookup(self.cache, false);
     }
 
+    fn evicted(&self, n: usize) {
+        self.metrics.cache_evicted(self.cache, n);
+    }
+
     /// The MTA-STS family counts policies (remembered "no policy" results
     /// are not entries); the others count every domain held.
     fn size(&self, size: CacheSize) {
         let n = match self.cache {
             Cache::MtaSts => size.positive(),
-            Cache::Dane | Cache::Prober => size.entries,
+            Cache::Dane | Cache::Prober | Cache::PolicyMessages => size.entries,
         };
         self.metrics.cache_entries(self.cache, n);
     }
@@ -54,6 +58,7 @@ impl CacheObserver for MetricsObserver {
         let fetch = match self.cache {
             Cache::MtaSts => Fetch::MtaSts,
             Cache::Dane => Fetch::Dane,
+            Cache::PolicyMessages => return,
             Cache::Prober => {
                 if let FetchOutcome::Verdict(v) = outcome {
                     self.metrics.probe(v, took);

@@ -40,10 +40,11 @@ pub struct Metrics {
     pub(super) connections_open: [AtomicI64; 3],
     pub(super) connections: [AtomicU64; 3],
     /// [cache][0 = hit, 1 = miss]
-    pub(super) cache_lookups: [[AtomicU64; 2]; 3],
-    pub(super) cache_entries: [AtomicU64; 3],
+    pub(super) cache_lookups: [[AtomicU64; 2]; Cache::ALL.len()],
+    pub(super) cache_entries: [AtomicU64; Cache::ALL.len()],
+    pub(super) cache_evictions: [AtomicU64; Cache::ALL.len()],
     /// Caches that reported a size at least once.
-    pub(super) cache_seen: [AtomicU64; 3],
+    pub(super) cache_seen: [AtomicU64; Cache::ALL.len()],
     /// [fetch][result]
     pub(super) fetches: [[AtomicU64; 4]; 2],
     pub(super) fetch_seconds: [Histogram; 2],
@@ -72,6 +73,7 @@ impl Metrics {
             connections_open: Default::default(),
             connections: Default::default(),
             cache_lookups: Default::default(),
+            cache_evictions: Default::default(),
             cache_entries: Default::default(),
             cache_seen: Default::default(),
             fetches: Default::default(),
@@ -131,6 +133,11 @@ impl Metrics {
     pub fn cache_entries(&self, cache: Cache, entries: usize) {
         self.cache_entries[cache.index()].store(entries as u64, Ordering::Relaxed);
         self.cache_seen[cache.index()].store(1, Ordering::Relaxed);
+    }
+
+    /// Entries a cache dropped to stay within its size cap.
+    pub fn cache_evicted(&self, cache: Cache, n: usize) {
+        self.cache_evictions[cache.index()].fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// The size last reported for a cache, if it ever reported one.

@@ -99,6 +99,18 @@ impl Metrics {
                 );
             }
         }
+        w.header(
+            "cache_evictions_total",
+            "counter",
+            "Entries dropped to keep a cache within its size cap, by cache.",
+        );
+        for c in Cache::ALL {
+            w.sample(
+                "cache_evictions_total",
+                &[("cache", c.as_str())],
+                self.cache_evictions[c.index()].load(Ordering::Relaxed),
+            );
+        }
         w.header("cache_entries", "gauge", "Entries in each cache now.");
         for c in Cache::ALL {
             if let Some(n) = self.cache_size(c) {

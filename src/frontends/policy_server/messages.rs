@@ -1,20 +1,20 @@
 //! RCPT decisions kept per message until END-OF-MESSAGE, shared by every
-//! connection of one server.
+//! connection of one server: the crate's [`TtlCache`], keyed by Postfix's
+//! `instance`, each message valid for [`MESSAGE_STATE_TTL`], at most
+//! [`MAX_OPEN_MESSAGES`] (the oldest written goes first, with a warning).
 
-use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
-
-use tokio::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime};
 
 use super::{MAX_OPEN_MESSAGES, MAX_RECIPIENTS_PER_MESSAGE, MESSAGE_STATE_TTL, SWEEP_INTERVAL};
+use crate::cache::{CacheConfig, CacheObserver, CacheSize, Eviction, Expiry, NoObserver, TtlCache};
 use crate::engine::policy_file::SenderHit;
 use crate::engine::recipient::{RecipientDecision, trace_value};
 use crate::frontends::attrs::Request;
 
 /// RCPT decisions of one message.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct Message {
-    created: Instant,
     pub(super) sender_rule: Option<u32>,
     filter_sent: bool,
     pub(super) recipients: Vec<RecipientDecision>,
@@ -22,85 +22,107 @@ pub(super) struct Message {
     pub(super) dropped: usize,
 }
 
-impl Message {
-    fn new() -> Message {
-        Message {
-            created: Instant::now(),
-            sender_rule: None,
-            filter_sent: false,
-            recipients: Vec::new(),
-            dropped: 0,
-        }
+type Shared = Arc<Mutex<Message>>;
+
+fn lock(m: &Shared) -> MutexGuard<'_, Message> {
+    // A panic while holding the lock leaves a message that is still
+    // valid: keep using it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Warns when open messages are forgotten to stay within the cap, and
+/// passes every event on (to the metrics).
+struct Forgetting(Arc<dyn CacheObserver>);
+
+impl CacheObserver for Forgetting {
+    fn hit(&self) {
+        self.0.hit();
+    }
+    fn miss(&self) {
+        self.0.miss();
+    }
+    fn size(&self, size: CacheSize) {
+        self.0.size(size);
+    }
+    fn evicted(&self, n: usize) {
+        tracing::warn!(
+            limit = MAX_OPEN_MESSAGES,
+            forgotten = n,
+            "too many open messages; forgot the oldest one's RCPT decisions"
+        );
+        self.0.evicted(n);
     }
 }
 
-#[derive(Debug)]
-struct MessagesInner {
-    map: HashMap<String, Message>,
-    last_sweep: Instant,
-}
-
 /// Per-message state shared by every connection of one server.
-#[derive(Debug)]
 pub(super) struct Messages {
-    inner: Mutex<MessagesInner>,
+    cache: TtlCache<String, Shared>,
+    last_sweep: Mutex<Instant>,
 }
 
 impl Default for Messages {
     fn default() -> Self {
-        Messages {
-            inner: Mutex::new(MessagesInner {
-                map: HashMap::new(),
-                last_sweep: Instant::now(),
-            }),
-        }
+        Messages::new(Arc::new(NoObserver))
     }
 }
 
 impl Messages {
-    fn lock(&self) -> MutexGuard<'_, MessagesInner> {
-        // A panic while holding the lock leaves a map that is still a
-        // valid map: keep using it.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Counted by `observer` (hits: a RCPT for a message already open).
+    pub(super) fn new(observer: Arc<dyn CacheObserver>) -> Messages {
+        let config = CacheConfig {
+            evict_batch: 1,
+            ..CacheConfig::new(MAX_OPEN_MESSAGES).eviction(Eviction::OldestWritten)
+        };
+        Messages {
+            cache: TtlCache::new(config, Arc::new(Forgetting(observer))),
+            last_sweep: Mutex::new(Instant::now()),
+        }
     }
 
-    /// The message's entry, created when missing (expired entries are
-    /// swept and the oldest dropped when full).
-    fn entry<'a>(inner: &'a mut MessagesInner, instance: &str) -> &'a mut Message {
-        let now = Instant::now();
-        if now.duration_since(inner.last_sweep) >= SWEEP_INTERVAL {
-            inner.last_sweep = now;
-            let before = inner.map.len();
-            inner
-                .map
-                .retain(|_, m| now.duration_since(m.created) < MESSAGE_STATE_TTL);
-            let gone = before - inner.map.len();
-            if gone > 0 {
-                tracing::debug!(
-                    messages = gone,
-                    "forgot messages that never reached END-OF-MESSAGE"
-                );
+    /// Forget messages that never reached END-OF-MESSAGE, at most once per
+    /// [`SWEEP_INTERVAL`].
+    fn sweep(&self) {
+        {
+            let mut last = self
+                .last_sweep
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.elapsed() < SWEEP_INTERVAL {
+                return;
             }
+            *last = Instant::now();
         }
-        if !inner.map.contains_key(instance) && inner.map.len() >= MAX_OPEN_MESSAGES {
-            let oldest = inner
-                .map
-                .iter()
-                .min_by_key(|(_, m)| m.created)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                inner.map.remove(&k);
-                tracing::warn!(
-                    limit = MAX_OPEN_MESSAGES,
-                    instance = %k,
-                    "too many open messages; forgot the oldest one's RCPT decisions"
-                );
+        let gone = self.cache.remove_expired(SystemTime::now());
+        if gone > 0 {
+            tracing::debug!(
+                messages = gone,
+                "forgot messages that never reached END-OF-MESSAGE"
+            );
+        }
+    }
+
+    /// The message's state, created when missing or expired.
+    fn entry(&self, instance: &str) -> Shared {
+        self.sweep();
+        if let Some(m) = self.cache.get(instance).fresh() {
+            return m;
+        }
+        let mut made = None;
+        self.cache.upsert(instance.to_string(), |old| match old {
+            Some((m, e)) if e.is_valid_at(SystemTime::now()) => {
+                made = Some(m.clone());
+                (m.clone(), *e)
             }
-        }
-        inner
-            .map
-            .entry(instance.to_string())
-            .or_insert_with(Message::new)
+            _ => {
+                let m = Shared::default();
+                made = Some(m.clone());
+                (
+                    m,
+                    Expiry::after(SystemTime::now(), MESSAGE_STATE_TTL).no_refresh(),
+                )
+            }
+        });
+        made.expect("upsert calls its closure")
     }
 
     /// Whether FILTER is still to be sent for this message; marks it sent.
@@ -109,9 +131,8 @@ impl Messages {
         if instance.is_empty() {
             return true;
         }
-        let mut inner = self.lock();
-        let m = Self::entry(&mut inner, instance);
-        !std::mem::replace(&mut m.filter_sent, true)
+        let m = self.entry(instance);
+        !std::mem::replace(&mut lock(&m).filter_sent, true)
     }
 
     pub(super) fn add_recipient(
@@ -121,8 +142,8 @@ impl Messages {
         sender_hit: Option<&SenderHit>,
         entry: RecipientDecision,
     ) {
-        let mut inner = self.lock();
-        let m = Self::entry(&mut inner, instance);
+        let shared = self.entry(instance);
+        let mut m = lock(&shared);
         if let Some(h) = sender_hit {
             m.sender_rule = Some(h.rule);
         }
@@ -147,21 +168,24 @@ impl Messages {
         if instance.is_empty() {
             return None;
         }
-        let inner = self.lock();
-        let m = inner.map.get(instance)?;
+        let m = self.cache.peek_valid(instance, SystemTime::now())?;
+        let m = lock(&m);
         Some(trace_value(&m.recipients, m.sender_rule))
     }
 
+    /// The message's state, forgotten here.
     pub(super) fn take(&self, instance: &str) -> Option<Message> {
-        self.lock().map.remove(instance)
+        let m = self.cache.remove(instance)?;
+        let taken = std::mem::take(&mut *lock(&m));
+        Some(taken)
     }
 
     pub(super) fn remove(&self, instance: &str) {
-        self.lock().map.remove(instance);
+        self.cache.remove(instance);
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.lock().map.len()
+        self.cache.len()
     }
 }

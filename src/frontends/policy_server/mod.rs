@@ -57,7 +57,7 @@ pub use super::{Backend, Live};
 use crate::engine::refusal::TlsKnowledge;
 use crate::listen::{self, Accepted, Admission, Drain, IdleTimer, Listener};
 use crate::log::record::PolicyAction;
-use crate::metrics::Frontend;
+use crate::metrics::{Cache, Frontend};
 pub use config::{PolicyServerConfig, PolicyServerSettings};
 use messages::Messages;
 pub use stages::rcpt_answer;
@@ -120,7 +120,10 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
             .metrics()
             .map(|m| (m.clone(), Frontend::Policy)),
     };
-    let messages = Arc::new(Messages::default());
+    let messages = Arc::new(match deps.backend.metrics() {
+        Some(m) => Messages::new(m.cache_observer(Cache::PolicyMessages)),
+        None => Messages::default(),
+    });
     let stop = shutdown.clone();
     listen::serve(listener, admission, shutdown, move |conn, peer| {
         let server = Server {
