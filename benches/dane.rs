@@ -23,7 +23,7 @@ use tls_policyd::sources::dane::assess::{
     AddressState, Assessment, MxHost, MxState, TlsaRecord, TlsaState,
 };
 use tls_policyd::sources::dane::{
-    DaneConfig, DaneRecord, DaneSource, LastDane, MemoryStore, Outcome,
+    DaneConfig, DaneMemoryStore, DaneRecord, DaneSource, LastDane, Outcome,
 };
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -123,7 +123,7 @@ fn main() {
         .unwrap();
 
     let now = SystemTime::now();
-    let store = MemoryStore::default();
+    let store = DaneMemoryStore::default();
     for i in 0..domains {
         let (d, r) = record(i, now);
         store.save(&d, &r, now);

@@ -25,7 +25,7 @@ use tls_policyd::engine::key::Destination;
 use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::{Consulted, Engine, Source};
 use tls_policyd::sources::dane::assess::{AddressState, MxState, TlsaState};
-use tls_policyd::sources::dane::{DaneConfig, DaneSource, FailPolicy, MemoryStore, Outcome};
+use tls_policyd::sources::dane::{DaneConfig, DaneMemoryStore, DaneSource, FailPolicy, Outcome};
 
 const DIGEST: [u8; 32] = [0xd1; 32];
 
@@ -442,7 +442,7 @@ async fn a_domain_that_had_dane_defers_when_lookups_fail() {
         failure_ttl: Duration::from_secs(1),
         ..DaneConfig::default()
     };
-    let store = Arc::new(MemoryStore::default());
+    let store = Arc::new(DaneMemoryStore::default());
     let s = w
         .source_with(&w.dns_config(), dane.clone())
         .with_store(store.clone());

@@ -16,7 +16,7 @@
 //!   evictions are counted ([`CacheObserver::evicted`]);
 //! - **expired entries stay** until evicted, removed, or cleared by
 //!   [`TtlCache::remove_expired`]: what was known can still be read
-//!   ([`Found::Expired`], [`TtlCache::peek`]);
+//!   ([`CacheFound::Expired`], [`TtlCache::peek`]);
 //! - **single flight**: [`TtlCache::spawn_flight`] runs one fetch per key
 //!   on the runtime, detached from whoever asked (a caller that gives up
 //!   cancels nothing); [`TtlCache::get_or_fetch`] runs it in the caller,
@@ -58,7 +58,7 @@ pub use settings::{CacheConfig, Eviction};
 
 /// What a lookup found.
 #[derive(Debug)]
-pub enum Found<'a, V> {
+pub enum CacheFound<'a, V> {
     /// Valid now; `refresh_due` when in its refresh-ahead window.
     Fresh {
         value: &'a V,
@@ -69,27 +69,27 @@ pub enum Found<'a, V> {
     Missing,
 }
 
-/// [`Found`], owned.
+/// [`CacheFound`], owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup<V> {
+pub enum CacheLookup<V> {
     Fresh { value: V, refresh_due: bool },
     Expired(V),
     Missing,
 }
 
-impl<V> Lookup<V> {
+impl<V> CacheLookup<V> {
     /// The value, valid or not.
     pub fn value(self) -> Option<V> {
         match self {
-            Lookup::Fresh { value, .. } | Lookup::Expired(value) => Some(value),
-            Lookup::Missing => None,
+            CacheLookup::Fresh { value, .. } | CacheLookup::Expired(value) => Some(value),
+            CacheLookup::Missing => None,
         }
     }
 
     /// The value if valid.
     pub fn fresh(self) -> Option<V> {
         match self {
-            Lookup::Fresh { value, .. } => Some(value),
+            CacheLookup::Fresh { value, .. } => Some(value),
             _ => None,
         }
     }
@@ -223,7 +223,7 @@ where
         &self,
         key: &Q,
         now: SystemTime,
-        f: impl FnOnce(Found<'_, V>) -> R,
+        f: impl FnOnce(CacheFound<'_, V>) -> R,
     ) -> R
     where
         K: Borrow<Q>,
@@ -232,7 +232,7 @@ where
         let table = self.read();
         let Some(slot) = table.map.get(key) else {
             self.observer.miss();
-            return f(Found::Missing);
+            return f(CacheFound::Missing);
         };
         if self.config.eviction == Eviction::LeastRecentlyUsed {
             let used = order(millis(now), None);
@@ -243,7 +243,7 @@ where
         let now = nanos(now);
         if !slot.is_valid_at(now) {
             self.observer.miss();
-            return f(Found::Expired(&slot.value));
+            return f(CacheFound::Expired(&slot.value));
         }
         if slot.negative {
             self.observer.negative_hit();
@@ -251,30 +251,30 @@ where
             self.observer.hit();
         }
         let refresh_due = now > slot.refresh_at;
-        f(Found::Fresh {
+        f(CacheFound::Fresh {
             value: &slot.value,
             refresh_due,
         })
     }
 
     /// The counted lookup at `now`.
-    pub fn get_at<Q>(&self, key: &Q, now: SystemTime) -> Lookup<V>
+    pub fn get_at<Q>(&self, key: &Q, now: SystemTime) -> CacheLookup<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
         self.lookup_with(key, now, |found| match found {
-            Found::Fresh { value, refresh_due } => Lookup::Fresh {
+            CacheFound::Fresh { value, refresh_due } => CacheLookup::Fresh {
                 value: value.clone(),
                 refresh_due,
             },
-            Found::Expired(v) => Lookup::Expired(v.clone()),
-            Found::Missing => Lookup::Missing,
+            CacheFound::Expired(v) => CacheLookup::Expired(v.clone()),
+            CacheFound::Missing => CacheLookup::Missing,
         })
     }
 
     /// The counted lookup, now.
-    pub fn get<Q>(&self, key: &Q) -> Lookup<V>
+    pub fn get<Q>(&self, key: &Q) -> CacheLookup<V>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,

@@ -62,22 +62,22 @@ fn expiry_at_exact_boundaries() {
     let (c, _) = cache(CacheConfig::new(10));
     c.insert("a".into(), 1, Expiry::between(t(100), t(200)));
     // Before `from` (the clock went back): not valid, but known.
-    assert_eq!(c.get_at("a", t(99)), Lookup::Expired(1));
+    assert_eq!(c.get_at("a", t(99)), CacheLookup::Expired(1));
     assert!(matches!(
         c.get_at("a", t(100)),
-        Lookup::Fresh { value: 1, .. }
+        CacheLookup::Fresh { value: 1, .. }
     ));
     assert!(matches!(
         c.get_at("a", t(199)),
-        Lookup::Fresh { value: 1, .. }
+        CacheLookup::Fresh { value: 1, .. }
     ));
     let last = t(200) - Duration::from_nanos(1);
     assert!(matches!(
         c.get_at("a", last),
-        Lookup::Fresh { value: 1, .. }
+        CacheLookup::Fresh { value: 1, .. }
     ));
-    assert_eq!(c.get_at("a", t(200)), Lookup::Expired(1));
-    assert_eq!(c.get_at("b", t(150)), Lookup::Missing);
+    assert_eq!(c.get_at("a", t(200)), CacheLookup::Expired(1));
+    assert_eq!(c.get_at("b", t(150)), CacheLookup::Missing);
     assert_eq!(c.peek_valid("a", t(200)), None);
     assert_eq!(c.peek_valid("a", t(150)), Some(1));
     // Expired entries stay until removed.
@@ -89,7 +89,7 @@ fn expiry_at_exact_boundaries() {
     assert!(c.is_empty());
     // Zero life: never valid.
     c.insert("z".into(), 0, Expiry::after(t(0), Duration::ZERO));
-    assert_eq!(c.get_at("z", t(0)), Lookup::Expired(0));
+    assert_eq!(c.get_at("z", t(0)), CacheLookup::Expired(0));
 }
 
 #[test]
@@ -157,13 +157,13 @@ fn negative_entries_are_served_and_counted_apart() {
     c.insert("some".into(), 1, Expiry::between(t(0), t(100)));
     assert!(matches!(
         c.get_at("none", t(5)),
-        Lookup::Fresh { value: 0, .. }
+        CacheLookup::Fresh { value: 0, .. }
     ));
     assert!(matches!(
         c.get_at("some", t(5)),
-        Lookup::Fresh { value: 1, .. }
+        CacheLookup::Fresh { value: 1, .. }
     ));
-    assert_eq!(c.get_at("none", t(10)), Lookup::Expired(0));
+    assert_eq!(c.get_at("none", t(10)), CacheLookup::Expired(0));
     assert_eq!(counts.get()[..3], [1, 1, 1]);
     assert_eq!(
         c.size(),
@@ -200,7 +200,7 @@ fn refresh_ahead_window() {
     let due = |now| {
         matches!(
             c.get_at("a", now),
-            Lookup::Fresh {
+            CacheLookup::Fresh {
                 refresh_due: true,
                 ..
             }
@@ -213,7 +213,7 @@ fn refresh_ahead_window() {
     c.insert("b".into(), 1, Expiry::between(t(0), t(100)).no_refresh());
     assert!(!matches!(
         c.get_at("b", t(99)),
-        Lookup::Fresh {
+        CacheLookup::Fresh {
             refresh_due: true,
             ..
         }
@@ -225,7 +225,7 @@ fn refresh_ahead_window() {
     );
     assert!(matches!(
         c.get_at("c", t(11)),
-        Lookup::Fresh {
+        CacheLookup::Fresh {
             refresh_due: true,
             ..
         }
@@ -235,7 +235,7 @@ fn refresh_ahead_window() {
     plain.insert("a".into(), 1, Expiry::between(t(0), t(100)));
     assert!(!matches!(
         plain.get_at("a", t(99)),
-        Lookup::Fresh {
+        CacheLookup::Fresh {
             refresh_due: true,
             ..
         }
@@ -256,7 +256,7 @@ async fn refresh_runs_once_while_the_valid_value_is_served() {
     let mut wait = Some(wait);
     let mut started = Vec::new();
     for _ in 0..5 {
-        let Lookup::Fresh { value, refresh_due } = c.get("a") else {
+        let CacheLookup::Fresh { value, refresh_due } = c.get("a") else {
             panic!("not fresh")
         };
         assert_eq!(value, 1, "the valid value is served meanwhile");
@@ -282,7 +282,7 @@ async fn refresh_runs_once_while_the_valid_value_is_served() {
     assert_eq!(counts.get()[4], 1);
     assert!(matches!(
         c.get("a"),
-        Lookup::Fresh {
+        CacheLookup::Fresh {
             value: 2,
             refresh_due: false
         }

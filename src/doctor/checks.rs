@@ -8,7 +8,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::postconf::{
-    Endpoint, Item, PostfixConfig, RESTRICTION_LISTS, Service, group_parts, list_items, socketmap,
+    Item, PostfixConfig, PostfixEndpoint, RESTRICTION_LISTS, Service, group_parts, list_items,
+    socketmap,
 };
 use crate::config::Config;
 use crate::frontends::socketmap::DefaultReply;
@@ -69,12 +70,12 @@ pub struct Finding {
 
 /// What the checks found, and what they found in order.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub struct CheckOutcome {
     pub findings: Vec<Finding>,
     pub ok: Vec<String>,
 }
 
-impl Outcome {
+impl CheckOutcome {
     pub(super) fn problem(&mut self, text: String, fix: Option<String>) {
         self.findings.push(Finding {
             severity: Severity::Problem,
@@ -93,8 +94,8 @@ impl Outcome {
 }
 
 /// Run every check.
-pub fn check(pf: &PostfixConfig, ours: &Ours) -> Outcome {
-    let mut out = Outcome::default();
+pub fn check(pf: &PostfixConfig, ours: &Ours) -> CheckOutcome {
+    let mut out = CheckOutcome::default();
     if let Some(sm) = &ours.socketmap {
         check_socketmap(pf, sm, &mut out);
     }
@@ -127,16 +128,16 @@ fn shown(v: &str) -> &str {
 
 /// Whether a Postfix endpoint reaches our listener, for a process that
 /// works in `queue_dir`, chrooted there or not.
-pub fn reaches(e: &Endpoint, ours: &ListenAddr, queue_dir: &Path, chrooted: bool) -> bool {
+pub fn reaches(e: &PostfixEndpoint, ours: &ListenAddr, queue_dir: &Path, chrooted: bool) -> bool {
     match (e, ours) {
-        (Endpoint::Inet { host, port }, ListenAddr::Inet(sa)) => {
+        (PostfixEndpoint::Inet { host, port }, ListenAddr::Inet(sa)) => {
             *port == sa.port()
                 && match host.parse::<IpAddr>() {
                     Ok(ip) => ip == sa.ip() || sa.ip().is_unspecified(),
                     Err(_) => host.eq_ignore_ascii_case("localhost") && sa.ip().is_loopback(),
                 }
         }
-        (Endpoint::Unix(_), ListenAddr::Unix(path)) => {
+        (PostfixEndpoint::Unix(_), ListenAddr::Unix(path)) => {
             e.unix_path(queue_dir, chrooted).as_deref() == Some(path.as_path())
         }
         _ => false,
@@ -168,7 +169,7 @@ fn smtp_servers(pf: &PostfixConfig) -> impl Iterator<Item = &Service> {
     pf.services.iter().filter(|s| s.command == "smtpd")
 }
 
-fn check_socketmap(pf: &PostfixConfig, sm: &OurSocketmap, out: &mut Outcome) {
+fn check_socketmap(pf: &PostfixConfig, sm: &OurSocketmap, out: &mut CheckOutcome) {
     let queue = pf.queue_directory();
     let wanted = format!("socketmap:{}:{}", postfix_name(&sm.listen, queue), sm.map);
     let clients: Vec<&Service> = smtp_clients(pf).collect();
@@ -276,7 +277,7 @@ fn check_socketmap(pf: &PostfixConfig, sm: &OurSocketmap, out: &mut Outcome) {
 
 /// `check_policy_service` entries in one restriction list.
 struct PolicyCheck {
-    endpoint: Endpoint,
+    endpoint: PostfixEndpoint,
     default_action: Option<String>,
     /// A `permit_*` that comes before it (mail it permits is never asked).
     after_permit: Option<String>,
@@ -298,7 +299,7 @@ fn policy_checks(value: &str) -> Vec<PolicyCheck> {
                     Some(Item::Word(e)) => (e.clone(), None),
                     None => (String::new(), None),
                 };
-                if let Some(endpoint) = Endpoint::parse(&endpoint) {
+                if let Some(endpoint) = PostfixEndpoint::parse(&endpoint) {
                     found.push(PolicyCheck {
                         endpoint,
                         default_action,
@@ -324,7 +325,7 @@ fn policy_checks(value: &str) -> Vec<PolicyCheck> {
     found
 }
 
-fn check_policy_server(pf: &PostfixConfig, ours: &ListenAddr, out: &mut Outcome) {
+fn check_policy_server(pf: &PostfixConfig, ours: &ListenAddr, out: &mut CheckOutcome) {
     let queue = pf.queue_directory();
     let name = postfix_name(ours, queue);
     let entry = format!("check_policy_service {{ {name}, default_action=DUNNO }}");
@@ -430,12 +431,12 @@ fn find_milter(
                 (e, attrs.get("default_action").cloned())
             }
         };
-        let e = Endpoint::parse(&e)?;
+        let e = PostfixEndpoint::parse(&e)?;
         reaches(&e, ours, queue, chrooted).then_some(action)
     })
 }
 
-fn check_milter(pf: &PostfixConfig, ours: &ListenAddr, out: &mut Outcome) {
+fn check_milter(pf: &PostfixConfig, ours: &ListenAddr, out: &mut CheckOutcome) {
     let queue = pf.queue_directory();
     let name = postfix_name(ours, queue);
     let chrooted = smtp_servers(pf).any(|s| s.chrooted() && s.kind == "inet");
@@ -545,7 +546,7 @@ non_smtpd_milters = inet:127.0.0.1:10029
 smtp_dns_support_level = dnssec
 ";
 
-    fn problems(o: &Outcome) -> Vec<&Finding> {
+    fn problems(o: &CheckOutcome) -> Vec<&Finding> {
         o.findings
             .iter()
             .filter(|f| f.severity == Severity::Problem)
@@ -773,7 +774,7 @@ smtp_dns_support_level = dnssec
     fn endpoints_reach_listeners() {
         let q = Path::new("/var/spool/postfix");
         let l: ListenAddr = "inet:127.0.0.1:10027".parse().unwrap();
-        let e = |s: &str| Endpoint::parse(s).unwrap();
+        let e = |s: &str| PostfixEndpoint::parse(s).unwrap();
         assert!(reaches(&e("inet:127.0.0.1:10027"), &l, q, false));
         assert!(reaches(&e("inet:localhost:10027"), &l, q, false));
         assert!(!reaches(&e("inet:127.0.0.2:10027"), &l, q, false));

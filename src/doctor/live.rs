@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use super::checks::{OurSocketmap, Outcome, postfix_name};
+use super::checks::{CheckOutcome, OurSocketmap, postfix_name};
 use super::postconf::PostfixConfig;
 use crate::engine::decision::Tls;
 use crate::engine::policy_file::PolicyFile;
@@ -14,7 +14,7 @@ pub const UNKNOWN_DOMAIN: &str = "tls-policyd-doctor.invalid";
 
 /// What `postmap -q` said.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
+pub enum PostmapAnswer {
     /// Exit 0: the value.
     Found(String),
     /// Exit 1: not found (`NOTFOUND`).
@@ -24,7 +24,7 @@ pub enum Answer {
 }
 
 /// `postmap [-c DIR] -q KEY TABLE`.
-pub fn postmap(pf: &PostfixConfig, table: &str, key: &str) -> Answer {
+pub fn postmap(pf: &PostfixConfig, table: &str, key: &str) -> PostmapAnswer {
     let mut cmd = Command::new("postmap");
     cmd.args(pf.config_args()).arg("-q").arg(key).arg(table);
     let queue = pf.queue_directory();
@@ -32,17 +32,17 @@ pub fn postmap(pf: &PostfixConfig, table: &str, key: &str) -> Answer {
         cmd.current_dir(queue);
     }
     match cmd.output() {
-        Err(e) => Answer::Failed(format!("cannot run postmap: {e}")),
+        Err(e) => PostmapAnswer::Failed(format!("cannot run postmap: {e}")),
         Ok(o) => match o.status.code() {
-            Some(0) => Answer::Found(String::from_utf8_lossy(&o.stdout).trim().to_string()),
-            Some(1) if o.stderr.is_empty() => Answer::NotFound,
-            _ => Answer::Failed(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+            Some(0) => PostmapAnswer::Found(String::from_utf8_lossy(&o.stdout).trim().to_string()),
+            Some(1) if o.stderr.is_empty() => PostmapAnswer::NotFound,
+            _ => PostmapAnswer::Failed(String::from_utf8_lossy(&o.stderr).trim().to_string()),
         },
     }
 }
 
 /// Ask for a domain a rule forces and for one nobody names.
-pub fn ask(pf: &PostfixConfig, sm: &OurSocketmap, policy: &PolicyFile, out: &mut Outcome) {
+pub fn ask(pf: &PostfixConfig, sm: &OurSocketmap, policy: &PolicyFile, out: &mut CheckOutcome) {
     let table = format!(
         "socketmap:{}:{}",
         postfix_name(&sm.listen, pf.queue_directory()),
@@ -51,10 +51,10 @@ pub fn ask(pf: &PostfixConfig, sm: &OurSocketmap, policy: &PolicyFile, out: &mut
     let forced = policy.exact_domain_where(|r| r.level.tls() == Tls::Forced);
     if let Some(domain) = forced {
         match postmap(pf, &table, domain) {
-            Answer::Found(level) if !weak(&level) => out.ok.push(format!(
+            PostmapAnswer::Found(level) if !weak(&level) => out.ok.push(format!(
                 "postmap -q {domain} {table}: {level} (a rule forces TLS for {domain})"
             )),
-            Answer::Failed(e) => {
+            PostmapAnswer::Failed(e) => {
                 unreachable(&table, &e, out);
                 return;
             }
@@ -73,7 +73,7 @@ pub fn ask(pf: &PostfixConfig, sm: &OurSocketmap, policy: &PolicyFile, out: &mut
         );
     }
     match postmap(pf, &table, UNKNOWN_DOMAIN) {
-        Answer::Failed(e) => unreachable(&table, &e, out),
+        PostmapAnswer::Failed(e) => unreachable(&table, &e, out),
         a => out.ok.push(format!(
             "postmap -q {UNKNOWN_DOMAIN} {table}: {} (the default)",
             shown(&a)
@@ -81,7 +81,7 @@ pub fn ask(pf: &PostfixConfig, sm: &OurSocketmap, policy: &PolicyFile, out: &mut
     }
 }
 
-fn unreachable(table: &str, error: &str, out: &mut Outcome) {
+fn unreachable(table: &str, error: &str, out: &mut CheckOutcome) {
     out.problem(
         format!(
             "Postfix's own client could not ask tls-policyd ({table}): {error}; every delivery is deferred with \"4.7.5 client TLS configuration problem\" until it can"
@@ -90,11 +90,11 @@ fn unreachable(table: &str, error: &str, out: &mut Outcome) {
     );
 }
 
-fn shown(a: &Answer) -> String {
+fn shown(a: &PostmapAnswer) -> String {
     match a {
-        Answer::Found(v) => v.clone(),
-        Answer::NotFound => "NOTFOUND".into(),
-        Answer::Failed(e) => e.clone(),
+        PostmapAnswer::Found(v) => v.clone(),
+        PostmapAnswer::NotFound => "NOTFOUND".into(),
+        PostmapAnswer::Failed(e) => e.clone(),
     }
 }
 

@@ -19,7 +19,7 @@ use postconf::{PostconfError, PostfixConfig};
 
 /// What `doctor` found.
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub struct DoctorReport {
     /// `postconf -c` directory, or Postfix's default.
     pub postfix_config: String,
     pub mail_version: String,
@@ -28,7 +28,7 @@ pub struct Report {
     pub ok: Vec<String>,
 }
 
-impl Report {
+impl DoctorReport {
     /// Exit status: 1 when any problem was found.
     pub fn healthy(&self) -> bool {
         !self
@@ -76,7 +76,7 @@ pub fn run(
     config: &Config,
     policy: &PolicyFile,
     dir: Option<&Path>,
-) -> Result<Report, PostconfError> {
+) -> Result<DoctorReport, PostconfError> {
     let pf = PostfixConfig::read(dir)?;
     let ours = Ours::from_config(config);
     let mut outcome = checks::check(&pf, &ours);
@@ -92,7 +92,7 @@ pub fn run(
             }
         }
     }
-    Ok(Report {
+    Ok(DoctorReport {
         postfix_config: dir
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "the default directory (/etc/postfix)".into()),

@@ -200,7 +200,7 @@ pub fn parse_services(master: &str, overrides: &str) -> Vec<Service> {
 
 /// A client endpoint as Postfix writes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
+pub enum PostfixEndpoint {
     /// `inet:host:port` (or `host:port`); the host as written.
     Inet { host: String, port: u16 },
     /// `unix:path` (or a bare path); relative paths are relative to the
@@ -208,27 +208,27 @@ pub enum Endpoint {
     Unix(PathBuf),
 }
 
-impl Endpoint {
+impl PostfixEndpoint {
     /// `inet:127.0.0.1:10028`, `inet:[::1]:10028`, `unix:private/policy`,
     /// `localhost:10028`, `private/policy`.
-    pub fn parse(s: &str) -> Option<Endpoint> {
+    pub fn parse(s: &str) -> Option<PostfixEndpoint> {
         let s = s.trim();
         if let Some(rest) = s.strip_prefix("inet:") {
             return inet(rest);
         }
         if let Some(rest) = s.strip_prefix("unix:") {
-            return (!rest.is_empty()).then(|| Endpoint::Unix(PathBuf::from(rest)));
+            return (!rest.is_empty()).then(|| PostfixEndpoint::Unix(PathBuf::from(rest)));
         }
         if s.is_empty() || s.contains('{') {
             return None;
         }
-        inet(s).or_else(|| (!s.contains(':')).then(|| Endpoint::Unix(PathBuf::from(s))))
+        inet(s).or_else(|| (!s.contains(':')).then(|| PostfixEndpoint::Unix(PathBuf::from(s))))
     }
 
     /// The file a unix endpoint names, as a process that works in the
     /// queue directory (chrooted there or not) reaches it.
     pub fn unix_path(&self, queue_dir: &Path, chrooted: bool) -> Option<PathBuf> {
-        let Endpoint::Unix(p) = self else {
+        let PostfixEndpoint::Unix(p) = self else {
             return None;
         };
         Some(if p.is_relative() {
@@ -241,11 +241,11 @@ impl Endpoint {
     }
 }
 
-fn inet(s: &str) -> Option<Endpoint> {
+fn inet(s: &str) -> Option<PostfixEndpoint> {
     let (host, port) = s.rsplit_once(':')?;
     let port = port.parse().ok()?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty()).then(|| Endpoint::Inet {
+    (!host.is_empty()).then(|| PostfixEndpoint::Inet {
         host: host.to_string(),
         port,
     })
@@ -253,10 +253,10 @@ fn inet(s: &str) -> Option<Endpoint> {
 
 /// A socketmap table: `socketmap:inet:host:port:name`,
 /// `socketmap:unix:path:name`.
-pub fn socketmap(table: &str) -> Option<(Endpoint, &str)> {
+pub fn socketmap(table: &str) -> Option<(PostfixEndpoint, &str)> {
     let rest = table.strip_prefix("socketmap:")?;
     let (endpoint, name) = rest.rsplit_once(':')?;
-    Some((Endpoint::parse(endpoint)?, name))
+    Some((PostfixEndpoint::parse(endpoint)?, name))
 }
 
 /// A list item: a word, or the inside of a `{ ... }` group.
@@ -348,36 +348,36 @@ smtp-tls-forced unix -   -       n       -       -       smtp -o smtp_tls_policy
     #[test]
     fn endpoints() {
         assert_eq!(
-            Endpoint::parse("inet:127.0.0.1:10028"),
-            Some(Endpoint::Inet {
+            PostfixEndpoint::parse("inet:127.0.0.1:10028"),
+            Some(PostfixEndpoint::Inet {
                 host: "127.0.0.1".into(),
                 port: 10028
             })
         );
         assert_eq!(
-            Endpoint::parse("inet:[::1]:25"),
-            Some(Endpoint::Inet {
+            PostfixEndpoint::parse("inet:[::1]:25"),
+            Some(PostfixEndpoint::Inet {
                 host: "::1".into(),
                 port: 25
             })
         );
         assert_eq!(
-            Endpoint::parse("unix:tls-policyd/policy.sock"),
-            Some(Endpoint::Unix("tls-policyd/policy.sock".into()))
+            PostfixEndpoint::parse("unix:tls-policyd/policy.sock"),
+            Some(PostfixEndpoint::Unix("tls-policyd/policy.sock".into()))
         );
         assert_eq!(
-            Endpoint::parse("private/policy"),
-            Some(Endpoint::Unix("private/policy".into()))
+            PostfixEndpoint::parse("private/policy"),
+            Some(PostfixEndpoint::Unix("private/policy".into()))
         );
-        assert_eq!(Endpoint::parse("inet:host:notaport"), None);
-        assert_eq!(Endpoint::parse("unix:"), None);
+        assert_eq!(PostfixEndpoint::parse("inet:host:notaport"), None);
+        assert_eq!(PostfixEndpoint::parse("unix:"), None);
         let q = Path::new("/var/spool/postfix");
-        let rel = Endpoint::Unix("tls-policyd/s.sock".into());
+        let rel = PostfixEndpoint::Unix("tls-policyd/s.sock".into());
         assert_eq!(
             rel.unix_path(q, false).unwrap(),
             Path::new("/var/spool/postfix/tls-policyd/s.sock")
         );
-        let abs = Endpoint::Unix("/run/t/s.sock".into());
+        let abs = PostfixEndpoint::Unix("/run/t/s.sock".into());
         assert_eq!(abs.unix_path(q, false).unwrap(), Path::new("/run/t/s.sock"));
         assert_eq!(
             abs.unix_path(q, true).unwrap(),
@@ -391,14 +391,17 @@ smtp-tls-forced unix -   -       n       -       -       smtp -o smtp_tls_policy
         assert_eq!(name, "tls_policy");
         assert_eq!(
             e,
-            Endpoint::Inet {
+            PostfixEndpoint::Inet {
                 host: "127.0.0.1".into(),
                 port: 10027
             }
         );
         let (e, name) = socketmap("socketmap:unix:tls-policyd/socketmap.sock:tls_forced").unwrap();
         assert_eq!(name, "tls_forced");
-        assert_eq!(e, Endpoint::Unix("tls-policyd/socketmap.sock".into()));
+        assert_eq!(
+            e,
+            PostfixEndpoint::Unix("tls-policyd/socketmap.sock".into())
+        );
         assert!(socketmap("hash:/etc/postfix/tls_policy").is_none());
         assert!(socketmap("socketmap:inet:127.0.0.1:10027").is_none());
     }

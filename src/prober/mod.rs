@@ -36,8 +36,8 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::Semaphore;
 
 use crate::cache::{
-    CacheConfig, CacheObserver, Eviction, Expiry, FetchOutcome, FlightStart, Lookup, NoObserver,
-    TtlCache,
+    CacheConfig, CacheLookup, CacheObserver, Eviction, Expiry, FetchOutcome, FlightStart,
+    NoObserver, TtlCache,
 };
 use crate::dns::Resolver;
 use crate::engine::key::normalize_domain;
@@ -164,7 +164,7 @@ impl Prober {
             return None;
         };
         match self.inner.cache.get(&domain) {
-            Lookup::Fresh { value, .. } => value.result,
+            CacheLookup::Fresh { value, .. } => value.result,
             _ => None,
         }
     }

@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 
 use super::config::ProberConfig;
 use super::result::{DomainProbe, MxResult, MxStatus};
-use super::smtp::Conn;
+use super::smtp::SmtpConn;
 use super::{Inner, tls};
 use crate::dns::{self, MxAnswer};
 
@@ -154,7 +154,7 @@ async fn dialogue(inner: &Inner, host: &str, ip: IpAddr, r: &mut MxResult) -> Re
         Ok(Err(e)) => return Err(format!("connect to {addr}: {e}")),
         Ok(Ok(s)) => s,
     };
-    let mut conn = Conn::new(stream);
+    let mut conn = SmtpConn::new(stream);
     let greeting = conn
         .read_reply(step)
         .await
@@ -225,7 +225,7 @@ async fn dialogue(inner: &Inner, host: &str, ip: IpAddr, r: &mut MxResult) -> Re
     } else {
         MxStatus::TlsUnverified
     };
-    let mut conn = Conn::new(tls);
+    let mut conn = SmtpConn::new(tls);
     quit(&mut conn, cfg).await;
     let mut tls = conn.into_inner();
     let _ = tokio::time::timeout(
@@ -237,7 +237,7 @@ async fn dialogue(inner: &Inner, host: &str, ip: IpAddr, r: &mut MxResult) -> Re
 }
 
 /// Say goodbye without waiting long for the answer.
-async fn quit<S>(conn: &mut Conn<S>, cfg: &ProberConfig)
+async fn quit<S>(conn: &mut SmtpConn<S>, cfg: &ProberConfig)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

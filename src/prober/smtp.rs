@@ -15,13 +15,13 @@ pub const MAX_LINES: usize = 64;
 
 /// One complete SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
+pub struct SmtpReply {
     pub code: u16,
     /// The text of each line after the code and separator.
     pub lines: Vec<String>,
 }
 
-impl Reply {
+impl SmtpReply {
     pub fn is_positive(&self) -> bool {
         (200..300).contains(&self.code)
     }
@@ -105,7 +105,7 @@ impl ReplyParser {
     /// Consume bytes from `input` up to the end of the first complete
     /// reply. Returns how many bytes were consumed and the reply, if one
     /// completed; bytes after it are left for the caller.
-    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Reply>), ReplyError> {
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<SmtpReply>), ReplyError> {
         let mut used = 0;
         while used < input.len() {
             let rest = &input[used..];
@@ -132,7 +132,7 @@ impl ReplyParser {
         Ok((used, None))
     }
 
-    fn finish_line(&mut self) -> Result<Option<Reply>, ReplyError> {
+    fn finish_line(&mut self) -> Result<Option<SmtpReply>, ReplyError> {
         let mut line = std::mem::take(&mut self.line);
         if line.last() == Some(&b'\r') {
             line.pop();
@@ -166,7 +166,7 @@ impl ReplyParser {
         self.lines.push(String::from_utf8_lossy(text).into_owned());
         if last {
             self.code = None;
-            return Ok(Some(Reply {
+            return Ok(Some(SmtpReply {
                 code,
                 lines: std::mem::take(&mut self.lines),
             }));
@@ -176,15 +176,15 @@ impl ReplyParser {
 }
 
 /// An SMTP connection from the client side.
-pub struct Conn<S> {
+pub struct SmtpConn<S> {
     stream: S,
     pending: Vec<u8>,
     parser: ReplyParser,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    pub fn new(stream: S) -> Conn<S> {
-        Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> SmtpConn<S> {
+    pub fn new(stream: S) -> SmtpConn<S> {
+        SmtpConn {
             stream,
             pending: Vec::new(),
             parser: ReplyParser::new(),
@@ -192,14 +192,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// Read one reply, all of it within `deadline`.
-    pub async fn read_reply(&mut self, deadline: Duration) -> Result<Reply, ReplyError> {
+    pub async fn read_reply(&mut self, deadline: Duration) -> Result<SmtpReply, ReplyError> {
         match tokio::time::timeout(deadline, self.read_reply_inner()).await {
             Ok(r) => r,
             Err(_) => Err(ReplyError::Timeout(deadline)),
         }
     }
 
-    async fn read_reply_inner(&mut self) -> Result<Reply, ReplyError> {
+    async fn read_reply_inner(&mut self) -> Result<SmtpReply, ReplyError> {
         loop {
             if !self.pending.is_empty() {
                 let (used, reply) = self.parser.feed(&self.pending)?;
@@ -242,7 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         &mut self,
         command: &str,
         deadline: Duration,
-    ) -> Result<Reply, ReplyError> {
+    ) -> Result<SmtpReply, ReplyError> {
         self.send(command, deadline).await?;
         self.read_reply(deadline).await
     }
@@ -263,7 +263,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 mod tests {
     use super::*;
 
-    fn parse_all(chunks: &[&[u8]]) -> Result<Vec<Reply>, ReplyError> {
+    fn parse_all(chunks: &[&[u8]]) -> Result<Vec<SmtpReply>, ReplyError> {
         let mut p = ReplyParser::new();
         let mut out = Vec::new();
         for chunk in chunks {
@@ -388,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn conn_reads_across_writes_and_times_out() {
         let (client, mut server) = tokio::io::duplex(64);
-        let mut conn = Conn::new(client);
+        let mut conn = SmtpConn::new(client);
         let writer = tokio::spawn(async move {
             for part in [&b"220-mx"[..], b".example\r\n220", b" ready\r\n"] {
                 server.write_all(part).await.unwrap();

@@ -64,7 +64,7 @@ use crate::log::record::MilterStep;
 use crate::metrics::{ConnectionGuard, Frontend};
 use accept::Accept;
 use negotiate::{answer, negotiate};
-use state::{Ending, Message, Recipient, Seen, Session};
+use state::{Ending, PendingMessage, PendingRecipient, Seen, Session};
 
 /// Everything the milter needs.
 #[derive(Clone)]
@@ -355,7 +355,7 @@ fn mail(cx: &mut Context<MilterConn>, args: &[CString]) {
         .filter(|s| !s.is_empty())
         .map(|s| state::bounded(&s));
     if let Some(c) = cx.data.as_mut() {
-        c.session.message = Some(Message::new(sender, auth, requiretls));
+        c.session.message = Some(PendingMessage::new(sender, auth, requiretls));
     }
 }
 
@@ -377,7 +377,10 @@ async fn rcpt(deps: &Shared, cx: &mut Context<MilterConn>, args: Vec<CString>) -
     // reply); a reload that switched it on applies to later connections.
     let can_refuse = !conn.noreply.contains(ProtoOpts::NOREPLY_RCPT);
     let local_submission = conn.session.local_submission;
-    let message = conn.session.message.get_or_insert_with(Message::default);
+    let message = conn
+        .session
+        .message
+        .get_or_insert_with(PendingMessage::default);
     let engine = &live.engine;
     let started = std::time::Instant::now();
     let mut ruling = rule_recipient(
@@ -445,7 +448,8 @@ async fn rcpt(deps: &Shared, cx: &mut Context<MilterConn>, args: Vec<CString>) -
     }
     let cap = settings.max_recipients;
     let first_over = message.dropped == 0;
-    if !message.add_recipient(Recipient::new(&ruling, &recipient, reply), cap) && first_over {
+    if !message.add_recipient(PendingRecipient::new(&ruling, &recipient, reply), cap) && first_over
+    {
         tracing::warn!(
             queue_id = id.as_deref().unwrap_or(""),
             limit = cap,

@@ -64,7 +64,7 @@ pub fn tls_required_says_no(value: &str) -> bool {
 
 /// One recipient of the message in progress.
 #[derive(Debug, Clone)]
-pub struct Recipient {
+pub struct PendingRecipient {
     pub record: RecipientDecision,
     pub decision: Decision,
     /// The normalised domain, for domain destinations.
@@ -73,9 +73,9 @@ pub struct Recipient {
     pub refused: bool,
 }
 
-impl Recipient {
-    pub fn new(ruling: &Ruling, address: &str, refusal_reply: Option<String>) -> Recipient {
-        Recipient {
+impl PendingRecipient {
+    pub fn new(ruling: &Ruling, address: &str, refusal_reply: Option<String>) -> PendingRecipient {
+        PendingRecipient {
             refused: refusal_reply.is_some(),
             record: ruling.recipient_decision(address, refusal_reply),
             decision: ruling.decision.clone(),
@@ -86,13 +86,13 @@ impl Recipient {
 
 /// The message in progress: from MAIL to end of message or abort.
 #[derive(Debug, Default)]
-pub struct Message {
+pub struct PendingMessage {
     pub sender: String,
     pub auth_user: Option<String>,
     pub requiretls: bool,
     /// The sender rule applied to the message (routing header set).
     pub sender_rule: Option<u32>,
-    pub recipients: Vec<Recipient>,
+    pub recipients: Vec<PendingRecipient>,
     /// Recipients beyond the cap: decided, not remembered.
     pub dropped: usize,
     /// Header bytes looked at so far.
@@ -103,19 +103,19 @@ pub struct Message {
     pub tls_required_no: bool,
 }
 
-impl Message {
-    pub fn new(sender: String, auth_user: Option<String>, requiretls: bool) -> Message {
-        Message {
+impl PendingMessage {
+    pub fn new(sender: String, auth_user: Option<String>, requiretls: bool) -> PendingMessage {
+        PendingMessage {
             sender,
             auth_user,
             requiretls,
-            ..Message::default()
+            ..PendingMessage::default()
         }
     }
 
     /// Remember a recipient unless `cap` are remembered already; `false`
     /// when it was only counted (the first time, the caller logs it).
-    pub fn add_recipient(&mut self, r: Recipient, cap: usize) -> bool {
+    pub fn add_recipient(&mut self, r: PendingRecipient, cap: usize) -> bool {
         if self.recipients.len() < cap {
             self.recipients.push(r);
             true
@@ -149,7 +149,7 @@ impl Message {
         true
     }
 
-    fn accepted(&self) -> impl Iterator<Item = &Recipient> {
+    fn accepted(&self) -> impl Iterator<Item = &PendingRecipient> {
         self.recipients.iter().filter(|r| !r.refused)
     }
 
@@ -237,7 +237,7 @@ pub struct Session {
     /// sendmail(1), pickup). Postfix cannot refuse a single recipient of
     /// such mail: it defers the whole message as a configuration error.
     pub local_submission: bool,
-    pub message: Option<Message>,
+    pub message: Option<PendingMessage>,
 }
 
 impl Session {
@@ -303,12 +303,12 @@ pub enum Ending {
 /// `cap` is the recipients remembered (the reason counts those over it).
 pub fn record(
     session: &Session,
-    message: Message,
+    message: PendingMessage,
     seen: Seen,
     cap: usize,
     ending: Ending,
 ) -> DecisionRecord {
-    let Message {
+    let PendingMessage {
         sender,
         auth_user,
         requiretls,
@@ -400,12 +400,12 @@ tls = "forced"
         Engine::new(PolicyFile::parse(POLICY, Path::new("p.toml")).unwrap())
     }
 
-    async fn rcpt(engine: &Engine, m: &mut Message, addr: &str, routing: bool) {
+    async fn rcpt(engine: &Engine, m: &mut PendingMessage, addr: &str, routing: bool) {
         let r = rule_recipient(engine, addr, &m.sender.clone(), RefuseMode::Off, routing).await;
         if r.forced_by_sender {
             m.sender_rule = r.sender_hit.as_ref().map(|h| h.rule);
         }
-        m.add_recipient(Recipient::new(&r, addr, None), 100);
+        m.add_recipient(PendingRecipient::new(&r, addr, None), 100);
     }
 
     #[test]
@@ -445,11 +445,11 @@ tls = "forced"
     #[test]
     fn header_cap_is_exact() {
         // "Subject: x" + CRLF = 12 bytes.
-        let mut m = Message::default();
+        let mut m = PendingMessage::default();
         assert!(m.header("Subject", "x", 24));
         assert!(m.header("Message-ID", "<1@x>", 24 + 19));
         assert_eq!(m.header_bytes, 24 + 7, "second header does not fit in 24");
-        let mut m = Message::default();
+        let mut m = PendingMessage::default();
         assert!(m.header("Subject", "x", 12), "exactly at the cap");
         assert!(!m.header("TLS-Required", "No", 12), "one over");
         assert!(m.header_cap_hit);
@@ -460,7 +460,7 @@ tls = "forced"
 
     #[test]
     fn message_id_and_tls_required() {
-        let mut m = Message::default();
+        let mut m = PendingMessage::default();
         m.header("message-id", " <a@b.example> ", 1000);
         m.header("Message-ID", "<second@b.example>", 1000);
         m.header("TLS-Required", "Yes", 1000);
@@ -472,7 +472,7 @@ tls = "forced"
 
     #[test]
     fn recipient_cap() {
-        let mut m = Message::default();
+        let mut m = PendingMessage::default();
         let p = PolicyFile::parse("", Path::new("p.toml")).unwrap();
         let ruling = Ruling {
             key: "a.example".into(),
@@ -482,9 +482,9 @@ tls = "forced"
             forced_by_sender: false,
             refuse: RefuseMode::Off,
         };
-        assert!(m.add_recipient(Recipient::new(&ruling, "a@a.example", None), 2));
-        assert!(m.add_recipient(Recipient::new(&ruling, "b@a.example", None), 2));
-        assert!(!m.add_recipient(Recipient::new(&ruling, "c@a.example", None), 2));
+        assert!(m.add_recipient(PendingRecipient::new(&ruling, "a@a.example", None), 2));
+        assert!(m.add_recipient(PendingRecipient::new(&ruling, "b@a.example", None), 2));
+        assert!(!m.add_recipient(PendingRecipient::new(&ruling, "c@a.example", None), 2));
         assert_eq!((m.recipients.len(), m.dropped), (2, 1));
     }
 
@@ -493,14 +493,14 @@ tls = "forced"
         let e = engine();
         let p = e.policy();
         // Sender rule with routing: forced, whatever the header says.
-        let mut m = Message::new("ceo@example.com".into(), None, false);
+        let mut m = PendingMessage::new("ceo@example.com".into(), None, false);
         m.tls_required_no = true;
         rcpt(&e, &mut m, "x@other.example", true).await;
         assert_eq!(m.route(p), Some(ROUTE_FORCED));
         assert!(m.trace().contains("sender rule 1"), "{}", m.trace());
 
         // TLS-Required: No with an opportunistic and a relaxable domain.
-        let mut m = Message::new("a@src.example".into(), None, false);
+        let mut m = PendingMessage::new("a@src.example".into(), None, false);
         m.tls_required_no = true;
         rcpt(&e, &mut m, "x@other.example", true).await;
         rcpt(&e, &mut m, "y@relaxable.example", true).await;
@@ -515,11 +515,11 @@ tls = "forced"
         m.requiretls = true;
         assert_eq!(m.route(p), None);
         // No header, no route.
-        let mut m = Message::new("a@src.example".into(), None, false);
+        let mut m = PendingMessage::new("a@src.example".into(), None, false);
         rcpt(&e, &mut m, "x@other.example", true).await;
         assert_eq!(m.route(p), None);
         // Nothing accepted: no route.
-        let mut m = Message::new("a@src.example".into(), None, false);
+        let mut m = PendingMessage::new("a@src.example".into(), None, false);
         m.tls_required_no = true;
         assert_eq!(m.route(p), None);
     }
@@ -553,7 +553,7 @@ tls = "forced"
     async fn quarantine_reason_from_knowledge() {
         let e = engine();
         let k = Known::default();
-        let mut m = Message::new("a@src.example".into(), None, false);
+        let mut m = PendingMessage::new("a@src.example".into(), None, false);
         rcpt(&e, &mut m, "x@bank.example", false).await;
         rcpt(&e, &mut m, "y@other.example", false).await;
         assert_eq!(m.quarantine_reason(&k), None);
@@ -583,7 +583,7 @@ tls = "forced"
             ..Session::default()
         };
         let seen = Seen::from_macros(|n| (n == "i").then(|| "4QX1".to_string()));
-        let mut m = Message::new("a@src.example".into(), Some("alice".into()), false);
+        let mut m = PendingMessage::new("a@src.example".into(), Some("alice".into()), false);
         rcpt(&e, &mut m, "x@bank.example", false).await;
         m.recipients[0].refused = true;
         m.recipients[0].record.action = Some("450 4.7.10 no".into());
@@ -599,7 +599,7 @@ tls = "forced"
             serde_json::to_string(&rec).unwrap(),
             r#"{"ts":"1970-01-01T00:00:00.000000Z","frontend":"milter","queue_id":"4QX1","key":"","tls":"forced","reply":"ABORT","source":"static","reason":"message with 1 recipient: 1 forced, 0 opportunistic; the connection ended","sender":"a@src.example","client_address":"192.0.2.25","recipients":[{"recipient":"x@bank.example","domain":"bank.example","tls":"forced","level":"encrypt","source":"static","rule":1,"reason":"policy file rule 1","action":"450 4.7.10 no"}],"action":"none: no message","client_name":"client.example","helo_name":"helo.example","auth_user":"alice"}"#
         );
-        let m = Message::new(String::new(), None, true);
+        let m = PendingMessage::new(String::new(), None, true);
         let rec = record(
             &Session::default(),
             m,

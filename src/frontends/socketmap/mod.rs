@@ -62,7 +62,7 @@ pub enum MapKind {
 
 /// A socketmap reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
+pub enum SocketmapReply {
     Ok(Arc<str>),
     NotFound,
     /// A temporary failure: Postfix defers delivery and asks again later.
@@ -70,13 +70,13 @@ pub enum Reply {
     Perm(String),
 }
 
-impl Reply {
+impl SocketmapReply {
     pub fn code(&self) -> &'static str {
         match self {
-            Reply::Ok(_) => "OK",
-            Reply::NotFound => "NOTFOUND",
-            Reply::Temp(_) => "TEMP",
-            Reply::Perm(_) => "PERM",
+            SocketmapReply::Ok(_) => "OK",
+            SocketmapReply::NotFound => "NOTFOUND",
+            SocketmapReply::Temp(_) => "TEMP",
+            SocketmapReply::Perm(_) => "PERM",
         }
     }
 
@@ -84,59 +84,63 @@ impl Reply {
     /// served) is not a decision and has no record.
     pub fn recorded(&self) -> Option<LookupReply> {
         match self {
-            Reply::Ok(_) => Some(LookupReply::Ok),
-            Reply::NotFound => Some(LookupReply::NotFound),
-            Reply::Temp(_) => Some(LookupReply::Temp),
-            Reply::Perm(_) => None,
+            SocketmapReply::Ok(_) => Some(LookupReply::Ok),
+            SocketmapReply::NotFound => Some(LookupReply::NotFound),
+            SocketmapReply::Temp(_) => Some(LookupReply::Temp),
+            SocketmapReply::Perm(_) => None,
         }
     }
 
     /// The reply text as sent inside the netstring.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let (head, tail): (&[u8], &[u8]) = match self {
-            Reply::Ok(p) => (b"OK ", p.as_bytes()),
-            Reply::NotFound => (b"NOTFOUND ", b""),
-            Reply::Temp(r) => (b"TEMP ", r.as_bytes()),
-            Reply::Perm(r) => (b"PERM ", r.as_bytes()),
+            SocketmapReply::Ok(p) => (b"OK ", p.as_bytes()),
+            SocketmapReply::NotFound => (b"NOTFOUND ", b""),
+            SocketmapReply::Temp(r) => (b"TEMP ", r.as_bytes()),
+            SocketmapReply::Perm(r) => (b"PERM ", r.as_bytes()),
         };
         netstring::encode_parts(&[head, tail], out);
     }
 
     pub fn text(&self) -> String {
         match self {
-            Reply::Ok(p) => format!("OK {p}"),
-            Reply::NotFound => "NOTFOUND ".to_string(),
-            Reply::Temp(r) => format!("TEMP {r}"),
-            Reply::Perm(r) => format!("PERM {r}"),
+            SocketmapReply::Ok(p) => format!("OK {p}"),
+            SocketmapReply::NotFound => "NOTFOUND ".to_string(),
+            SocketmapReply::Temp(r) => format!("TEMP {r}"),
+            SocketmapReply::Perm(r) => format!("PERM {r}"),
         }
     }
 }
 
 /// The decision a map stands for, and the reply that carries it. A
 /// temporary decision is `TEMP` on both maps.
-pub fn answer(decision: Decision, kind: MapKind, default_reply: DefaultReply) -> (Decision, Reply) {
+pub fn answer(
+    decision: Decision,
+    kind: MapKind,
+    default_reply: DefaultReply,
+) -> (Decision, SocketmapReply) {
     if decision.temporary {
         let d = match kind {
             MapKind::Forced => decision.forced(),
             MapKind::Policy => decision,
         };
-        let r = Reply::Temp(temp_text(&d.reason));
+        let r = SocketmapReply::Temp(temp_text(&d.reason));
         return (d, r);
     }
     match kind {
         MapKind::Forced => {
             let d = decision.forced();
-            let r = Reply::Ok(d.policy.clone());
+            let r = SocketmapReply::Ok(d.policy.clone());
             (d, r)
         }
         MapKind::Policy
             if decision.source == SourceKind::Default
                 && default_reply == DefaultReply::Notfound =>
         {
-            (decision, Reply::NotFound)
+            (decision, SocketmapReply::NotFound)
         }
         MapKind::Policy => {
-            let r = Reply::Ok(decision.policy.clone());
+            let r = SocketmapReply::Ok(decision.policy.clone());
             (decision, r)
         }
     }
@@ -288,7 +292,7 @@ async fn request(
             settings.map, settings.forced_map
         );
         tracing::warn!(map = name, key, "{reason}");
-        Reply::Perm(reason).write_to(out);
+        SocketmapReply::Perm(reason).write_to(out);
         ctx.count_error("unknown_map");
         if let Some(m) = ctx.backend.metrics() {
             m.lookup(Frontend::Socketmap, started.elapsed());
@@ -342,7 +346,7 @@ mod tests {
         Decision::bare(level, source, "r")
     }
 
-    fn wire(r: &Reply) -> String {
+    fn wire(r: &SocketmapReply) -> String {
         let mut v = Vec::new();
         r.write_to(&mut v);
         String::from_utf8(v).unwrap()
@@ -350,22 +354,25 @@ mod tests {
 
     #[test]
     fn replies_on_the_wire() {
-        assert_eq!(wire(&Reply::Ok(Arc::from("encrypt"))), "10:OK encrypt,");
-        assert_eq!(wire(&Reply::NotFound), "9:NOTFOUND ,");
-        assert_eq!(wire(&Reply::Perm("x".into())), "6:PERM x,");
+        assert_eq!(
+            wire(&SocketmapReply::Ok(Arc::from("encrypt"))),
+            "10:OK encrypt,"
+        );
+        assert_eq!(wire(&SocketmapReply::NotFound), "9:NOTFOUND ,");
+        assert_eq!(wire(&SocketmapReply::Perm("x".into())), "6:PERM x,");
     }
 
     #[test]
     fn default_reply_setting() {
         let d = decision(Level::May, SourceKind::Default);
         let (_, r) = answer(d.clone(), MapKind::Policy, DefaultReply::Policy);
-        assert_eq!(r, Reply::Ok(Arc::from("may")));
+        assert_eq!(r, SocketmapReply::Ok(Arc::from("may")));
         let (_, r) = answer(d.clone(), MapKind::Policy, DefaultReply::Notfound);
-        assert_eq!(r, Reply::NotFound);
+        assert_eq!(r, SocketmapReply::NotFound);
         // A static rule is always answered, whatever default_reply says.
         let s = decision(Level::May, SourceKind::Static);
         let (_, r) = answer(s, MapKind::Policy, DefaultReply::Notfound);
-        assert_eq!(r, Reply::Ok(Arc::from("may")));
+        assert_eq!(r, SocketmapReply::Ok(Arc::from("may")));
     }
 
     #[test]
@@ -376,7 +383,7 @@ mod tests {
         for kind in [MapKind::Policy, MapKind::Forced] {
             for dr in [DefaultReply::Policy, DefaultReply::Notfound] {
                 let (_, r) = answer(d.clone(), kind, dr);
-                let Reply::Temp(t) = &r else {
+                let SocketmapReply::Temp(t) = &r else {
                     panic!("{kind:?}: {r:?}")
                 };
                 assert!(t.starts_with("DNSSEC lookup failed?xxx"), "{t}");
@@ -384,7 +391,10 @@ mod tests {
                 assert_eq!(r.code(), "TEMP");
             }
         }
-        assert_eq!(wire(&Reply::Temp(Arc::from("later"))), "10:TEMP later,");
+        assert_eq!(
+            wire(&SocketmapReply::Temp(Arc::from("later"))),
+            "10:TEMP later,"
+        );
     }
 
     /// Golden lines: the exact bytes of the lookup records the socketmap
@@ -512,7 +522,7 @@ mod tests {
             for reply in [DefaultReply::Policy, DefaultReply::Notfound] {
                 let (d, r) = answer(decision(level, SourceKind::Default), MapKind::Forced, reply);
                 assert_eq!(d.tls(), crate::engine::decision::Tls::Forced);
-                let Reply::Ok(p) = r else {
+                let SocketmapReply::Ok(p) = r else {
                     panic!("{level}: {r:?}")
                 };
                 assert_eq!(&*p, level.forced().as_str());

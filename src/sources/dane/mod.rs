@@ -53,7 +53,7 @@ use tokio::sync::Semaphore;
 
 use crate::cache::persist::{PersistError, PersistedStore};
 use crate::cache::{
-    CacheConfig, CacheObserver, Expiry, FetchOutcome, Lookup, NoObserver, TtlCache,
+    CacheConfig, CacheLookup, CacheObserver, Expiry, FetchOutcome, NoObserver, TtlCache,
 };
 use crate::dns::secure::SecureResolver;
 use crate::engine::decision::SourceKind;
@@ -63,7 +63,7 @@ pub use assess::{Assessment, Outcome};
 pub use config::{DaneConfig, FailPolicy};
 pub use record::{DaneRecord, LastDane, decide};
 use record::{bounded_ttl, failure_record, keep_until, outcome_reason};
-pub use stored::MemoryStore;
+pub use stored::DaneMemoryStore;
 
 /// Why the DANE source could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +246,7 @@ impl DaneSource {
     /// waiting at most `lookup_timeout`. `domain` is normalised.
     pub async fn resolve(&self, domain: &str) -> Arc<DaneRecord> {
         let previous = match self.inner.cache.get(domain) {
-            Lookup::Fresh { value, refresh_due } => {
+            CacheLookup::Fresh { value, refresh_due } => {
                 if refresh_due {
                     let inner = self.inner.clone();
                     self.inner
@@ -255,8 +255,8 @@ impl DaneSource {
                 }
                 return value;
             }
-            Lookup::Expired(r) => Some(r),
-            Lookup::Missing => None,
+            CacheLookup::Expired(r) => Some(r),
+            CacheLookup::Missing => None,
         };
         let inner = self.inner.clone();
         let flight = self

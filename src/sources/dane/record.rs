@@ -303,8 +303,8 @@ mod tests {
 
     #[test]
     fn memory_store_and_eviction() {
-        use super::super::stored::MemoryStore;
-        let s = MemoryStore::default();
+        use super::super::stored::DaneMemoryStore;
+        let s = DaneMemoryStore::default();
         assert!(s.is_empty());
         let r = record(failed(), Some(Level::DaneOnly));
         s.save("d.example", &r, SystemTime::now());

@@ -50,11 +50,11 @@ fn decode_rows(entries: Vec<Entry>, skipped: usize) -> Vec<(String, DaneRecord)>
 /// A persisted store in memory holding DANE results: survives the sources
 /// it is given to, not the process.
 #[derive(Debug, Default)]
-pub struct MemoryStore {
+pub struct DaneMemoryStore {
     rows: persist::MemoryStore,
 }
 
-impl MemoryStore {
+impl DaneMemoryStore {
     pub fn len(&self) -> usize {
         self.rows.len()
     }
@@ -78,7 +78,7 @@ impl MemoryStore {
     }
 }
 
-impl PersistedStore for MemoryStore {
+impl PersistedStore for DaneMemoryStore {
     fn load(&self, kind: Kind) -> Result<(Vec<Entry>, usize), PersistError> {
         self.rows.load(kind)
     }

@@ -54,7 +54,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::persist::{Entry, Kind, PersistError, PersistedStore};
-use crate::cache::{CacheConfig, CacheObserver, Flight, Found, TtlCache};
+use crate::cache::{CacheConfig, CacheFound, CacheObserver, Flight, TtlCache};
 use crate::dns::{LookupError, Resolver};
 use crate::engine::decision::SourceKind;
 use crate::engine::key::Destination;
@@ -395,7 +395,7 @@ impl Inner {
         let (answer, check) = self
             .cache
             .lookup_with(domain, to_time(now), |found| match found {
-                Found::Fresh {
+                CacheFound::Fresh {
                     value: Slot::Policy(c),
                     ..
                 } => {
@@ -407,7 +407,7 @@ impl Inner {
                             .is_ok();
                     (Some(c.answer.clone()), check)
                 }
-                Found::Fresh {
+                CacheFound::Fresh {
                     value: Slot::Negative(n),
                     ..
                 } => (Some(Consulted::NoPolicy(n.why.clone())), false),
