@@ -1689,6 +1689,42 @@ fn under_systemd_log_lines_carry_their_priority() {
     // [log] format = "journal" without systemd.
     let text = serve_stderr("[log]\nformat = \"journal\"\n", &[], &err);
     assert_journal_lines(&text);
+
+    // Cannot start: every line of the reason is an error for the journal,
+    // whether the config could be read or not.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (config, want) in [
+        (
+            format!(
+                "[socketmap]\nlisten = \"inet:127.0.0.1:{port}\"\n[policy]\nfile = \"p.toml\"\n"
+            ),
+            "cannot listen on",
+        ),
+        (
+            "[socketmap]\nlisten = \"inet:127.0.0.1:0\"\nlisen = 2\n[policy]\nfile = \"p.toml\"\n"
+                .to_string(),
+            "key `socketmap.lisen`",
+        ),
+    ] {
+        let s = setup("", Some(GOOD_POLICY));
+        write(&s.dir.path().join("p.toml"), GOOD_POLICY);
+        write(&s.config, &config);
+        let out = tls_policyd()
+            .args([OsStr::new("serve"), OsStr::new("-c"), s.config.as_os_str()])
+            .env("JOURNAL_STREAM", journal_stream(&err))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        assert_eq!(out.code(), Some(1));
+        let text = std::fs::read_to_string(&err).unwrap();
+        assert!(text.contains(want), "{text}");
+        assert!(text.lines().count() >= 1, "{text}");
+        for line in text.lines() {
+            assert!(line.starts_with("<3>tls-policyd: "), "{line:?}\n{text}");
+        }
+    }
 }
 
 #[test]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::fail;
 use crate::config::{Config, LogFormat};
 use crate::daemon::{Context, Listeners, Signals};
 use crate::health;
@@ -25,8 +24,16 @@ const LOG_TARGET: &str = "tls_policyd";
 pub fn serve(config_path: PathBuf) -> ExitCode {
     let config = match Config::load(&config_path) {
         Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
+        // Which format the config asks for is unknown: the journal's when
+        // standard error is its stream.
+        Err(e) => return fail(&e.to_string(), stderr_is_journal()),
     };
+    let journal = match config.log.format {
+        LogFormat::Journal => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => stderr_is_journal(),
+    };
+    let fail = move |e: &str| fail(e, journal);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     // Warnings and errors also go to the metrics, for `status`.
@@ -34,11 +41,6 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
     {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        let journal = match config.log.format {
-            LogFormat::Journal => true,
-            LogFormat::Text => false,
-            LogFormat::Auto => stderr_is_journal(),
-        };
         let text = (!journal).then(|| {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
@@ -147,6 +149,19 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
         tracing::info!(target: LOG_TARGET, "stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Report why the daemon cannot start on stderr; exit 1. For the journal,
+/// each line has the error priority, `<3>`.
+fn fail(e: &str, journal: bool) -> ExitCode {
+    if journal {
+        for line in e.lines() {
+            eprintln!("<3>tls-policyd: {line}");
+        }
+        ExitCode::FAILURE
+    } else {
+        super::fail(e)
+    }
 }
 
 /// Whether standard error is the systemd journal: systemd sets
