@@ -1482,10 +1482,11 @@ fn every_command_reading_a_config_defaults_to_the_packaged_one() {
         eprintln!("{DEFAULT_CONFIG} exists: not running commands without --config");
         return;
     }
-    // Without --config, each reads the default (here: missing).
+    // Without --config, each reads the default (here: missing). Only
+    // commands without side effects, should the package be installed
+    // meanwhile.
     for args in [
         &["check-config"][..],
-        &["serve"],
         &["explain", "a.example"],
         &["cache", "list"],
         &["log"],
