@@ -104,6 +104,25 @@ pub struct LogConfig {
     /// overrides it.
     #[serde(default = "default_level")]
     pub level: String,
+    /// How operational log lines are written to standard error.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `[log] format`: how the operational log's lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `journal` when standard error is the systemd journal (the stream
+    /// `JOURNAL_STREAM` names), `text` otherwise.
+    #[default]
+    Auto,
+    /// A timestamp, the level, the target and the message.
+    Text,
+    /// Each line starts with its syslog priority (`<3>` error, `<4>`
+    /// warning, `<6>` info, `<7>` debug and trace), which journald turns
+    /// into the entry's priority; no timestamp (the journal has its own).
+    Journal,
 }
 
 impl Default for LogConfig {
@@ -111,6 +130,7 @@ impl Default for LogConfig {
         LogConfig {
             decisions: default_decisions(),
             level: default_level(),
+            format: LogFormat::default(),
         }
     }
 }
@@ -300,14 +320,48 @@ fn describe(path: &Path, err: figment::Error) -> ConfigError {
                 },
                 None => path.display().to_string(),
             };
+            let problem = problem(&e.kind);
             if e.path.is_empty() {
-                format!("{origin}: {}", e.kind)
+                format!("{origin}: {problem}")
             } else {
-                format!("{origin}: key `{}`: {}", e.path.join("."), e.kind)
+                format!("{origin}: key `{}`: {problem}", e.path.join("."))
             }
         })
         .collect();
     ConfigError { messages }
+}
+
+/// figment's text for a problem, without its doubled backquotes around
+/// lists of names (``one of `a`, `b```).
+fn problem(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    let one_of = |names: &[&str]| match names {
+        [] => "none here".to_string(),
+        [one] => format!("`{one}`"),
+        [first @ .., last] => format!(
+            "one of {} or `{last}`",
+            first
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    match kind {
+        Kind::UnknownField(found, expected) => {
+            format!(
+                "unknown field: found `{found}`, expected {}",
+                one_of(expected)
+            )
+        }
+        Kind::UnknownVariant(found, expected) => {
+            format!(
+                "unknown variant: found `{found}`, expected {}",
+                one_of(expected)
+            )
+        }
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -495,6 +549,53 @@ mod tests {
                 "error does not name the file: {e}"
             );
         }
+    }
+
+    #[test]
+    fn unknown_keys_are_listed_without_doubled_backquotes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), &format!("{MINIMAL}[runtime]\nthread = 2\n"));
+        let e = Config::load_with_env(&p, no_env()).unwrap_err().to_string();
+        assert!(
+            e.ends_with("config.toml: key `runtime.thread`: unknown field: found `thread`, expected `threads`"),
+            "{e}"
+        );
+        let p = write(
+            dir.path(),
+            &format!("{MINIMAL}[metrics]\nlisten = \"inet:127.0.0.1:1\"\npath = 1\n"),
+        );
+        let e = Config::load_with_env(&p, no_env()).unwrap_err().to_string();
+        assert!(e.contains("expected `listen`"), "{e}");
+        let p = write(dir.path(), &format!("{MINIMAL}[log]\nformat = \"json\"\n"));
+        let e = Config::load_with_env(&p, no_env()).unwrap_err().to_string();
+        assert!(
+            e.contains("key `log.format`: unknown variant: found `json`, expected one of `auto`, `text` or `journal`"),
+            "{e}"
+        );
+        for text in [
+            MINIMAL.replace("[policy]", "lisen = 1\n[policy]"),
+            format!("zz_section = 1\n{MINIMAL}"),
+        ] {
+            let p = write(dir.path(), &text);
+            let e = Config::load_with_env(&p, no_env()).unwrap_err().to_string();
+            assert!(!e.contains("``"), "{e}");
+            assert!(e.contains("expected one of `"), "{e}");
+        }
+    }
+
+    #[test]
+    fn listen_port_out_of_range_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "[socketmap]\nlisten = \"inet:127.0.0.1:99999\"\n[policy]\nfile = \"p\"\n",
+        );
+        let e = Config::load_with_env(&p, no_env()).unwrap_err().to_string();
+        assert!(
+            e.contains("config.toml: key `socketmap.listen`: \"inet:127.0.0.1:99999\": port 99999 is out of range (0 to 65535)"),
+            "{e}"
+        );
+        assert!(!e.contains("IP address"), "{e}");
     }
 
     #[test]

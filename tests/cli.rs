@@ -1441,3 +1441,320 @@ fn log_domain_finds_nexthop_and_parent_keys() {
     assert_eq!(keys_for("relay.bank.example"), ["relay.bank.example:2525"]);
     assert_eq!(keys_for("Bank.Example."), [".bank.example", "bank.example"]);
 }
+
+// ---------------------------------------------------------------------------
+// The default config path, the operator's messages, journal priorities
+
+const DEFAULT_CONFIG: &str = "/etc/tls-policyd/config.toml";
+
+#[test]
+fn every_command_reading_a_config_defaults_to_the_packaged_one() {
+    for cmd in [
+        "serve",
+        "explain",
+        "probe",
+        "cache",
+        "check-config",
+        "log",
+        "doctor",
+        "status",
+    ] {
+        let help = run([cmd, "--help"]).ok().to_string();
+        let mut lines = help.lines();
+        let line = lines
+            .find(|l| l.trim_start().starts_with("-c, --config <CONFIG>"))
+            .unwrap_or_else(|| panic!("{cmd} --help has no -c, --config:\n{help}"));
+        let mut text = line.trim_start()["-c, --config <CONFIG>".len()..].trim();
+        if text.is_empty() {
+            // Help below the option when some option's help is long.
+            text = lines.next().unwrap_or_default().trim();
+        }
+        assert!(
+            text.starts_with("The configuration file") || text.starts_with("Read the decision log"),
+            "{cmd}: -c, --config has no help text: {line:?}"
+        );
+        assert!(
+            help.contains(&format!("[default: {DEFAULT_CONFIG}]")),
+            "{cmd} --help does not show the default config:\n{help}"
+        );
+    }
+    if Path::new(DEFAULT_CONFIG).exists() {
+        eprintln!("{DEFAULT_CONFIG} exists: not running commands without --config");
+        return;
+    }
+    // Without --config, each reads the default (here: missing). Only
+    // commands without side effects, should the package be installed
+    // meanwhile.
+    for args in [
+        &["check-config"][..],
+        &["explain", "a.example"],
+        &["cache", "list"],
+        &["log"],
+    ] {
+        let err = run(args).fails().to_string();
+        assert!(
+            err.contains(&format!("{DEFAULT_CONFIG}: cannot read")),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_port_out_of_range_says_so() {
+    let s = setup("", Some(GOOD_POLICY));
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("inet:127.0.0.1:10027", "inet:127.0.0.1:100027");
+    write(&s.config, &text);
+    let err = check_config(&s).fails().to_string();
+    assert!(
+        err.contains(&format!(
+            "{}: key `socketmap.listen`: \"inet:127.0.0.1:100027\": port 100027 is out of range (0 to 65535)",
+            s.config.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("IP address"), "{err}");
+}
+
+#[test]
+fn a_missing_policy_file_names_the_key_and_the_config() {
+    let s = setup("", None);
+    for cmd in ["check-config", "serve"] {
+        let err = run([OsStr::new(cmd), OsStr::new("-c"), s.config.as_os_str()])
+            .fails()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "{}: key `policy.file`: cannot read {}: ",
+                s.config.display(),
+                s.policy.display()
+            )),
+            "{cmd}: {err}"
+        );
+    }
+}
+
+#[test]
+fn unknown_keys_have_no_doubled_backquotes() {
+    let s = setup("lisen = 1", Some(GOOD_POLICY));
+    let err = check_config(&s).fails().to_string();
+    assert!(!err.contains("``"), "{err}");
+    assert!(
+        err.contains(
+            "key `socketmap.lisen`: unknown field: found `lisen`, expected one of `listen`, "
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn address_in_use_names_the_key_and_the_config() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (extra, key) in [
+        ("", "socketmap.listen"),
+        (
+            "[metrics]\nlisten = \"inet:127.0.0.1:PORT\"\n",
+            "metrics.listen",
+        ),
+    ] {
+        let s = setup("", Some(GOOD_POLICY));
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        let text = if extra.is_empty() {
+            text.replace("10027", &port.to_string())
+        } else {
+            text.replace("10027", "0") + &extra.replace("PORT", &port.to_string())
+        };
+        write(&s.config, &text);
+        let err = run([OsStr::new("serve"), OsStr::new("-c"), s.config.as_os_str()])
+            .fails()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "{}: key `{key}`: cannot listen on inet:127.0.0.1:{port}: ",
+                s.config.display()
+            )) && err.to_lowercase().contains("address already in use"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn check_config_prints_every_section_it_validated() {
+    let s = setup(
+        "[metrics]\nlisten = \"inet:127.0.0.1:9466\"\n[runtime]\nthreads = 2\n\
+         [log]\nlevel = \"debug\"\nformat = \"journal\"\n",
+        Some(GOOD_POLICY),
+    );
+    let out = check_config(&s).ok().to_string();
+    for want in [
+        "  socketmap     inet:127.0.0.1:10027",
+        "  policy file   ",
+        "  decision log  standard output",
+        "  operational   level debug, journal priorities",
+        "  metrics       inet:127.0.0.1:9466 (/metrics and /health)",
+        "  runtime       2 threads",
+    ] {
+        assert!(out.contains(want), "no {want:?} in\n{out}");
+    }
+}
+
+/// `serve` with its standard error in `stderr_file` and `env`, until it
+/// has started (a warning is logged first: NOTIFY_SOCKET is not usable);
+/// then stopped. Its standard error.
+fn serve_stderr(config_extra: &str, env: &[(&str, String)], stderr_file: &Path) -> String {
+    let s = setup(config_extra, Some(GOOD_POLICY));
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("10027", "0");
+    write(&s.config, &text);
+    let mut cmd = tls_policyd();
+    cmd.args([OsStr::new("serve"), OsStr::new("-c"), s.config.as_os_str()])
+        .env("NOTIFY_SOCKET", "relative/notify")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr_file).unwrap());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(stderr_file).unwrap();
+        if text.contains("started") {
+            break;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("serve exited ({status}):\n{text}");
+        }
+        assert!(Instant::now() < deadline, "serve did not start:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_until(&mut child, deadline, "serve");
+    assert!(status.success(), "{status}");
+    std::fs::read_to_string(stderr_file).unwrap()
+}
+
+/// `DEVICE:INODE` of a file, as systemd writes JOURNAL_STREAM.
+fn journal_stream(p: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap();
+    format!("{}:{}", m.dev(), m.ino())
+}
+
+fn assert_journal_lines(text: &str) {
+    let mut priorities = Vec::new();
+    for line in text.lines() {
+        let p = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .and_then(|(p, _)| p.parse::<u8>().ok())
+            .unwrap_or_else(|| panic!("no <N> priority: {line:?}\n{text}"));
+        let rest = &line[line.find('>').unwrap() + 1..];
+        // No timestamp: the level word comes first.
+        let level = rest.split(' ').next().unwrap();
+        let want = match level {
+            "ERROR" => 3,
+            "WARN" => 4,
+            "INFO" => 6,
+            "DEBUG" | "TRACE" => 7,
+            other => panic!("no level after the priority ({other:?}): {line:?}"),
+        };
+        assert_eq!(p, want, "{line}");
+        assert!(
+            !rest.chars().take(4).all(|c| c.is_ascii_digit()),
+            "a timestamp: {line}"
+        );
+        priorities.push(p);
+    }
+    assert!(priorities.contains(&4), "no warning:\n{text}");
+    assert!(priorities.contains(&6), "no info line:\n{text}");
+}
+
+#[test]
+fn under_systemd_log_lines_carry_their_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr");
+    write(&err, "");
+    // JOURNAL_STREAM naming the daemon's standard error: journal lines.
+    let text = serve_stderr("", &[("JOURNAL_STREAM", journal_stream(&err))], &err);
+    assert_journal_lines(&text);
+    assert!(
+        text.contains("<4>WARN tls_policyd: readiness notification is off"),
+        "{text}"
+    );
+    assert!(text.contains("<6>INFO tls_policyd: tls-policyd "), "{text}");
+
+    // [log] format = "journal" without systemd.
+    let text = serve_stderr("[log]\nformat = \"journal\"\n", &[], &err);
+    assert_journal_lines(&text);
+
+    // Cannot start: every line of the reason is an error for the journal,
+    // whether the config could be read or not.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for (config, want) in [
+        (
+            format!(
+                "[socketmap]\nlisten = \"inet:127.0.0.1:{port}\"\n[policy]\nfile = \"p.toml\"\n"
+            ),
+            "cannot listen on",
+        ),
+        (
+            "[socketmap]\nlisten = \"inet:127.0.0.1:0\"\nlisen = 2\n[policy]\nfile = \"p.toml\"\n"
+                .to_string(),
+            "key `socketmap.lisen`",
+        ),
+    ] {
+        let s = setup("", Some(GOOD_POLICY));
+        write(&s.dir.path().join("p.toml"), GOOD_POLICY);
+        write(&s.config, &config);
+        let out = tls_policyd()
+            .args([OsStr::new("serve"), OsStr::new("-c"), s.config.as_os_str()])
+            .env("JOURNAL_STREAM", journal_stream(&err))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        assert_eq!(out.code(), Some(1));
+        let text = std::fs::read_to_string(&err).unwrap();
+        assert!(text.contains(want), "{text}");
+        assert!(text.lines().count() >= 1, "{text}");
+        for line in text.lines() {
+            assert!(line.starts_with("<3>tls-policyd: "), "{line:?}\n{text}");
+        }
+    }
+}
+
+#[test]
+fn outside_systemd_log_lines_stay_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = dir.path().join("stderr");
+    write(&err, "");
+    let other = dir.path().join("other");
+    write(&other, "");
+    for (extra, env) in [
+        ("", vec![]),
+        // Inherited from a service, but not its stream.
+        ("", vec![("JOURNAL_STREAM", journal_stream(&other))]),
+        // The journal's stream, but text asked for.
+        (
+            "[log]\nformat = \"text\"\n",
+            vec![("JOURNAL_STREAM", journal_stream(&err))],
+        ),
+    ] {
+        let text = serve_stderr(extra, &env, &err);
+        let warn = text
+            .lines()
+            .find(|l| l.contains("readiness notification is off"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(!warn.starts_with('<'), "{warn}");
+        // The timestamp first, then the level.
+        assert!(
+            warn.starts_with(|c: char| c.is_ascii_digit()) && warn.contains(" WARN "),
+            "{warn}"
+        );
+    }
+}

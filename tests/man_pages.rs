@@ -1,5 +1,5 @@
 //! The man pages in `packaging/man` stay true: groff formats them without
-//! a warning, `tls-policyd(8)` documents every command and option the
+//! a warning, `man` renders them at 80 columns without one, `tls-policyd(8)` documents every command and option the
 //! binary has, `tls-policyd.toml(5)` every configuration section and key
 //! the daemon accepts and no other, `tls-policyd-policy(5)` every policy
 //! file key. The accepted keys come from the daemon itself: an unknown key
@@ -46,6 +46,39 @@ fn groff_formats_every_page_without_warnings() {
             "",
             "{name}: groff warnings"
         );
+    }
+}
+
+/// As an administrator reads them: `man` at 80 columns, with groff's
+/// warnings on (a table wider than the line, a line that cannot be
+/// adjusted or broken).
+#[test]
+fn man_renders_every_page_at_80_columns_without_warnings() {
+    let man = find_tool("man").expect("man is not installed (Debian package man-db)");
+    for name in PAGES {
+        let out = run_with_timeout(
+            Command::new(&man)
+                .args(["--warnings", "-l"])
+                .arg(page_path(name))
+                .env("MANWIDTH", "80")
+                .env("LC_ALL", "C.UTF-8")
+                .env_remove("MANPAGER")
+                .env_remove("PAGER"),
+        );
+        assert!(out.status.success(), "{name}: man failed");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "",
+            "{name}: warnings from MANWIDTH=80 man --warnings -l {name}"
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("NAME"), "{name}: {text}");
+        for line in text.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "{name}: a line wider than 80 columns: {line:?}"
+            );
+        }
     }
 }
 

@@ -693,6 +693,158 @@ fn completions_for_each_shell() {
     assert!(!out.status.success());
 }
 
+fn packaged_completion(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("packaging/completions")
+        .join(name)
+}
+
+fn lines_of(out: &std::process::Output, what: &str) -> Vec<String> {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The candidates the packaged bash completion offers for `line` (words
+/// separated by single spaces; the last, possibly empty, is completed), as
+/// bash's programmable completion calls it: COMP_WORDS, COMP_CWORD, and
+/// the function `complete -p` names, with the command, the word and the
+/// previous word.
+fn bash_candidates(line: &str, cwd: &Path) -> Vec<String> {
+    let script = r#"
+        source "$1"
+        line="$2"
+        read -r -a COMP_WORDS <<<"$line"
+        [[ "$line" == *" " ]] && COMP_WORDS+=("")
+        COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+        COMP_LINE="$line"
+        COMP_POINT=${#line}
+        spec=$(complete -p tls-policyd)
+        fn=$(sed -n 's/.* -F \([^ ]*\) .*/\1/p' <<<"$spec")
+        "$fn" tls-policyd "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+        printf '%s\n' "${COMPREPLY[@]}"
+    "#;
+    let out = run_with_timeout(
+        Command::new("bash")
+            .args(["--norc", "--noprofile", "-c", script, "bash"])
+            .arg(packaged_completion("tls-policyd.bash"))
+            .arg(line)
+            .current_dir(cwd),
+    );
+    lines_of(&out, &format!("bash: {line}"))
+}
+
+/// The candidates fish offers for `line` with the packaged completion.
+fn fish_candidates(fish: &Path, line: &str, cwd: &Path) -> Vec<String> {
+    let out = run_with_timeout(
+        Command::new(fish)
+            .args(["--no-config", "-c", "source $argv[1]; complete -C $argv[2]"])
+            .arg(packaged_completion("tls-policyd.fish"))
+            .arg(line)
+            .current_dir(cwd),
+    );
+    lines_of(&out, &format!("fish: {line}"))
+}
+
+/// The candidates an interactive zsh (compinit, TAB) offers for `line`
+/// with the packaged completion (tests/fixtures/zsh-complete.zsh).
+fn zsh_candidates(zsh: &Path, line: &str, cwd: &Path) -> Vec<String> {
+    let fpath = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        packaged_completion("_tls-policyd"),
+        fpath.path().join("_tls-policyd"),
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zsh-complete.zsh");
+    let out = run_with_timeout(
+        Command::new(zsh)
+            .arg("-f")
+            .arg(script)
+            .arg(fpath.path())
+            .arg(line)
+            .current_dir(cwd),
+    );
+    lines_of(&out, &format!("zsh: {line}"))
+}
+
+fn assert_candidates(shell: &str, line: &str, got: &[String], want: &[&str], not: &[&str]) {
+    for w in want {
+        assert!(
+            got.iter().any(|g| g == w),
+            "{shell}: `{line}` does not offer {w}: {got:?}"
+        );
+    }
+    for n in not {
+        assert!(
+            !got.iter().any(|g| g == n),
+            "{shell}: `{line}` offers {n}: {got:?}"
+        );
+    }
+}
+
+/// Completion past the first word, in each shell the package ships a
+/// script for: subcommands' options, option values, files for --config.
+#[test]
+fn completion_completes_options_and_values_of_subcommands() {
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::write(cwd.path().join("mine.toml"), "").unwrap();
+    let serve_opts: &[&str] = &["--config", "--help"];
+    let log_opts: &[&str] = &[
+        "--file",
+        "--config",
+        "--domain",
+        "--queue-id",
+        "--since",
+        "--tls",
+        "--summary",
+        "--json",
+        "--help",
+    ];
+    let cases: [(&str, &[&str], &[&str]); 6] = [
+        ("tls-policyd serve -", serve_opts, &["--json", "--summary"]),
+        ("tls-policyd log --", log_opts, &["--address"]),
+        (
+            "tls-policyd status --",
+            &["--config", "--address", "--json"],
+            &["--summary"],
+        ),
+        ("tls-policyd log --tls ", &["forced", "opportunistic"], &[]),
+        (
+            "tls-policyd completions ",
+            &["bash", "zsh", "fish"],
+            &["--summary"],
+        ),
+        ("tls-policyd check-config --config ", &["mine.toml"], &[]),
+    ];
+    let mut shells = vec!["bash"];
+    let zsh = common::find_tool("zsh");
+    let fish = common::find_tool("fish");
+    for (name, tool) in [("zsh", &zsh), ("fish", &fish)] {
+        match tool {
+            Some(_) => shells.push(name),
+            None => eprintln!("{name} is not installed (scripts/test-all installs it): not tested"),
+        }
+    }
+    for shell in shells {
+        for (line, want, not) in cases {
+            let got = match shell {
+                "bash" => bash_candidates(line, cwd.path()),
+                "zsh" => zsh_candidates(zsh.as_deref().unwrap(), line, cwd.path()),
+                _ => fish_candidates(fish.as_deref().unwrap(), line, cwd.path()),
+            };
+            assert_candidates(shell, line, &got, want, not);
+        }
+    }
+}
+
 /// One policy delegation request; the action line of the reply.
 fn policy_ask(s: &mut TcpStream, state: &str, recipient: &str) -> String {
     let req = policy_request(state, "alice@src.example", recipient, "i1", "");

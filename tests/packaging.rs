@@ -4,9 +4,12 @@
 //! own (the socket directory in Postfix's queue directory, which the
 //! maintainer scripts create and purge) are the ones the packaged config
 //! uses, every file the package lists exists, and the unit passes
-//! `systemd-analyze verify` where systemd is installed. (The package itself
-//! is built, installed and run, with Debian's Postfix too, by
-//! `scripts/build-deb`.)
+//! `systemd-analyze verify` where systemd is installed, the Debian
+//! changelog and copyright are well formed, and, where lintian and
+//! cargo-deb are installed (`scripts/test-all` installs both), the built
+//! package passes `lintian --pedantic` without an error or a warning. (The
+//! package itself is built, installed and run, with Debian's Postfix too,
+//! by `scripts/build-deb`.)
 
 mod common;
 
@@ -239,5 +242,241 @@ fn systemd_accepts_the_unit() {
         "systemd-analyze verify: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The latest entry of packaging/debian/changelog: (version, signer).
+fn latest_changelog_entry() -> (String, String) {
+    let text = read(&root().join("packaging/debian/changelog"));
+    let first = text.lines().next().unwrap();
+    let version = first
+        .strip_prefix("tls-policyd (")
+        .and_then(|r| r.split_once(')'))
+        .map(|(v, _)| v.to_string())
+        .unwrap_or_else(|| panic!("changelog heading: {first}"));
+    assert!(
+        first.ends_with(") unstable; urgency=medium"),
+        "changelog heading: {first}"
+    );
+    let trailer = text
+        .lines()
+        .find(|l| l.starts_with(" -- "))
+        .expect("changelog trailer");
+    let (signer, date) = trailer[4..]
+        .split_once(">  ")
+        .unwrap_or_else(|| panic!("changelog trailer: {trailer}"));
+    assert!(date.ends_with(" +0000"), "changelog date: {date}");
+    (version, format!("{signer}>"))
+}
+
+#[test]
+fn changelog_copyright_and_maintainer_are_debian_grade() {
+    let manifest: toml::Table = toml::from_str(&read(&root().join("Cargo.toml"))).unwrap();
+    let version = manifest["package"]["version"].as_str().unwrap();
+    let deb = &manifest["package"]["metadata"]["deb"];
+    let (changelog_version, signer) = latest_changelog_entry();
+    // cargo-deb's revision is 1.
+    assert_eq!(changelog_version, format!("{version}-1"));
+    assert_eq!(
+        deb["changelog"].as_str(),
+        Some("packaging/debian/changelog")
+    );
+    // scripts/build-deb's default Maintainer is the changelog's signer,
+    // and so is Cargo.toml's for a plain `cargo deb`.
+    let maintainer = deb["maintainer"].as_str().unwrap();
+    assert_eq!(maintainer, signer);
+    assert!(
+        !maintainer.contains("@localhost") && !maintainer.contains("postmaster@"),
+        "{maintainer}"
+    );
+    let build_deb = read(&root().join("scripts/build-deb"));
+    assert!(build_deb.contains("maintainer=${DEB_MAINTAINER:-$(changelog_maintainer)}"));
+    assert!(build_deb.contains("--maintainer \"$maintainer\""));
+
+    // The copyright file: machine-readable, the licence by reference.
+    let copyright = read(&root().join("packaging/debian/copyright"));
+    assert!(copyright.starts_with(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+    ));
+    assert!(copyright.contains("\nFiles: *\n"));
+    assert!(copyright.contains("\nLicense: GPL-3+\n"));
+    assert!(copyright.contains("\"/usr/share/common-licenses/GPL-3\""));
+    assert!(
+        !copyright.contains("TERMS AND CONDITIONS"),
+        "the full licence text"
+    );
+    assert!(
+        deb.get("license-file").is_none(),
+        "cargo-deb would generate a copyright with the full licence"
+    );
+    let assets = deb["assets"].as_array().unwrap();
+    assert!(
+        assets
+            .iter()
+            .any(|a| a[0].as_str() == Some("packaging/debian/copyright")
+                && a[1].as_str() == Some("usr/share/doc/tls-policyd/copyright"))
+    );
+}
+
+/// The directory cargo builds into, for this test binary.
+fn target_dir() -> PathBuf {
+    // <target>/debug/tls-policyd
+    Path::new(env!("CARGO_BIN_EXE_tls-policyd"))
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Remove what `cargo test` adds to a test's environment, so that the
+/// release build scripts/build-deb asks for is the one scripts/test-all
+/// made (build scripts that watch these variables would run again, and
+/// everything after them be rebuilt).
+fn without_cargo_test_env(cmd: &mut Command) {
+    for (key, value) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let added = k == "CARGO"
+            || k == "OUT_DIR"
+            || k == "CARGO_PRIMARY_PACKAGE"
+            || k == "CARGO_TARGET_TMPDIR"
+            || k == "CARGO_RUSTC_CURRENT_DIR"
+            || [
+                "CARGO_PKG_",
+                "CARGO_BIN_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p));
+        if added {
+            cmd.env_remove(&key);
+        } else if k == "LD_LIBRARY_PATH" {
+            // Cargo puts the target and toolchain directories first.
+            let target = target_dir();
+            let kept: Vec<PathBuf> = std::env::split_paths(&value)
+                .filter(|p| {
+                    !p.starts_with(&target) && !p.to_string_lossy().contains("/toolchains/")
+                })
+                .collect();
+            if kept.is_empty() {
+                cmd.env_remove(&key);
+            } else {
+                cmd.env(&key, std::env::join_paths(kept).unwrap());
+            }
+        }
+    }
+}
+
+#[test]
+fn lintian_accepts_the_package() {
+    let Some(lintian) = find_tool("lintian") else {
+        eprintln!("lintian is not installed (scripts/test-all installs it): package not checked");
+        return;
+    };
+    if find_tool("cargo-deb").is_none()
+        && !std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+            .is_some_and(|h| h.join("bin/cargo-deb").is_file())
+    {
+        eprintln!(
+            "cargo-deb is not installed (scripts/build-deb installs it): package not checked"
+        );
+        return;
+    }
+    // The release build and the .deb, as scripts/test-all made them
+    // (cargo finds the build up to date).
+    let mut build = Command::new(root().join("scripts/build-deb"));
+    build
+        .arg("--build")
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env_remove("DEB_MAINTAINER")
+        .current_dir(root());
+    without_cargo_test_env(&mut build);
+    let out = build.output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "scripts/build-deb --build:\n{log}");
+    let deb = log
+        .lines()
+        .rev()
+        .find(|l| l.ends_with(".deb"))
+        .unwrap_or_else(|| panic!("no .deb named:\n{log}"))
+        .to_string();
+    // Lintian takes longer than run_with_timeout allows.
+    let out = Command::new(lintian)
+        .args([
+            "--pedantic",
+            "--display-info",
+            "--display-experimental",
+            "--no-cfg",
+        ])
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    let problems: Vec<&str> = report
+        .lines()
+        .filter(|l| {
+            l.starts_with("E: ") || l.starts_with("W: ") || l.contains(": duplicate-files ")
+        })
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "lintian --pedantic {deb}:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Pedantic, informational and (other) experimental tags are shown, not
+    // failed on.
+    if !report.trim().is_empty() {
+        eprintln!("lintian --pedantic {deb}:\n{report}");
+    }
+    let control = run_with_timeout(Command::new("dpkg-deb").args(["--info", &deb]));
+    let control = String::from_utf8_lossy(&control.stdout);
+    let (_, signer) = latest_changelog_entry();
+    assert!(
+        control.contains(&format!(" Maintainer: {signer}\n")),
+        "{control}"
+    );
+}
+
+/// The example files the package ships are each there once: a deployment
+/// that uses the same file as another links to it (lintian's
+/// duplicate-files).
+#[test]
+fn packaged_examples_have_no_duplicate_files() {
+    let dir = root().join("postfix-examples/deployments");
+    let mut seen: BTreeMap<Vec<u8>, PathBuf> = BTreeMap::new();
+    let mut stack = vec![dir];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_symlink() {
+                let target = std::fs::read_link(&p).unwrap();
+                assert!(target.is_relative(), "{}", p.display());
+                assert!(p.is_file(), "{} dangles", p.display());
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                if let Some(first) = seen.insert(bytes, p.clone()) {
+                    panic!(
+                        "{} and {} are the same file: make one a symlink to the other",
+                        first.display(),
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+    let manifest: toml::Table = toml::from_str(&read(&root().join("Cargo.toml"))).unwrap();
+    assert_eq!(
+        manifest["package"]["metadata"]["deb"]["preserve-symlinks"].as_bool(),
+        Some(true),
+        "cargo-deb would copy the linked files"
     );
 }

@@ -45,7 +45,8 @@ fn skip_or_fail(why: &str) {
     }
     panic!(
         "{why}.\nThese tests run Postfix's postmap inside a network namespace: run them as root \
-         on a machine with Postfix installed (`.ci/run` installs it), or set {SKIP_VAR}=1 to skip them."
+         on a machine with Postfix installed, as the README's test command `./scripts/test-all` \
+         does (it installs it, then runs every test), or set {SKIP_VAR}=1 to skip them."
     );
 }
 

@@ -36,15 +36,15 @@ complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "doctor" -d 
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "status" -d 'Ask a running daemon how it is: listeners, policy, caches, reloads, recent warnings and errors (from the [metrics] listener\'s /health). Exit 0 when it is healthy, 2 when the last reload failed, 1 when it cannot be reached'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand serve" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand serve" -s c -l config -d 'The configuration file' -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand serve" -s h -l help -d 'Print help'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand explain" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand explain" -s c -l config -d 'The configuration file' -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand explain" -l json
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand explain" -s h -l help -d 'Print help'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -s c -l config -d 'The configuration file' -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -l json
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand probe" -s h -l help -d 'Print help'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -s c -l config -d 'The configuration file' -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -l json
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -s h -l help -d 'Print help'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and not __fish_seen_subcommand_from list show purge help" -f -a "list" -d 'Every cached entry with its state and age'
@@ -61,22 +61,23 @@ complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fis
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "show" -d 'A domain\'s entries in full'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "purge" -d 'Remove a domain\'s entries from the cache file (a running daemon forgets them on its next reload)'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand cache; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand check-config" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand check-config" -s c -l config -d 'The configuration file' -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand check-config" -s h -l help -d 'Print help'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -s f -l file -d 'A log file to read (repeatable, read in order)' -r -F
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -s c -l config -d 'Read the decision log named in this config, with its rotated files' -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -s c -l config -d 'Read the decision log named in this configuration file, with its rotated files (read when no log file is given) [default: /etc/tls-policyd/config.toml]' -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l domain -r
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l queue-id -r
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l since -d 'RFC 3339 time, or a duration ago such as 2h or 1d' -r
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l tls -d 'forced or opportunistic' -r
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l tls -d 'forced or opportunistic' -r -f -a "forced\t''
+opportunistic\t''"
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l summary -d 'Counts by tls, source, level and domain'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l json -d 'Matching records as JSON lines'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -s h -l help -d 'Print help'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand doctor" -s c -l config -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand doctor" -s c -l config -d 'The configuration file' -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand doctor" -l postfix-config -d 'Postfix\'s configuration directory (postconf -c); Postfix\'s default when absent' -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand doctor" -l json
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand doctor" -s h -l help -d 'Print help'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -s c -l config -d 'Read the [metrics] listener address from this config' -r -F
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -s c -l config -d 'The configuration file, for the [metrics] listener\'s address' -r -F
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -s a -l address -d 'The metrics listener: inet:127.0.0.1:9466 or unix:/PATH' -r
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -l json -d 'The health report as JSON'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand status" -s h -l help -d 'Print help'
@@ -94,3 +95,4 @@ complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "list" -d 'Every cached entry with its state and age'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "show" -d 'A domain\'s entries in full'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and __fish_seen_subcommand_from cache" -f -a "purge" -d 'Remove a domain\'s entries from the cache file (a running daemon forgets them on its next reload)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand completions" -f -a "bash elvish fish powershell zsh"

@@ -9,7 +9,8 @@ use clap_complete::Shell;
 
 use crate::listen::ListenAddr;
 
-/// The packaged configuration file.
+/// The packaged configuration file: every command that reads a config
+/// reads this one unless `-c`/`--config` names another.
 pub const DEFAULT_CONFIG: &str = "/etc/tls-policyd/config.toml";
 
 // The commands. Plain comments here: a doc comment would become help text.
@@ -29,12 +30,14 @@ pub enum Command {
     /// Run the daemon (SIGHUP reloads config and policy file and reopens
     /// the decision log; SIGTERM/SIGINT stop it).
     Serve {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Show the decision for a destination key and every source consulted.
     Explain {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// A key as Postfix sends it: domain, .parent, [host], [host]:port or host:port.
         key: String,
@@ -44,7 +47,8 @@ pub enum Command {
     /// Probe a domain's mail servers for STARTTLS now and show what the
     /// policy decision and the policy server's answer would be.
     Probe {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The recipient domain.
         domain: String,
@@ -54,7 +58,8 @@ pub enum Command {
     /// The persisted cache (MTA-STS policies and DANE results): list it,
     /// show or purge a domain's entries.
     Cache {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         #[command(subcommand)]
         action: CacheAction,
@@ -63,7 +68,8 @@ pub enum Command {
     },
     /// Load the config and policy file as `serve` would; exit 1 on errors.
     CheckConfig {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Read decision logs (rotated and gzipped ones too).
@@ -73,6 +79,7 @@ pub enum Command {
     /// ask the running daemon through postmap -q. Exit 0 when no problem
     /// is found, 1 otherwise.
     Doctor {
+        /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Postfix's configuration directory (postconf -c); Postfix's
@@ -87,7 +94,7 @@ pub enum Command {
     /// Exit 0 when it is healthy, 2 when the last reload failed, 1 when
     /// it cannot be reached.
     Status {
-        /// Read the [metrics] listener address from this config.
+        /// The configuration file, for the [metrics] listener's address.
         #[arg(long, short, default_value = DEFAULT_CONFIG, conflicts_with = "address")]
         config: PathBuf,
         /// The metrics listener: inet:127.0.0.1:9466 or unix:/PATH.

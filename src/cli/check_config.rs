@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::config::LogFormat;
 use crate::frontends::socketmap::DefaultReply;
 use crate::store::{Db, Kind};
 
@@ -123,9 +124,37 @@ pub fn check_config(config_path: &Path) -> Result<String, String> {
         }
         out += &format!("  decision log  {}\n", decisions.display());
     }
+    out += &format!(
+        "  operational   level {}, {}\n",
+        config.log.level,
+        match config.log.format {
+            LogFormat::Auto => "journal priorities under systemd, text otherwise",
+            LogFormat::Text => "text",
+            LogFormat::Journal => "journal priorities",
+        }
+    );
     if let Some(m) = config.mta_sts.as_ref().filter(|m| m.enabled) {
         out += &check_mta_sts(config_path, m)?;
     }
+    if let Some(m) = &config.metrics {
+        out += &format!(
+            "  metrics       {} ({})\n",
+            m.listen,
+            match &m.listen {
+                crate::listen::ListenAddr::Inet(a) if a.ip().is_loopback() =>
+                    "/metrics and /health",
+                crate::listen::ListenAddr::Inet(_) => {
+                    "/metrics and /health; not on loopback and without authentication"
+                }
+                crate::listen::ListenAddr::Unix(_) => "/health for tls-policyd status",
+            }
+        );
+    }
+    out += &format!(
+        "  runtime       {} thread{}\n",
+        config.runtime.threads,
+        if config.runtime.threads == 1 { "" } else { "s" }
+    );
     Ok(out)
 }
 

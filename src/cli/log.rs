@@ -11,7 +11,9 @@ pub struct LogOptions {
     /// A log file to read (repeatable, read in order).
     #[arg(long = "file", short = 'f')]
     pub files: Vec<PathBuf>,
-    /// Read the decision log named in this config, with its rotated files.
+    /// Read the decision log named in this configuration file, with its
+    /// rotated files (read when no log file is given) [default:
+    /// /etc/tls-policyd/config.toml]
     #[arg(long, short, conflicts_with = "files")]
     pub config: Option<PathBuf>,
     #[arg(long)]
@@ -22,7 +24,7 @@ pub struct LogOptions {
     #[arg(long)]
     pub since: Option<String>,
     /// forced or opportunistic.
-    #[arg(long)]
+    #[arg(long, value_parser = TlsValues)]
     pub tls: Option<String>,
     /// Counts by tls, source, level and domain.
     #[arg(long, conflicts_with = "json")]
@@ -32,12 +34,50 @@ pub struct LogOptions {
     pub json: bool,
 }
 
+/// `--tls`'s values, offered by the shell completions; any text passes
+/// here, so that `log` itself says what is wrong with another value.
+#[derive(Clone)]
+struct TlsValues;
+
+impl clap::builder::TypedValueParser for TlsValues {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        clap::builder::StringValueParser::new().parse_ref(cmd, arg, value)
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            ["forced", "opportunistic"]
+                .into_iter()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
 /// `tls-policyd log`: read decision logs, write the selection to `out`.
 pub fn log(opts: &LogOptions, out: &mut dyn std::io::Write) -> Result<reader::RunStats, String> {
     let files = if !opts.files.is_empty() {
         opts.files.clone()
-    } else if let Some(c) = &opts.config {
-        let config = Config::load(c).map_err(|e| e.to_string())?;
+    } else {
+        let c = opts
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(super::DEFAULT_CONFIG));
+        let config = match Config::load(&c) {
+            Ok(config) => config,
+            Err(e) if opts.config.is_none() => {
+                return Err(format!("give --file FILE or --config FILE ({e})"));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         if config.log.decisions.as_os_str() == "-" {
             return Err(format!(
                 "{}: the decision log goes to standard output; read a file with --file",
@@ -45,8 +85,6 @@ pub fn log(opts: &LogOptions, out: &mut dyn std::io::Write) -> Result<reader::Ru
             ));
         }
         reader::rotated_files(&config.log.decisions)
-    } else {
-        return Err("give --file FILE or --config FILE".into());
     };
     let query = LogQuery {
         files,

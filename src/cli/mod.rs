@@ -104,6 +104,20 @@ fn fail(e: &str) -> ExitCode {
 /// Load config and policy file, or say precisely what is wrong.
 fn load(config_path: &Path) -> Result<(Config, PolicyFile), String> {
     let config = Config::load(config_path).map_err(|e| e.to_string())?;
+    check_policy_file(config_path, &config)?;
     let policy = PolicyFile::load(&config.policy.file).map_err(|e| e.to_string())?;
     Ok((config, policy))
+}
+
+/// A policy file that cannot be read at all is the config's problem: name
+/// the config file and its key `policy.file`.
+fn check_policy_file(config_path: &Path, config: &Config) -> Result<(), String> {
+    match std::fs::metadata(&config.policy.file) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "{}: key `policy.file`: cannot read {}: {e}",
+            config_path.display(),
+            config.policy.file.display()
+        )),
+    }
 }

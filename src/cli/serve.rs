@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::fail;
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::daemon::{Context, Listeners, Signals};
 use crate::health;
 use crate::listen::{ListenAddr, Listener, SocketOptions};
@@ -25,8 +24,16 @@ const LOG_TARGET: &str = "tls_policyd";
 pub fn serve(config_path: PathBuf) -> ExitCode {
     let config = match Config::load(&config_path) {
         Ok(c) => c,
-        Err(e) => return fail(&e.to_string()),
+        // Which format the config asks for is unknown: the journal's when
+        // standard error is its stream.
+        Err(e) => return fail(&e.to_string(), stderr_is_journal()),
     };
+    let journal = match config.log.format {
+        LogFormat::Journal => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => stderr_is_journal(),
+    };
+    let fail = move |e: &str| fail(e, journal);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
     // Warnings and errors also go to the metrics, for `status`.
@@ -34,13 +41,21 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
     {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
+        let text = (!journal).then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+        });
+        let journal = journal.then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .event_format(JournalFormat::new())
+        });
         tracing_subscriber::registry()
             .with(filter)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_ansi(false),
-            )
+            .with(text)
+            .with(journal)
             .with(ErrorCapture::new(metrics.clone()))
             .init();
     }
@@ -70,13 +85,16 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail(&format!("cannot install signal handlers: {e}")),
         };
+        if let Err(e) = super::check_policy_file(&config_path, &config) {
+            return fail(&e);
+        }
         let ctx = match Context::with_metrics(&config_path, config.clone(), metrics) {
             Ok(c) => Arc::new(c),
             Err(e) => return fail(&e.to_string()),
         };
         let listeners = match Listeners::bind(&config) {
             Ok(l) => l,
-            Err(e) => return fail(&e.to_string()),
+            Err(e) => return fail(&format!("{}: {e}", config_path.display())),
         };
         if let Some(ListenAddr::Inet(a)) = config.metrics.as_ref().map(|m| &m.listen)
             && !a.ip().is_loopback()
@@ -86,7 +104,13 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
         let metrics_listener = match &config.metrics {
             Some(m) => match Listener::bind(&m.listen, &SocketOptions::default()) {
                 Ok(l) => Some(l),
-                Err(e) => return fail(&format!("cannot listen on {}: {e}", m.listen)),
+                Err(e) => {
+                    return fail(&format!(
+                        "{}: key `metrics.listen`: cannot listen on {}: {e}",
+                        config_path.display(),
+                        m.listen
+                    ));
+                }
             },
             None => None,
         };
@@ -125,4 +149,96 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
         tracing::info!(target: LOG_TARGET, "stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Report why the daemon cannot start on stderr; exit 1. For the journal,
+/// each line has the error priority, `<3>`.
+fn fail(e: &str, journal: bool) -> ExitCode {
+    if journal {
+        for line in e.lines() {
+            eprintln!("<3>tls-policyd: {line}");
+        }
+        ExitCode::FAILURE
+    } else {
+        super::fail(e)
+    }
+}
+
+/// Whether standard error is the systemd journal: systemd sets
+/// `JOURNAL_STREAM` to the device and inode of the stream it connects a
+/// service's standard error (or output) to; a child started from a
+/// service inherits the variable but usually not the stream.
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<libc::dev_t>(), ino.parse::<libc::ino_t>()) else {
+        return false;
+    };
+    match nix::sys::stat::fstat(libc::STDERR_FILENO) {
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
+        Err(_) => false,
+    }
+}
+
+/// Operational log lines for the journal: each line (a multi-line message
+/// too) starts with its syslog priority, `<3>` for errors to `<7>` for
+/// debug and trace, which journald takes as the entry's priority
+/// (`journalctl -p warning`); the level in words follows, then the target
+/// and the message; no timestamp, the journal has its own.
+struct JournalFormat {
+    inner: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>,
+}
+
+impl JournalFormat {
+    fn new() -> Self {
+        JournalFormat {
+            inner: tracing_subscriber::fmt::format::Format::default()
+                .without_time()
+                .with_level(false)
+                .with_ansi(false),
+        }
+    }
+}
+
+/// The syslog priority journald gives a line with this level.
+fn journal_priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = event.metadata().level();
+        let mut text = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut text),
+            event,
+        )?;
+        let priority = journal_priority(level);
+        let mut lines = text.trim_end_matches('\n').split('\n');
+        let first = lines.next().unwrap_or_default();
+        writeln!(writer, "<{priority}>{level} {first}")?;
+        for line in lines {
+            writeln!(writer, "<{priority}>{line}")?;
+        }
+        Ok(())
+    }
 }

@@ -69,8 +69,9 @@ pub enum StartError {
     Policy(crate::engine::policy_file::PolicyFileError),
     #[error("cannot open decision log {0}: {1}")]
     Log(Target, std::io::Error),
-    #[error("cannot listen on {0}: {1}")]
-    Bind(ListenAddr, std::io::Error),
+    /// The section (`socketmap`, …) whose `listen` failed.
+    #[error("key `{0}.listen`: cannot listen on {1}: {2}")]
+    Bind(&'static str, ListenAddr, std::io::Error),
     #[error("dns: {0}")]
     Dns(crate::dns::DnsError),
     #[error("mta_sts: {0}")]
@@ -413,19 +414,19 @@ pub struct Listeners {
 impl Listeners {
     /// Bind what the config asks for. Must run inside a tokio runtime.
     pub fn bind(config: &Config) -> Result<Listeners, StartError> {
-        let bind = |addr: &ListenAddr, opts: &crate::listen::SocketOptions| {
-            Listener::bind(addr, opts).map_err(|e| StartError::Bind(addr.clone(), e))
+        let bind = |key, addr: &ListenAddr, opts: &crate::listen::SocketOptions| {
+            Listener::bind(addr, opts).map_err(|e| StartError::Bind(key, addr.clone(), e))
         };
         let socketmap = match &config.socketmap {
-            Some(s) => Some(bind(&s.listen, &s.socket_options())?),
+            Some(s) => Some(bind("socketmap", &s.listen, &s.socket_options())?),
             None => None,
         };
         let policy_server = match &config.policy_server {
-            Some(s) => Some(bind(&s.listen, &s.socket_options())?),
+            Some(s) => Some(bind("policy_server", &s.listen, &s.socket_options())?),
             None => None,
         };
         let milter = match &config.milter {
-            Some(s) => Some(bind(&s.listen, &s.socket_options())?),
+            Some(s) => Some(bind("milter", &s.listen, &s.socket_options())?),
             None => None,
         };
         Ok(Listeners {

@@ -27,12 +27,9 @@ impl FromStr for ListenAddr {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Some(rest) = s.strip_prefix("inet:") {
-            let addr = rest.parse::<SocketAddr>().map_err(|_| {
-                format!(
-                    "{s:?}: expected inet:ADDRESS:PORT with an IP address, e.g. inet:127.0.0.1:10027 or inet:[::1]:10027"
-                )
-            })?;
-            Ok(ListenAddr::Inet(addr))
+            rest.parse::<SocketAddr>()
+                .map(ListenAddr::Inet)
+                .map_err(|_| inet_problem(s, rest))
         } else if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err(format!("{s:?}: unix: needs a socket path"));
@@ -44,6 +41,35 @@ impl FromStr for ListenAddr {
             ))
         }
     }
+}
+
+/// What is wrong with `inet:REST`, which is not an IP address and port.
+fn inet_problem(s: &str, rest: &str) -> String {
+    let example = "e.g. inet:127.0.0.1:10027 or inet:[::1]:10027";
+    let Some((host, port)) = rest.rsplit_once(':').filter(|_| !rest.ends_with(']')) else {
+        return format!("{s:?}: expected inet:ADDRESS:PORT, with a port, {example}");
+    };
+    if port.is_empty() {
+        return format!("{s:?}: the port is missing, {example}");
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return format!("{s:?}: port {port:?} is not a number (0 to 65535)");
+    }
+    if port.parse::<u16>().is_err() {
+        return format!("{s:?}: port {port} is out of range (0 to 65535)");
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        // An IPv6 address without brackets.
+        return format!("{s:?}: write an IPv6 address in brackets, inet:[{bare}]:{port}");
+    }
+    format!(
+        "{s:?}: {host:?} is not an IP address (expected inet:ADDRESS:PORT with an IP address, \
+         not a host name, {example})"
+    )
 }
 
 impl fmt::Display for ListenAddr {
@@ -241,6 +267,32 @@ mod tests {
         ] {
             let e = bad.parse::<ListenAddr>().unwrap_err();
             assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn inet_errors_say_what_is_wrong() {
+        for (bad, want) in [
+            (
+                "inet:127.0.0.1:99999",
+                "port 99999 is out of range (0 to 65535)",
+            ),
+            ("inet:127.0.0.1:smtp", "port \"smtp\" is not a number"),
+            ("inet:127.0.0.1:", "the port is missing"),
+            ("inet:127.0.0.1", "with a port"),
+            ("inet:[::1]", "with a port"),
+            (
+                "inet:::1:25",
+                "write an IPv6 address in brackets, inet:[::1]:25",
+            ),
+            ("inet:localhost:25", "\"localhost\" is not an IP address"),
+        ] {
+            let e = bad.parse::<ListenAddr>().unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+            assert!(
+                !want.contains("IP address") || e.contains("not a host name"),
+                "{e}"
+            );
         }
     }
 

@@ -81,7 +81,8 @@ pub fn skip_or_fail(why: &str) {
     }
     panic!(
         "{why}.\nThese tests run Postfix and test servers inside network namespaces: run them as \
-         root on a machine with Postfix and swaks installed (`.ci/run` installs them), or set \
+         root on a machine with Postfix and swaks installed, as the README's test command \
+         `./scripts/test-all` does (it installs them, then runs every test), or set \
          {SKIP_VAR}=1 to skip them."
     );
 }
