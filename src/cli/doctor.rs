@@ -1,10 +1,9 @@
 //! `doctor`: check Postfix's wiring against the daemon's configuration.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{fail, load};
+use super::{fail, load, print_report};
 use crate::doctor;
 
 /// Print the report; exit 0 when no problem was found, 1 otherwise (and
@@ -18,15 +17,10 @@ pub fn doctor(config: &Path, postfix_config: Option<&Path>, json: bool) -> ExitC
         Ok(r) => r,
         Err(e) => return fail(&e.to_string()),
     };
-    let text = if json {
-        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
-    } else {
-        report.text()
-    };
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    if report.healthy() {
+    let code = if report.healthy() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    };
+    print_report(&report, json, |r| r.text(), code)
 }

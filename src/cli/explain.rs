@@ -18,10 +18,7 @@ use crate::store::{Db, Entry, Kind};
 /// consulted, and the exact socketmap replies.
 pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, String> {
     let (config, policy) = super::load(config_path)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    let rt = super::runtime()?;
     // The published-policy sources as the daemon has them, in precedence
     // order: DANE (looked up now; the cache file only read, for DANE
     // history), then MTA-STS (from the cache file, or discovered now).

@@ -95,6 +95,31 @@ fn print(result: Result<String, String>) -> ExitCode {
     }
 }
 
+/// Print `value` as pretty JSON or as `text` renders it; exit with
+/// `code`.
+fn print_report<T: serde::Serialize>(
+    value: &T,
+    json: bool,
+    text: impl FnOnce(&T) -> String,
+    code: ExitCode,
+) -> ExitCode {
+    let out = if json {
+        serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+    } else {
+        text(value)
+    };
+    let _ = std::io::stdout().write_all(out.as_bytes());
+    code
+}
+
+/// A runtime for a command that looks things up on the network.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start runtime: {e}"))
+}
+
 /// Report an error on stderr; exit 1.
 fn fail(e: &str) -> ExitCode {
     eprintln!("tls-policyd: {e}");

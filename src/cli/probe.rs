@@ -13,10 +13,7 @@ use crate::prober::{self, Prober};
 /// answer at RCPT with that knowledge.
 pub fn probe(config_path: &Path, domain: &str, as_json: bool) -> Result<String, String> {
     let (config, policy) = super::load(config_path)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start runtime: {e}"))?;
+    let rt = super::runtime()?;
     rt.block_on(async {
         let resolver = crate::dns::build_resolver(&config.dns).map_err(|e| format!("dns: {e}"))?;
         let prober = Prober::new(config.prober.clone(), resolver).map_err(|e| e.to_string())?;

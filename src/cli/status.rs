@@ -1,10 +1,9 @@
 //! `status`: ask a running daemon's metrics listener for its health report.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::fail;
+use super::{fail, print_report};
 use crate::health;
 use crate::listen::ListenAddr;
 
@@ -23,15 +22,10 @@ pub fn status(config: &Path, address: Option<ListenAddr>, json: bool) -> ExitCod
         Ok(r) => r,
         Err(e) => return fail(&e.to_string()),
     };
-    let text = if json {
-        serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
-    } else {
-        report.render_text()
-    };
-    let _ = std::io::stdout().write_all(text.as_bytes());
-    if report.status == "ok" {
+    let code = if report.status == "ok" {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(2)
-    }
+    };
+    print_report(&report, json, |r| r.render_text(), code)
 }

@@ -338,7 +338,7 @@ fn check_policy_server(pf: &PostfixConfig, ours: &ListenAddr, out: &mut CheckOut
         .collect();
     for svc in smtp_servers(pf) {
         for l in RESTRICTION_LISTS {
-            if let Some(v) = svc.overrides.get(*l) {
+            if let Some(v) = svc.overrides.get(l) {
                 lists.push((l.to_string(), v.clone(), svc.chrooted(), Some(svc)));
             }
         }
@@ -546,6 +546,16 @@ non_smtpd_milters = inet:127.0.0.1:10029
 smtp_dns_support_level = dnssec
 ";
 
+    /// The problems found with these main.cf lines and master.cf
+    /// overrides.
+    fn problems_of(main: &str, overrides: &str) -> Vec<Finding> {
+        check(&pf(main, overrides), &ours())
+            .findings
+            .into_iter()
+            .filter(|f| f.severity == Severity::Problem)
+            .collect()
+    }
+
     fn problems(o: &CheckOutcome) -> Vec<&Finding> {
         o.findings
             .iter()
@@ -564,14 +574,10 @@ smtp_dns_support_level = dnssec
 
     #[test]
     fn a_transport_overriding_the_map_is_named_with_its_fix() {
-        let o = check(
-            &pf(
-                GOOD,
-                "relay/unix/smtp_tls_policy_maps = hash:/etc/postfix/tls_policy\n",
-            ),
-            &ours(),
+        let p = problems_of(
+            GOOD,
+            "relay/unix/smtp_tls_policy_maps = hash:/etc/postfix/tls_policy\n",
         );
-        let p = problems(&o);
         assert_eq!(p.len(), 1, "{p:#?}");
         assert!(p[0].text.contains("relay/unix"), "{}", p[0].text);
         assert!(p[0].text.contains("bypasses"), "{}", p[0].text);
@@ -589,31 +595,23 @@ smtp_dns_support_level = dnssec
         );
         assert!(problems(&o).is_empty(), "{:#?}", o.findings);
         // A map name nobody serves defers everything.
-        let o = check(
-            &pf(
-                GOOD,
-                "relay/unix/smtp_tls_policy_maps = socketmap:inet:127.0.0.1:10027:tls_polcy\n",
-            ),
-            &ours(),
+        let p = problems_of(
+            GOOD,
+            "relay/unix/smtp_tls_policy_maps = socketmap:inet:127.0.0.1:10027:tls_polcy\n",
         );
-        let p = problems(&o);
         assert_eq!(p.len(), 1);
         assert!(p[0].text.contains("\"tls_polcy\""), "{}", p[0].text);
     }
 
     #[test]
     fn missing_map_and_tables_in_front() {
-        let o = check(
-            &pf(
-                &GOOD.replace(
-                    "socketmap:inet:127.0.0.1:10027:tls_policy",
-                    "hash:/etc/postfix/tls",
-                ),
-                "",
+        let p = problems_of(
+            &GOOD.replace(
+                "socketmap:inet:127.0.0.1:10027:tls_policy",
+                "hash:/etc/postfix/tls",
             ),
-            &ours(),
+            "",
         );
-        let p = problems(&o);
         // Both delivery services use main.cf's value.
         assert_eq!(p.len(), 2, "{p:#?}");
         assert_eq!(
@@ -673,8 +671,7 @@ smtp_dns_support_level = dnssec
             "check_policy_service { unix:tls-policyd/policy.sock, default_action=DUNNO }, permit_mynetworks",
             "permit_mynetworks, check_policy_service unix:tls-policyd/policy.sock",
         );
-        let o = check(&pf(&main, ""), &ours());
-        let p = problems(&o);
+        let p = problems_of(&main, "");
         assert_eq!(p.len(), 2, "{p:#?}");
         assert!(
             p[0].text
@@ -688,14 +685,10 @@ smtp_dns_support_level = dnssec
             p[1].text
         );
         // A submission service with its own list, without the check.
-        let o = check(
-            &pf(
-                GOOD,
-                "submission/inet/smtpd_recipient_restrictions = permit_sasl_authenticated, reject\n",
-            ),
-            &ours(),
+        let p = problems_of(
+            GOOD,
+            "submission/inet/smtpd_recipient_restrictions = permit_sasl_authenticated, reject\n",
         );
-        let p = problems(&o);
         assert_eq!(p.len(), 1, "{p:#?}");
         assert!(p[0].text.contains("submission/inet"));
         assert_eq!(
@@ -732,8 +725,7 @@ smtp_dns_support_level = dnssec
             "{ inet:127.0.0.1:10029, default_action=accept }",
             "inet:127.0.0.1:10029",
         );
-        let o = check(&pf(&main, ""), &ours());
-        let p = problems(&o);
+        let p = problems_of(&main, "");
         assert_eq!(p.len(), 1, "{p:#?}");
         assert!(p[0].text.contains("milter_default_action = tempfail"));
         let main = main.replace("non_smtpd_milters = inet:127.0.0.1:10029\n", "");
@@ -744,14 +736,10 @@ smtp_dns_support_level = dnssec
         assert!(problems(&o).is_empty());
         assert_eq!(o.findings.len(), 1);
         assert!(o.findings[0].text.contains("sendmail(1)"));
-        let o = check(
-            &pf(
-                GOOD,
-                "submission/inet/smtpd_milters = inet:127.0.0.1:9999\n",
-            ),
-            &ours(),
+        let p = problems_of(
+            GOOD,
+            "submission/inet/smtpd_milters = inet:127.0.0.1:9999\n",
         );
-        let p = problems(&o);
         assert_eq!(p.len(), 1);
         assert!(p[0].text.contains("submission/inet sets smtpd_milters"));
     }

@@ -9,36 +9,29 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The main.cf parameters the checks read.
-pub const PARAMETERS: &[&str] = &[
+/// The restriction lists `check_policy_service` can stand in.
+pub const RESTRICTION_LISTS: [&str; 7] = [
+    "smtpd_client_restrictions",
+    "smtpd_helo_restrictions",
+    "smtpd_sender_restrictions",
+    "smtpd_relay_restrictions",
+    "smtpd_recipient_restrictions",
+    "smtpd_data_restrictions",
+    "smtpd_end_of_data_restrictions",
+];
+
+/// The other main.cf parameters the checks read.
+pub const PARAMETERS: [&str; 10] = [
     "mail_version",
     "queue_directory",
     "smtp_tls_policy_maps",
     "smtp_tls_security_level",
     "smtp_dns_support_level",
     "smtp_tls_loglevel",
-    "smtpd_client_restrictions",
-    "smtpd_helo_restrictions",
-    "smtpd_sender_restrictions",
-    "smtpd_relay_restrictions",
-    "smtpd_recipient_restrictions",
-    "smtpd_data_restrictions",
-    "smtpd_end_of_data_restrictions",
     "smtpd_policy_service_default_action",
     "smtpd_milters",
     "non_smtpd_milters",
     "milter_default_action",
-];
-
-/// The restriction lists `check_policy_service` can stand in.
-pub const RESTRICTION_LISTS: &[&str] = &[
-    "smtpd_client_restrictions",
-    "smtpd_helo_restrictions",
-    "smtpd_sender_restrictions",
-    "smtpd_relay_restrictions",
-    "smtpd_recipient_restrictions",
-    "smtpd_data_restrictions",
-    "smtpd_end_of_data_restrictions",
 ];
 
 /// Why Postfix's configuration could not be read.
@@ -97,7 +90,12 @@ impl PostfixConfig {
     /// Run `postconf` for the parameters, `-M` and `-P`.
     pub fn read(dir: Option<&Path>) -> Result<PostfixConfig, PostconfError> {
         let mut args = vec!["-x".to_string()];
-        args.extend(PARAMETERS.iter().map(|p| p.to_string()));
+        args.extend(
+            PARAMETERS
+                .iter()
+                .chain(&RESTRICTION_LISTS)
+                .map(|p| p.to_string()),
+        );
         let params = parse_params(&postconf(dir, &args)?);
         let master = postconf(dir, &["-M".to_string()])?;
         let overrides = postconf(dir, &["-P".to_string(), "-x".to_string()])?;

@@ -304,173 +304,185 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    fn append(p: &Path, text: &str) {
-        let mut f = File::options().create(true).append(true).open(p).unwrap();
-        f.write_all(text.as_bytes()).unwrap();
+    /// A log directory with `mail.log` in it.
+    struct Dir(tempfile::TempDir);
+
+    impl Dir {
+        fn new() -> Dir {
+            Dir(tempfile::tempdir().unwrap())
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.path().join(name)
+        }
+
+        fn log(&self) -> PathBuf {
+            self.path("mail.log")
+        }
+
+        /// Append to `name` (created if missing).
+        fn write(&self, name: &str, text: &str) {
+            let mut f = File::options()
+                .create(true)
+                .append(true)
+                .open(self.path(name))
+                .unwrap();
+            f.write_all(text.as_bytes()).unwrap();
+        }
+
+        fn rename(&self, to: &str) {
+            std::fs::rename(self.log(), self.path(to)).unwrap();
+        }
+
+        fn truncate(&self) {
+            let f = File::options().write(true).open(self.log()).unwrap();
+            f.set_len(0).unwrap();
+        }
+
+        fn follow(&self, saved: Option<Position>, start: Start) -> (Follower, Resumed) {
+            Follower::new(&self.log(), saved, start)
+        }
     }
 
-    /// Everything readable now, as text, and the end position.
-    fn drain(f: &mut Follower, max: usize) -> (String, Option<Position>, usize) {
-        let mut text = String::new();
-        let mut end = None;
-        let mut fresh = 0;
+    /// Everything readable now.
+    struct Drained {
+        text: String,
+        /// The position after the last byte.
+        end: Option<Position>,
+        /// Chunks that started a file.
+        fresh: usize,
+    }
+
+    fn drain(f: &mut Follower, max: usize) -> Drained {
+        let mut d = Drained {
+            text: String::new(),
+            end: None,
+            fresh: 0,
+        };
         while let Some(c) = f.read(max).unwrap() {
-            fresh += usize::from(c.fresh);
-            text.push_str(std::str::from_utf8(&c.bytes).unwrap());
-            end = Some(Position {
+            d.fresh += usize::from(c.fresh);
+            d.text.push_str(std::str::from_utf8(&c.bytes).unwrap());
+            d.end = Some(Position {
                 offset: c.at.offset + c.bytes.len() as u64,
                 ..c.at
             });
         }
-        (text, end, fresh)
+        d
+    }
+
+    fn text(f: &mut Follower) -> String {
+        drain(f, 4096).text
     }
 
     #[test]
     fn starts_at_the_end_or_the_beginning() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("mail.log");
-        append(&log, "old 1\nold 2\n");
-        let (mut f, r) = Follower::new(&log, None, Start::End);
+        let d = Dir::new();
+        d.write("mail.log", "old 1\nold 2\n");
+        let (mut f, r) = d.follow(None, Start::End);
         assert_eq!(r, Resumed::Fresh);
-        assert_eq!(drain(&mut f, 4096).0, "");
-        append(&log, "new\n");
-        assert_eq!(drain(&mut f, 4096).0, "new\n");
-        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
-        assert_eq!(drain(&mut f, 3).0, "old 1\nold 2\nnew\n");
+        assert_eq!(text(&mut f), "");
+        d.write("mail.log", "new\n");
+        assert_eq!(text(&mut f), "new\n");
+        let (mut f, _) = d.follow(None, Start::Beginning);
+        assert_eq!(drain(&mut f, 3).text, "old 1\nold 2\nnew\n");
     }
 
     #[test]
     fn a_missing_file_is_followed_once_it_appears() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("mail.log");
-        let (mut f, _) = Follower::new(&log, None, Start::End);
-        assert_eq!(drain(&mut f, 4096).0, "");
-        append(&log, "first\n");
-        let (text, _, fresh) = drain(&mut f, 4096);
-        assert_eq!(text, "first\n");
-        assert_eq!(fresh, 1);
+        let d = Dir::new();
+        let (mut f, _) = d.follow(None, Start::End);
+        assert_eq!(text(&mut f), "");
+        d.write("mail.log", "first\n");
+        let got = drain(&mut f, 4096);
+        assert_eq!((got.text.as_str(), got.fresh), ("first\n", 1));
     }
 
     #[test]
     fn rotation_by_rename_reads_the_old_file_to_its_end_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("mail.log");
-        append(&log, "a\n");
-        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
-        assert_eq!(drain(&mut f, 4096).0, "a\n");
+        let d = Dir::new();
+        d.write("mail.log", "a\n");
+        let (mut f, _) = d.follow(None, Start::Beginning);
+        assert_eq!(text(&mut f), "a\n");
         // The writer still has the old file open and writes one more line
-        // after the rename; then it reopens.
-        std::fs::rename(&log, dir.path().join("mail.log.1")).unwrap();
-        append(&dir.path().join("mail.log.1"), "b\n");
-        // Renamed, not recreated yet: nothing new, and no error.
-        assert_eq!(drain(&mut f, 4096).0, "b\n");
-        append(&log, "c\n");
-        let (text, _, fresh) = drain(&mut f, 4096);
-        assert_eq!(text, "c\n");
-        assert_eq!(fresh, 1);
+        // after the rename; renamed, not recreated yet: no error.
+        d.rename("mail.log.1");
+        d.write("mail.log.1", "b\n");
+        assert_eq!(text(&mut f), "b\n");
+        d.write("mail.log", "c\n");
+        let got = drain(&mut f, 4096);
+        assert_eq!((got.text.as_str(), got.fresh), ("c\n", 1));
         // The old file written after the new one appeared.
-        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
-        assert_eq!(drain(&mut f, 4096).0, "c\n");
-        std::fs::rename(&log, dir.path().join("mail.log.2")).unwrap();
-        append(&log, "e\n");
-        append(&dir.path().join("mail.log.2"), "d\n");
-        assert_eq!(drain(&mut f, 4096).0, "d\ne\n");
+        d.rename("mail.log.2");
+        d.write("mail.log", "e\n");
+        d.write("mail.log.2", "d\n");
+        assert_eq!(text(&mut f), "d\ne\n");
     }
 
     #[test]
     fn copytruncate_reads_again_from_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("mail.log");
-        append(&log, "one\ntwo\n");
-        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
-        assert_eq!(drain(&mut f, 4096).0, "one\ntwo\n");
-        std::fs::copy(&log, dir.path().join("mail.log.1")).unwrap();
-        File::options()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
-        assert_eq!(drain(&mut f, 4096).0, "");
-        append(&log, "3\n");
-        let (text, _, fresh) = drain(&mut f, 4096);
-        assert_eq!(text, "3\n");
-        assert_eq!(fresh, 1);
+        let d = Dir::new();
+        d.write("mail.log", "one\ntwo\n");
+        let (mut f, _) = d.follow(None, Start::Beginning);
+        assert_eq!(text(&mut f), "one\ntwo\n");
+        std::fs::copy(d.log(), d.path("mail.log.1")).unwrap();
+        d.truncate();
+        assert_eq!(text(&mut f), "");
+        d.write("mail.log", "3\n");
+        let got = drain(&mut f, 4096);
+        assert_eq!((got.text.as_str(), got.fresh), ("3\n", 1));
     }
 
     #[test]
     fn a_restart_resumes_in_place_or_in_the_rotated_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("mail.log");
-        append(&log, "1\n2\n");
-        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
-        let (_, end, _) = drain(&mut f, 4096);
-        let saved = end.unwrap();
-        drop(f);
-        append(&log, "3\n");
-        let (mut f, r) = Follower::new(&log, Some(saved), Start::End);
+        let d = Dir::new();
+        d.write("mail.log", "1\n2\n");
+        let saved = drain(&mut d.follow(None, Start::Beginning).0, 4096).end;
+        d.write("mail.log", "3\n");
+        let (mut f, r) = d.follow(saved, Start::End);
         assert_eq!(r, Resumed::InPlace);
-        let (text, end, _) = drain(&mut f, 4096);
-        assert_eq!(text, "3\n");
-        drop(f);
+        let got = drain(&mut f, 4096);
+        assert_eq!(got.text, "3\n");
         // Down while the log was rotated: the rest of the old file, then
         // the new one, nothing twice and nothing skipped.
-        append(&log, "4\n");
-        std::fs::rename(&log, dir.path().join("mail.log.1")).unwrap();
-        append(&log, "5\n");
-        let (mut f, r) = Follower::new(&log, end, Start::End);
-        assert_eq!(r, Resumed::Rotated(dir.path().join("mail.log.1")));
-        assert_eq!(drain(&mut f, 4096).0, "4\n5\n");
+        d.write("mail.log", "4\n");
+        d.rename("mail.log.1");
+        d.write("mail.log", "5\n");
+        let (mut f, r) = d.follow(got.end, Start::End);
+        assert_eq!(r, Resumed::Rotated(d.path("mail.log.1")));
+        assert_eq!(text(&mut f), "4\n5\n");
     }
 
     #[test]
     fn a_lost_rotated_file_is_said_and_the_new_one_read_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("mail.log");
-        append(&log, "1\n");
-        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
-        let saved = drain(&mut f, 4096).1;
-        drop(f);
-        std::fs::remove_file(&log).unwrap();
-        append(&log, "2\n");
-        let (mut f, r) = Follower::new(&log, saved, Start::End);
+        let d = Dir::new();
+        d.write("mail.log", "1\n");
+        let saved = drain(&mut d.follow(None, Start::Beginning).0, 4096).end;
+        std::fs::remove_file(d.log()).unwrap();
+        d.write("mail.log", "2\n");
+        let (mut f, r) = d.follow(saved, Start::End);
         assert_eq!(r, Resumed::Lost);
-        assert_eq!(drain(&mut f, 4096).0, "2\n");
+        assert_eq!(text(&mut f), "2\n");
     }
 
     #[test]
     fn copytruncate_while_down_resumes_in_the_copy() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("mail.log");
-        append(&log, "line one\n");
-        let (mut f, _) = Follower::new(&log, None, Start::Beginning);
-        let saved = drain(&mut f, 4096).1;
-        drop(f);
-        append(&log, "line two\n");
-        std::fs::copy(&log, dir.path().join("mail.log.1")).unwrap();
-        File::options()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
-        append(&log, "x\n");
-        let (mut f, r) = Follower::new(&log, saved, Start::End);
-        assert_eq!(r, Resumed::Rotated(dir.path().join("mail.log.1")));
-        let (text, saved, _) = drain(&mut f, 4096);
-        assert_eq!(text, "line two\nx\n");
+        let d = Dir::new();
+        d.write("mail.log", "line one\n");
+        let saved = drain(&mut d.follow(None, Start::Beginning).0, 4096).end;
+        d.write("mail.log", "line two\n");
+        std::fs::copy(d.log(), d.path("mail.log.1")).unwrap();
+        d.truncate();
+        d.write("mail.log", "x\n");
+        let (mut f, r) = d.follow(saved, Start::End);
+        assert_eq!(r, Resumed::Rotated(d.path("mail.log.1")));
+        let got = drain(&mut f, 4096);
+        assert_eq!(got.text, "line two\nx\n");
         // Truncated with no copy kept: the new content, whole.
-        drop(f);
-        std::fs::remove_file(dir.path().join("mail.log.1")).unwrap();
-        File::options()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
-        append(&log, "y\n");
-        let (mut f, r) = Follower::new(&log, saved, Start::End);
+        std::fs::remove_file(d.path("mail.log.1")).unwrap();
+        d.truncate();
+        d.write("mail.log", "y\n");
+        let (mut f, r) = d.follow(got.end, Start::End);
         assert_eq!(r, Resumed::Lost);
-        assert_eq!(drain(&mut f, 4096).0, "y\n");
+        assert_eq!(text(&mut f), "y\n");
     }
 }

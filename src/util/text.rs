@@ -35,21 +35,30 @@ mod tests {
 
     #[test]
     fn printable_ascii_replaces_and_bounds() {
-        assert_eq!(printable_ascii("a b\r\nc\u{e9}\t~", 100), "a b??c??~");
-        assert_eq!(printable_ascii("abcdef", 3), "abc");
-        assert_eq!(printable_ascii("abc", 3), "abc");
-        assert_eq!(printable_ascii("", 3), "");
         // A multi-byte character counts as one and becomes one byte.
-        let s = printable_ascii("\u{1F600}\u{1F600}x", 2);
-        assert_eq!(s, "??");
+        let cases = [
+            ("a b\r\nc\u{e9}\t~", 100, "a b??c??~"),
+            ("abcdef", 3, "abc"),
+            ("abc", 3, "abc"),
+            ("", 3, ""),
+            ("\u{1F600}\u{1F600}x", 2, "??"),
+        ];
+        for (s, max, want) in cases {
+            assert_eq!(printable_ascii(s, max), want, "{s:?} {max}");
+        }
     }
 
     #[test]
     fn cut_on_character_boundaries() {
-        assert_eq!(cut("abc", 3), "abc");
-        assert_eq!(cut("abcd", 3), "abc");
-        assert_eq!(cut("ab\u{e9}", 3), "ab");
-        assert_eq!(cut("ab\u{e9}", 4), "ab\u{e9}");
-        assert_eq!(cut("", 0), "");
+        let cases = [
+            ("abc", 3, "abc"),
+            ("abcd", 3, "abc"),
+            ("ab\u{e9}", 3, "ab"),
+            ("ab\u{e9}", 4, "ab\u{e9}"),
+            ("", 0, ""),
+        ];
+        for (s, max, want) in cases {
+            assert_eq!(cut(s, max), want, "{s:?} {max}");
+        }
     }
 }
