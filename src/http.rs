@@ -261,27 +261,43 @@ pub enum ClientError {
 /// Blocking, with [`CLIENT_TIMEOUT`] per step.
 pub fn get(addr: &ListenAddr, path: &str) -> Result<Vec<u8>, ClientError> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let connect = |e| ClientError::Connect(addr.clone(), e);
     let raw = match addr {
-        ListenAddr::Inet(a) => {
-            let mut s = std::net::TcpStream::connect_timeout(a, CLIENT_TIMEOUT)
-                .map_err(|e| ClientError::Connect(addr.clone(), e))?;
-            s.set_read_timeout(Some(CLIENT_TIMEOUT))
-                .map_err(ClientError::Io)?;
-            s.set_write_timeout(Some(CLIENT_TIMEOUT))
-                .map_err(ClientError::Io)?;
-            exchange(&mut s, request.as_bytes())?
-        }
-        ListenAddr::Unix(p) => {
-            let mut s = std::os::unix::net::UnixStream::connect(p)
-                .map_err(|e| ClientError::Connect(addr.clone(), e))?;
-            s.set_read_timeout(Some(CLIENT_TIMEOUT))
-                .map_err(ClientError::Io)?;
-            s.set_write_timeout(Some(CLIENT_TIMEOUT))
-                .map_err(ClientError::Io)?;
-            exchange(&mut s, request.as_bytes())?
-        }
+        ListenAddr::Inet(a) => talk(
+            std::net::TcpStream::connect_timeout(a, CLIENT_TIMEOUT).map_err(connect)?,
+            request.as_bytes(),
+        )?,
+        ListenAddr::Unix(p) => talk(
+            std::os::unix::net::UnixStream::connect(p).map_err(connect)?,
+            request.as_bytes(),
+        )?,
     };
     parse_response(&raw)
+}
+
+/// A blocking stream whose reads and writes can time out.
+trait Timed: Read + Write {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()>;
+}
+
+impl Timed for std::net::TcpStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+impl Timed for std::os::unix::net::UnixStream {
+    fn set_timeouts(&self, t: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(t))?;
+        self.set_write_timeout(Some(t))
+    }
+}
+
+/// Send `request` with [`CLIENT_TIMEOUT`] per step; the raw response.
+fn talk<S: Timed>(mut s: S, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+    s.set_timeouts(CLIENT_TIMEOUT).map_err(ClientError::Io)?;
+    exchange(&mut s, request)
 }
 
 fn exchange<S: Read + Write>(s: &mut S, request: &[u8]) -> Result<Vec<u8>, ClientError> {

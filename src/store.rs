@@ -104,22 +104,11 @@ impl Db {
     /// Open the file for reading and writing, creating it (and the table)
     /// if it does not exist. The directory must exist.
     pub fn open(path: &Path) -> Result<Db, StoreError> {
-        let conn = Connection::open_with_flags(
+        Db::open_with(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            true,
         )
-        .map_err(|e| StoreError::Open {
-            path: path.to_path_buf(),
-            problem: e.to_string(),
-        })?;
-        let db = Db {
-            conn,
-            path: path.to_path_buf(),
-        };
-        db.setup(true)?;
-        Ok(db)
     }
 
     /// Open an existing file without changing it.
@@ -130,19 +119,20 @@ impl Db {
                 problem: e.to_string(),
             });
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| StoreError::Open {
-            path: path.to_path_buf(),
-            problem: e.to_string(),
-        })?;
+        Db::open_with(path, OpenFlags::SQLITE_OPEN_READ_ONLY, false)
+    }
+
+    fn open_with(path: &Path, flags: OpenFlags, writable: bool) -> Result<Db, StoreError> {
+        let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(|e| StoreError::Open {
+                path: path.to_path_buf(),
+                problem: e.to_string(),
+            })?;
         let db = Db {
             conn,
             path: path.to_path_buf(),
         };
-        db.setup(false)?;
+        db.setup(writable)?;
         Ok(db)
     }
 

@@ -37,6 +37,9 @@ pub enum Consulted {
 
 /// A policy source between the static file and the default (DANE,
 /// MTA-STS). Implementations answer from their cache where they can.
+/// What [`Source::consult`] returns: the answer, when it comes.
+pub type Consulting<'a> = Pin<Box<dyn Future<Output = Consulted> + Send + 'a>>;
+
 pub trait Source: Send + Sync {
     fn kind(&self) -> SourceKind;
 
@@ -46,10 +49,7 @@ pub trait Source: Send + Sync {
         dest.form == KeyForm::Domain
     }
 
-    fn consult<'a>(
-        &'a self,
-        dest: &'a Destination,
-    ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>>;
+    fn consult<'a>(&'a self, dest: &'a Destination) -> Consulting<'a>;
 
     /// What the source found out about a destination, one line per fact
     /// (for `explain`); asked right after [`Source::consult`]. Nothing by
@@ -336,10 +336,7 @@ mod tests {
         fn kind(&self) -> SourceKind {
             SourceKind::Dane
         }
-        fn consult<'a>(
-            &'a self,
-            dest: &'a Destination,
-        ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>> {
+        fn consult<'a>(&'a self, dest: &'a Destination) -> Consulting<'a> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move {
                 if dest.name == self.domain {
@@ -422,10 +419,7 @@ mod tests {
         fn kind(&self) -> SourceKind {
             SourceKind::MtaSts
         }
-        fn consult<'a>(
-            &'a self,
-            _dest: &'a Destination,
-        ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>> {
+        fn consult<'a>(&'a self, _dest: &'a Destination) -> Consulting<'a> {
             Box::pin(async {
                 Consulted::Policy(Decision {
                     level: Level::May,

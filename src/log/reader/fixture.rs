@@ -71,6 +71,25 @@ pub(super) fn run_to_string(q: &LogQuery, format: OutputFormat) -> (RunStats, St
     (stats, String::from_utf8(out).unwrap())
 }
 
+/// Write `data` as the one file `name` and read it as JSON lines.
+pub(super) fn read_one(name: &str, data: &[u8]) -> (RunStats, String) {
+    let dir = TempDir::new().unwrap();
+    let q = LogQuery {
+        files: vec![write_file(&dir, name, data)],
+        ..LogQuery::default()
+    };
+    run_to_string(&q, OutputFormat::Json)
+}
+
+/// [`RunStats`] with these counts.
+pub(super) fn stats_of(lines: u64, matched: u64, bad_lines: u64) -> RunStats {
+    RunStats {
+        lines,
+        matched,
+        bad_lines,
+    }
+}
+
 pub(super) fn matched(f: impl FnOnce(&mut LogQuery)) -> u64 {
     let (_dir, q) = fixture_query(f);
     run_to_string(&q, OutputFormat::Json).0.matched

@@ -172,42 +172,23 @@ pub(super) fn next_line(r: &mut dyn BufRead, buf: &mut Vec<u8>) -> io::Result<Op
 mod tests {
     use super::*;
     use crate::log::reader::fixture::{
-        L1, L2, L3, L4, L6, fixture, gzip, run_to_string, write_file,
+        L1, L2, L3, L4, L6, fixture, gzip, read_one, run_to_string, stats_of, write_file,
     };
     use crate::log::reader::{LogQuery, OutputFormat, RunStats, run};
     use tempfile::TempDir;
 
     #[test]
     fn truncated_last_line_is_bad() {
-        let dir = TempDir::new().unwrap();
         let data = format!("{L1}\n{L2}\n{}", &L3[..60]);
-        let p = write_file(&dir, "live.jsonl", data.as_bytes());
-        let q = LogQuery {
-            files: vec![p],
-            ..LogQuery::default()
-        };
-        let (stats, out) = run_to_string(&q, OutputFormat::Json);
-        assert_eq!(
-            stats,
-            RunStats {
-                lines: 3,
-                matched: 2,
-                bad_lines: 1
-            }
-        );
+        let (stats, out) = read_one("live.jsonl", data.as_bytes());
+        assert_eq!(stats, stats_of(3, 2, 1));
         assert_eq!(out, format!("{L1}\n{L2}\n"));
     }
 
     #[test]
     fn complete_last_line_without_newline_and_crlf() {
-        let dir = TempDir::new().unwrap();
         let data = format!("{L1}\r\n{L2}");
-        let p = write_file(&dir, "live.jsonl", data.as_bytes());
-        let q = LogQuery {
-            files: vec![p],
-            ..LogQuery::default()
-        };
-        let (stats, out) = run_to_string(&q, OutputFormat::Json);
+        let (stats, out) = read_one("live.jsonl", data.as_bytes());
         assert_eq!(stats.matched, 2);
         assert_eq!(stats.bad_lines, 0);
         assert_eq!(out, format!("{L1}\n{L2}\n"));
@@ -227,14 +208,7 @@ mod tests {
             ..LogQuery::default()
         };
         let (stats, out) = run_to_string(&q, OutputFormat::Json);
-        assert_eq!(
-            stats,
-            RunStats {
-                lines: 3,
-                matched: 2,
-                bad_lines: 1
-            }
-        );
+        assert_eq!(stats, stats_of(3, 2, 1));
         assert_eq!(out, format!("{L1}\n{L2}\n"));
     }
 
@@ -308,14 +282,7 @@ mod tests {
             ..LogQuery::default()
         };
         let (stats, out) = run_to_string(&q, OutputFormat::Json);
-        assert_eq!(
-            stats,
-            RunStats {
-                lines: 1,
-                matched: 0,
-                bad_lines: 1
-            }
-        );
+        assert_eq!(stats, stats_of(1, 0, 1));
         assert_eq!(out, "");
     }
 
@@ -441,14 +408,7 @@ mod tests {
             ..LogQuery::default()
         };
         let (stats, out) = run_to_string(&q, OutputFormat::Json);
-        assert_eq!(
-            stats,
-            RunStats {
-                lines: 5,
-                matched: 4,
-                bad_lines: 1
-            }
-        );
+        assert_eq!(stats, stats_of(5, 4, 1));
         assert_eq!(out, format!("{L1}\n{L2}\n{L3}\n{L6}\n"));
     }
 }

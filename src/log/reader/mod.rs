@@ -218,7 +218,8 @@ mod fixture;
 #[cfg(test)]
 mod tests {
     use super::fixture::{
-        L1, L2, L3, L6, L7, L8, fixture_query, gzip, matched_lines, run_to_string, write_file,
+        L1, L2, L3, L6, L7, L8, fixture_query, gzip, matched_lines, read_one, run_to_string,
+        stats_of, write_file,
     };
     use super::*;
     use tempfile::TempDir;
@@ -227,14 +228,7 @@ mod tests {
     fn no_filter_reads_everything() {
         let (_dir, q) = fixture_query(|_| {});
         let (stats, out) = run_to_string(&q, OutputFormat::Json);
-        assert_eq!(
-            stats,
-            RunStats {
-                lines: 9,
-                matched: 6,
-                bad_lines: 2
-            }
-        );
+        assert_eq!(stats, stats_of(9, 6, 2));
         assert_eq!(
             out,
             [L1, L2, L3, L6, L7, L8].map(|l| format!("{l}\n")).concat()
@@ -249,7 +243,6 @@ mod tests {
 
     #[test]
     fn bad_lines_are_counted_not_fatal() {
-        let dir = TempDir::new().unwrap();
         let mut data = Vec::new();
         for l in [
             L1,
@@ -268,20 +261,8 @@ mod tests {
         }
         data.extend_from_slice(b"\xff\xfe not utf-8 \x80\n");
         data.extend_from_slice(b"   \n\r\n");
-        let p = write_file(&dir, "bad.jsonl", &data);
-        let q = LogQuery {
-            files: vec![p],
-            ..LogQuery::default()
-        };
-        let (stats, out) = run_to_string(&q, OutputFormat::Json);
-        assert_eq!(
-            stats,
-            RunStats {
-                lines: 13,
-                matched: 2,
-                bad_lines: 9
-            }
-        );
+        let (stats, out) = read_one("bad.jsonl", &data);
+        assert_eq!(stats, stats_of(13, 2, 9));
         assert_eq!(out, format!("{L1}\n{L2}\n"));
     }
 

@@ -44,7 +44,6 @@ pub mod record;
 pub mod stored;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -58,7 +57,7 @@ use crate::cache::{
 use crate::dns::secure::SecureResolver;
 use crate::engine::decision::SourceKind;
 use crate::engine::key::Destination;
-use crate::engine::{Consulted, Source};
+use crate::engine::{Consulted, Consulting, Source};
 pub use assess::{Assessment, Outcome};
 pub use config::{DaneConfig, FailPolicy};
 pub use record::{DaneRecord, LastDane, decide};
@@ -384,10 +383,7 @@ impl Source for DaneSource {
         SourceKind::Dane
     }
 
-    fn consult<'a>(
-        &'a self,
-        dest: &'a Destination,
-    ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>> {
+    fn consult<'a>(&'a self, dest: &'a Destination) -> Consulting<'a> {
         Box::pin(self.consult_domain(&dest.name))
     }
 

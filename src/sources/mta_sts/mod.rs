@@ -43,8 +43,6 @@ pub mod policy;
 pub mod record;
 pub mod report;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,7 +56,7 @@ use crate::cache::{CacheConfig, CacheFound, CacheObserver, Flight, TtlCache};
 use crate::dns::{LookupError, Resolver};
 use crate::engine::decision::SourceKind;
 use crate::engine::key::Destination;
-use crate::engine::{Consulted, Source};
+use crate::engine::{Consulted, Consulting, Source};
 pub use cached::{CacheState, Cached, Negative, Persisted};
 use cached::{Settings, Slot, build_cached, rebuild};
 pub use config::MtaStsConfig;
@@ -445,10 +443,7 @@ impl Source for MtaSts {
         SourceKind::MtaSts
     }
 
-    fn consult<'a>(
-        &'a self,
-        dest: &'a Destination,
-    ) -> Pin<Box<dyn Future<Output = Consulted> + Send + 'a>> {
+    fn consult<'a>(&'a self, dest: &'a Destination) -> Consulting<'a> {
         Box::pin(self.lookup(&dest.name))
     }
 }
