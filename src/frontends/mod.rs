@@ -36,6 +36,12 @@ impl Live {
     }
 }
 
+/// The longest a message door (policy server, milter) takes to answer one
+/// request unless its section says; after it, the fail-safe answer.
+pub fn default_request_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
 /// What every front door is handed: the live configuration, the decision
 /// log and the metrics, wherever they live.
 pub trait Backend: Send + Sync {

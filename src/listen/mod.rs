@@ -99,17 +99,18 @@ pub struct SocketOptions {
 impl SocketOptions {
     /// From a section's `socket_mode` (octal text, checked by the
     /// section's validation), `socket_owner` and `socket_group`.
-    pub fn from_settings(
-        mode: Option<&str>,
-        owner: Option<&String>,
-        group: Option<&String>,
-    ) -> SocketOptions {
+    pub fn of(mode: &Option<String>, owner: &Option<String>, group: &Option<String>) -> Self {
         SocketOptions {
-            mode: mode.and_then(|m| parse_mode(m).ok()),
-            owner: owner.cloned(),
-            group: group.cloned(),
+            mode: mode.as_deref().and_then(|m| parse_mode(m).ok()),
+            owner: owner.clone(),
+            group: group.clone(),
         }
     }
+}
+
+/// Connections a front door serves at once unless its section says.
+pub fn default_max_connections() -> usize {
+    1024
 }
 
 /// A bound listener.
@@ -204,29 +205,27 @@ fn set_socket_access(path: &Path, opts: &SocketOptions) -> io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
     let uid = match &opts.owner {
-        Some(name) => Some(
-            nix::unistd::User::from_name(name)
-                .map_err(io::Error::from)?
-                .ok_or_else(|| not_found("user", name))?
-                .uid
-                .as_raw(),
-        ),
+        Some(name) => Some(user_id(name)?),
         None => None,
     };
     let gid = match &opts.group {
-        Some(name) => Some(
-            nix::unistd::Group::from_name(name)
-                .map_err(io::Error::from)?
-                .ok_or_else(|| not_found("group", name))?
-                .gid
-                .as_raw(),
-        ),
+        Some(name) => Some(group_id(name)?),
         None => None,
     };
     if uid.is_some() || gid.is_some() {
         std::os::unix::fs::chown(path, uid, gid)?;
     }
     Ok(())
+}
+
+fn user_id(name: &str) -> io::Result<u32> {
+    let user = nix::unistd::User::from_name(name).map_err(io::Error::from)?;
+    Ok(user.ok_or_else(|| not_found("user", name))?.uid.as_raw())
+}
+
+fn group_id(name: &str) -> io::Result<u32> {
+    let group = nix::unistd::Group::from_name(name).map_err(io::Error::from)?;
+    Ok(group.ok_or_else(|| not_found("group", name))?.gid.as_raw())
 }
 
 fn not_found(what: &str, name: &str) -> io::Error {

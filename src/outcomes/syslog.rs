@@ -179,8 +179,13 @@ fn parse_traditional(s: &str, hint: YearHint) -> Option<(LogTime, &str)> {
         return None;
     }
     let day = u8::try_from(parse_digits(day)?).ok()?;
-    let (hour, minute, second, nanos, rest) = parse_clock(rest)?;
-    let year = hint.year_for(month);
+    let (clock, rest) = parse_clock(rest)?;
+    Some((dated(hint.year_for(month), month, day, clock, None)?, rest))
+}
+
+/// A valid time from its parts.
+fn dated(year: i32, month: u8, day: u8, clock: Clock, offset: Option<i32>) -> Option<LogTime> {
+    let (hour, minute, second, nanos) = clock;
     let time = LogTime {
         year,
         month,
@@ -189,9 +194,9 @@ fn parse_traditional(s: &str, hint: YearHint) -> Option<(LogTime, &str)> {
         minute,
         second,
         nanos,
-        offset: None,
+        offset,
     };
-    valid(&time).then_some((time, rest))
+    valid(&time).then_some(time)
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|+HHMM)`.
@@ -203,7 +208,7 @@ fn parse_rfc3339(s: &str) -> Option<(LogTime, &str)> {
     let year = i32::try_from(parse_digits(s.get(0..4)?)?).ok()?;
     let month = u8::try_from(parse_digits(s.get(5..7)?)?).ok()?;
     let day = u8::try_from(parse_digits(s.get(8..10)?)?).ok()?;
-    let (hour, minute, second, nanos, rest) = parse_clock(s.get(11..)?)?;
+    let (clock, rest) = parse_clock(s.get(11..)?)?;
     let (offset, rest) = if let Some(r) = rest.strip_prefix(['Z', 'z']) {
         (0, r)
     } else {
@@ -224,21 +229,14 @@ fn parse_rfc3339(s: &str) -> Option<(LogTime, &str)> {
         }
         (sign * i32::try_from(hh * 3600 + mm * 60).ok()?, r)
     };
-    let time = LogTime {
-        year,
-        month,
-        day,
-        hour,
-        minute,
-        second,
-        nanos,
-        offset: Some(offset),
-    };
-    valid(&time).then_some((time, rest))
+    Some((dated(year, month, day, clock, Some(offset))?, rest))
 }
 
+/// Hour, minute, second and nanoseconds.
+type Clock = (u8, u8, u8, u32);
+
 /// `HH:MM:SS[.frac]` at the start of `s`; the rest follows.
-fn parse_clock(s: &str) -> Option<(u8, u8, u8, u32, &str)> {
+fn parse_clock(s: &str) -> Option<(Clock, &str)> {
     let b = s.as_bytes();
     if b.len() < 8 || b[2] != b':' || b[5] != b':' {
         return None;
@@ -260,7 +258,7 @@ fn parse_clock(s: &str) -> Option<(u8, u8, u8, u32, &str)> {
         }
         rest = &r[n..];
     }
-    Some((hour, minute, second, nanos, rest))
+    Some(((hour, minute, second, nanos), rest))
 }
 
 fn valid(t: &LogTime) -> bool {
@@ -317,6 +315,11 @@ fn civil_from_days(z: i64) -> (i32, u8, u8) {
 mod tests {
     use super::*;
 
+    /// A line that must parse (dated by [`HINT`]).
+    fn line(s: &[u8]) -> SyslogLine<'_> {
+        parse_line(s, HINT).unwrap()
+    }
+
     const HINT: YearHint = YearHint {
         year: 2026,
         month: 12,
@@ -324,11 +327,7 @@ mod tests {
 
     #[test]
     fn traditional_space_padded() {
-        let l = parse_line(
-            b"Dec  5 06:47:46 mx1 postfix/smtp[123]: 4F2A1: to=<a@b>",
-            HINT,
-        )
-        .unwrap();
+        let l = line(b"Dec  5 06:47:46 mx1 postfix/smtp[123]: 4F2A1: to=<a@b>");
         assert_eq!(
             (
                 l.time.year,
@@ -349,15 +348,11 @@ mod tests {
 
     #[test]
     fn postlogd_zero_padded_and_instances() {
-        let l = parse_line(
-            b"Dec 05 07:30:54 out postfix-out/smtp[4991]: hello: world",
-            HINT,
-        )
-        .unwrap();
+        let l = line(b"Dec 05 07:30:54 out postfix-out/smtp[4991]: hello: world");
         assert_eq!(l.time.day, 5);
         assert_eq!((l.syslog_name(), l.daemon()), ("postfix-out", "smtp"));
         assert_eq!(l.message, "hello: world");
-        let l = parse_line(b"Dec 05 07:30:54 h postfix/submission/smtpd[1]: x", HINT).unwrap();
+        let l = line(b"Dec 05 07:30:54 h postfix/submission/smtpd[1]: x");
         assert_eq!(
             (l.syslog_name(), l.daemon()),
             ("postfix/submission", "smtpd")
@@ -381,32 +376,28 @@ mod tests {
 
     #[test]
     fn rfc3339_variants() {
-        let l = parse_line(
-            b"2026-12-05T06:47:46.123456+01:00 mx1 postfix/lmtp[9]: m",
-            HINT,
-        )
-        .unwrap();
+        let l = line(b"2026-12-05T06:47:46.123456+01:00 mx1 postfix/lmtp[9]: m");
         assert_eq!(l.time.nanos, 123_456_000);
         assert_eq!(l.time.offset, Some(3600));
         assert_eq!(l.daemon(), "lmtp");
         let t = l.time.to_system_time(0).unwrap();
         let want = humantime::parse_rfc3339("2026-12-05T05:47:46.123456Z").unwrap();
         assert_eq!(t, want);
-        let l = parse_line(b"2026-12-05T06:47:46+0000 mx1 postfix/smtp[9]: m", HINT).unwrap();
+        let l = line(b"2026-12-05T06:47:46+0000 mx1 postfix/smtp[9]: m");
         assert_eq!(l.time.offset, Some(0));
-        let l = parse_line(b"2026-12-05T06:47:46Z mx1 postfix/smtp[9]: m", HINT).unwrap();
+        let l = line(b"2026-12-05T06:47:46Z mx1 postfix/smtp[9]: m");
         assert_eq!(
             l.time.to_system_time(7200).unwrap(),
             humantime::parse_rfc3339("2026-12-05T06:47:46Z").unwrap()
         );
-        let l = parse_line(b"2026-12-05T06:47:46-05:30 h p: m", HINT).unwrap();
+        let l = line(b"2026-12-05T06:47:46-05:30 h p: m");
         assert_eq!(l.time.offset, Some(-(5 * 3600 + 30 * 60)));
         assert_eq!(l.pid, None);
     }
 
     #[test]
     fn traditional_to_system_time_uses_local_offset() {
-        let l = parse_line(b"Dec  5 06:47:46 h postfix/smtp[1]: x", HINT).unwrap();
+        let l = line(b"Dec  5 06:47:46 h postfix/smtp[1]: x");
         assert_eq!(
             l.time.to_system_time(3600).unwrap(),
             humantime::parse_rfc3339("2026-12-05T05:47:46Z").unwrap()
@@ -415,22 +406,13 @@ mod tests {
 
     #[test]
     fn year_hint_from_system_time() {
-        let t = humantime::parse_rfc3339("2027-01-01T00:00:00Z").unwrap();
-        assert_eq!(
-            YearHint::from_system_time(t),
-            YearHint {
-                year: 2027,
-                month: 1
-            }
-        );
-        let t = humantime::parse_rfc3339("2024-02-29T23:59:59Z").unwrap();
-        assert_eq!(
-            YearHint::from_system_time(t),
-            YearHint {
-                year: 2024,
-                month: 2
-            }
-        );
+        for (at, year, month) in [
+            ("2027-01-01T00:00:00Z", 2027, 1),
+            ("2024-02-29T23:59:59Z", 2024, 2),
+        ] {
+            let t = humantime::parse_rfc3339(at).unwrap();
+            assert_eq!(YearHint::from_system_time(t), YearHint { year, month });
+        }
     }
 
     #[test]
@@ -456,7 +438,7 @@ mod tests {
         );
         assert_eq!(parse_line(b"Dec  5 06:47:46 h p[x]: m", HINT), Err(BadPid));
         assert_eq!(parse_line(b"Dec  5 06:47:46 h p[]: m", HINT), Err(BadPid));
-        let l = parse_line(b"Dec  5 06:47:46 h postfix/smtp[1]:", HINT).unwrap();
+        let l = line(b"Dec  5 06:47:46 h postfix/smtp[1]:");
         assert_eq!(l.message, "");
     }
 

@@ -535,25 +535,29 @@ mod tests {
             v(vec![r("a", NoStarttls), r("b", NoStarttls)]),
             "no_starttls"
         );
-        assert_eq!(v(vec![r("a", NoStarttls), r("b", Unknown)]), "unknown");
-        assert_eq!(v(vec![r("a", Unknown)]), "unknown");
-        assert_eq!(v(vec![]), "unknown");
-        assert_eq!(
-            v(vec![r("a", NoStarttls), r("b", TlsUnverified)]),
-            "starttls_unverified"
-        );
-        assert_eq!(
-            v(vec![r("a", StarttlsFailed), r("b", TlsUnverified)]),
-            "starttls_offered"
-        );
-        assert_eq!(
-            v(vec![r("a", Unknown), r("b", TlsUnverified)]),
-            "starttls_offered"
-        );
-        assert_eq!(
-            v(vec![r("a", Unknown), r("b", TlsVerified)]),
-            "starttls_verified"
-        );
+        for (rows, want) in [
+            (vec![r("a", NoStarttls), r("b", Unknown)], "unknown"),
+            (vec![r("a", Unknown)], "unknown"),
+            (vec![], "unknown"),
+            (
+                vec![r("a", NoStarttls), r("b", TlsUnverified)],
+                "starttls_unverified",
+            ),
+            (
+                vec![r("a", StarttlsFailed), r("b", TlsUnverified)],
+                "starttls_offered",
+            ),
+            (
+                vec![r("a", Unknown), r("b", TlsUnverified)],
+                "starttls_offered",
+            ),
+            (
+                vec![r("a", Unknown), r("b", TlsVerified)],
+                "starttls_verified",
+            ),
+        ] {
+            assert_eq!(v(rows), want);
+        }
         // Two addresses of one host: the host counts as known when one answered.
         assert_eq!(v(vec![r("a", Unknown), r("a", NoStarttls)]), "no_starttls");
     }

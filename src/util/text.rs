@@ -34,31 +34,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn printable_ascii_replaces_and_bounds() {
-        // A multi-byte character counts as one and becomes one byte.
+    fn printable_ascii_replaces_and_bounds_and_cut_keeps_characters_whole() {
+        // (input, limit, printable_ascii, cut): printable_ascii counts
+        // characters (a multi-byte one becomes one `?`), cut counts bytes
+        // and never splits a character.
         let cases = [
-            ("a b\r\nc\u{e9}\t~", 100, "a b??c??~"),
-            ("abcdef", 3, "abc"),
-            ("abc", 3, "abc"),
-            ("", 3, ""),
-            ("\u{1F600}\u{1F600}x", 2, "??"),
+            ("a b\r\nc\u{e9}\t~", 100, "a b??c??~", "a b\r\nc\u{e9}\t~"),
+            ("abcdef", 3, "abc", "abc"),
+            ("abc", 3, "abc", "abc"),
+            ("", 3, "", ""),
+            ("\u{1F600}\u{1F600}x", 2, "??", ""),
+            ("ab\u{e9}", 3, "ab?", "ab"),
+            ("ab\u{e9}", 4, "ab?", "ab\u{e9}"),
+            ("abc", 0, "", ""),
         ];
-        for (s, max, want) in cases {
-            assert_eq!(printable_ascii(s, max), want, "{s:?} {max}");
-        }
-    }
-
-    #[test]
-    fn cut_on_character_boundaries() {
-        let cases = [
-            ("abc", 3, "abc"),
-            ("abcd", 3, "abc"),
-            ("ab\u{e9}", 3, "ab"),
-            ("ab\u{e9}", 4, "ab\u{e9}"),
-            ("", 0, ""),
-        ];
-        for (s, max, want) in cases {
-            assert_eq!(cut(s, max), want, "{s:?} {max}");
+        for (s, max, printable, cutted) in cases {
+            assert_eq!(printable_ascii(s, max), printable, "{s:?} {max}");
+            assert_eq!(cut(s, max), cutted, "{s:?} {max}");
         }
     }
 }

@@ -49,11 +49,11 @@ pub struct MilterConfig {
     pub max_header_bytes: usize,
     /// MTA connections served at once (Postfix opens one per smtpd
     /// process).
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "crate::listen::default_max_connections")]
     pub max_connections: usize,
     /// Longest time for one stage; after it, "continue".
     #[serde(
-        default = "default_request_timeout",
+        default = "crate::frontends::default_request_timeout",
         with = "crate::util::duration::human"
     )]
     pub request_timeout: Duration,
@@ -68,20 +68,10 @@ fn default_max_recipients() -> usize {
 fn default_max_header_bytes() -> usize {
     256 * 1024
 }
-fn default_max_connections() -> usize {
-    1024
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(10)
-}
 
 impl MilterConfig {
     pub fn socket_options(&self) -> SocketOptions {
-        SocketOptions::from_settings(
-            self.socket_mode.as_deref(),
-            self.socket_owner.as_ref(),
-            self.socket_group.as_ref(),
-        )
+        SocketOptions::of(&self.socket_mode, &self.socket_owner, &self.socket_group)
     }
 
     /// Check the values on their own. The error names the key
@@ -155,7 +145,7 @@ impl Default for MilterSettings {
             routing_header: None,
             max_recipients: default_max_recipients(),
             max_header_bytes: default_max_header_bytes(),
-            request_timeout: default_request_timeout(),
+            request_timeout: crate::frontends::default_request_timeout(),
         }
     }
 }

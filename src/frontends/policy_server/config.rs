@@ -32,7 +32,7 @@ pub struct PolicyServerConfig {
     /// header.
     pub trace_header: Option<String>,
     /// Connections served at once (Postfix keeps one per smtpd process).
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "crate::listen::default_max_connections")]
     pub max_connections: usize,
     /// Close a connection with no request for this long. Longer than
     /// Postfix's `smtpd_policy_service_max_idle` (300 s), so Postfix
@@ -41,7 +41,7 @@ pub struct PolicyServerConfig {
     pub idle_timeout: Duration,
     /// Longest time to answer one request; after it, `DUNNO`.
     #[serde(
-        default = "default_request_timeout",
+        default = "crate::frontends::default_request_timeout",
         with = "crate::util::duration::human"
     )]
     pub request_timeout: Duration,
@@ -51,23 +51,13 @@ fn default_forced_transport() -> String {
     "smtp-tls-forced".into()
 }
 
-fn default_max_connections() -> usize {
-    1024
-}
 fn default_idle() -> Duration {
     Duration::from_secs(600)
-}
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 impl PolicyServerConfig {
     pub fn socket_options(&self) -> SocketOptions {
-        SocketOptions::from_settings(
-            self.socket_mode.as_deref(),
-            self.socket_owner.as_ref(),
-            self.socket_group.as_ref(),
-        )
+        SocketOptions::of(&self.socket_mode, &self.socket_owner, &self.socket_group)
     }
 
     /// Check the values on their own. The error names the key
@@ -132,7 +122,7 @@ impl Default for PolicyServerSettings {
             forced_transport: Arc::from(default_forced_transport()),
             trace_header: None,
             idle_timeout: default_idle(),
-            request_timeout: default_request_timeout(),
+            request_timeout: crate::frontends::default_request_timeout(),
         }
     }
 }

@@ -28,7 +28,7 @@ pub struct SocketmapConfig {
     #[serde(default)]
     pub default_reply: DefaultReply,
     /// Connections served at once; more wait in the listen queue.
-    #[serde(default = "default_max_connections")]
+    #[serde(default = "crate::listen::default_max_connections")]
     pub max_connections: usize,
     /// Close a connection with no request for this long (`"5m"`).
     #[serde(default = "default_idle", with = "crate::util::duration::human")]
@@ -40,9 +40,6 @@ pub(crate) fn default_map() -> String {
 }
 pub(crate) fn default_forced_map() -> String {
     "tls_forced".into()
-}
-fn default_max_connections() -> usize {
-    1024
 }
 pub(crate) fn default_idle() -> Duration {
     Duration::from_secs(300)
@@ -61,11 +58,7 @@ pub enum DefaultReply {
 
 impl SocketmapConfig {
     pub fn socket_options(&self) -> SocketOptions {
-        SocketOptions::from_settings(
-            self.socket_mode.as_deref(),
-            self.socket_owner.as_ref(),
-            self.socket_group.as_ref(),
-        )
+        SocketOptions::of(&self.socket_mode, &self.socket_owner, &self.socket_group)
     }
 
     /// The checks serde cannot make: `(key, problem)`.

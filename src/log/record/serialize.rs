@@ -34,25 +34,13 @@ impl Serialize for DecisionRecord {
 fn lookup<M: SerializeMap>(m: &mut M, l: &Lookup) -> Result<(), M::Error> {
     m.serialize_entry("map", &*l.map)?;
     let level = l.reply == LookupReply::Ok;
-    decision(
-        m,
-        &l.key,
-        l.domain.as_deref(),
-        &l.decision,
-        level,
-        l.reply.as_str(),
-    )
+    let decided = (&*l.key, l.domain.as_deref(), &l.decision);
+    decision(m, decided, level, l.reply.as_str())
 }
 
 fn recipient<M: SerializeMap>(m: &mut M, r: &Recipient) -> Result<(), M::Error> {
-    decision(
-        m,
-        &r.key,
-        r.domain.as_deref(),
-        &r.decision,
-        true,
-        r.action.verb(),
-    )?;
+    let decided = (&*r.key, r.domain.as_deref(), &r.decision);
+    decision(m, decided, true, r.action.verb())?;
     opt(m, "instance", r.instance.as_deref())?;
     m.serialize_entry("sender", &r.envelope.sender)?;
     m.serialize_entry("recipient", &r.recipient)?;
@@ -107,11 +95,12 @@ fn milter_fields<M: SerializeMap>(m: &mut M, x: &MilterMessage) -> Result<(), M:
 
 /// The decision's fields, with the reply code between `level` and
 /// `source`; `level` only when `with_level`.
+/// The key, its domain and the decision for it.
+type Decided<'a> = (&'a str, Option<&'a str>, &'a Decision);
+
 fn decision<M: SerializeMap>(
     m: &mut M,
-    key: &str,
-    domain: Option<&str>,
-    d: &Decision,
+    (key, domain, d): Decided<'_>,
     with_level: bool,
     reply: &str,
 ) -> Result<(), M::Error> {
