@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::daemon::Context;
+use crate::engine::policy_file::PolicyFile;
 use crate::http::{self, Response};
 use crate::listen::{ListenAddr, Listener};
-use crate::metrics::{Cache, Frontend, RecentError, ReloadStatus, Writer};
+use crate::metrics::{Cache, Frontend, Metrics, RecentError, ReloadStatus, Writer};
 
 /// Content type of the Prometheus text format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -88,11 +88,25 @@ fn frontend_named(name: &str) -> Option<Frontend> {
     Frontend::ALL.into_iter().find(|f| f.as_str() == name)
 }
 
+/// What the health report and `/metrics` read from the running daemon
+/// (the daemon implements it; health knows nothing else of it).
+pub trait Observed: Send + Sync {
+    fn metrics(&self) -> &Metrics;
+    /// The policy file in force.
+    fn policy(&self) -> Arc<PolicyFile>;
+    /// When the configuration in force was loaded.
+    fn last_reload(&self) -> SystemTime;
+    /// Where decision records go (a path, or `-`).
+    fn decision_log_target(&self) -> String;
+    /// Decision records dropped so far.
+    fn decision_log_dropped(&self) -> u64;
+}
+
 impl Health {
     /// The report for a running daemon.
-    pub fn of(ctx: &Context) -> Health {
-        let m = &ctx.metrics;
-        let policy = ctx.engine().policy().clone();
+    pub fn of(ctx: &dyn Observed) -> Health {
+        let m = ctx.metrics();
+        let policy = ctx.policy();
         let (ok, failed) = m.reloads();
         let last = m.last_reload();
         let degraded = last.as_ref().is_some_and(|r| !r.ok);
@@ -133,8 +147,8 @@ impl Health {
             caches,
             reloads: ReloadsHealth { ok, failed, last },
             decision_log: DecisionLogHealth {
-                target: ctx.config().log.decisions.display().to_string(),
-                dropped: ctx.log.dropped(),
+                target: ctx.decision_log_target(),
+                dropped: ctx.decision_log_dropped(),
             },
             recent_errors: m.recent_errors(),
         }
@@ -243,24 +257,24 @@ fn plural(n: u64) -> &'static str {
 }
 
 /// `/metrics`: the registry plus what only the context knows.
-pub fn render_metrics(ctx: &Context) -> String {
+pub fn render_metrics(ctx: &dyn Observed) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    ctx.metrics.render(&mut out);
+    ctx.metrics().render(&mut out);
     let mut w = Writer { out: &mut out };
     w.header("build_info", "gauge", "Always 1; the version as a label.");
     w.sample("build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
     w.header("policy_rules", "gauge", "Rules in the running policy file.");
-    w.sample(
-        "policy_rules",
-        &[],
-        ctx.engine().policy().clone().rules().len() as u64,
-    );
+    w.sample("policy_rules", &[], ctx.policy().rules().len() as u64);
     w.header(
         "decision_log_dropped_total",
         "counter",
         "Decision records dropped because the writer could not keep up.",
     );
-    w.sample("decision_log_dropped_total", &[], ctx.log.dropped());
+    w.sample(
+        "decision_log_dropped_total",
+        &[],
+        ctx.decision_log_dropped(),
+    );
     w.header(
         "last_load_timestamp_seconds",
         "gauge",
@@ -275,7 +289,7 @@ pub fn render_metrics(ctx: &Context) -> String {
 }
 
 /// The answer for one path.
-pub fn respond(ctx: &Context, path: &str) -> Response {
+pub fn respond(ctx: &dyn Observed, path: &str) -> Response {
     match path {
         "/metrics" => Response::new(200, METRICS_CONTENT_TYPE, render_metrics(ctx)),
         "/health" => match serde_json::to_vec_pretty(&Health::of(ctx)) {
@@ -299,12 +313,12 @@ pub fn respond(ctx: &Context, path: &str) -> Response {
 }
 
 /// Serve `/metrics` and `/health` until `shutdown`.
-pub async fn serve(ctx: Arc<Context>, listener: Listener, shutdown: CancellationToken) {
+pub async fn serve(ctx: Arc<dyn Observed>, listener: Listener, shutdown: CancellationToken) {
     http::serve(
         listener,
         move |path: String| {
             let ctx = ctx.clone();
-            async move { respond(&ctx, &path) }
+            async move { respond(&*ctx, &path) }
         },
         shutdown,
     )

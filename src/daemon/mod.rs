@@ -243,7 +243,31 @@ impl Context {
     pub fn last_reload(&self) -> SystemTime {
         **self.last_reload.load()
     }
+}
 
+impl crate::health::Observed for Context {
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn policy(&self) -> Arc<PolicyFile> {
+        self.engine().policy().clone()
+    }
+
+    fn last_reload(&self) -> SystemTime {
+        Context::last_reload(self)
+    }
+
+    fn decision_log_target(&self) -> String {
+        self.config().log.decisions.display().to_string()
+    }
+
+    fn decision_log_dropped(&self) -> u64 {
+        self.log.dropped()
+    }
+}
+
+impl Context {
     /// SIGHUP: reopen the decision log (logrotate), then re-read the config
     /// and the policy file. Nothing changes unless both load cleanly: a
     /// broken file leaves the running policy in place.

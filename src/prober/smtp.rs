@@ -2,7 +2,6 @@
 //! section 4.2), EHLO keywords, and a connection that reads replies under
 //! a deadline and with bounded memory.
 
-use std::fmt;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -55,39 +54,28 @@ impl SmtpReply {
 }
 
 /// A reply that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {
     /// A line longer than [`MAX_LINE`].
+    #[error("reply line longer than {MAX_LINE} bytes")]
     LineTooLong,
     /// More than [`MAX_LINES`] lines in one reply.
+    #[error("reply longer than {MAX_LINES} lines")]
     TooManyLines,
     /// A line that is not `DDD`, `DDD text` or `DDD-text`, or a
     /// continuation line with another code.
+    #[error("malformed reply line {0:?}")]
     Malformed(String),
     /// The server closed the connection (possibly mid-reply).
+    #[error("connection closed by the server")]
     Closed,
     /// No complete reply within the deadline.
+    #[error("no reply within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
     /// A socket error.
+    #[error("read error: {0}")]
     Io(String),
 }
-
-impl fmt::Display for ReplyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplyError::LineTooLong => write!(f, "reply line longer than {MAX_LINE} bytes"),
-            ReplyError::TooManyLines => write!(f, "reply longer than {MAX_LINES} lines"),
-            ReplyError::Malformed(l) => write!(f, "malformed reply line {l:?}"),
-            ReplyError::Closed => f.write_str("connection closed by the server"),
-            ReplyError::Timeout(d) => {
-                write!(f, "no reply within {}", humantime::format_duration(*d))
-            }
-            ReplyError::Io(e) => write!(f, "read error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ReplyError {}
 
 /// Incremental reply parser: feed it bytes as they arrive, in any split.
 #[derive(Debug, Default)]

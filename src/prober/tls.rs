@@ -17,24 +17,15 @@ use rustls::{
 };
 
 /// Why the TLS setup could not be built.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsSetupError {
     /// `extra_ca_file` could not be read or holds no usable certificate.
+    #[error(transparent)]
     ExtraCa(RootsError),
     /// rustls refused the configuration.
+    #[error("prober TLS setup: {0}")]
     Config(String),
 }
-
-impl std::fmt::Display for TlsSetupError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TlsSetupError::ExtraCa(e) => write!(f, "{e}"),
-            TlsSetupError::Config(e) => write!(f, "prober TLS setup: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for TlsSetupError {}
 
 /// What the verifier saw of the server's certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

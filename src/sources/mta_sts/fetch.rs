@@ -6,7 +6,6 @@
 //! [`MAX_POLICY_LEN`] bytes, and a time limit on the whole fetch. HTTP
 //! caches are never consulted: every fetch goes to the server.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,57 +34,38 @@ pub const MAX_ADDRESSES: usize = 4;
 const MAX_QUOTED: usize = 200;
 
 /// Why a policy could not be fetched.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
     /// The policy host has no address.
+    #[error("policy host not found: {0}")]
     Dns(String),
     /// No address accepted a TCP connection.
+    #[error("cannot connect to the policy host: {0}")]
     Connect(String),
     /// TLS failed (certificate not trusted or not for the name, protocol).
+    #[error("TLS with the policy host failed: {0}")]
     Tls(String),
     /// The HTTP exchange failed.
+    #[error("HTTP error: {0}")]
     Http(String),
     /// The server answered a redirect, which RFC 8461 forbids following.
+    #[error(
+        "the policy host answered a redirect ({status} to {location:?}); redirects are not followed"
+    )]
     Redirect { status: u16, location: String },
     /// A status other than 200.
+    #[error("the policy host answered HTTP status {0}")]
     Status(u16),
     /// The body is not `text/plain`.
+    #[error("the policy has media type {0:?}, not text/plain")]
     ContentType(String),
     /// The body is larger than [`MAX_POLICY_LEN`].
+    #[error("the policy is larger than {MAX_POLICY_LEN} bytes ({0} bytes or more)")]
     TooLarge(u64),
     /// The whole fetch took longer than allowed.
+    #[error("the fetch did not finish within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
 }
-
-impl fmt::Display for FetchError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            FetchError::Dns(e) => write!(f, "policy host not found: {e}"),
-            FetchError::Connect(e) => write!(f, "cannot connect to the policy host: {e}"),
-            FetchError::Tls(e) => write!(f, "TLS with the policy host failed: {e}"),
-            FetchError::Http(e) => write!(f, "HTTP error: {e}"),
-            FetchError::Redirect { status, location } => write!(
-                f,
-                "the policy host answered a redirect ({status} to {location:?}); redirects are not followed"
-            ),
-            FetchError::Status(s) => write!(f, "the policy host answered HTTP status {s}"),
-            FetchError::ContentType(t) => {
-                write!(f, "the policy has media type {t:?}, not text/plain")
-            }
-            FetchError::TooLarge(n) => write!(
-                f,
-                "the policy is larger than {MAX_POLICY_LEN} bytes ({n} bytes or more)"
-            ),
-            FetchError::Timeout(d) => write!(
-                f,
-                "the fetch did not finish within {}",
-                humantime::format_duration(*d)
-            ),
-        }
-    }
-}
-
-impl std::error::Error for FetchError {}
 
 /// A fetched policy body.
 #[derive(Debug, Clone, PartialEq, Eq)]

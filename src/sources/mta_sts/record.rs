@@ -6,8 +6,6 @@
 //! domain has no usable MTA-STS record (the RFC's rule), as does one that
 //! does not parse.
 
-use std::fmt;
-
 /// Longest TXT record looked at; longer ones are invalid.
 pub const MAX_RECORD_LEN: usize = 1024;
 /// TXT records at one name looked at; more make the answer invalid.
@@ -26,38 +24,21 @@ pub struct StsRecord {
 }
 
 /// Why the TXT records do not give a usable MTA-STS record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
     /// No record starts with `v=STSv1`.
+    #[error("no TXT record starts with v=STSv1")]
     None,
     /// More than one does.
+    #[error("{0} TXT records start with v=STSv1; exactly one is allowed")]
     Several(usize),
     /// More TXT records than [`MAX_RECORDS`].
+    #[error("{0} TXT records; more than {MAX_RECORDS} are not looked at")]
     TooMany(usize),
     /// The one record does not parse.
+    #[error("invalid MTA-STS record {text:?}: {problem}")]
     Invalid { text: String, problem: String },
 }
-
-impl fmt::Display for RecordError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RecordError::None => f.write_str("no TXT record starts with v=STSv1"),
-            RecordError::Several(n) => write!(
-                f,
-                "{n} TXT records start with v=STSv1; exactly one is allowed"
-            ),
-            RecordError::TooMany(n) => write!(
-                f,
-                "{n} TXT records; more than {MAX_RECORDS} are not looked at"
-            ),
-            RecordError::Invalid { text, problem } => {
-                write!(f, "invalid MTA-STS record {text:?}: {problem}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for RecordError {}
 
 /// Whether a TXT string is meant as an MTA-STS record: `v=STSv1` followed
 /// by the end, `;` or white space.
