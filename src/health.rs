@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::engine::policy_file::PolicyFile;
 use crate::http::{self, Response};
 use crate::listen::{ListenAddr, Listener};
-use crate::metrics::{Cache, Frontend, Metrics, RecentError, ReloadStatus, Writer};
+use crate::metrics::{Cache, Fetch, Frontend, Metrics, RecentError, ReloadStatus, Writer};
 
 /// Content type of the Prometheus text format.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -26,8 +26,13 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
     /// `ok`, or `degraded` when the last reload failed (the previous
-    /// configuration keeps serving).
+    /// configuration keeps serving) or a policy source cannot look
+    /// anything up: [`Health::problems`] says why.
     pub status: String,
+    /// Why the status is `degraded`, besides a failed reload (which
+    /// [`Health::reloads`] shows), one sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
     pub version: String,
     pub pid: u32,
     /// RFC 3339.
@@ -102,6 +107,37 @@ pub trait Observed: Send + Sync {
     fn decision_log_dropped(&self) -> u64;
 }
 
+/// Fetches failed in a row before a source counts as unable to look
+/// anything up.
+pub const FAILING_FETCHES: u64 = 5;
+/// ... with no fetch that did not fail for this long.
+pub const FAILING_FOR: Duration = Duration::from_secs(300);
+
+/// Why `fetch`'s source cannot work now, if it cannot: the last
+/// [`FAILING_FETCHES`] or more fetches failed and none succeeded within
+/// [`FAILING_FOR`] (the resolver unreachable, DNSSEC validation failing).
+fn failing(m: &Metrics, fetch: Fetch) -> Option<String> {
+    let (in_a_row, last_ok) = m.fetch_failing(fetch);
+    let recent = last_ok.is_some_and(|t| t.elapsed().is_ok_and(|e| e < FAILING_FOR));
+    if in_a_row < FAILING_FETCHES || recent {
+        return None;
+    }
+    let since = match last_ok {
+        Some(t) => format!(
+            "none succeeded since {}",
+            humantime::format_rfc3339_seconds(t)
+        ),
+        None => "none has succeeded since the start".to_string(),
+    };
+    let what = match fetch {
+        Fetch::Dane => "DANE (TLSA) lookups",
+        Fetch::MtaSts => "MTA-STS policy fetches",
+    };
+    Some(format!(
+        "the last {in_a_row} {what} failed and {since}: is the resolver reachable, and does DNSSEC validation work?"
+    ))
+}
+
 impl Health {
     /// The report for a running daemon.
     pub fn of(ctx: &dyn Observed) -> Health {
@@ -109,7 +145,12 @@ impl Health {
         let policy = ctx.policy();
         let (ok, failed) = m.reloads();
         let last = m.last_reload();
-        let degraded = last.as_ref().is_some_and(|r| !r.ok);
+        let reload_failed = last.as_ref().is_some_and(|r| !r.ok);
+        let problems: Vec<String> = Fetch::ALL
+            .into_iter()
+            .filter_map(|f| failing(m, f))
+            .collect();
+        let degraded = reload_failed || !problems.is_empty();
         let listeners = m
             .listeners()
             .into_iter()
@@ -134,6 +175,7 @@ impl Health {
             .collect();
         Health {
             status: if degraded { "degraded" } else { "ok" }.to_string(),
+            problems,
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             started: humantime::format_rfc3339_seconds(m.started()).to_string(),
@@ -160,6 +202,9 @@ impl Health {
             "tls-policyd {} (pid {}): {}\n",
             self.version, self.pid, self.status
         );
+        for p in &self.problems {
+            let _ = writeln!(out, "problem       {p}");
+        }
         let _ = writeln!(
             out,
             "started       {}, up {}",
@@ -358,10 +403,12 @@ pub fn fetch(addr: &ListenAddr) -> Result<Health, StatusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::FetchResult;
 
     fn sample() -> Health {
         Health {
             status: "degraded".into(),
+            problems: Vec::new(),
             version: "1.2.3".into(),
             pid: 42,
             started: "2026-11-24T10:00:00Z".into(),
@@ -409,6 +456,36 @@ mod tests {
                 message: "reload failed".into(),
             }],
         }
+    }
+
+    #[test]
+    fn sources_failing_in_a_row_are_a_problem() {
+        let m = Metrics::new();
+        let err = |m: &Metrics| m.fetch(Fetch::Dane, FetchResult::Error, Duration::ZERO);
+        for _ in 0..FAILING_FETCHES - 1 {
+            err(&m);
+        }
+        assert_eq!(failing(&m, Fetch::Dane), None, "one short of the limit");
+        err(&m);
+        let p = failing(&m, Fetch::Dane).unwrap();
+        assert!(
+            p.starts_with(
+                "the last 5 DANE (TLSA) lookups failed and none has succeeded since the start"
+            ),
+            "{p}"
+        );
+        assert_eq!(failing(&m, Fetch::MtaSts), None);
+        // A success resets the count, and a recent one keeps the source
+        // healthy even after more failures.
+        m.fetch(Fetch::Dane, FetchResult::None, Duration::ZERO);
+        assert_eq!(failing(&m, Fetch::Dane), None);
+        for _ in 0..FAILING_FETCHES * 2 {
+            err(&m);
+        }
+        assert_eq!(failing(&m, Fetch::Dane), None, "succeeded moments ago");
+        let mut h = sample();
+        h.problems = vec![p.clone()];
+        assert!(h.render_text().contains(&format!("\nproblem       {p}\n")));
     }
 
     #[test]

@@ -358,3 +358,64 @@ decisions = "decisions.jsonl"
         "MTA-STS not asked for both.test"
     );
 }
+
+#[test]
+fn status_is_degraded_while_every_dane_lookup_fails() {
+    let metrics = "failure_ttl = \"1s\"\n\n[metrics]\nlisten = \"inet:127.0.0.1:0\"\n";
+    let Some(lab) = Lab::start(metrics) else {
+        return;
+    };
+    let addr = lab.daemon.listening("metrics");
+    let status = |lab: &Lab| {
+        let out = lab.cli(&["status", "--address", &addr, "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), report)
+    };
+    let mut c = lab.client();
+    // One lookup that works: the resolver answers.
+    assert_eq!(c.query("tls_policy", "dane.test"), "OK dane-only");
+    let (code, report) = status(&lab);
+    assert_eq!((code, report["status"].as_str()), (Some(0), Some("ok")));
+    // Then the resolver fails every query: five lookups in a row is not
+    // yet a problem while one succeeded moments ago...
+    let failing: Vec<String> = (1..=6).map(|i| format!("gone{i}.test")).collect();
+    for d in &failing {
+        lab.dns.servfail(d);
+        c.query("tls_policy", d);
+    }
+    let (code, report) = status(&lab);
+    assert_eq!(
+        (code, report["status"].as_str()),
+        (Some(0), Some("ok")),
+        "{report}"
+    );
+    // ...but a daemon that never got an answer is degraded, and says why.
+    let mut daemon = lab.daemon;
+    daemon.kill();
+    let mut lab = Lab {
+        ns: lab.ns,
+        dns: lab.dns,
+        daemon,
+    };
+    std::fs::remove_file(lab.daemon.dir().join("cache.sqlite")).unwrap();
+    lab.daemon.restart("socketmap");
+    let addr = lab.daemon.listening("metrics");
+    let mut c = lab.client();
+    for d in &failing {
+        c.query("tls_policy", d);
+    }
+    let out = lab.cli(&["status", "--address", &addr, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{report}");
+    assert_eq!(report["status"], "degraded");
+    let problem = report["problems"][0].as_str().unwrap();
+    assert!(
+        problem.starts_with(
+            "the last 6 DANE (TLSA) lookups failed and none has succeeded since the start"
+        ),
+        "{problem}"
+    );
+    let text = lab.cli(&["status", "--address", &addr]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("problem       the last 6 DANE"));
+}

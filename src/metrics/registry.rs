@@ -48,6 +48,10 @@ pub struct Metrics {
     /// [fetch][result]
     pub(super) fetches: [[AtomicU64; 4]; 2],
     pub(super) fetch_seconds: [Histogram; 2],
+    /// Fetches failed in a row, per source (0 after any that did not fail).
+    pub(super) fetch_failing: [AtomicU64; 2],
+    /// Unix seconds of the last fetch that did not fail (0: none yet).
+    pub(super) fetch_last_ok: [AtomicU64; 2],
     pub(super) probe_seconds: Histogram,
     pub(super) slow: Mutex<Slow>,
 }
@@ -78,6 +82,8 @@ impl Metrics {
             cache_seen: Default::default(),
             fetches: Default::default(),
             fetch_seconds: std::array::from_fn(|_| Histogram::new(NETWORK_BUCKETS_US)),
+            fetch_failing: Default::default(),
+            fetch_last_ok: Default::default(),
             probe_seconds: Histogram::new(NETWORK_BUCKETS_US),
             slow: Mutex::new(Slow::default()),
         }
@@ -148,8 +154,29 @@ impl Metrics {
 
     /// A network fetch by a policy source ended.
     pub fn fetch(&self, fetch: Fetch, result: FetchResult, took: Duration) {
-        self.fetches[fetch.index()][result.index()].fetch_add(1, Ordering::Relaxed);
-        self.fetch_seconds[fetch.index()].observe(took);
+        let i = fetch.index();
+        self.fetches[i][result.index()].fetch_add(1, Ordering::Relaxed);
+        self.fetch_seconds[i].observe(took);
+        if result == FetchResult::Error {
+            self.fetch_failing[i].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.fetch_failing[i].store(0, Ordering::Relaxed);
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.fetch_last_ok[i].store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// A source's fetches failing in a row (DNS unreachable, DNSSEC
+    /// failing, ...): how many, and when one last did not fail.
+    pub fn fetch_failing(&self, fetch: Fetch) -> (u64, Option<SystemTime>) {
+        let i = fetch.index();
+        let last = self.fetch_last_ok[i].load(Ordering::Relaxed);
+        (
+            self.fetch_failing[i].load(Ordering::Relaxed),
+            (last > 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(last)),
+        )
     }
 
     /// A STARTTLS probe of a domain ended with this verdict
