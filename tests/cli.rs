@@ -1758,3 +1758,48 @@ fn outside_systemd_log_lines_stay_text() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// serve started by hand as root on a directory that belongs to the service
+
+#[test]
+fn serve_as_root_refuses_to_create_files_in_another_users_directory() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root (run ./scripts/test-all as root)");
+        return;
+    }
+    let s = setup("", Some(GOOD_POLICY));
+    // The directory the package makes for the service's files.
+    let logs = s.dir.path().join("log");
+    std::fs::create_dir(&logs).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    std::os::unix::fs::chown(&logs, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw())).unwrap();
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "listen = \"inet:127.0.0.1:10027\"",
+        "listen = \"inet:127.0.0.1:0\"",
+    );
+    let log_file = logs.join("decisions.jsonl");
+    write(
+        &s.config,
+        &format!("{text}\n[log]\ndecisions = {}\n", toml_path(&log_file)),
+    );
+    let r = run([
+        OsStr::new("serve"),
+        OsStr::new("--config"),
+        s.config.as_os_str(),
+    ]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "key `log.decisions`: {}: running as root would leave root-owned files in {}, which belongs to nobody",
+            log_file.display(),
+            logs.display()
+        )),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("start it as nobody"), "{}", r.stderr);
+    // Nothing was created.
+    assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 0);
+}

@@ -88,6 +88,11 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
         if let Err(e) = super::check_policy_file(&config_path, &config) {
             return fail(&e);
         }
+        // Before any file is opened: nothing left behind that would break
+        // the service's next start.
+        if let Err(e) = crate::daemon::preflight::check(&config, nix::unistd::geteuid().as_raw()) {
+            return fail(&format!("{}: {e}", config_path.display()));
+        }
         let ctx = match Context::with_metrics(&config_path, config.clone(), metrics) {
             Ok(c) => Arc::new(c),
             Err(e) => return fail(&e.to_string()),

@@ -23,6 +23,7 @@ use crate::sources::dane::{DaneError, DaneSource};
 use crate::sources::mta_sts::{MtaSts, MtaStsError};
 use crate::store::Store;
 
+pub mod preflight;
 mod signals;
 
 pub use signals::Signals;
