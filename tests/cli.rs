@@ -1803,3 +1803,31 @@ fn serve_as_root_refuses_to_create_files_in_another_users_directory() {
     // Nothing was created.
     assert_eq!(std::fs::read_dir(&logs).unwrap().count(), 0);
 }
+
+#[test]
+fn a_start_that_cannot_bind_leaves_no_file_behind() {
+    let s = setup("", Some(GOOD_POLICY));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "listen = \"inet:127.0.0.1:10027\"",
+        &format!("listen = \"inet:127.0.0.1:{port}\""),
+    );
+    let log_file = s.dir.path().join("decisions.jsonl");
+    write(
+        &s.config,
+        &format!("{text}\n[log]\ndecisions = {}\n", toml_path(&log_file)),
+    );
+    let r = run([
+        OsStr::new("serve"),
+        OsStr::new("--config"),
+        s.config.as_os_str(),
+    ]);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(r.stderr.contains("key `socketmap.listen`"), "{}", r.stderr);
+    assert!(
+        !log_file.exists(),
+        "the decision log was created: {}",
+        r.stderr
+    );
+}

@@ -93,10 +93,6 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
         if let Err(e) = crate::daemon::preflight::check(&config, nix::unistd::geteuid().as_raw()) {
             return fail(&format!("{}: {e}", config_path.display()));
         }
-        let ctx = match Context::with_metrics(&config_path, config.clone(), metrics) {
-            Ok(c) => Arc::new(c),
-            Err(e) => return fail(&e.to_string()),
-        };
         let listeners = match Listeners::bind(&config) {
             Ok(l) => l,
             Err(e) => return fail(&format!("{}: {e}", config_path.display())),
@@ -118,6 +114,12 @@ pub fn serve(config_path: PathBuf) -> ExitCode {
                 }
             },
             None => None,
+        };
+        // Listeners first, files after: a start that cannot bind leaves no
+        // file behind.
+        let ctx = match Context::with_metrics(&config_path, config.clone(), metrics) {
+            Ok(c) => Arc::new(c),
+            Err(e) => return fail(&e.to_string()),
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(signals.handle(ctx.clone(), shutdown.clone(), notifier.clone()));
