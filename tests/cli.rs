@@ -1762,6 +1762,24 @@ fn outside_systemd_log_lines_stay_text() {
 // ---------------------------------------------------------------------------
 // serve started by hand as root on a directory that belongs to the service
 
+/// `serve` on the setup's config, listening on `port` and logging
+/// decisions to `log_file`, expected to stop by itself.
+fn serve_once(s: &Setup, port: u16, log_file: &Path) -> Run {
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "listen = \"inet:127.0.0.1:10027\"",
+        &format!("listen = \"inet:127.0.0.1:{port}\""),
+    );
+    write(
+        &s.config,
+        &format!("{text}\n[log]\ndecisions = {}\n", toml_path(log_file)),
+    );
+    run([
+        OsStr::new("serve"),
+        OsStr::new("--config"),
+        s.config.as_os_str(),
+    ])
+}
+
 #[test]
 fn serve_as_root_refuses_to_create_files_in_another_users_directory() {
     // SAFETY: geteuid has no preconditions.
@@ -1775,20 +1793,8 @@ fn serve_as_root_refuses_to_create_files_in_another_users_directory() {
     std::fs::create_dir(&logs).unwrap();
     let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
     std::os::unix::fs::chown(&logs, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw())).unwrap();
-    let text = std::fs::read_to_string(&s.config).unwrap().replace(
-        "listen = \"inet:127.0.0.1:10027\"",
-        "listen = \"inet:127.0.0.1:0\"",
-    );
     let log_file = logs.join("decisions.jsonl");
-    write(
-        &s.config,
-        &format!("{text}\n[log]\ndecisions = {}\n", toml_path(&log_file)),
-    );
-    let r = run([
-        OsStr::new("serve"),
-        OsStr::new("--config"),
-        s.config.as_os_str(),
-    ]);
+    let r = serve_once(&s, 0, &log_file);
     assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     assert!(
         r.stderr.contains(&format!(
@@ -1809,20 +1815,8 @@ fn a_start_that_cannot_bind_leaves_no_file_behind() {
     let s = setup("", Some(GOOD_POLICY));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let text = std::fs::read_to_string(&s.config).unwrap().replace(
-        "listen = \"inet:127.0.0.1:10027\"",
-        &format!("listen = \"inet:127.0.0.1:{port}\""),
-    );
     let log_file = s.dir.path().join("decisions.jsonl");
-    write(
-        &s.config,
-        &format!("{text}\n[log]\ndecisions = {}\n", toml_path(&log_file)),
-    );
-    let r = run([
-        OsStr::new("serve"),
-        OsStr::new("--config"),
-        s.config.as_os_str(),
-    ]);
+    let r = serve_once(&s, port, &log_file);
     assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
     assert!(r.stderr.contains("key `socketmap.listen`"), "{}", r.stderr);
     assert!(

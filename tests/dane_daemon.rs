@@ -366,8 +366,8 @@ fn status_is_degraded_while_every_dane_lookup_fails() {
         return;
     };
     let addr = lab.daemon.listening("metrics");
-    let status = |lab: &Lab| {
-        let out = lab.cli(&["status", "--address", &addr, "--json"]);
+    let status = |lab: &Lab, addr: &str| {
+        let out = lab.cli(&["status", "--address", addr, "--json"]);
         let report: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
         (out.status.code(), report)
@@ -375,7 +375,7 @@ fn status_is_degraded_while_every_dane_lookup_fails() {
     let mut c = lab.client();
     // One lookup that works: the resolver answers.
     assert_eq!(c.query("tls_policy", "dane.test"), "OK dane-only");
-    let (code, report) = status(&lab);
+    let (code, report) = status(&lab, &addr);
     assert_eq!((code, report["status"].as_str()), (Some(0), Some("ok")));
     // Then the resolver fails every query: five lookups in a row is not
     // yet a problem while one succeeded moments ago...
@@ -384,7 +384,7 @@ fn status_is_degraded_while_every_dane_lookup_fails() {
         lab.dns.servfail(d);
         c.query("tls_policy", d);
     }
-    let (code, report) = status(&lab);
+    let (code, report) = status(&lab, &addr);
     assert_eq!(
         (code, report["status"].as_str()),
         (Some(0), Some("ok")),
@@ -405,9 +405,8 @@ fn status_is_degraded_while_every_dane_lookup_fails() {
     for d in &failing {
         c.query("tls_policy", d);
     }
-    let out = lab.cli(&["status", "--address", &addr, "--json"]);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{report}");
+    let (code, report) = status(&lab, &addr);
+    assert_eq!(code, Some(2), "{report}");
     assert_eq!(report["status"], "degraded");
     let problem = report["problems"][0].as_str().unwrap();
     assert!(
