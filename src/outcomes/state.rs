@@ -69,7 +69,9 @@ pub fn save(path: &Path, state: &SavedState) -> Result<(), StateError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
-    let text = serde_json::to_vec(state).expect("a position serialises");
+    // Only a log path that is not UTF-8 cannot be written as JSON.
+    let text = serde_json::to_vec(state)
+        .map_err(|e| io(io::Error::new(io::ErrorKind::InvalidData, e)))?;
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&text).map_err(io)?;
     f.sync_all().map_err(io)?;
