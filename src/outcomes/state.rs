@@ -70,8 +70,8 @@ pub fn save(path: &Path, state: &SavedState) -> Result<(), StateError> {
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
     // Only a log path that is not UTF-8 cannot be written as JSON.
-    let text = serde_json::to_vec(state)
-        .map_err(|e| io(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+    let text =
+        serde_json::to_vec(state).map_err(|e| io(io::Error::new(io::ErrorKind::InvalidData, e)))?;
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
     f.write_all(&text).map_err(io)?;
     f.sync_all().map_err(io)?;
