@@ -1090,6 +1090,99 @@ fn log_argument_errors() {
     assert!(err.contains("--file") && err.contains("--config"), "{err}");
 }
 
+/// Delivery outcome records (one held, then delivered; one sent in
+/// plaintext) among the decisions of the live file.
+const DELIVERIES: [&str; 3] = [
+    r#"{"ts":"2026-11-24T10:05:00.000000Z","frontend":"delivery","queue_id":"4XyZ1Q2","recipient":"pay@payroll.example","domain":"payroll.example","relay":"mx1.payroll.example[192.0.2.3]:25","transport":"postfix/smtp","status":"deferred","dsn":"4.7.5","status_text":"Server certificate not verified","tls_trust":"untrusted","tls_protocol":"TLSv1.3","tls_cipher":"TLS_AES_256_GCM_SHA384","tls_failure":"untrusted","decided_by":"policy","tls":"forced","level":"secure match=mx1.payroll.example:mx2.payroll.example","source":"static","rule":2,"reason":"contract requires an authenticated TLS connection","verdict":"held","logged_at":"2026-11-24T10:05:00Z","delay":300}"#,
+    r#"{"ts":"2026-11-24T10:15:00.000000Z","frontend":"delivery","queue_id":"4XyZ1Q2","recipient":"pay@payroll.example","domain":"payroll.example","relay":"mx2.payroll.example[192.0.2.4]:25","transport":"postfix/smtp","status":"sent","dsn":"2.0.0","status_text":"250 2.0.0 Ok: queued as 9F","tls_trust":"verified","tls_protocol":"TLSv1.3","tls_cipher":"TLS_AES_256_GCM_SHA384","decided_by":"policy","tls":"forced","level":"secure match=mx1.payroll.example:mx2.payroll.example","source":"static","rule":2,"reason":"contract requires an authenticated TLS connection","verdict":"verified","logged_at":"2026-11-24T10:15:00Z","delay":900}"#,
+    r#"{"ts":"2026-11-24T10:20:00.000000Z","frontend":"delivery","queue_id":"5B0A2C3","recipient":"friend@gmail.com","domain":"gmail.com","relay":"gmail-smtp-in.l.google.com[192.0.2.5]:25","transport":"postfix/smtp","status":"sent","dsn":"2.0.0","status_text":"250 2.0.0 OK","tls_trust":"none","tls_failure":"not-offered","decided_by":"socketmap","tls":"opportunistic","level":"may","source":"default","reason":"no rule matched","verdict":"plaintext-fallback","logged_at":"2026-11-24T10:20:00Z","delay":0.4}"#,
+];
+
+#[test]
+fn log_outcomes_and_verdicts() {
+    let s = log_setup();
+    let live = std::fs::read_to_string(&s.live).unwrap();
+    write(&s.live, &format!("{live}{}\n", DELIVERIES.join("\n")));
+    let cases: [(&[&str], &[&str]); 7] = [
+        (&["--outcomes"], &DELIVERIES),
+        (&["--verdict", "held"], &DELIVERIES[..1]),
+        (
+            &["--verdict", "held,plaintext-fallback"],
+            &[DELIVERIES[0], DELIVERIES[2]],
+        ),
+        (
+            &["--verdict", "held", "--verdict", "Verified"],
+            &DELIVERIES[..2],
+        ),
+        (&["--outcomes", "--domain", "gmail.com"], &DELIVERIES[2..]),
+        (
+            &["--outcomes", "--queue-id", QID, "--tls", "forced"],
+            &DELIVERIES[..2],
+        ),
+        (
+            &["--outcomes", "--since", "2026-11-24T10:15:00Z"],
+            &DELIVERIES[1..],
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a = args.to_vec();
+        a.push("--json");
+        assert_eq!(json_lines(&s.log(&a)), want.to_vec(), "log {args:?}");
+    }
+    // Without an outcome filter the deliveries are records like any other.
+    assert_eq!(json_lines(&s.log(&["--json", "--queue-id", QID])).len(), 4);
+
+    let r = s.log(&["--outcomes"]);
+    let out = r.ok();
+    let table: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        table[0],
+        [
+            "TS",
+            "QUEUE_ID",
+            "DOMAIN",
+            "STATUS",
+            "TLS_TRUST",
+            "VERDICT",
+            "RELAY",
+            "LEVEL"
+        ]
+    );
+    assert_eq!(
+        table[1][..7],
+        [
+            "2026-11-24T10:05:00.000000Z",
+            QID,
+            "payroll.example",
+            "deferred",
+            "untrusted",
+            "held",
+            "mx1.payroll.example[192.0.2.3]:25"
+        ]
+    );
+    assert_eq!(table.len(), 4, "{out}");
+
+    let r = s.log(&["--summary", "--outcomes"]);
+    let out = r.ok();
+    assert_eq!(
+        summary_section(out, "by verdict (3 delivery records):"),
+        rows(&[("held", 1), ("plaintext-fallback", 1), ("verified", 1)])
+    );
+
+    let r = s.log(&["--verdict", "held,delivered"]);
+    let err = r.fails();
+    assert!(
+        err.contains(
+            "bad --verdict value \"delivered\": expected one of verified, encrypted, \
+             plaintext-fallback, held, violation, policy-unreachable, undecided, not-delivered"
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn log_with_stdout_decision_log_needs_a_file() {
     let s = setup("", Some(GOOD_POLICY));

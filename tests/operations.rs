@@ -804,11 +804,13 @@ fn completion_completes_options_and_values_of_subcommands() {
         "--queue-id",
         "--since",
         "--tls",
+        "--outcomes",
+        "--verdict",
         "--summary",
         "--json",
         "--help",
     ];
-    let cases: [(&str, &[&str], &[&str]); 6] = [
+    let cases: [(&str, &[&str], &[&str]); 7] = [
         ("tls-policyd serve -", serve_opts, &["--json", "--summary"]),
         ("tls-policyd log --", log_opts, &["--address"]),
         (
@@ -817,6 +819,11 @@ fn completion_completes_options_and_values_of_subcommands() {
             &["--summary"],
         ),
         ("tls-policyd log --tls ", &["forced", "opportunistic"], &[]),
+        (
+            "tls-policyd log --verdict ",
+            &["held", "plaintext-fallback", "not-delivered"],
+            &["forced"],
+        ),
         (
             "tls-policyd completions ",
             &["bash", "zsh", "fish"],

@@ -544,7 +544,7 @@ _tls__policyd() {
             return 0
             ;;
         tls__policyd__subcmd__log)
-            opts="-f -c -h --file --config --domain --queue-id --since --tls --summary --json --help"
+            opts="-f -c -h --file --config --domain --queue-id --since --tls --outcomes --verdict --summary --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -580,6 +580,10 @@ _tls__policyd() {
                     ;;
                 --tls)
                     COMPREPLY=($(compgen -W "forced opportunistic" -- "${cur}"))
+                    return 0
+                    ;;
+                --verdict)
+                    COMPREPLY=($(compgen -W "verified encrypted plaintext-fallback held violation policy-unreachable undecided not-delivered" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -31,7 +31,7 @@ complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "explain" -d
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "probe" -d 'Probe a domain\'s mail servers for STARTTLS now and show what the policy decision and the policy server\'s answer would be'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "cache" -d 'The persisted cache (MTA-STS policies and DANE results): list it, show or purge a domain\'s entries'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "check-config" -d 'Load the config and policy file as `serve` would; exit 1 on errors'
-complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "log" -d 'Read decision logs (rotated and gzipped ones too)'
+complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "log" -d 'Read decision logs (rotated and gzipped ones too): decisions and delivery outcomes'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "doctor" -d 'Check Postfix\'s configuration for wiring that bypasses the policy or stops mail (each finding with the command that fixes it), then ask the running daemon through postmap -q. Exit 0 when no problem is found, 1 otherwise'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "status" -d 'Ask a running daemon how it is: listeners, policy, caches, reloads, recent warnings and errors (from the [metrics] listener\'s /health). Exit 0 when it is healthy, 2 when the last reload failed, 1 when it cannot be reached'
 complete -c tls-policyd -n "__fish_tls_policyd_needs_command" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'
@@ -70,7 +70,16 @@ complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l queue-id
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l since -d 'RFC 3339 time, or a duration ago such as 2h or 1d' -r
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l tls -d 'forced or opportunistic' -r -f -a "forced\t''
 opportunistic\t''"
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l summary -d 'Counts by tls, source, level and domain'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l verdict -d 'Only delivery records with this verdict (repeatable, or a comma list)' -r -f -a "verified\t''
+encrypted\t''
+plaintext-fallback\t''
+held\t''
+violation\t''
+policy-unreachable\t''
+undecided\t''
+not-delivered\t''"
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l outcomes -d 'Only delivery outcome records (what Postfix did with each delivery)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l summary -d 'Counts by tls, source, level and domain, and by verdict for delivery records'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -l json -d 'Matching records as JSON lines'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand log" -s h -l help -d 'Print help'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand doctor" -s c -l config -d 'The configuration file' -r -F
@@ -87,7 +96,7 @@ complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log doctor status completions help" -f -a "probe" -d 'Probe a domain\'s mail servers for STARTTLS now and show what the policy decision and the policy server\'s answer would be'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log doctor status completions help" -f -a "cache" -d 'The persisted cache (MTA-STS policies and DANE results): list it, show or purge a domain\'s entries'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log doctor status completions help" -f -a "check-config" -d 'Load the config and policy file as `serve` would; exit 1 on errors'
-complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log doctor status completions help" -f -a "log" -d 'Read decision logs (rotated and gzipped ones too)'
+complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log doctor status completions help" -f -a "log" -d 'Read decision logs (rotated and gzipped ones too): decisions and delivery outcomes'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log doctor status completions help" -f -a "doctor" -d 'Check Postfix\'s configuration for wiring that bypasses the policy or stops mail (each finding with the command that fixes it), then ask the running daemon through postmap -q. Exit 0 when no problem is found, 1 otherwise'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log doctor status completions help" -f -a "status" -d 'Ask a running daemon how it is: listeners, policy, caches, reloads, recent warnings and errors (from the [metrics] listener\'s /health). Exit 0 when it is healthy, 2 when the last reload failed, 1 when it cannot be reached'
 complete -c tls-policyd -n "__fish_tls_policyd_using_subcommand help; and not __fish_seen_subcommand_from serve explain probe cache check-config log doctor status completions help" -f -a "completions" -d 'Print a shell completion script (bash, zsh, fish, elvish, powershell)'

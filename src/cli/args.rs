@@ -72,7 +72,8 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Read decision logs (rotated and gzipped ones too).
+    /// Read decision logs (rotated and gzipped ones too): decisions and
+    /// delivery outcomes.
     Log(super::log::LogOptions),
     /// Check Postfix's configuration for wiring that bypasses the policy
     /// or stops mail (each finding with the command that fixes it), then

@@ -1,9 +1,10 @@
-//! `tls-policyd log`: read decision logs (rotated and gzipped ones too).
+//! `tls-policyd log`: read decision logs (rotated and gzipped ones too):
+//! decisions and delivery outcomes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::Config;
-use crate::log::reader::{self, LogQuery, OutputFormat};
+use crate::log::reader::{self, LogQuery, OutputFormat, Verdict};
 
 /// Options of `tls-policyd log`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -24,9 +25,22 @@ pub struct LogOptions {
     #[arg(long)]
     pub since: Option<String>,
     /// forced or opportunistic.
-    #[arg(long, value_parser = TlsValues)]
+    #[arg(long, value_parser = Offered(vec!["forced", "opportunistic"]))]
     pub tls: Option<String>,
-    /// Counts by tls, source, level and domain.
+    /// Only delivery outcome records (what Postfix did with each delivery).
+    #[arg(long)]
+    pub outcomes: bool,
+    /// Only delivery records with this verdict (repeatable, or a comma
+    /// list).
+    #[arg(
+        long = "verdict",
+        value_name = "VERDICT",
+        value_delimiter = ',',
+        value_parser = Offered(Verdict::ALL.map(Verdict::as_str).to_vec())
+    )]
+    pub verdicts: Vec<String>,
+    /// Counts by tls, source, level and domain, and by verdict for
+    /// delivery records.
     #[arg(long, conflicts_with = "json")]
     pub summary: bool,
     /// Matching records as JSON lines.
@@ -34,12 +48,12 @@ pub struct LogOptions {
     pub json: bool,
 }
 
-/// `--tls`'s values, offered by the shell completions; any text passes
-/// here, so that `log` itself says what is wrong with another value.
+/// An option's values, offered by the shell completions; any text passes
+/// here, so that the command itself says what is wrong with another value.
 #[derive(Clone)]
-struct TlsValues;
+pub(super) struct Offered(pub(super) Vec<&'static str>);
 
-impl clap::builder::TypedValueParser for TlsValues {
+impl clap::builder::TypedValueParser for Offered {
     type Value = String;
 
     fn parse_ref(
@@ -55,39 +69,46 @@ impl clap::builder::TypedValueParser for TlsValues {
         &self,
     ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
         Some(Box::new(
-            ["forced", "opportunistic"]
-                .into_iter()
+            self.0
+                .iter()
+                .copied()
                 .map(clap::builder::PossibleValue::new),
         ))
     }
 }
 
+/// The log files to read: `files` when any are given, else the decision
+/// log `config` names (or the packaged configuration) with its rotated
+/// files. `option` is how the command names its file option.
+pub(super) fn log_files(
+    files: &[PathBuf],
+    config: Option<&Path>,
+    option: &str,
+) -> Result<Vec<PathBuf>, String> {
+    if !files.is_empty() {
+        return Ok(files.to_vec());
+    }
+    let c = config.unwrap_or(Path::new(super::DEFAULT_CONFIG));
+    let loaded = match Config::load(c) {
+        Ok(loaded) => loaded,
+        Err(e) if config.is_none() => {
+            return Err(format!("give {option} FILE or --config FILE ({e})"));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    if loaded.log.decisions.as_os_str() == "-" {
+        return Err(format!(
+            "{}: the decision log goes to standard output; read a file with {option}",
+            c.display()
+        ));
+    }
+    Ok(reader::rotated_files(&loaded.log.decisions))
+}
+
 /// `tls-policyd log`: read decision logs, write the selection to `out`.
 pub fn log(opts: &LogOptions, out: &mut dyn std::io::Write) -> Result<reader::RunStats, String> {
-    let files = if !opts.files.is_empty() {
-        opts.files.clone()
-    } else {
-        let c = opts
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(super::DEFAULT_CONFIG));
-        let config = match Config::load(&c) {
-            Ok(config) => config,
-            Err(e) if opts.config.is_none() => {
-                return Err(format!("give --file FILE or --config FILE ({e})"));
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        if config.log.decisions.as_os_str() == "-" {
-            return Err(format!(
-                "{}: the decision log goes to standard output; read a file with --file",
-                c.display()
-            ));
-        }
-        reader::rotated_files(&config.log.decisions)
-    };
     let query = LogQuery {
-        files,
+        files: log_files(&opts.files, opts.config.as_deref(), "--file")?,
         domain: opts
             .domain
             .as_deref()
@@ -106,6 +127,13 @@ pub fn log(opts: &LogOptions, out: &mut dyn std::io::Write) -> Result<reader::Ru
             .as_deref()
             .map(reader::parse_tls)
             .transpose()
+            .map_err(|e| e.to_string())?,
+        outcomes: opts.outcomes,
+        verdicts: opts
+            .verdicts
+            .iter()
+            .map(|v| reader::parse_verdict(v))
+            .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?,
     };
     let format = if opts.summary {

@@ -3,8 +3,8 @@
 
 use std::time::SystemTime;
 
-use super::record::{Record, text};
-use super::values::{normalize_domain, parse_tls};
+use super::record::{DELIVERY, Record, text};
+use super::values::{Verdict, normalize_domain, parse_tls};
 use super::{LogQuery, ReadError};
 
 /// The query compiled for fast matching.
@@ -17,6 +17,10 @@ pub(super) struct Filter {
     queue_id_needle: Option<String>,
     since: Option<SystemTime>,
     tls: Option<String>,
+    /// Only delivery records.
+    deliveries: bool,
+    /// Only delivery records with one of these verdicts; any when empty.
+    verdicts: Vec<Verdict>,
 }
 
 impl Filter {
@@ -32,14 +36,34 @@ impl Filter {
             queue_id_needle,
             since: q.since,
             tls,
+            deliveries: q.deliveries_only(),
+            verdicts: q.verdicts.clone(),
         })
+    }
+
+    /// Lets only delivery records through, whatever the query said.
+    pub(super) fn only_deliveries(&mut self) {
+        self.deliveries = true;
     }
 
     /// Cheap byte test run before JSON parsing; false means the line cannot
     /// match. The daemon writes `domain` as a lower-case A-label (pure
     /// ASCII, no escapes), so searching the raw line for the normalised
     /// domain is exact enough; the real comparison happens in `matches`.
+    /// Likewise `"delivery"` and each verdict, quoted, must appear in a
+    /// delivery record's line (as the frontend and the verdict).
     pub(super) fn prefilter(&self, line: &[u8]) -> bool {
+        if self.deliveries && !contains_quoted(line, DELIVERY.as_bytes()) {
+            return false;
+        }
+        if !self.verdicts.is_empty()
+            && !self
+                .verdicts
+                .iter()
+                .any(|v| contains_quoted(line, v.as_str().as_bytes()))
+        {
+            return false;
+        }
         if let Some(d) = &self.domain {
             if !contains_ignore_ascii_case(line, d.as_bytes()) {
                 return false;
@@ -55,6 +79,16 @@ impl Filter {
 
     pub(super) fn matches(&self, rec: &Record<'_>, ts: SystemTime) -> bool {
         if self.since.is_some_and(|since| ts < since) {
+            return false;
+        }
+        if self.deliveries && !rec.is_delivery() {
+            return false;
+        }
+        if !self.verdicts.is_empty()
+            && !text(&rec.verdict)
+                .and_then(Verdict::from_log)
+                .is_some_and(|v| self.verdicts.contains(&v))
+        {
             return false;
         }
         if let Some(want) = &self.domain {
@@ -84,6 +118,12 @@ impl Filter {
     }
 }
 
+/// Whether `word` appears in `hay` between double quotes.
+fn contains_quoted(hay: &[u8], word: &[u8]) -> bool {
+    hay.windows(word.len() + 2)
+        .any(|w| w[0] == b'"' && w[w.len() - 1] == b'"' && &w[1..w.len() - 1] == word)
+}
+
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -102,7 +142,8 @@ fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::log::reader::fixture::{
-        L3, L6, L7, L8, at, fixture_query, matched, matched_lines, run_to_string,
+        D1, D2, D3, D4, D5, D6, L3, L6, L7, L8, at, fixture_query, matched, matched_lines,
+        mixed_query, run_to_string,
     };
     use crate::log::reader::{OutputFormat, RunStats, run};
 
@@ -247,6 +288,112 @@ mod tests {
         }
     }
 
+    /// The mixed fixture's lines that match the query `f` builds.
+    fn mixed_lines(f: impl FnOnce(&mut LogQuery)) -> Vec<String> {
+        let (_dir, q) = mixed_query(f);
+        let (_, out) = run_to_string(&q, OutputFormat::Json);
+        out.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn outcome_and_verdict_filters() {
+        type Case<'a> = (&'a str, fn(&mut LogQuery), &'a [&'a str]);
+        let cases: [Case<'_>; 12] = [
+            ("outcomes", |q| q.outcomes = true, &[D1, D2, D3, D4, D5, D6]),
+            ("held", |q| q.verdicts = vec![Verdict::Held], &[D2]),
+            (
+                "two verdicts, outcomes implied",
+                |q| q.verdicts = vec![Verdict::Verified, Verdict::PlaintextFallback],
+                &[D3, D4],
+            ),
+            (
+                "a verdict no record has",
+                |q| q.verdicts = vec![Verdict::Violation],
+                &[],
+            ),
+            (
+                "outcomes for a domain",
+                |q| {
+                    q.outcomes = true;
+                    q.domain = Some("gmail.com".into());
+                },
+                &[D1, D4],
+            ),
+            (
+                "outcomes of a queue id",
+                |q| {
+                    q.outcomes = true;
+                    q.queue_id = Some("Q2".into());
+                },
+                &[D2, D3],
+            ),
+            (
+                "outcomes since a record's own time",
+                |q| {
+                    q.outcomes = true;
+                    q.since = Some(at("2026-11-24T12:10:00Z"));
+                },
+                &[D4, D5, D6],
+            ),
+            (
+                "outcomes under forced TLS",
+                |q| {
+                    q.outcomes = true;
+                    q.tls = Some("forced".into());
+                },
+                &[D2, D3, D6],
+            ),
+            (
+                "a verdict and a domain",
+                |q| {
+                    q.verdicts = vec![Verdict::Encrypted, Verdict::Verified];
+                    q.domain = Some("bücher.example".into());
+                },
+                &[D3],
+            ),
+            // "verified" is also a tls_trust: the prefilter lets D3 through
+            // on either, the verdict decides.
+            ("verified", |q| q.verdicts = vec![Verdict::Verified], &[D3]),
+            (
+                "undecided",
+                |q| q.verdicts = vec![Verdict::Undecided],
+                &[D5],
+            ),
+            // Without --outcomes the decisions and the deliveries match.
+            (
+                "no outcome filter",
+                |q| q.queue_id = Some("Q2".into()),
+                &[L3, D2, D3],
+            ),
+        ];
+        for (what, f, want) in cases {
+            assert_eq!(mixed_lines(f), want.to_vec(), "{what}");
+        }
+    }
+
+    #[test]
+    fn outcome_prefilter_skips_decision_lines_unparsed() {
+        // The garbage line and the line without ts are never parsed: no
+        // bad lines, unlike a run over everything.
+        for (outcomes, bad_lines) in [(true, 0), (false, 2)] {
+            let (_dir, q) = mixed_query(|q| q.outcomes = outcomes);
+            let (stats, _) = run_to_string(&q, OutputFormat::Json);
+            assert_eq!(stats.lines, 15, "outcomes {outcomes}");
+            assert_eq!(stats.bad_lines, bad_lines, "outcomes {outcomes}");
+        }
+        // A decision record that mentions "delivery" passes the prefilter
+        // and is still refused.
+        let line = br#"{"ts":"2026-11-24T10:00:00Z","frontend":"policy","reason":"delivery"}"#;
+        let q = LogQuery {
+            outcomes: true,
+            ..LogQuery::default()
+        };
+        let f = Filter::new(&q).unwrap();
+        assert!(f.prefilter(line));
+        let rec: Record<'_> = serde_json::from_slice(line).unwrap();
+        assert!(!f.matches(&rec, at("2026-11-24T10:00:00Z")));
+    }
+
     #[test]
     fn substring_helpers() {
         assert!(contains_ignore_ascii_case(
@@ -258,6 +405,9 @@ mod tests {
         assert!(contains_ignore_ascii_case(b"abc", b""));
         assert!(!contains_ignore_ascii_case(b"", b"a"));
         assert!(contains(b"\"queue_id\":\"4Xyz1Q2\"", b"4Xyz1Q2"));
+        assert!(contains_quoted(b"\"verdict\":\"held\"}", b"held"));
+        assert!(!contains_quoted(b"\"verdict\":\"withheld\"}", b"held"));
+        assert!(!contains_quoted(b"\"held", b"held"));
         assert!(!contains(b"\"queue_id\":\"4xyz1q2\"", b"4Xyz1Q2"));
     }
 }

@@ -1,6 +1,8 @@
 //! Reader behind `tls-policyd log`: streams the daemon's decision logs (JSON
 //! lines, possibly rotated and gzip-compressed by logrotate), filters them
 //! and prints the matches as a table, as the raw JSON lines, or as a summary.
+//! [`read_deliveries`] hands the delivery outcome records to a caller
+//! instead (`tls-policyd report`).
 //!
 //! Everything is streaming. One line buffer is reused for the whole run and
 //! each record is deserialised with strings borrowed from that buffer, so
@@ -9,8 +11,10 @@
 //!
 //! The parts: `values` checks the command-line filter values, `input` finds
 //! the rotated files and reads their lines, `record` parses a line, `filter`
-//! decides whether it matches, and `table` and `summary` print the matches.
+//! decides whether it matches, `table` and `summary` print the matches, and
+//! `delivery` is the view of a delivery record given to other modules.
 
+mod delivery;
 mod filter;
 mod input;
 mod record;
@@ -26,10 +30,11 @@ use filter::Filter;
 use input::{next_line, open_log};
 use record::Record;
 use summary::Summary;
-use table::{write_table_header, write_table_row};
+use table::{Layout, write_table_header, write_table_row};
 
+pub use delivery::{Delivery, read_deliveries};
 pub use input::rotated_files;
-pub use values::{normalize_domain, parse_since, parse_tls};
+pub use values::{Verdict, normalize_domain, parse_since, parse_tls, parse_until, parse_verdict};
 
 /// Read/write buffer size; large buffers matter for multi-GB logs.
 const BUF_SIZE: usize = 64 * 1024;
@@ -49,16 +54,30 @@ pub struct LogQuery {
     pub since: Option<SystemTime>,
     /// `"forced"` or `"opportunistic"` (see [`parse_tls`]).
     pub tls: Option<String>,
+    /// Only delivery outcome records (`frontend` `"delivery"`).
+    pub outcomes: bool,
+    /// Only delivery records with one of these verdicts (implies
+    /// `outcomes`); any verdict when empty.
+    pub verdicts: Vec<Verdict>,
+}
+
+impl LogQuery {
+    /// Whether only delivery records can match.
+    pub fn deliveries_only(&self) -> bool {
+        self.outcomes || !self.verdicts.is_empty()
+    }
 }
 
 /// How matching records are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
-    /// Header plus one fixed-width row per record.
+    /// Header plus one fixed-width row per record (the delivery columns
+    /// when only delivery records can match).
     Table,
     /// Each matching line exactly as it appears in the log.
     Json,
-    /// Totals by tls, source, level and top domains, printed at the end.
+    /// Totals by tls, source, level and top domains, and by verdict when
+    /// delivery records matched, printed at the end.
     Summary,
 }
 
@@ -87,8 +106,12 @@ pub enum ReadError {
     Write(io::Error),
     #[error("bad --since value {value:?}: {reason}")]
     BadSince { value: String, reason: String },
+    #[error("bad --until value {value:?}: {reason}")]
+    BadUntil { value: String, reason: String },
     #[error("bad --tls value {value:?}: expected \"forced\" or \"opportunistic\"")]
     BadTls { value: String },
+    #[error("bad --verdict value {value:?}: expected one of {}", Verdict::names())]
+    BadVerdict { value: String },
     #[error("bad --domain value {value:?}: {reason}")]
     BadDomain { value: String, reason: String },
 }
@@ -150,11 +173,46 @@ fn run_inner(
     stats: &mut RunStats,
 ) -> Result<(), Stop> {
     let mut summary = Summary::default();
+    let layout = if query.deliveries_only() {
+        Layout::Deliveries
+    } else {
+        Layout::Decisions
+    };
     if format == OutputFormat::Table {
-        write_table_header(out)?;
+        write_table_header(out, layout)?;
     }
+    scan(&query.files, filter, stats, &mut |rec, ts, line| {
+        match format {
+            OutputFormat::Json => {
+                out.write_all(line)?;
+                out.write_all(b"\n")?;
+            }
+            OutputFormat::Table => write_table_row(out, layout, rec)?,
+            OutputFormat::Summary => summary.add(rec, ts),
+        }
+        Ok(())
+    })?;
+    if format == OutputFormat::Summary {
+        summary.write(out, stats)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// What [`scan`] calls with each matching record, its time and its line.
+type EachRecord<'f> = dyn FnMut(&Record<'_>, SystemTime, &[u8]) -> Result<(), Stop> + 'f;
+
+/// Reads `files` in order and hands every usable record that passes
+/// `filter` to `each`, with its time and its line as read; counts lines,
+/// matches and bad lines in `stats`.
+fn scan(
+    files: &[PathBuf],
+    filter: &Filter,
+    stats: &mut RunStats,
+    each: &mut EachRecord<'_>,
+) -> Result<(), Stop> {
     let mut buf = Vec::with_capacity(1024);
-    for path in &query.files {
+    for path in files {
         let mut reader = open_log(path)?;
         loop {
             let overlong = match next_line(&mut *reader, &mut buf) {
@@ -195,20 +253,9 @@ fn run_inner(
                 continue;
             }
             stats.matched += 1;
-            match format {
-                OutputFormat::Json => {
-                    out.write_all(line)?;
-                    out.write_all(b"\n")?;
-                }
-                OutputFormat::Table => write_table_row(out, &rec)?,
-                OutputFormat::Summary => summary.add(&rec, ts),
-            }
+            each(&rec, ts, line)?;
         }
     }
-    if format == OutputFormat::Summary {
-        summary.write(out, stats)?;
-    }
-    out.flush()?;
     Ok(())
 }
 

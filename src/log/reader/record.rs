@@ -8,8 +8,9 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-/// One decision record. Only the fields the reader uses; everything else
-/// (rule, key, map, sender, recipients, future additions) is ignored.
+/// One decision or delivery record. Only the fields the reader uses;
+/// everything else (rule, key, map, sender, recipients, future additions)
+/// is ignored.
 #[derive(Debug, Deserialize)]
 pub(super) struct Record<'a> {
     #[serde(borrow)]
@@ -30,6 +31,17 @@ pub(super) struct Record<'a> {
     pub(super) source: Option<Text<'a>>,
     #[serde(borrow)]
     pub(super) reason: Option<Text<'a>>,
+    // Delivery records (`frontend` "delivery") only.
+    #[serde(borrow)]
+    pub(super) recipient: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub(super) relay: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub(super) status: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub(super) tls_trust: Option<Text<'a>>,
+    #[serde(borrow)]
+    pub(super) verdict: Option<Text<'a>>,
 }
 
 impl Record<'_> {
@@ -37,7 +49,15 @@ impl Record<'_> {
     pub(super) fn effective_level(&self) -> Option<&str> {
         text(&self.policy).or(text(&self.level))
     }
+
+    /// A delivery outcome record rather than a decision.
+    pub(super) fn is_delivery(&self) -> bool {
+        text(&self.frontend) == Some(DELIVERY)
+    }
 }
+
+/// The `frontend` of delivery outcome records.
+pub(super) const DELIVERY: &str = "delivery";
 
 /// A JSON string borrowed from the input line, or owned when the JSON text
 /// contains escapes. serde's own `#[serde(borrow)]` special case only covers

@@ -1,5 +1,6 @@
 //! The summary output: totals by tls, source, level and the top domains,
-//! counted while reading and printed at the end.
+//! and by verdict among delivery records, counted while reading and printed
+//! at the end.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -45,6 +46,9 @@ pub(super) struct Summary {
     source: Counter,
     level: Counter,
     domain: Counter,
+    /// Among delivery records only.
+    verdict: Counter,
+    deliveries: u64,
     first: Option<SystemTime>,
     last: Option<SystemTime>,
 }
@@ -55,6 +59,10 @@ impl Summary {
         self.source.add(text(&rec.source));
         self.level.add(rec.effective_level());
         self.domain.add(text(&rec.domain));
+        if rec.is_delivery() {
+            self.deliveries += 1;
+            self.verdict.add(text(&rec.verdict));
+        }
         self.first = Some(self.first.map_or(ts, |f| f.min(ts)));
         self.last = Some(self.last.map_or(ts, |l| l.max(ts)));
     }
@@ -75,6 +83,10 @@ impl Summary {
             return Ok(());
         }
         let total = stats.matched;
+        if self.deliveries > 0 {
+            let title = format!("by verdict ({} delivery records)", self.deliveries);
+            write_section(out, &title, &self.verdict.sorted(), self.deliveries)?;
+        }
         write_section(out, "by tls", &self.tls.sorted(), total)?;
         write_section(out, "by source", &self.source.sorted(), total)?;
         write_section(out, "by level", &self.level.sorted(), total)?;
@@ -118,7 +130,7 @@ fn write_section(
 
 #[cfg(test)]
 mod tests {
-    use crate::log::reader::fixture::{fixture_query, run_to_string, write_file};
+    use crate::log::reader::fixture::{fixture_query, mixed_query, run_to_string, write_file};
     use crate::log::reader::{LogQuery, OutputFormat};
     use tempfile::TempDir;
 
@@ -188,6 +200,40 @@ mod tests {
                 "xn--bcher-kva.example"
             ]
         );
+    }
+
+    #[test]
+    fn summary_counts_verdicts_of_delivery_records() {
+        let (_dir, q) = mixed_query(|_| {});
+        let (stats, out) = run_to_string(&q, OutputFormat::Summary);
+        assert_eq!(stats.matched, 12);
+        assert!(out.contains("by verdict (6 delivery records):\n"), "{out}");
+        let c = |n| summary_count(&out, "by verdict", n);
+        for (verdict, n) in [
+            ("encrypted", Some(1)),
+            ("held", Some(1)),
+            ("verified", Some(1)),
+            ("plaintext-fallback", Some(1)),
+            ("undecided", Some(1)),
+            ("not-yet-known", Some(1)),
+            ("violation", None),
+        ] {
+            assert_eq!(c(verdict), n, "{verdict}");
+        }
+        // Shares of the delivery records, not of every record.
+        assert!(out.contains("  held                1   16.7%\n"), "{out}");
+        assert_eq!(summary_count(&out, "by tls", "forced"), Some(7));
+
+        let (_dir, q) = mixed_query(|q| q.domain = Some("gmail.com".into()));
+        let (_, out) = run_to_string(&q, OutputFormat::Summary);
+        assert!(out.contains("by verdict (2 delivery records):\n"), "{out}");
+        assert_eq!(summary_count(&out, "by verdict", "encrypted"), Some(1));
+        assert_eq!(summary_count(&out, "by verdict", "held"), None);
+
+        // No delivery record among the matches: no verdict section.
+        let (_dir, q) = fixture_query(|_| {});
+        let (_, out) = run_to_string(&q, OutputFormat::Summary);
+        assert!(!out.contains("by verdict"), "{out}");
     }
 
     #[test]

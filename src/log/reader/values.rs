@@ -1,6 +1,6 @@
 //! The command-line filter values of `tls-policyd log`: `--since` (an
-//! RFC 3339 time or a duration), `--tls` and `--domain`, checked and brought
-//! into the form the records use.
+//! RFC 3339 time or a duration), `--tls`, `--domain` and `--verdict`,
+//! checked and brought into the form the records use.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,25 +15,43 @@ use super::ReadError;
 ///
 /// [`ReadError::BadSince`] when the value is neither.
 pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, ReadError> {
-    let bad = |reason: String| ReadError::BadSince {
+    parse_time(s, now).map_err(|reason| ReadError::BadSince {
         value: s.to_owned(),
         reason,
-    };
+    })
+}
+
+/// Parses an `--until` value, written as for [`parse_since`].
+///
+/// # Errors
+///
+/// [`ReadError::BadUntil`] when the value is neither a time nor a
+/// duration.
+pub fn parse_until(s: &str, now: SystemTime) -> Result<SystemTime, ReadError> {
+    parse_time(s, now).map_err(|reason| ReadError::BadUntil {
+        value: s.to_owned(),
+        reason,
+    })
+}
+
+/// An RFC 3339 time, or a duration back from `now`; the reason it is
+/// neither.
+fn parse_time(s: &str, now: SystemTime) -> Result<SystemTime, String> {
     let v = s.trim();
     if v.is_empty() {
-        return Err(bad("empty value".to_owned()));
+        return Err("empty value".to_owned());
     }
     if looks_like_timestamp(v) {
-        return parse_timestamp(v).map_err(bad);
+        return parse_timestamp(v);
     }
     let d = humantime::parse_duration(v).map_err(|e| {
-        bad(format!(
+        format!(
             "expected an RFC 3339 time such as 2026-11-24T10:00:00Z \
              or a duration such as 2h, 30m, 1d ({e})"
-        ))
+        )
     })?;
     now.checked_sub(d)
-        .ok_or_else(|| bad("duration too large".to_owned()))
+        .ok_or_else(|| "duration too large".to_owned())
 }
 
 /// A duration never has a `-` as its fifth character; a date always does.
@@ -100,6 +118,81 @@ pub fn parse_tls(s: &str) -> Result<String, ReadError> {
     Err(ReadError::BadTls {
         value: s.to_owned(),
     })
+}
+
+/// What a delivery record concludes about one delivery attempt (its
+/// `verdict` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Sent over TLS with a verified peer.
+    Verified,
+    /// Sent over TLS, the peer not verified.
+    Encrypted,
+    /// Sent in plaintext under opportunistic TLS.
+    PlaintextFallback,
+    /// Not sent: forced TLS could not be had, the mail waits in the queue.
+    Held,
+    /// Sent in a way the governing decision forbids.
+    Violation,
+    /// Deferred because Postfix could not ask tls-policyd.
+    PolicyUnreachable,
+    /// No decision is known for the delivery.
+    Undecided,
+    /// Deferred or bounced for a reason other than TLS.
+    NotDelivered,
+}
+
+impl Verdict {
+    /// Every verdict, in the order the documentation lists them.
+    pub const ALL: [Verdict; 8] = [
+        Verdict::Verified,
+        Verdict::Encrypted,
+        Verdict::PlaintextFallback,
+        Verdict::Held,
+        Verdict::Violation,
+        Verdict::PolicyUnreachable,
+        Verdict::Undecided,
+        Verdict::NotDelivered,
+    ];
+
+    /// The spelling in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Verified => "verified",
+            Verdict::Encrypted => "encrypted",
+            Verdict::PlaintextFallback => "plaintext-fallback",
+            Verdict::Held => "held",
+            Verdict::Violation => "violation",
+            Verdict::PolicyUnreachable => "policy-unreachable",
+            Verdict::Undecided => "undecided",
+            Verdict::NotDelivered => "not-delivered",
+        }
+    }
+
+    /// The verdict a record's `verdict` field names (exact spelling).
+    pub fn from_log(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// The allowed spellings, comma-separated, for error messages.
+    pub fn names() -> String {
+        Verdict::ALL.map(Verdict::as_str).join(", ")
+    }
+}
+
+/// Validates a `--verdict` value (one verdict, any letter case).
+///
+/// # Errors
+///
+/// [`ReadError::BadVerdict`] for anything but a verdict's name.
+pub fn parse_verdict(s: &str) -> Result<Verdict, ReadError> {
+    let v = s.trim();
+    Verdict::ALL
+        .into_iter()
+        .find(|w| v.eq_ignore_ascii_case(w.as_str()))
+        .ok_or_else(|| ReadError::BadVerdict {
+            value: s.to_owned(),
+        })
 }
 
 /// Normalises a `--domain` value the way the daemon writes the `domain`
@@ -222,6 +315,62 @@ mod tests {
                 err.to_string(),
                 format!("bad --tls value {bad:?}: expected \"forced\" or \"opportunistic\"")
             );
+        }
+    }
+
+    #[test]
+    fn parse_until_shares_since_but_names_its_option() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_514_400);
+        assert_eq!(
+            parse_until("2026-11-24T10:00:00Z", SystemTime::now()).unwrap(),
+            now
+        );
+        assert_eq!(
+            parse_until("1h", now).unwrap(),
+            now - Duration::from_secs(3600)
+        );
+        for bad in ["soon", "", "2026-11-24T10:00:00"] {
+            let err = parse_until(bad, now).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("bad --until value {bad:?}: ")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_verdict_values() {
+        let cases: [(&str, Verdict); 4] = [
+            ("held", Verdict::Held),
+            (" Plaintext-Fallback", Verdict::PlaintextFallback),
+            ("NOT-DELIVERED", Verdict::NotDelivered),
+            ("policy-unreachable", Verdict::PolicyUnreachable),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_verdict(text).unwrap(), want, "{text:?}");
+        }
+        for bad in ["", "sent", "plaintext", "held,violation"] {
+            assert_eq!(
+                parse_verdict(bad).unwrap_err().to_string(),
+                format!(
+                    "bad --verdict value {bad:?}: expected one of verified, encrypted, \
+                     plaintext-fallback, held, violation, policy-unreachable, undecided, \
+                     not-delivered"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn verdict_spellings_round_trip_exactly() {
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::from_log(v.as_str()), Some(v));
+            assert_eq!(parse_verdict(v.as_str()).unwrap(), v);
+        }
+        // The log is read as written: no case folding, no trimming.
+        for text in ["Held", " held", "sent", ""] {
+            assert_eq!(Verdict::from_log(text), None, "{text:?}");
         }
     }
 
