@@ -174,7 +174,7 @@ fn version_and_help() {
         .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    for want in ["serve", "explain", "probe", "check-config", "log"] {
+    for want in ["serve", "explain", "probe", "check-config", "log", "report"] {
         assert!(
             commands.contains(&want),
             "{want} missing from --help\n{help}"
@@ -1549,6 +1549,7 @@ fn every_command_reading_a_config_defaults_to_the_packaged_one() {
         "cache",
         "check-config",
         "log",
+        "report",
         "doctor",
         "status",
     ] {
@@ -1583,6 +1584,7 @@ fn every_command_reading_a_config_defaults_to_the_packaged_one() {
         &["explain", "a.example"],
         &["cache", "list"],
         &["log"],
+        &["report"],
     ] {
         let err = run(args).fails().to_string();
         assert!(

@@ -674,7 +674,14 @@ fn completions_for_each_shell() {
             path.display()
         );
         assert!(text.contains(marker), "{shell}: {text}");
-        for sub in ["serve", "check-config", "explain", "log", "status"] {
+        for sub in [
+            "serve",
+            "check-config",
+            "explain",
+            "log",
+            "report",
+            "status",
+        ] {
             assert!(text.contains(sub), "{shell} completion lacks {sub}");
         }
     }
@@ -810,9 +817,17 @@ fn completion_completes_options_and_values_of_subcommands() {
         "--json",
         "--help",
     ];
-    let cases: [(&str, &[&str], &[&str]); 7] = [
+    let report_opts: &[&str] = &[
+        "--log", "--config", "--since", "--until", "--domain", "--json", "--html", "--help",
+    ];
+    let cases: [(&str, &[&str], &[&str]); 8] = [
         ("tls-policyd serve -", serve_opts, &["--json", "--summary"]),
         ("tls-policyd log --", log_opts, &["--address"]),
+        (
+            "tls-policyd report --",
+            report_opts,
+            &["--file", "--verdict"],
+        ),
         (
             "tls-policyd status --",
             &["--config", "--address", "--json"],

@@ -40,6 +40,9 @@ _tls__policyd() {
             tls__policyd,probe)
                 cmd="tls__policyd__subcmd__probe"
                 ;;
+            tls__policyd,report)
+                cmd="tls__policyd__subcmd__report"
+                ;;
             tls__policyd,serve)
                 cmd="tls__policyd__subcmd__serve"
                 ;;
@@ -94,6 +97,9 @@ _tls__policyd() {
             tls__policyd__subcmd__help,probe)
                 cmd="tls__policyd__subcmd__help__subcmd__probe"
                 ;;
+            tls__policyd__subcmd__help,report)
+                cmd="tls__policyd__subcmd__help__subcmd__report"
+                ;;
             tls__policyd__subcmd__help,serve)
                 cmd="tls__policyd__subcmd__help__subcmd__serve"
                 ;;
@@ -116,7 +122,7 @@ _tls__policyd() {
 
     case "${cmd}" in
         tls__policyd)
-            opts="-h -V --help --version serve explain probe cache check-config log doctor status completions help"
+            opts="-h -V --help --version serve explain probe cache check-config log report doctor status completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -348,7 +354,7 @@ _tls__policyd() {
             return 0
             ;;
         tls__policyd__subcmd__help)
-            opts="serve explain probe cache check-config log doctor status completions help"
+            opts="serve explain probe cache check-config log report doctor status completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -515,6 +521,20 @@ _tls__policyd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        tls__policyd__subcmd__help__subcmd__report)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         tls__policyd__subcmd__help__subcmd__serve)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -605,6 +625,48 @@ _tls__policyd() {
                     return 0
                     ;;
                 -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__report)
+            opts="-c -h --log --config --since --until --domain --json --html --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --log)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --since)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --until)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --html)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

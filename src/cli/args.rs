@@ -75,6 +75,10 @@ pub enum Command {
     /// Read decision logs (rotated and gzipped ones too): decisions and
     /// delivery outcomes.
     Log(super::log::LogOptions),
+    /// The TLS posture per recipient domain from the delivery outcome
+    /// records (shares sent encrypted and verified, held recipients,
+    /// violations), as a table, JSON or an HTML page with charts.
+    Report(super::report::ReportOptions),
     /// Check Postfix's configuration for wiring that bypasses the policy
     /// or stops mail (each finding with the command that fixes it), then
     /// ask the running daemon through postmap -q. Exit 0 when no problem

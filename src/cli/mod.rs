@@ -1,6 +1,6 @@
 //! The command line: its definitions ([`Cli`]), the dispatch ([`run`]) and
 //! one module per command: `serve`, `status`, `explain`, `probe`,
-//! `check-config`, `cache`, `log`, `doctor` and `completions`. Most commands return
+//! `check-config`, `cache`, `log`, `report`, `doctor` and `completions`. Most commands return
 //! text (or an error text) that [`run`] prints.
 
 use std::io::Write;
@@ -18,6 +18,7 @@ mod doctor;
 mod explain;
 mod log;
 mod probe;
+mod report;
 mod serve;
 mod status;
 
@@ -29,6 +30,7 @@ pub use doctor::doctor;
 pub use explain::explain;
 pub use log::{LogOptions, log};
 pub use probe::probe;
+pub use report::{ReportOptions, report};
 pub use serve::serve;
 pub use status::status;
 
@@ -69,18 +71,22 @@ pub fn run(cli: Cli) -> ExitCode {
             completions(shell, &mut std::io::stdout());
             ExitCode::SUCCESS
         }
-        Command::Log(opts) => {
-            let stdout = std::io::stdout();
-            match log(&opts, &mut stdout.lock()) {
-                Ok(stats) => {
-                    if stats.bad_lines > 0 {
-                        eprintln!("tls-policyd: skipped {} unreadable lines", stats.bad_lines);
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
+        Command::Log(opts) => read_logs(log(&opts, &mut std::io::stdout().lock())),
+        Command::Report(opts) => read_logs(report(&opts, &mut std::io::stdout().lock())),
+    }
+}
+
+/// The end of a command that read logs: a note on unreadable lines, or
+/// its error; exit 0 or 1.
+fn read_logs(result: Result<crate::log::reader::RunStats, String>) -> ExitCode {
+    match result {
+        Ok(stats) => {
+            if stats.bad_lines > 0 {
+                eprintln!("tls-policyd: skipped {} unreadable lines", stats.bad_lines);
             }
+            ExitCode::SUCCESS
         }
+        Err(e) => fail(&e),
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod deliveries;
 pub mod dns;
 pub mod dnssec;
 pub mod examples;
@@ -852,6 +853,12 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
 /// Run a command with a deadline, capturing its output; panics if it
 /// does not finish within [`WAIT`].
 pub fn run_with_timeout(cmd: &mut Command) -> Output {
+    run_within(cmd, WAIT)
+}
+
+/// Run a command with the deadline `limit`, capturing its output; panics
+/// if it does not finish in time.
+pub fn run_within(cmd: &mut Command, limit: Duration) -> Output {
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -870,7 +877,7 @@ pub fn run_with_timeout(cmd: &mut Command) -> Output {
         let _ = err.read_to_end(&mut v);
         v
     });
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
             break s;
@@ -878,7 +885,7 @@ pub fn run_with_timeout(cmd: &mut Command) -> Output {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{cmd:?} did not finish within {WAIT:?}");
+            panic!("{cmd:?} did not finish within {limit:?}");
         }
         thread::sleep(POLL);
     };
