@@ -16,8 +16,9 @@
 //!
 //! The reader needs the right to read the journal: for the system journal
 //! the daemon's user in the group `systemd-journal` (or `adm`). Without it
-//! journalctl follows only that user's own journal and says so on standard
-//! error ([`JournalReader::take_said`]).
+//! journalctl does not fail: it shows only the entries that user may read.
+//! What it writes on standard error is kept for the caller to log
+//! ([`JournalReader::take_said`]).
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -62,15 +63,6 @@ impl JournalSource {
             }
         }
     }
-
-    /// As saved in the state file: `system`, or the directory. A directory
-    /// that is not UTF-8 cannot be saved (its bytes are replaced).
-    pub fn saved_name(&self) -> String {
-        match self {
-            JournalSource::System => "system".into(),
-            JournalSource::Directory(d) => d.to_string_lossy().into_owned(),
-        }
-    }
 }
 
 impl Serialize for JournalSource {
@@ -83,8 +75,8 @@ impl Serialize for JournalSource {
 }
 
 impl<'de> Deserialize<'de> for JournalSource {
-    /// `system`, or a directory (a relative directory of that very name
-    /// reads as the system journal: `config.rs` makes paths absolute).
+    /// `system`, or a directory (so a relative directory named `system`
+    /// would read back as the system journal: give directories whole).
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Ok(match s.as_str() {

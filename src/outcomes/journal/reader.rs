@@ -683,6 +683,34 @@ mod tests {
     }
 
     #[test]
+    fn lines_up_to_the_limit_come_through() {
+        let fake = Fake::new();
+        let padded = |i: u32, len: usize| {
+            let short = entry(i, Some(""));
+            let line = entry(i, Some(&"x".repeat(len - short.len())));
+            assert_eq!(line.len(), len);
+            line
+        };
+        let lines = [
+            padded(1, MAX_ENTRY_LEN - 1),
+            padded(2, MAX_ENTRY_LEN),
+            padded(3, MAX_ENTRY_LEN + 1),
+            entry(4, Some("after")),
+        ];
+        fake.file("out1", &format!("{}\n", lines.join("\n")));
+        fake.file("stay1", "");
+        let mut r = JournalReader::new(JournalSource::System, None, Start::End, fake.options());
+        let (got, _) = read_until(&mut r, |got, _| got.len() >= 3);
+        let cursors: Vec<&str> = got.iter().map(|e| e.cursor.as_str()).collect();
+        assert_eq!(cursors, ["s=1;i=1", "s=1;i=2", "s=1;i=4"]);
+        assert_eq!(
+            got[1].message.len(),
+            MAX_ENTRY_LEN - entry(2, Some("")).len()
+        );
+        assert_eq!((r.stats().entries, r.stats().too_long), (3, 1));
+    }
+
+    #[test]
     fn a_missing_journalctl_is_retried_with_growing_backoff() {
         let options = JournalOptions {
             program: "/nonexistent/journalctl".into(),
