@@ -2,7 +2,9 @@
 //! log.
 //!
 //! - [`follow`]: a log file followed across rotation and restarts;
-//!   [`state`]: where it stopped, saved atomically.
+//!   [`journal`]: the systemd journal followed through journalctl, its
+//!   entries as syslog lines; [`state`]: where either stopped, saved
+//!   atomically.
 //! - [`lines`]: bytes → complete lines, bounded ([`lines::LineSplitter`]).
 //! - [`syslog`]: a line → timestamp, host, program, pid, message
 //!   ([`syslog::parse_line`]).
@@ -11,12 +13,14 @@
 //! - [`connections`]: per-process state that attaches a connection's TLS
 //!   facts to the delivery lines it carried ([`connections::ConnectionTracker`]).
 //!
-//! Parsing is pure (no I/O, no clock); the follower reads files, and the
-//! join with the decision log builds on both.
+//! Parsing is pure (no I/O, no clock); the follower reads files, the
+//! journal reader runs journalctl, and the join with the decision log
+//! builds on both.
 
 pub mod connections;
 pub mod delivery;
 pub mod follow;
+pub mod journal;
 pub mod lines;
 pub mod peer;
 pub mod postfix;

@@ -56,6 +56,33 @@ impl LogTime {
         let secs = u64::try_from(secs).ok()?;
         UNIX_EPOCH.checked_add(Duration::new(secs, self.nanos))
     }
+
+    /// An instant in UTC (`offset` 0), as the journal dates its entries.
+    /// An instant before 1970 is 1970-01-01T00:00:00Z.
+    pub fn from_system_time(t: SystemTime) -> LogTime {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = unix_secs(t);
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        let of_day = secs.rem_euclid(86_400);
+        LogTime {
+            year,
+            month,
+            day,
+            hour: (of_day / 3600) as u8,
+            minute: (of_day / 60 % 60) as u8,
+            second: (of_day % 60) as u8,
+            nanos: since.subsec_nanos(),
+            offset: Some(0),
+        }
+    }
+}
+
+/// Whole seconds since 1970 (0 before).
+fn unix_secs(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2),
+        Err(_) => 0,
+    }
 }
 
 /// Where a year-less (traditional) timestamp is placed: the year and month
@@ -70,11 +97,7 @@ pub struct YearHint {
 impl YearHint {
     /// The UTC year and month of `now`.
     pub fn from_system_time(now: SystemTime) -> YearHint {
-        let secs = match now.duration_since(UNIX_EPOCH) {
-            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2),
-            Err(_) => 0,
-        };
-        let (year, month, _) = civil_from_days(secs.div_euclid(86_400));
+        let (year, month, _) = civil_from_days(unix_secs(now).div_euclid(86_400));
         YearHint { year, month }
     }
 
@@ -440,6 +463,32 @@ mod tests {
         assert_eq!(parse_line(b"Dec  5 06:47:46 h p[]: m", HINT), Err(BadPid));
         let l = line(b"Dec  5 06:47:46 h postfix/smtp[1]:");
         assert_eq!(l.message, "");
+    }
+
+    #[test]
+    fn log_time_from_system_time() {
+        for at in [
+            "1970-01-01T00:00:00Z",
+            "2024-02-29T23:59:59.999999Z",
+            "2026-12-05T06:47:46.123456789Z",
+            "2027-01-01T00:00:00Z",
+        ] {
+            let t = humantime::parse_rfc3339(at).unwrap();
+            let l = LogTime::from_system_time(t);
+            assert_eq!(l.offset, Some(0), "{at}");
+            assert_eq!(l.to_system_time(3600), Some(t), "{at}");
+        }
+        let l =
+            LogTime::from_system_time(humantime::parse_rfc3339("2026-12-05T06:47:46Z").unwrap());
+        assert_eq!(
+            (l.year, l.month, l.day, l.hour, l.minute, l.second, l.nanos),
+            (2026, 12, 5, 6, 47, 46, 0)
+        );
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(
+            LogTime::from_system_time(before).to_system_time(0),
+            Some(UNIX_EPOCH)
+        );
     }
 
     #[test]
