@@ -56,6 +56,7 @@ fn lookup() -> DecisionRecord {
             domain: Some("mx.bank.example".into()),
             decision: static_decision(),
             reply: LookupReply::Ok,
+            client_pid: Some(4242),
         }),
     )
 }

@@ -20,6 +20,7 @@ use crate::sources::mta_sts::MtaStsConfig;
 
 use crate::frontends::socketmap::SocketmapConfig;
 use crate::listen::ListenAddr;
+use crate::outcomes::config::OutcomesConfig;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "TLS_POLICYD_";
@@ -50,6 +51,8 @@ pub struct Config {
     /// The threads that answer Postfix.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The delivery outcome follower; off when absent.
+    pub outcomes: Option<OutcomesConfig>,
 }
 
 /// Most threads `runtime.threads` accepts.
@@ -224,6 +227,9 @@ impl Config {
         if let Some(d) = &mut self.dane {
             resolve(&mut d.cache_file);
         }
+        if let Some(o) = &mut self.outcomes {
+            o.resolve_paths(base);
+        }
         if let Some(m) = &mut self.mta_sts {
             resolve(&mut m.cache_file);
             if let Some(p) = &mut m.extra_ca_file {
@@ -265,6 +271,10 @@ impl Config {
         if let Some(m) = &self.mta_sts {
             m.validate()
                 .map_err(|e| ConfigError::in_section(path, "mta_sts", &e))?;
+        }
+        if let Some(o) = &self.outcomes {
+            o.validate()
+                .map_err(|e| ConfigError::in_section(path, "outcomes", &e))?;
         }
         if let (Some(d), Some(m)) = (&self.dane, &self.mta_sts)
             && d.cache_file != m.cache_file

@@ -43,8 +43,68 @@ pub struct Health {
     pub caches: Vec<CacheHealth>,
     pub reloads: ReloadsHealth,
     pub decision_log: DecisionLogHealth,
+    /// The outcome follower, when `[outcomes]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<OutcomesHealth>,
     /// Oldest first.
     pub recent_errors: Vec<RecentError>,
+}
+
+/// The outcome follower: what it reads and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomesHealth {
+    /// The log followed (`file:/var/log/mail.log`, `journal`).
+    pub log: String,
+    /// `starting`, `following` or `failing`.
+    pub state: String,
+    /// Why it is failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// Deliveries judged since the start, by verdict.
+    pub deliveries: Vec<(String, u64)>,
+    /// Alarms since the start, by kind.
+    pub alarms: Vec<(String, u64)>,
+    /// Alarms within the last hour, by kind: any makes the daemon
+    /// `degraded`.
+    pub recent_alarms: Vec<(String, u64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_alarm: Option<AlarmHealth>,
+}
+
+/// The last delivery that needed an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmHealth {
+    /// RFC 3339.
+    pub at: String,
+    /// `violation`, `policy-unreachable`, `undecided-forced`.
+    pub alarm: String,
+    /// Which delivery, and what to check.
+    pub text: String,
+}
+
+impl OutcomesHealth {
+    /// Why the follower makes the daemon `degraded`, if it does.
+    fn problems(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.problem.iter().cloned().collect();
+        let recent: Vec<String> = self
+            .recent_alarms
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(a, n)| format!("{a}: {n}"))
+            .collect();
+        if !recent.is_empty() {
+            let last = self
+                .last_alarm
+                .as_ref()
+                .map(|a| format!("; last at {}: {}", a.at, a.text))
+                .unwrap_or_default();
+            out.push(format!(
+                "deliveries that need an operator in the last hour ({}){last}",
+                recent.join(", ")
+            ));
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +165,10 @@ pub trait Observed: Send + Sync {
     fn decision_log_target(&self) -> String;
     /// Decision records dropped so far.
     fn decision_log_dropped(&self) -> u64;
+    /// The outcome follower's report, when it runs.
+    fn outcomes(&self) -> Option<OutcomesHealth> {
+        None
+    }
 }
 
 /// Fetches failed in a row before a source counts as unable to look
@@ -146,9 +210,11 @@ impl Health {
         let (ok, failed) = m.reloads();
         let last = m.last_reload();
         let reload_failed = last.as_ref().is_some_and(|r| !r.ok);
+        let outcomes = ctx.outcomes();
         let problems: Vec<String> = Fetch::ALL
             .into_iter()
             .filter_map(|f| failing(m, f))
+            .chain(outcomes.iter().flat_map(OutcomesHealth::problems))
             .collect();
         let degraded = reload_failed || !problems.is_empty();
         let listeners = m
@@ -192,6 +258,7 @@ impl Health {
                 target: ctx.decision_log_target(),
                 dropped: ctx.decision_log_dropped(),
             },
+            outcomes,
             recent_errors: m.recent_errors(),
         }
     }
@@ -278,6 +345,20 @@ impl Health {
             self.decision_log.dropped,
             plural(self.decision_log.dropped)
         );
+        if let Some(o) = &self.outcomes {
+            let counts = |v: &[(String, u64)]| {
+                v.iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(out, "outcomes      {}: {}", o.log, o.state);
+            let _ = writeln!(out, "deliveries    {}", counts(&o.deliveries));
+            let _ = writeln!(out, "alarms        {}", counts(&o.alarms));
+            if let Some(a) = &o.last_alarm {
+                let _ = writeln!(out, "last alarm    {} {}: {}", a.at, a.alarm, a.text);
+            }
+        }
         if self.recent_errors.is_empty() {
             out += "recent errors none\n";
         } else {
@@ -449,12 +530,57 @@ mod tests {
                 target: "-".into(),
                 dropped: 0,
             },
+            outcomes: None,
             recent_errors: vec![RecentError {
                 at: "2026-11-24T11:00:00Z".into(),
                 level: "error".into(),
                 target: "tls_policyd".into(),
                 message: "reload failed".into(),
             }],
+        }
+    }
+
+    #[test]
+    fn outcome_alarms_are_problems_and_shown() {
+        let counts = |v: [u64; 3]| {
+            ["violation", "policy-unreachable", "undecided-forced"]
+                .iter()
+                .zip(v)
+                .map(|(k, n)| (k.to_string(), n))
+                .collect::<Vec<_>>()
+        };
+        let mut o = OutcomesHealth {
+            log: "file:/var/log/mail.log".into(),
+            state: "following".into(),
+            problem: None,
+            deliveries: vec![("verified".into(), 7)],
+            alarms: counts([2, 1, 0]),
+            recent_alarms: counts([0, 0, 0]),
+            last_alarm: Some(AlarmHealth {
+                at: "2026-11-24T11:00:00Z".into(),
+                alarm: "violation".into(),
+                text: "violation queue 4ABC".into(),
+            }),
+        };
+        assert!(o.problems().is_empty(), "old alarms do not degrade");
+        o.recent_alarms = counts([1, 0, 2]);
+        assert_eq!(
+            o.problems(),
+            [
+                "deliveries that need an operator in the last hour (violation: 1, \
+              undecided-forced: 2); last at 2026-11-24T11:00:00Z: violation queue 4ABC"
+            ]
+        );
+        let mut h = sample();
+        h.outcomes = Some(o);
+        let text = h.render_text();
+        for want in [
+            "outcomes      file:/var/log/mail.log: following\n",
+            "deliveries    verified 7\n",
+            "alarms        violation 2, policy-unreachable 1, undecided-forced 0\n",
+            "last alarm    2026-11-24T11:00:00Z violation: violation queue 4ABC\n",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
         }
     }
 

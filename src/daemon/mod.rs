@@ -23,6 +23,7 @@ use crate::sources::dane::{DaneError, DaneSource};
 use crate::sources::mta_sts::{MtaSts, MtaStsError};
 use crate::store::Store;
 
+mod outcomes;
 pub mod preflight;
 mod signals;
 
@@ -32,7 +33,7 @@ pub use signals::Signals;
 pub struct Context {
     /// The engine and the front doors' settings: replaced whole on reload.
     live: ArcSwap<Live>,
-    pub log: DecisionLog,
+    pub log: Arc<DecisionLog>,
     /// Counters for the metrics listener and `status`.
     pub metrics: Arc<Metrics>,
     /// The STARTTLS prober: what early refusals know. Built when a front
@@ -42,6 +43,8 @@ pub struct Context {
     pub mta_sts: Option<MtaSts>,
     /// The DANE source, when `[dane]` enables it.
     pub dane: Option<DaneSource>,
+    /// The outcome follower's index and status, when `[outcomes]` is on.
+    pub outcomes: Option<outcomes::Outcomes>,
     config_path: PathBuf,
     config: ArcSwap<Config>,
     last_reload: ArcSwap<SystemTime>,
@@ -210,14 +213,19 @@ impl Context {
         }
         let target = Target::from_setting(&config.log.decisions);
         let log = DecisionLog::start(target.clone()).map_err(|e| StartError::Log(target, e))?;
+        let outcomes = config
+            .outcomes
+            .as_ref()
+            .map(|o| outcomes::build(o, &log, &metrics));
         let live = live_config(Engine::with_sources(policy, sources), &config, None);
         Ok(Context {
             live: ArcSwap::from_pointee(live),
-            log,
+            log: Arc::new(log),
             metrics,
             prober,
             mta_sts,
             dane,
+            outcomes,
             config_path: config_path.to_path_buf(),
             config: ArcSwap::from_pointee(config),
             last_reload: ArcSwap::from_pointee(SystemTime::now()),
@@ -265,6 +273,11 @@ impl crate::health::Observed for Context {
 
     fn decision_log_dropped(&self) -> u64 {
         self.log.dropped()
+    }
+
+    fn outcomes(&self) -> Option<crate::health::OutcomesHealth> {
+        let o = self.outcomes.as_ref()?;
+        Some(o.status.health(&self.metrics, SystemTime::now()))
     }
 }
 
@@ -366,6 +379,9 @@ impl Context {
         }
         if old.metrics != new.metrics {
             needs_restart.push("metrics");
+        }
+        if old.outcomes != new.outcomes {
+            needs_restart.push("outcomes");
         }
         // One swap: the policy file and every front door's settings.
         let old_live = self.live.load_full();
@@ -503,6 +519,7 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         tasks.spawn(milter::serve(l, deps, shutdown.clone()));
     }
     drop(config);
+    let follower = outcomes::spawn(&ctx, shutdown.clone());
     tasks.spawn(timer_anchor(shutdown.clone()));
     match (&ctx.mta_sts, &ctx.dane) {
         (Some(s), _) => {
@@ -514,6 +531,11 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         (None, None) => {}
     }
     while tasks.join_next().await.is_some() {}
+    // The follower saves its position after its last records are queued;
+    // the log is closed after that.
+    if let Some(f) = follower {
+        let _ = tokio::task::spawn_blocking(move || f.join()).await;
+    }
     if let Some(store) = ctx.mta_sts.as_ref().and_then(|s| s.store()) {
         store.close();
     }

@@ -13,6 +13,7 @@
 
 pub mod decision;
 pub mod key;
+pub mod outcome;
 pub mod policy_file;
 pub mod recipient;
 pub mod refusal;

@@ -22,14 +22,23 @@ pub enum Cache {
     Dane,
     /// The policy server's RCPT decisions per open message.
     PolicyMessages,
+    /// The outcome follower's socketmap decisions by next hop.
+    OutcomeHops,
+    /// The outcome follower's socketmap decisions by asking process.
+    OutcomeProcesses,
+    /// The outcome follower's RCPT-time decisions by queue id.
+    OutcomeMessages,
 }
 
 impl Cache {
-    pub const ALL: [Cache; 4] = [
+    pub const ALL: [Cache; 7] = [
         Cache::Prober,
         Cache::MtaSts,
         Cache::Dane,
         Cache::PolicyMessages,
+        Cache::OutcomeHops,
+        Cache::OutcomeProcesses,
+        Cache::OutcomeMessages,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +47,9 @@ impl Cache {
             Cache::MtaSts => "mta-sts",
             Cache::Dane => "dane",
             Cache::PolicyMessages => "policy-messages",
+            Cache::OutcomeHops => "outcome-hops",
+            Cache::OutcomeProcesses => "outcome-processes",
+            Cache::OutcomeMessages => "outcome-messages",
         }
     }
 
@@ -48,6 +60,7 @@ impl Cache {
             Cache::MtaSts => "mta_sts",
             Cache::Dane => "dane",
             Cache::PolicyMessages => "policy",
+            Cache::OutcomeHops | Cache::OutcomeProcesses | Cache::OutcomeMessages => "outcomes",
         }
     }
 

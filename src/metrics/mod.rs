@@ -36,6 +36,7 @@ mod capture;
 mod histogram;
 mod labels;
 mod observer;
+mod outcomes;
 mod registry;
 mod render;
 mod text;
@@ -46,6 +47,7 @@ pub use capture::ErrorCapture;
 pub use histogram::Histogram;
 pub use labels::{Cache, Fetch, FetchResult, Frontend};
 pub use observer::MetricsObserver;
+pub use outcomes::LineKind;
 pub use registry::{ConnectionGuard, Metrics};
 pub use text::Writer;
 

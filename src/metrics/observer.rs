@@ -49,7 +49,12 @@ impl CacheObserver for MetricsObserver {
     fn size(&self, size: CacheSize) {
         let n = match self.cache {
             Cache::MtaSts => size.positive(),
-            Cache::Dane | Cache::Prober | Cache::PolicyMessages => size.entries,
+            Cache::Dane
+            | Cache::Prober
+            | Cache::PolicyMessages
+            | Cache::OutcomeHops
+            | Cache::OutcomeProcesses
+            | Cache::OutcomeMessages => size.entries,
         };
         self.metrics.cache_entries(self.cache, n);
     }
@@ -58,7 +63,10 @@ impl CacheObserver for MetricsObserver {
         let fetch = match self.cache {
             Cache::MtaSts => Fetch::MtaSts,
             Cache::Dane => Fetch::Dane,
-            Cache::PolicyMessages => return,
+            Cache::PolicyMessages
+            | Cache::OutcomeHops
+            | Cache::OutcomeProcesses
+            | Cache::OutcomeMessages => return,
             Cache::Prober => {
                 if let FetchOutcome::Verdict(v) = outcome {
                     self.metrics.probe(v, took);

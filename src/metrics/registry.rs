@@ -10,8 +10,10 @@ use std::time::{Duration, SystemTime};
 use super::capture::truncate_utf8;
 use super::histogram::{Histogram, LOOKUP_BUCKETS_US, NETWORK_BUCKETS_US};
 use super::labels::{Cache, Fetch, FetchResult, Frontend, level_index, source_index};
+use super::outcomes::{LineKind, OutcomeCounters};
 use super::{ListenerStatus, MAX_ERROR_TEXT, RECENT_ERRORS, RecentError, ReloadStatus};
-use crate::engine::decision::Decision;
+use crate::engine::decision::{Decision, Tls};
+use crate::engine::outcome::{Alarm, TlsTrust, Verdict};
 
 /// The rarely changing part, behind one mutex.
 #[derive(Default)]
@@ -53,6 +55,7 @@ pub struct Metrics {
     /// Unix seconds of the last fetch that did not fail (0: none yet).
     pub(super) fetch_last_ok: [AtomicU64; 2],
     pub(super) probe_seconds: Histogram,
+    pub(super) outcomes: OutcomeCounters,
     pub(super) slow: Mutex<Slow>,
 }
 
@@ -85,6 +88,7 @@ impl Metrics {
             fetch_failing: Default::default(),
             fetch_last_ok: Default::default(),
             probe_seconds: Histogram::new(NETWORK_BUCKETS_US),
+            outcomes: Default::default(),
             slow: Mutex::new(Slow::default()),
         }
     }
@@ -126,6 +130,33 @@ impl Metrics {
     /// `dane`, `reload`, `metrics`; `kind` a short snake_case word.
     pub fn error(&self, component: &'static str, kind: &'static str) {
         *self.slow().errors.entry((component, kind)).or_insert(0) += 1;
+    }
+
+    // ---- delivery outcomes ----
+
+    /// One delivery judged.
+    pub fn delivery(&self, verdict: Verdict, trust: TlsTrust, decision: Option<Tls>) {
+        self.outcomes.delivery(verdict, trust, decision);
+    }
+
+    /// One delivery an operator must look at.
+    pub fn outcome_alarm(&self, alarm: Alarm) {
+        self.outcomes.alarm(alarm);
+    }
+
+    /// `n` lines the outcome follower read, of one kind.
+    pub fn outcome_lines(&self, kind: LineKind, n: u64) {
+        self.outcomes.lines(kind, n);
+    }
+
+    /// Deliveries judged so far with this verdict.
+    pub fn deliveries_with(&self, verdict: Verdict) -> u64 {
+        self.outcomes.deliveries_with(verdict)
+    }
+
+    /// Alarms raised so far of this kind.
+    pub fn alarms(&self, alarm: Alarm) -> u64 {
+        self.outcomes.alarms(alarm)
     }
 
     // ---- caches and sources ----

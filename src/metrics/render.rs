@@ -202,6 +202,7 @@ impl Metrics {
             w.sample_f("last_reload_timestamp_seconds", &[], t);
         }
         drop(slow);
+        self.outcomes.render(&mut w);
         w.header(
             "start_time_seconds",
             "gauge",

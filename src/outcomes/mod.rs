@@ -11,21 +11,34 @@
 //! - [`postfix`]: an smtp/lmtp message → a typed [`postfix::Event`];
 //!   [`delivery`]: its status lines (`to=<...>, relay=..., status=...`).
 //! - [`connections`]: per-process state that attaches a connection's TLS
-//!   facts to the delivery lines it carried ([`connections::ConnectionTracker`]).
+//!   facts to the delivery lines it carried ([`connections::ConnectionTracker`]);
+//!   [`pipeline`]: bytes → deliveries, every line counted.
+//! - [`correlate`]: the join of each delivery with the decision that
+//!   governed it ([`correlate::DecisionIndex`], fed by the decision log's
+//!   writer), and its verdict (the engine's rule).
+//! - [`task`]: the follower thread (file or journal): records, metrics,
+//!   alarms ([`status`] for `/health`), the saved position; [`config`]:
+//!   `[outcomes]`.
 //!
 //! Parsing is pure (no I/O, no clock); the follower reads files, the
-//! journal reader runs journalctl, and the join with the decision log
-//! builds on both.
+//! journal reader runs journalctl.
 
+pub mod config;
 pub mod connections;
+pub mod correlate;
 pub mod delivery;
 pub mod follow;
 pub mod journal;
+mod journal_task;
 pub mod lines;
 pub mod peer;
+pub mod pipeline;
 pub mod postfix;
 pub mod state;
+pub mod status;
 pub mod syslog;
+pub mod task;
+pub mod thread;
 
 use postfix::Event;
 use syslog::SyslogLine;

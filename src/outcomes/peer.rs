@@ -74,3 +74,22 @@ pub enum TlsFailureKind {
     /// policy server did not answer).
     ConfigProblem,
 }
+
+impl TlsFailureKind {
+    /// The name written in outcome records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsFailureKind::NotOffered => "not-offered",
+            TlsFailureKind::StartTlsRefused => "starttls-refused",
+            TlsFailureKind::TlsUnavailable => "tls-unavailable",
+            TlsFailureKind::CertNotVerified => "certificate-not-verified",
+            TlsFailureKind::VerificationFailed => "verification-failed",
+            TlsFailureKind::DaneMismatch => "dane-mismatch",
+            TlsFailureKind::TlsaUnusable => "tlsa-unusable",
+            TlsFailureKind::TlsaLookupError => "tlsa-lookup-error",
+            TlsFailureKind::HandshakeFailed => "handshake-failed",
+            TlsFailureKind::LibraryProblem => "library-problem",
+            TlsFailureKind::ConfigProblem => "config-problem",
+        }
+    }
+}

@@ -173,8 +173,14 @@ pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: Cancellati
         let shutdown = stop.clone();
         async move {
             match conn {
-                Accepted::Tcp(s) => connection(s, &peer, &ctx, &shutdown).await,
-                Accepted::Unix(s) => connection(s, &peer, &ctx, &shutdown).await,
+                Accepted::Tcp(s) => connection(s, (&peer, None), &ctx, &shutdown).await,
+                Accepted::Unix(s) => {
+                    // The smtp(8) process that asks: its deliveries are
+                    // the ones this decision governs.
+                    let pid = s.peer_cred().ok().and_then(|c| c.pid());
+                    let pid = pid.and_then(|p| u32::try_from(p).ok());
+                    connection(s, (&peer, pid), &ctx, &shutdown).await
+                }
             }
         }
     })
@@ -182,8 +188,13 @@ pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: Cancellati
 }
 
 /// Serve one connection: requests in order, one reply each.
-async fn connection<S>(mut stream: S, peer: &str, ctx: &SocketmapDeps, shutdown: &CancellationToken)
-where
+/// `who`: the peer as described for log lines, and its pid when known.
+async fn connection<S>(
+    mut stream: S,
+    (peer, client_pid): (&str, Option<u32>),
+    ctx: &SocketmapDeps,
+    shutdown: &CancellationToken,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
@@ -200,7 +211,7 @@ where
             match netstring::decode(&buf[start..], MAX_QUERY_LEN) {
                 Ok(Some(frame)) => {
                     let payload = &buf[start + frame.payload.start..start + frame.payload.end];
-                    if let Err(problem) = request(payload, ctx, &mut out).await {
+                    if let Err(problem) = request(payload, client_pid, ctx, &mut out).await {
                         ctx.count_error("bad_request");
                         tracing::warn!(
                             peer,
@@ -278,6 +289,7 @@ where
 /// means the payload is not a socketmap request at all.
 async fn request(
     payload: &[u8],
+    client_pid: Option<u32>,
     ctx: &SocketmapDeps,
     out: &mut Vec<u8>,
 ) -> Result<(), &'static str> {
@@ -311,7 +323,10 @@ async fn request(
         MapKind::Forced => settings.forced_map.clone(),
     };
     if let Some(recorded) = reply.recorded() {
-        let rec = record(key, map, dest, decision, recorded);
+        let mut rec = record(key, map, dest, decision, recorded);
+        if let Detail::Lookup(l) = &mut rec.detail {
+            l.client_pid = client_pid;
+        }
         ctx.backend.decision_log().log(rec);
     }
     Ok(())
@@ -333,6 +348,7 @@ fn record(
             domain: dest.map(|d| d.name),
             decision,
             reply,
+            client_pid: None,
         }),
     )
 }

@@ -14,6 +14,7 @@
 //! stalled) drops the record and counts it rather than slowing lookups; the
 //! count is reported in the operational log.
 
+mod delivery;
 mod serialize;
 mod writer;
 
@@ -26,7 +27,8 @@ use serde::Serialize;
 use crate::engine::decision::Decision;
 use crate::engine::recipient::{MessageSummary, MessageVerdict, RecipientDecision};
 
-pub use writer::{BATCH_INTERVAL, DecisionLog, LOG_QUEUE_CAPACITY, Target};
+pub use delivery::{DecidedBy, DeliveryOutcome, GoverningDecision};
+pub use writer::{BATCH_INTERVAL, DecisionLog, LOG_QUEUE_CAPACITY, RecordTap, Target};
 
 /// A front door: where decisions come from. The record's `frontend`, and
 /// the metrics' `frontend` label.
@@ -61,9 +63,7 @@ pub struct DecisionRecord {
 #[derive(Debug, Clone)]
 pub struct RecordHead {
     pub ts: SystemTime,
-    /// Always the door of the [`Detail`] (see [`Detail::frontend`]).
-    pub frontend: Frontend,
-    /// Postfix queue id, when the front door knows it.
+    /// Postfix queue id, when the front door (or the delivery) knows it.
     pub queue_id: Option<String>,
 }
 
@@ -76,19 +76,28 @@ pub enum Detail {
     Recipient(Recipient),
     /// One message: policy server END-OF-MESSAGE, or the milter.
     Message(Message),
+    /// One delivery attempt read from Postfix's log, with its verdict.
+    Delivery(Box<DeliveryOutcome>),
 }
 
 impl Detail {
-    /// The front door that writes this kind of record.
-    pub fn frontend(&self) -> Frontend {
+    /// The front door that writes this kind of record; `None` for a
+    /// delivery outcome (written by the outcome follower).
+    pub fn frontend(&self) -> Option<Frontend> {
         match self {
-            Detail::Lookup(_) => Frontend::Socketmap,
-            Detail::Recipient(_) => Frontend::Policy,
-            Detail::Message(m) => match m.door {
+            Detail::Lookup(_) => Some(Frontend::Socketmap),
+            Detail::Recipient(_) => Some(Frontend::Policy),
+            Detail::Message(m) => Some(match m.door {
                 MessageDoor::Policy { .. } => Frontend::Policy,
                 MessageDoor::Milter(_) => Frontend::Milter,
-            },
+            }),
+            Detail::Delivery(_) => None,
         }
+    }
+
+    /// The record's `frontend` field: the door, or `delivery`.
+    pub fn written_by(&self) -> &'static str {
+        self.frontend().map_or("delivery", Frontend::as_str)
     }
 }
 
@@ -98,7 +107,6 @@ impl DecisionRecord {
         DecisionRecord {
             head: RecordHead {
                 ts: SystemTime::now(),
-                frontend: detail.frontend(),
                 queue_id,
             },
             detail,
@@ -121,6 +129,10 @@ pub struct Lookup {
     pub decision: Decision,
     /// `level` (the decision's policy text) is written only with `OK`.
     pub reply: LookupReply,
+    /// The process that asked, when it came over a unix socket
+    /// (`SO_PEERCRED`): the `postfix/smtp[PID]` whose deliveries the
+    /// decision governs.
+    pub client_pid: Option<u32>,
 }
 
 /// The socketmap reply code of a recorded lookup. (`PERM`, for a map name
@@ -390,6 +402,7 @@ mod tests {
                 domain: None,
                 decision,
                 reply: LookupReply::Ok,
+                client_pid: None,
             }),
         )
     }
@@ -558,7 +571,7 @@ mod tests {
             milter,
         );
         let rec = DecisionRecord::new(None, Detail::Message(msg));
-        assert_eq!(rec.head.frontend, Frontend::Milter);
+        assert_eq!(rec.detail.frontend(), Some(Frontend::Milter));
         let Detail::Message(m) = &rec.detail else {
             panic!("{rec:?}")
         };

@@ -10,8 +10,8 @@ use std::time::SystemTime;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::{
-    DecisionRecord, Detail, Envelope, Lookup, LookupReply, Message, MessageDoor, MilterMessage,
-    Recipient,
+    DecisionRecord, DeliveryOutcome, Detail, Envelope, Lookup, LookupReply, Message, MessageDoor,
+    MilterMessage, Recipient,
 };
 use crate::engine::decision::Decision;
 
@@ -20,12 +20,13 @@ impl Serialize for DecisionRecord {
         let mut m = s.serialize_map(None)?;
         let head = &self.head;
         m.serialize_entry("ts", &Rfc3339(head.ts))?;
-        m.serialize_entry("frontend", head.frontend.as_str())?;
+        m.serialize_entry("frontend", self.detail.written_by())?;
         opt(&mut m, "queue_id", head.queue_id.as_deref())?;
         match &self.detail {
             Detail::Lookup(l) => lookup(&mut m, l)?,
             Detail::Recipient(r) => recipient(&mut m, r)?,
             Detail::Message(msg) => message(&mut m, msg)?,
+            Detail::Delivery(d) => delivery(&mut m, d)?,
         }
         m.end()
     }
@@ -35,7 +36,8 @@ fn lookup<M: SerializeMap>(m: &mut M, l: &Lookup) -> Result<(), M::Error> {
     m.serialize_entry("map", &*l.map)?;
     let level = l.reply == LookupReply::Ok;
     let decided = (&*l.key, l.domain.as_deref(), &l.decision);
-    decision(m, decided, level, l.reply.as_str())
+    decision(m, decided, level, l.reply.as_str())?;
+    opt(m, "client_pid", l.client_pid.as_ref())
 }
 
 fn recipient<M: SerializeMap>(m: &mut M, r: &Recipient) -> Result<(), M::Error> {
@@ -77,6 +79,36 @@ fn message<M: SerializeMap>(m: &mut M, msg: &Message) -> Result<(), M::Error> {
     opt(m, "sender_rule", msg.sender_rule.as_ref())?;
     if let MessageDoor::Milter(milter) = &msg.door {
         milter_fields(m, milter)?;
+    }
+    Ok(())
+}
+
+/// A delivery outcome's fields after the head.
+fn delivery<M: SerializeMap>(m: &mut M, d: &DeliveryOutcome) -> Result<(), M::Error> {
+    m.serialize_entry("recipient", &d.recipient)?;
+    opt(m, "orig_to", d.orig_to.as_deref())?;
+    opt(m, "domain", d.domain.as_deref())?;
+    m.serialize_entry("relay", &d.relay)?;
+    m.serialize_entry("transport", &d.transport)?;
+    m.serialize_entry("status", &d.status)?;
+    m.serialize_entry("dsn", &d.dsn)?;
+    m.serialize_entry("status_text", &d.status_text)?;
+    m.serialize_entry("tls_trust", d.tls_trust.as_str())?;
+    opt(m, "tls_protocol", d.tls_protocol.as_deref())?;
+    opt(m, "tls_cipher", d.tls_cipher.as_deref())?;
+    opt(m, "tls_failure", d.tls_failure)?;
+    if let Some(g) = &d.governing {
+        m.serialize_entry("decided_by", g.by.as_str())?;
+        m.serialize_entry("tls", g.tls.as_str())?;
+        m.serialize_entry("level", &*g.level)?;
+        m.serialize_entry("source", g.source.as_str())?;
+        opt(m, "rule", g.rule.as_ref())?;
+        m.serialize_entry("reason", &*g.reason)?;
+    }
+    m.serialize_entry("verdict", d.verdict.as_str())?;
+    m.serialize_entry("logged_at", &Rfc3339(d.logged_at))?;
+    if let Some(delay) = d.delay {
+        m.serialize_entry("delay", &delay.as_secs_f64())?;
     }
     Ok(())
 }

@@ -59,9 +59,18 @@ fn open_append(p: &std::path::Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(p)
 }
 
+/// Sees every record the writer writes, after it is written, on the
+/// writer's thread (off the front doors' path): the outcome follower's
+/// index of decisions.
+pub trait RecordTap: Send + Sync {
+    fn note(&self, record: &DecisionRecord);
+}
+
 enum Msg {
     /// Boxed: the queue pre-allocates every slot, so slots stay small.
     Record(Box<DecisionRecord>),
+    /// Show every record written from now on to this tap.
+    Tap(Arc<dyn RecordTap>),
     /// Reopen (logrotate) or switch to another target.
     Reopen(Target),
     /// Write out everything queued, then answer.
@@ -103,6 +112,23 @@ impl DecisionLog {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Queue a record, waiting for room when the queue is full: for
+    /// records that must not be lost (delivery outcomes; the follower
+    /// reads on when they are queued). `false` when the writer has
+    /// stopped (the record is counted as dropped).
+    pub fn log_waiting(&self, record: DecisionRecord) -> bool {
+        if self.tx.send(Msg::Record(Box::new(record))).is_ok() {
+            return true;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Show every record written from now on to `tap`.
+    pub fn set_tap(&self, tap: Arc<dyn RecordTap>) {
+        let _ = self.tx.send(Msg::Tap(tap));
     }
 
     /// Records dropped so far because the writer fell behind.
@@ -151,6 +177,7 @@ fn writer(
     let mut reported_drops = 0u64;
     let mut acks = Vec::new();
     let mut stop = false;
+    let mut tap: Option<Arc<dyn RecordTap>> = None;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         while let Some(msg) = next {
@@ -160,7 +187,11 @@ fn writer(
                         .map_err(io::Error::from)
                         .and_then(|()| out.write_all(b"\n"));
                     note_write(&mut failing, &target, res);
+                    if let Some(t) = &tap {
+                        t.note(&r);
+                    }
                 }
+                Msg::Tap(t) => tap = Some(t),
                 Msg::Reopen(new) => {
                     note_write(&mut failing, &target, out.flush());
                     match new.open() {

@@ -1,0 +1,185 @@
+//! The outcome follower in the running daemon: socketmap lookups over a
+//! unix socket (the asking process named by SO_PEERCRED), Postfix's lines
+//! for that process appended to a followed mail log, and the outcome
+//! records, verdicts, metrics and status that come of them; then a restart
+//! and a rotation by rename with lines written while the daemon was down.
+//! The lines are Postfix 3.7's own (tests/fixtures/postfix-logs/), with
+//! this test's pid, since this test is the process that asked.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+
+use common::{Client, Daemon, Options, config_listening, wait_for_json_lines};
+use serde_json::Value;
+
+const POLICY: &str = "\
+[[rule]]
+domains = [\"forced.test\"]
+tls = \"encrypt\"
+
+[[rule]]
+domains = [\"verified.test\"]
+tls = \"secure\"
+";
+
+fn outcomes_config() -> String {
+    config_listening("unix:socketmap.sock", "policy", "")
+        + "\n[outcomes]\n\
+           log = \"file:mail.log\"\n\
+           state_file = \"outcomes.state\"\n\
+           start = \"beginning\"\n\
+           poll_interval = \"20ms\"\n"
+}
+
+fn append(path: &Path, lines: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    f.write_all(lines.as_bytes()).unwrap();
+}
+
+/// Postfix's lines for one delivery each, logged by smtp process `pid`.
+/// Now, as rsyslog's RFC 3339 timestamps write it.
+fn stamp() -> String {
+    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+}
+
+fn verified(pid: u32, queue_id: &str) -> String {
+    let now = stamp();
+    format!(
+        "{now} out postfix/smtp[{pid}]: Verified TLS connection established to mx.verified.test[127.0.0.11]:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519 server-signature RSA-PSS (2048 bits) server-digest SHA256\n\
+         {now} out postfix/smtp[{pid}]: {queue_id}: to=<a@verified.test>, relay=mx.verified.test[127.0.0.11]:25, delay=0.2, delays=0.03/0.03/0.06/0.08, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 9974198C1B7)\n"
+    )
+}
+
+fn plaintext(pid: u32, queue_id: &str) -> String {
+    let now = stamp();
+    format!(
+        "{now} out postfix/smtp[{pid}]: {queue_id}: to=<a@forced.test>, relay=mx.forced.test[127.0.0.13]:25, delay=0.07, delays=0.02/0/0.02/0.03, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as B1B0098C1C2)\n"
+    )
+}
+
+fn not_offered(pid: u32, queue_id: &str) -> String {
+    let now = stamp();
+    format!(
+        "{now} out postfix/smtp[{pid}]: {queue_id}: to=<b@forced.test>, relay=mx.forced.test[127.0.0.13]:25, delay=0.04, delays=0.01/0.02/0.01/0, dsn=4.7.4, status=deferred (TLS is required, but was not offered by host mx.forced.test[127.0.0.13])\n"
+    )
+}
+
+fn deliveries(d: &Daemon, n: usize) -> Vec<Value> {
+    let all = wait_for_json_lines(&d.decisions_path(), n);
+    all.into_iter()
+        .filter(|r| r["frontend"] == "delivery")
+        .collect()
+}
+
+fn verdicts(records: &[Value]) -> Vec<(String, String)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["queue_id"].as_str().unwrap().to_string(),
+                r["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn deliveries_are_judged_against_the_lookup_of_the_process_that_asked() {
+    let mut d = Daemon::start_frontend(&outcomes_config(), POLICY, Options::default(), "socketmap");
+    let log = d.dir().join("mail.log");
+    let socket = d.dir().join("socketmap.sock");
+    let mut c = Client::connect_unix(&socket);
+    assert!(
+        c.query("tls_policy", "forced.test")
+            .starts_with("OK encrypt")
+    );
+    assert!(
+        c.query("tls_policy", "verified.test")
+            .starts_with("OK secure")
+    );
+    let lookups = wait_for_json_lines(&d.decisions_path(), 2);
+    let me = std::process::id();
+    assert_eq!(lookups[0]["client_pid"], me, "{:?}", lookups[0]);
+
+    // Lines of other programs and a line cut off mid-way come too.
+    let now = stamp();
+    append(
+        &log,
+        &format!(
+            "{now} out postfix/qmgr[77]: 1A: from=<s@example.org>, size=300, nrcpt=1 (queue active)\n\
+             not a syslog line\n{}{}{}",
+            verified(me, "1A"),
+            plaintext(me, "2B"),
+            not_offered(me, "3C")
+        ),
+    );
+    let got = deliveries(&d, 5);
+    assert_eq!(
+        verdicts(&got),
+        [
+            ("1A".into(), "verified".into()),
+            ("2B".into(), "violation".into()),
+            ("3C".into(), "held".into())
+        ]
+    );
+    for r in &got {
+        assert_eq!(r["decided_by"], "socketmap", "{r}");
+        assert_eq!(r["transport"], "postfix/smtp");
+    }
+    assert_eq!(got[0]["level"], "secure");
+    assert_eq!(got[0]["tls_trust"], "verified");
+    assert_eq!(got[1]["tls_trust"], "none");
+    assert_eq!(got[2]["tls_failure"], "not-offered");
+    // The violation is an alarm: logged at error level with what to check.
+    let alarm = d.wait_for_line(|l| l.contains("ERROR") && l.contains("needs an operator"));
+    assert!(
+        alarm.contains("2B") && alarm.contains("smtp_tls_policy_maps"),
+        "{alarm}"
+    );
+
+    // Stopped, the log rotated by rename and written on meanwhile: after
+    // the restart the rest of the old file, then the new one, each line
+    // once.
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+    append(&log, &plaintext(me, "4D"));
+    std::fs::rename(&log, d.dir().join("mail.log.1")).unwrap();
+    append(&log, &not_offered(me, "5E"));
+    d.restart("socketmap");
+    let mut c = Client::connect_unix(&socket);
+    assert!(
+        c.query("tls_policy", "forced.test")
+            .starts_with("OK encrypt")
+    );
+    let got = deliveries(&d, 8);
+    assert_eq!(
+        verdicts(&got),
+        [
+            ("1A".into(), "verified".into()),
+            ("2B".into(), "violation".into()),
+            ("3C".into(), "held".into()),
+            ("4D".into(), "violation".into()),
+            ("5E".into(), "held".into()),
+        ]
+    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_tls-policyd"))
+        .args([
+            "log",
+            "--outcomes",
+            "--verdict",
+            "violation",
+            "--json",
+            "--file",
+        ])
+        .arg(d.decisions_path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(text.lines().count(), 2, "{text}");
+}
