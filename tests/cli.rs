@@ -1920,3 +1920,27 @@ fn a_start_that_cannot_bind_leaves_no_file_behind() {
         r.stderr
     );
 }
+
+#[test]
+fn serve_refuses_an_outcome_state_file_it_cannot_write() {
+    let s = setup("", Some(GOOD_POLICY));
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let state = s.dir.path().join("no-such-dir/outcomes.state");
+    write(
+        &s.config,
+        &format!(
+            "{text}\n[outcomes]\nlog = \"file:/var/log/mail.log\"\nstate_file = {}\n",
+            toml_path(&state)
+        ),
+    );
+    let log_file = s.dir.path().join("decisions.jsonl");
+    let r = serve_once(&s, 0, &log_file);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("key `outcomes.state_file`: {}", state.display())),
+        "{}",
+        r.stderr
+    );
+    assert!(!log_file.exists(), "{}", r.stderr);
+}

@@ -216,7 +216,7 @@ impl Context {
         let outcomes = config
             .outcomes
             .as_ref()
-            .map(|o| outcomes::build(o, &log, &metrics));
+            .map(|o| outcomes::build(o, &config.log.decisions, &log, &metrics));
         let live = live_config(Engine::with_sources(policy, sources), &config, None);
         Ok(Context {
             live: ArcSwap::from_pointee(live),

@@ -1,17 +1,20 @@
 //! Wiring of the outcome follower: its index of decisions (fed by the
 //! decision log's writer), its status for `/health`, and its thread.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use crate::engine::key::Destination;
-use crate::log::record::DecisionLog;
+use crate::log::record::{DecisionLog, Target};
 use crate::metrics::{Cache, Metrics};
 use crate::outcomes::config::OutcomesConfig;
 use crate::outcomes::correlate::{DecisionIndex, IndexObservers};
+use crate::outcomes::rebuild::{MAX_REBUILD_BYTES, rebuild};
 use crate::outcomes::status::FollowerStatus;
 use crate::outcomes::task::{FollowerDeps, RuleLookup};
 use crate::outcomes::thread;
@@ -23,9 +26,11 @@ pub struct Outcomes {
     pub status: Arc<FollowerStatus>,
 }
 
-/// The parts for `config`, the index tapped into `log`.
+/// The parts for `config`, the index tapped into `log` after learning
+/// back what the decision log at `decisions` holds (when it is a file).
 pub(super) fn build(
     config: &OutcomesConfig,
+    decisions: &Path,
     log: &DecisionLog,
     metrics: &Arc<Metrics>,
 ) -> Outcomes {
@@ -35,6 +40,23 @@ pub(super) fn build(
         messages: metrics.cache_observer(Cache::OutcomeMessages),
     };
     let index = Arc::new(DecisionIndex::new(config.limits(), observers));
+    if let Target::File(path) = Target::from_setting(decisions) {
+        let window = config.message_window.max(config.hop_window);
+        match rebuild(&index, &path, MAX_REBUILD_BYTES, window, SystemTime::now()) {
+            Ok(s) => tracing::info!(
+                log = %path.display(),
+                lookups = s.lookups,
+                messages = s.messages,
+                "outcomes: decisions read back from the decision log"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(log = %path.display(), error = %e,
+                    "outcomes: cannot read back the decision log; deliveries of messages decided before the start may be judged without their decision");
+                metrics.error("outcomes", "rebuild");
+            }
+        }
+    }
     log.set_tap(index.clone());
     Outcomes {
         config: config.clone(),

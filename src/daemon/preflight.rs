@@ -23,6 +23,9 @@ pub fn written_files(config: &Config) -> Vec<(&'static str, PathBuf)> {
     if let Some(m) = config.mta_sts.as_ref().filter(|m| m.enabled) {
         files.push(("mta_sts.cache_file", m.cache_file.clone()));
     }
+    if let Some(o) = &config.outcomes {
+        files.push(("outcomes.state_file", o.state_file.clone()));
+    }
     files
 }
 

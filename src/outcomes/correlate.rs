@@ -194,17 +194,21 @@ impl DecisionIndex {
     }
 
     fn note_lookup(&self, l: &Lookup, ts: SystemTime) {
-        let Some(domain) = l.domain.as_deref() else {
-            return;
-        };
-        let d = &l.decision;
+        if let Some(domain) = l.domain.as_deref() {
+            self.note_hop(domain, l.client_pid, &l.decision, ts);
+        }
+    }
+
+    /// A socketmap decision for the next hop `domain` (normalised), asked
+    /// at `ts` by process `pid` when known.
+    pub fn note_hop(&self, domain: &str, pid: Option<u32>, d: &Decision, ts: SystemTime) {
         let noted = Arc::new(Noted {
             level: d.level,
             governing: governing(DecidedBy::Socketmap, d),
         });
         let expiry = validity(ts, self.limits.hop_window);
         self.hops.insert(Box::from(domain), noted.clone(), expiry);
-        if let Some(pid) = l.client_pid {
+        if let Some(pid) = pid {
             self.processes.upsert(pid, |old| {
                 let mut list: Vec<_> = old
                     .filter(|(_, e)| e.is_valid_at(ts))
@@ -220,7 +224,8 @@ impl DecisionIndex {
         }
     }
 
-    fn note_message(
+    /// RCPT-time decisions for the recipients of message `queue_id`.
+    pub fn note_message(
         &self,
         queue_id: &str,
         by: DecidedBy,

@@ -34,6 +34,7 @@ pub mod lines;
 pub mod peer;
 pub mod pipeline;
 pub mod postfix;
+pub mod rebuild;
 pub mod state;
 pub mod status;
 pub mod syslog;
