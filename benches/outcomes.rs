@@ -1,6 +1,8 @@
 //! The outcome follower on a busy relay's mail log: the whole path a log
-//! line takes (file → `Follower` → `LineSplitter` → `syslog::parse_line`
-//! → `outcomes::event_of` → `ConnectionTracker::observe`).
+//! line takes in the daemon (file → `Follower` → `outcomes::pipeline`:
+//! `LineSplitter`, `syslog::parse_line`, `outcomes::event_of`,
+//! `ConnectionTracker::observe` → `DecisionIndex::judge` → the outcome
+//! record's JSON line).
 //!
 //!     cargo bench --bench outcomes
 //!
@@ -33,12 +35,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tls_policyd::outcomes::connections::{ConnectionTracker, ProcessKey};
-use tls_policyd::outcomes::event_of;
+use std::time::SystemTime;
+
+use tls_policyd::engine::decision::{Decision, Level, SourceKind};
+use tls_policyd::engine::outcome::Verdict;
+use tls_policyd::log::record::{DecisionRecord, Detail};
+use tls_policyd::metrics::LineKind;
+use tls_policyd::outcomes::correlate::{DecisionIndex, IndexLimits, IndexObservers};
 use tls_policyd::outcomes::follow::{Follower, Start};
-use tls_policyd::outcomes::lines::{Line, LineSplitter};
-use tls_policyd::outcomes::postfix::Event;
-use tls_policyd::outcomes::syslog::{YearHint, parse_line};
+use tls_policyd::outcomes::lines::MAX_LINE_LEN;
+use tls_policyd::outcomes::pipeline::Pipeline;
 
 fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -284,70 +290,98 @@ const ANON_CIPHER: &str = "TLSv1.2 with cipher ADH-AES256-GCM-SHA384 (256/256 bi
 const LIBRARY_PROBLEM: &str = "warning: TLS library problem: error:0A00042E:SSL routines::\
      tlsv1 alert protocol version:../ssl/record/rec_layer_s3.c:1601:SSL alert number 70:";
 
-/// The follower's side: bytes to lines to events to deliveries.
-struct Pipeline {
-    lines: LineSplitter,
-    tracker: ConnectionTracker,
-    hint: YearHint,
+/// The follower's side, as the daemon runs it: bytes to lines to events
+/// to deliveries (`outcomes::pipeline::Pipeline`), each judged against the
+/// decision that governed it (`DecisionIndex::judge`, the index holding a
+/// socketmap lookup for every domain the log names) and serialised as the
+/// outcome record's JSON line (into memory: the writer thread's part).
+struct Path2 {
+    pipeline: Pipeline,
+    index: DecisionIndex,
+    json: Vec<u8>,
     found: Counts,
     read: u64,
     bad: u64,
+    verdicts: [u64; Verdict::ALL.len()],
 }
 
-impl Pipeline {
-    fn new() -> Pipeline {
-        Pipeline {
-            lines: LineSplitter::default(),
-            tracker: ConnectionTracker::default(),
-            hint: YearHint {
-                year: 2026,
-                month: 12,
-            },
+fn no_rule(_: &str) -> Option<Decision> {
+    None
+}
+
+impl Path2 {
+    fn new() -> Path2 {
+        let mut pipeline = Pipeline::new(MAX_LINE_LEN, Vec::new());
+        pipeline.set_clock(SystemTime::now(), 0);
+        // The log's own times are generated: the lookups govern all of them.
+        let limits = IndexLimits {
+            hop_window: Duration::from_secs(100 * 365 * 86_400),
+            message_window: Duration::from_secs(100 * 365 * 86_400),
+            ..IndexLimits::default()
+        };
+        let index = DecisionIndex::new(limits, IndexObservers::default());
+        // Every domain the generator uses, decided a moment ago: forced for
+        // a tenth, opportunistic for the rest.
+        for d in 0..5000 {
+            let level = if d % 10 == 0 {
+                Level::Encrypt
+            } else {
+                Level::May
+            };
+            let decision = Decision {
+                level,
+                policy: Arc::from(level.as_str()),
+                source: SourceKind::Static,
+                rule: Some(1),
+                matched: None,
+                reason: Arc::from("bench"),
+                ttl: Duration::from_secs(60),
+                raised: false,
+                temporary: false,
+                published: None,
+            };
+            let ts = SystemTime::UNIX_EPOCH + Duration::from_secs(60);
+            index.note_hop(&format!("d{d}.example"), None, &decision, ts);
+        }
+        Path2 {
+            pipeline,
+            index,
+            json: Vec::with_capacity(1 << 16),
             found: Counts::default(),
             read: 0,
             bad: 0,
+            verdicts: Default::default(),
         }
     }
 
     /// Everything the follower has now.
     fn drain(&mut self, f: &mut Follower) {
         while let Some(chunk) = f.read(256 * 1024).expect("read the log") {
-            let Pipeline {
-                lines,
-                tracker,
-                hint,
+            let Path2 {
+                pipeline,
+                index,
+                json,
                 found,
-                read,
-                bad,
+                verdicts,
+                ..
             } = self;
-            lines.push(&chunk.bytes, |line| {
-                *read += 1;
-                let Line::Complete(bytes) = line else {
-                    *bad += 1;
-                    return;
-                };
-                let Ok(line) = parse_line(bytes, *hint) else {
-                    *bad += 1;
-                    return;
-                };
-                let event = event_of(&line);
-                if event == Event::Unknown {
-                    return;
+            pipeline.feed(&chunk.bytes, chunk.fresh, &mut |d, facts| {
+                found.deliveries += 1;
+                match &d.connection {
+                    Some(c) if c.tls.is_some() => found.tls += 1,
+                    Some(c) if !c.failures.is_empty() => found.failures_only += 1,
+                    _ => {}
                 }
-                let key = ProcessKey {
-                    host: line.host.into(),
-                    program: line.program.into(),
-                    pid: line.pid.unwrap_or(0),
-                };
-                if let Some(d) = tracker.observe(&key, event) {
-                    found.deliveries += 1;
-                    match &d.connection {
-                        Some(c) if c.tls.is_some() => found.tls += 1,
-                        Some(c) if !c.failures.is_empty() => found.failures_only += 1,
-                        _ => {}
-                    }
-                }
+                let j = index.judge(d, facts, &no_rule);
+                verdicts[j.outcome.verdict as usize] += 1;
+                let rec =
+                    DecisionRecord::new(Some(j.queue_id), Detail::Delivery(Box::new(j.outcome)));
+                json.clear();
+                serde_json::to_writer(&mut *json, &rec).unwrap();
             });
+            let counts = self.pipeline.take_counts();
+            self.read += counts.iter().sum::<u64>();
+            self.bad += counts[LineKind::NotSyslog as usize] + counts[LineKind::TooLong as usize];
         }
     }
 }
@@ -378,10 +412,10 @@ fn thread_cpu() -> Duration {
 }
 
 /// (a): the whole file through the path, once.
-fn read_whole(log: &Path) -> (Duration, Pipeline) {
+fn read_whole(log: &Path) -> (Duration, Path2) {
     let start = Instant::now();
     let (mut f, _) = Follower::new(log, None, Start::Beginning);
-    let mut path = Pipeline::new();
+    let mut path = Path2::new();
     path.drain(&mut f);
     (start.elapsed(), path)
 }
@@ -401,7 +435,7 @@ fn paced(
             let cpu0 = thread_cpu();
             let start = Instant::now();
             let (mut f, _) = Follower::new(&log, None, Start::Beginning);
-            let mut path = Pipeline::new();
+            let mut path = Path2::new();
             loop {
                 let last = stop.load(Ordering::Acquire);
                 path.drain(&mut f);
@@ -469,6 +503,7 @@ fn main() {
     let (hwm0, rss0) = memory();
     let mut rates = Vec::new();
     let mut tracked = 0;
+    let mut verdicts = [0u64; Verdict::ALL.len()];
     for run in 1..=runs {
         let (took, path) = read_whole(&log);
         assert_eq!(path.read, g.lines, "lines read");
@@ -483,7 +518,8 @@ fn main() {
             path.found.deliveries
         );
         rates.push(per_s);
-        tracked = path.tracker.len();
+        tracked = path.pipeline.tracker().len();
+        verdicts = path.verdicts;
     }
     rates.sort_by(f64::total_cmp);
     println!(
@@ -491,6 +527,11 @@ fn main() {
         rates[rates.len() / 2],
         1e6 / rates[rates.len() / 2]
     );
+    let judged: Vec<String> = Verdict::ALL
+        .iter()
+        .map(|v| format!("{} {}", v.as_str(), verdicts[*v as usize]))
+        .collect();
+    println!("(a) verdicts of the last run: {}", judged.join(", "));
     let (hwm1, rss1) = memory();
     println!(
         "(b) memory: before the runs VmHWM {hwm0} KiB, VmRSS {rss0} KiB; after VmHWM {hwm1} KiB, VmRSS {rss1} KiB; the tracker held {tracked} processes at the end"
