@@ -145,8 +145,18 @@ fn metrics_after_deliveries(tmp: &Path) -> (Daemon, String) {
         .collect();
     let want: Vec<&str> = deliveries.iter().map(|(_, [v, _, _])| *v).collect();
     assert_eq!(got, want);
-    // The records are written after the counts: these are complete.
-    let text = scrape(&m);
+    // Deliveries and alarms are counted before their record is written;
+    // the lines read, once the follower is done with what it read.
+    let lines = "tls_policyd_outcome_lines_total{kind=\"delivery\"} 9";
+    let deadline = std::time::Instant::now() + WAIT;
+    let text = loop {
+        let text = scrape(&m);
+        if text.lines().any(|l| l == lines) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "{lines}\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let mut want: HashMap<String, u64> = HashMap::new();
     for (_, [v, t, dec]) in &deliveries {
         *want
@@ -165,7 +175,6 @@ fn metrics_after_deliveries(tmp: &Path) -> (Daemon, String) {
         "tls_policyd_delivery_alarms_total{alarm=\"violation\"} 1",
         "tls_policyd_delivery_alarms_total{alarm=\"policy-unreachable\"} 1",
         "tls_policyd_delivery_alarms_total{alarm=\"undecided-forced\"} 1",
-        "tls_policyd_outcome_lines_total{kind=\"delivery\"} 9",
         "tls_policyd_errors_total{component=\"outcomes\",kind=\"state_read\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "{line}\n{text}");
