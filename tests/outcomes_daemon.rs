@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::Path;
-
+use common::maillog::{self, append, log_lines, sent_over_tls, sent_plaintext, stamp};
 use common::{Client, Daemon, Options, config_listening, wait_for_json_lines};
 use serde_json::Value;
 
@@ -34,41 +32,16 @@ fn outcomes_config() -> String {
            poll_interval = \"20ms\"\n"
 }
 
-fn append(path: &Path, lines: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(lines.as_bytes()).unwrap();
-}
-
-/// Postfix's lines for one delivery each, logged by smtp process `pid`.
-/// Now, as rsyslog's RFC 3339 timestamps write it.
-fn stamp() -> String {
-    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
-}
-
 fn verified(pid: u32, queue_id: &str) -> String {
-    let now = stamp();
-    format!(
-        "{now} out postfix/smtp[{pid}]: Verified TLS connection established to mx.verified.test[127.0.0.11]:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519 server-signature RSA-PSS (2048 bits) server-digest SHA256\n\
-         {now} out postfix/smtp[{pid}]: {queue_id}: to=<a@verified.test>, relay=mx.verified.test[127.0.0.11]:25, delay=0.2, delays=0.03/0.03/0.06/0.08, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as 9974198C1B7)\n"
-    )
+    log_lines(pid, &sent_over_tls("Verified", queue_id, "a@verified.test"))
 }
 
 fn plaintext(pid: u32, queue_id: &str) -> String {
-    let now = stamp();
-    format!(
-        "{now} out postfix/smtp[{pid}]: {queue_id}: to=<a@forced.test>, relay=mx.forced.test[127.0.0.13]:25, delay=0.07, delays=0.02/0/0.02/0.03, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as B1B0098C1C2)\n"
-    )
+    log_lines(pid, &sent_plaintext(queue_id, "a@forced.test"))
 }
 
 fn not_offered(pid: u32, queue_id: &str) -> String {
-    let now = stamp();
-    format!(
-        "{now} out postfix/smtp[{pid}]: {queue_id}: to=<b@forced.test>, relay=mx.forced.test[127.0.0.13]:25, delay=0.04, delays=0.01/0.02/0.01/0, dsn=4.7.4, status=deferred (TLS is required, but was not offered by host mx.forced.test[127.0.0.13])\n"
-    )
+    log_lines(pid, &maillog::not_offered(queue_id, "b@forced.test"))
 }
 
 fn deliveries(d: &Daemon, n: usize) -> Vec<Value> {

@@ -9,12 +9,14 @@
 //!
 //! Needs journalctl and systemd-journal-remote (Debian: the package
 //! `systemd-journal-remote`, which `scripts/test-all` installs); fails
-//! when they are missing.
+//! when they are missing (`tests/common/journal.rs`).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::journal::{Fields, journal_remote, mail_entry};
 
 use tls_policyd::outcomes::connections::{AttributedDelivery, ConnectionTracker, ProcessKey};
 use tls_policyd::outcomes::event_of;
@@ -30,37 +32,11 @@ const FIXTURE: &str = concat!(
     "/tests/fixtures/postfix-logs/postfix-3.7-outbound.log"
 );
 const WAIT: Duration = Duration::from_secs(30);
-const BOOT_ID: &str = "0123456789abcdef0123456789abcdef";
-
-/// systemd-journal-remote, where Debian installs it or on `PATH`.
-fn journal_remote() -> PathBuf {
-    let found = ["/lib/systemd", "/usr/lib/systemd"]
-        .iter()
-        .map(|d| Path::new(d).join("systemd-journal-remote"))
-        .find(|p| p.exists())
-        .or_else(|| {
-            let out = Command::new("sh")
-                .args(["-c", "command -v systemd-journal-remote"])
-                .output()
-                .ok()?;
-            let path = String::from_utf8(out.stdout).ok()?;
-            (!path.trim().is_empty()).then(|| PathBuf::from(path.trim()))
-        });
-    let ok = Command::new("journalctl").arg("--version").output();
-    assert!(
-        ok.is_ok_and(|o| o.status.success()),
-        "journalctl not found: this test needs systemd's journalctl"
-    );
-    found.expect(
-        "systemd-journal-remote not found: this test needs it to write journal files \
-         (apt-get install systemd-journal-remote; scripts/test-all installs it)",
-    )
-}
 
 /// One entry as journal export format fields, and what the reader should
 /// make of it (`None`: not handed out).
 struct Export {
-    fields: Vec<(&'static str, Vec<u8>)>,
+    fields: Fields,
     want: Option<Want>,
 }
 
@@ -95,20 +71,7 @@ impl Clock {
     fn entry(&mut self, host: &str, program: &str, pid: u32, message: &[u8]) -> Export {
         self.n += 1;
         let realtime = 1_764_917_454_000_000 + self.n * 1_000;
-        let fields = vec![
-            ("__REALTIME_TIMESTAMP", realtime.to_string().into_bytes()),
-            (
-                "__MONOTONIC_TIMESTAMP",
-                (5_000_000 + self.n).to_string().into_bytes(),
-            ),
-            ("_BOOT_ID", BOOT_ID.into()),
-            ("_HOSTNAME", host.into()),
-            ("SYSLOG_FACILITY", b"2".to_vec()),
-            ("SYSLOG_IDENTIFIER", program.into()),
-            ("SYSLOG_PID", pid.to_string().into_bytes()),
-            ("_PID", pid.to_string().into_bytes()),
-            ("MESSAGE", message.to_vec()),
-        ];
+        let fields = mail_entry(realtime, 5_000_000 + self.n, host, program, pid, message);
         let want = Want {
             host: host.into(),
             program: program.into(),
@@ -129,53 +92,9 @@ impl Clock {
     }
 }
 
-/// Journal export format: `NAME=value` lines, a value with a newline or
-/// not UTF-8 as `NAME\n`, its length (64 bits, little endian), the bytes
-/// and `\n`; a blank line after each entry.
-fn export(entries: &[Export]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for e in entries {
-        for (name, value) in &e.fields {
-            if value.contains(&b'\n') || std::str::from_utf8(value).is_err() {
-                out.extend_from_slice(name.as_bytes());
-                out.push(b'\n');
-                out.extend_from_slice(&(value.len() as u64).to_le_bytes());
-                out.extend_from_slice(value);
-            } else {
-                out.extend_from_slice(name.as_bytes());
-                out.push(b'=');
-                out.extend_from_slice(value);
-            }
-            out.push(b'\n');
-        }
-        out.push(b'\n');
-    }
-    out
-}
-
 /// Write `entries` to the journal file `file` (appended when it exists).
 fn write_journal(remote: &Path, file: &Path, entries: &[Export]) {
-    let mut child = Command::new(remote)
-        .arg(format!("--output={}", file.display()))
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&export(entries))
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        remote.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::journal::write_journal(remote, file, entries.iter().map(|e| &e.fields));
 }
 
 fn wanted(entries: &[Export]) -> Vec<Want> {
