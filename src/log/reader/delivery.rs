@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use super::record::{Record, text};
-use super::values::Verdict;
+use super::values::{Verdict, verdict_from_log};
 use super::{Filter, LogQuery, ReadError, RunStats, Stop, scan};
 
 /// One delivery record (`frontend` `"delivery"`).
@@ -34,7 +34,7 @@ impl<'a> Delivery<'a> {
             domain: text(&rec.domain),
             status: text(&rec.status),
             tls_trust: text(&rec.tls_trust),
-            verdict: text(&rec.verdict).and_then(Verdict::from_log),
+            verdict: text(&rec.verdict).and_then(verdict_from_log),
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use super::record::{DELIVERY, Record, text};
-use super::values::{Verdict, normalize_domain, parse_tls};
+use super::values::{Verdict, normalize_domain, parse_tls, verdict_from_log};
 use super::{LogQuery, ReadError};
 
 /// The query compiled for fast matching.
@@ -86,7 +86,7 @@ impl Filter {
         }
         if !self.verdicts.is_empty()
             && !text(&rec.verdict)
-                .and_then(Verdict::from_log)
+                .and_then(verdict_from_log)
                 .is_some_and(|v| self.verdicts.contains(&v))
         {
             return false;

@@ -110,7 +110,10 @@ pub enum ReadError {
     BadUntil { value: String, reason: String },
     #[error("bad --tls value {value:?}: expected \"forced\" or \"opportunistic\"")]
     BadTls { value: String },
-    #[error("bad --verdict value {value:?}: expected one of {}", Verdict::names())]
+    #[error(
+        "bad --verdict value {value:?}: expected one of {}",
+        values::verdict_names()
+    )]
     BadVerdict { value: String },
     #[error("bad --domain value {value:?}: {reason}")]
     BadDomain { value: String, reason: String },

@@ -120,64 +120,16 @@ pub fn parse_tls(s: &str) -> Result<String, ReadError> {
     })
 }
 
-/// What a delivery record concludes about one delivery attempt (its
-/// `verdict` field).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    /// Sent over TLS with a verified peer.
-    Verified,
-    /// Sent over TLS, the peer not verified.
-    Encrypted,
-    /// Sent in plaintext under opportunistic TLS.
-    PlaintextFallback,
-    /// Not sent: forced TLS could not be had, the mail waits in the queue.
-    Held,
-    /// Sent in a way the governing decision forbids.
-    Violation,
-    /// Deferred because Postfix could not ask tls-policyd.
-    PolicyUnreachable,
-    /// No decision is known for the delivery.
-    Undecided,
-    /// Deferred or bounced for a reason other than TLS.
-    NotDelivered,
+pub use crate::engine::outcome::Verdict;
+
+/// The verdict a record's `verdict` field names (exact spelling).
+pub fn verdict_from_log(s: &str) -> Option<Verdict> {
+    s.parse().ok()
 }
 
-impl Verdict {
-    /// Every verdict, in the order the documentation lists them.
-    pub const ALL: [Verdict; 8] = [
-        Verdict::Verified,
-        Verdict::Encrypted,
-        Verdict::PlaintextFallback,
-        Verdict::Held,
-        Verdict::Violation,
-        Verdict::PolicyUnreachable,
-        Verdict::Undecided,
-        Verdict::NotDelivered,
-    ];
-
-    /// The spelling in the log.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Verified => "verified",
-            Verdict::Encrypted => "encrypted",
-            Verdict::PlaintextFallback => "plaintext-fallback",
-            Verdict::Held => "held",
-            Verdict::Violation => "violation",
-            Verdict::PolicyUnreachable => "policy-unreachable",
-            Verdict::Undecided => "undecided",
-            Verdict::NotDelivered => "not-delivered",
-        }
-    }
-
-    /// The verdict a record's `verdict` field names (exact spelling).
-    pub fn from_log(s: &str) -> Option<Verdict> {
-        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
-    }
-
-    /// The allowed spellings, comma-separated, for error messages.
-    pub fn names() -> String {
-        Verdict::ALL.map(Verdict::as_str).join(", ")
-    }
+/// The allowed `--verdict` spellings, comma-separated, for error messages.
+pub fn verdict_names() -> String {
+    Verdict::ALL.map(Verdict::as_str).join(", ")
 }
 
 /// Validates a `--verdict` value (one verdict, any letter case).
@@ -365,12 +317,12 @@ mod tests {
     #[test]
     fn verdict_spellings_round_trip_exactly() {
         for v in Verdict::ALL {
-            assert_eq!(Verdict::from_log(v.as_str()), Some(v));
+            assert_eq!(verdict_from_log(v.as_str()), Some(v));
             assert_eq!(parse_verdict(v.as_str()).unwrap(), v);
         }
         // The log is read as written: no case folding, no trimming.
         for text in ["Held", " held", "sent", ""] {
-            assert_eq!(Verdict::from_log(text), None, "{text:?}");
+            assert_eq!(verdict_from_log(text), None, "{text:?}");
         }
     }
 
