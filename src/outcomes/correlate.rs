@@ -14,8 +14,11 @@
 //! relay's host name, the recipient's domain or a parent of it), any
 //! recent lookup for that next hop, the RCPT-time decision for its queue
 //! id and recipient, and, when Postfix asked nothing, the operator's rule
-//! for the domain as it stands ([`DecidedBy::Rule`]). The engine gives
-//! the verdict ([`crate::engine::outcome::verdict`]).
+//! for the domain as it stands ([`DecidedBy::Rule`]). A delivery Postfix
+//! could get no policy for (`client TLS configuration problem`) is joined
+//! with no lookup: the RCPT-time decision or the rule say what it should
+//! have had. The engine gives the verdict
+//! ([`crate::engine::outcome::verdict`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -285,19 +288,6 @@ impl DecisionIndex {
         let at = line.logged_at;
         let rule = domain.as_deref().and_then(rule_for);
         let forced_by_rule = rule.as_ref().is_some_and(|r| r.tls() == Tls::Forced);
-        let found = self
-            .by_hop(dl, domain.as_deref(), line.pid, at)
-            .or_else(|| self.by_message(&dl.queue_id, dl, domain.as_deref(), at))
-            .map(|n| (n, true))
-            .or_else(|| {
-                rule.as_ref().map(|r| {
-                    let n = Noted {
-                        level: r.level,
-                        governing: governing(DecidedBy::Rule, r),
-                    };
-                    (n, false)
-                })
-            });
         let facts = d.connection.as_ref();
         let tls = facts.and_then(|f| f.tls.as_ref());
         let trust = tls.map_or(TlsTrust::None, |t| trust_of(t.trust));
@@ -310,6 +300,23 @@ impl DecisionIndex {
             (Status::Deferred | Status::Bounced | Status::Expired, Some(_)) => Attempt::HeldForTls,
             _ => Attempt::NotDelivered,
         };
+        // Postfix got no answer for a delivery without a policy: a lookup
+        // others made for its next hop did not govern it.
+        let asked = attempt != Attempt::NoPolicy;
+        let found = asked
+            .then(|| self.by_hop(dl, domain.as_deref(), line.pid, at))
+            .flatten()
+            .or_else(|| self.by_message(&dl.queue_id, dl, domain.as_deref(), at))
+            .map(|n| (n, true))
+            .or_else(|| {
+                rule.as_ref().map(|r| {
+                    let n = Noted {
+                        level: r.level,
+                        governing: governing(DecidedBy::Rule, r),
+                    };
+                    (n, false)
+                })
+            });
         let g = found.as_ref().map(|(n, consulted)| Governing {
             level: n.level,
             consulted: *consulted,
