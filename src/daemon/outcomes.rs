@@ -8,12 +8,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use crate::engine::key::Destination;
-use crate::log::record::DecisionLog;
+use crate::log::record::{DecisionLog, Target};
 use crate::metrics::{Cache, Metrics};
 use crate::outcomes::config::OutcomesConfig;
 use crate::outcomes::correlate::{DecisionIndex, IndexObservers};
 use crate::outcomes::status::FollowerStatus;
-use crate::outcomes::task::{FollowerDeps, RuleLookup};
+use crate::outcomes::task::{FollowerDeps, Primer, RuleLookup};
 use crate::outcomes::thread;
 
 /// The follower's parts that live as long as the daemon.
@@ -21,6 +21,8 @@ pub struct Outcomes {
     pub config: OutcomesConfig,
     pub index: Arc<DecisionIndex>,
     pub status: Arc<FollowerStatus>,
+    /// When the index began noting the records written.
+    pub noting_since: std::time::SystemTime,
 }
 
 /// The parts for `config`, the index tapped into `log`.
@@ -40,6 +42,7 @@ pub(super) fn build(
         config: config.clone(),
         index,
         status: Arc::new(FollowerStatus::new(config.log.to_string())),
+        noting_since: std::time::SystemTime::now(),
     }
 }
 
@@ -54,12 +57,22 @@ pub(super) fn spawn(ctx: &Arc<Context>, stop: CancellationToken) -> Option<JoinH
         let dest = Destination::parse(domain).ok()?;
         policy.lookup(&dest).map(|hit| policy.decision(hit))
     });
+    // Decisions written to a file before the index noted them are read
+    // back from it.
+    let primer = match Target::from_setting(&ctx.config().log.decisions) {
+        Target::File(decisions) => Some(Primer {
+            decisions,
+            until: o.noting_since,
+        }),
+        Target::Stdout => None,
+    };
     let deps = FollowerDeps {
         log: ctx.log.clone(),
         index: o.index.clone(),
         metrics: Some(ctx.metrics.clone()),
         rule_for,
         status: o.status.clone(),
+        primer,
     };
     match thread::spawn(o.config.clone(), deps, stop) {
         Ok(h) => Some(h),

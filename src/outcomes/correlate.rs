@@ -77,7 +77,7 @@ fn validity(ts: SystemTime, window: Duration) -> Expiry {
 const LOOKUPS_PER_PROCESS: usize = 8;
 
 /// A remembered decision, with its level for the verdict.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Noted {
     level: Level,
     governing: GoverningDecision,
@@ -112,11 +112,37 @@ impl Default for IndexObservers {
 /// A process's recent lookups: the hop named, and its decision.
 type ProcessLookups = Arc<Vec<(Box<str>, Arc<Noted>)>>;
 
+/// A hop's decisions over time: from when each governed (the first of a
+/// run of lookups that answered the same), oldest first. A line read late
+/// (after a restart) is judged by the one in force when it was logged, not
+/// by a later lookup.
+type HopLookups = Arc<Vec<(SystemTime, Arc<Noted>)>>;
+
+/// Changes of decision kept per hop.
+const CHANGES_PER_HOP: usize = 4;
+
+/// `list` with the decision `noted` in force from `from` (lookups may come
+/// in any order: the decision log read back after live records).
+fn merged(
+    list: &[(SystemTime, Arc<Noted>)],
+    from: SystemTime,
+    noted: Arc<Noted>,
+) -> Vec<(SystemTime, Arc<Noted>)> {
+    let mut all = list.to_vec();
+    let at = all.partition_point(|(f, _)| *f <= from);
+    all.insert(at, (from, noted));
+    // A run of the same decision governs from its first lookup.
+    all.dedup_by(|later, earlier| later.1 == earlier.1);
+    let excess = all.len().saturating_sub(CHANGES_PER_HOP);
+    all.drain(..excess);
+    all
+}
+
 /// What the decision log has decided lately, by next hop, process and
 /// queue id.
 pub struct DecisionIndex {
     limits: IndexLimits,
-    hops: TtlCache<Box<str>, Arc<Noted>>,
+    hops: TtlCache<Box<str>, HopLookups>,
     processes: TtlCache<u32, ProcessLookups>,
     messages: TtlCache<Box<str>, Arc<Vec<NotedRecipient>>>,
 }
@@ -206,21 +232,87 @@ impl DecisionIndex {
             governing: governing(DecidedBy::Socketmap, d),
         });
         let expiry = validity(ts, self.limits.hop_window);
-        self.hops.insert(Box::from(domain), noted.clone(), expiry);
+        self.note_hop(domain, noted.clone(), expiry);
         if let Some(pid) = l.client_pid {
-            self.processes.upsert(pid, |old| {
-                let mut list: Vec<_> = old
-                    .filter(|(_, e)| e.is_valid_at(ts))
-                    .map(|(v, _)| v.as_ref().clone())
-                    .unwrap_or_default();
-                list.retain(|(d, _)| &**d != domain);
-                if list.len() >= LOOKUPS_PER_PROCESS {
-                    list.remove(0);
-                }
-                list.push((Box::from(domain), noted));
-                (Arc::new(list), expiry)
-            });
+            self.note_process(pid, domain, noted, expiry, ts);
         }
+    }
+
+    fn note_hop(&self, domain: &str, noted: Arc<Noted>, expiry: Expiry) {
+        self.hops.upsert(Box::from(domain), |old| {
+            let list = old.map_or(&[][..], |(v, _)| v.as_slice());
+            let list = merged(list, expiry.from, noted);
+            let until = old.map_or(expiry.until, |(_, e)| e.until.max(expiry.until));
+            let from = list.first().map_or(expiry.from, |(f, _)| *f);
+            (Arc::new(list), Expiry::between(from, until).no_refresh())
+        });
+    }
+
+    fn note_process(
+        &self,
+        pid: u32,
+        domain: &str,
+        noted: Arc<Noted>,
+        expiry: Expiry,
+        ts: SystemTime,
+    ) {
+        self.processes.upsert(pid, |old| {
+            let mut list: Vec<_> = old
+                .filter(|(_, e)| e.is_valid_at(ts))
+                .map(|(v, _)| v.as_ref().clone())
+                .unwrap_or_default();
+            list.retain(|(d, _)| &**d != domain);
+            if list.len() >= LOOKUPS_PER_PROCESS {
+                list.remove(0);
+            }
+            list.push((Box::from(domain), noted));
+            (Arc::new(list), expiry)
+        });
+    }
+
+    /// Note a socketmap lookup read back from the decision log (see
+    /// [`super::prime`]), in the order written; what was noted of a later
+    /// lookup for the hop or by the process stays.
+    pub fn note_earlier_lookup(
+        &self,
+        domain: &str,
+        level: Level,
+        governing: GoverningDecision,
+        pid: Option<u32>,
+        ts: SystemTime,
+    ) {
+        let noted = Arc::new(Noted { level, governing });
+        let expiry = validity(ts, self.limits.hop_window);
+        self.note_hop(domain, noted.clone(), expiry);
+        let Some(pid) = pid else { return };
+        if self
+            .processes
+            .peek(&pid)
+            .is_some_and(|(_, e)| e.from > expiry.from)
+        {
+            return;
+        }
+        self.note_process(pid, domain, noted, expiry, ts);
+    }
+
+    /// Note a message's RCPT-time decisions read back from the decision
+    /// log, in the order written, unless the message was noted since.
+    pub fn note_earlier_message(
+        &self,
+        queue_id: &str,
+        by: DecidedBy,
+        rcpts: &[RecipientDecision],
+        ts: SystemTime,
+    ) {
+        let from = validity(ts, self.limits.message_window).from;
+        if self
+            .messages
+            .peek(queue_id)
+            .is_some_and(|(_, e)| e.from > from)
+        {
+            return;
+        }
+        self.note_message(queue_id, by, rcpts, ts);
     }
 
     fn note_message(
@@ -377,10 +469,11 @@ impl DecisionIndex {
                 }
             }
         }
-        candidates
-            .iter()
-            .find_map(|c| self.hops.peek_valid(*c, at))
-            .map(|n| n.as_ref().clone())
+        candidates.iter().find_map(|c| {
+            let list = self.hops.peek_valid(*c, at)?;
+            let in_force = list.iter().rev().find(|(from, _)| *from <= at)?;
+            Some(in_force.1.as_ref().clone())
+        })
     }
 
     /// The RCPT-time decision for this queue id's recipient (by address,

@@ -183,6 +183,40 @@ fn lookups_older_than_the_window_govern_nothing() {
 }
 
 #[test]
+fn a_line_read_late_is_judged_by_the_lookup_in_force_when_it_was_logged() {
+    // Read after a restart: the hop was looked up again since, with
+    // another answer.
+    let ix = index();
+    ix.note_record(&lookup("plain.test", Level::May, None, T0 - 10));
+    ix.note_record(&lookup("plain.test", Level::May, None, T0 - 5));
+    ix.note_record(&lookup("plain.test", Level::Encrypt, None, T0 + 30));
+    let j = judge_all(&ix, PLAIN, &no_rule);
+    assert_eq!(j[0].outcome.verdict, Verdict::PlaintextFallback);
+    // The same, the earlier lookups read back from the decision log after
+    // the later one was noted.
+    let ix = index();
+    ix.note_record(&lookup("plain.test", Level::Encrypt, None, T0 + 30));
+    let may = decision(Level::May, SourceKind::Static, Some(1));
+    ix.note_earlier_lookup(
+        "plain.test",
+        Level::May,
+        governing(DecidedBy::Socketmap, &may),
+        None,
+        at(T0 - 10),
+    );
+    assert_eq!(
+        judge_all(&ix, PLAIN, &no_rule)[0].outcome.verdict,
+        Verdict::PlaintextFallback
+    );
+    // A line logged after the later lookup: the later one.
+    let late = PLAIN.replace("07:30:54", "07:31:30");
+    assert_eq!(
+        judge_all(&ix, &late, &no_rule)[0].outcome.verdict,
+        Verdict::Violation
+    );
+}
+
+#[test]
 fn rcpt_time_decisions_govern_by_queue_id() {
     let ix = index();
     ix.note_record(&milter_message(

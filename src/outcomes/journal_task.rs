@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::LineKind;
 
 use super::config::{LogSource, OutcomesConfig};
+use super::connections::SAVED_CONNECTIONS;
 use super::journal::{JournalOptions, JournalReader, JournalSource, JournalStats};
 use super::state::{JournalState, SavedState};
 use super::status::FollowerState;
-use super::task::{FollowerDeps, Run, count_error, load_state, save_state, start_of};
+use super::task::{FollowerDeps, Run, count_error, load_state, prime, save_state, start_of};
 
 /// Entries taken at once.
 const READ_ENTRIES: usize = 4096;
@@ -28,7 +29,10 @@ pub(super) fn follow_journal(
         LogSource::Journal(Some(dir)) => JournalSource::Directory(dir.clone()),
         _ => JournalSource::System,
     };
-    let saved = load_state(config, deps).and_then(|s| s.cursor_for(&source).map(str::to_owned));
+    let state = load_state(config, deps).filter(|s| s.cursor_for(&source).is_some());
+    let saved = state
+        .as_ref()
+        .and_then(|s| s.cursor_for(&source).map(str::to_owned));
     tracing::info!(log = %config.log, resumed = saved.is_some(), "outcomes: following the journal");
     let options = JournalOptions {
         wait: config.poll_interval,
@@ -36,6 +40,10 @@ pub(super) fn follow_journal(
     };
     let mut reader = JournalReader::new(source.clone(), saved, start_of(config), options);
     let mut run = Run::new(config, deps);
+    if let Some(s) = &state {
+        run.pipeline.restore_connections(s.connections());
+    }
+    prime(config, deps);
     let mut seen = JournalStats::default();
     let mut saved_cursor: Option<String> = None;
     let mut last_save = Instant::now();
@@ -72,11 +80,11 @@ pub(super) fn follow_journal(
         count_stats(deps, &seen, &now);
         seen = now;
         if last_save.elapsed() >= super::task::SAVE_EVERY {
-            save_cursor(config, &source, &reader, &mut saved_cursor, deps);
+            save_cursor(config, &source, &reader, &run, &mut saved_cursor, deps);
             last_save = Instant::now();
         }
     }
-    save_cursor(config, &source, &reader, &mut saved_cursor, deps);
+    save_cursor(config, &source, &reader, &run, &mut saved_cursor, deps);
 }
 
 /// Save the reader's cursor if it moved since the last save.
@@ -84,6 +92,7 @@ fn save_cursor(
     config: &OutcomesConfig,
     source: &JournalSource,
     reader: &JournalReader,
+    run: &Run<'_>,
     saved: &mut Option<String>,
     deps: &FollowerDeps,
 ) {
@@ -96,6 +105,7 @@ fn save_cursor(
     let s = SavedState::Journal(JournalState {
         journal: source.clone(),
         cursor: cursor.to_owned(),
+        connections: run.pipeline.tracker().saved(SAVED_CONNECTIONS),
     });
     save_state(config, &s, deps);
     *saved = Some(cursor.to_owned());

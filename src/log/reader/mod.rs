@@ -200,6 +200,35 @@ fn run_inner(
 }
 
 /// What [`scan`] calls with each matching record, its time and its line.
+/// Hands every record line of `files` (read in order) stamped at or
+/// after `since` to `each`, with its time: for a reader of its own fields
+/// (the outcome follower notes earlier decisions this way).
+///
+/// # Errors
+///
+/// A file that cannot be opened or read. Malformed lines are counted in
+/// [`RunStats::bad_lines`].
+pub fn read_lines_since(
+    files: &[PathBuf],
+    since: SystemTime,
+    each: &mut dyn FnMut(&[u8], SystemTime),
+) -> Result<RunStats, ReadError> {
+    let query = LogQuery {
+        since: Some(since),
+        ..LogQuery::default()
+    };
+    let filter = Filter::new(&query)?;
+    let mut stats = RunStats::default();
+    let result = scan(files, &filter, &mut stats, &mut |_, ts, line| {
+        each(line, ts);
+        Ok(())
+    });
+    match result {
+        Ok(()) | Err(Stop::Quiet) => Ok(stats),
+        Err(Stop::Fail(e)) => Err(e),
+    }
+}
+
 type EachRecord<'f> = dyn FnMut(&Record<'_>, SystemTime, &[u8]) -> Result<(), Stop> + 'f;
 
 /// Reads `files` in order and hands every usable record that passes
