@@ -417,8 +417,16 @@ fn e2e_daemon_restart_while_mail_flows_loses_nothing_and_leaks_nothing() {
     let mi = lab.daemon.listening("milter");
     lab.daemon
         .write_config(&config(&sm, &ps, &mi, lab.dir.path(), &lab.pf.log_path()));
+    // Mail flows; the daemon stops (SIGTERM) two thirds of the way in
+    // (smtpd takes about a second for each message it cannot ask about).
+    const N: usize = 30;
+    let sender = lab.send_batch(batch_rcpts("f", N), Duration::from_millis(40));
+    lab.wait_received(2 * N / 3);
     lab.daemon.signal(libc::SIGTERM);
     assert!(lab.daemon.wait_exit().success());
+    let flowed = sender.join().expect("the batch sender");
+    let state = lab.dir.path().join("outcomes.state");
+    assert!(state.exists(), "no position saved on stop");
 
     // Down: mail is still accepted (default_action=DUNNO) but not
     // delivered: Postfix cannot learn the TLS policy and defers.
@@ -431,9 +439,14 @@ fn e2e_daemon_restart_while_mail_flows_loses_nothing_and_leaks_nothing() {
     }
     never_received(&lab.plain, "a@forced-plain.test");
     never_received(&lab.tls, "b@forced-tls.test");
+    let down = lab.received_count();
+    assert!(down < N, "the whole batch went out before the stop");
 
-    // Back up: the queued mail goes out, encrypted where forced.
+    // Back up: reading resumes where it stopped; the queued mail goes
+    // out, encrypted where forced.
     lab.daemon.restart("socketmap");
+    lab.daemon
+        .wait_for_line(|l| l.contains("outcomes: resuming where reading stopped"));
     let mark = lab.pf.log_mark();
     lab.pf.flush();
     assert!(
@@ -444,8 +457,51 @@ fn e2e_daemon_restart_while_mail_flows_loses_nothing_and_leaks_nothing() {
     let line = lab.status(&id, "a@forced-plain.test", mark);
     assert!(line.contains("TLS is required"), "{line}");
     never_received(&lab.plain, "a@forced-plain.test");
-    lab.check_log_matches_postfix(false);
-    summary("daemon down and back: queued, then delivered; forced never in plaintext");
+    lab.wait_received(N + 1);
+    // Every attempt judged once, before, during and after the stop.
+    let records = lab.check_log_matches_postfix(false);
+    for q in &flowed {
+        let of = |status: &str| {
+            records
+                .iter()
+                .filter(|r| r["queue_id"] == q.as_str() && r["status"] == status)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of("sent").len(), 1, "{q}: {records:#?}");
+        for r in of("deferred") {
+            assert_eq!(r["verdict"], "policy-unreachable", "{r}");
+        }
+    }
+    lab.expect(&id, "b@forced-tls.test", "sent", "encrypted", "trusted");
+    // Deferred while down: Postfix got no policy, and the rule says what
+    // it should have had; then a@ held for TLS.
+    let of = |rcpt: &str| -> Vec<(String, String, String)> {
+        records
+            .iter()
+            .filter(|r| r["queue_id"] == id.as_str() && r["recipient"] == rcpt)
+            .filter(|r| r["status"] == "deferred")
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (s("verdict"), s("tls_failure"), s("decided_by"))
+            })
+            .collect()
+    };
+    let unreachable = (
+        "policy-unreachable".to_string(),
+        "config-problem".to_string(),
+        "rule".to_string(),
+    );
+    let held = (
+        "held".to_string(),
+        "not-offered".to_string(),
+        "socketmap".to_string(),
+    );
+    assert_eq!(of("a@forced-plain.test"), [unreachable.clone(), held]);
+    assert_eq!(of("b@forced-tls.test"), [unreachable]);
+    summary(
+        "daemon stopped while mail flows and back: queued, then delivered; forced never in \
+         plaintext; each delivery judged once",
+    );
 }
 
 #[test]
