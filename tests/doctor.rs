@@ -1,8 +1,9 @@
 //! `tls-policyd doctor` against Postfix's own `postconf` and `postmap`:
 //! a Postfix configuration directory wired as the README says passes; a
 //! planted master.cf transport that bypasses the map, a chrooted client
-//! that cannot reach the socket, a policy check after permit_mynetworks
-//! and a daemon that is not running are each named, and the fix doctor
+//! that cannot reach the socket, a policy check after permit_mynetworks,
+//! a `smtp_tls_loglevel` below 1 with the outcome follower on, and a
+//! daemon that is not running are each named, and the fix doctor
 //! prints, run as printed, makes the problem go away.
 //!
 //! The daemon and doctor (and so postmap) run inside a network namespace
@@ -251,4 +252,50 @@ fn a_daemon_that_does_not_answer_is_a_problem() {
         "{text}"
     );
     assert!(Path::new(&lab.config).exists());
+}
+
+#[test]
+fn outcomes_without_the_tls_summary_in_postfix_log_is_a_problem_until_fixed() {
+    let Some(lab) = Lab::start() else { return };
+    // The daemon's configuration with the outcome follower on; Postfix's
+    // smtp_tls_loglevel left at its default, 0.
+    let mut config = std::fs::read_to_string(&lab.config).unwrap();
+    config.push_str("[outcomes]\nlog = \"file:/var/log/mail.log\"\n");
+    std::fs::write(&lab.config, config).unwrap();
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 1, "{text}");
+    let p = problems(&report);
+    assert_eq!(p.len(), 1, "{text}");
+    let t = p[0]["text"].as_str().unwrap();
+    assert!(
+        t.starts_with("smtp_tls_loglevel = 0: Postfix logs no TLS summary"),
+        "{t}"
+    );
+    assert_eq!(
+        p[0]["fix"],
+        format!(
+            "postconf -c {} -e 'smtp_tls_loglevel = 1'",
+            lab.postfix.path().display()
+        )
+    );
+    lab.apply(p[0]["fix"].as_str().unwrap());
+    let (code, _, text) = lab.doctor();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("ok       smtp_tls_loglevel = 1 "), "{text}");
+    // A transport that lowers it again.
+    lab.write("master.cf", &format!("{MASTER}  -o smtp_tls_loglevel=0\n"));
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 1, "{text}");
+    let p = problems(&report);
+    assert_eq!(p.len(), 1, "{text}");
+    assert!(
+        p[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("master.cf service relay/unix sets smtp_tls_loglevel=0"),
+        "{text}"
+    );
+    lab.apply(p[0]["fix"].as_str().unwrap());
+    let (code, _, text) = lab.doctor();
+    assert_eq!(code, 0, "{text}");
 }

@@ -25,479 +25,38 @@
 //!   policy check, the milter, and the `submission` entry of its
 //!   `master.cf` with Cyrus SASL (see `common::submission`).
 //!
+//! tls-policyd follows Postfix's log (`[outcomes]`, Postfix's own
+//! `maillog_file`) and writes an outcome record for every delivery
+//! attempt.
+//!
 //! Each test is one scenario; it asserts on what the servers received,
 //! what Postfix logged and what the decision log says, and ends by
-//! checking every decision record against every delivery Postfix logged.
+//! checking every decision record against every delivery Postfix logged,
+//! and every delivery attempt against its one outcome record and verdict
+//! (`e2e/checks.rs`). The lab is in `e2e/lab.rs`; the outcome follower's
+//! own scenarios (a transport around the map, a socketmap Postfix cannot
+//! reach, the log rotated while mail flows) in `e2e/outcome_scenarios.rs`.
 //! Everything is stopped and the namespace and files removed when a test
 //! ends, failed or not. Run alone with `cargo test --test e2e` (as root).
-//! Needs root, `ip`, Postfix, swaks, knot and unbound (`.ci/run` installs
-//! them); without them these tests fail, unless `SKIP_POSTFIX_TESTS=1` is
-//! set.
+//! Needs root, `ip`, Postfix, swaks, knot, unbound and logrotate
+//! (`.ci/run` installs them); without them these tests fail, unless
+//! `SKIP_POSTFIX_TESTS=1` is set.
 
+#[path = "e2e/checks.rs"]
+mod checks;
 mod common;
+#[path = "e2e/lab.rs"]
+mod lab;
+#[path = "e2e/outcome_scenarios.rs"]
+mod outcome_scenarios;
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::dnssec::{KNOT, Knot, Server, Zone, hex, restart_unbound, start_knot, unbound_conf};
-use common::https::{HTTPS_IP, Response, TestHttps};
-use common::netns::Netns;
-use common::postfix::{LogLine, Mail, Postfix, PostfixOptions, SENDER};
-use common::smtp::{Received, SinkTls, SmtpSink, TestCa};
+use common::Client;
+use common::dnssec::restart_unbound;
+use common::postfix::{Mail, SENDER};
 use common::submission;
-use common::{Client, Daemon, Options};
-use serde_json::Value;
-
-const TOOLS: &[&str] = &[
-    "postfix",
-    "postqueue",
-    "swaks",
-    "knotd",
-    "keymgr",
-    "unbound",
-    "saslpasswd2",
-];
-
-/// How long a delivery may take to show up.
-const DELIVERY: Duration = Duration::from_secs(30);
-
-const TLS_MX: (&str, &str) = ("mx-tls.sink.test", "127.0.0.21");
-const SELF_MX: (&str, &str) = ("mx-self.sink.test", "127.0.0.22");
-const PLAIN_MX: (&str, &str) = ("mx-plain.sink.test", "127.0.0.23");
-const DANE_GOOD_MX: (&str, &str) = ("mx-good.dane.test", "127.0.0.31");
-const DANE_BAD_MX: (&str, &str) = ("mx-bad.dane.test", "127.0.0.32");
-
-/// Recipient domains in the unsigned zone and the mail server each one's
-/// MX points at.
-const DOMAINS: &[(&str, (&str, &str))] = &[
-    ("opp-tls.test", TLS_MX),
-    ("opp-plain.test", PLAIN_MX),
-    ("opp-self.test", SELF_MX),
-    ("forced-tls.test", TLS_MX),
-    ("forced-plain.test", PLAIN_MX),
-    ("secure-tls.test", TLS_MX),
-    ("secure-self.test", SELF_MX),
-    ("sts-enforce.test", TLS_MX),
-    ("sts-forged.test", SELF_MX),
-];
-
-/// MTA-STS policies: domain, policy id, policy text.
-const STS: &[(&str, &str, &str)] = &[
-    (
-        "sts-enforce.test",
-        "e1",
-        "version: STSv1\nmode: enforce\nmx: mx-tls.sink.test\nmax_age: 86400\n",
-    ),
-    (
-        "sts-forged.test",
-        "f1",
-        "version: STSv1\nmode: enforce\nmx: *.sink.test\nmax_age: 86400\n",
-    ),
-];
-
-const POLICY: &str = r#"
-default = "opportunistic"
-
-[[rule]]
-domains = ["forced-tls.test", "forced-plain.test"]
-tls = "forced"
-reason = "partner contract"
-
-[[rule]]
-domains = ["secure-tls.test", "secure-self.test"]
-tls = "secure"
-match = ["mx-tls.sink.test", "mx-self.sink.test"]
-reason = "authenticated partner"
-"#;
-
-/// Everything a scenario needs, stopped in this order when dropped: mail
-/// first, then tls-policyd, then the servers, the files and last the
-/// namespace.
-struct Lab {
-    pf: Postfix,
-    daemon: Daemon,
-    tls: SmtpSink,
-    selfsigned: SmtpSink,
-    plain: SmtpSink,
-    dane_good: SmtpSink,
-    dane_bad: SmtpSink,
-    _https: TestHttps,
-    unbound: Option<Server>,
-    unbound_conf: PathBuf,
-    _knot: Knot,
-    dir: tempfile::TempDir,
-    ns: Netns,
-}
-
-fn config(socketmap: &str, policy_server: &str, milter: &str, dir: &std::path::Path) -> String {
-    format!(
-        r#"
-[socketmap]
-listen = "{socketmap}"
-
-[policy_server]
-listen = "{policy_server}"
-refuse = "defer"
-
-# As deployments/all-front-doors/tls-policyd.toml: the milter adds the
-# trace header.
-[milter]
-listen = "{milter}"
-trace_header = "X-TLS-Policy"
-
-[metrics]
-listen = "inet:127.0.0.1:0"
-
-[prober]
-helo_name = "probe.test"
-connect_timeout = "2s"
-smtp_timeout = "2s"
-tls_timeout = "2s"
-
-[dns]
-nameservers = ["127.0.0.1:53"]
-timeout = "1s"
-attempts = 1
-dnssec = "trust-ad"
-
-[dane]
-cache_file = "{cache}"
-
-[mta_sts]
-cache_file = "{cache}"
-extra_ca_file = "{ca}"
-
-[policy]
-file = "policy.toml"
-
-[log]
-decisions = "decisions.jsonl"
-"#,
-        cache = dir.join("cache.sqlite").display(),
-        ca = dir.join("ca.pem").display(),
-    )
-}
-
-/// The unsigned zone `test.`: sinks, recipient domains, MTA-STS records.
-fn test_zone() -> Zone {
-    let mut records = String::new();
-    for (host, ip) in [TLS_MX, SELF_MX, PLAIN_MX] {
-        records.push_str(&format!("{host}. A {ip}\n"));
-    }
-    for (domain, (host, _)) in DOMAINS {
-        records.push_str(&format!("{domain}. MX 10 {host}.\n"));
-    }
-    for (domain, id, _) in STS {
-        records.push_str(&format!("_mta-sts.{domain}. TXT \"v=STSv1; id={id};\"\n"));
-        records.push_str(&format!("mta-sts.{domain}. A {HTTPS_IP}\n"));
-    }
-    Zone::unsigned("test", &records)
-}
-
-/// The signed zone `dane.test.`: `good` publishes a TLSA record that
-/// matches its server's key, `bad` one that does not.
-fn dane_zone(good: &[u8], bad: &[u8]) -> Zone {
-    let wrong: Vec<u8> = bad.iter().map(|b| b ^ 0xff).collect();
-    let mut records = String::new();
-    for (name, (host, ip), digest) in [
-        ("good", DANE_GOOD_MX, good.to_vec()),
-        ("bad", DANE_BAD_MX, wrong),
-    ] {
-        records.push_str(&format!(
-            "{name} MX 10 {host}.\n{host}. A {ip}\n_25._tcp.{host}. TLSA 3 1 1 {}\n",
-            hex(&digest)
-        ));
-    }
-    Zone::signed("dane.test", &records)
-}
-
-impl Lab {
-    fn start(prefix: &str) -> Option<Lab> {
-        let ns = Netns::for_test(prefix, TOOLS)?;
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Arc::new(TestCa::new());
-        ca.write_pem(&dir.path().join("ca.pem"));
-        let (good_tls, good_digest) = SinkTls::self_signed_with_spki_sha256(&[DANE_GOOD_MX.0]);
-        let (bad_tls, bad_digest) = SinkTls::self_signed_with_spki_sha256(&[DANE_BAD_MX.0]);
-        let knot = start_knot(
-            &ns,
-            dir.path(),
-            KNOT,
-            &[test_zone(), dane_zone(&good_digest, &bad_digest)],
-        );
-        let conf = unbound_conf(dir.path(), &knot, &["test", "dane.test"]);
-        let unbound = restart_unbound(&ns, dir.path(), &conf);
-        let (https, tls, selfsigned, plain, dane_good, dane_bad) = ns.run_in({
-            let ca = ca.clone();
-            let ca_tls = SinkTls::issued_by(&ca, &[TLS_MX.0]);
-            move || {
-                let https = TestHttps::start(HTTPS_IP, 443, ca);
-                for (domain, _, policy) in STS {
-                    https.site(&format!("mta-sts.{domain}"), Response::policy(policy));
-                }
-                (
-                    https,
-                    SmtpSink::start(TLS_MX.1, 25, ca_tls),
-                    SmtpSink::start(SELF_MX.1, 25, SinkTls::self_signed(&[SELF_MX.0])),
-                    SmtpSink::start(PLAIN_MX.1, 25, SinkTls::None),
-                    SmtpSink::start(DANE_GOOD_MX.1, 25, good_tls),
-                    SmtpSink::start(DANE_BAD_MX.1, 25, bad_tls),
-                )
-            }
-        });
-        // Where the documented main.cf lines expect the front doors.
-        let doors = submission::front_doors();
-        let daemon = Daemon::start_frontend(
-            &config(&doors.socketmap, &doors.policy, &doors.milter, dir.path()),
-            POLICY,
-            Options::in_netns(&ns),
-            "socketmap",
-        );
-        let pf = Postfix::start(
-            &ns,
-            submission::documented(PostfixOptions::default())
-                .file("ca.pem", ca.pem())
-                .set("smtp_tls_CAfile", "$config_directory/ca.pem")
-                .set("smtp_tls_loglevel", "1")
-                .set("smtp_host_lookup", "dns")
-                .set("smtp_dns_support_level", "dnssec"),
-        );
-        submission::add_sasl_user(&pf);
-        Some(Lab {
-            pf,
-            daemon,
-            tls,
-            selfsigned,
-            plain,
-            dane_good,
-            dane_bad,
-            _https: https,
-            unbound: Some(unbound),
-            unbound_conf: conf,
-            _knot: knot,
-            dir,
-            ns,
-        })
-    }
-
-    /// Send one message; its queue id.
-    fn send(&self, from: &str, to: &[&str]) -> String {
-        let s = self.pf.send(&Mail::to(to).from(from));
-        assert!(s.status.success(), "{}", s.transcript);
-        s.queue_id()
-            .unwrap_or_else(|| panic!("not queued:\n{}", s.transcript))
-    }
-
-    /// Postfix's delivery line (`status=…`) for a recipient address in a
-    /// message, waiting for it.
-    fn status(&self, queue_id: &str, rcpt: &str, from_mark: usize) -> String {
-        let to = format!("to=<{rcpt}>");
-        let tag = format!(": {queue_id}: ");
-        self.pf.wait_for_log_since(
-            from_mark,
-            |l| l.contains(&tag) && l.contains(&to) && l.contains("status="),
-            DELIVERY,
-        )
-    }
-
-    /// Postfix's TLS line for a delivery to `host`, after `mark`.
-    fn tls_line(&self, host: &str, mark: usize) -> String {
-        self.pf.wait_for_log_since(
-            mark,
-            |l| l.contains("TLS connection established to") && l.contains(host),
-            DELIVERY,
-        )
-    }
-
-    /// Socketmap decision records for a domain.
-    fn map_records(&self, domain: &str) -> Vec<Value> {
-        self.daemon
-            .decisions()
-            .into_iter()
-            .filter(|r| r["frontend"] == "socketmap" && r["domain"] == domain)
-            .collect()
-    }
-
-    /// The value of one Prometheus sample (`name{labels}`) the metrics
-    /// listener serves now; 0 when absent.
-    fn metric(&self, sample: &str) -> u64 {
-        use std::io::{Read, Write};
-        let addr = self.daemon.listening("metrics");
-        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
-        let mut s = self.ns.tcp_connect(("127.0.0.1", port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
-            .map(|v| v.trim().parse::<f64>().unwrap() as u64)
-            .unwrap_or(0)
-    }
-
-    /// The milter's record for a message, waiting for it.
-    fn milter_record(&self, queue_id: &str) -> Value {
-        let deadline = std::time::Instant::now() + DELIVERY;
-        loop {
-            if let Some(r) = self
-                .daemon
-                .decisions()
-                .into_iter()
-                .find(|r| r["frontend"] == "milter" && r["queue_id"] == queue_id)
-            {
-                return r;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no milter record for {queue_id}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn sinks(&self) -> [&SmtpSink; 5] {
-        [
-            &self.tls,
-            &self.selfsigned,
-            &self.plain,
-            &self.dane_good,
-            &self.dane_bad,
-        ]
-    }
-
-    /// The decision log against what Postfix did, for every message:
-    ///
-    /// - every recipient Postfix delivered was delivered the way the
-    ///   socketmap decided for its domain: over TLS when forced, and only
-    ///   to a server that got it;
-    /// - no recipient of a forced domain was received in plaintext, and a
-    ///   deferred one was not received at all;
-    /// - every message Postfix received over SMTP while the milter ran has
-    ///   exactly one milter record with its queue id, whose recipients
-    ///   carry the socketmap's decision for their domain.
-    fn check_log_matches_postfix(&self, milter_throughout: bool) {
-        let records = self.daemon.decisions();
-        let map_tls = |domain: &str| -> Option<String> {
-            let tls: Vec<&str> = records
-                .iter()
-                .filter(|r| r["frontend"] == "socketmap" && r["domain"] == domain)
-                .map(|r| r["tls"].as_str().unwrap())
-                .collect();
-            let first = *tls.first()?;
-            assert!(
-                tls.iter().all(|t| *t == first),
-                "{domain} decided differently over time: {tls:?}"
-            );
-            Some(first.to_string())
-        };
-        let received = |rcpt: &str| -> Vec<Received> {
-            self.sinks()
-                .iter()
-                .flat_map(|s| s.messages())
-                .filter(|m| m.rcpt_to.iter().any(|r| r == rcpt))
-                .collect()
-        };
-        let mut checked = 0;
-        let mut accepted = Vec::new();
-        for line in self.pf.log_lines() {
-            let Some(l) = LogLine::parse(&line) else {
-                continue;
-            };
-            if l.daemon() == "smtpd"
-                && let Some((id, rest)) = l.text.split_once(": ")
-                && rest.starts_with("client=")
-            {
-                accepted.push(id.to_string());
-            }
-            if l.daemon() != "smtp" || !l.text.contains(" status=") {
-                continue;
-            }
-            let Some(rcpt) = l
-                .text
-                .split_once("to=<")
-                .and_then(|(_, r)| r.split_once('>'))
-                .map(|(r, _)| r)
-            else {
-                continue;
-            };
-            let domain = rcpt.rsplit_once('@').unwrap().1.to_ascii_lowercase();
-            let got = received(rcpt);
-            let tls = map_tls(&domain);
-            if l.text.contains("status=sent") {
-                let tls = tls.unwrap_or_else(|| panic!("{rcpt} sent without a map decision"));
-                assert!(
-                    !got.is_empty(),
-                    "{rcpt}: Postfix says sent, no server has it"
-                );
-                if tls == "forced" {
-                    assert!(got.iter().all(|m| m.tls), "{rcpt} forced, got plaintext");
-                }
-                checked += 1;
-            } else if l.text.contains("status=deferred") && tls.as_deref() == Some("forced") {
-                assert!(
-                    got.iter().all(|m| m.tls),
-                    "{rcpt} forced and deferred, yet received in plaintext"
-                );
-                checked += 1;
-            }
-        }
-        assert!(checked > 0, "no delivery checked");
-        for id in &accepted {
-            let recs: Vec<&Value> = records
-                .iter()
-                .filter(|r| r["frontend"] == "milter" && r["queue_id"] == id.as_str())
-                .collect();
-            assert!(recs.len() <= 1, "{id}: {} milter records", recs.len());
-            if milter_throughout {
-                assert_eq!(recs.len(), 1, "{id}: no milter record");
-            }
-            for r in recs {
-                for rcpt in r["recipients"].as_array().unwrap() {
-                    let domain = rcpt["domain"].as_str().unwrap();
-                    if let Some(tls) = map_tls(domain) {
-                        assert_eq!(rcpt["tls"], tls.as_str(), "{id}: {rcpt} vs the map");
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The one message a sink got for `rcpt`.
-fn received(sink: &SmtpSink, rcpt: &str) -> Received {
-    let deadline = std::time::Instant::now() + DELIVERY;
-    loop {
-        if let Some(m) = sink
-            .messages()
-            .into_iter()
-            .find(|m| m.rcpt_to.iter().any(|r| r == rcpt))
-        {
-            return m;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{rcpt} never arrived at {}",
-            sink.addr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn never_received(sink: &SmtpSink, rcpt: &str) {
-    assert!(
-        !sink
-            .messages()
-            .iter()
-            .any(|m| m.rcpt_to.iter().any(|r| r == rcpt)),
-        "{rcpt} reached {}",
-        sink.addr()
-    );
-}
-
-fn summary(name: &str) {
-    println!("e2e: PASS {name}");
-}
+use lab::*;
 
 #[test]
 fn e2e_opportunistic_domains_get_tls_when_offered_and_plaintext_otherwise() {
@@ -514,6 +73,9 @@ fn e2e_opportunistic_domains_get_tls_when_offered_and_plaintext_otherwise() {
         m.tls,
         "delivered in plaintext although STARTTLS was offered"
     );
+    // A certificate from the trusted CA, not verified against a name:
+    // encrypted.
+    lab.expect(&id, "a@opp-tls.test", "sent", "encrypted", "trusted");
 
     // No STARTTLS: plaintext, not lost.
     let id = lab.send(SENDER, &["b@opp-plain.test"]);
@@ -521,6 +83,13 @@ fn e2e_opportunistic_domains_get_tls_when_offered_and_plaintext_otherwise() {
     assert!(line.contains("status=sent"), "{line}");
     let m = received(&lab.plain, "b@opp-plain.test");
     assert!(!m.tls);
+    lab.expect(
+        &id,
+        "b@opp-plain.test",
+        "sent",
+        "plaintext-fallback",
+        "none",
+    );
 
     // Self-signed: encrypted, not authenticated, delivered.
     let id = lab.send(SENDER, &["c@opp-self.test"]);
@@ -530,6 +99,7 @@ fn e2e_opportunistic_domains_get_tls_when_offered_and_plaintext_otherwise() {
     );
     assert!(lab.tls_line(SELF_MX.0, mark).contains("Untrusted TLS"));
     assert!(received(&lab.selfsigned, "c@opp-self.test").tls);
+    lab.expect(&id, "c@opp-self.test", "sent", "encrypted", "untrusted");
 
     for d in ["opp-tls.test", "opp-plain.test", "opp-self.test"] {
         let recs = lab.map_records(d);
@@ -556,6 +126,7 @@ fn e2e_forced_domains_never_go_out_in_plaintext() {
             .contains("status=sent")
     );
     assert!(received(&lab.tls, "a@forced-tls.test").tls);
+    lab.expect(&id, "a@forced-tls.test", "sent", "encrypted", "trusted");
 
     // No STARTTLS: deferred, never sent. Mixed case in the address does
     // not get around it (Postfix asks with the case as typed).
@@ -572,6 +143,10 @@ fn e2e_forced_domains_never_go_out_in_plaintext() {
     never_received(&lab.plain, "b@forced-plain.test");
     never_received(&lab.plain, "C@Forced-Plain.TEST");
     assert!(lab.plain.messages().is_empty());
+    for rcpt in ["b@forced-plain.test", "C@Forced-Plain.TEST"] {
+        let r = lab.expect(&id, rcpt, "deferred", "held", "not-offered");
+        assert_eq!(r["domain"], "forced-plain.test", "{r}");
+    }
     let keys: Vec<String> = lab
         .map_records("forced-plain.test")
         .iter()
@@ -612,6 +187,14 @@ fn e2e_forced_domains_never_go_out_in_plaintext() {
     let line = lab.status(&id, "f@secure-self.test", mark);
     assert!(line.contains("status=deferred"), "{line}");
     never_received(&lab.selfsigned, "f@secure-self.test");
+    lab.expect(&id, "e@secure-tls.test", "sent", "verified", "verified");
+    lab.expect(
+        &id,
+        "f@secure-self.test",
+        "deferred",
+        "held",
+        "certificate-not-verified",
+    );
     lab.check_log_matches_postfix(true);
     summary("forced: TLS or nothing, any letter case, 450 4.7.10 at RCPT once known");
 }
@@ -643,6 +226,20 @@ fn e2e_one_message_to_a_forced_and_an_opportunistic_domain() {
             .contains("status=deferred")
     );
     never_received(&lab.plain, "a@forced-plain.test");
+    lab.expect(
+        &id,
+        "a@forced-plain.test",
+        "deferred",
+        "held",
+        "not-offered",
+    );
+    lab.expect(
+        &id,
+        "b@opp-plain.test",
+        "sent",
+        "plaintext-fallback",
+        "none",
+    );
 
     // The policy server recorded each recipient at RCPT; the deployment
     // asks it at RCPT only, so the per-message record is the milter's.
@@ -706,12 +303,20 @@ fn e2e_mta_sts_enforce_verifies_and_defers_an_untrusted_server() {
     assert!(line.contains("status=sent"), "{line}");
     assert!(lab.tls_line(TLS_MX.0, mark).contains("Verified TLS"));
     assert!(received(&lab.tls, "a@sts-enforce.test").tls);
+    lab.expect(&id, "a@sts-enforce.test", "sent", "verified", "verified");
 
     // enforce, but the server's certificate is self-signed: deferred.
     let id = lab.send(SENDER, &["b@sts-forged.test"]);
     let line = lab.status(&id, "b@sts-forged.test", mark);
     assert!(line.contains("status=deferred"), "{line}");
     never_received(&lab.selfsigned, "b@sts-forged.test");
+    lab.expect(
+        &id,
+        "b@sts-forged.test",
+        "deferred",
+        "held",
+        "certificate-not-verified",
+    );
 
     for (domain, level, policy_id) in [
         (
@@ -768,6 +373,16 @@ fn e2e_dane_verifies_by_tlsa_and_defers_on_a_mismatch() {
     assert!(line.contains("status=deferred"), "{line}");
     assert!(line.contains("Server certificate not verified"), "{line}");
     never_received(&lab.dane_bad, "b@bad.dane.test");
+    lab.expect(&id, "a@good.dane.test", "sent", "verified", "verified");
+    let r = lab.expect(
+        &id,
+        "b@bad.dane.test",
+        "deferred",
+        "held",
+        "certificate-not-verified",
+    );
+    // The handshake completed before the TLSA check failed.
+    assert_eq!(r["tls_trust"], "untrusted", "{r}");
 
     for domain in ["good.dane.test", "bad.dane.test"] {
         let recs = lab.map_records(domain);
@@ -801,9 +416,17 @@ fn e2e_daemon_restart_while_mail_flows_loses_nothing_and_leaks_nothing() {
     let ps = lab.daemon.listening("policy");
     let mi = lab.daemon.listening("milter");
     lab.daemon
-        .write_config(&config(&sm, &ps, &mi, lab.dir.path()));
+        .write_config(&config(&sm, &ps, &mi, lab.dir.path(), &lab.pf.log_path()));
+    // Mail flows; the daemon stops (SIGTERM) two thirds of the way in
+    // (smtpd takes about a second for each message it cannot ask about).
+    const N: usize = 30;
+    let sender = lab.send_batch(batch_rcpts("f", N), Duration::from_millis(40));
+    lab.wait_received(2 * N / 3);
     lab.daemon.signal(libc::SIGTERM);
     assert!(lab.daemon.wait_exit().success());
+    let flowed = sender.join().expect("the batch sender");
+    let state = lab.dir.path().join("outcomes.state");
+    assert!(state.exists(), "no position saved on stop");
 
     // Down: mail is still accepted (default_action=DUNNO) but not
     // delivered: Postfix cannot learn the TLS policy and defers.
@@ -816,9 +439,14 @@ fn e2e_daemon_restart_while_mail_flows_loses_nothing_and_leaks_nothing() {
     }
     never_received(&lab.plain, "a@forced-plain.test");
     never_received(&lab.tls, "b@forced-tls.test");
+    let down = lab.received_count();
+    assert!(down < N, "the whole batch went out before the stop");
 
-    // Back up: the queued mail goes out, encrypted where forced.
+    // Back up: reading resumes where it stopped; the queued mail goes
+    // out, encrypted where forced.
     lab.daemon.restart("socketmap");
+    lab.daemon
+        .wait_for_line(|l| l.contains("outcomes: resuming where reading stopped"));
     let mark = lab.pf.log_mark();
     lab.pf.flush();
     assert!(
@@ -829,8 +457,51 @@ fn e2e_daemon_restart_while_mail_flows_loses_nothing_and_leaks_nothing() {
     let line = lab.status(&id, "a@forced-plain.test", mark);
     assert!(line.contains("TLS is required"), "{line}");
     never_received(&lab.plain, "a@forced-plain.test");
-    lab.check_log_matches_postfix(false);
-    summary("daemon down and back: queued, then delivered; forced never in plaintext");
+    lab.wait_received(N + 1);
+    // Every attempt judged once, before, during and after the stop.
+    let records = lab.check_log_matches_postfix(false);
+    for q in &flowed {
+        let of = |status: &str| {
+            records
+                .iter()
+                .filter(|r| r["queue_id"] == q.as_str() && r["status"] == status)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of("sent").len(), 1, "{q}: {records:#?}");
+        for r in of("deferred") {
+            assert_eq!(r["verdict"], "policy-unreachable", "{r}");
+        }
+    }
+    lab.expect(&id, "b@forced-tls.test", "sent", "encrypted", "trusted");
+    // Deferred while down: Postfix got no policy, and the rule says what
+    // it should have had; then a@ held for TLS.
+    let of = |rcpt: &str| -> Vec<(String, String, String)> {
+        records
+            .iter()
+            .filter(|r| r["queue_id"] == id.as_str() && r["recipient"] == rcpt)
+            .filter(|r| r["status"] == "deferred")
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (s("verdict"), s("tls_failure"), s("decided_by"))
+            })
+            .collect()
+    };
+    let unreachable = (
+        "policy-unreachable".to_string(),
+        "config-problem".to_string(),
+        "rule".to_string(),
+    );
+    let held = (
+        "held".to_string(),
+        "not-offered".to_string(),
+        "socketmap".to_string(),
+    );
+    assert_eq!(of("a@forced-plain.test"), [unreachable.clone(), held]);
+    assert_eq!(of("b@forced-tls.test"), [unreachable]);
+    summary(
+        "daemon stopped while mail flows and back: queued, then delivered; forced never in \
+         plaintext; each delivery judged once",
+    );
 }
 
 #[test]
@@ -854,6 +525,11 @@ fn e2e_dns_outage_defers_and_a_broken_reload_keeps_the_old_policy() {
     for rcpt in ["a@forced-tls.test", "b@opp-plain.test"] {
         let line = lab.status(&id, rcpt, mark);
         assert!(line.contains("status=deferred"), "{line}");
+        // Not for a TLS reason: no alarm, nothing held.
+        let r = lab.outcome(&id, rcpt, "deferred");
+        assert_eq!(r["verdict"], "not-delivered", "{r}");
+        assert_eq!(r["relay"], "none", "{r}");
+        assert!(r["tls_failure"].is_null(), "{r}");
     }
     // tls-policyd keeps answering as documented: policy file rules, the
     // cached DANE result, the default for a domain it cannot look up.
@@ -881,6 +557,14 @@ fn e2e_dns_outage_defers_and_a_broken_reload_keeps_the_old_policy() {
     assert!(
         lab.status(&id, "b@opp-plain.test", mark)
             .contains("status=sent")
+    );
+    lab.expect(&id, "a@forced-tls.test", "sent", "encrypted", "trusted");
+    lab.expect(
+        &id,
+        "b@opp-plain.test",
+        "sent",
+        "plaintext-fallback",
+        "none",
     );
 
     // A broken policy file on reload: the old policy keeps serving.
@@ -936,20 +620,28 @@ fn e2e_mail_from_mynetworks_and_sasl_users_is_tagged_and_refused_early() {
     let r = s.rcpt_reply("f@opp-plain.test");
     assert!(r.starts_with("554 5.7.1 "), "{r}\n{}", s.transcript);
 
-    for (id, rcpt) in [
-        (&local, "a@forced-tls.test"),
-        (&local, "b@opp-plain.test"),
-        (&sasl, "d@forced-tls.test"),
-        (&sasl, "e@opp-plain.test"),
+    for (id, rcpt, verdict, trust) in [
+        (&local, "a@forced-tls.test", "encrypted", "trusted"),
+        (&local, "b@opp-plain.test", "plaintext-fallback", "none"),
+        (&sasl, "d@forced-tls.test", "encrypted", "trusted"),
+        (&sasl, "e@opp-plain.test", "plaintext-fallback", "none"),
     ] {
         let line = lab.status(id, rcpt, mark);
         assert!(line.contains("status=sent"), "{line}");
+        lab.expect(id, rcpt, "sent", verdict, trust);
     }
     assert!(received(&lab.tls, "a@forced-tls.test").tls);
     assert!(received(&lab.tls, "d@forced-tls.test").tls);
     let line = lab.status(&local, "c@forced-plain.test", mark);
     assert!(line.contains("TLS is required"), "{line}");
     never_received(&lab.plain, "c@forced-plain.test");
+    lab.expect(
+        &local,
+        "c@forced-plain.test",
+        "deferred",
+        "held",
+        "not-offered",
+    );
 
     // Tagged at RCPT: a policy record per recipient, with its decision
     // and the client it came from.

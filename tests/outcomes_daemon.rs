@@ -3,7 +3,9 @@
 //! for that process appended to a followed mail log, and the outcome
 //! records, verdicts, metrics and status that come of them; then a restart
 //! and a rotation by rename with lines written while the daemon was down
-//! (the decisions made before the restart read back from the log).
+//! (the decisions made before the restart read back from the log); a
+//! connection and a lookup from before a restart govern the delivery
+//! logged after it.
 //! The lines are Postfix 3.7's own (tests/fixtures/postfix-logs/), with
 //! this test's pid, since this test is the process that asked.
 
@@ -155,4 +157,40 @@ fn deliveries_are_judged_against_the_lookup_of_the_process_that_asked() {
         .unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
     assert_eq!(text.lines().count(), 2, "{text}");
+}
+
+#[test]
+fn a_connection_and_a_lookup_from_before_a_restart_govern_the_delivery_logged_after_it() {
+    let mut d = Daemon::start_frontend(&outcomes_config(), POLICY, Options::default(), "socketmap");
+    let log = d.dir().join("mail.log");
+    let mut c = Client::connect_unix(&d.dir().join("socketmap.sock"));
+    assert!(
+        c.query("tls_policy", "verified.test")
+            .starts_with("OK secure")
+    );
+    wait_for_json_lines(&d.decisions_path(), 1);
+    let me = std::process::id();
+    // The smtp process's TLS line is logged; then tls-policyd stops, and
+    // the delivery over that connection is logged while it is down.
+    let lines = verified(me, "6F");
+    let (tls, delivery) = lines.split_at(lines.find('\n').unwrap() + 1);
+    append(&log, tls);
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit().success());
+    let state = std::fs::read_to_string(d.dir().join("outcomes.state")).unwrap();
+    assert!(state.contains("\"connections\""), "{state}");
+    append(&log, delivery);
+    d.restart("socketmap");
+    let got = deliveries(&d, 2);
+    assert_eq!(verdicts(&got), [("6F".into(), "verified".into())]);
+    let r = &got[0];
+    assert_eq!(r["tls_trust"], "verified", "{r}");
+    assert_eq!(r["decided_by"], "socketmap", "{r}");
+    assert_eq!(r["level"], "secure", "{r}");
+    assert!(
+        d.find_line(|l| l.contains("outcomes: decisions read back from the decision log"))
+            .is_some_and(|l| l.contains("lookups=1")),
+        "{}",
+        d.stderr_text()
+    );
 }

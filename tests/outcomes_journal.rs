@@ -244,6 +244,7 @@ fn journal_directory_followed_and_resumed_after_the_cursor() {
         &SavedState::Journal(JournalState {
             journal: source.clone(),
             cursor,
+            connections: Vec::new(),
         }),
     )
     .unwrap();

@@ -24,6 +24,8 @@ pub struct Outcomes {
     pub config: OutcomesConfig,
     pub index: Arc<DecisionIndex>,
     pub status: Arc<FollowerStatus>,
+    /// When the index began noting the records written.
+    pub noting_since: std::time::SystemTime,
 }
 
 /// The parts for `config`, the index tapped into `log` after learning
@@ -62,6 +64,7 @@ pub(super) fn build(
         config: config.clone(),
         index,
         status: Arc::new(FollowerStatus::new(config.log.to_string())),
+        noting_since: std::time::SystemTime::now(),
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Engine;
 use super::decision::{Decision, SourceKind, Tls};
@@ -62,7 +62,7 @@ impl Ruling {
 
 /// One recipient of a message as decided, and what was answered for it
 /// (the per-message record lists these).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientDecision {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recipient: Option<String>,

@@ -18,6 +18,11 @@
 //! At most `capacity` processes are tracked; the least recently seen is
 //! evicted and counted.
 //!
+//! The state goes with the follower's saved position
+//! ([`ConnectionTracker::saved`], [`ConnectionTracker::restore`]): a
+//! connection whose TLS line was read before a restart still governs the
+//! status lines read after it.
+//!
 //! Observed with Postfix 3.7 and `smtp_tls_connection_reuse = yes`: the
 //! smtp process still logs the TLS summary (`established`, or `reused` for a
 //! cached TLS connection, followed by `conn_use=N` lines), but the
@@ -27,7 +32,10 @@
 
 use std::collections::HashMap;
 
-use super::postfix::{Delivery, Endpoint, Event, Relay, TlsEstablished, TlsFailure};
+use serde::{Deserialize, Serialize};
+
+use super::peer::TlsFailureKind;
+use super::postfix::{Delivery, Endpoint, Event, Relay, TlsEstablished, TlsFailure, Trust};
 
 /// Default number of processes tracked (Postfix's default process limit
 /// is 100 per service).
@@ -252,6 +260,124 @@ impl ConnectionTracker {
     }
 }
 
+/// One process's connection as saved with the follower's position: what
+/// the verdicts need of it (the TLS summary's trust, protocol and cipher,
+/// the failures' kinds), peers as Postfix writes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedConnection {
+    pub host: String,
+    pub program: String,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SavedTls>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<TlsFailureKind>,
+    /// The message (queue id, `conn_use`) that last used the connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<(String, Option<u32>)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedTls {
+    pub trust: Trust,
+    pub reused: bool,
+    pub peer: String,
+    pub protocol: String,
+    pub cipher: String,
+}
+
+/// Connections saved with the position at most: Postfix runs 100 smtp(8)
+/// processes per transport by default, and the most recently seen are the
+/// ones still open.
+pub const SAVED_CONNECTIONS: usize = 512;
+
+impl ConnectionTracker {
+    /// The `max` most recently seen connections, most recent last.
+    pub fn saved(&self, max: usize) -> Vec<SavedConnection> {
+        let mut all: Vec<(&ProcessKey, &Conn)> = self.procs.iter().collect();
+        all.sort_by_key(|(_, c)| c.last_seen);
+        let skip = all.len().saturating_sub(max);
+        all.into_iter()
+            .skip(skip)
+            .map(|(k, c)| SavedConnection {
+                host: k.host.clone(),
+                program: k.program.clone(),
+                pid: k.pid,
+                peer: c.peer.as_ref().map(ToString::to_string),
+                tls: c.facts.tls.as_ref().map(|t| SavedTls {
+                    trust: t.trust,
+                    reused: t.reused,
+                    peer: t.peer.to_string(),
+                    protocol: t.protocol.clone(),
+                    cipher: t.cipher.clone(),
+                }),
+                failures: c.facts.failures.iter().map(|f| f.kind).collect(),
+                bound: c.bound.clone(),
+            })
+            .collect()
+    }
+
+    /// Take up saved connections again (in the order [`Self::saved`]
+    /// gives them); one whose peers cannot be read is left out.
+    pub fn restore(&mut self, saved: &[SavedConnection]) {
+        for s in saved {
+            let peer = match &s.peer {
+                Some(p) => match Endpoint::parse(p) {
+                    Some(e) => Some(e),
+                    None => continue,
+                },
+                None => None,
+            };
+            let tls = match &s.tls {
+                Some(t) => match Endpoint::parse(&t.peer) {
+                    Some(peer) => Some(TlsEstablished {
+                        trust: t.trust,
+                        reused: t.reused,
+                        outbound: true,
+                        peer,
+                        protocol: t.protocol.clone(),
+                        cipher: t.cipher.clone(),
+                        bits: None,
+                        extra: String::new(),
+                    }),
+                    None => continue,
+                },
+                None => None,
+            };
+            let key = ProcessKey {
+                host: s.host.clone(),
+                program: s.program.clone(),
+                pid: s.pid,
+            };
+            if !self.procs.contains_key(&key) && self.procs.len() >= self.capacity {
+                self.evict_one();
+            }
+            self.tick += 1;
+            let failures = s
+                .failures
+                .iter()
+                .take(MAX_FAILURES)
+                .map(|&kind| TlsFailure {
+                    kind,
+                    peer: peer.clone(),
+                    detail: String::new(),
+                })
+                .collect();
+            self.procs.insert(
+                key,
+                Conn {
+                    peer,
+                    facts: ConnectionFacts { tls, failures },
+                    bound: s.bound.clone(),
+                    last_seen: self.tick,
+                },
+            );
+        }
+    }
+}
+
 /// Same peer: the address and port must agree; the host names too (a TLS
 /// line and a status line name the host the same way).
 fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
@@ -388,6 +514,54 @@ mod tests {
             "connect to b.test[192.0.2.2]:25: Connection refused",
         );
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn saved_connections_govern_after_a_restore() {
+        let mut t = ConnectionTracker::new(8);
+        let r = "a.test[192.0.2.1]:25";
+        // Process 1: TLS line read, its status lines not yet; process 2:
+        // one recipient delivered, more of the message to come; process 3:
+        // a failure.
+        feed(&mut t, 1, TLS_A);
+        feed(&mut t, 2, TLS_B);
+        feed(&mut t, 2, &dlv("Q1", "x@b", "b.test[192.0.2.2]:25", None));
+        feed(&mut t, 3, "SSL_connect error to b.test[192.0.2.2]:25: -1");
+        let saved = t.saved(SAVED_CONNECTIONS);
+        assert_eq!(saved.len(), 3);
+        let text = serde_json::to_string(&saved).unwrap();
+        let back: Vec<SavedConnection> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, saved);
+
+        let mut t = ConnectionTracker::new(8);
+        t.restore(&back);
+        assert_eq!(
+            trust(&feed(&mut t, 1, &dlv("Q2", "x@a", r, None))),
+            Some(Trust::Verified)
+        );
+        let a = feed(&mut t, 2, &dlv("Q1", "y@b", "b.test[192.0.2.2]:25", None)).unwrap();
+        let c = a.connection.unwrap();
+        assert_eq!(c.tls.as_ref().unwrap().trust, Trust::Untrusted);
+        assert_eq!(c.tls.unwrap().protocol, "TLSv1.3");
+        let a = feed(
+            &mut t,
+            3,
+            "Q3: to=<x@b>, relay=b.test[192.0.2.2]:25, delay=0, delays=0/0/0/0, dsn=4.7.5, status=deferred (Cannot start TLS: handshake failure)",
+        )
+        .unwrap();
+        assert_eq!(
+            a.connection.unwrap().failures[0].kind,
+            TlsFailureKind::HandshakeFailed
+        );
+        // Only the most recently seen are kept.
+        let two = ConnectionTracker::saved(&t, 2);
+        assert_eq!(two.iter().map(|c| c.pid).collect::<Vec<_>>(), [2, 3]);
+        // One that cannot be read back is left out.
+        let mut bad = back.clone();
+        bad[0].peer = Some("not a peer".into());
+        let mut t = ConnectionTracker::new(8);
+        t.restore(&bad);
+        assert_eq!(t.len(), 2);
     }
 
     #[test]

@@ -14,8 +14,11 @@
 //! relay's host name, the recipient's domain or a parent of it), any
 //! recent lookup for that next hop, the RCPT-time decision for its queue
 //! id and recipient, and, when Postfix asked nothing, the operator's rule
-//! for the domain as it stands ([`DecidedBy::Rule`]). The engine gives
-//! the verdict ([`crate::engine::outcome::verdict`]).
+//! for the domain as it stands ([`DecidedBy::Rule`]). A delivery Postfix
+//! could get no policy for (`client TLS configuration problem`) is joined
+//! with no lookup: the RCPT-time decision or the rule say what it should
+//! have had. The engine gives the verdict
+//! ([`crate::engine::outcome::verdict`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -74,7 +77,7 @@ fn validity(ts: SystemTime, window: Duration) -> Expiry {
 const LOOKUPS_PER_PROCESS: usize = 8;
 
 /// A remembered decision, with its level for the verdict.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Noted {
     level: Level,
     governing: GoverningDecision,
@@ -109,11 +112,37 @@ impl Default for IndexObservers {
 /// A process's recent lookups: the hop named, and its decision.
 type ProcessLookups = Arc<Vec<(Box<str>, Arc<Noted>)>>;
 
+/// A hop's decisions over time: from when each governed (the first of a
+/// run of lookups that answered the same), oldest first. A line read late
+/// (after a restart) is judged by the one in force when it was logged, not
+/// by a later lookup.
+type HopLookups = Arc<Vec<(SystemTime, Arc<Noted>)>>;
+
+/// Changes of decision kept per hop.
+const CHANGES_PER_HOP: usize = 4;
+
+/// `list` with the decision `noted` in force from `from` (lookups may come
+/// in any order: the decision log read back after live records).
+fn merged(
+    list: &[(SystemTime, Arc<Noted>)],
+    from: SystemTime,
+    noted: Arc<Noted>,
+) -> Vec<(SystemTime, Arc<Noted>)> {
+    let mut all = list.to_vec();
+    let at = all.partition_point(|(f, _)| *f <= from);
+    all.insert(at, (from, noted));
+    // A run of the same decision governs from its first lookup.
+    all.dedup_by(|later, earlier| later.1 == earlier.1);
+    let excess = all.len().saturating_sub(CHANGES_PER_HOP);
+    all.drain(..excess);
+    all
+}
+
 /// What the decision log has decided lately, by next hop, process and
 /// queue id.
 pub struct DecisionIndex {
     limits: IndexLimits,
-    hops: TtlCache<Box<str>, Arc<Noted>>,
+    hops: TtlCache<Box<str>, HopLookups>,
     processes: TtlCache<u32, ProcessLookups>,
     messages: TtlCache<Box<str>, Arc<Vec<NotedRecipient>>>,
 }
@@ -207,21 +236,42 @@ impl DecisionIndex {
             governing: governing(DecidedBy::Socketmap, d),
         });
         let expiry = validity(ts, self.limits.hop_window);
-        self.hops.insert(Box::from(domain), noted.clone(), expiry);
+        self.note_hop_entry(domain, noted.clone(), expiry);
         if let Some(pid) = pid {
-            self.processes.upsert(pid, |old| {
-                let mut list: Vec<_> = old
-                    .filter(|(_, e)| e.is_valid_at(ts))
-                    .map(|(v, _)| v.as_ref().clone())
-                    .unwrap_or_default();
-                list.retain(|(d, _)| &**d != domain);
-                if list.len() >= LOOKUPS_PER_PROCESS {
-                    list.remove(0);
-                }
-                list.push((Box::from(domain), noted));
-                (Arc::new(list), expiry)
-            });
+            self.note_process(pid, domain, noted, expiry, ts);
         }
+    }
+
+    fn note_hop_entry(&self, domain: &str, noted: Arc<Noted>, expiry: Expiry) {
+        self.hops.upsert(Box::from(domain), |old| {
+            let list = old.map_or(&[][..], |(v, _)| v.as_slice());
+            let list = merged(list, expiry.from, noted);
+            let until = old.map_or(expiry.until, |(_, e)| e.until.max(expiry.until));
+            let from = list.first().map_or(expiry.from, |(f, _)| *f);
+            (Arc::new(list), Expiry::between(from, until).no_refresh())
+        });
+    }
+
+    fn note_process(
+        &self,
+        pid: u32,
+        domain: &str,
+        noted: Arc<Noted>,
+        expiry: Expiry,
+        ts: SystemTime,
+    ) {
+        self.processes.upsert(pid, |old| {
+            let mut list: Vec<_> = old
+                .filter(|(_, e)| e.is_valid_at(ts))
+                .map(|(v, _)| v.as_ref().clone())
+                .unwrap_or_default();
+            list.retain(|(d, _)| &**d != domain);
+            if list.len() >= LOOKUPS_PER_PROCESS {
+                list.remove(0);
+            }
+            list.push((Box::from(domain), noted));
+            (Arc::new(list), expiry)
+        });
     }
 
     /// RCPT-time decisions for the recipients of message `queue_id`.
@@ -290,19 +340,6 @@ impl DecisionIndex {
         let at = line.logged_at;
         let rule = domain.as_deref().and_then(rule_for);
         let forced_by_rule = rule.as_ref().is_some_and(|r| r.tls() == Tls::Forced);
-        let found = self
-            .by_hop(dl, domain.as_deref(), line.pid, at)
-            .or_else(|| self.by_message(&dl.queue_id, dl, domain.as_deref(), at))
-            .map(|n| (n, true))
-            .or_else(|| {
-                rule.as_ref().map(|r| {
-                    let n = Noted {
-                        level: r.level,
-                        governing: governing(DecidedBy::Rule, r),
-                    };
-                    (n, false)
-                })
-            });
         let facts = d.connection.as_ref();
         let tls = facts.and_then(|f| f.tls.as_ref());
         let trust = tls.map_or(TlsTrust::None, |t| trust_of(t.trust));
@@ -315,6 +352,23 @@ impl DecisionIndex {
             (Status::Deferred | Status::Bounced | Status::Expired, Some(_)) => Attempt::HeldForTls,
             _ => Attempt::NotDelivered,
         };
+        // Postfix got no answer for a delivery without a policy: a lookup
+        // others made for its next hop did not govern it.
+        let asked = attempt != Attempt::NoPolicy;
+        let found = asked
+            .then(|| self.by_hop(dl, domain.as_deref(), line.pid, at))
+            .flatten()
+            .or_else(|| self.by_message(&dl.queue_id, dl, domain.as_deref(), at))
+            .map(|n| (n, true))
+            .or_else(|| {
+                rule.as_ref().map(|r| {
+                    let n = Noted {
+                        level: r.level,
+                        governing: governing(DecidedBy::Rule, r),
+                    };
+                    (n, false)
+                })
+            });
         let g = found.as_ref().map(|(n, consulted)| Governing {
             level: n.level,
             consulted: *consulted,
@@ -375,10 +429,11 @@ impl DecisionIndex {
                 }
             }
         }
-        candidates
-            .iter()
-            .find_map(|c| self.hops.peek_valid(*c, at))
-            .map(|n| n.as_ref().clone())
+        candidates.iter().find_map(|c| {
+            let list = self.hops.peek_valid(*c, at)?;
+            let in_force = list.iter().rev().find(|(from, _)| *from <= at)?;
+            Some(in_force.1.as_ref().clone())
+        })
     }
 
     /// The RCPT-time decision for this queue id's recipient (by address,

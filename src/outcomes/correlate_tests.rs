@@ -183,6 +183,34 @@ fn lookups_older_than_the_window_govern_nothing() {
 }
 
 #[test]
+fn a_line_read_late_is_judged_by_the_lookup_in_force_when_it_was_logged() {
+    // Read after a restart: the hop was looked up again since, with
+    // another answer.
+    let ix = index();
+    ix.note_record(&lookup("plain.test", Level::May, None, T0 - 10));
+    ix.note_record(&lookup("plain.test", Level::May, None, T0 - 5));
+    ix.note_record(&lookup("plain.test", Level::Encrypt, None, T0 + 30));
+    let j = judge_all(&ix, PLAIN, &no_rule);
+    assert_eq!(j[0].outcome.verdict, Verdict::PlaintextFallback);
+    // The same, the earlier lookups read back from the decision log after
+    // the later one was noted.
+    let ix = index();
+    ix.note_record(&lookup("plain.test", Level::Encrypt, None, T0 + 30));
+    let may = decision(Level::May, SourceKind::Static, Some(1));
+    ix.note_hop("plain.test", None, &may, at(T0 - 10));
+    assert_eq!(
+        judge_all(&ix, PLAIN, &no_rule)[0].outcome.verdict,
+        Verdict::PlaintextFallback
+    );
+    // A line logged after the later lookup: the later one.
+    let late = PLAIN.replace("07:30:54", "07:31:30");
+    assert_eq!(
+        judge_all(&ix, &late, &no_rule)[0].outcome.verdict,
+        Verdict::Violation
+    );
+}
+
+#[test]
 fn rcpt_time_decisions_govern_by_queue_id() {
     let ix = index();
     ix.note_record(&milter_message(
@@ -231,6 +259,49 @@ fn held_unreachable_and_bypassed() {
     });
     assert_eq!(j[0].outcome.verdict, Verdict::Undecided);
     assert_eq!(j[0].alarm, Some(Alarm::UndecidedForced));
+}
+
+/// Postfix 3.7's lines for a transport whose `smtp_tls_policy_maps` names
+/// a socket nobody listens on (tests/e2e.rs).
+const UNREACHABLE: &str = "Dec 05 11:21:23 mx postfix/nomap/smtp[8997]: warning: connect to tls-policyd/gone.sock: No such file or directory
+Dec 05 11:21:23 mx postfix/nomap/smtp[8997]: warning: table socketmap:unix:tls-policyd/gone.sock:tls_policy lookup error: No such file or directory
+Dec 05 11:21:23 mx postfix/nomap/smtp[8997]: warning: socketmap:unix:tls-policyd/gone.sock:tls_policy lookup error for \"forced-unreach.test\"
+Dec 05 11:21:23 mx postfix/nomap/smtp[8997]: warning: smtp_tls_policy_maps, next-hop destination \"forced-unreach.test\": policy table lookup error
+Dec 05 11:21:23 mx postfix/nomap/smtp[8997]: warning: TLS policy lookup for forced-unreach.test/mx-tls.sink.test: client TLS configuration problem
+Dec 05 11:21:23 mx postfix/nomap/smtp[8997]: 11E8E9A23E8: to=<a@forced-unreach.test>, relay=none, delay=0.04, delays=0.01/0.03/0/0, dsn=4.7.5, status=deferred (client TLS configuration problem)
+";
+
+#[test]
+fn a_delivery_without_a_policy_is_not_joined_with_others_lookups() {
+    // The same next hop looked up through a map that works (another
+    // transport, postmap -q): not what this smtp process got.
+    let ix = index();
+    ix.note_record(&lookup("forced-unreach.test", Level::Encrypt, None, T0 - 1));
+    let unreachable = UNREACHABLE.replace("Dec 05 11:21:23", "Dec 05 07:30:54");
+    let j = judge_all(&ix, &unreachable, &no_rule);
+    assert_eq!(j.len(), 1);
+    let o = &j[0].outcome;
+    assert_eq!(o.verdict, Verdict::PolicyUnreachable);
+    assert_eq!(o.transport, "postfix/nomap/smtp");
+    assert_eq!(o.tls_failure, Some("config-problem"));
+    assert!(o.governing.is_none(), "{:?}", o.governing);
+    assert_eq!(j[0].alarm, Some(Alarm::PolicyUnreachable));
+    // What it should have had: the message's RCPT-time decision, else the
+    // operator's rule.
+    ix.note_record(&milter_message(
+        "11E8E9A23E8",
+        "a@forced-unreach.test",
+        Level::Encrypt,
+        T0 - 2,
+    ));
+    let j = judge_all(&ix, &unreachable, &no_rule);
+    let g = j[0].outcome.governing.as_ref().unwrap();
+    assert_eq!(g.by, DecidedBy::Milter);
+    let forced = |_: &str| Some(decision(Level::Encrypt, SourceKind::Static, Some(7)));
+    let j = judge_all(&index(), &unreachable, &forced);
+    let g = j[0].outcome.governing.as_ref().unwrap();
+    assert_eq!((g.by, g.rule), (DecidedBy::Rule, Some(7)));
+    assert_eq!(j[0].outcome.verdict, Verdict::PolicyUnreachable);
 }
 
 #[test]

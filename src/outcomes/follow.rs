@@ -1,7 +1,9 @@
 //! Following a log file as it is written: new bytes since the last read,
 //! across rotation by rename (the old file is read to its end before the
-//! new one) and by copytruncate (the file shrinks: read again from its
-//! start), and across restarts: a saved [`Position`] names the file by
+//! new one) and by copytruncate (the file is emptied, seen by its length
+//! or its first bytes: what was written after the last read is read from
+//! the copy beside it, then the file again from its start), and across
+//! restarts: a saved [`Position`] names the file by
 //! device and inode, so after a restart reading resumes where it stopped,
 //! in the rotated file if the log was rotated meanwhile.
 //!
@@ -126,6 +128,36 @@ impl Open {
         self.dev == meta.dev() && self.ino == meta.ino()
     }
 
+    /// Where reading stands, as a saved position names it.
+    fn position(&self) -> Position {
+        Position {
+            dev: self.dev,
+            ino: self.ino,
+            offset: self.offset,
+            head_len: self.head.0,
+            head_hash: self.head.1,
+        }
+    }
+
+    /// The file was emptied since the last read (copytruncate): shorter
+    /// than what was read, or its first bytes are no longer those read
+    /// (emptied and written past the offset again meanwhile).
+    fn truncated(&self) -> io::Result<bool> {
+        if self.file.metadata()?.len() < self.offset {
+            return Ok(true);
+        }
+        Ok(self.head.0 > 0 && head(&self.file, u64::from(self.head.0))? != self.head)
+    }
+
+    /// Read the file again from its start.
+    fn rewind(&mut self) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(0))?;
+        self.offset = 0;
+        self.fresh = true;
+        self.head = (0, fnv1a(&[]));
+        Ok(())
+    }
+
     /// Up to `max` bytes from the offset on.
     fn read(&mut self, max: usize) -> io::Result<Option<Chunk>> {
         let mut bytes = Vec::new();
@@ -218,7 +250,8 @@ impl Follower {
 
     /// The next bytes, at most `max`: the rest of a rotated file first,
     /// then the live file. `None` when nothing new was written. Checks
-    /// for rotation and truncation when the current file has nothing new.
+    /// for truncation before reading the live file, and for rotation when
+    /// it has nothing new.
     pub fn read(&mut self, max: usize) -> io::Result<Option<Chunk>> {
         if let Some(d) = &mut self.draining {
             match d.read(max)? {
@@ -227,6 +260,10 @@ impl Follower {
             }
         }
         if let Some(c) = &mut self.current {
+            if c.offset > 0 && c.truncated()? {
+                self.reread_after_truncation()?;
+                return self.read(max);
+            }
             if let Some(chunk) = c.read(max)? {
                 return Ok(Some(chunk));
             }
@@ -240,18 +277,7 @@ impl Follower {
         };
         match self.current.take() {
             Some(c) if c.is(&meta) => {
-                let mut c = c;
-                if meta.len() < c.offset {
-                    // copytruncate: the file starts again.
-                    c.file.seek(SeekFrom::Start(0))?;
-                    c.offset = 0;
-                    c.fresh = true;
-                    c.head = (0, fnv1a(&[]));
-                }
                 self.current = Some(c);
-                if self.current.as_ref().is_some_and(|c| c.offset == 0) {
-                    return self.current.as_mut().map_or(Ok(None), |c| c.read(max));
-                }
                 Ok(None)
             }
             old => {
@@ -265,6 +291,23 @@ impl Follower {
                 self.read(max)
             }
         }
+    }
+}
+
+impl Follower {
+    /// The current file was emptied (copytruncate): what was written to it
+    /// after the last read and before the copy is in the copy, when it
+    /// was kept beside the file uncompressed; read that first, then the
+    /// file again from its start.
+    fn reread_after_truncation(&mut self) -> io::Result<()> {
+        let Some(c) = &mut self.current else {
+            return Ok(());
+        };
+        let at = c.position();
+        self.draining = find_rotated(&self.path, at)
+            .filter(|(_, _, meta)| !c.is(meta))
+            .and_then(|(_, file, meta)| Open::new(file, &meta, at.offset, false).ok());
+        c.rewind()
     }
 }
 
@@ -430,6 +473,44 @@ mod tests {
         d.write("mail.log", "3\n");
         let got = drain(&mut f, 4096);
         assert_eq!((got.text.as_str(), got.fresh), ("3\n", 1));
+    }
+
+    #[test]
+    fn copytruncate_after_unread_lines_reads_them_from_the_copy() {
+        let d = Dir::new();
+        d.write("mail.log", "one\n");
+        let (mut f, _) = d.follow(None, Start::Beginning);
+        assert_eq!(text(&mut f), "one\n");
+        // Written after the last read, then copied and emptied before the
+        // next one: the copy holds it.
+        d.write("mail.log", "two\n");
+        std::fs::copy(d.log(), d.path("mail.log.1")).unwrap();
+        d.truncate();
+        d.write("mail.log", "3\n");
+        let got = drain(&mut f, 4096);
+        assert_eq!(got.text, "two\n3\n");
+        // Only the copy's unread part, and a chunk that starts the file.
+        assert_eq!(got.fresh, 1);
+        // No copy kept (or compressed at once): the new content.
+        d.write("mail.log", "4\n");
+        std::fs::remove_file(d.path("mail.log.1")).unwrap();
+        d.truncate();
+        d.write("mail.log", "5\n");
+        assert_eq!(text(&mut f), "5\n");
+    }
+
+    #[test]
+    fn copytruncate_then_more_than_was_read_is_still_seen() {
+        let d = Dir::new();
+        d.write("mail.log", "a\n");
+        let (mut f, _) = d.follow(None, Start::Beginning);
+        assert_eq!(text(&mut f), "a\n");
+        std::fs::copy(d.log(), d.path("mail.log.1")).unwrap();
+        d.truncate();
+        // Longer than the offset before the follower looks again.
+        d.write("mail.log", "bbbbbbbb\n");
+        let got = drain(&mut f, 4096);
+        assert_eq!((got.text.as_str(), got.fresh), ("bbbbbbbb\n", 1));
     }
 
     #[test]

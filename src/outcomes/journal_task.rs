@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::LineKind;
 
 use super::config::{LogSource, OutcomesConfig};
+use super::connections::SAVED_CONNECTIONS;
 use super::follow::Start;
 use super::journal::{JournalOptions, JournalReader, JournalSource, JournalStats};
 use super::state::{JournalState, SavedState};
@@ -37,7 +38,10 @@ pub(super) fn follow_journal(
         LogSource::Journal(Some(dir)) => JournalSource::Directory(dir.clone()),
         _ => JournalSource::System,
     };
-    let saved = load_state(config, deps).and_then(|s| s.cursor_for(&source).map(str::to_owned));
+    let state = load_state(config, deps).filter(|s| s.cursor_for(&source).is_some());
+    let saved = state
+        .as_ref()
+        .and_then(|s| s.cursor_for(&source).map(str::to_owned));
     tracing::info!(log = %config.log, resumed = saved.is_some(), "outcomes: following the journal");
     let mut start = start_of(config);
     if let JournalSource::Directory(dir) = &source
@@ -58,6 +62,9 @@ pub(super) fn follow_journal(
     };
     let mut reader = JournalReader::new(source.clone(), saved, start, options);
     let mut run = Run::new(config, deps);
+    if let Some(s) = &state {
+        run.pipeline.restore_connections(s.connections());
+    }
     let mut seen = JournalStats::default();
     let mut saved_cursor: Option<String> = None;
     let mut last_save = Instant::now();
@@ -94,11 +101,11 @@ pub(super) fn follow_journal(
         count_stats(deps, &seen, &now);
         seen = now;
         if last_save.elapsed() >= super::task::SAVE_EVERY {
-            save_cursor(config, &source, &reader, &mut saved_cursor, deps);
+            save_cursor(config, &source, &reader, &run, &mut saved_cursor, deps);
             last_save = Instant::now();
         }
     }
-    save_cursor(config, &source, &reader, &mut saved_cursor, deps);
+    save_cursor(config, &source, &reader, &run, &mut saved_cursor, deps);
 }
 
 /// Whether to wait for `dir` to hold a journal file before running
@@ -164,6 +171,7 @@ fn save_cursor(
     config: &OutcomesConfig,
     source: &JournalSource,
     reader: &JournalReader,
+    run: &Run<'_>,
     saved: &mut Option<String>,
     deps: &FollowerDeps,
 ) {
@@ -176,6 +184,7 @@ fn save_cursor(
     let s = SavedState::Journal(JournalState {
         journal: source.clone(),
         cursor: cursor.to_owned(),
+        connections: run.pipeline.tracker().saved(SAVED_CONNECTIONS),
     });
     save_state(config, &s, deps);
     *saved = Some(cursor.to_owned());

@@ -15,7 +15,8 @@
 //!   [`pipeline`]: bytes → deliveries, every line counted.
 //! - [`correlate`]: the join of each delivery with the decision that
 //!   governed it ([`correlate::DecisionIndex`], fed by the decision log's
-//!   writer), and its verdict (the engine's rule).
+//!   writer), and its verdict (the engine's rule); [`rebuild`]: what was
+//!   decided before the start, read back from the decision log.
 //! - [`task`]: the follower thread (file or journal): records, metrics,
 //!   alarms ([`status`] for `/health`), the saved position; [`config`]:
 //!   `[outcomes]`.

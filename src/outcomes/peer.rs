@@ -47,7 +47,8 @@ impl std::fmt::Display for Endpoint {
 
 /// Kinds of TLS failure Postfix logs, on their own lines or as the reason
 /// of a deferral.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TlsFailureKind {
     /// `TLS is required, but was not offered by host ...` (4.7.4).
     NotOffered,

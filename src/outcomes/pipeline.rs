@@ -81,6 +81,12 @@ impl Pipeline {
         &self.tracker
     }
 
+    /// Take up the connections saved with the position (see
+    /// [`ConnectionTracker::restore`]).
+    pub fn restore_connections(&mut self, saved: &[super::connections::SavedConnection]) {
+        self.tracker.restore(saved);
+    }
+
     /// The counts since the last call, and start again from zero.
     pub fn take_counts(&mut self) -> LineCounts {
         std::mem::take(&mut self.counts)

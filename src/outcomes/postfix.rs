@@ -21,7 +21,8 @@ pub use super::peer::{Endpoint, TlsFailureKind};
 use super::syslog::parse_digits;
 
 /// How far the server certificate was checked (`tls_log_summary`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Trust {
     /// No certificate (anonymous cipher or raw key without policy).
     Anonymous,

@@ -3,18 +3,24 @@
 //! atomically (written beside it, synced, renamed). Two forms: a log file
 //! and a position in it (`{"log": PATH, "position": {...}}`, the form
 //! files written before the journal have), or the journal and a cursor
-//! (`{"journal": "system" | DIR, "cursor": CURSOR}`).
+//! (`{"journal": "system" | DIR, "cursor": CURSOR}`). Either may carry
+//! the connections open at that point (`"connections": [...]`, see
+//! [`SavedConnection`]); a list that cannot be read is dropped, the
+//! position kept.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::connections::SavedConnection;
 use super::follow::Position;
 use super::journal::{JournalSource, is_cursor};
 
-/// Longest state file read; a larger one is not ours.
-pub const MAX_STATE_LEN: u64 = 4096;
+/// Longest state file read; a larger one is not ours (the position and
+/// [`super::connections::SAVED_CONNECTIONS`] connections of a few hundred
+/// bytes each fit).
+pub const MAX_STATE_LEN: u64 = 1 << 20;
 
 /// What is saved: the followed log and where reading stopped in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +36,12 @@ pub enum SavedState {
 pub struct FileState {
     pub log: PathBuf,
     pub position: Position,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub connections: Vec<SavedConnection>,
 }
 
 /// A journal and the cursor of the last entry done with.
@@ -38,9 +50,31 @@ pub struct FileState {
 pub struct JournalState {
     pub journal: JournalSource,
     pub cursor: String,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub connections: Vec<SavedConnection>,
+}
+
+/// The saved connections, or none when they cannot be read (another
+/// version's form): they only refine verdicts, the position must not be
+/// lost over them.
+fn lenient<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SavedConnection>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
 impl SavedState {
+    /// The connections saved with the position.
+    pub fn connections(&self) -> &[SavedConnection] {
+        match self {
+            SavedState::File(f) => &f.connections,
+            SavedState::Journal(j) => &j.connections,
+        }
+    }
+
     /// Where to resume the log file `log`; `None` when the state is of
     /// another log (a changed `log` setting starts afresh).
     pub fn position_for(&self, log: &Path) -> Option<Position> {
@@ -144,6 +178,7 @@ mod tests {
         SavedState::File(FileState {
             log: "/var/log/mail.log".into(),
             position: position(99),
+            connections: Vec::new(),
         })
     }
 
@@ -153,6 +188,7 @@ mod tests {
         SavedState::Journal(JournalState {
             journal: source,
             cursor: CURSOR.into(),
+            connections: Vec::new(),
         })
     }
 
@@ -166,6 +202,7 @@ mod tests {
         let next = SavedState::File(FileState {
             log: "/var/log/mail.log".into(),
             position: position(200),
+            connections: Vec::new(),
         });
         save(&p, &next).unwrap();
         assert_eq!(load(&p).unwrap(), Some(next));
@@ -200,6 +237,35 @@ mod tests {
             let want = format!(r#"{{"journal":"{name}","cursor":"{CURSOR}"}}"#);
             assert_eq!(String::from_utf8(std::fs::read(&p).unwrap()).unwrap(), want);
         }
+    }
+
+    #[test]
+    fn connections_go_with_the_position_and_an_unreadable_list_is_dropped() {
+        use crate::outcomes::connections::SavedConnection;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("outcomes.json");
+        let conn = SavedConnection {
+            host: "mx".into(),
+            program: "postfix/smtp".into(),
+            pid: 4932,
+            peer: Some("mx-tls.sink.test[127.0.0.21]:25".into()),
+            tls: None,
+            failures: Vec::new(),
+            bound: Some(("93EA59A2534".into(), None)),
+        };
+        let with = SavedState::File(FileState {
+            log: "/var/log/mail.log".into(),
+            position: position(99),
+            connections: vec![conn.clone()],
+        });
+        save(&p, &with).unwrap();
+        let back = load(&p).unwrap().unwrap();
+        assert_eq!(back, with);
+        assert_eq!(back.connections(), [conn]);
+        // Another version's list: the position is kept, the list dropped.
+        let old = br#"{"log":"/var/log/mail.log","position":{"dev":2049,"ino":1234,"offset":99,"head_len":256,"head_hash":18446744073709551615},"connections":[{"process":7}]}"#;
+        std::fs::write(&p, old).unwrap();
+        assert_eq!(load(&p).unwrap(), Some(state()));
     }
 
     #[test]

@@ -9,6 +9,13 @@
 //! none. Before judging what it read, the thread waits for the decision
 //! log's writer to catch up ([`DecisionLog::flush`]): every decision
 //! answered before Postfix logged the delivery is in the index by then.
+//!
+//! Across a restart: the connections open at the saved position are
+//! saved with it and taken up again; on a stop, what Postfix logged up to
+//! then is read before the position is saved; at the start, the index
+//! was read back from the decision log before the follower started
+//! ([`super::rebuild`]), so what Postfix logs after the start about
+//! connections made before it is joined with their decisions.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -21,7 +28,7 @@ use crate::log::record::{DecisionLog, DecisionRecord, Detail};
 use crate::metrics::{LineKind, Metrics};
 
 use super::config::{OutcomesConfig, StartAt};
-use super::connections::AttributedDelivery;
+use super::connections::{AttributedDelivery, SAVED_CONNECTIONS};
 use super::correlate::{DecisionIndex, Judged, LineFacts};
 use super::follow::{Follower, Position, Resumed, Start};
 use super::pipeline::{Pipeline, local_offset};
@@ -68,7 +75,8 @@ pub(super) fn follow_file(
     deps: &FollowerDeps,
     stop: &CancellationToken,
 ) {
-    let saved = load_state(config, deps).and_then(|s| s.position_for(&path));
+    let state = load_state(config, deps).filter(|s| s.position_for(&path).is_some());
+    let saved = state.as_ref().and_then(|s| s.position_for(&path));
     let start = start_of(config);
     let (mut follower, resumed) = Follower::new(&path, saved, start);
     match &resumed {
@@ -86,6 +94,9 @@ pub(super) fn follow_file(
         Resumed::Fresh => tracing::info!(log = %path.display(), "outcomes: following"),
     }
     let mut run = Run::new(config, deps);
+    if let Some(s) = &state {
+        run.pipeline.restore_connections(s.connections());
+    }
     let mut position: Option<Position> = None;
     let mut last_save = Instant::now();
     let mut dirty = false;
@@ -98,17 +109,10 @@ pub(super) fn follow_file(
                     tracing::info!(log = %path.display(), "outcomes: the log is readable again");
                 }
                 deps.status.set_state(FollowerState::Following);
-                run.begin();
-                run.feed(&chunk.bytes, chunk.fresh);
-                let end = chunk.at.offset + chunk.bytes.len() as u64;
-                position = Some(Position {
-                    offset: end - run.pipeline.pending() as u64,
-                    ..chunk.at
-                });
-                run.end();
+                position = Some(run.chunk(&chunk));
                 dirty = true;
                 if last_save.elapsed() >= SAVE_EVERY {
-                    save(config, &path, position, deps);
+                    save(config, &path, position, &run, deps);
                     last_save = Instant::now();
                     dirty = false;
                 }
@@ -132,7 +136,7 @@ pub(super) fn follow_file(
             }
         }
         if dirty {
-            save(config, &path, position, deps);
+            save(config, &path, position, &run, deps);
             last_save = Instant::now();
             dirty = false;
         }
@@ -140,21 +144,38 @@ pub(super) fn follow_file(
             break;
         }
     }
+    // What Postfix logged up to the stop is judged now, while this run's
+    // decisions are at hand (a log written faster than it is read is left
+    // to the next start).
+    for _ in 0..FINAL_CHUNKS {
+        match follower.read(READ_CHUNK) {
+            Ok(Some(chunk)) => {
+                position = Some(run.chunk(&chunk));
+                dirty = true;
+            }
+            _ => break,
+        }
+    }
     if dirty {
-        save(config, &path, position, deps);
+        save(config, &path, position, &run, deps);
     }
 }
+
+/// Chunks read at most after a stop was asked for.
+const FINAL_CHUNKS: usize = 64;
 
 fn save(
     config: &OutcomesConfig,
     path: &std::path::Path,
     position: Option<Position>,
+    run: &Run<'_>,
     deps: &FollowerDeps,
 ) {
     let Some(position) = position else { return };
     let s = SavedState::File(FileState {
         log: path.to_path_buf(),
         position,
+        connections: run.pipeline.tracker().saved(SAVED_CONNECTIONS),
     });
     save_state(config, &s, deps);
 }
@@ -264,6 +285,19 @@ impl<'a> Run<'a> {
         let now = SystemTime::now();
         self.pipeline.set_clock(now, local_offset(now));
         self.sink.deps.log.flush();
+    }
+
+    /// Bytes read from a file, judged (between [`Run::begin`] and
+    /// [`Run::end`]); the position after the last complete line.
+    pub(super) fn chunk(&mut self, chunk: &super::follow::Chunk) -> Position {
+        self.begin();
+        self.feed(&chunk.bytes, chunk.fresh);
+        let end = chunk.at.offset + chunk.bytes.len() as u64;
+        self.end();
+        Position {
+            offset: end - self.pipeline.pending() as u64,
+            ..chunk.at
+        }
     }
 
     /// After: the line counts into the metrics.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod batch;
 pub mod deliveries;
 pub mod dns;
 pub mod dnssec;
@@ -30,6 +31,7 @@ pub mod knowledge;
 pub mod maillog;
 pub mod milter;
 pub mod netns;
+pub mod outcomes;
 pub mod postfix;
 pub mod smtp;
 pub mod submission;

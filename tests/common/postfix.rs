@@ -492,11 +492,40 @@ impl Postfix {
         );
     }
 
-    /// Everything logged so far.
+    /// Everything logged so far: the rotated logs beside the log file
+    /// (`maillog.1`, `maillog.20261205-101500.gz`), oldest first, then the
+    /// log file.
     pub fn log_text(&self) -> String {
-        std::fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        self.rotated_logs()
+            .into_iter()
+            .chain([self.log_path()])
+            .map(|p| read_log(&p))
+            .collect()
+    }
+
+    /// Rotated logs beside the log file, oldest (by modification time,
+    /// then name) first; `X.gz` is left out while `X` still exists (gzip
+    /// is compressing it).
+    pub fn rotated_logs(&self) -> Vec<PathBuf> {
+        let prefix = "maillog.";
+        let mut found: Vec<(SystemTime, String)> = std::fs::read_dir(self.dir())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_str()?.to_string();
+                        name.starts_with(prefix).then_some(())?;
+                        Some((e.metadata().ok()?.modified().ok()?, name))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let names: BTreeSet<String> = found.iter().map(|(_, n)| n.clone()).collect();
+        found.retain(|(_, n)| {
+            n.strip_suffix(".gz")
+                .is_none_or(|plain| !names.contains(plain))
+        });
+        found.sort();
+        found.into_iter().map(|(_, n)| self.dir().join(n)).collect()
     }
 
     /// Complete log lines so far.
@@ -943,6 +972,24 @@ impl<'a> LogLine<'a> {
     pub fn daemon(&self) -> &'a str {
         self.program.rsplit('/').next().unwrap_or(self.program)
     }
+}
+
+/// A log file's text, gunzipped when its name ends in `.gz`; empty when
+/// it cannot be read.
+pub fn read_log(path: &Path) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let bytes = if path.extension() == Some(OsStr::new("gz")) {
+        let mut out = Vec::new();
+        // A file gzip is still writing ends early: its source, still
+        // there, is read instead (see Postfix::rotated_logs).
+        let _ = flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut out);
+        out
+    } else {
+        bytes
+    };
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn is_queue_id(s: &str) -> bool {
