@@ -2,9 +2,10 @@
 //! a Postfix configuration directory wired as the README says passes; a
 //! planted master.cf transport that bypasses the map, a chrooted client
 //! that cannot reach the socket, a policy check after permit_mynetworks,
-//! a `smtp_tls_loglevel` below 1 with the outcome follower on, and a
-//! daemon that is not running are each named, and the fix doctor
-//! prints, run as printed, makes the problem go away.
+//! a `smtp_tls_loglevel` below 1 with the outcome follower on, a
+//! `relayhost` or `transport_maps` next hop no rule names, an lmtp(8)
+//! service, and a daemon that is not running are each named, and the fix
+//! doctor prints, run as printed, makes the problem go away.
 //!
 //! The daemon and doctor (and so postmap) run inside a network namespace
 //! with only `lo`. Needs root and Postfix (`.ci/run` installs it).
@@ -293,6 +294,129 @@ fn outcomes_without_the_tls_summary_in_postfix_log_is_a_problem_until_fixed() {
             .as_str()
             .unwrap()
             .contains("master.cf service relay/unix sets smtp_tls_loglevel=0"),
+        "{text}"
+    );
+    lab.apply(p[0]["fix"].as_str().unwrap());
+    let (code, _, text) = lab.doctor();
+    assert_eq!(code, 0, "{text}");
+}
+
+#[test]
+fn a_relayhost_or_transport_next_hop_no_rule_names_is_a_problem_until_a_rule_names_it() {
+    let Some(lab) = Lab::start() else { return };
+    let main = lab.main_cf();
+    lab.write(
+        "main.cf",
+        &format!("{main}relayhost = [relay.example]:587\n"),
+    );
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 1, "{text}");
+    let p = problems(&report);
+    assert_eq!(p.len(), 1, "{text}");
+    let t = p[0]["text"].as_str().unwrap();
+    assert!(
+        t.starts_with(
+            "relayhost = [relay.example]:587 sends mail for bank.example to [relay.example]:587: \
+             Postfix asks tls-policyd for [relay.example]:587, not for the recipient domain, and gets may"
+        ),
+        "{t}"
+    );
+    // The fix: a rule for the next hop, then a reload.
+    let fix = p[0]["fix"].as_str().unwrap();
+    assert!(fix.contains("domains = [\"[relay.example]:587\"]"), "{fix}");
+    let mark = lab.daemon.mark();
+    lab.daemon.write_policy(&format!(
+        "{POLICY}\n[[rule]]\ndomains = [\"[relay.example]:587\"]\ntls = \"forced\"\n"
+    ));
+    lab.daemon.signal(libc::SIGHUP);
+    lab.daemon
+        .wait_for_line_since(mark, |l| l.contains("reloaded"));
+    let (code, _, text) = lab.doctor();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("ok       relayhost = [relay.example]:587 sends mail for bank.example to [relay.example]:587; tls-policyd answers encrypt for it"),
+        "{text}"
+    );
+
+    // transport_maps (read by postmap -q, as Postfix reads it): a next hop
+    // named for the domain's parent overrules relayhost, and no rule names it.
+    let transport = lab.postfix.path().join("transport");
+    std::fs::write(&transport, ".example smtp:[mx.bank.internal]\n").unwrap();
+    lab.write(
+        "main.cf",
+        &format!(
+            "{main}relayhost = [relay.example]:587\ntransport_maps = texthash:{}\n",
+            transport.display()
+        ),
+    );
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 1, "{text}");
+    let p = problems(&report);
+    assert_eq!(p.len(), 1, "{text}");
+    let t = p[0]["text"].as_str().unwrap();
+    assert!(
+        t.starts_with(&format!(
+            "transport_maps (.example in texthash:{} -> smtp:[mx.bank.internal]) sends mail for bank.example to [mx.bank.internal]:",
+            transport.display()
+        )),
+        "{t}"
+    );
+    // `smtp:` with no next hop: the recipient domain again, whatever
+    // relayhost says.
+    std::fs::write(&transport, "bank.example smtp:\n").unwrap();
+    let (code, _, text) = lab.doctor();
+    assert_eq!(code, 0, "{text}");
+}
+
+#[test]
+fn lmtp_services_are_noted_and_checked_when_they_ask() {
+    let Some(lab) = Lab::start() else { return };
+    lab.write(
+        "master.cf",
+        &format!("{MASTER}lmtp      unix  -       -       n       -       -       lmtp\n"),
+    );
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["severity"] == "note"
+                && f["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("lmtp(8) service lmtp/unix does not ask tls-policyd")),
+        "{text}"
+    );
+    // Asked over LMTP too, with the outcome follower on: lmtp_tls_loglevel
+    // must be 1 as well.
+    let main = lab.main_cf();
+    let maps = main
+        .lines()
+        .find_map(|l| l.strip_prefix("smtp_tls_policy_maps = "))
+        .unwrap()
+        .to_string();
+    lab.write(
+        "main.cf",
+        &format!("{main}smtp_tls_loglevel = 1\nlmtp_tls_policy_maps = {maps}\n"),
+    );
+    let mut config = std::fs::read_to_string(&lab.config).unwrap();
+    config.push_str("[outcomes]\nlog = \"file:/var/log/mail.log\"\n");
+    std::fs::write(&lab.config, config).unwrap();
+    let (code, report, text) = lab.doctor();
+    assert_eq!(code, 1, "{text}");
+    let p = problems(&report);
+    assert_eq!(p.len(), 1, "{text}");
+    assert!(
+        p[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("lmtp_tls_loglevel = 0: Postfix logs no TLS summary"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ok       lmtp_tls_policy_maps (used by lmtp/unix) asks tls-policyd"),
         "{text}"
     );
     lab.apply(p[0]["fix"].as_str().unwrap());

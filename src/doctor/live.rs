@@ -99,7 +99,7 @@ fn shown(a: &PostmapAnswer) -> String {
 }
 
 /// A level that lets mail go out in plaintext.
-fn weak(level: &str) -> bool {
+pub fn weak(level: &str) -> bool {
     let word = level.split_whitespace().next().unwrap_or("");
     matches!(word, "" | "none" | "may")
 }

@@ -2,10 +2,13 @@
 //! mail, found in Postfix's own configuration (`postconf`, `postconf -M`,
 //! `postconf -P`, see [`postconf`]) and checked against what the daemon's
 //! configuration serves ([`checks`]); then the running daemon asked
-//! through Postfix's own socketmap client, `postmap -q` ([`live`]).
+//! through Postfix's own socketmap client, `postmap -q` ([`live`]), also
+//! for the next hops `relayhost` and `transport_maps` send forced domains'
+//! mail to ([`nexthops`]).
 
 pub mod checks;
 pub mod live;
+pub mod nexthops;
 pub mod postconf;
 
 use std::path::Path;
@@ -82,6 +85,7 @@ pub fn run(
     let mut outcome = checks::check(&pf, &ours);
     if let Some(sm) = &ours.socketmap {
         live::ask(&pf, sm, policy, &mut outcome);
+        nexthops::check(&pf, sm, policy, &mut outcome);
     }
     if let Some(d) = dir {
         // Fixes name the configuration directory that was checked.

@@ -21,13 +21,19 @@ pub const RESTRICTION_LISTS: [&str; 7] = [
 ];
 
 /// The other main.cf parameters the checks read.
-pub const PARAMETERS: [&str; 10] = [
+pub const PARAMETERS: [&str; 16] = [
     "mail_version",
     "queue_directory",
     "smtp_tls_policy_maps",
     "smtp_tls_security_level",
     "smtp_dns_support_level",
     "smtp_tls_loglevel",
+    "lmtp_tls_policy_maps",
+    "lmtp_tls_loglevel",
+    "relayhost",
+    "transport_maps",
+    "default_transport",
+    "sender_dependent_relayhost_maps",
     "smtpd_policy_service_default_action",
     "smtpd_milters",
     "non_smtpd_milters",

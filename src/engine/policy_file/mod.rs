@@ -219,7 +219,12 @@ impl PolicyFile {
     /// The first exact domain (in file order) of a rule that `pred`
     /// accepts: a domain to ask about when checking a deployment.
     pub fn exact_domain_where(&self, pred: impl Fn(&Rule) -> bool) -> Option<&str> {
-        self.exact.iter().find_map(|(name, rule)| {
+        self.exact_domains_where(pred).next()
+    }
+
+    /// Every exact domain (in file order) of a rule that `pred` accepts.
+    pub fn exact_domains_where(&self, pred: impl Fn(&Rule) -> bool) -> impl Iterator<Item = &str> {
+        self.exact.iter().filter_map(move |(name, rule)| {
             let r = self.rules.get(usize::try_from(rule).ok()?)?;
             pred(r).then_some(name)
         })
