@@ -24,6 +24,7 @@ pub mod prober;
 pub mod sources;
 pub mod store;
 pub mod tls_roots;
+pub mod tlsrpt;
 pub mod util;
 
 pub use daemon::{Context, Listeners, serve};
