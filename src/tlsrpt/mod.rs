@@ -1,8 +1,9 @@
 //! SMTP TLS Reporting (RFC 8460) from any Postfix: the `_smtp._tls` TXT
 //! record of a recipient domain ([`record`]), the aggregate report built
 //! from a day's counts ([`report`]) and the mail that carries it
-//! ([`mail`]).
+//! ([`mail`]); a delivery attempt as a report's session ([`session`]).
 
 pub mod mail;
 pub mod record;
 pub mod report;
+pub mod session;
