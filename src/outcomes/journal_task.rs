@@ -11,7 +11,7 @@
 
 use std::io;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,9 @@ use super::task::{FollowerDeps, Run, count_error, load_state, pause, save_state,
 
 /// Entries taken at once.
 const READ_ENTRIES: usize = 4096;
+/// How long a journalctl started after a failure runs without an entry
+/// before the follower says it runs again.
+const RUNS_AGAIN_AFTER: Duration = Duration::from_secs(1);
 
 /// Follow the journal until `stop`.
 pub(super) fn follow_journal(
@@ -72,7 +75,9 @@ pub(super) fn follow_journal(
     while !stop.is_cancelled() {
         match reader.read(READ_ENTRIES) {
             Ok(entries) => {
-                if journalctl.read(reader.stats().restarts) {
+                // A journalctl that exits at once may still give one read
+                // that does not fail before its exit is seen.
+                if reader.runs(RUNS_AGAIN_AFTER) && journalctl.read(reader.stats().restarts) {
                     tracing::info!(log = %config.log, "outcomes: journalctl runs again");
                 }
                 if !journalctl.failing {

@@ -29,9 +29,18 @@ const FIELDS: &str = "MESSAGE,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_HOSTNAME";
 /// `--lines=all` goes with `--after-cursor` too: with `--follow` alone
 /// journalctl 252 shows only the first 10 entries after the cursor and
 /// then waits for new ones, silently skipping the rest.
+///
+/// `--merge`: without it `--follow` implies `--boot=0`, so journalctl
+/// exits ("Data from the specified boot (+0) is not available") on a
+/// journal directory that holds no entry of this boot yet (a new file, or
+/// files from another machine), and after a reboot it would skip what the
+/// previous boot logged after the saved cursor. The system journal is
+/// then narrowed to this machine (`_MACHINE_ID`, from /etc/machine-id), so
+/// remote journals kept beside it are not read.
 pub fn command_args(source: &JournalSource, cursor: Option<&str>, start: Start) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--follow",
+        "--merge",
         "--output=json",
         "--all",
         "--no-pager",
@@ -52,8 +61,18 @@ pub fn command_args(source: &JournalSource, cursor: Option<&str>, start: Start) 
         (None, Start::End) => args.push("--lines=0".into()),
         (None, Start::Beginning) => args.push("--lines=all".into()),
     }
+    if let (JournalSource::System, Some(id)) = (source, machine_id()) {
+        args.push(format!("_MACHINE_ID={id}").into());
+    }
     args.push(format!("SYSLOG_FACILITY={MAIL_FACILITY}").into());
     args
+}
+
+/// This machine's id (32 lower-case hex digits in /etc/machine-id).
+pub fn machine_id() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/machine-id").ok()?;
+    let id = text.trim();
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_ascii_lowercase())
 }
 
 /// How the reader runs journalctl.
@@ -147,6 +166,7 @@ struct Running {
     stderr: JoinHandle<()>,
     /// Something came out of it (backoff starts over).
     produced: bool,
+    started: Instant,
 }
 
 /// Follows the journal through journalctl.
@@ -206,6 +226,14 @@ impl JournalReader {
 
     pub fn stats(&self) -> JournalStats {
         self.stats
+    }
+
+    /// Whether the journalctl started last has shown that it runs: it
+    /// gave an entry, or it has run for `at_least`.
+    pub fn runs(&self, at_least: Duration) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.produced || r.started.elapsed() >= at_least)
     }
 
     /// The lines journalctl wrote to standard error since the last call
@@ -321,6 +349,7 @@ impl JournalReader {
                     stdout,
                     stderr,
                     produced: false,
+                    started: Instant::now(),
                 }),
                 Err(e) => {
                     let _ = child.kill();
@@ -499,7 +528,7 @@ mod tests {
 
     #[test]
     fn journalctl_arguments() {
-        let common = "--follow --output=json --all --no-pager --output-fields MESSAGE,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_HOSTNAME";
+        let common = "--follow --merge --output=json --all --no-pager --output-fields MESSAGE,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_HOSTNAME";
         let dir = JournalSource::Directory("/srv/j".into());
         for (source, cursor, start, want) in [
             (&JournalSource::System, None, Start::End, "--lines=0"),
@@ -527,9 +556,13 @@ mod tests {
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
+            let machine = match (source, machine_id()) {
+                (JournalSource::System, Some(id)) => format!(" _MACHINE_ID={id}"),
+                _ => String::new(),
+            };
             assert_eq!(
                 args.join(" "),
-                format!("{common} {want} SYSLOG_FACILITY=2"),
+                format!("{common} {want}{machine} SYSLOG_FACILITY=2"),
                 "{source:?} {cursor:?} {start:?}"
             );
         }
