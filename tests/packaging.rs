@@ -158,7 +158,10 @@ fn unit_matches_the_packaged_config_and_user() {
     // The comments say what network access it needs.
     let text = read(&root().join("packaging/config.toml"));
     for needed in ["TXT _mta-sts.<domain>", "TCP port 443, to mta-sts.<domain>"] {
-        assert!(text.contains(needed), "packaged config does not say {needed:?}");
+        assert!(
+            text.contains(needed),
+            "packaged config does not say {needed:?}"
+        );
     }
     // The unit lets it reach the network (no address allow-list).
     assert!(!s.contains_key("IPAddressDeny"));
