@@ -163,6 +163,11 @@ fn unit_matches_the_packaged_config_and_user() {
             "packaged config does not say {needed:?}"
         );
     }
+    // The prober reads the CAs Postfix trusts from Postfix's own main.cf.
+    assert_eq!(
+        config.prober.postfix_config_directory.as_deref(),
+        Some(Path::new("/etc/postfix"))
+    );
     // The unit lets it reach the network (no address allow-list).
     assert!(!s.contains_key("IPAddressDeny"));
     assert!(one(&s, "RestrictAddressFamilies").contains("AF_INET"));
