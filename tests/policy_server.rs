@@ -1183,4 +1183,15 @@ fn malformed_recipient_domains_keep_their_rule_or_are_deferred() {
     // No rule could be meant: the default, nothing held.
     assert_eq!(c.ask(&rcpt("bob@other.example:65536")), "DUNNO");
     assert_eq!(s.last_record()["source"], "default");
+
+    // With refusals on, what is known of bank.example refuses a malformed
+    // address that names it exactly as it refuses bob@bank.example.
+    let s = Server::start("");
+    s.knowledge.set("bank.example", no_tls());
+    let mut c = s.connect();
+    assert_eq!(c.ask(&rcpt("bob@bank.example:65536")), DEFER_BANK);
+    assert_eq!(c.ask(&rcpt("bob@[bank.example")), DEFER_BANK);
+    // Through `.bank.example` the subdomain meant is not known: no refusal.
+    let sub = format!("bob@{}.bank.example", "a".repeat(64));
+    assert_eq!(c.ask(&rcpt(&sub)), "DUNNO");
 }

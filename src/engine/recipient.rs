@@ -38,11 +38,20 @@ pub struct Ruling {
 impl Ruling {
     /// The normalised domain, for domain destinations only (not address
     /// literals).
+    ///
+    /// A malformed domain that kept a rule's answer through the rule's
+    /// exact domain entry ([`super::malformed`]) is that domain, so what
+    /// is known of it refuses as it would for the well-formed name.
     pub fn domain(&self) -> Option<&str> {
-        self.dest
-            .as_ref()
-            .filter(|d| d.form == KeyForm::Domain)
-            .map(|d| d.name.as_str())
+        match &self.dest {
+            Some(d) => (d.form == KeyForm::Domain).then_some(d.name.as_str()),
+            None if super::malformed::held(None, &self.decision) => self
+                .decision
+                .matched
+                .as_deref()
+                .filter(|m| !m.starts_with(['.', '['])),
+            None => None,
+        }
     }
 
     /// This recipient's entry in the message's summary.
