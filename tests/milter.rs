@@ -38,6 +38,10 @@ domains = ["relaxable.example"]
 tls = "forced"
 allow_tls_required_no = true
 
+[[rule]]
+domains = ["verify.example"]
+tls = "verify"
+
 [[sender_rule]]
 senders = ["ceo@example.com"]
 tls = "forced"
@@ -959,4 +963,45 @@ mod golden {
             assert_eq!(g, w, "record {i}");
         }
     }
+}
+
+#[tokio::test]
+async fn malformed_recipient_domains_keep_their_rule_or_are_tempfailed() {
+    let m = start("refuse = \"defer\"\n");
+    let mut conn = open(&m).await;
+    greet(&mut conn).await;
+    mail(&mut conn, "alice@src.example").await;
+    // bank.example's rule (encrypt), nothing known: accepted, recorded
+    // with the rule.
+    assert_eq!(
+        rcpt(&mut conn, "Q7", "a@bank.example:65536").await,
+        Status::Continue
+    );
+    // bank.example (encrypt) or verify.example (verify): tempfailed.
+    let s = rcpt(&mut conn, "Q7", "b@bank.example\rverify.example").await;
+    assert!(matches!(s, Status::Tempfail { .. }), "{s:?}");
+    assert_eq!(
+        reply_text(&s),
+        "450 4.7.10 recipient domain \"bank.example?verify.example\" is not a valid destination and could name domains with different TLS rules; try again later"
+    );
+    assert_eq!(
+        rcpt(&mut conn, "Q7", "c@other.example:65536").await,
+        Status::Continue
+    );
+    let _ = eom(&mut conn, "Q7").await;
+    conn.close().await.unwrap();
+    let r = &m.records()[0];
+    let list = r["recipients"].as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(
+        (list[0]["tls"].as_str(), list[0]["rule"].as_u64()),
+        (Some("forced"), Some(1))
+    );
+    assert!(
+        list[1]["action"]
+            .as_str()
+            .unwrap()
+            .starts_with("450 4.7.10 recipient domain")
+    );
+    assert_eq!(list[2]["source"], "default");
 }

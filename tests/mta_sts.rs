@@ -560,7 +560,10 @@ fn bad_record_syntax_fetches_nothing() {
         let sts = w.source();
         for (text, want) in [
             ("v=STSv1; id=bad-id;", "is not 1 to 32 letters and digits"),
-            ("v=STSv1;", "no id= field"),
+            ("v=STSv1;", "no field after v=STSv1"),
+            ("v=STSv1; ext=1", "no id= field"),
+            ("v=STSv1; id=r1;;", "empty field"),
+            ("v=STSv1; id=r1 ", "white space after the last field"),
         ] {
             w.set_record("rec.test", text);
             let why = sts.refresh("rec.test", false).await;
@@ -583,7 +586,8 @@ fn policy_size_limit() {
     in_netns(|| async {
         let w = World::new();
         let head = enforce(&["mx.size.test"]);
-        let padded = |n: usize| format!("{head}{}", "#".repeat(n - head.len()));
+        // One extension field (ignored) fills the policy up to size.
+        let padded = |n: usize| format!("{head}x: {}", "#".repeat(n - head.len() - 3));
         w.publish("exact.test", "s1", &padded(MAX_POLICY_LEN));
         w.publish("over.test", "s1", &padded(MAX_POLICY_LEN + 1));
         w.publish("stream.test", "s1", &padded(MAX_POLICY_LEN + 1));

@@ -952,3 +952,22 @@ fn metrics_count_policy_server_requests_decisions_and_prober_cache() {
     assert!(out.contains("listeners     policy "), "{out}");
     assert!(out.contains("caches        prober: 0 entries\n"), "{out}");
 }
+
+#[test]
+fn malformed_keys_naming_a_ruled_domain_are_counted() {
+    let (d, m) = start();
+    let mut c = d.client();
+    assert_eq!(c.query("tls_policy", "bank.example:65536"), "OK encrypt");
+    assert_eq!(c.query("tls_policy", "[bank.example"), "OK encrypt");
+    // No rule could be meant: the default, not counted.
+    assert_eq!(c.query("tls_policy", "other.example:65536"), "OK may");
+    let t = scrape(&m);
+    assert_eq!(
+        series(
+            &t,
+            "tls_policyd_errors_total{component=\"socketmap\",kind=\"malformed_key\"}"
+        ),
+        Some(2.0),
+        "{t}"
+    );
+}

@@ -145,6 +145,32 @@ fn unit_matches_the_packaged_config_and_user() {
         assert_eq!(mode.as_deref(), Some("0660"), "{name}");
         assert_eq!(group.as_deref(), Some("postfix"), "{name}");
     }
+    // DANE and MTA-STS are on: a domain that publishes either gets forced
+    // TLS with no rule. Both share the one cache file in StateDirectory.
+    let dane = config.dane.as_ref().expect("packaged [dane]");
+    let sts = config.mta_sts.as_ref().expect("packaged [mta_sts]");
+    assert!(sts.enabled, "packaged MTA-STS is switched off");
+    assert_eq!(sts.cache_file, dane.cache_file);
+    assert_eq!(
+        sts.cache_file.parent().unwrap(),
+        Path::new("/var/lib").join(one(&s, "StateDirectory"))
+    );
+    // The comments say what network access it needs.
+    let text = read(&root().join("packaging/config.toml"));
+    for needed in ["TXT _mta-sts.<domain>", "TCP port 443, to mta-sts.<domain>"] {
+        assert!(
+            text.contains(needed),
+            "packaged config does not say {needed:?}"
+        );
+    }
+    // The prober reads the CAs Postfix trusts from Postfix's own main.cf.
+    assert_eq!(
+        config.prober.postfix_config_directory.as_deref(),
+        Some(Path::new("/etc/postfix"))
+    );
+    // The unit lets it reach the network (no address allow-list).
+    assert!(!s.contains_key("IPAddressDeny"));
+    assert!(one(&s, "RestrictAddressFamilies").contains("AF_INET"));
     match &config.metrics.as_ref().expect("packaged [metrics]").listen {
         ListenAddr::Inet(a) => assert!(a.ip().is_loopback(), "metrics on {a}"),
         other => panic!("metrics on {other}"),

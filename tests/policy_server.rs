@@ -1150,3 +1150,48 @@ mod golden {
         }
     }
 }
+
+#[test]
+fn malformed_recipient_domains_keep_their_rule_or_are_deferred() {
+    // Refusals off: the hold is a temporary failure, not an early refusal.
+    let s = Server::start("refuse = \"off\"\n");
+    let mut c = s.connect();
+    for recipient in [
+        "bob@bank.example:65536",
+        "bob@[bank.example",
+        "bob@bank.exa\rmple",
+        "bob@bank.example>",
+        &format!("bob@{}.bank.example", "a".repeat(64)),
+    ] {
+        assert_eq!(c.ask(&rcpt(recipient)), "DUNNO", "{recipient:?}");
+        let r = s.last_record();
+        assert_eq!(r["tls"], "forced", "{recipient:?}: {r}");
+        assert_eq!(r["level"], "encrypt");
+        assert_eq!(r["source"], "static");
+        assert_eq!(r["rule"], 1);
+        assert!(r.get("domain").is_none(), "{r}");
+    }
+    // bank.example (encrypt) or payroll.example (secure): deferred.
+    let a = c.ask(&rcpt("bob@bank.example\rpayroll.example"));
+    assert_eq!(
+        a,
+        "DEFER_IF_PERMIT 4.7.10 recipient domain \"bank.example?payroll.example\" is not a valid destination and could name domains with different TLS rules; try again later"
+    );
+    let r = s.last_record();
+    assert_eq!(r["reply"], "DEFER_IF_PERMIT");
+    assert_eq!(r["temporary"], true);
+    // No rule could be meant: the default, nothing held.
+    assert_eq!(c.ask(&rcpt("bob@other.example:65536")), "DUNNO");
+    assert_eq!(s.last_record()["source"], "default");
+
+    // With refusals on, what is known of bank.example refuses a malformed
+    // address that names it exactly as it refuses bob@bank.example.
+    let s = Server::start("");
+    s.knowledge.set("bank.example", no_tls());
+    let mut c = s.connect();
+    assert_eq!(c.ask(&rcpt("bob@bank.example:65536")), DEFER_BANK);
+    assert_eq!(c.ask(&rcpt("bob@[bank.example")), DEFER_BANK);
+    // Through `.bank.example` the subdomain meant is not known: no refusal.
+    let sub = format!("bob@{}.bank.example", "a".repeat(64));
+    assert_eq!(c.ask(&rcpt(&sub)), "DUNNO");
+}

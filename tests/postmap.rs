@@ -283,6 +283,33 @@ fn postmap_passes_internationalised_names_through() {
 }
 
 #[test]
+fn postmap_malformed_keys_naming_a_ruled_domain_are_never_not_found() {
+    let Some(mut lab) = Lab::start(&config("notfound")) else {
+        return;
+    };
+    let encrypt = Some("encrypt");
+    lab.expect("tls_policy", "bank.example:65535", encrypt);
+    lab.expect("tls_policy", "bank.example:65536", encrypt);
+    lab.expect("tls_policy", "[bank.example", encrypt);
+    lab.expect(
+        "tls_policy",
+        &format!("{}.bank.example", "a".repeat(64)),
+        encrypt,
+    );
+    lab.expect("tls_policy", "other.example:65536", None);
+    // Rules with different answers: a temporary failure, which postmap
+    // reports as an error (exit status 2 is not "not found").
+    let got = lab.query(
+        &lab.table("tls_policy"),
+        "tls_policy",
+        "bank.example payroll.example",
+    );
+    assert!(!got.is_not_found() && got.found().is_none(), "{got:?}");
+    assert!(got.stderr.contains("key is not a destination"), "{got:?}");
+    lab.check_decision_log();
+}
+
+#[test]
 fn postmap_gets_the_default_level_with_default_reply_policy() {
     let Some(mut lab) = Lab::start(&config("policy")) else {
         return;

@@ -1022,3 +1022,88 @@ async fn test_dns_server_answers() {
     assert!(!e.is_definite());
     assert!(e.to_string().contains("SERVFAIL"), "{e}");
 }
+
+/// A Postfix configuration directory whose main.cf holds `lines`.
+fn postfix_dir(w: &World, name: &str, lines: &str) -> std::path::PathBuf {
+    let dir = w.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("main.cf"),
+        format!("compatibility_level = 3.6\n{lines}"),
+    )
+    .unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn postfix_cafile_and_capath_are_trusted_and_unknown_ones_never_refuse() {
+    use tls_policyd::engine::refusal::{Capability, TlsKnowledge};
+    let Some(mut w) = World::new(61) else {
+        return;
+    };
+    if common::find_tool("postconf").is_none() {
+        return common::netns::skip_or_fail("postconf is not installed");
+    }
+    let opts = tls_ca(&w.ca, &["mx1.good.test"]);
+    w.sink(21, opts);
+    w.mx("good.test", 10, "mx1.good.test", 21);
+    let ca = w.dir.path().join("ca.pem");
+    let capath = w.dir.path().join("capath");
+    std::fs::create_dir_all(&capath).unwrap();
+    std::fs::copy(&ca, capath.join("test-ca.pem")).unwrap();
+    std::fs::write(capath.join("README"), "not a certificate\n").unwrap();
+    let cafile_dir = postfix_dir(
+        &w,
+        "cafile",
+        &format!("smtp_tls_CAfile = {}\n", ca.display()),
+    );
+    let capath_dir = postfix_dir(
+        &w,
+        "capath",
+        &format!("smtp_tls_CApath = {}\n", capath.display()),
+    );
+    let prober = |dir: Option<std::path::PathBuf>| {
+        w.prober_with(ProberConfig {
+            extra_ca_file: None,
+            postfix_config_directory: dir,
+            ..w.config()
+        })
+    };
+    // The test CA only in Postfix's smtp_tls_CAfile, or in its CApath.
+    for dir in [cafile_dir, capath_dir] {
+        let p = prober(Some(dir.clone())).probe("good.test").await;
+        assert_eq!(p.mx[0].status, MxStatus::TlsVerified, "{}", dir.display());
+        assert_eq!(p.mx[0].cert_chain_valid, Some(true));
+    }
+    // Postfix's defaults (nothing set): the prober's own trust; the test
+    // CA is unknown to both, and the certificate is definitely untrusted.
+    let defaults = postfix_dir(&w, "defaults", "");
+    let p = prober(Some(defaults)).probe("good.test").await;
+    assert_eq!(p.mx[0].cert_chain_valid, Some(false));
+    assert!(matches!(p.verdict(), TlsCapability::StarttlsUnverified(_)));
+
+    // CA settings the prober cannot load or read: nothing is known about
+    // the chain, and refusals get no knowledge from it.
+    let missing = postfix_dir(&w, "missing", "smtp_tls_CAfile = /nonexistent/ca.pem\n");
+    let no_config = w.dir.path().join("no-such-postfix");
+    for dir in [missing, no_config] {
+        let p = prober(Some(dir.clone()));
+        let probe = p.probe("good.test").await;
+        let m = &probe.mx[0];
+        assert_eq!(m.status, MxStatus::TlsUnverified, "{}", dir.display());
+        assert_eq!(m.cert_chain_valid, None);
+        let why = m.cert_error.as_deref().unwrap();
+        assert!(
+            why.contains("the CAs Postfix trusts are not known"),
+            "{why}"
+        );
+        p.schedule("good.test");
+        wait_known(&p, "good.test").await;
+        match TlsKnowledge::known(&p, "good.test") {
+            Some(Capability::Unknown { detail }) => {
+                assert!(detail.contains("whether Postfix trusts"), "{detail}")
+            }
+            other => panic!("{}: {other:?}", dir.display()),
+        }
+    }
+}

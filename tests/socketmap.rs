@@ -860,3 +860,87 @@ fn decision_log_lines_byte_for_byte() {
         assert_eq!(g, w, "record {i}");
     }
 }
+
+/// Malformed keys that name `bank.example` (rule 1, forced) or a
+/// subdomain of it: the exact boundaries of a port, a label and a name.
+fn malformed_bank_keys() -> Vec<String> {
+    let l64 = "a".repeat(64);
+    let l62 = "b".repeat(62);
+    // 254 characters under .bank.example.
+    let base = format!("{l62}.{l62}.{l62}.bank.example");
+    let n254 = format!("{}.{base}", "c".repeat(254 - base.len() - 1));
+    vec![
+        "bank.example:65536".into(),
+        "[bank.example]:65536".into(),
+        "[bank.example".into(),
+        "[bank.example]x".into(),
+        "bank.example\0".into(),
+        "bank.example\r\n".into(),
+        "bank.exa\nmple".into(),
+        "bank.example garbage".into(),
+        format!("{l64}.bank.example"),
+        n254,
+    ]
+}
+
+#[test]
+fn malformed_keys_naming_a_ruled_domain_get_its_answer_or_temp() {
+    for reply in ["policy", "notfound"] {
+        let d = Daemon::start(&config(reply), POLICY);
+        let mut c = d.client();
+        // The well-formed edges are answered as any key.
+        let l63 = "a".repeat(63);
+        assert_eq!(c.query("tls_policy", "bank.example:65535"), ENCRYPT);
+        assert_eq!(
+            c.query("tls_policy", &format!("{l63}.bank.example")),
+            ENCRYPT
+        );
+        let keys = malformed_bank_keys();
+        for key in &keys {
+            assert_eq!(c.query("tls_policy", key), ENCRYPT, "{reply}: {key:?}");
+            assert_eq!(c.query("tls_forced", key), ENCRYPT, "{reply}: {key:?}");
+        }
+        // Rules with different answers (rule 1 encrypt, rule 2 secure):
+        // held on both maps.
+        for map in ["tls_policy", "tls_forced"] {
+            let got = c.query(map, "bank.example\0payroll.example");
+            assert!(
+                got.starts_with("TEMP key is not a destination"),
+                "{map}: {got:?}"
+            );
+            assert!(got.contains("different answers"), "{got}");
+        }
+        // No rule could be meant: the default as before.
+        let default = if reply == "policy" { MAY } else { "NOTFOUND " };
+        assert_eq!(c.query("tls_policy", "nothing..example"), default);
+        assert_eq!(c.query("tls_policy", "other.example:65536"), default);
+
+        let n = 2 + 2 * keys.len() + 2 + 2;
+        let recs = d.wait_for_decisions(n);
+        let r = &recs[2];
+        assert_has(r, "key", "bank.example:65536");
+        assert_has(r, "reply", "OK");
+        assert_has(r, "source", "static");
+        assert_has(r, "rule", 1);
+        assert_has(r, "matched", "bank.example");
+        assert_absent(r, "domain");
+        let why = r["reason"].as_str().unwrap();
+        assert!(
+            why.starts_with("key is not a destination (bad port"),
+            "{why}"
+        );
+        let t = &recs[2 + 2 * keys.len()];
+        assert_has(t, "reply", "TEMP");
+        assert_has(t, "temporary", true);
+        assert_has(t, "rule", 2);
+        // Logged (rate-limited: at most 10 a minute).
+        let line = d.wait_for_line(|l| l.contains("malformed key names a ruled domain"));
+        assert!(line.contains("door=\"socketmap\""), "{line}");
+        let logged = d
+            .lines()
+            .iter()
+            .filter(|l| l.contains("malformed key names a ruled domain"))
+            .count();
+        assert_eq!(logged, 10, "log lines");
+    }
+}

@@ -13,6 +13,7 @@
 
 pub mod decision;
 pub mod key;
+pub mod malformed;
 pub mod outcome;
 pub mod policy_file;
 pub mod recipient;
@@ -213,16 +214,16 @@ impl Engine {
     }
 
     /// Decide for a raw key. A key that is not a destination gets the
-    /// default, with the parse problem as the reason: such a key cannot
-    /// match any rule, and refusing it would only hold mail that Postfix
-    /// cannot route anyway.
+    /// answer of the rule it could still name, a temporary failure when
+    /// it could name rules with different answers, and the default only
+    /// when no rule's domain could be meant ([`malformed`]).
     pub async fn decide_key(&self, key: &str) -> (Option<Destination>, Decision) {
         match Destination::parse(key) {
             Ok(dest) => {
                 let d = self.decide(&dest).await;
                 (Some(dest), d)
             }
-            Err(e) => (None, bad_key_decision(&self.policy, &e)),
+            Err(e) => (None, bad_key_decision(&self.policy, key, &e)),
         }
     }
 
@@ -234,23 +235,29 @@ impl Engine {
         let mut steps = Vec::new();
         let decision = match &dest {
             Err(e) => {
+                let d = bad_key_decision(policy, key, e);
+                let ruled = d.source == SourceKind::Static;
                 steps.push(Step {
                     source: SourceKind::Static,
-                    applied: false,
-                    detail: format!("key {key:?} is not a destination: {e}"),
+                    applied: ruled,
+                    detail: format!("key {key:?} is not a destination: {e}; {}", d.reason),
                     details: Vec::new(),
                 });
                 steps.push(Step {
                     source: SourceKind::Default,
-                    applied: true,
-                    detail: format!(
-                        "default = {:?} from {}",
-                        policy.default_decision().level.as_str(),
-                        policy.path().display()
-                    ),
+                    applied: !ruled,
+                    detail: if ruled {
+                        NOT_CONSULTED.to_string()
+                    } else {
+                        format!(
+                            "default = {:?} from {}",
+                            policy.default_decision().level.as_str(),
+                            policy.path().display()
+                        )
+                    },
                     details: Vec::new(),
                 });
-                bad_key_decision(policy, e)
+                d
             }
             Ok(d) => self.walk(policy, d, Some(&mut steps)).await,
         };
@@ -286,13 +293,10 @@ fn not_below_default(d: Decision, default: &Decision) -> Decision {
     }
 }
 
-/// The default, with the parse problem as its reason.
-fn bad_key_decision(policy: &PolicyFile, e: &KeyError) -> Decision {
-    let mut d = policy.default_decision().clone();
-    d.reason = Arc::from(format!(
-        "key is not a destination ({e}); the default applies"
-    ));
-    d
+/// A key that is not a destination: the rule it could still name, or the
+/// default (`malformed::decide`).
+fn bad_key_decision(policy: &PolicyFile, key: &str, e: &KeyError) -> Decision {
+    malformed::decide(policy, key, e)
 }
 
 /// The policy-file entries that could match a destination, most specific

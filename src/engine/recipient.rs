@@ -38,11 +38,20 @@ pub struct Ruling {
 impl Ruling {
     /// The normalised domain, for domain destinations only (not address
     /// literals).
+    ///
+    /// A malformed domain that kept a rule's answer through the rule's
+    /// exact domain entry ([`super::malformed`]) is that domain, so what
+    /// is known of it refuses as it would for the well-formed name.
     pub fn domain(&self) -> Option<&str> {
-        self.dest
-            .as_ref()
-            .filter(|d| d.form == KeyForm::Domain)
-            .map(|d| d.name.as_str())
+        match &self.dest {
+            Some(d) => (d.form == KeyForm::Domain).then_some(d.name.as_str()),
+            None if super::malformed::held(None, &self.decision) => self
+                .decision
+                .matched
+                .as_deref()
+                .filter(|m| !m.starts_with(['.', '['])),
+            None => None,
+        }
     }
 
     /// This recipient's entry in the message's summary.
@@ -93,7 +102,15 @@ pub async fn rule_recipient(
     default_refuse: RefuseMode,
     apply_sender_rules: bool,
 ) -> Ruling {
-    let key = recipient.rsplit_once('@').map_or("", |(_, d)| d);
+    // The domain follows the last `@` (a quoted local part may hold one);
+    // an address with a control character in it is not well-formed, and
+    // everything after its first `@` is read for the domain it could name.
+    let split = if recipient.chars().any(char::is_control) {
+        recipient.split_once('@')
+    } else {
+        recipient.rsplit_once('@')
+    };
+    let key = split.map_or("", |(_, d)| d);
     let (dest, decision) = engine.decide_key(key).await;
     let policy = engine.policy();
     let sender_hit = policy.lookup_sender(sender);
@@ -183,6 +200,29 @@ pub fn refusal_for(ruling: &Ruling, knowledge: &dyn TlsKnowledge) -> Option<Refu
         }),
         _ => None,
     }
+}
+
+/// Longest recipient domain quoted in a hold's text.
+const MAX_HELD_KEY_TEXT: usize = 100;
+
+/// The temporary failure for a recipient whose domain is not a
+/// destination but could name rules with different answers
+/// ([`super::malformed`]): deferred (`4.7.10`) whatever the refusal
+/// setting, since no answer is safe until the client sends it well-formed.
+/// `None` for every other recipient.
+pub fn hold_for(ruling: &Ruling) -> Option<Refusal> {
+    if !(ruling.decision.temporary
+        && super::malformed::held(ruling.dest.as_ref(), &ruling.decision))
+    {
+        return None;
+    }
+    let key = crate::util::text::printable_ascii(&ruling.key, MAX_HELD_KEY_TEXT);
+    Some(Refusal {
+        mode: RefuseMode::Defer,
+        text: format!(
+            "recipient domain {key:?} is not a valid destination and could name domains with different TLS rules; try again later"
+        ),
+    })
 }
 
 /// Whether a recipient's recorded action turned it away (a policy
@@ -419,5 +459,54 @@ pub(crate) mod tests {
         assert_eq!(r.sender_hit.as_ref().map(|h| h.rule), Some(1));
         assert_eq!(r.decision.tls(), Tls::Opportunistic);
         assert_eq!(r.refuse, RefuseMode::Defer);
+    }
+
+    #[tokio::test]
+    async fn malformed_recipient_domains_keep_their_rule_or_are_held() {
+        let p = PolicyFile::parse(
+            "[[rule]]\ndomains=[\"bank.example\"]\ntls=\"forced\"\n[[rule]]\ndomains=[\"other.example\"]\ntls=\"may\"\n",
+            std::path::Path::new("p.toml"),
+        )
+        .unwrap();
+        let engine = Engine::new(p);
+        let ruled = |addr: &'static str| {
+            let engine = engine.clone();
+            async move { rule_recipient(&engine, addr, "", RefuseMode::Off, false).await }
+        };
+        for addr in [
+            "u@bank.example:65536",
+            "u@[bank.example",
+            "u@bank.example\r",
+            "u@bank.example\0@other.org",
+            "u@bank.example>",
+        ] {
+            let r = ruled(addr).await;
+            assert!(r.dest.is_none(), "{addr:?}");
+            assert_eq!(
+                (r.decision.rule, r.decision.tls(), r.decision.temporary),
+                (Some(1), Tls::Forced, false),
+                "{addr:?}"
+            );
+            assert_eq!(hold_for(&r), None, "{addr:?}");
+        }
+        // Two rules with different answers: held whatever `refuse` says.
+        let r = ruled("u@bank.example\0other.example").await;
+        assert!(r.decision.temporary);
+        let hold = hold_for(&r).expect("held");
+        assert_eq!(hold.mode, RefuseMode::Defer);
+        assert!(
+            hold.text.starts_with(
+                "recipient domain \"bank.example?other.example\" is not a valid destination"
+            ),
+            "{}",
+            hold.text
+        );
+        // A well-formed domain and a malformed one no rule could mean.
+        assert_eq!(hold_for(&ruled("u@bank.example").await), None);
+        let r = ruled("u@nothing..org").await;
+        assert_eq!(
+            (r.decision.source, hold_for(&r)),
+            (SourceKind::Default, None)
+        );
     }
 }

@@ -10,8 +10,12 @@ pub mod socketmap;
 use std::sync::Arc;
 
 use crate::engine::Engine;
+use crate::engine::decision::Decision;
+use crate::engine::key::Destination;
+use crate::engine::malformed;
 use crate::log::record::DecisionLog;
 use crate::metrics::Metrics;
+use crate::util::rate::LogLimit;
 
 /// Everything a reload replaces, in one value: the engine (with the
 /// policy file) and every front door's reloadable settings. The daemon
@@ -52,5 +56,40 @@ pub trait Backend: Send + Sync {
     /// Where requests, decisions and errors are counted, if anywhere.
     fn metrics(&self) -> Option<&Arc<Metrics>> {
         None
+    }
+}
+
+/// Log lines a minute about keys that are not destinations but still
+/// govern the answer, for all doors together.
+static HELD_KEY_LOG: LogLimit = LogLimit::new(10);
+
+/// A key that did not parse but named a rule (its answer, or a temporary
+/// failure): counted in `errors_total{component, kind="malformed_key"}`
+/// and logged, at most [`HELD_KEY_LOG`]'s lines a minute. Nothing for any
+/// other key.
+pub fn note_malformed_key(
+    backend: &dyn Backend,
+    component: &'static str,
+    key: &str,
+    dest: Option<&Destination>,
+    decision: &Decision,
+) {
+    if !malformed::held(dest, decision) {
+        return;
+    }
+    if let Some(m) = backend.metrics() {
+        m.error(component, "malformed_key");
+    }
+    if let Some(unlogged) = HELD_KEY_LOG.admit() {
+        tracing::warn!(
+            door = component,
+            key = %crate::util::text::printable_ascii(key, 300),
+            answer = %decision.policy,
+            temporary = decision.temporary,
+            rule = decision.rule.unwrap_or(0),
+            unlogged,
+            "malformed key names a ruled domain: {}",
+            decision.reason
+        );
     }
 }

@@ -70,6 +70,12 @@ pub struct ProberConfig {
     /// Mozilla roots (private CAs).
     #[serde(default)]
     pub extra_ca_file: Option<PathBuf>,
+    /// Postfix's configuration directory (`/etc/postfix`): the CAs its
+    /// `smtp_tls_CAfile` and `smtp_tls_CApath` name are trusted too (read
+    /// with `postconf`); when they cannot be read, an untrusted
+    /// certificate refuses nothing.
+    #[serde(default)]
+    pub postfix_config_directory: Option<PathBuf>,
     /// Domains remembered at most; the oldest are forgotten first.
     #[serde(default = "default_max_cache_entries")]
     pub max_cache_entries: usize,
@@ -140,6 +146,7 @@ impl Default for ProberConfig {
             max_mx: default_max_mx(),
             max_addresses_per_mx: default_max_addresses(),
             extra_ca_file: None,
+            postfix_config_directory: None,
             max_cache_entries: default_max_cache_entries(),
         }
     }

@@ -23,6 +23,11 @@ fn capability(verdict: &TlsCapability, probe: &super::DomainProbe) -> Capability
     let detail = verdict.detail().to_string();
     match verdict {
         TlsCapability::NoStarttls(_) => Capability::NoStarttls { detail },
+        // A chain the prober could not judge (the CAs Postfix trusts are
+        // not known) proves nothing about what Postfix would verify.
+        TlsCapability::StarttlsUnverified(_) if trust_unknown(probe) => Capability::Unknown {
+            detail: format!("{detail}; whether Postfix trusts the certificate is not known"),
+        },
         TlsCapability::StarttlsUnverified(_) => Capability::StarttlsUnverified { detail },
         TlsCapability::StarttlsVerified(_) => {
             let mut names: Vec<String> = probe
@@ -39,6 +44,14 @@ fn capability(verdict: &TlsCapability, probe: &super::DomainProbe) -> Capability
         | TlsCapability::NullMx(_)
         | TlsCapability::Unknown(_) => Capability::Unknown { detail },
     }
+}
+
+/// Some MX showed a certificate whose chain could not be judged.
+fn trust_unknown(probe: &super::DomainProbe) -> bool {
+    probe
+        .mx
+        .iter()
+        .any(|r| r.tls_version.is_some() && r.cert_chain_valid.is_none())
 }
 
 #[cfg(test)]
@@ -96,6 +109,17 @@ mod tests {
             capability(&p.verdict(), &p),
             Capability::StarttlsUnverified { .. }
         ));
+
+        // A chain not judged (Postfix's CAs unknown) is no knowledge.
+        let mut unjudged = mx(MxStatus::TlsUnverified, true, false, &["other"]);
+        unjudged.cert_chain_valid = None;
+        let p = probe(vec![unjudged]);
+        match capability(&p.verdict(), &p) {
+            Capability::Unknown { detail } => {
+                assert!(detail.contains("whether Postfix trusts"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
 
         // A lookup failure is no knowledge.
         let p = DomainProbe::dns_failure("example", SystemTime::now(), "SERVFAIL".into());

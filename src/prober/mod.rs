@@ -24,6 +24,7 @@
 
 mod config;
 mod knowledge;
+pub mod postfix_ca;
 mod probe;
 pub mod result;
 pub mod smtp;
@@ -120,7 +121,11 @@ impl Prober {
         observer: Arc<dyn CacheObserver>,
     ) -> Result<Prober, ProberError> {
         config.validate().map_err(ProberError::Config)?;
-        let tls = TlsSetup::new(config.extra_ca_file.as_deref()).map_err(ProberError::Tls)?;
+        let tls = TlsSetup::with_postfix(
+            config.extra_ca_file.as_deref(),
+            config.postfix_config_directory.as_deref(),
+        )
+        .map_err(ProberError::Tls)?;
         let cache = CacheConfig::new(config.max_cache_entries).eviction(Eviction::OldestWritten);
         Ok(Prober {
             inner: Arc::new(Inner {

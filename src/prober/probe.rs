@@ -202,6 +202,16 @@ async fn dialogue(inner: &Inner, host: &str, ip: IpAddr, r: &mut MxResult) -> Re
     if let Some(rep) = verifier.report() {
         r.cert_chain_valid = Some(rep.chain_valid);
         r.cert_error = rep.chain_error;
+        if !rep.chain_valid
+            && let Some(why) = inner.tls.unknown_trust()
+        {
+            // Postfix may trust the CA behind this chain: not known.
+            r.cert_chain_valid = None;
+            r.cert_error = Some(format!(
+                "{}; {why}",
+                r.cert_error.as_deref().unwrap_or("not trusted here")
+            ));
+        }
         r.cert_names = rep.names;
         r.cert_matches_host = Some(rep.matches_host);
     }

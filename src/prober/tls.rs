@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use super::postfix_ca;
 use crate::tls_roots::{RootsError, load_roots};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{WebPkiServerVerifier, verify_server_name};
@@ -46,14 +47,57 @@ pub struct TlsSetup {
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
     webpki: Arc<WebPkiServerVerifier>,
+    /// Why the CAs Postfix trusts are not known, when they are not: a
+    /// chain the prober does not trust then proves nothing.
+    unknown_trust: Option<String>,
 }
 
 impl TlsSetup {
     /// The Mozilla roots from `webpki-roots`, plus the certificates in
-    /// `extra_ca` (PEM) if given.
+    /// `extra_ca` (PEM) if given, and the system bundle.
     pub fn new(extra_ca: Option<&Path>) -> Result<TlsSetup, TlsSetupError> {
+        TlsSetup::with_postfix(extra_ca, None)
+    }
+
+    /// [`TlsSetup::new`], plus every CA Postfix's smtp(8) trusts with the
+    /// configuration in `postfix_config_directory` (`smtp_tls_CAfile`,
+    /// `smtp_tls_CApath`, read with `postconf`). When those cannot be
+    /// read or loaded the setup still succeeds, with
+    /// [`TlsSetup::unknown_trust`] saying why.
+    pub fn with_postfix(
+        extra_ca: Option<&Path>,
+        postfix_config_directory: Option<&Path>,
+    ) -> Result<TlsSetup, TlsSetupError> {
+        TlsSetup::build(
+            extra_ca,
+            postfix_config_directory,
+            Path::new(postfix_ca::SYSTEM_BUNDLE),
+        )
+    }
+
+    fn build(
+        extra_ca: Option<&Path>,
+        postfix_config_directory: Option<&Path>,
+        system_bundle: &Path,
+    ) -> Result<TlsSetup, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = load_roots(extra_ca, "prober.extra_ca_file").map_err(TlsSetupError::ExtraCa)?;
+        let mut roots =
+            load_roots(extra_ca, "prober.extra_ca_file").map_err(TlsSetupError::ExtraCa)?;
+        postfix_ca::add_system_bundle(&mut roots, system_bundle);
+        let unknown_trust = postfix_config_directory.and_then(|dir| {
+            let added = postfix_ca::read_settings(dir)
+                .and_then(|ca| postfix_ca::add_postfix(&mut roots, &ca));
+            match added {
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(
+                        postfix_config_directory = %dir.display(),
+                        "{e}; the prober refuses no recipient for an untrusted certificate"
+                    );
+                    Some(e.to_string())
+                }
+            }
+        });
         let roots = Arc::new(roots);
         let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
@@ -62,7 +106,13 @@ impl TlsSetup {
             provider,
             roots,
             webpki,
+            unknown_trust,
         })
+    }
+
+    /// Why the CAs Postfix trusts are not known, if they are not.
+    pub fn unknown_trust(&self) -> Option<&str> {
+        self.unknown_trust.as_deref()
     }
 
     /// Number of trusted roots.

@@ -56,8 +56,8 @@ use indymilter::{
 use tokio_util::sync::CancellationToken;
 
 use super::message::{CatchUnwind, header_value, panic_text};
-use super::{Backend, Live};
-use crate::engine::recipient::{assess_delivery, refusal_for, rule_recipient};
+use super::{Backend, Live, note_malformed_key};
+use crate::engine::recipient::{assess_delivery, hold_for, refusal_for, rule_recipient};
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::listen::{Admission, Drain, Listener};
 use crate::log::record::MilterStep;
@@ -395,6 +395,15 @@ async fn rcpt(deps: &Shared, cx: &mut Context<MilterConn>, args: Vec<CString>) -
         m.lookup(Frontend::Milter, started.elapsed());
         m.decision(Frontend::Milter, &ruling.decision);
     }
+    let (key, dest) = (&ruling.key, ruling.dest.as_ref());
+    note_malformed_key(deps.backend.as_ref(), "milter", key, dest, &ruling.decision);
+    // A domain that could name rules with different answers is deferred
+    // where RCPT can be answered (not for local submission: see Session).
+    let hold = if can_refuse && !local_submission {
+        hold_for(&ruling)
+    } else {
+        None
+    };
     if settings.refuse == RefuseMode::Off || !can_refuse {
         // Refusals are switched on here, not by a policy-file rule.
         ruling.refuse = RefuseMode::Off;
@@ -413,7 +422,8 @@ async fn rcpt(deps: &Shared, cx: &mut Context<MilterConn>, args: Vec<CString>) -
     }
     let mut status = Status::Continue;
     let mut reply = None;
-    if let Some(refusal) = refusal_for(&ruling, deps.knowledge.as_ref())
+    let held = hold.is_some();
+    if let Some(refusal) = hold.or_else(|| refusal_for(&ruling, deps.knowledge.as_ref()))
         && let Some((code, enhanced)) = status_codes(refusal.mode)
     {
         match cx
@@ -431,7 +441,12 @@ async fn rcpt(deps: &Shared, cx: &mut Context<MilterConn>, args: Vec<CString>) -
                     queue_id = id.as_deref().unwrap_or(""),
                     recipient = %recipient,
                     reply = reply.as_deref().unwrap_or(""),
-                    "recipient refused: forced TLS cannot be met"
+                    "recipient refused: {}",
+                    if held {
+                        "its domain is malformed and could name rules with different answers"
+                    } else {
+                        "forced TLS cannot be met"
+                    }
                 );
             }
             Err(e) => tracing::error!(

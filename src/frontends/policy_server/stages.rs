@@ -4,11 +4,12 @@ use super::{Live, MAX_RECIPIENTS_PER_MESSAGE, PolicyServerSettings, Server};
 use crate::engine::Engine;
 use crate::engine::decision::Decision;
 use crate::engine::recipient::{
-    MessageSummary, Refusal, Ruling, refusal_for, rule_recipient, trace_value,
+    MessageSummary, Refusal, Ruling, hold_for, refusal_for, rule_recipient, trace_value,
 };
 use crate::engine::refusal::{RefuseMode, TlsKnowledge, status_codes};
 use crate::frontends::attrs::Request;
 use crate::frontends::message::{header_value, non_empty};
+use crate::frontends::note_malformed_key;
 use crate::log::record::{
     DecisionRecord, Detail, Envelope, Message, MessageDoor, PolicyAction, Recipient,
 };
@@ -25,7 +26,12 @@ impl Server {
         if let Some(m) = self.deps.backend.metrics() {
             m.decision(Frontend::Policy, &ruling.decision);
         }
-        let refusal = refusal_for(&ruling, self.deps.knowledge.as_ref()).map(refusal_action);
+        let backend = self.deps.backend.as_ref();
+        let (key, dest) = (&ruling.key, ruling.dest.as_ref());
+        note_malformed_key(backend, "policy", key, dest, &ruling.decision);
+        let refusal = hold_for(&ruling)
+            .or_else(|| refusal_for(&ruling, self.deps.knowledge.as_ref()))
+            .map(refusal_action);
         let action = match refusal {
             Some(r) => r,
             None if ruling.forced_by_sender && self.messages.take_filter(instance) => {
@@ -162,7 +168,8 @@ pub async fn rcpt_answer(
     knowledge: &dyn TlsKnowledge,
 ) -> (Decision, String) {
     let ruling = rule(engine, &format!("postmaster@{domain}"), "", settings).await;
-    let action = refusal_for(&ruling, knowledge)
+    let action = hold_for(&ruling)
+        .or_else(|| refusal_for(&ruling, knowledge))
         .map(refusal_action)
         .unwrap_or(PolicyAction::Dunno);
     (ruling.decision, action.to_string())

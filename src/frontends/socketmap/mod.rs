@@ -312,6 +312,13 @@ async fn request(
         return Ok(());
     };
     let (dest, decision) = live.engine.decide_key(key).await;
+    super::note_malformed_key(
+        ctx.backend.as_ref(),
+        "socketmap",
+        key,
+        dest.as_ref(),
+        &decision,
+    );
     let (decision, reply) = answer(decision, kind, settings.default_reply);
     reply.write_to(out);
     if let Some(m) = ctx.backend.metrics() {

@@ -9,12 +9,33 @@
 //! max_age: 604800
 //! ```
 //!
-//! Lines end in LF or CRLF; white space around values is ignored; unknown
-//! keys are ignored; of a repeated key other than `mx` the first counts.
-//! Lines that are not `key: value` (comments, junk) are ignored too, as
-//! senders in the field do. A policy without a valid `version`, `mode` or
-//! `max_age`, or (unless `mode: none`) without an `mx` pattern that can
-//! match a host, is rejected with the reason.
+//! The body is read exactly by the grammar of RFC 8461 section 3.2:
+//!
+//! ```text
+//! sts-policy-record  = sts-policy-field *WSP
+//!                      *(sts-policy-term sts-policy-field *WSP)
+//!                      [sts-policy-term]
+//! sts-policy-term    = LF / CRLF
+//! field              = name ":" *WSP value
+//! name               = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
+//! value              = vchar [*(%x20 / vchar) vchar]   ; vchar: %x21-7E / UTF-8
+//! version            = %s"version" ":" *WSP %s"STSv1"
+//! mode               = %s"mode" ":" *WSP (%s"testing" / %s"enforce" / %s"none")
+//! max_age            = %s"max_age" ":" *WSP 1*10(DIGIT)
+//! mx                 = %s"mx" ":" *WSP ["*."] Domain
+//! ```
+//!
+//! Anything else makes the whole policy invalid: an empty line (but one
+//! final line end), a line that is not `name: value`, white space before
+//! the `:` or at the start of a line, a control character (a lone CR, a
+//! tab inside a value), a name over 32 characters, `version`, `mode` or
+//! `max_age` given twice or with another value (their names and values
+//! are case-sensitive). Unknown fields that follow the grammar are
+//! ignored. `max_age` above one year (31557600) is capped to it. `mx`
+//! values that cannot match a host (IP literals, a `*` elsewhere than as
+//! the whole leftmost label) are reported and skipped; a policy without
+//! `version`, `mode` or `max_age`, or (unless `mode: none`) without a
+//! usable `mx` pattern, is rejected with the reason.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -100,21 +121,36 @@ pub fn parse(body: &[u8]) -> Result<StsPolicy, StsPolicyError> {
     let mut mx: Vec<String> = Vec::new();
     let mut unusable_mx = Vec::new();
     let mut lines = Vec::new();
-    for raw in text.split('\n') {
+    let mut raw_lines: Vec<&str> = text.split('\n').collect();
+    if raw_lines.len() > 1 && raw_lines.last() == Some(&"") {
+        // The one optional final line end.
+        raw_lines.pop();
+    }
+    for (number, raw) in raw_lines.into_iter().enumerate() {
+        let number = number + 1;
         let line = raw.strip_suffix('\r').unwrap_or(raw);
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let key = key.trim_matches([' ', '\t']);
-        let value = value.trim_matches([' ', '\t']);
-        if key.is_empty() || key.starts_with('#') || key.contains([' ', '\t']) {
-            continue;
-        }
+        let (key, value) = field(line).map_err(|why| err(format!("line {number}: {why}")))?;
         lines.push(format!("{key}: {value}"));
+        let once = |seen: &Option<&str>| {
+            if seen.is_some() {
+                Err(err(format!("line {number}: a second {key} field")))
+            } else {
+                Ok(())
+            }
+        };
         match key {
-            "version" if version.is_none() => version = Some(value),
-            "mode" if mode.is_none() => mode = Some(value),
-            "max_age" if max_age.is_none() => max_age = Some(value),
+            "version" => {
+                once(&version)?;
+                version = Some(value);
+            }
+            "mode" => {
+                once(&mode)?;
+                mode = Some(value);
+            }
+            "max_age" => {
+                once(&max_age)?;
+                max_age = Some(value);
+            }
             "mx" => {
                 mx_lines += 1;
                 if mx_lines > MAX_MX_PATTERNS {
@@ -133,14 +169,14 @@ pub fn parse(body: &[u8]) -> Result<StsPolicy, StsPolicyError> {
         }
     }
     match version {
-        Some(v) if v.eq_ignore_ascii_case("STSv1") => {}
+        Some("STSv1") => {}
         Some(v) => return Err(err(format!("version {v:?} is not STSv1"))),
         None => return Err(err("no version field")),
     }
     let mode = match mode {
-        Some(m) if m.eq_ignore_ascii_case("enforce") => Mode::Enforce,
-        Some(m) if m.eq_ignore_ascii_case("testing") => Mode::Testing,
-        Some(m) if m.eq_ignore_ascii_case("none") => Mode::None,
+        Some("enforce") => Mode::Enforce,
+        Some("testing") => Mode::Testing,
+        Some("none") => Mode::None,
         Some(m) => {
             return Err(err(format!("mode {m:?} is not enforce, testing or none")));
         }
@@ -182,6 +218,46 @@ pub fn parse(body: &[u8]) -> Result<StsPolicy, StsPolicyError> {
         unusable_mx,
         lines,
     })
+}
+
+/// Longest field name (RFC 8461: 1 to 32 characters).
+pub const MAX_FIELD_NAME_LEN: usize = 32;
+
+/// One line as `name ":" *WSP value *WSP`: the name and the value
+/// without the white space around it, or why the line is not a field.
+fn field(line: &str) -> Result<(&str, &str), String> {
+    if line.is_empty() {
+        return Err("an empty line".into());
+    }
+    let Some((name, rest)) = line.split_once(':') else {
+        return Err(format!("{:?} is not name: value", head(line)));
+    };
+    let name_ok = (1..=MAX_FIELD_NAME_LEN).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if !name_ok {
+        return Err(format!(
+            "{:?} is not a field name (a letter or digit, then up to 31 letters, digits, '_', '-', '.')",
+            head(name)
+        ));
+    }
+    let value = rest.trim_matches([' ', '\t']);
+    if value.is_empty() {
+        return Err(format!("the {name} field has no value"));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "the {name} field's value holds the control character {c:?}"
+        ));
+    }
+    Ok((name, value))
+}
+
+/// The start of a text, for error messages.
+fn head(s: &str) -> String {
+    s.chars().take(40).collect()
 }
 
 /// Normalise one `mx` value: `mail.example.com` or `*.example.net`.
@@ -310,22 +386,12 @@ mod tests {
             "version: STSv1\nmode: enforce\nmx: gmail-smtp-in.l.google.com\nmx: *.gmail-smtp-in.l.google.com\nmax_age: 86400\n",
         );
         assert_eq!(p.mx.len(), 2);
-        // Comments, blank lines, junk, unknown keys, a BOM-free header.
+        // Unknown fields that follow the grammar; a repeated mx.
         let p = ok(
-            "# MTA-STS policy\n\nversion: STSv1\nthis line is junk\nmode: enforce\nextension_key: whatever\nmx: mail.example.com\nmx: mail.example.com\nmax_age: 1209600\n\n",
+            "version: STSv1\nmode: enforce\nextension_key: what ever\nx.1-y: \u{e9}t\u{e9}\nmx: mail.example.com\nmx: mail.example.com\nmax_age: 1209600\n",
         );
         assert_eq!(p.mx, ["mail.example.com"], "duplicates removed");
-        assert!(!p.lines.iter().any(|l| l.contains("junk")));
-        // Repeated keys: the first counts.
-        let p = ok(
-            "version: STSv1\nmode: testing\nmode: enforce\nmax_age: 5\nmax_age: 99\nmx: a.example\n",
-        );
-        assert_eq!((p.mode, p.max_age), (Mode::Testing, 5));
-        // Case of the values of version and mode does not matter.
-        assert_eq!(
-            ok("version: stsv1\nmode: Enforce\nmx: a.example\nmax_age: 1\n").mode,
-            Mode::Enforce
-        );
+        assert_eq!(p.lines.len(), 7);
         // Internationalised names become A-labels.
         assert_eq!(
             ok("version: STSv1\nmode: enforce\nmx: mx.bücher.example\nmax_age: 1\n").mx,
@@ -374,8 +440,8 @@ mod tests {
                 "version: STSv1\nmode: enforce\nmx: *.*.example\nmx: a..example\nmax_age: 1\n",
                 "no usable mx pattern",
             ),
-            ("<html><body>Not found</body></html>", "no version"),
-            ("", "no version"),
+            ("<html><body>Not found</body></html>", "is not name: value"),
+            ("", "an empty line"),
         ] {
             let e = bad(text);
             assert!(e.contains(why), "{text:?}: {e}");
@@ -414,7 +480,7 @@ mod tests {
     #[test]
     fn size_and_mx_count_boundaries() {
         let head = "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 1\n";
-        let pad = |total: usize| format!("{head}{}", "#".repeat(total - head.len()));
+        let pad = |total: usize| format!("{head}x: {}", "#".repeat(total - head.len() - 3));
         assert!(parse(pad(MAX_POLICY_LEN).as_bytes()).is_ok());
         assert!(bad(&pad(MAX_POLICY_LEN + 1)).contains("more than 65536"));
 
@@ -488,5 +554,124 @@ mod tests {
         assert!(strings > 4 && strings < 2000, "{strings}");
         let attrs = &s[s.find(" {").unwrap()..];
         assert!(attrs.len() <= MAX_TLSRPT_POLICY_STRINGS, "{}", attrs.len());
+    }
+
+    const HEAD: &str = "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 1";
+
+    #[test]
+    fn grammar_line_ends() {
+        assert_eq!(ok(HEAD).max_age, 1, "no final line end");
+        ok(&format!("{HEAD}\n"));
+        ok(&format!("{HEAD}\r\n"));
+        ok(&HEAD.replace('\n', "\r\n"));
+        ok(&format!("{}\n", HEAD.replace('\n', "\r\n")));
+        for (text, why) in [
+            (format!("{HEAD}\n\n"), "an empty line"),
+            (format!("{HEAD}\r\n\r\n"), "an empty line"),
+            (format!("\n{HEAD}"), "line 1: an empty line"),
+            (HEAD.replacen('\n', "\n\n", 1), "line 2: an empty line"),
+            (HEAD.replacen('\n', "\r", 1), "control character"),
+            (format!("{HEAD}\r\r\n"), "control character"),
+        ] {
+            let e = bad(&text);
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn grammar_field_names_and_values() {
+        // White space after the colon and after the value only.
+        ok("version:STSv1\nmode:\t enforce \t\nmx:a.example\nmax_age:1");
+        let n32 = format!("a{}", "b".repeat(31));
+        ok(&format!("{HEAD}\n{n32}: v"));
+        for (extra, why) in [
+            (format!("{n32}c: v"), "not a field name"),
+            ("_x: v".to_string(), "not a field name"),
+            ("-x: v".to_string(), "not a field name"),
+            ("x y: v".to_string(), "not a field name"),
+            ("x : v".to_string(), "not a field name"),
+            (" x: v".to_string(), "not a field name"),
+            (": v".to_string(), "not a field name"),
+            ("# comment".to_string(), "is not name: value"),
+            ("junk".to_string(), "is not name: value"),
+            ("x:".to_string(), "has no value"),
+            ("x: \t".to_string(), "has no value"),
+            ("x: a\tb".to_string(), "control character"),
+            ("x: a\u{7f}".to_string(), "control character"),
+            ("x: a\u{0}b".to_string(), "control character"),
+        ] {
+            let e = bad(&format!("{HEAD}\n{extra}"));
+            assert!(e.contains(why), "{extra:?}: {e}");
+        }
+        // A space inside a value is fine; a colon too.
+        ok(&format!("{HEAD}\nx: a b: c"));
+    }
+
+    #[test]
+    fn grammar_known_fields_are_case_sensitive_and_once() {
+        for (text, why) in [
+            (
+                "version: stsv1\nmode: enforce\nmx: a.example\nmax_age: 1",
+                "is not STSv1",
+            ),
+            (
+                "version: STSv1\nmode: Enforce\nmx: a.example\nmax_age: 1",
+                "not enforce, testing or none",
+            ),
+            (
+                "version: STSv1\nmode: ENFORCE\nmx: a.example\nmax_age: 1",
+                "not enforce, testing or none",
+            ),
+            (
+                "Version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 1",
+                "no version field",
+            ),
+            (
+                "version: STSv1\nMode: enforce\nmx: a.example\nmax_age: 1",
+                "no mode field",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a.example\nMax_Age: 1",
+                "no max_age field",
+            ),
+            (
+                "version: STSv1\nversion: STSv1\nmode: enforce\nmx: a.example\nmax_age: 1",
+                "line 2: a second version field",
+            ),
+            (
+                "version: STSv1\nmode: testing\nmode: enforce\nmx: a.example\nmax_age: 1",
+                "a second mode field",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 1\nmax_age: 1",
+                "a second max_age field",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: +1",
+                "max_age",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 1.5",
+                "max_age",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: a.example\nmax_age: 0x10",
+                "max_age",
+            ),
+        ] {
+            let e = bad(text);
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+        // Every mode value.
+        for m in ["enforce", "testing", "none"] {
+            let p = ok(&format!(
+                "version: STSv1\nmode: {m}\nmx: a.example\nmax_age: 1"
+            ));
+            assert_eq!(p.mode.as_str(), m);
+        }
+        // Ten digits are the most; leading zeros count as digits.
+        let age = |v: &str| ok(&format!("version: STSv1\nmode: none\nmax_age: {v}")).max_age;
+        assert_eq!(age("0000000001"), 1);
+        assert!(bad("version: STSv1\nmode: none\nmax_age: 00000000001").contains("1 to 10 digits"));
     }
 }

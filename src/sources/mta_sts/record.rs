@@ -4,7 +4,7 @@
 //! Records that do not start with `v=STSv1` are someone else's and are
 //! ignored. Exactly one record must start with it; two or more mean the
 //! domain has no usable MTA-STS record (the RFC's rule), as does one that
-//! does not parse.
+//! the grammar does not produce ([`parse`]).
 
 /// Longest TXT record looked at; longer ones are invalid.
 pub const MAX_RECORD_LEN: usize = 1024;
@@ -61,7 +61,26 @@ pub fn select(records: &[String]) -> Result<StsRecord, RecordError> {
     }
 }
 
-/// Parse one record that starts with `v=STSv1`.
+/// Parse one record that starts with `v=STSv1`, exactly by the grammar
+/// of RFC 8461 section 3.1:
+///
+/// ```text
+/// sts-text-record = sts-version 1*(sts-sep sts-field) [sts-sep]
+/// sts-sep         = *WSP %x3B *WSP
+/// sts-field       = sts-id / sts-extension
+/// sts-version     = %s"v=STSv1"
+/// sts-id          = %s"id=" 1*32(ALPHA / DIGIT)
+/// sts-extension   = sts-ext-name "=" sts-ext-value
+/// sts-ext-name    = (ALPHA / DIGIT) *31(ALPHA / DIGIT / "_" / "-" / ".")
+/// sts-ext-value   = 1*(%x21-3A / %x3C / %x3E-7E)
+/// ```
+///
+/// Anything the grammar does not produce is invalid: an empty field
+/// (`;;`), a second trailing separator, white space after the last field
+/// without a `;`, a value with `=`, a space, DEL or a non-ASCII character.
+/// The `id` field is the record's id (`id=` with anything but 1 to 32
+/// letters and digits is invalid, not an extension); it is required, and
+/// the first one counts.
 pub fn parse(text: &str) -> Result<StsRecord, RecordError> {
     let invalid = |problem: String| RecordError::Invalid {
         text: text.chars().take(MAX_RECORD_LEN).collect(),
@@ -73,47 +92,61 @@ pub fn parse(text: &str) -> Result<StsRecord, RecordError> {
             text.len()
         )));
     }
-    let mut fields = text.split(';').map(|f| f.trim_matches([' ', '\t']));
-    if fields.next() != Some("v=STSv1") {
-        return Err(invalid("the first field must be v=STSv1".into()));
-    }
+    let Some(mut rest) = text.strip_prefix("v=STSv1") else {
+        return Err(invalid("the record must start with v=STSv1".into()));
+    };
     let mut id = None;
-    for field in fields {
-        if field.is_empty() {
-            // `;;` and a trailing `;` are tolerated.
-            continue;
-        }
-        let Some((name, value)) = field.split_once('=') else {
-            return Err(invalid(format!("field {field:?} is not name=value")));
-        };
-        if name == "id" {
-            if id.is_some() {
-                // The first id counts; RFC 8461 has no rule for a second.
-                continue;
+    let mut fields = 0usize;
+    loop {
+        // sts-sep, or the end of the record.
+        let after_wsp = rest.trim_start_matches(WSP);
+        if after_wsp.is_empty() {
+            if rest.is_empty() && fields > 0 {
+                break;
             }
-            if value.is_empty()
-                || value.len() > MAX_ID_LEN
-                || !value.bytes().all(|b| b.is_ascii_alphanumeric())
-            {
+            let what = if fields == 0 {
+                "no field after v=STSv1"
+            } else {
+                "white space after the last field without a ';'"
+            };
+            return Err(invalid(what.into()));
+        }
+        let Some(after_sep) = after_wsp.strip_prefix(';') else {
+            return Err(invalid(format!(
+                "expected ';' before {:?}",
+                head(after_wsp)
+            )));
+        };
+        rest = after_sep.trim_start_matches(WSP);
+        if rest.is_empty() {
+            if fields == 0 {
+                return Err(invalid("no field after v=STSv1".into()));
+            }
+            // The one optional trailing separator.
+            break;
+        }
+        // sts-field: up to the next white space or ';'.
+        let end = rest.find([' ', '\t', ';']).unwrap_or(rest.len());
+        let field = &rest[..end];
+        rest = &rest[end..];
+        fields += 1;
+        if field.is_empty() {
+            return Err(invalid("empty field (two ';' in a row)".into()));
+        }
+        if let Some(value) = field.strip_prefix("id=") {
+            if !is_id(value) {
                 return Err(invalid(format!(
                     "id {value:?} is not 1 to {MAX_ID_LEN} letters and digits"
                 )));
             }
-            id = Some(value.to_string());
-        } else {
-            let name_ok = !name.is_empty()
-                && name.len() <= MAX_EXT_NAME_LEN
-                && name.as_bytes()[0].is_ascii_alphanumeric()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
-            let value_ok = !value.is_empty()
-                && value
-                    .bytes()
-                    .all(|b| (0x21..=0x7e).contains(&b) && b != b'=' && b != b';');
-            if !name_ok || !value_ok {
-                return Err(invalid(format!("field {field:?} is not a valid extension")));
+            if id.is_none() {
+                id = Some(value.to_string());
             }
+        } else if !is_extension(field) {
+            return Err(invalid(format!(
+                "field {:?} is not id=... nor a valid extension",
+                head(field)
+            )));
         }
     }
     match id {
@@ -123,6 +156,36 @@ pub fn parse(text: &str) -> Result<StsRecord, RecordError> {
         }),
         None => Err(invalid("no id= field".into())),
     }
+}
+
+/// RFC 5234 WSP.
+const WSP: [char; 2] = [' ', '\t'];
+
+/// `1*32(ALPHA / DIGIT)`.
+fn is_id(value: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// `sts-ext-name "=" sts-ext-value`.
+fn is_extension(field: &str) -> bool {
+    let Some((name, value)) = field.split_once('=') else {
+        return false;
+    };
+    let name_ok = (1..=MAX_EXT_NAME_LEN).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    let value_ok = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| matches!(b, 0x21..=0x3a | 0x3c | 0x3e..=0x7e));
+    name_ok && value_ok
+}
+
+/// The start of a text, for error messages.
+fn head(s: &str) -> String {
+    s.chars().take(40).collect()
 }
 
 #[cfg(test)]
@@ -142,7 +205,6 @@ mod tests {
             ("v=STSv1;\tid=X2;  ", "X2"),
             ("v=STSv1; id=20240101; ext-1=yes;", "20240101"),
             ("v=STSv1; id=a; id=b", "a"),
-            ("v=STSv1;; id=abc;;", "abc"),
         ] {
             let r = select(&recs(&["v=spf1 -all", text])).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(r.id, id, "{text}");
@@ -166,6 +228,7 @@ mod tests {
             "v=STSv1; =x; id=a",
             "v=STSv1; e=a=b; id=a",
             "v=STSv1; id=a; -ext=1",
+            "v=STSv1;; id=abc;;",
         ] {
             let e = select(&recs(&[bad])).unwrap_err();
             assert!(matches!(e, RecordError::Invalid { .. }), "{bad}: {e:?}");
@@ -203,5 +266,118 @@ mod tests {
         let mut ok: Vec<String> = (0..MAX_RECORDS - 1).map(|i| format!("x{i}")).collect();
         ok.push("v=STSv1; id=z".into());
         assert_eq!(select(&ok).unwrap().id, "z");
+    }
+
+    /// `Ok(id)` or the problem.
+    fn id(text: &str) -> Result<String, String> {
+        parse(text).map(|r| r.id).map_err(|e| e.to_string())
+    }
+
+    fn valid(text: &str) {
+        assert!(id(text).is_ok(), "{text:?} should be valid: {:?}", id(text));
+    }
+
+    fn invalid(text: &str) {
+        assert!(id(text).is_err(), "{text:?} should be invalid");
+    }
+
+    #[test]
+    fn grammar_sts_version_is_case_sensitive_and_first() {
+        valid("v=STSv1;id=a");
+        for bad in [
+            "V=STSv1;id=a",
+            "v=stsv1;id=a",
+            "v=STSV1;id=a",
+            " v=STSv1;id=a",
+            "id=a;v=STSv1",
+            "v=STSv1",
+            "v=STSv1;",
+            "v=STSv1 ",
+            "v=STSv1 ;",
+        ] {
+            invalid(bad);
+        }
+        // `v=STSv1x` is not an MTA-STS record at all.
+        assert_eq!(
+            select(&recs(&["v=STSv1x;id=a"])).unwrap_err(),
+            RecordError::None
+        );
+    }
+
+    #[test]
+    fn grammar_sts_id_length_and_characters() {
+        invalid("v=STSv1; id=");
+        assert_eq!(id("v=STSv1; id=1").unwrap(), "1");
+        let max = "Z9".repeat(16);
+        assert_eq!(id(&format!("v=STSv1; id={max}")).unwrap(), max);
+        invalid(&format!("v=STSv1; id={max}x"));
+        for bad in ["id=a_b", "id=a-b", "id=a.b", "id=ä", "id=a=b", "id=\u{7f}"] {
+            invalid(&format!("v=STSv1; {bad}"));
+        }
+        // `ID=` is an extension (the name is case-sensitive): no id.
+        let e = id("v=STSv1; ID=abc").unwrap_err();
+        assert!(e.contains("no id= field"), "{e}");
+        // An extension alone is no record.
+        invalid("v=STSv1; ext=1");
+    }
+
+    #[test]
+    fn grammar_sts_sep_spaces_tabs_and_trailing() {
+        for ok in [
+            "v=STSv1;id=a",
+            "v=STSv1 ;id=a",
+            "v=STSv1\t;\tid=a",
+            "v=STSv1 \t ; \t id=a",
+            "v=STSv1; id=a;",
+            "v=STSv1; id=a; ",
+            "v=STSv1; id=a ;\t",
+            "v=STSv1; id=a; x=1",
+            "v=STSv1; x=1; id=a",
+        ] {
+            valid(ok);
+        }
+        for bad in [
+            "v=STSv1 id=a",
+            "v=STSv1;id=a ",
+            "v=STSv1;id=a\t",
+            "v=STSv1; id=a;;",
+            "v=STSv1; id=a; ;",
+            "v=STSv1;;id=a",
+            "v=STSv1; id=a x=1",
+            "v=STSv1;\nid=a",
+            "v=STSv1; id=a\r\n",
+            "v=STSv1\u{a0}; id=a",
+        ] {
+            invalid(bad);
+        }
+    }
+
+    #[test]
+    fn grammar_sts_ext_name() {
+        let n32 = format!("a{}", "b".repeat(31));
+        valid(&format!("v=STSv1; id=a; {n32}=v"));
+        invalid(&format!("v=STSv1; id=a; {n32}c=v"));
+        for ok in ["A=v", "9=v", "a_b=v", "a-b=v", "a.b=v", "a9-_.=v"] {
+            valid(&format!("v=STSv1; id=a; {ok}"));
+        }
+        for bad in ["_a=v", "-a=v", ".a=v", "=v", "a b=v", "a/b=v", "ä=v", "a"] {
+            invalid(&format!("v=STSv1; id=a; {bad}"));
+        }
+    }
+
+    #[test]
+    fn grammar_sts_ext_value() {
+        // Every character of %x21-3A / %x3C / %x3E-7E.
+        let all: String = (0x21u8..=0x7e)
+            .filter(|b| *b != b';' && *b != b'=')
+            .map(char::from)
+            .collect();
+        valid(&format!("v=STSv1; id=a; x={all}"));
+        for bad in ["x=", "x=a=b", "x=a\u{7f}", "x=é", "x=a\u{0}", "x=a\u{1f}"] {
+            invalid(&format!("v=STSv1; id=a; {bad}"));
+        }
+        // A `;` ends the value; what follows must be a field.
+        valid("v=STSv1; id=a; x=a;y=b");
+        invalid("v=STSv1; id=a; x=a;=b");
     }
 }

@@ -537,6 +537,22 @@ mod tests {
             (4, 1, 1, 32, false),
             (3, 2, 1, 32, false),
             (3, 1, 3, 32, false),
+            // Exact boundaries of every field (RFC 6698 section 2.1,
+            // RFC 7671 and 7672 section 3.1: PKIX-TA(0) and PKIX-EE(1)
+            // are unusable for SMTP, private values (255) are unusable).
+            (2, 1, 1, 32, true),
+            (2, 1, 2, 64, true),
+            (3, 0, 2, 64, true),
+            (3, 1, 0, 1, true),
+            (2, 0, 0, 1, true),
+            (3, 1, 1, 0, false),
+            (3, 1, 1, 64, false),
+            (3, 1, 2, 63, false),
+            (3, 1, 2, 65, false),
+            (2, 1, 0, 0, false),
+            (255, 1, 1, 32, false),
+            (3, 255, 1, 32, false),
+            (3, 1, 255, 32, false),
         ] {
             let r = tlsa_record(&tlsa(u, s, m, len)).unwrap();
             assert_eq!(r.usable, want, "{u} {s} {m} len {len}");
