@@ -217,7 +217,8 @@ impl Context {
             .outcomes
             .as_ref()
             .map(|o| outcomes::build(o, &config.log.decisions, &log, &metrics));
-        let live = live_config(Engine::with_sources(policy, sources), &config, None);
+        let engine = Engine::with_sources(policy, sources).observed_by(metrics.clone());
+        let live = live_config(engine, &config, None);
         Ok(Context {
             live: ArcSwap::from_pointee(live),
             log: Arc::new(log),
@@ -327,6 +328,9 @@ impl Context {
                 }
                 if o.concurrency != n.concurrency {
                     needs_restart.push("mta_sts.concurrency");
+                }
+                if o.max_pending != n.max_pending {
+                    needs_restart.push("mta_sts.max_pending");
                 }
             }
             (None, None, _) => {}
