@@ -391,6 +391,10 @@ impl Context {
         let old_live = self.live.load_full();
         let live = live_config(old_live.engine.with_policy(policy), &new, Some(&old_live));
         self.live.store(Arc::new(live));
+        // The old policy file goes with the last request that holds it
+        // (usually this one): hand its memory back to the system.
+        drop(old_live);
+        crate::memory::release_free_memory();
         self.log.reopen(Target::from_setting(&new.log.decisions));
         self.config.store(Arc::new(new));
         self.last_reload.store(Arc::new(SystemTime::now()));
