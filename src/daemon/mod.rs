@@ -217,7 +217,8 @@ impl Context {
             .outcomes
             .as_ref()
             .map(|o| outcomes::build(o, &config.log.decisions, &log, &metrics));
-        let live = live_config(Engine::with_sources(policy, sources), &config, None);
+        let engine = Engine::with_sources(policy, sources).observed_by(metrics.clone());
+        let live = live_config(engine, &config, None);
         Ok(Context {
             live: ArcSwap::from_pointee(live),
             log: Arc::new(log),
@@ -328,6 +329,9 @@ impl Context {
                 if o.concurrency != n.concurrency {
                     needs_restart.push("mta_sts.concurrency");
                 }
+                if o.max_pending != n.max_pending {
+                    needs_restart.push("mta_sts.max_pending");
+                }
             }
             (None, None, _) => {}
             _ => needs_restart.push("mta_sts"),
@@ -387,6 +391,10 @@ impl Context {
         let old_live = self.live.load_full();
         let live = live_config(old_live.engine.with_policy(policy), &new, Some(&old_live));
         self.live.store(Arc::new(live));
+        // The old policy file goes with the last request that holds it
+        // (usually this one): hand its memory back to the system.
+        drop(old_live);
+        crate::memory::release_free_memory();
         self.log.reopen(Target::from_setting(&new.log.decisions));
         self.config.store(Arc::new(new));
         self.last_reload.store(Arc::new(SystemTime::now()));

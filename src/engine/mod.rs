@@ -12,6 +12,7 @@
 //! lookup in DNS.
 
 pub mod decision;
+pub mod discovery;
 pub mod key;
 pub mod malformed;
 pub mod outcome;
@@ -25,6 +26,7 @@ use std::sync::Arc;
 
 use crate::engine::policy_file::PolicyFile;
 use decision::{Decision, SourceKind, Tls};
+use discovery::{Asked, DiscoveryObserver, consult_all};
 use key::{Destination, KeyError, KeyForm, parents};
 
 /// What a dynamic source says about a destination.
@@ -89,6 +91,7 @@ pub struct Explanation {
 pub struct Engine {
     policy: Arc<PolicyFile>,
     sources: Arc<[Arc<dyn Source>]>,
+    observer: Option<Arc<dyn DiscoveryObserver>>,
 }
 
 impl Engine {
@@ -101,7 +104,15 @@ impl Engine {
         Engine {
             policy: Arc::new(policy),
             sources: sources.into(),
+            observer: None,
         }
+    }
+
+    /// Tell `observer` how the walks that wait for sources go (kept by
+    /// [`Engine::with_policy`]).
+    pub fn observed_by(mut self, observer: Arc<dyn DiscoveryObserver>) -> Engine {
+        self.observer = Some(observer);
+        self
     }
 
     /// The same sources (and what they have learned) with another policy
@@ -110,6 +121,7 @@ impl Engine {
         Engine {
             policy: Arc::new(policy),
             sources: self.sources.clone(),
+            observer: self.observer.clone(),
         }
     }
 
@@ -153,7 +165,17 @@ impl Engine {
                 details: Vec::new(),
             });
         }
+        let ruled = hit.is_some();
         let mut decision = hit.map(|hit| policy.decision(hit));
+        // No rule: the sources that apply are asked side by side.
+        let asked = if !ruled {
+            let applicable: Vec<&Arc<dyn Source>> =
+                self.sources.iter().filter(|s| s.applies_to(dest)).collect();
+            consult_all(&applicable, dest, self.observer.as_deref()).await
+        } else {
+            Vec::new()
+        };
+        let mut asked = asked.into_iter();
         for source in self.sources.iter() {
             let step = |applied, detail, details| Step {
                 source: source.kind(),
@@ -161,7 +183,7 @@ impl Engine {
                 detail,
                 details,
             };
-            if decision.is_some() {
+            if ruled {
                 let Some(steps) = trace.as_deref_mut() else {
                     break;
                 };
@@ -175,9 +197,8 @@ impl Engine {
                 }
                 continue;
             }
-            let consulted = source.consult(dest).await;
-            let (applied, detail) = match consulted {
-                Consulted::Policy(d) => {
+            let (applied, detail, answered) = match asked.next() {
+                Some(Asked::Answered(Consulted::Policy(d))) => {
                     let d = not_below_default(d, policy.default_decision());
                     let text = if d.temporary {
                         format!("temporary failure: {}", d.reason)
@@ -185,12 +206,21 @@ impl Engine {
                         format!("policy: {}", d.reason)
                     };
                     decision = Some(d);
-                    (true, text)
+                    (true, text, true)
                 }
-                Consulted::NoPolicy(why) => (false, why),
+                Some(Asked::Answered(Consulted::NoPolicy(why))) => (false, why, true),
+                Some(Asked::Unused { started: true }) => (false, NOT_USED.to_string(), false),
+                Some(Asked::Unused { started: false }) | None => {
+                    (false, NOT_CONSULTED.to_string(), false)
+                }
             };
             if let Some(steps) = trace.as_deref_mut() {
-                steps.push(step(applied, detail, source.details(dest)));
+                let details = if answered {
+                    source.details(dest)
+                } else {
+                    Vec::new()
+                };
+                steps.push(step(applied, detail, details));
             }
         }
         if let Some(steps) = trace {
@@ -272,6 +302,8 @@ impl Engine {
 
 /// What a step says of a source the walk passed over.
 const NOT_CONSULTED: &str = "not consulted: a higher-precedence source decided";
+/// What a step says of a source asked alongside a higher one that decided.
+const NOT_USED: &str = "asked alongside, not used: a higher-precedence source decided";
 
 /// A published policy never weakens a forced default: an opportunistic
 /// answer (MTA-STS `testing`) gives way to the default's level, and the

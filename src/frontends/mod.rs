@@ -15,7 +15,7 @@ use crate::engine::key::Destination;
 use crate::engine::malformed;
 use crate::log::record::DecisionLog;
 use crate::metrics::Metrics;
-use crate::util::rate::LogLimit;
+use crate::util::rate::RateLimit;
 
 /// Everything a reload replaces, in one value: the engine (with the
 /// policy file) and every front door's reloadable settings. The daemon
@@ -61,7 +61,7 @@ pub trait Backend: Send + Sync {
 
 /// Log lines a minute about keys that are not destinations but still
 /// govern the answer, for all doors together.
-static HELD_KEY_LOG: LogLimit = LogLimit::new(10);
+static HELD_KEY_LOG: RateLimit = RateLimit::per_minute(10);
 
 /// A key that did not parse but named a rule (its answer, or a temporary
 /// failure): counted in `errors_total{component, kind="malformed_key"}`

@@ -55,6 +55,8 @@ pub struct Metrics {
     /// Unix seconds of the last fetch that did not fail (0: none yet).
     pub(super) fetch_last_ok: [AtomicU64; 2],
     pub(super) probe_seconds: Histogram,
+    /// Walks that waited for sources: [one at a time, side by side].
+    pub(super) discovery_waits: [AtomicU64; 2],
     pub(super) outcomes: OutcomeCounters,
     pub(super) slow: Mutex<Slow>,
 }
@@ -88,6 +90,7 @@ impl Metrics {
             fetch_failing: Default::default(),
             fetch_last_ok: Default::default(),
             probe_seconds: Histogram::new(NETWORK_BUCKETS_US),
+            discovery_waits: Default::default(),
             outcomes: Default::default(),
             slow: Mutex::new(Slow::default()),
         }
@@ -130,6 +133,15 @@ impl Metrics {
     /// `dane`, `reload`, `metrics`; `kind` a short snake_case word.
     pub fn error(&self, component: &'static str, kind: &'static str) {
         *self.slow().errors.entry((component, kind)).or_insert(0) += 1;
+    }
+
+    /// Lookups that waited for published-policy sources: `(one source,
+    /// several side by side)`.
+    pub fn discovery_waits(&self) -> (u64, u64) {
+        (
+            self.discovery_waits[0].load(Ordering::Relaxed),
+            self.discovery_waits[1].load(Ordering::Relaxed),
+        )
     }
 
     // ---- delivery outcomes ----
@@ -312,5 +324,11 @@ pub struct ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.metrics.connection_closed(self.frontend);
+    }
+}
+
+impl crate::engine::discovery::DiscoveryObserver for Metrics {
+    fn waited(&self, side_by_side: bool) {
+        self.discovery_waits[usize::from(side_by_side)].fetch_add(1, Ordering::Relaxed);
     }
 }

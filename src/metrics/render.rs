@@ -62,6 +62,18 @@ impl Metrics {
             }
         }
         w.header(
+            "discovery_waits_total",
+            "counter",
+            "Lookups that waited for DANE or MTA-STS, by whether one source or several side by side were waited for.",
+        );
+        for (i, mode) in ["one", "side_by_side"].into_iter().enumerate() {
+            w.sample(
+                "discovery_waits_total",
+                &[("sources", mode)],
+                self.discovery_waits[i].load(Ordering::Relaxed),
+            );
+        }
+        w.header(
             "connections_open",
             "gauge",
             "Connections open now, by front door.",

@@ -1,57 +1,81 @@
-//! A log limiter: at most so many lines a minute for one kind of event,
-//! and how many were left unsaid since the last one logged.
+//! A log-line limiter: at most so many lines per window, with a count of
+//! the ones left unsaid, so that many bad clients at once give a few lines
+//! and a number instead of a line each.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The window a [`LogLimit`] counts in.
-pub const WINDOW: Duration = Duration::from_secs(60);
-
-/// At most `per_window` log lines per [`WINDOW`]; a `static` per kind of
-/// event.
-pub struct LogLimit {
+/// Admits at most `per_window` events per `window`; the rest are counted
+/// and reported with the next admitted one. Shared between threads.
+#[derive(Debug)]
+pub struct RateLimit {
+    window: Duration,
     per_window: u32,
     state: Mutex<State>,
 }
 
+#[derive(Debug)]
 struct State {
     window_start: Option<Instant>,
-    logged: u32,
+    admitted: u32,
     suppressed: u64,
 }
 
-impl LogLimit {
-    pub const fn new(per_window: u32) -> LogLimit {
-        LogLimit {
+impl RateLimit {
+    /// At most `per_window` lines a minute.
+    pub const fn per_minute(per_window: u32) -> RateLimit {
+        RateLimit::new(Duration::from_secs(60), per_window)
+    }
+
+    /// At most one line per `period`.
+    pub const fn every(period: Duration) -> RateLimit {
+        RateLimit::new(period, 1)
+    }
+
+    pub const fn new(window: Duration, per_window: u32) -> RateLimit {
+        RateLimit {
+            window,
             per_window,
             state: Mutex::new(State {
                 window_start: None,
-                logged: 0,
+                admitted: 0,
                 suppressed: 0,
             }),
         }
     }
 
-    /// Whether this event may be logged now (`Some`, with the number of
-    /// events left unlogged before it), or is only counted (`None`).
+    /// `Some(n)` when this event is to be logged, `n` being how many were
+    /// left unsaid since the last one logged; `None` when it is to be
+    /// left unsaid (it is counted).
     pub fn admit(&self) -> Option<u64> {
         self.admit_at(Instant::now())
     }
 
     fn admit_at(&self, now: Instant) -> Option<u64> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
         if s.window_start
-            .is_none_or(|t| now.saturating_duration_since(t) >= WINDOW)
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.window)
         {
             s.window_start = Some(now);
-            s.logged = 0;
+            s.admitted = 0;
         }
-        if s.logged >= self.per_window {
+        if s.admitted >= self.per_window {
             s.suppressed += 1;
             return None;
         }
-        s.logged += 1;
+        s.admitted += 1;
         Some(std::mem::take(&mut s.suppressed))
+    }
+
+    /// Events left unsaid since the last one logged.
+    pub fn suppressed(&self) -> u64 {
+        match self.state.lock() {
+            Ok(s) => s.suppressed,
+            Err(p) => p.into_inner().suppressed,
+        }
     }
 }
 
@@ -60,15 +84,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_per_window_and_reports_the_suppressed() {
-        let l = LogLimit::new(2);
-        let t0 = Instant::now();
-        assert_eq!(l.admit_at(t0), Some(0));
-        assert_eq!(l.admit_at(t0), Some(0));
-        assert_eq!(l.admit_at(t0), None);
-        assert_eq!(l.admit_at(t0 + WINDOW - Duration::from_millis(1)), None);
-        assert_eq!(l.admit_at(t0 + WINDOW), Some(2));
-        assert_eq!(l.admit_at(t0 + WINDOW), Some(0));
-        assert_eq!(l.admit_at(t0 + WINDOW), None);
+    fn admits_per_window_and_counts_the_rest() {
+        let r = RateLimit::new(Duration::from_secs(60), 3);
+        let t = Instant::now();
+        assert_eq!(r.admit_at(t), Some(0));
+        assert_eq!(r.admit_at(t), Some(0));
+        assert_eq!(r.admit_at(t), Some(0));
+        for _ in 0..10 {
+            assert_eq!(r.admit_at(t + Duration::from_secs(59)), None);
+        }
+        assert_eq!(r.suppressed(), 10);
+        // The next window's first line carries the count.
+        assert_eq!(r.admit_at(t + Duration::from_secs(60)), Some(10));
+        assert_eq!(r.admit_at(t + Duration::from_secs(61)), Some(0));
+        assert_eq!(r.suppressed(), 0);
+    }
+
+    #[test]
+    fn one_line_per_period_with_the_count_held_back() {
+        let limit = RateLimit::every(Duration::from_secs(10));
+        let t = Instant::now();
+        assert_eq!(limit.admit_at(t), Some(0));
+        for i in 0..199 {
+            assert_eq!(limit.admit_at(t + Duration::from_millis(i)), None);
+        }
+        let end = t + Duration::from_secs(10);
+        assert_eq!(limit.admit_at(end - Duration::from_nanos(1)), None);
+        assert_eq!(limit.admit_at(end), Some(200));
+        assert_eq!(limit.admit_at(end + Duration::from_secs(10)), Some(0));
     }
 }

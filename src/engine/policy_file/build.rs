@@ -24,6 +24,35 @@ pub(super) struct RawPolicy {
     sender_rule: Vec<RawSenderRule>,
 }
 
+impl RawPolicy {
+    /// Neither `rule` nor `sender_rule` has a table.
+    pub(super) fn has_no_tables(&self) -> bool {
+        self.rule.is_empty() && self.sender_rule.is_empty()
+    }
+
+    /// Add the tables of a later part of the file (its `default` is not
+    /// read: a part starts with a table header, so it cannot set it).
+    pub(super) fn append_tables(&mut self, part: RawPolicy) {
+        self.rule.extend(part.rule);
+        self.sender_rule.extend(part.sender_rule);
+    }
+
+    /// The default, the number of rules and sender rules, and every rule's
+    /// first domain and reason (to compare two parses).
+    #[cfg(test)]
+    pub(super) fn summary(&self) -> (String, usize, usize, Vec<(String, Option<String>)>) {
+        (
+            self.default.clone(),
+            self.rule.len(),
+            self.sender_rule.len(),
+            self.rule
+                .iter()
+                .map(|r| (r.domains.join(","), r.reason.clone()))
+                .collect(),
+        )
+    }
+}
+
 pub(super) fn default_word() -> String {
     "opportunistic".into()
 }

@@ -29,6 +29,10 @@ impl FailPolicy {
     }
 }
 
+/// The largest `max_pending` (each pending lookup holds a task and its
+/// waiters: a million is some hundreds of megabytes).
+pub const MAX_PENDING_LIMIT: usize = 1_000_000;
+
 /// The `[dane]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +66,11 @@ pub struct DaneConfig {
     /// Domains looked up at once; more wait.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Lookups waiting or running at most (each a domain); past it, a
+    /// request for a further domain is answered as a failed lookup
+    /// (`on_failure`) until some finish.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
     /// Domains remembered at most.
     #[serde(default = "default_max_cache_entries")]
     pub max_cache_entries: usize,
@@ -96,6 +105,9 @@ fn default_max_mx() -> usize {
 fn default_concurrency() -> usize {
     32
 }
+fn default_max_pending() -> usize {
+    10_000
+}
 fn default_max_cache_entries() -> usize {
     100_000
 }
@@ -114,6 +126,7 @@ impl Default for DaneConfig {
             lookup_timeout: default_lookup_timeout(),
             max_mx: default_max_mx(),
             concurrency: default_concurrency(),
+            max_pending: default_max_pending(),
             max_cache_entries: default_max_cache_entries(),
             cache_file: crate::util::paths::default_cache_file(),
             remember: default_remember(),
@@ -145,6 +158,7 @@ impl DaneConfig {
         for (key, n) in [
             ("max_mx", self.max_mx),
             ("concurrency", self.concurrency),
+            ("max_pending", self.max_pending),
             ("max_cache_entries", self.max_cache_entries),
         ] {
             if n == 0 {
@@ -153,6 +167,9 @@ impl DaneConfig {
         }
         if self.concurrency > Semaphore::MAX_PERMITS {
             return Err("concurrency: too large".into());
+        }
+        if self.max_pending > MAX_PENDING_LIMIT {
+            return Err(format!("max_pending: at most {MAX_PENDING_LIMIT}"));
         }
         if self.cache_file.as_os_str().is_empty() {
             return Err("cache_file: an empty path is not a file".into());
@@ -179,6 +196,7 @@ mod tests {
             (c.max_mx, c.concurrency, c.max_cache_entries),
             (10, 32, 100_000)
         );
+        assert_eq!(c.max_pending, 10_000);
         assert!(c.validate().is_ok());
     }
 
@@ -195,6 +213,8 @@ mod tests {
             ("max_mx = 0\n", "max_mx"),
             ("concurrency = 0\n", "concurrency"),
             ("max_cache_entries = 0\n", "max_cache_entries"),
+            ("max_pending = 0\n", "max_pending"),
+            ("max_pending = 1000001\n", "max_pending"),
             ("remember = \"0s\"\n", "remember"),
             ("cache_file = \"\"\n", "cache_file"),
         ] {
@@ -204,6 +224,8 @@ mod tests {
         }
         // The boundary: equal bounds are fine.
         let c: DaneConfig = toml::from_str("min_ttl = \"1h\"\nmax_ttl = \"1h\"\n").unwrap();
+        assert!(c.validate().is_ok());
+        let c: DaneConfig = toml::from_str("max_pending = 1000000\n").unwrap();
         assert!(c.validate().is_ok());
         for w in ["defer-known", "defer", "opportunistic"] {
             let c: DaneConfig = toml::from_str(&format!("on_failure = \"{w}\"\n")).unwrap();

@@ -58,6 +58,7 @@ use crate::dns::secure::SecureResolver;
 use crate::engine::decision::SourceKind;
 use crate::engine::key::Destination;
 use crate::engine::{Consulted, Consulting, Source};
+use crate::util::rate::RateLimit;
 pub use assess::{Assessment, Outcome};
 pub use config::{DaneConfig, FailPolicy};
 pub use record::{DaneRecord, LastDane, decide};
@@ -97,6 +98,10 @@ pub fn open(
 
 type Cache = TtlCache<String, Arc<DaneRecord>>;
 
+/// At most one warning of a kind (lookups too slow, too many pending,
+/// failed) per this period, with the count of those left unsaid.
+pub const WARN_EVERY: Duration = Duration::from_secs(60);
+
 struct Inner {
     config: DaneConfig,
     resolver: Arc<SecureResolver>,
@@ -105,6 +110,11 @@ struct Inner {
     lookups: Semaphore,
     started: AtomicU64,
     observer: Arc<dyn CacheObserver>,
+    /// One warning per period for lookups that did not finish in time,
+    /// lookups refused at `max_pending`, failed lookups.
+    slow_log: RateLimit,
+    full_log: RateLimit,
+    failed_log: RateLimit,
 }
 
 impl Inner {
@@ -113,7 +123,9 @@ impl Inner {
         resolver: Arc<SecureResolver>,
         observer: Arc<dyn CacheObserver>,
     ) -> Inner {
-        let cache = CacheConfig::new(config.max_cache_entries).refresh_ahead(4);
+        let cache = CacheConfig::new(config.max_cache_entries)
+            .refresh_ahead(4)
+            .max_flights(config.max_pending);
         Inner {
             lookups: Semaphore::new(config.concurrency),
             cache: Arc::new(TtlCache::new(cache, observer.clone())),
@@ -122,6 +134,9 @@ impl Inner {
             store: None,
             started: AtomicU64::new(0),
             observer,
+            slow_log: RateLimit::every(WARN_EVERY),
+            full_log: RateLimit::every(WARN_EVERY),
+            failed_log: RateLimit::every(WARN_EVERY),
         }
     }
 }
@@ -257,6 +272,9 @@ impl DaneSource {
             CacheLookup::Expired(r) => Some(r),
             CacheLookup::Missing => None,
         };
+        // Taken before the lookup starts: a lookup that fails by its own
+        // timeout ends no earlier than `asked + limit`.
+        let asked = Instant::now();
         let inner = self.inner.clone();
         let flight = self
             .inner
@@ -264,19 +282,40 @@ impl DaneSource {
             .spawn_flight(domain.to_string(), || fetch(inner, domain.to_string()))
             .flight();
         let limit = self.inner.config.lookup_timeout;
-        let waited = match flight {
-            Some(f) => f.wait_at_most(limit).await,
-            None => Ok(None),
-        };
-        if let Ok(Some(r)) = waited {
-            return r;
-        }
-        let reason = match waited {
-            Err(()) => format!(
-                "the DANE lookup of {domain} did not finish within {} (dane.lookup_timeout)",
-                humantime::format_duration(limit)
-            ),
-            _ => format!("the DANE lookup of {domain} was abandoned"),
+        let reason = match flight {
+            Some(f) => match f.wait_at_most(limit).await {
+                Ok(Some(r)) => {
+                    if r.failed() && asked.elapsed() >= limit {
+                        self.note_timeout(domain, limit);
+                    }
+                    return r;
+                }
+                Ok(None) => format!("the DANE lookup of {domain} was abandoned"),
+                Err(()) => {
+                    self.note_timeout(domain, limit);
+                    format!(
+                        "the DANE lookup of {domain} did not finish within {} (dane.lookup_timeout)",
+                        humantime::format_duration(limit)
+                    )
+                }
+            },
+            None => {
+                let most = self.inner.config.max_pending;
+                self.inner.observer.dropped("queue_full");
+                if let Some(more) = self.inner.full_log.admit() {
+                    tracing::warn!(
+                        domain,
+                        max_pending = most,
+                        more,
+                        "too many DANE lookups pending (dane.max_pending); \
+                         new domains answered by dane.on_failure \
+                         (`more`: others since the last warning)"
+                    );
+                }
+                format!(
+                    "{most} DANE lookups are pending (dane.max_pending); {domain} is not looked up now"
+                )
+            }
         };
         Arc::new(failure_record(
             domain,
@@ -284,6 +323,21 @@ impl DaneSource {
             previous.as_deref(),
             &self.inner.config,
         ))
+    }
+
+    /// A request's lookup did not finish within `limit`: counted, and
+    /// warned about once per [`WARN_EVERY`].
+    fn note_timeout(&self, domain: &str, limit: Duration) {
+        self.inner.observer.dropped("lookup_timeout");
+        if let Some(more) = self.inner.slow_log.admit() {
+            tracing::warn!(
+                domain,
+                timeout = %humantime::format_duration(limit),
+                more,
+                "DANE lookups did not finish in time (dane.lookup_timeout); answered by \
+                 dane.on_failure (`more`: others since the last warning)"
+            );
+        }
     }
 
     /// The answer for a domain.
@@ -361,7 +415,14 @@ async fn lookup(inner: &Inner, domain: &str) -> DaneRecord {
         ),
         Outcome::NoPolicy { .. } => (bounded_ttl(assessment.ttl, cfg), None),
         Outcome::Failed { reason } => {
-            tracing::warn!(domain, reason, "DANE lookup failed");
+            if let Some(more) = inner.failed_log.admit() {
+                tracing::warn!(
+                    domain,
+                    reason,
+                    more,
+                    "DANE lookup failed (`more`: others since the last warning)"
+                );
+            }
             (cfg.failure_ttl, previous.and_then(|p| p.last_dane))
         }
     };

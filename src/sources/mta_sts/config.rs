@@ -81,6 +81,10 @@ pub struct MtaStsConfig {
     /// Discoveries (DNS and HTTPS) running at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Discoveries waiting or running at most; past it, lookups of
+    /// further domains are answered without MTA-STS until some finish.
+    #[serde(default = "default_max_pending")]
+    pub max_pending: usize,
 }
 
 fn yes() -> bool {
@@ -110,6 +114,13 @@ fn default_refresh_interval() -> Duration {
 fn default_concurrency() -> usize {
     32
 }
+/// The largest `max_pending` (each pending discovery holds a task and its
+/// waiters).
+pub const MAX_PENDING_LIMIT: usize = 1_000_000;
+
+fn default_max_pending() -> usize {
+    10_000
+}
 
 impl Default for MtaStsConfig {
     fn default() -> Self {
@@ -128,6 +139,7 @@ impl Default for MtaStsConfig {
             check_interval: default_check_interval(),
             refresh_interval: default_refresh_interval(),
             concurrency: default_concurrency(),
+            max_pending: default_max_pending(),
         }
     }
 }
@@ -196,6 +208,9 @@ impl MtaStsConfig {
         }
         if self.concurrency == 0 || self.concurrency > MAX_CONCURRENCY {
             return Err(format!("concurrency: must be 1 to {MAX_CONCURRENCY}"));
+        }
+        if self.max_pending == 0 || self.max_pending > MAX_PENDING_LIMIT {
+            return Err(format!("max_pending: must be 1 to {MAX_PENDING_LIMIT}"));
         }
         if self.cache_file.as_os_str().is_empty() {
             return Err("cache_file: must name a file".into());
@@ -305,6 +320,8 @@ mod tests {
             ),
             ("concurrency = 0\n", "concurrency:"),
             ("concurrency = 1025\n", "concurrency:"),
+            ("max_pending = 0\n", "max_pending:"),
+            ("max_pending = 1000001\n", "max_pending:"),
             ("cache_file = \"\"\n", "cache_file:"),
         ] {
             let c: MtaStsConfig = toml::from_str(text).unwrap();

@@ -57,6 +57,7 @@ use crate::dns::{LookupError, Resolver};
 use crate::engine::decision::SourceKind;
 use crate::engine::key::Destination;
 use crate::engine::{Consulted, Consulting, Source};
+use crate::util::rate::RateLimit;
 pub use cached::{CacheState, Cached, Negative, Persisted};
 use cached::{Settings, Slot, build_cached, rebuild};
 pub use config::MtaStsConfig;
@@ -64,9 +65,9 @@ use fetch::{FetchError, Fetcher, RootsError};
 use policy::{StsPolicy, StsPolicyError};
 use record::{RecordError, StsRecord};
 
-/// Discoveries waiting or running at most; lookups of further domains are
-/// answered without MTA-STS until some finish.
-pub const MAX_PENDING: usize = 10_000;
+/// At most one warning of a kind (discoveries too slow, too many pending)
+/// per this period, with the count of those left unsaid.
+pub const WARN_EVERY: Duration = Duration::from_secs(60);
 /// Remembered "no policy" results at most; past this, new ones are not
 /// remembered (expired ones are cleared every [`MAINTENANCE_INTERVAL`]).
 pub const MAX_NEGATIVE: usize = 200_000;
@@ -127,6 +128,10 @@ struct Inner {
     slots: Semaphore,
     fetches: AtomicU64,
     observer: Arc<dyn CacheObserver>,
+    /// `max_pending`, fixed at start.
+    max_pending: usize,
+    slow_log: RateLimit,
+    full_log: RateLimit,
 }
 
 impl MtaSts {
@@ -146,7 +151,7 @@ impl MtaSts {
         let settings = Settings::from(config);
         let now = now_secs();
         let cache = Arc::new(TtlCache::new(
-            CacheConfig::unbounded().max_flights(MAX_PENDING),
+            CacheConfig::unbounded().max_flights(config.max_pending),
             observer.clone(),
         ));
         for e in entries {
@@ -182,6 +187,9 @@ impl MtaSts {
                 store,
                 fetches: AtomicU64::new(0),
                 observer,
+                max_pending: config.max_pending,
+                slow_log: RateLimit::every(WARN_EVERY),
+                full_log: RateLimit::every(WARN_EVERY),
             }),
         })
     }
@@ -277,16 +285,34 @@ impl MtaSts {
             return answer;
         }
         let Some(flight) = self.inner.start(domain, false) else {
+            let most = self.inner.max_pending;
+            self.inner.observer.dropped("queue_full");
+            if let Some(more) = self.inner.full_log.admit() {
+                tracing::warn!(
+                    domain,
+                    max_pending = most,
+                    more,
+                    "too many MTA-STS discoveries pending (mta_sts.max_pending); new domains answered \
+                     without MTA-STS (`more`: others since the last warning)"
+                );
+            }
             return Consulted::NoPolicy(format!(
-                "MTA-STS: {MAX_PENDING} discoveries are in progress; {domain} answered without MTA-STS"
+                "MTA-STS: {most} discoveries are pending (mta_sts.max_pending); {domain} answered without MTA-STS"
             ));
         };
         let limit = self.inner.settings.load().lookup_timeout;
         match flight.wait_at_most(limit).await {
             Ok(Some(slot)) => slot.answer(),
-            _ => {
-                tracing::info!(domain, timeout = %humantime::format_duration(limit),
-                    "MTA-STS discovery did not finish in time; answered without MTA-STS, the discovery goes on");
+            Ok(None) => Consulted::NoPolicy(format!(
+                "MTA-STS discovery for {domain} ended without a result; answered without MTA-STS"
+            )),
+            Err(()) => {
+                self.inner.observer.dropped("lookup_timeout");
+                if let Some(more) = self.inner.slow_log.admit() {
+                    tracing::warn!(domain, timeout = %humantime::format_duration(limit), more,
+                        "MTA-STS discovery did not finish in time; answered without MTA-STS, the discovery goes on \
+                         (`more`: others since the last warning)");
+                }
                 Consulted::NoPolicy(format!(
                     "MTA-STS discovery for {domain} did not finish within {}; answered without MTA-STS \
                  (the discovery goes on in the background)",
@@ -305,7 +331,10 @@ impl MtaSts {
                 || Consulted::NoPolicy("discovery ended without a result".into()),
                 |slot| slot.answer(),
             ),
-            None => Consulted::NoPolicy(format!("{MAX_PENDING} discoveries are in progress")),
+            None => Consulted::NoPolicy(format!(
+                "{} discoveries are pending (mta_sts.max_pending)",
+                self.inner.max_pending
+            )),
         }
     }
 
