@@ -2,4 +2,5 @@
 
 pub mod duration;
 pub mod paths;
+pub mod rate_limit;
 pub mod text;
