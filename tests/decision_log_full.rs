@@ -88,7 +88,7 @@ fn a_full_disk_drops_whole_records_counts_them_and_recovers() {
         .join(mount_point.strip_prefix("/").unwrap());
     let log = inside.join("decisions.jsonl");
     assert!(
-        std::fs::metadata(&mount_point.join("decisions.jsonl")).is_err(),
+        std::fs::metadata(mount_point.join("decisions.jsonl")).is_err(),
         "the log is on the daemon's own tmpfs, not in the test's view"
     );
 
