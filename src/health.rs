@@ -145,7 +145,7 @@ pub struct ReloadsHealth {
 pub struct DecisionLogHealth {
     /// The file, or `-` for standard output.
     pub target: String,
-    /// Records dropped because the writer could not keep up.
+    /// Records dropped: the writer could not keep up or could not write them.
     pub dropped: u64,
 }
 
@@ -394,7 +394,7 @@ pub fn render_metrics(ctx: &dyn Observed) -> String {
     w.header(
         "decision_log_dropped_total",
         "counter",
-        "Decision records dropped because the writer could not keep up.",
+        "Decision records dropped: the writer could not keep up or could not write them (disk full).",
     );
     w.sample(
         "decision_log_dropped_total",

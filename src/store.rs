@@ -71,9 +71,25 @@ pub enum StoreError {
         path.display()
     )]
     Sql { path: PathBuf, problem: String },
+    /// The file is not an SQLite database, or a damaged one (garbage,
+    /// cut short). The daemon moves it aside and starts afresh.
+    #[error(
+        "cache file {}: damaged: {problem} (move it away: the cache is rebuilt, \
+         but policies learned so far are forgotten)",
+        path.display()
+    )]
+    Damaged { path: PathBuf, problem: String },
     /// A payload could not be encoded or decoded.
     #[error("cache payload: {0}")]
     Payload(String),
+}
+
+/// Whether an SQLite error means the file itself is damaged.
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+    )
 }
 
 impl From<PayloadError> for StoreError {
@@ -124,9 +140,15 @@ impl Db {
 
     fn open_with(path: &Path, flags: OpenFlags, writable: bool) -> Result<Db, StoreError> {
         let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| StoreError::Open {
-                path: path.to_path_buf(),
-                problem: e.to_string(),
+            .map_err(|e| match is_damage(&e) {
+                true => StoreError::Damaged {
+                    path: path.to_path_buf(),
+                    problem: e.to_string(),
+                },
+                false => StoreError::Open {
+                    path: path.to_path_buf(),
+                    problem: e.to_string(),
+                },
             })?;
         let db = Db {
             conn,
@@ -137,10 +159,30 @@ impl Db {
     }
 
     fn sql(&self, e: rusqlite::Error) -> StoreError {
-        StoreError::Sql {
-            path: self.path.clone(),
-            problem: e.to_string(),
+        let (path, problem) = (self.path.clone(), e.to_string());
+        if is_damage(&e) {
+            StoreError::Damaged { path, problem }
+        } else {
+            StoreError::Sql { path, problem }
         }
+    }
+
+    /// Open for writing as [`Db::open`] does, and check the whole file:
+    /// SQLite's `quick_check` and every row read once.
+    pub fn open_checked(path: &Path) -> Result<Db, StoreError> {
+        let db = Db::open(path)?;
+        let verdict: String = db
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| db.sql(e))?;
+        if verdict != "ok" {
+            return Err(StoreError::Damaged {
+                path: path.to_path_buf(),
+                problem: printable(&verdict),
+            });
+        }
+        db.all(None)?;
+        Ok(db)
     }
 
     fn setup(&self, write: bool) -> Result<(), StoreError> {
@@ -331,6 +373,35 @@ impl Db {
     }
 }
 
+/// `problem` as one printable line of at most 200 bytes.
+fn printable(problem: &str) -> String {
+    crate::util::text::printable_ascii(problem, 200)
+}
+
+/// Move a damaged file (and its `-wal` and `-shm` files, which belong to
+/// it) to `PATH.corrupt-SECONDS`; returns the new path.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{}", unix(SystemTime::now())));
+    let aside = PathBuf::from(name);
+    let fail = |e: std::io::Error| StoreError::Open {
+        path: path.to_path_buf(),
+        problem: format!("damaged, and cannot be moved aside: {e}"),
+    };
+    std::fs::rename(path, &aside).map_err(fail)?;
+    for suffix in ["-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(suffix);
+        let mut to = aside.as_os_str().to_owned();
+        to.push(suffix);
+        match std::fs::rename(&from, &to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
+            _ => {}
+        }
+    }
+    Ok(aside)
+}
+
 enum Op {
     Put(Box<Entry>),
     Remove(Kind, String),
@@ -350,9 +421,25 @@ pub struct Store {
 }
 
 impl Store {
-    /// Open (or create) the file and start the writer thread.
+    /// Open (or create) the file and start the writer thread. A damaged
+    /// file (garbage, cut short) is moved aside to `PATH.corrupt-SECONDS`
+    /// with a warning and a new one created: the daemon starts and learns
+    /// the policies again rather than failing to start.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Db::open(path)?;
+        let db = match Db::open_checked(path) {
+            Err(StoreError::Damaged { problem, .. }) => {
+                let aside = move_aside(path)?;
+                tracing::warn!(
+                    cache = %path.display(),
+                    moved_to = %aside.display(),
+                    problem,
+                    "cache file damaged; moved aside, starting with an empty cache \
+                     (published policies are learned again)"
+                );
+                Db::open(path)?
+            }
+            other => other?,
+        };
         let (tx, rx) = mpsc::sync_channel(WRITE_QUEUE_CAPACITY);
         let failures = Arc::new(AtomicU64::new(0));
         let f = failures.clone();
@@ -641,7 +728,7 @@ mod tests {
     }
 
     #[test]
-    fn newer_schema_and_garbage_are_refused() {
+    fn newer_schema_is_refused_and_garbage_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cache.sqlite");
         {
@@ -654,9 +741,30 @@ mod tests {
 
         let junk = dir.path().join("junk.sqlite");
         std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
-        let e = Store::open(&junk).err().unwrap().to_string();
+        let e = Db::open(&junk).err().unwrap();
+        assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+        let e = e.to_string();
         assert!(e.contains("junk.sqlite"), "{e}");
         assert!(e.contains("move it away"), "{e}");
+        // The daemon's store moves it aside and starts afresh.
+        let store = Store::open(&junk).unwrap();
+        assert_eq!(store.load(Kind::MtaSts).unwrap(), (Vec::new(), 0));
+        store.close();
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("junk.sqlite.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join(&aside[0])).unwrap(),
+            vec![b'x'; 4096]
+        );
+        // A newer schema is not damage: it is refused, not moved.
+        assert!(matches!(
+            Store::open(&path).err(),
+            Some(StoreError::Schema { .. })
+        ));
 
         let missing = dir.path().join("no-such-dir/cache.sqlite");
         let e = Store::open(&missing).err().unwrap().to_string();

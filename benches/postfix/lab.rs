@@ -321,6 +321,7 @@ impl Lab {
             Options {
                 netns: Some(ns.name().to_string()),
                 env: Vec::new(),
+                wrap: Vec::new(),
             },
             "milter",
         );

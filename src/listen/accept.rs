@@ -3,13 +3,17 @@
 //! [`Admission::accepted`] and [`Admission::accept_failed`]): the
 //! connection limit, the open-connection gauge, accept errors logged,
 //! counted and backed off from, and [`IdleTimer`] for the connections'
-//! idle timeout.
+//! idle timeout. A door at its limit closes its longest-idle connection
+//! for the new one ([`Slots`]): Postfix's clients keep connections open
+//! between requests, so idle ones must not starve new lookups.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -19,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Accepted, Listener};
 use crate::metrics::{Frontend, Metrics};
+use crate::util::rate::RateLimit;
+
+/// Lines per minute saying a door is full (the rest are counted).
+const LIMIT_LINES_PER_MINUTE: u32 = 6;
 
 /// Pause after a failed accept (out of file descriptors, ...) instead of
 /// spinning on the error.
@@ -55,6 +63,30 @@ impl Admission {
             .map(|(m, f)| Box::new(m.connection(*f)) as Box<dyn Any + Send>)
     }
 
+    /// Count and log (rate-limited) a new connection finding every slot
+    /// taken; `closed` when the longest-idle connection was closed for it.
+    fn limit_reached(&self, closed: bool, limit: &RateLimit) {
+        if let Some((m, f)) = &self.metrics {
+            m.error(f.as_str(), "connection_limit");
+            if closed {
+                m.error(f.as_str(), "idle_connection_closed");
+            }
+        }
+        if let Some(unsaid) = limit.admit() {
+            let action = if closed {
+                "closing the longest-idle connection for the new one"
+            } else {
+                "every connection is busy; the new one waits for a slot"
+            };
+            tracing::warn!(
+                listener = self.name,
+                max_connections = self.max_connections,
+                unsaid,
+                "connection limit reached; {action}"
+            );
+        }
+    }
+
     /// Log and count a failed accept.
     pub fn accept_failed(&self, e: &io::Error) {
         if let Some((m, f)) = &self.metrics {
@@ -77,36 +109,46 @@ pub async fn serve<H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(admission.max_connections.max(1)));
+    let open = Slots::default();
+    let limit_log = RateLimit::new(Duration::from_secs(60), LIMIT_LINES_PER_MINUTE);
     let mut conns = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
             a = listener.accept() => a,
         };
         // Reap finished connections so the set does not grow.
         while conns.try_join_next().is_some() {}
-        match accepted {
-            Ok((conn, peer)) => {
-                let open = admission.accepted();
-                let served = handle(conn, peer);
-                conns.spawn(async move {
-                    let _permit = permit;
-                    let _open = open;
-                    served.await
-                });
-            }
+        let (conn, peer) = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 admission.accept_failed(&e);
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
             }
-        }
+        };
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                admission.limit_reached(open.close_longest_idle(), &limit_log);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
+        let gauge = admission.accepted();
+        let slot = open.insert();
+        let served = SLOT.scope(slot.slot.clone(), handle(conn, peer));
+        conns.spawn(async move {
+            let _permit = permit;
+            let _open = gauge;
+            let _slot = slot;
+            served.await
+        });
     }
     drop(listener);
     if admission.drain == Drain::Abort {
@@ -115,14 +157,127 @@ pub async fn serve<H, F>(
     while conns.join_next().await.is_some() {}
 }
 
+tokio::task_local! {
+    /// The slot of the connection this task serves, for its [`IdleTimer`].
+    static SLOT: Arc<Slot>;
+}
+
+/// Marks a slot busy.
+const BUSY: u64 = u64::MAX;
+
+/// One open connection as the accept loop sees it: since when it has been
+/// waiting for a request, and the signal that closes it.
+struct Slot {
+    /// Nanoseconds after [`Slots::epoch`] since which the connection has
+    /// been idle, or [`BUSY`].
+    idle_since: AtomicU64,
+    close: CancellationToken,
+    epoch: Instant,
+}
+
+/// The open connections of one listener.
+struct Slots {
+    epoch: Instant,
+    next: AtomicU64,
+    open: Arc<Mutex<HashMap<u64, Arc<Slot>>>>,
+}
+
+impl Default for Slots {
+    fn default() -> Slots {
+        Slots {
+            epoch: Instant::now(),
+            next: AtomicU64::new(0),
+            open: Arc::default(),
+        }
+    }
+}
+
+/// Removes its slot when the connection ends.
+struct SlotGuard {
+    id: u64,
+    slot: Arc<Slot>,
+    open: Arc<Mutex<HashMap<u64, Arc<Slot>>>>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        lock(&self.open).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Slots {
+    fn insert(&self) -> SlotGuard {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let slot = Arc::new(Slot {
+            idle_since: AtomicU64::new(BUSY),
+            close: CancellationToken::new(),
+            epoch: self.epoch,
+        });
+        lock(&self.open).insert(id, slot.clone());
+        SlotGuard {
+            id,
+            slot,
+            open: self.open.clone(),
+        }
+    }
+
+    /// Signal the connection idle the longest to close; `false` when none
+    /// is idle (each is answering a request).
+    fn close_longest_idle(&self) -> bool {
+        let open = lock(&self.open);
+        let longest = open
+            .values()
+            .filter(|s| !s.close.is_cancelled())
+            .map(|s| (s.idle_since.load(Ordering::Relaxed), s))
+            .filter(|(since, _)| *since != BUSY)
+            .min_by_key(|(since, _)| *since);
+        match longest {
+            Some((_, s)) => {
+                s.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Marks the slot idle while a connection waits for a request
+/// ([`IdleTimer::expired`] is pending), busy again when dropped.
+struct Waiting<'a>(&'a Slot);
+
+impl<'a> Waiting<'a> {
+    fn new(slot: &'a Slot, since: Instant) -> Waiting<'a> {
+        let nanos = since.saturating_duration_since(slot.epoch).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(BUSY - 1).min(BUSY - 1);
+        slot.idle_since.store(nanos, Ordering::Relaxed);
+        Waiting(slot)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.idle_since.store(BUSY, Ordering::Relaxed);
+    }
+}
+
 /// A connection's idle timeout: [`IdleTimer::expired`] resolves once
 /// `limit` has passed since the last [`IdleTimer::touch`]. The limit is
 /// asked for again whenever the timer fires, so a reloaded value applies
 /// to open connections. Costs a clock read per touch; the timer itself is
 /// only re-armed when it fires early.
+///
+/// Made on a connection [`serve`] accepted, it also resolves when the
+/// listener, at its connection limit, closes this connection for a new one
+/// because it has been idle the longest: waiting in `expired` is what
+/// counts as idle.
 pub struct IdleTimer {
     sleep: Pin<Box<Sleep>>,
     last: Instant,
+    slot: Option<Arc<Slot>>,
 }
 
 impl IdleTimer {
@@ -131,6 +286,7 @@ impl IdleTimer {
         IdleTimer {
             sleep: Box::pin(tokio::time::sleep_until(last + limit)),
             last,
+            slot: SLOT.try_with(Arc::clone).ok(),
         }
     }
 
@@ -142,13 +298,24 @@ impl IdleTimer {
     /// Resolves when the connection has been idle for `limit()`.
     /// Cancel-safe: use it in `select!`.
     pub async fn expired(&mut self, limit: impl Fn() -> Duration) {
+        let Some(slot) = &self.slot else {
+            return Self::timed_out(&mut self.sleep, self.last, limit).await;
+        };
+        let _waiting = Waiting::new(slot, self.last);
+        tokio::select! {
+            () = Self::timed_out(&mut self.sleep, self.last, limit) => {}
+            () = slot.close.cancelled() => {}
+        }
+    }
+
+    async fn timed_out(sleep: &mut Pin<Box<Sleep>>, last: Instant, limit: impl Fn() -> Duration) {
         loop {
-            self.sleep.as_mut().await;
-            let deadline = self.last + limit();
+            sleep.as_mut().await;
+            let deadline = last + limit();
             if Instant::now() >= deadline {
                 return;
             }
-            self.sleep.as_mut().reset(deadline);
+            sleep.as_mut().reset(deadline);
         }
     }
 }

@@ -117,6 +117,10 @@ pub struct Options {
     pub netns: Option<String>,
     /// Extra environment variables.
     pub env: Vec<(String, String)>,
+    /// A command that runs the daemon (its path and arguments follow
+    /// these words): `unshare -m ...` for a mount namespace of its own.
+    /// It must exec the daemon, so that the pid is the daemon's.
+    pub wrap: Vec<String>,
 }
 
 impl Options {
@@ -215,6 +219,11 @@ impl Daemon {
         let bin = bin.as_str();
         let config_path = dir.join(CONFIG_FILE);
         let mut cmd = match &opts.netns {
+            None if !opts.wrap.is_empty() => {
+                let mut c = Command::new(&opts.wrap[0]);
+                c.args(&opts.wrap[1..]).arg(bin);
+                c
+            }
             Some(ns) => {
                 let mut c = Command::new(find_tool("ip").expect("`ip` is not installed"));
                 c.args(["netns", "exec", ns, bin]);

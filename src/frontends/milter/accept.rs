@@ -8,6 +8,7 @@ use std::task::{Context as TaskContext, Poll, ready};
 use indymilter::EitherStream;
 use tokio::net::{TcpStream, UnixStream};
 
+use super::watch::Watched;
 use crate::listen::{ACCEPT_BACKOFF, Admission, Listener};
 
 /// The listener as indymilter wants it. A failed accept (out of file
@@ -21,7 +22,7 @@ pub(super) struct Accept {
 }
 
 impl indymilter::Listener for Accept {
-    type Io = EitherStream<TcpStream, UnixStream>;
+    type Io = Watched<EitherStream<TcpStream, UnixStream>>;
 
     fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Self::Io>> {
         loop {
@@ -30,15 +31,20 @@ impl indymilter::Listener for Accept {
                 self.backoff = None;
             }
             let accepted = match &self.listener {
-                Listener::Tcp(l) => l.poll_accept(cx).map_ok(|(s, _)| {
+                Listener::Tcp(l) => l.poll_accept(cx).map_ok(|(s, peer)| {
                     // Small request/reply exchanges: never wait for Nagle.
                     let _ = s.set_nodelay(true);
-                    EitherStream::Tcp(s)
+                    (EitherStream::Tcp(s), peer.to_string())
                 }),
-                Listener::Unix(l, _) => l.poll_accept(cx).map_ok(|(s, _)| EitherStream::Unix(s)),
+                Listener::Unix(l, _) => l
+                    .poll_accept(cx)
+                    .map_ok(|(s, _)| (EitherStream::Unix(s), "unix".to_string())),
             };
             match ready!(accepted) {
-                Ok(s) => return Poll::Ready(Ok(s)),
+                Ok((s, peer)) => {
+                    let metrics = self.admission.metrics.as_ref().map(|(m, _)| m.clone());
+                    return Poll::Ready(Ok(Watched::new(s, peer, metrics)));
+                }
                 Err(e) => {
                     self.admission.accept_failed(&e);
                     self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));

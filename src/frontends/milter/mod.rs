@@ -40,6 +40,7 @@ mod accept;
 mod config;
 mod negotiate;
 pub mod state;
+pub mod watch;
 
 pub use config::{
     MAX_HEADER_BYTES_LIMIT, MAX_RECIPIENTS_LIMIT, MIN_HEADER_BYTES, MilterConfig, MilterSettings,

@@ -1,15 +1,21 @@
 //! The writer thread: queues records from the front doors, serialises
 //! them as JSON lines, writes them in batches and flushes; reopens the
 //! file for logrotate.
+//!
+//! A batch that cannot be written (disk full, file unwritable) is taken
+//! back out of the file whole (the file is cut back to its length before
+//! the batch), so every line in it is a whole record; its records are
+//! counted as dropped, and the next batch tries again. The front doors
+//! never wait for the disk: lookups are answered at full speed meanwhile.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::DecisionRecord;
 
@@ -20,6 +26,10 @@ pub const LOG_QUEUE_CAPACITY: usize = 1 << 16;
 /// record while the writer sleeps wakes nobody). A record reaches the file
 /// at most this late; stopping the daemon writes what is queued.
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+/// Serialised records are written out once this many bytes are pending.
+const BATCH_BYTES: usize = 256 * 1024;
+/// At most one line this often about dropped records (with their count).
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Where decision records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,10 +48,10 @@ impl Target {
         }
     }
 
-    fn open(&self) -> io::Result<Box<dyn Write + Send>> {
+    fn open(&self) -> io::Result<Out> {
         Ok(match self {
-            Target::Stdout => Box::new(io::stdout()),
-            Target::File(p) => Box::new(open_append(p)?),
+            Target::Stdout => Out::Stdout(io::stdout()),
+            Target::File(p) => Out::File(open_append(p)?),
         })
     }
 }
@@ -57,6 +67,31 @@ impl std::fmt::Display for Target {
 
 fn open_append(p: &std::path::Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(p)
+}
+
+/// Where the writer's lines go.
+enum Out {
+    Stdout(io::Stdout),
+    File(File),
+}
+
+impl Out {
+    /// Append whole lines. On failure nothing of `bytes` stays in a file:
+    /// what part of it went in is cut off again.
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Out::Stdout(s) => s.write_all(bytes).and_then(|()| s.flush()),
+            Out::File(f) => {
+                let before = f.metadata()?.len();
+                f.write_all(bytes).inspect_err(|_| {
+                    if let Err(e) = f.set_len(before) {
+                        tracing::error!(error = %e,
+                            "cannot cut a partly written batch off the decision log");
+                    }
+                })
+            }
+        }
+    }
 }
 
 /// Sees every record the writer writes, after it is written, on the
@@ -131,7 +166,8 @@ impl DecisionLog {
         let _ = self.tx.send(Msg::Tap(tap));
     }
 
-    /// Records dropped so far because the writer fell behind.
+    /// Records dropped so far: the writer fell behind, or could not write
+    /// them.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
@@ -166,15 +202,126 @@ impl Drop for DecisionLog {
     }
 }
 
-fn writer(
-    rx: Receiver<Msg>,
-    mut target: Target,
-    out: Box<dyn Write + Send>,
+/// The serialised records waiting to be written.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    records: u64,
+}
+
+/// The writer thread's state.
+struct Writer {
+    out: Out,
+    target: Target,
+    batch: Batch,
     dropped: Arc<AtomicU64>,
-) {
-    let mut out = BufWriter::with_capacity(256 * 1024, out);
-    let mut failing = false;
-    let mut reported_drops = 0u64;
+    /// Whether the last write failed (the error was logged).
+    failing: bool,
+    /// Dropped records already reported, and when last.
+    reported: u64,
+    reported_at: Option<Instant>,
+}
+
+impl Writer {
+    fn push(&mut self, r: &DecisionRecord) {
+        let at = self.batch.bytes.len();
+        match serde_json::to_writer(&mut self.batch.bytes, r) {
+            Ok(()) => {
+                self.batch.bytes.push(b'\n');
+                self.batch.records += 1;
+            }
+            Err(e) => {
+                self.batch.bytes.truncate(at);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot serialise a decision record; dropped");
+            }
+        }
+        if self.batch.bytes.len() >= BATCH_BYTES {
+            self.write_out();
+        }
+    }
+
+    /// Write the batch; a batch that fails is dropped whole and counted.
+    fn write_out(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        if batch.records == 0 {
+            self.batch = batch;
+            return;
+        }
+        match self.out.append(&batch.bytes) {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                let dropped = self.lost();
+                tracing::info!(log = %self.target, dropped,
+                    "decision log writable again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.dropped.fetch_add(batch.records, Ordering::Relaxed);
+                if !self.failing {
+                    self.failing = true;
+                    // Reported here: the next report is a minute away.
+                    self.reported = self.dropped.load(Ordering::Relaxed);
+                    self.reported_at = Some(Instant::now());
+                    tracing::error!(log = %self.target, error = %e,
+                        "cannot write decision log; records are dropped (and counted) \
+                         until it is writable again");
+                }
+            }
+        }
+        let mut bytes = batch.bytes;
+        bytes.clear();
+        self.batch.bytes = bytes;
+    }
+
+    /// Records dropped so far, reported now.
+    fn lost(&mut self) -> u64 {
+        let d = self.dropped.load(Ordering::Relaxed);
+        self.reported = d;
+        self.reported_at = Some(Instant::now());
+        d
+    }
+
+    /// A line about records dropped since the last one, at most one a
+    /// [`DROP_REPORT_INTERVAL`] unless `now` (when stopping).
+    fn report_drops(&mut self, now: bool) {
+        let d = self.dropped.load(Ordering::Relaxed);
+        if d == self.reported
+            || !now
+                && self
+                    .reported_at
+                    .is_some_and(|t| t.elapsed() < DROP_REPORT_INTERVAL)
+        {
+            return;
+        }
+        let since = d - self.reported;
+        self.lost();
+        if self.failing {
+            tracing::warn!(log = %self.target, dropped = since, total = d,
+                "decision log still unwritable; records dropped");
+        } else {
+            tracing::warn!(
+                dropped = since,
+                total = d,
+                "decision log could not keep up; records dropped"
+            );
+        }
+    }
+}
+
+fn writer(rx: Receiver<Msg>, target: Target, out: Out, dropped: Arc<AtomicU64>) {
+    let mut w = Writer {
+        out,
+        target,
+        batch: Batch {
+            bytes: Vec::with_capacity(BATCH_BYTES + 4096),
+            records: 0,
+        },
+        dropped,
+        failing: false,
+        reported: 0,
+        reported_at: None,
+    };
     let mut acks = Vec::new();
     let mut stop = false;
     let mut tap: Option<Arc<dyn RecordTap>> = None;
@@ -183,24 +330,21 @@ fn writer(
         while let Some(msg) = next {
             match msg {
                 Msg::Record(r) => {
-                    let res = serde_json::to_writer(&mut out, &r)
-                        .map_err(io::Error::from)
-                        .and_then(|()| out.write_all(b"\n"));
-                    note_write(&mut failing, &target, res);
+                    w.push(&r);
                     if let Some(t) = &tap {
                         t.note(&r);
                     }
                 }
                 Msg::Tap(t) => tap = Some(t),
                 Msg::Reopen(new) => {
-                    note_write(&mut failing, &target, out.flush());
+                    w.write_out();
                     match new.open() {
-                        Ok(w) => {
-                            out = BufWriter::with_capacity(256 * 1024, w);
-                            if new != target {
+                        Ok(o) => {
+                            w.out = o;
+                            if new != w.target {
                                 tracing::info!(log = %new, "decision log moved");
                             }
-                            target = new;
+                            w.target = new;
                         }
                         Err(e) => tracing::warn!(log = %new, error = %e,
                             "cannot reopen decision log; still writing to the old file"),
@@ -211,38 +355,15 @@ fn writer(
             }
             next = if stop { None } else { rx.try_recv().ok() };
         }
-        note_write(&mut failing, &target, out.flush());
+        w.write_out();
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
-        let d = dropped.load(Ordering::Relaxed);
-        if d != reported_drops {
-            tracing::warn!(
-                dropped = d - reported_drops,
-                total = d,
-                "decision log could not keep up; records dropped"
-            );
-            reported_drops = d;
-        }
+        w.report_drops(stop);
         if stop {
             break;
         }
         std::thread::sleep(BATCH_INTERVAL);
-    }
-}
-
-/// Log a write failure once when it starts and once when it ends.
-fn note_write(failing: &mut bool, target: &Target, res: io::Result<()>) {
-    match res {
-        Err(e) if !*failing => {
-            *failing = true;
-            tracing::error!(log = %target, error = %e, "cannot write decision log");
-        }
-        Ok(()) if *failing => {
-            *failing = false;
-            tracing::info!(log = %target, "decision log writable again");
-        }
-        _ => {}
     }
 }
 
