@@ -184,6 +184,16 @@ impl Config {
             });
         }
         let figment = Figment::new().merge(Toml::file_exact(path)).merge(env);
+        Self::extract(figment, path)
+    }
+
+    /// A config from its text, as if read from `path` (no environment
+    /// overrides). For checks on the text alone.
+    pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::extract(Figment::new().merge(Toml::string(text)), path)
+    }
+
+    fn extract(figment: Figment, path: &Path) -> Result<Config, ConfigError> {
         let mut config: Config = figment.extract().map_err(|e| describe(path, e))?;
         config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
         config.validate(path)?;

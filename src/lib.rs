@@ -12,6 +12,8 @@ pub mod dns;
 pub mod doctor;
 pub mod engine;
 pub mod frontends;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod listen;

@@ -49,7 +49,18 @@ pub fn decode(buf: &[u8], max: usize) -> Result<Option<Frame>, NetstringError> {
                 if digits == 1 && len == 0 {
                     return Err(NetstringError::LeadingZero);
                 }
-                len = len * 10 + usize::from(b - b'0');
+                // A length past usize is over any limit (and must not
+                // overflow: `max` may be usize::MAX).
+                let Some(next) = len
+                    .checked_mul(10)
+                    .and_then(|l| l.checked_add(usize::from(b - b'0')))
+                else {
+                    return Err(NetstringError::TooLong {
+                        declared: usize::MAX,
+                        max,
+                    });
+                };
+                len = next;
                 digits += 1;
                 if len > max {
                     return Err(NetstringError::TooLong { declared: len, max });
@@ -60,7 +71,13 @@ pub fn decode(buf: &[u8], max: usize) -> Result<Option<Frame>, NetstringError> {
                     return Err(NetstringError::EmptyLength);
                 }
                 let start = i + 1;
-                let end = start + len;
+                // `start + len` past usize: the bytes can never all arrive.
+                let Some(end) = start.checked_add(len) else {
+                    return Err(NetstringError::TooLong {
+                        declared: len,
+                        max: usize::MAX - start,
+                    });
+                };
                 return match buf.get(end) {
                     None => Ok(None),
                     Some(b',') => Ok(Some(Frame {
@@ -129,6 +146,21 @@ mod tests {
         }
         let f = decode(whole, MAX_QUERY_LEN).unwrap().unwrap();
         assert_eq!(&whole[f.payload], b"tls_policy [mx.example]:25");
+    }
+
+    /// Found by fuzzing (fuzz/regressions/netstring/): with no limit, a
+    /// length past usize overflowed instead of being refused.
+    #[test]
+    fn length_past_usize_is_too_long() {
+        let digits = "9".repeat(20);
+        let e = decode(format!("{digits}:x").as_bytes(), usize::MAX);
+        assert!(matches!(e, Err(NetstringError::TooLong { .. })), "{e:?}");
+        // The largest length: its bytes cannot follow the header.
+        let e = decode(format!("{}:", usize::MAX).as_bytes(), usize::MAX);
+        assert!(matches!(e, Err(NetstringError::TooLong { .. })), "{e:?}");
+        // One digit short of overflowing: still waiting for bytes.
+        let just = format!("{}:", usize::MAX / 10);
+        assert_eq!(decode(just.as_bytes(), usize::MAX), Ok(None));
     }
 
     #[test]

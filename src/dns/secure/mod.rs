@@ -41,6 +41,7 @@ use super::{DnsConfig, DnsError, Resolver, absolute_name};
 use trust_ad::Stub;
 
 pub use answer::{Answer, Found, MAX_CNAME_CHAIN};
+pub(crate) use trust_ad::interpret_response;
 pub use trust_ad::{EDNS_PAYLOAD, MAX_MESSAGE};
 pub use validate::{MAX_TRUST_ANCHOR_FILE, parse_trust_anchors};
 

@@ -255,6 +255,21 @@ fn extended_error(msg: &Message) -> Option<(u16, String)> {
     Some((info, text))
 }
 
+/// What a response as received means: a NOERROR or NXDOMAIN response as
+/// [`interpret_trust_ad`] reads it, any other code as the error the
+/// lookup gives for it (as [`Stub::lookup`] does, server by server).
+pub(crate) fn interpret_response(
+    msg: &Message,
+    qname: &Name,
+    rtype: RecordType,
+    server: SocketAddr,
+) -> Result<Answer, SecureError> {
+    match msg.metadata.response_code {
+        ResponseCode::NoError | ResponseCode::NXDomain => interpret_trust_ad(msg, qname, rtype),
+        code => Err(rcode_error(msg, code, server)),
+    }
+}
+
 fn interpret_trust_ad(
     msg: &Message,
     qname: &Name,

@@ -317,7 +317,7 @@ pub async fn assess(resolver: &Arc<SecureResolver>, domain: &str, max_mx: usize)
 }
 
 /// The verdict over the hosts looked at.
-fn verdict(domain: &str, hosts: &[MxHost], skipped: usize) -> Outcome {
+pub(crate) fn verdict(domain: &str, hosts: &[MxHost], skipped: usize) -> Outcome {
     let counted: Vec<&MxHost> = hosts.iter().filter(|h| h.counts()).collect();
     let usable = counted.iter().filter(|h| h.usable()).count();
     let failures: Vec<String> = counted.iter().filter_map(|h| h.failure()).collect();
@@ -472,7 +472,7 @@ async fn assess_host(
 }
 
 /// A TLSA record and whether it is usable for SMTP (RFC 7672 section 3.1).
-fn tlsa_record(r: &RData) -> Option<TlsaRecord> {
+pub(crate) fn tlsa_record(r: &RData) -> Option<TlsaRecord> {
     let RData::TLSA(t) = r else {
         return None;
     };
