@@ -405,17 +405,31 @@ fn check_config_and_start_name_cache_file_problems() {
     assert!(!ok);
     assert!(err.contains("key `mta_sts.cache_file`: directory"), "{err}");
 
-    // Not a cache: check-config says so (the daemon itself moves such a
-    // file aside and starts: tests/cache_file_faults.rs).
+    // Not a cache: check-config says so, and passes, since the daemon
+    // moves such a file aside and starts (tests/cache_file_faults.rs): a
+    // reload checked by it is not refused for a file serve copes with.
     let junk = dir.join("junk.sqlite");
     std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
     let cfg = write(&junk);
-    let (ok, _, err) = run(Command::new(BIN)
+    let (ok, out, err) = run(Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&cfg));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("junk.sqlite (damaged, moved aside to ")
+            && out.contains("junk.sqlite.corrupt-SECONDS on start"),
+        "{out}"
+    );
+    // A file of a newer schema is still refused.
+    let newer = dir.join("newer.sqlite");
+    let conn = rusqlite::Connection::open(&newer).unwrap();
+    conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(conn);
+    let (ok, _, err) = run(Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(write(&newer)));
     assert!(!ok);
-    assert!(err.contains("junk.sqlite"), "{err}");
-    assert!(err.contains("move it away"), "{err}");
+    assert!(err.contains("schema version 99 is newer"), "{err}");
 
     // tlsrpt needs Postfix 3.10.
     let p = dir.join("tls-policyd.toml");

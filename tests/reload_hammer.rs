@@ -3,7 +3,8 @@
 //!
 //! The real daemon serves all three front doors while the test rewrites
 //! its config and policy file between two variants, A and B, and reloads
-//! it hundreds of times. Client threads hammer every front door meanwhile.
+//! it hundreds of times. Client threads hammer every front door meanwhile;
+//! afterwards, new requests get the last variant's answers.
 //! Each request's answer depends on the policy file *and* on a front door
 //! setting, so a request answered from a half-swapped state (A's settings
 //! with B's policy, or the other way round) gets an answer that is neither
@@ -432,6 +433,33 @@ fn reloads_swap_policy_and_settings_at_once_on_every_front_door() {
     tally.stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().expect("client thread");
+    }
+
+    // The last reload wins: new requests get the last variant's answers.
+    let last = |e: &Expect| match variant {
+        Variant::A => e.a,
+        Variant::B => e.b,
+    };
+    let mut c = common::Client::connect(socketmap_port);
+    for e in SOCKETMAP {
+        assert_eq!(c.query_payload(e.ask.as_bytes()), last(e), "{}", e.ask);
+    }
+    let s = TcpStream::connect(&policy).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut writer = s;
+    for (n, e) in POLICY.iter().enumerate() {
+        let req = policy_request("DATA", "alice@src.example", e.ask, &format!("last.{n}"), "");
+        writer.write_all(req.as_bytes()).unwrap();
+        let (mut line, mut blank) = (String::new(), String::new());
+        reader.read_line(&mut line).unwrap();
+        reader.read_line(&mut blank).unwrap();
+        assert_eq!(
+            line.trim_end().strip_prefix("action="),
+            Some(last(e)),
+            "{}",
+            e.ask
+        );
     }
 
     let mixed = tally.mixed.lock().unwrap();

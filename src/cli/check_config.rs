@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::config::LogFormat;
 use crate::frontends::socketmap::DefaultReply;
-use crate::store::{Db, Kind};
+use crate::store::{Db, Kind, StoreError};
 
 /// `tls-policyd check-config`: everything `serve` would load, without
 /// binding sockets.
@@ -175,11 +175,17 @@ fn check_mta_sts(
         ));
     }
     let cache = if m.cache_file.exists() {
-        let db = Db::open_read_only(&m.cache_file).map_err(|e| key("cache_file", e.to_string()))?;
-        let (entries, _) = db
-            .all(Some(Kind::MtaSts))
-            .map_err(|e| key("cache_file", e.to_string()))?;
-        format!("{} policies cached", entries.len())
+        let read = Db::open_read_only(&m.cache_file).and_then(|db| db.all(Some(Kind::MtaSts)));
+        match read {
+            Ok((entries, _)) => format!("{} policies cached", entries.len()),
+            // `serve` (and so a reload after this check) copes: it moves
+            // a damaged file aside and starts with an empty cache.
+            Err(e @ (StoreError::Damaged { .. } | StoreError::Sql { .. })) => format!(
+                "damaged, moved aside to {}.corrupt-SECONDS on start, policies learned again: {e}",
+                m.cache_file.display()
+            ),
+            Err(e) => return Err(key("cache_file", e.to_string())),
+        }
     } else {
         "created on start".to_string()
     };
