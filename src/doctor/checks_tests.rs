@@ -2,6 +2,7 @@
 
 use super::super::postconf::{parse_params, parse_services};
 use super::*;
+use crate::doctor::check;
 
 const MASTER: &str = "\
 smtp       inet  n       -       y       -       -       smtpd

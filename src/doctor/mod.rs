@@ -7,6 +7,7 @@
 //! mail to ([`nexthops`]).
 
 pub mod checks;
+mod delivery_checks;
 pub mod live;
 pub mod nexthops;
 pub mod postconf;
@@ -17,8 +18,8 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::engine::policy_file::PolicyFile;
-use checks::{Finding, Ours, Severity};
-use postconf::{PostconfError, PostfixConfig};
+use checks::{CheckOutcome, Finding, Ours, Severity};
+use postconf::{PostconfError, PostfixConfig, Service};
 
 /// What `doctor` found.
 #[derive(Debug, Serialize)]
@@ -82,7 +83,7 @@ pub fn run(
 ) -> Result<DoctorReport, PostconfError> {
     let pf = PostfixConfig::read(dir)?;
     let ours = Ours::from_config(config);
-    let mut outcome = checks::check(&pf, &ours);
+    let mut outcome = check(&pf, &ours);
     if let Some(sm) = &ours.socketmap {
         live::ask(&pf, sm, policy, &mut outcome);
         nexthops::check(&pf, sm, policy, &mut outcome);
@@ -104,4 +105,46 @@ pub fn run(
         findings: outcome.findings,
         ok: outcome.ok,
     })
+}
+
+/// The checks of Postfix's configuration against what tls-policyd
+/// serves (pure: no `postconf`, no daemon).
+pub fn check(pf: &PostfixConfig, ours: &Ours) -> CheckOutcome {
+    let mut out = CheckOutcome::default();
+    if let Some(sm) = &ours.socketmap {
+        delivery_checks::check_socketmap(pf, sm, &mut out);
+    }
+    if let Some(p) = &ours.policy_server {
+        checks::check_policy_server(pf, p, &mut out);
+    }
+    if let Some(m) = &ours.milter {
+        checks::check_milter(pf, m, &mut out);
+    }
+    if ours.dane {
+        let level = pf.param("smtp_dns_support_level");
+        if level == "dnssec" {
+            out.ok.push("smtp_dns_support_level = dnssec (DANE)".into());
+        } else {
+            out.problem(
+                format!(
+                    "DANE is on, but smtp_dns_support_level = {}: Postfix does not ask for DNSSEC, so it cannot verify a dane-only answer and defers that mail",
+                    checks::shown(level)
+                ),
+                Some("postconf -e 'smtp_dns_support_level = dnssec'".into()),
+            );
+        }
+    }
+    if ours.outcomes {
+        let smtp: Vec<&Service> = delivery_checks::smtp_clients(pf).collect();
+        delivery_checks::check_tls_loglevel(pf, "smtp", &smtp, &mut out);
+        if let Some(sm) = &ours.socketmap {
+            delivery_checks::check_tls_loglevel(
+                pf,
+                "lmtp",
+                &delivery_checks::lmtp_asking(pf, sm),
+                &mut out,
+            );
+        }
+    }
+    out
 }
