@@ -21,6 +21,7 @@ use crate::sources::mta_sts::MtaStsConfig;
 use crate::frontends::socketmap::SocketmapConfig;
 use crate::listen::ListenAddr;
 use crate::outcomes::config::OutcomesConfig;
+use crate::tlsrpt::config::TlsRptConfig;
 
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "TLS_POLICYD_";
@@ -53,6 +54,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// The delivery outcome follower; off when absent.
     pub outcomes: Option<OutcomesConfig>,
+    /// TLS reports (RFC 8460) from the outcomes; off when absent.
+    pub tlsrpt: Option<TlsRptConfig>,
 }
 
 /// Most threads `runtime.threads` accepts.
@@ -240,6 +243,9 @@ impl Config {
         if let Some(o) = &mut self.outcomes {
             o.resolve_paths(base);
         }
+        if let Some(t) = &mut self.tlsrpt {
+            t.resolve_paths(base);
+        }
         if let Some(m) = &mut self.mta_sts {
             resolve(&mut m.cache_file);
             if let Some(p) = &mut m.extra_ca_file {
@@ -285,6 +291,37 @@ impl Config {
         if let Some(o) = &self.outcomes {
             o.validate()
                 .map_err(|e| ConfigError::in_section(path, "outcomes", &e))?;
+        }
+        if let Some(t) = &self.tlsrpt {
+            t.validate()
+                .map_err(|e| ConfigError::in_section(path, "tlsrpt", &e))?;
+            if t.enabled && self.outcomes.is_none() {
+                return Err(ConfigError::one(
+                    path,
+                    "tlsrpt",
+                    "needs [outcomes]: the sessions reported are the deliveries it reads \
+                     (add an [outcomes] section, or set tlsrpt.enabled = false)",
+                ));
+            }
+            let shared = self
+                .mta_sts
+                .as_ref()
+                .map(|m| &m.cache_file)
+                .or(self.dane.as_ref().map(|d| &d.cache_file));
+            if let Some(f) = shared
+                && *f != t.cache_file
+            {
+                return Err(ConfigError::one(
+                    path,
+                    "tlsrpt.cache_file",
+                    format!(
+                        "{} is not the cache file of [mta_sts]/[dane] ({}): TLS-RPT keeps its \
+                         counts in that file (leave both out for the default)",
+                        t.cache_file.display(),
+                        f.display()
+                    ),
+                ));
+            }
         }
         if let (Some(d), Some(m)) = (&self.dane, &self.mta_sts)
             && d.cache_file != m.cache_file

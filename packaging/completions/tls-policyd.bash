@@ -49,6 +49,9 @@ _tls__policyd() {
             tls__policyd,status)
                 cmd="tls__policyd__subcmd__status"
                 ;;
+            tls__policyd,tlsrpt)
+                cmd="tls__policyd__subcmd__tlsrpt"
+                ;;
             tls__policyd__subcmd__cache,help)
                 cmd="tls__policyd__subcmd__cache__subcmd__help"
                 ;;
@@ -106,6 +109,9 @@ _tls__policyd() {
             tls__policyd__subcmd__help,status)
                 cmd="tls__policyd__subcmd__help__subcmd__status"
                 ;;
+            tls__policyd__subcmd__help,tlsrpt)
+                cmd="tls__policyd__subcmd__help__subcmd__tlsrpt"
+                ;;
             tls__policyd__subcmd__help__subcmd__cache,list)
                 cmd="tls__policyd__subcmd__help__subcmd__cache__subcmd__list"
                 ;;
@@ -115,6 +121,39 @@ _tls__policyd() {
             tls__policyd__subcmd__help__subcmd__cache,show)
                 cmd="tls__policyd__subcmd__help__subcmd__cache__subcmd__show"
                 ;;
+            tls__policyd__subcmd__help__subcmd__tlsrpt,list)
+                cmd="tls__policyd__subcmd__help__subcmd__tlsrpt__subcmd__list"
+                ;;
+            tls__policyd__subcmd__help__subcmd__tlsrpt,send)
+                cmd="tls__policyd__subcmd__help__subcmd__tlsrpt__subcmd__send"
+                ;;
+            tls__policyd__subcmd__help__subcmd__tlsrpt,show)
+                cmd="tls__policyd__subcmd__help__subcmd__tlsrpt__subcmd__show"
+                ;;
+            tls__policyd__subcmd__tlsrpt,help)
+                cmd="tls__policyd__subcmd__tlsrpt__subcmd__help"
+                ;;
+            tls__policyd__subcmd__tlsrpt,list)
+                cmd="tls__policyd__subcmd__tlsrpt__subcmd__list"
+                ;;
+            tls__policyd__subcmd__tlsrpt,send)
+                cmd="tls__policyd__subcmd__tlsrpt__subcmd__send"
+                ;;
+            tls__policyd__subcmd__tlsrpt,show)
+                cmd="tls__policyd__subcmd__tlsrpt__subcmd__show"
+                ;;
+            tls__policyd__subcmd__tlsrpt__subcmd__help,help)
+                cmd="tls__policyd__subcmd__tlsrpt__subcmd__help__subcmd__help"
+                ;;
+            tls__policyd__subcmd__tlsrpt__subcmd__help,list)
+                cmd="tls__policyd__subcmd__tlsrpt__subcmd__help__subcmd__list"
+                ;;
+            tls__policyd__subcmd__tlsrpt__subcmd__help,send)
+                cmd="tls__policyd__subcmd__tlsrpt__subcmd__help__subcmd__send"
+                ;;
+            tls__policyd__subcmd__tlsrpt__subcmd__help,show)
+                cmd="tls__policyd__subcmd__tlsrpt__subcmd__help__subcmd__show"
+                ;;
             *)
                 ;;
         esac
@@ -122,7 +161,7 @@ _tls__policyd() {
 
     case "${cmd}" in
         tls__policyd)
-            opts="-h -V --help --version serve explain probe cache check-config log report doctor status completions help"
+            opts="-h -V --help --version serve explain probe cache check-config log report doctor status tlsrpt completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -354,7 +393,7 @@ _tls__policyd() {
             return 0
             ;;
         tls__policyd__subcmd__help)
-            opts="serve explain probe cache check-config log report doctor status completions help"
+            opts="serve explain probe cache check-config log report doctor status tlsrpt completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -563,6 +602,62 @@ _tls__policyd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        tls__policyd__subcmd__help__subcmd__tlsrpt)
+            opts="list show send"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__help__subcmd__tlsrpt__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__help__subcmd__tlsrpt__subcmd__send)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__help__subcmd__tlsrpt__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         tls__policyd__subcmd__log)
             opts="-f -c -h --file --config --domain --queue-id --since --tls --outcomes --verdict --summary --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -719,6 +814,156 @@ _tls__policyd() {
                     return 0
                     ;;
                 -a)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__tlsrpt)
+            opts="-c -h --config --day --json --help list show send help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --day)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__tlsrpt__subcmd__help)
+            opts="list show send help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__tlsrpt__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__tlsrpt__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__tlsrpt__subcmd__help__subcmd__send)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__tlsrpt__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__tlsrpt__subcmd__list)
+            opts="-h --day --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --day)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__tlsrpt__subcmd__send)
+            opts="-h --dry-run --day --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --day)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tls__policyd__subcmd__tlsrpt__subcmd__show)
+            opts="-h --day --json --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --day)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

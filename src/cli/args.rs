@@ -109,6 +109,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// TLS reports (RFC 8460): the reporting domains of a UTC day, a
+    /// domain's report byte for byte, or send the day's reports now.
+    Tlsrpt {
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: TlsRptAction,
+        /// The UTC day, YYYY-MM-DD (yesterday when absent; today gives a
+        /// partial report, and once sent that day is done for the domain).
+        #[arg(long, global = true)]
+        day: Option<String>,
+        #[arg(long, global = true)]
+        json: bool,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: Shell },
 }
@@ -123,4 +138,21 @@ pub enum CacheAction {
     /// Remove a domain's entries from the cache file (a running daemon
     /// forgets them on its next reload).
     Purge { domain: String },
+}
+
+// What `tlsrpt` does.
+#[derive(Subcommand)]
+pub enum TlsRptAction {
+    /// The domains with sessions counted that day, their counts and where
+    /// their report stands.
+    List,
+    /// The report of a domain: as sent, or as it would be built now;
+    /// --json prints its JSON byte for byte.
+    Show { domain: String },
+    /// Send that day's reports not sent yet, and the retries due.
+    Send {
+        /// Say what would be sent; change and send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }

@@ -1,6 +1,6 @@
 //! The command line: its definitions ([`Cli`]), the dispatch ([`run`]) and
 //! one module per command: `serve`, `status`, `explain`, `probe`,
-//! `check-config`, `cache`, `log`, `report`, `doctor` and `completions`. Most commands return
+//! `check-config`, `cache`, `log`, `report`, `doctor`, `tlsrpt` and `completions`. Most commands return
 //! text (or an error text) that [`run`] prints.
 
 use std::io::Write;
@@ -21,8 +21,9 @@ mod probe;
 mod report;
 mod serve;
 mod status;
+mod tlsrpt;
 
-pub use args::{CacheAction, Cli, Command, DEFAULT_CONFIG};
+pub use args::{CacheAction, Cli, Command, DEFAULT_CONFIG, TlsRptAction};
 pub use cache::{CacheCommand, cache};
 pub use check_config::check_config;
 pub use completions::completions;
@@ -33,6 +34,7 @@ pub use probe::probe;
 pub use report::{ReportOptions, report};
 pub use serve::serve;
 pub use status::status;
+pub use tlsrpt::{TlsRptCommand, tlsrpt};
 
 /// Run the command `cli` names; its exit code.
 pub fn run(cli: Cli) -> ExitCode {
@@ -70,6 +72,19 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Completions { shell } => {
             completions(shell, &mut std::io::stdout());
             ExitCode::SUCCESS
+        }
+        Command::Tlsrpt {
+            config,
+            action,
+            day,
+            json,
+        } => {
+            let cmd = match action {
+                TlsRptAction::List => TlsRptCommand::List,
+                TlsRptAction::Show { domain } => TlsRptCommand::Show(domain),
+                TlsRptAction::Send { dry_run } => TlsRptCommand::Send { dry_run },
+            };
+            tlsrpt(&config, &cmd, day.as_deref(), json)
         }
         Command::Log(opts) => read_logs(log(&opts, &mut std::io::stdout().lock())),
         Command::Report(opts) => read_logs(report(&opts, &mut std::io::stdout().lock())),

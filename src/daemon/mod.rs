@@ -26,6 +26,7 @@ use crate::store::Store;
 mod outcomes;
 pub mod preflight;
 mod signals;
+mod tlsrpt;
 
 pub use signals::Signals;
 
@@ -387,6 +388,15 @@ impl Context {
         if old.outcomes != new.outcomes {
             needs_restart.push("outcomes");
         }
+        let on = |c: &Config| {
+            c.tlsrpt
+                .as_ref()
+                .filter(|t| t.enabled)
+                .map(|t| (t.cache_file.clone(), t.extra_ca_file.clone()))
+        };
+        if on(&old) != on(&new) {
+            needs_restart.push("tlsrpt");
+        }
         // One swap: the policy file and every front door's settings.
         let old_live = self.live.load_full();
         let live = live_config(old_live.engine.with_policy(policy), &new, Some(&old_live));
@@ -526,8 +536,25 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         };
         tasks.spawn(milter::serve(l, deps, shutdown.clone()));
     }
+    // TLS reports: sessions counted from the follower's deliveries, sent
+    // by a thread of their own.
+    let tlsrpt_on = config
+        .tlsrpt
+        .as_ref()
+        .filter(|t| t.enabled && ctx.outcomes.is_some());
+    let tlsrpt_resolver = match tlsrpt_on.map(|_| crate::dns::build_resolver(&config.dns)) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "TLS-RPT: no resolver; records are not looked up and no report is sent");
+            ctx.metrics.error("tlsrpt", "setup");
+            None
+        }
+        None => None,
+    };
+    let hook = tlsrpt_on.map(|t| tlsrpt::counter(&ctx, t, tlsrpt_resolver.clone()));
+    let sender = tlsrpt_resolver.and_then(|r| tlsrpt::spawn_sender(&ctx, r, shutdown.clone()));
     drop(config);
-    let follower = outcomes::spawn(&ctx, shutdown.clone());
+    let follower = outcomes::spawn(&ctx, hook, shutdown.clone());
     tasks.spawn(timer_anchor(shutdown.clone()));
     match (&ctx.mta_sts, &ctx.dane) {
         (Some(s), _) => {
@@ -543,6 +570,9 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
     // the log is closed after that.
     if let Some(f) = follower {
         let _ = tokio::task::spawn_blocking(move || f.join()).await;
+    }
+    if let Some(s) = sender {
+        let _ = tokio::task::spawn_blocking(move || s.join()).await;
     }
     if let Some(store) = ctx.mta_sts.as_ref().and_then(|s| s.store()) {
         store.close();

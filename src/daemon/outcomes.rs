@@ -16,7 +16,7 @@ use crate::outcomes::config::OutcomesConfig;
 use crate::outcomes::correlate::{DecisionIndex, IndexObservers};
 use crate::outcomes::rebuild::{MAX_REBUILD_BYTES, rebuild};
 use crate::outcomes::status::FollowerStatus;
-use crate::outcomes::task::{FollowerDeps, RuleLookup};
+use crate::outcomes::task::{DeliveryHook, FollowerDeps, RuleLookup};
 use crate::outcomes::thread;
 
 /// The follower's parts that live as long as the daemon.
@@ -69,7 +69,11 @@ pub(super) fn build(
 }
 
 /// Start the follower thread, when `[outcomes]` is on.
-pub(super) fn spawn(ctx: &Arc<Context>, stop: CancellationToken) -> Option<JoinHandle<()>> {
+pub(super) fn spawn(
+    ctx: &Arc<Context>,
+    on_delivery: Option<DeliveryHook>,
+    stop: CancellationToken,
+) -> Option<JoinHandle<()>> {
     let o = ctx.outcomes.as_ref()?;
     let live = ctx.clone();
     // The operator's rule as it stands, for deliveries nobody asked about.
@@ -85,6 +89,7 @@ pub(super) fn spawn(ctx: &Arc<Context>, stop: CancellationToken) -> Option<JoinH
         metrics: Some(ctx.metrics.clone()),
         rule_for,
         status: o.status.clone(),
+        on_delivery,
     };
     match thread::spawn(o.config.clone(), deps, stop) {
         Ok(h) => Some(h),

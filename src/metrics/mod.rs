@@ -40,6 +40,7 @@ mod outcomes;
 mod registry;
 mod render;
 mod text;
+mod tlsrpt;
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,7 @@ pub use observer::MetricsObserver;
 pub use outcomes::LineKind;
 pub use registry::{ConnectionGuard, Metrics};
 pub use text::Writer;
+pub use tlsrpt::{ReportResult, SessionKind};
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "tls_policyd_";

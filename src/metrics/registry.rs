@@ -58,6 +58,7 @@ pub struct Metrics {
     /// Walks that waited for sources: [one at a time, side by side].
     pub(super) discovery_waits: [AtomicU64; 2],
     pub(super) outcomes: OutcomeCounters,
+    pub(super) tlsrpt: super::tlsrpt::TlsRptCounters,
     pub(super) slow: Mutex<Slow>,
 }
 
@@ -92,6 +93,7 @@ impl Metrics {
             probe_seconds: Histogram::new(NETWORK_BUCKETS_US),
             discovery_waits: Default::default(),
             outcomes: Default::default(),
+            tlsrpt: Default::default(),
             slow: Mutex::new(Slow::default()),
         }
     }
@@ -133,6 +135,16 @@ impl Metrics {
     /// `dane`, `reload`, `metrics`; `kind` a short snake_case word.
     pub fn error(&self, component: &'static str, kind: &'static str) {
         *self.slow().errors.entry((component, kind)).or_insert(0) += 1;
+    }
+
+    /// A delivery attempt seen by the TLS-RPT counter.
+    pub fn tlsrpt_session(&self, k: super::tlsrpt::SessionKind) {
+        self.tlsrpt.session(k);
+    }
+
+    /// A report built, or what became of it for one destination.
+    pub fn tlsrpt_report(&self, r: super::tlsrpt::ReportResult) {
+        self.tlsrpt.report(r);
     }
 
     /// Lookups that waited for published-policy sources: `(one source,

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::decision::Decision;
 use crate::engine::outcome::Alarm;
-use crate::log::record::{DecisionLog, DecisionRecord, Detail};
+use crate::log::record::{DecisionLog, DecisionRecord, DeliveryOutcome, Detail};
 use crate::metrics::{LineKind, Metrics};
 
 use super::config::{OutcomesConfig, StartAt};
@@ -47,6 +47,11 @@ const ALARMS_PER_MINUTE: u32 = 10;
 /// decision, `None` when no rule names it).
 pub type RuleLookup = Arc<dyn Fn(&str) -> Option<Decision> + Send + Sync>;
 
+/// Told of every delivery attempt judged, with its queue id, before its
+/// record is written (TLS-RPT counts its sessions from it). Runs on the
+/// follower's thread: it may block briefly, never for long.
+pub type DeliveryHook = Arc<dyn Fn(&str, &DeliveryOutcome) + Send + Sync>;
+
 /// What the follower works with.
 pub struct FollowerDeps {
     pub log: Arc<DecisionLog>,
@@ -54,6 +59,7 @@ pub struct FollowerDeps {
     pub metrics: Option<Arc<Metrics>>,
     pub rule_for: RuleLookup,
     pub status: Arc<FollowerStatus>,
+    pub on_delivery: Option<DeliveryHook>,
 }
 
 /// Sleep `d`, waking early when `stop` is cancelled. `true`: stop.
@@ -355,6 +361,9 @@ impl Sink<'_> {
                     a.advice()
                 );
             }
+        }
+        if let Some(hook) = &self.deps.on_delivery {
+            hook(queue_id, o);
         }
         let rec = DecisionRecord::new(Some(j.queue_id), Detail::Delivery(Box::new(j.outcome)));
         if !self.deps.log.log_waiting(rec) {

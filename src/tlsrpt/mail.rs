@@ -11,7 +11,7 @@ use base64::Engine;
 
 use super::report::{Report, day_name};
 
-/// The message text (CRLF line ends, as `sendmail -i` takes it too).
+/// The message text (CRLF line ends; given to `sendmail` with LF).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportMail {
     pub text: String,

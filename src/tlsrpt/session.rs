@@ -69,25 +69,43 @@ pub fn result_type(failure: &str, text: &str) -> Option<ResultType> {
 
 /// The session of one delivery attempt to `policy.policy_domain`, if it
 /// is one. `lmtp` transports and attempts that reached no server
-/// (`relay=none`) are not sessions.
-pub fn session_of(d: &DeliveryOutcome, policy: AppliedPolicy) -> Option<Session> {
+/// (`relay=none`) are not sessions. `discovery`: the policy could not be
+/// found out (an MTA-STS policy published but not fetched, TLSA records
+/// that do not validate): the session failed with that result whatever
+/// Postfix then did.
+pub fn session_of(
+    d: &DeliveryOutcome,
+    policy: AppliedPolicy,
+    discovery: Option<ResultType>,
+) -> Option<Session> {
     let domain = d.domain.clone()?;
     if d.transport.ends_with("/lmtp") {
         return None;
     }
     let (host, ip) = relay_parts(&d.relay)?;
-    let result = match d.tls_failure {
-        Some(f) => SessionResult::Failed(FailureKey {
+    let own = d
+        .tls_failure
+        .is_some_and(|f| result_type(f, &d.status_text).is_none());
+    let result = match (discovery, d.tls_failure) {
+        (_, Some(_)) if own => return None,
+        (Some(rt), _) => SessionResult::Failed(FailureKey {
+            result_type: rt,
+            sending_mta_ip: None,
+            receiving_mx_hostname: Some(host),
+            receiving_ip: ip,
+            failure_reason_code: None,
+        }),
+        (None, Some(f)) => SessionResult::Failed(FailureKey {
             result_type: result_type(f, &d.status_text)?,
             sending_mta_ip: None,
             receiving_mx_hostname: Some(host),
             receiving_ip: ip,
             failure_reason_code: None,
         }),
-        None if d.tls_trust != TlsTrust::None => SessionResult::Successful,
+        (None, None) if d.tls_trust != TlsTrust::None => SessionResult::Successful,
         // Plaintext without a TLS failure: STARTTLS was not offered and
         // the level let the mail go in plaintext.
-        None => SessionResult::Failed(FailureKey {
+        (None, None) => SessionResult::Failed(FailureKey {
             result_type: ResultType::StarttlsNotSupported,
             sending_mta_ip: None,
             receiving_mx_hostname: Some(host),
@@ -160,6 +178,7 @@ mod tests {
             let s = session_of(
                 &delivery("mx.rcpt.example[192.0.2.1]:25", trust, None, "250 ok"),
                 none(),
+                None,
             )
             .unwrap();
             assert_eq!(s.result, SessionResult::Successful);
@@ -177,6 +196,7 @@ mod tests {
                 "TLS is required, but was not offered by host mx.rcpt.example[2001:db8::25]",
             ),
             none(),
+            None,
         )
         .unwrap();
         let SessionResult::Failed(k) = s.result else {
@@ -194,10 +214,40 @@ mod tests {
                 "250 ok",
             ),
             none(),
+            None,
         )
         .unwrap();
         assert!(
             matches!(s.result, SessionResult::Failed(ref k) if k.result_type == ResultType::StarttlsNotSupported)
+        );
+    }
+
+    #[test]
+    fn a_discovery_failure_fails_the_session_unless_the_failure_was_this_hosts() {
+        let s = session_of(
+            &delivery(
+                "mx.rcpt.example[192.0.2.1]:25",
+                TlsTrust::Verified,
+                None,
+                "250 ok",
+            ),
+            none(),
+            Some(ResultType::StsPolicyFetchError),
+        )
+        .unwrap();
+        assert!(
+            matches!(s.result, SessionResult::Failed(ref k) if k.result_type == ResultType::StsPolicyFetchError
+                && k.receiving_mx_hostname.as_deref() == Some("mx.rcpt.example"))
+        );
+        let own = delivery(
+            "mx.rcpt.example[192.0.2.1]:25",
+            TlsTrust::None,
+            Some("config-problem"),
+            "",
+        );
+        assert_eq!(
+            session_of(&own, none(), Some(ResultType::DnssecInvalid)),
+            None
         );
     }
 
@@ -243,7 +293,8 @@ mod tests {
         assert_eq!(
             session_of(
                 &delivery("none", TlsTrust::None, Some("tlsa-lookup-error"), ""),
-                none()
+                none(),
+                None
             ),
             None
         );
@@ -256,7 +307,8 @@ mod tests {
                     Some("config-problem"),
                     ""
                 ),
-                none()
+                none(),
+                None
             ),
             None
         );
@@ -268,7 +320,7 @@ mod tests {
             "",
         );
         d.transport = "postfix/lmtp".into();
-        assert_eq!(session_of(&d, none()), None);
+        assert_eq!(session_of(&d, none(), None), None);
         // No recipient domain.
         let mut d = delivery(
             "mx.rcpt.example[192.0.2.1]:25",
@@ -277,6 +329,6 @@ mod tests {
             "",
         );
         d.domain = None;
-        assert_eq!(session_of(&d, none()), None);
+        assert_eq!(session_of(&d, none(), None), None);
     }
 }

@@ -14,20 +14,16 @@
 //!     failure TEXT,            -- JSON: the failure's details; NULL: successful
 //!     PRIMARY KEY (day, domain, attempt)
 //! ) WITHOUT ROWID;
-//! CREATE TABLE tlsrpt_sent (
-//!     day         TEXT NOT NULL,
-//!     domain      TEXT NOT NULL,
-//!     destination TEXT NOT NULL,  -- the rua URI
-//!     report_id   TEXT NOT NULL,
-//!     sent_at     INTEGER NOT NULL,  -- Unix seconds
-//!     PRIMARY KEY (day, domain, destination)
-//! ) WITHOUT ROWID;
+//! ```
+//!
+//! The reports built and where they went are in [`super::outbox`]'s
+//! tables, the `_smtp._tls` records looked up in [`super::directory`]'s.
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use super::report::{AppliedPolicy, DayCounts, FailureKey, day_name};
 use super::session::{Session, SessionResult};
@@ -43,7 +39,7 @@ pub enum TlsRptStoreError {
 
 /// The TLS-RPT tables of the cache file.
 pub struct TlsRptStore {
-    conn: Connection,
+    pub(super) conn: Connection,
     path: PathBuf,
 }
 
@@ -58,6 +54,10 @@ impl TlsRptStore {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
             .map_err(err)?;
+        // A commit per counted session: durable when the daemon dies,
+        // without waiting for the disk each time.
+        conn.execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS tlsrpt_sessions (
                  day     TEXT NOT NULL,
@@ -67,13 +67,30 @@ impl TlsRptStore {
                  failure TEXT,
                  PRIMARY KEY (day, domain, attempt)
              ) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS tlsrpt_sent (
+             CREATE TABLE IF NOT EXISTS tlsrpt_reports (
+                 day       TEXT NOT NULL,
+                 domain    TEXT NOT NULL,
+                 report_id TEXT NOT NULL,
+                 json      TEXT NOT NULL,
+                 built_at  INTEGER NOT NULL,
+                 PRIMARY KEY (day, domain)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS tlsrpt_outbox (
                  day         TEXT NOT NULL,
                  domain      TEXT NOT NULL,
                  destination TEXT NOT NULL,
-                 report_id   TEXT NOT NULL,
-                 sent_at     INTEGER NOT NULL,
+                 state       TEXT NOT NULL,
+                 attempts    INTEGER NOT NULL,
+                 next_try    INTEGER NOT NULL,
+                 updated_at  INTEGER NOT NULL,
+                 detail      TEXT NOT NULL,
                  PRIMARY KEY (day, domain, destination)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS tlsrpt_records (
+                 domain  TEXT NOT NULL PRIMARY KEY,
+                 record  TEXT,
+                 problem TEXT,
+                 expires INTEGER NOT NULL
              ) WITHOUT ROWID;",
         )
         .map_err(err)?;
@@ -83,7 +100,7 @@ impl TlsRptStore {
         })
     }
 
-    fn sql(&self, e: rusqlite::Error) -> TlsRptStoreError {
+    pub(super) fn sql(&self, e: rusqlite::Error) -> TlsRptStoreError {
         TlsRptStoreError::Sql {
             path: self.path.clone(),
             problem: e.to_string(),
@@ -172,57 +189,34 @@ impl TlsRptStore {
         Ok((counts, bad))
     }
 
-    /// Whether the report of `domain` for `day` went to `destination`.
-    pub fn sent(
-        &self,
-        day: &str,
-        domain: &str,
-        destination: &str,
-    ) -> Result<Option<SystemTime>, TlsRptStoreError> {
-        let at: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT sent_at FROM tlsrpt_sent WHERE day = ?1 AND domain = ?2 AND destination = ?3",
-                params![day, domain, destination],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.sql(e))?;
-        Ok(at.map(|s| UNIX_EPOCH + Duration::from_secs(s.max(0) as u64)))
-    }
-
-    /// Note that the report went out.
-    pub fn mark_sent(
-        &self,
-        day: &str,
-        domain: &str,
-        destination: &str,
-        report_id: &str,
-        at: SystemTime,
-    ) -> Result<(), TlsRptStoreError> {
-        let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    /// Forget the sessions, reports and sendings of days before `day`,
+    /// and records that expired before `now`.
+    pub fn prune_before(&self, day: &str, now: SystemTime) -> Result<usize, TlsRptStoreError> {
+        let mut n = 0;
+        for table in ["tlsrpt_sessions", "tlsrpt_reports", "tlsrpt_outbox"] {
+            n += self
+                .conn
+                .execute(&format!("DELETE FROM {table} WHERE day < ?1"), params![day])
+                .map_err(|e| self.sql(e))?;
+        }
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO tlsrpt_sent (day, domain, destination, report_id, sent_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![day, domain, destination, report_id, secs],
+                "DELETE FROM tlsrpt_records WHERE expires < ?1",
+                params![unix(now)],
             )
             .map_err(|e| self.sql(e))?;
-        Ok(())
+        Ok(n)
     }
+}
 
-    /// Forget the sessions and sendings of days before `day`.
-    pub fn prune_before(&self, day: &str) -> Result<usize, TlsRptStoreError> {
-        let a = self
-            .conn
-            .execute("DELETE FROM tlsrpt_sessions WHERE day < ?1", params![day])
-            .map_err(|e| self.sql(e))?;
-        let b = self
-            .conn
-            .execute("DELETE FROM tlsrpt_sent WHERE day < ?1", params![day])
-            .map_err(|e| self.sql(e))?;
-        Ok(a + b)
-    }
+/// Seconds since the epoch, as SQLite keeps them.
+pub(super) fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64
+}
+
+/// [`unix`] back.
+pub(super) fn from_unix(s: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(s.max(0) as u64)
 }
 
 #[cfg(test)]
@@ -302,32 +296,8 @@ mod tests {
             s.domains("2026-12-05").unwrap(),
             [("rcpt.example".into(), 1)]
         );
-        assert_eq!(s.prune_before("2026-12-05").unwrap(), 4);
+        assert_eq!(s.prune_before("2026-12-05", noon).unwrap(), 4);
         assert!(s.domains("2026-12-04").unwrap().is_empty());
-    }
-
-    #[test]
-    fn sent_once_per_destination() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = TlsRptStore::open(&dir.path().join("c.sqlite")).unwrap();
-        let at = parse_day("2026-12-05").unwrap();
-        assert_eq!(
-            s.sent("2026-12-04", "r.example", "mailto:a@r.example")
-                .unwrap(),
-            None
-        );
-        s.mark_sent("2026-12-04", "r.example", "mailto:a@r.example", "id", at)
-            .unwrap();
-        assert_eq!(
-            s.sent("2026-12-04", "r.example", "mailto:a@r.example")
-                .unwrap(),
-            Some(at)
-        );
-        assert_eq!(
-            s.sent("2026-12-04", "r.example", "https://r.example/x")
-                .unwrap(),
-            None
-        );
     }
 
     #[test]

@@ -31,8 +31,10 @@ use crate::engine::decision::Level;
 /// TLSA records described per host in an assessment at most (the rest
 /// are counted).
 pub const MAX_TLSA_SHOWN: usize = 8;
-/// Hex digits of certificate association data shown per TLSA record.
-const TLSA_DATA_SHOWN: usize = 16;
+/// Hex digits of certificate association data kept per TLSA record: a
+/// SHA-256 or SHA-512 digest whole (TLS reports carry the records), a
+/// full certificate or key (matching type 0) cut with `...`.
+const TLSA_DATA_SHOWN: usize = 128;
 
 mod describe;
 
@@ -557,8 +559,14 @@ mod tests {
             let r = tlsa_record(&tlsa(u, s, m, len)).unwrap();
             assert_eq!(r.usable, want, "{u} {s} {m} len {len}");
         }
+        // Digests whole (a TLS report carries them); a full key or
+        // certificate cut at 64 bytes.
         let r = tlsa_record(&tlsa(3, 1, 1, 32)).unwrap();
-        assert_eq!(r.to_string(), "3 1 1 abababababababab...");
+        assert_eq!(r.to_string(), format!("3 1 1 {}", "ab".repeat(32)));
+        let r = tlsa_record(&tlsa(3, 1, 2, 64)).unwrap();
+        assert_eq!(r.to_string(), format!("3 1 2 {}", "ab".repeat(64)));
+        let r = tlsa_record(&tlsa(3, 1, 0, 65)).unwrap();
+        assert_eq!(r.to_string(), format!("3 1 0 {}...", "ab".repeat(64)));
     }
 
     fn host(addresses: AddressState, tlsa: TlsaState) -> MxHost {
