@@ -35,7 +35,8 @@
 //! and every delivery attempt against its one outcome record and verdict
 //! (`e2e/checks.rs`). The lab is in `e2e/lab.rs`; the outcome follower's
 //! own scenarios (a transport around the map, a socketmap Postfix cannot
-//! reach, the log rotated while mail flows) in `e2e/outcome_scenarios.rs`.
+//! reach, the log rotated while mail flows) in `e2e/outcome_scenarios.rs`;
+//! TLS reports from the lab's deliveries in `e2e/tlsrpt_scenario.rs`.
 //! Everything is stopped and the namespace and files removed when a test
 //! ends, failed or not. Run alone with `cargo test --test e2e` (as root).
 //! Needs root, `ip`, Postfix, swaks, knot, unbound and logrotate
@@ -49,6 +50,8 @@ mod common;
 mod lab;
 #[path = "e2e/outcome_scenarios.rs"]
 mod outcome_scenarios;
+#[path = "e2e/tlsrpt_scenario.rs"]
+mod tlsrpt_scenario;
 
 use std::time::Duration;
 

@@ -100,12 +100,26 @@ pub enum Cert {
 struct Site {
     response: Response,
     key: Arc<CertifiedKey>,
+    /// Takes POSTs (any path): kept, answered with `response`.
+    collect: bool,
 }
+
+/// A POST a collecting site took.
+#[derive(Debug, Clone)]
+pub struct Posted {
+    pub path: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// Longest POST body taken.
+const MAX_POST_BODY: usize = 8 << 20;
 
 #[derive(Default)]
 struct Table {
     sites: HashMap<String, Site>,
     requests: HashMap<String, usize>,
+    posts: HashMap<String, Vec<Posted>>,
 }
 
 struct Shared {
@@ -204,10 +218,39 @@ impl TestHttps {
     /// Serve `host` with a certificate from the CA and this response.
     pub fn site(&self, host: &str, response: Response) -> &Self {
         let key = self.make_cert(host, &Cert::FromCa);
-        self.table()
-            .sites
-            .insert(host.to_ascii_lowercase(), Site { response, key });
+        self.table().sites.insert(
+            host.to_ascii_lowercase(),
+            Site {
+                response,
+                key,
+                collect: false,
+            },
+        );
         self
+    }
+
+    /// Serve `host` as a report collector: it takes POSTs to any path
+    /// (kept, see [`TestHttps::posted`]) and answers `200`.
+    pub fn collector(&self, host: &str) -> &Self {
+        let key = self.make_cert(host, &Cert::FromCa);
+        self.table().sites.insert(
+            host.to_ascii_lowercase(),
+            Site {
+                response: Response::status(200),
+                key,
+                collect: true,
+            },
+        );
+        self
+    }
+
+    /// The POSTs `host` took, in order.
+    pub fn posted(&self, host: &str) -> Vec<Posted> {
+        self.table()
+            .posts
+            .get(&host.to_ascii_lowercase())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Change what `host` answers (it must have a site).
@@ -314,15 +357,48 @@ async fn serve(
                     return;
                 }
             }
+            let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+            let mut body = head.split_off(end);
             let head = String::from_utf8_lossy(&head).into_owned();
+            let method = head.split_whitespace().next().unwrap_or("").to_string();
             let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
-            let response = {
+            let header = |name: &str| {
+                head.lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+            };
+            let (response, collect) = {
                 let mut t = shared.table.lock().unwrap_or_else(|e| e.into_inner());
                 *t.requests.entry(host.clone()).or_default() += 1;
-                t.sites.get(&host).map(|s| s.response.clone())
+                match t.sites.get(&host) {
+                    Some(s) => (Some(s.response.clone()), s.collect),
+                    None => (None, false),
+                }
             };
             let response = match response {
-                Some(r) if path == "/.well-known/mta-sts.txt" => r,
+                Some(r) if collect && method == "POST" => {
+                    let len: usize = header("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0)
+                        .min(MAX_POST_BODY);
+                    while body.len() < len {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => body.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    body.truncate(len);
+                    let posted = Posted {
+                        path: path.clone(),
+                        content_type: header("content-type").unwrap_or_default(),
+                        body,
+                    };
+                    let mut t = shared.table.lock().unwrap_or_else(|e| e.into_inner());
+                    t.posts.entry(host.clone()).or_default().push(posted);
+                    r
+                }
+                Some(r) if !collect && path == "/.well-known/mta-sts.txt" => r,
                 _ => Response::status(404),
             };
             if !response.delay.is_zero() {

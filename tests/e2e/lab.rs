@@ -54,7 +54,26 @@ pub const DOMAINS: &[(&str, (&str, &str))] = &[
     ("sts-forged.test", SELF_MX),
     ("forced-bypass.test", PLAIN_MX),
     ("forced-unreach.test", TLS_MX),
+    ("rua.test", TLS_MX),
 ];
+
+/// Where the lab's TLS reports go: `mailto:` to a mailbox behind the
+/// CA-trusted sink, `https:` to the lab's HTTPS server.
+pub const RUA_MAILTO: &str = "tlsrpt@rua.test";
+pub const RUA_HOST: &str = "reports.test";
+pub const RUA_HTTPS: &str = "https://reports.test/v1/tlsrpt";
+
+/// `_smtp._tls` records in the unsigned zone: domain, rua.
+pub const TLSRPT: &[(&str, &str)] = &[
+    ("sts-enforce.test", "mailto:tlsrpt@rua.test"),
+    ("forced-plain.test", RUA_HTTPS),
+    ("opp-tls.test", RUA_HTTPS),
+    // Reports about reports would go here: none may be counted.
+    ("rua.test", "mailto:tlsrpt@rua.test"),
+];
+
+/// The `_smtp._tls` record of `bad.dane.test`, in the signed zone.
+pub const TLSRPT_DANE: &str = "mailto:tlsrpt@rua.test";
 
 /// MTA-STS policies: domain, policy id, policy text.
 pub const STS: &[(&str, &str, &str)] = &[
@@ -96,7 +115,7 @@ pub struct Lab {
     pub plain: SmtpSink,
     pub dane_good: SmtpSink,
     pub dane_bad: SmtpSink,
-    pub _https: TestHttps,
+    pub https: TestHttps,
     pub unbound: Option<Server>,
     pub unbound_conf: PathBuf,
     pub _knot: Knot,
@@ -158,6 +177,14 @@ file = "policy.toml"
 
 [log]
 decisions = "decisions.jsonl"
+
+[tlsrpt]
+organization_name = "Lab Mail"
+contact_info = "postmaster@src.example"
+submitter = "src.example"
+from = "tlsrpt-noreply@src.example"
+extra_ca_file = "{ca}"
+cache_file = "{cache}"
 "#,
         cache = dir.join("cache.sqlite").display(),
         ca = dir.join("ca.pem").display(),
@@ -178,6 +205,12 @@ pub fn test_zone() -> Zone {
         records.push_str(&format!("_mta-sts.{domain}. TXT \"v=STSv1; id={id};\"\n"));
         records.push_str(&format!("mta-sts.{domain}. A {HTTPS_IP}\n"));
     }
+    for (domain, rua) in TLSRPT {
+        records.push_str(&format!(
+            "_smtp._tls.{domain}. TXT \"v=TLSRPTv1; rua={rua}\"\n"
+        ));
+    }
+    records.push_str(&format!("{RUA_HOST}. A {HTTPS_IP}\n"));
     Zone::unsigned("test", &records)
 }
 
@@ -195,6 +228,9 @@ pub fn dane_zone(good: &[u8], bad: &[u8]) -> Zone {
             hex(&digest)
         ));
     }
+    records.push_str(&format!(
+        "_smtp._tls.bad TXT \"v=TLSRPTv1; rua={TLSRPT_DANE}\"\n"
+    ));
     Zone::signed("dane.test", &records)
 }
 
@@ -230,6 +266,7 @@ impl Lab {
                 for (domain, _, policy) in STS {
                     https.site(&format!("mta-sts.{domain}"), Response::policy(policy));
                 }
+                https.collector(RUA_HOST);
                 (
                     https,
                     SmtpSink::start(TLS_MX.1, 25, ca_tls),
@@ -276,7 +313,7 @@ impl Lab {
             plain,
             dane_good,
             dane_bad,
-            _https: https,
+            https,
             unbound: Some(unbound),
             unbound_conf: conf,
             _knot: knot,
