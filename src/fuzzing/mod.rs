@@ -16,7 +16,9 @@ use std::sync::OnceLock;
 pub use codecs::{check_netstring, check_policy_attrs, check_socketmap};
 pub use logs::{check_journal_entry, check_postfix_log};
 pub use milter::check_milter;
-pub use sources::{check_dane_answer, check_mta_sts_policy, check_mta_sts_record};
+pub use sources::{
+    check_dane_answer, check_mta_sts_policy, check_mta_sts_record, check_tlsrpt_record,
+};
 pub use texts::{check_config, check_policy_file};
 
 /// One check: returns when what must hold of the input holds, panics
@@ -32,6 +34,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("milter", check_milter),
     ("mta_sts_record", check_mta_sts_record),
     ("mta_sts_policy", check_mta_sts_policy),
+    ("tlsrpt_record", check_tlsrpt_record),
     ("dane_answer", check_dane_answer),
     ("policy_file", check_policy_file),
     ("config", check_config),

@@ -48,6 +48,43 @@ pub fn check_mta_sts_record(data: &[u8]) {
     }
 }
 
+/// TLS-RPT TXT records (the input cut at NUL bytes into the strings of
+/// one answer): choosing and parsing never panic; an accepted record is
+/// the one string starting with `v=TLSRPTv1`, within `MAX_RECORD_LEN`,
+/// with 1 to `MAX_RUA` destinations (addresses with no white space or
+/// control character, `https:` URIs with a host), and parses again to the
+/// same record; an `Invalid` error quotes at most `MAX_RECORD_LEN`
+/// characters.
+pub fn check_tlsrpt_record(data: &[u8]) {
+    use crate::tlsrpt::record::{self as rpt, ReportUri};
+    let text = String::from_utf8_lossy(data);
+    let records: Vec<String> = text.split('\0').map(str::to_string).collect();
+    match rpt::select(&records) {
+        Ok(r) => {
+            assert!(r.text.len() <= rpt::MAX_RECORD_LEN);
+            assert!(!r.rua.is_empty() && r.rua.len() <= rpt::MAX_RUA);
+            assert_eq!(records.iter().filter(|t| rpt::is_tlsrpt(t)).count(), 1);
+            for u in &r.rua {
+                match u {
+                    ReportUri::Mailto(a) => {
+                        assert!(a.contains('@'), "{a:?}");
+                        assert!(!a.chars().any(|c| c.is_control() || c == ' '), "{a:?}");
+                    }
+                    ReportUri::Https(h) => {
+                        assert!(h.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("https:")));
+                        assert!(!h.chars().any(char::is_whitespace), "{h:?}");
+                    }
+                }
+            }
+            assert_eq!(rpt::parse(&r.text), Ok(r.clone()), "parsing again differs");
+        }
+        Err(rpt::RecordError::Invalid { text, .. }) => {
+            assert!(text.chars().count() <= rpt::MAX_RECORD_LEN);
+        }
+        Err(_) => {}
+    }
+}
+
 /// MTA-STS policy files: parsing never panics; an accepted policy is
 /// within its limits, its patterns normalised; it survives the cache's
 /// JSON round trip; the Postfix answer made from it is one line of
@@ -155,7 +192,7 @@ fn tlsa_state(msg: &Message, name: String) -> TlsaState {
                     !r.usable || kind_ok,
                     "unusable TLSA record judged usable: {r:?}"
                 );
-                assert!(r.data.len() <= 16 + 3);
+                assert!(r.data.len() <= assess::TLSA_DATA_SHOWN + 3);
             }
             let usable = all.iter().filter(|r| r.usable).count();
             let total = all.len();

@@ -70,7 +70,8 @@ pub enum RecordError {
     Invalid { text: String, problem: String },
 }
 
-fn is_tlsrpt(text: &str) -> bool {
+/// Whether a TXT string is a TLS-RPT record (starts with `v=TLSRPTv1`).
+pub fn is_tlsrpt(text: &str) -> bool {
     text.strip_prefix("v=TLSRPTv1")
         .is_some_and(|rest| rest.is_empty() || rest.starts_with([';', ' ', '\t']))
 }

@@ -34,7 +34,7 @@ pub const MAX_TLSA_SHOWN: usize = 8;
 /// Hex digits of certificate association data kept per TLSA record: a
 /// SHA-256 or SHA-512 digest whole (TLS reports carry the records), a
 /// full certificate or key (matching type 0) cut with `...`.
-const TLSA_DATA_SHOWN: usize = 128;
+pub const TLSA_DATA_SHOWN: usize = 128;
 
 mod describe;
 
