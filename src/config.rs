@@ -303,6 +303,15 @@ impl Config {
                      (add an [outcomes] section, or set tlsrpt.enabled = false)",
                 ));
             }
+            if t.enabled && self.mta_sts.as_ref().is_some_and(|m| m.enabled && m.tlsrpt) {
+                return Err(ConfigError::one(
+                    path,
+                    "tlsrpt",
+                    "mta_sts.tlsrpt = true is for Postfix's own TLS reports (3.10 and later); with \
+                     [tlsrpt] on too the domains would get two reports of the same sessions: \
+                     use one of them",
+                ));
+            }
             let shared = self
                 .mta_sts
                 .as_ref()
@@ -456,6 +465,43 @@ mod tests {
         assert_eq!(
             c.runtime.threads, 1,
             "one thread answers Postfix by default"
+        );
+    }
+
+    #[test]
+    fn tlsrpt_needs_outcomes_one_cache_file_and_not_postfix_own_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let rpt = "[tlsrpt]\norganization_name = \"O\"\ncontact_info = \"c@example.net\"\n\
+                   submitter = \"example.net\"\nfrom = \"r@example.net\"\n";
+        let outcomes = "[outcomes]\nlog = \"file:/var/log/mail.log\"\n";
+        let load = |text: &str| Config::load_with_env(&write(dir.path(), text), no_env());
+        let e = load(&format!("{MINIMAL}{rpt}")).unwrap_err().to_string();
+        assert!(
+            e.contains("key `tlsrpt`") && e.contains("needs [outcomes]"),
+            "{e}"
+        );
+        let c = load(&format!("{MINIMAL}{outcomes}{rpt}")).unwrap();
+        assert_eq!(c.tlsrpt.unwrap().submitter, "example.net");
+        // Off: no [outcomes] needed.
+        assert!(load(&format!("{MINIMAL}{rpt}enabled = false\n")).is_ok());
+        let e = load(&format!(
+            "{MINIMAL}{outcomes}{rpt}cache_file = \"other.sqlite\"\n[mta_sts]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("tlsrpt.cache_file"), "{e}");
+        let e = load(&format!(
+            "{MINIMAL}{outcomes}{rpt}[mta_sts]\npostfix_version = \"3.10\"\ntlsrpt = true\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("two reports"), "{e}");
+        let e = load(&format!("{MINIMAL}{outcomes}{rpt}send_delay = \"30h\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("key `tlsrpt.send_delay`") && e.contains("config.toml"),
+            "{e}"
         );
     }
 

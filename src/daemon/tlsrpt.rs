@@ -268,6 +268,12 @@ pub(super) fn counter(
     Arc::new(move |queue_id: &str, d: &DeliveryOutcome| c.count(queue_id, d))
 }
 
+/// Whether the reports of the UTC day starting at `day` are due at `now`,
+/// `delay` after the day ended.
+fn due(day: SystemTime, delay: Duration, now: SystemTime) -> bool {
+    now >= day + Duration::from_secs(86_400) + delay
+}
+
 /// A random delay up to `max` (a report's time after its day ended).
 fn random_delay(max: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
@@ -371,7 +377,7 @@ async fn round(
         let delay = *delays
             .entry(day)
             .or_insert_with(|| random_delay(sender.config.send_delay));
-        if now < day + Duration::from_secs(86_400) + delay {
+        if !due(day, delay, now) {
             continue;
         }
         if let Err(e) = sender.send_day(store, day, false, now).await {
@@ -391,5 +397,33 @@ async fn round(
             Ok(_) => *pruned = Some(today),
             Err(e) => tracing::warn!(error = %e, "TLS-RPT: cannot forget old counts"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tlsrpt::report::parse_day;
+
+    #[test]
+    fn a_day_is_due_its_delay_after_it_ended() {
+        let day = parse_day("2026-12-04").unwrap();
+        let end = parse_day("2026-12-05").unwrap();
+        let delay = Duration::from_secs(1800);
+        assert!(!due(day, delay, day + Duration::from_secs(3600)));
+        assert!(!due(day, delay, end));
+        assert!(!due(day, delay, end + delay - Duration::from_secs(1)));
+        assert!(due(day, delay, end + delay));
+        assert!(due(day, Duration::ZERO, end));
+    }
+
+    #[test]
+    fn random_delays_stay_within_the_setting() {
+        let max = Duration::from_secs(3600);
+        let delays: Vec<Duration> = (0..50).map(|_| random_delay(max)).collect();
+        assert!(delays.iter().all(|d| *d <= max));
+        // Not one fixed value (50 draws from 3601 seconds).
+        assert!(delays.iter().any(|d| *d != delays[0]));
+        assert_eq!(random_delay(Duration::ZERO), Duration::ZERO);
     }
 }
