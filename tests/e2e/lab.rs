@@ -62,11 +62,14 @@ pub const DOMAINS: &[(&str, (&str, &str))] = &[
 pub const RUA_MAILTO: &str = "tlsrpt@rua.test";
 pub const RUA_HOST: &str = "reports.test";
 pub const RUA_HTTPS: &str = "https://reports.test/v1/tlsrpt";
+/// A second collector, for a domain whose reports fail differently.
+pub const RUA_HOST2: &str = "reports2.test";
+pub const RUA_HTTPS2: &str = "https://reports2.test/v1/tlsrpt";
 
 /// `_smtp._tls` records in the unsigned zone: domain, rua.
 pub const TLSRPT: &[(&str, &str)] = &[
     ("sts-enforce.test", "mailto:tlsrpt@rua.test"),
-    ("forced-plain.test", RUA_HTTPS),
+    ("forced-plain.test", RUA_HTTPS2),
     ("opp-tls.test", RUA_HTTPS),
     // Reports about reports would go here: none may be counted.
     ("rua.test", "mailto:tlsrpt@rua.test"),
@@ -211,6 +214,7 @@ pub fn test_zone() -> Zone {
         ));
     }
     records.push_str(&format!("{RUA_HOST}. A {HTTPS_IP}\n"));
+    records.push_str(&format!("{RUA_HOST2}. A {HTTPS_IP}\n"));
     Zone::unsigned("test", &records)
 }
 
@@ -267,6 +271,7 @@ impl Lab {
                     https.site(&format!("mta-sts.{domain}"), Response::policy(policy));
                 }
                 https.collector(RUA_HOST);
+                https.collector(RUA_HOST2);
                 (
                     https,
                     SmtpSink::start(TLS_MX.1, 25, ca_tls),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 
+use crate::common::https::Response;
 use crate::common::postfix::SENDER;
 use crate::lab::*;
 
@@ -267,7 +268,7 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
     );
 
     // By HTTPS: one POST per https: domain.
-    let posts = lab.https.posted(RUA_HOST);
+    let posts = [lab.https.posted(RUA_HOST), lab.https.posted(RUA_HOST2)].concat();
     assert_eq!(posts.len(), 2, "POSTs");
     let mut by_post = std::collections::BTreeMap::new();
     for p in &posts {
@@ -382,7 +383,8 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
         assert_eq!(d["result"], "done", "{again}");
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(lab.https.posted(RUA_HOST).len(), 2);
+    assert_eq!(lab.https.posted(RUA_HOST).len(), 1);
+    assert_eq!(lab.https.posted(RUA_HOST2).len(), 1);
     assert_eq!(reports().len(), 2);
     let (list, _) = tlsrpt(&lab, &["list"], &day);
     for d in list["domains"].as_array().unwrap() {
@@ -394,5 +396,115 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
     summary(
         "TLS reports: counted across a restart, sent once by mail and HTTPS, each matching \
          what Postfix did; reports about reports never counted",
+    );
+}
+
+/// Set every taken-and-failed destination due now, as if its wait had
+/// passed.
+fn make_retries_due(lab: &Lab) {
+    let db = rusqlite::Connection::open(lab.dir.path().join("cache.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute(
+        "UPDATE tlsrpt_outbox SET next_try = 0 WHERE state = 'retry'",
+        [],
+    )
+    .unwrap();
+}
+
+#[test]
+fn e2e_tls_reports_a_failing_collector_gets_the_same_report_again_and_a_refusal_is_final() {
+    let Some(lab) = Lab::start("e2e-rpr") else {
+        return;
+    };
+    let day = today();
+    let mark = lab.pf.log_mark();
+    let id = lab.send(SENDER, &["a@opp-tls.test", "b@forced-plain.test"]);
+    for (rcpt, status) in [
+        ("a@opp-tls.test", "sent"),
+        ("b@forced-plain.test", "deferred"),
+    ] {
+        assert!(
+            lab.status(&id, rcpt, mark)
+                .contains(&format!("status={status}"))
+        );
+        lab.outcome(&id, rcpt, status);
+    }
+    wait_counted(&lab, &day, &[("opp-tls.test", 1), ("forced-plain.test", 1)]);
+    let state = |list: &Value, domain: &str| -> Value {
+        list["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["domain"] == domain)
+            .map(|d| d["destinations"][0].clone())
+            .unwrap_or_else(|| panic!("{domain} not in {list}"))
+    };
+
+    // Both collectors down: both reports wait for another try, and the
+    // command says so with exit 1.
+    lab.https.respond(RUA_HOST, Response::status(503));
+    lab.https.respond(RUA_HOST2, Response::status(503));
+    let (sent, ok) = tlsrpt(&lab, &["send"], &day);
+    assert!(!ok, "{sent}");
+    let (list, _) = tlsrpt(&lab, &["list"], &day);
+    for (domain, dest) in [
+        ("opp-tls.test", RUA_HTTPS),
+        ("forced-plain.test", RUA_HTTPS2),
+    ] {
+        let x = state(&list, domain);
+        assert_eq!(x["destination"], dest, "{list}");
+        assert_eq!(x["state"], "retry", "{list}");
+        assert_eq!(x["attempts"], 1, "{list}");
+        assert!(x["detail"].as_str().unwrap().contains("HTTP 503"), "{list}");
+    }
+    // Not due yet: nothing is tried.
+    let (again, _) = tlsrpt(&lab, &["send"], &day);
+    assert!(
+        again["domains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["result"] == "done"),
+        "{again}"
+    );
+    assert_eq!(lab.https.posted(RUA_HOST).len(), 1);
+    assert_eq!(lab.https.posted(RUA_HOST2).len(), 1);
+
+    // Due: one collector is back, the other refuses (a 4xx is final).
+    make_retries_due(&lab);
+    lab.https.respond(RUA_HOST, Response::status(200));
+    lab.https.respond(RUA_HOST2, Response::status(400));
+    let (sent, ok) = tlsrpt(&lab, &["send"], &day);
+    assert!(!ok, "{sent}");
+    let posts = lab.https.posted(RUA_HOST);
+    assert_eq!(posts.len(), 2);
+    assert_eq!(
+        posts[0].body, posts[1].body,
+        "a retry sends the report it tried first"
+    );
+    let (list, _) = tlsrpt(&lab, &["list"], &day);
+    let x = state(&list, "opp-tls.test");
+    assert_eq!(
+        (&x["state"], &x["attempts"]),
+        (&"sent".into(), &2.into()),
+        "{list}"
+    );
+    let x = state(&list, "forced-plain.test");
+    assert_eq!(
+        (&x["state"], &x["attempts"]),
+        (&"failed".into(), &2.into()),
+        "{list}"
+    );
+    assert!(x["detail"].as_str().unwrap().contains("HTTP 400"), "{list}");
+
+    // Given up and sent: never tried again.
+    make_retries_due(&lab);
+    let (_, ok) = tlsrpt(&lab, &["send"], &day);
+    assert!(ok);
+    assert_eq!(lab.https.posted(RUA_HOST).len(), 2);
+    assert_eq!(lab.https.posted(RUA_HOST2).len(), 2);
+    summary(
+        "TLS reports: a failing collector gets the same report again when due, a refusing one \
+         is given up, nothing is sent twice",
     );
 }
