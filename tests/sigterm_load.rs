@@ -1,7 +1,9 @@
-//! SIGTERM while clients hammer the front doors: every request is either
-//! answered whole or refused by a closed connection (never half-answered,
-//! never left hanging), every answer has its record in the decision log,
-//! the listeners close, and the daemon exits with status 0.
+//! SIGTERM while clients hammer the three front doors (socketmap, policy
+//! server, milter): every request is either answered whole or refused by a
+//! closed connection (never half-answered, never left hanging), every
+//! answer has its record in the decision log (a milter message answered at
+//! end of message has its message record), the listeners close, and the
+//! daemon exits with status 0.
 
 mod common;
 
@@ -18,6 +20,8 @@ use common::{Daemon, Options, WAIT, netstring, parse_netstring, policy_request};
 const THREADS: usize = 6;
 /// Answers to wait for before SIGTERM.
 const BEFORE_TERM: u64 = 300;
+/// Milter messages to wait for before SIGTERM.
+const MILTER_BEFORE_TERM: u64 = 30;
 /// Most requests one client makes (bounds the loop if the daemon never
 /// stops).
 const MAX_REQUESTS: usize = 200_000;
@@ -29,6 +33,8 @@ struct Tally {
     keys: Mutex<Vec<String>>,
     /// Requests that got no answer: the connection was closed.
     refused: AtomicU64,
+    /// Milter messages answered.
+    milter: AtomicU64,
 }
 
 fn addr(listen: &str) -> String {
@@ -121,16 +127,67 @@ fn policy_client(addr: &str, t: usize, tally: &Tally) {
     }
 }
 
+/// One message per milter connection (as Postfix's smtpd opens one per
+/// SMTP session), recorded by queue id when its end of message is
+/// answered.
+fn milter_client(addr: &str, t: usize, tally: &Tally) {
+    use indymilter_test::{MacroStage, Status, TestConnection};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for n in 1..=MAX_REQUESTS / 100 {
+            let Ok(mut c) = TestConnection::configure()
+                .read_timeout(WAIT)
+                .write_timeout(WAIT)
+                .open_tcp(addr)
+                .await
+            else {
+                return; // the listener is closed
+            };
+            let id = format!("M{t}x{n}");
+            let steps = async {
+                c.connect("client.example", [192, 0, 2, 25]).await?;
+                c.mail(["<a@sender.example>"]).await?;
+                c.macros(MacroStage::Rcpt, [("i", id.as_str())]).await?;
+                c.rcpt([format!("<m{t}-{n}@p.example>")]).await?;
+                let (_, status) = c.eom().await?;
+                Ok::<Status, indymilter_test::TestError>(status)
+            };
+            match steps.await {
+                Ok(status) => {
+                    assert_eq!(status, Status::Continue, "{id}");
+                    tally.answered.fetch_add(1, Ordering::Relaxed);
+                    tally.milter.fetch_add(1, Ordering::Relaxed);
+                    tally.keys.lock().unwrap().push(id);
+                    let _ = c.close().await;
+                }
+                Err(e) => {
+                    assert!(
+                        tally.milter.load(Ordering::Relaxed) > 0 || n > 1,
+                        "milter {id}: the first message failed: {e}"
+                    );
+                    tally.refused.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    });
+}
+
 #[test]
 fn sigterm_under_load_answers_or_refuses_every_request_and_exits_0() {
     let config = "[socketmap]\nlisten = \"inet:127.0.0.1:0\"\n\n\
                   [policy_server]\nlisten = \"inet:127.0.0.1:0\"\n\n\
+                  [milter]\nlisten = \"inet:127.0.0.1:0\"\n\n\
                   [prober]\nenabled = false\n\n\
                   [policy]\nfile = \"policy.toml\"\n\n\
                   [log]\ndecisions = \"decisions.jsonl\"\n";
     let mut d = Daemon::start_frontend(config, POLICY, Options::default(), "socketmap");
     let sm = addr(&d.listening("socketmap"));
     let policy = addr(&d.listening("policy"));
+    let milter = addr(&d.listening("milter"));
     let tally = Arc::new(Tally::default());
     let mut clients = Vec::new();
     for t in 0..THREADS {
@@ -138,9 +195,13 @@ fn sigterm_under_load_answers_or_refuses_every_request_and_exits_0() {
         clients.push(thread::spawn(move || socketmap_client(&a, t, &tl)));
         let (tl, a) = (tally.clone(), policy.clone());
         clients.push(thread::spawn(move || policy_client(&a, t, &tl)));
+        let (tl, a) = (tally.clone(), milter.clone());
+        clients.push(thread::spawn(move || milter_client(&a, t, &tl)));
     }
     let deadline = Instant::now() + WAIT;
-    while tally.answered.load(Ordering::Relaxed) < BEFORE_TERM {
+    while tally.answered.load(Ordering::Relaxed) < BEFORE_TERM
+        || tally.milter.load(Ordering::Relaxed) < MILTER_BEFORE_TERM
+    {
         assert!(Instant::now() < deadline, "no load within {WAIT:?}");
         thread::sleep(Duration::from_millis(5));
     }
@@ -163,6 +224,10 @@ fn sigterm_under_load_answers_or_refuses_every_request_and_exits_0() {
     for (i, line) in text.lines().enumerate() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("line {}: {e}", i + 1));
+        let milter_message = v["frontend"] == "milter";
+        if milter_message && let Some(q) = v["queue_id"].as_str() {
+            logged.insert(q.to_string());
+        }
         for field in ["key", "recipient"] {
             if let Some(k) = v[field].as_str() {
                 logged.insert(k.to_string());
@@ -171,9 +236,11 @@ fn sigterm_under_load_answers_or_refuses_every_request_and_exits_0() {
     }
     let keys = tally.keys.lock().unwrap();
     let policy_answers = keys.iter().filter(|k| k.contains('@')).count();
+    let milter_answers = keys.iter().filter(|k| k.starts_with('M')).count();
     assert!(
-        policy_answers > 0 && policy_answers < keys.len(),
-        "both doors answered under load"
+        policy_answers > 0 && milter_answers > 0 && policy_answers + milter_answers < keys.len(),
+        "the three doors answered under load: {policy_answers} policy, {milter_answers} milter, {} in all",
+        keys.len()
     );
     let missing: Vec<_> = keys.iter().filter(|k| !logged.contains(*k)).collect();
     assert!(
