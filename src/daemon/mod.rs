@@ -551,7 +551,11 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         }
         None => None,
     };
-    let hook = tlsrpt_on.map(|t| tlsrpt::counter(&ctx, t, tlsrpt_resolver.clone()));
+    let (counter, hook) = match tlsrpt_on.map(|t| tlsrpt::counter(&ctx, t, tlsrpt_resolver.clone()))
+    {
+        Some((c, h)) => (Some(c), Some(h)),
+        None => (None, None),
+    };
     let sender = tlsrpt_resolver.and_then(|r| tlsrpt::spawn_sender(&ctx, r, shutdown.clone()));
     drop(config);
     let follower = outcomes::spawn(&ctx, hook, shutdown.clone());
@@ -573,6 +577,9 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
     }
     if let Some(s) = sender {
         let _ = tokio::task::spawn_blocking(move || s.join()).await;
+    }
+    if let Some(c) = counter {
+        let _ = tokio::task::spawn_blocking(move || c.finish()).await;
     }
     if let Some(store) = ctx.mta_sts.as_ref().and_then(|s| s.store()) {
         store.close();

@@ -1,12 +1,10 @@
-//! Wiring of TLS reporting: the counter the outcome follower tells of each
-//! delivery attempt (on the follower's thread), and the thread that sends
-//! each day's reports after the day ends (with a runtime of its own, never
-//! on the threads that answer Postfix).
+//! Wiring of TLS reporting: the counter ([`Counter`]) the outcome follower
+//! tells of each delivery attempt (on the follower's thread), and the
+//! thread that sends each day's reports after the day ends (with a runtime
+//! of its own, never on the threads that answer Postfix).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -15,257 +13,39 @@ use tokio_util::sync::CancellationToken;
 use super::Context;
 use crate::dns::Resolver;
 use crate::log::record::DeliveryOutcome;
-use crate::metrics::{Metrics, SessionKind};
 use crate::outcomes::task::DeliveryHook;
-use crate::sources::dane::DaneSource;
-use crate::sources::dane::assess::TlsaState;
-use crate::sources::mta_sts::policy::Mode;
-use crate::sources::mta_sts::{CacheState, MtaSts};
-use crate::tlsrpt::applied::{StsView, TlsaView, applied, tlsa_text};
 use crate::tlsrpt::config::TlsRptConfig;
+use crate::tlsrpt::counter::Counter;
 use crate::tlsrpt::deliver::Poster;
-use crate::tlsrpt::directory::{Found, discover};
-use crate::tlsrpt::report::{ResultType, day_name, day_start};
+use crate::tlsrpt::report::{day_name, day_start};
 use crate::tlsrpt::sender::{ReportSender, yesterday};
-use crate::tlsrpt::session::{SessionResult, session_of};
 use crate::tlsrpt::store::TlsRptStore;
-use crate::util::rate::RateLimit;
 
-/// Record lookups in flight at most.
-const MAX_LOOKUPS: usize = 32;
-/// Domains whose record state is held in memory at most.
-const MAX_KNOWN: usize = 100_000;
 /// How often the sender wakes.
 const SEND_ROUND: Duration = Duration::from_secs(300);
 /// Days of counts kept.
 const KEEP_DAYS: u64 = 8;
 
-/// The counter: turns delivery attempts into sessions in the SQLite file.
-struct Counter {
-    path: PathBuf,
-    store: Mutex<Option<TlsRptStore>>,
-    /// domain → (publishes a usable record, until).
-    known: Mutex<HashMap<String, (bool, SystemTime)>>,
-    /// Lookups finished, to be kept in the file by the follower's thread.
-    found: Mutex<Vec<(String, Found, SystemTime)>>,
-    lookups: AtomicUsize,
-    resolver: Option<Resolver>,
-    runtime: Option<tokio::runtime::Handle>,
-    mta_sts: Option<MtaSts>,
-    dane: Option<DaneSource>,
-    metrics: Arc<Metrics>,
-    errors: RateLimit,
-}
-
-impl Counter {
-    fn error(&self, kind: &'static str, e: &dyn std::fmt::Display) {
-        self.metrics.error("tlsrpt", kind);
-        if let Some(unsaid) = self.errors.admit() {
-            tracing::error!(file = %self.path.display(), error = %e, not_logged = unsaid,
-                "TLS-RPT: cannot count a session; it is missing from the reports");
-        }
-    }
-
-    fn with_store<R>(&self, f: impl FnOnce(&TlsRptStore) -> R) -> Option<R> {
-        let mut guard = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            match TlsRptStore::open(&self.path) {
-                Ok(s) => *guard = Some(s),
-                Err(e) => {
-                    self.error("store_open", &e);
-                    return None;
-                }
-            }
-        }
-        guard.as_ref().map(f)
-    }
-
-    /// Whether `domain` publishes a usable record: known, kept in the
-    /// file, or `None` (a lookup is started).
-    fn publishes(self: &Arc<Self>, domain: &str, now: SystemTime) -> Option<bool> {
-        {
-            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(&(yes, until)) = known.get(domain)
-                && until > now
-            {
-                return Some(yes);
-            }
-        }
-        let kept = self
-            .with_store(|s| s.kept_record(domain, now))
-            .and_then(Result::ok)
-            .flatten();
-        if let Some(k) = kept {
-            self.remember(domain, k.record.is_ok(), k.expires, now);
-            return Some(k.record.is_ok());
-        }
-        self.look_up(domain);
-        None
-    }
-
-    fn remember(&self, domain: &str, yes: bool, until: SystemTime, now: SystemTime) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if known.len() >= MAX_KNOWN {
-            known.retain(|_, (_, u)| *u > now);
-            if known.len() >= MAX_KNOWN {
-                known.clear();
-            }
-        }
-        known.insert(domain.to_string(), (yes, until));
-    }
-
-    fn look_up(self: &Arc<Self>, domain: &str) {
-        let (Some(rt), Some(resolver)) = (&self.runtime, &self.resolver) else {
-            return;
-        };
-        if self.lookups.fetch_add(1, Ordering::Relaxed) >= MAX_LOOKUPS {
-            self.lookups.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-        let resolver = resolver.clone();
-        let domain = domain.to_string();
-        let me = self.clone();
-        rt.spawn(async move {
-            let r = discover(&resolver, &domain).await;
-            me.lookups.fetch_sub(1, Ordering::Relaxed);
-            match r {
-                Ok(found) => {
-                    let now = SystemTime::now();
-                    me.remember(&domain, found.record.is_ok(), now + found.ttl, now);
-                    me.found
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((domain, found, now));
-                }
-                Err(e) => tracing::debug!(domain, error = %e, "TLS-RPT: record lookup failed"),
-            }
-        });
-    }
-
-    /// What the MTA-STS cache says of `domain`.
-    fn sts_view(&self, domain: &str) -> StsView {
-        match self.mta_sts.as_ref().map(|s| s.cache_state(domain)) {
-            Some(CacheState::Policy(c)) => StsView::Policy {
-                lines: c.policy.lines.clone(),
-                mx: c.policy.mx.clone(),
-                mode_none: c.policy.mode == Mode::None,
-            },
-            _ => StsView::Nothing,
-        }
-    }
-
-    /// What DANE found for the MX host `host` of `domain`.
-    fn tlsa_view(&self, domain: &str, host: &str) -> TlsaView {
-        let Some(record) = self.dane.as_ref().and_then(|d| d.cached(domain)) else {
-            return TlsaView::Nothing;
-        };
-        let host = host.trim_end_matches('.');
-        let Some(h) = record
-            .assessment
-            .hosts
-            .iter()
-            .find(|h| h.host.trim_end_matches('.').eq_ignore_ascii_case(host))
-        else {
-            return TlsaView::Nothing;
-        };
-        match &h.tlsa {
-            TlsaState::Secure {
-                records, usable, ..
-            } if *usable > 0 => TlsaView::Records(
-                records
-                    .iter()
-                    .filter(|r| r.usable)
-                    .map(|r| tlsa_text(r.usage, r.selector, r.matching, &r.data))
-                    .collect(),
-            ),
-            TlsaState::Secure { .. } => TlsaView::Failed(ResultType::TlsaInvalid),
-            TlsaState::Bogus { .. } => TlsaView::Failed(ResultType::DnssecInvalid),
-            _ => TlsaView::Nothing,
-        }
-    }
-
-    fn count(self: &Arc<Self>, queue_id: &str, d: &DeliveryOutcome) {
-        let Some(domain) = d.domain.as_deref() else {
-            return;
-        };
-        let now = SystemTime::now();
-        self.keep_found();
-        if self.publishes(domain, now) == Some(false) {
-            self.metrics.tlsrpt_session(SessionKind::NotCounted);
-            return;
-        }
-        let since = day_name(day_start(d.logged_at) - Duration::from_secs(2 * 86_400));
-        if self
-            .with_store(|s| s.is_report_recipient(&d.recipient, &since))
-            .and_then(Result::ok)
-            .unwrap_or(false)
-        {
-            self.metrics.tlsrpt_session(SessionKind::Report);
-            return;
-        }
-        let host = d.relay.split('[').next().unwrap_or_default();
-        let (policy, failure) = applied(
-            domain,
-            &self.sts_view(domain),
-            &self.tlsa_view(domain, host),
-        );
-        let Some(session) = session_of(d, policy, failure) else {
-            self.metrics.tlsrpt_session(SessionKind::NotCounted);
-            return;
-        };
-        let at = d
-            .logged_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let attempt = format!(
-            "{queue_id} {} {}.{:06} {}",
-            d.recipient,
-            at.as_secs(),
-            at.subsec_micros(),
-            d.relay
-        );
-        match self.with_store(|s| s.add(&session, &attempt, d.logged_at)) {
-            Some(Ok(true)) => self.metrics.tlsrpt_session(match session.result {
-                SessionResult::Successful => SessionKind::Successful,
-                SessionResult::Failed(_) => SessionKind::Failed,
-            }),
-            Some(Ok(false)) => {}
-            Some(Err(e)) => self.error("session_lost", &e),
-            None => self.metrics.error("tlsrpt", "session_lost"),
-        }
-    }
-
-    /// Keep finished lookups in the file.
-    fn keep_found(&self) {
-        let found = std::mem::take(&mut *self.found.lock().unwrap_or_else(|p| p.into_inner()));
-        for (domain, f, at) in found {
-            if let Some(Err(e)) = self.with_store(|s| s.keep_record(&domain, &f, at)) {
-                self.error("store_write", &e);
-            }
-        }
-    }
-}
-
-/// The hook that counts sessions, when `[tlsrpt]` is on.
+/// The counter of sessions and the hook that feeds it, when `[tlsrpt]` is
+/// on.
 pub(super) fn counter(
     ctx: &Context,
     config: &TlsRptConfig,
     resolver: Option<Resolver>,
-) -> DeliveryHook {
-    let c = Arc::new(Counter {
-        path: config.cache_file.clone(),
-        store: Mutex::new(None),
-        known: Mutex::new(HashMap::new()),
-        found: Mutex::new(Vec::new()),
-        lookups: AtomicUsize::new(0),
+) -> (Arc<Counter>, DeliveryHook) {
+    let c = Arc::new(Counter::new(
+        config.cache_file.clone(),
         resolver,
-        runtime: tokio::runtime::Handle::try_current().ok(),
-        mta_sts: ctx.mta_sts.clone(),
-        dane: ctx.dane.clone(),
-        metrics: ctx.metrics.clone(),
-        errors: RateLimit::per_minute(10),
-    });
-    Arc::new(move |queue_id: &str, d: &DeliveryOutcome| c.count(queue_id, d))
+        tokio::runtime::Handle::try_current().ok(),
+        ctx.mta_sts.clone(),
+        ctx.dane.clone(),
+        ctx.metrics.clone(),
+    ));
+    let hook = c.clone();
+    (
+        c,
+        Arc::new(move |queue_id: &str, d: &DeliveryOutcome| hook.count(queue_id, d)),
+    )
 }
 
 /// Whether the reports of the UTC day starting at `day` are due at `now`,

@@ -2,13 +2,14 @@
 //! record of a recipient domain ([`record`], looked up and kept by
 //! [`directory`]), a delivery attempt as a report's session ([`session`],
 //! with the policy that applied from [`applied`]), counted once in the
-//! SQLite file ([`store`]); the aggregate report built from a day's counts
+//! SQLite file ([`store`]) by the [`counter`] the outcome follower feeds; the aggregate report built from a day's counts
 //! ([`report`]), the mail that carries it ([`mail`]), kept and sent once
 //! per destination ([`outbox`], [`deliver`], [`sender`]). `[tlsrpt]` in
 //! [`config`].
 
 pub mod applied;
 pub mod config;
+pub mod counter;
 pub mod deliver;
 pub mod directory;
 pub mod mail;

@@ -55,6 +55,9 @@ pub const DOMAINS: &[(&str, (&str, &str))] = &[
     ("forced-bypass.test", PLAIN_MX),
     ("forced-unreach.test", TLS_MX),
     ("rua.test", TLS_MX),
+    // Its MX is the plaintext server; a scenario routes it through the
+    // TLS server with transport_maps (not an MX: no TLS-RPT session).
+    ("relayed.test", PLAIN_MX),
 ];
 
 /// Where the lab's TLS reports go: `mailto:` to a mailbox behind the
@@ -71,6 +74,7 @@ pub const TLSRPT: &[(&str, &str)] = &[
     ("sts-enforce.test", "mailto:tlsrpt@rua.test"),
     ("forced-plain.test", RUA_HTTPS2),
     ("opp-tls.test", RUA_HTTPS),
+    ("relayed.test", RUA_HTTPS),
     // Reports about reports would go here: none may be counted.
     ("rua.test", "mailto:tlsrpt@rua.test"),
 ];
