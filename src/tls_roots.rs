@@ -1,5 +1,6 @@
-//! The CA roots that HTTPS fetches (MTA-STS) and STARTTLS probes trust:
-//! the Mozilla roots from `webpki-roots`, plus an operator's PEM file.
+//! The CA roots that HTTPS clients (MTA-STS fetches, TLS reports) and
+//! STARTTLS probes trust: the Mozilla roots from `webpki-roots`, plus an
+//! operator's PEM file; and the HTTPS client setup those clients share.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,38 @@ pub struct RootsError {
     pub key: &'static str,
     pub path: PathBuf,
     pub problem: String,
+}
+
+/// An HTTP/1.1 client's TLS (1.2 or 1.3, ring) trusting [`load_roots`].
+pub fn https_connector(
+    extra: Option<&Path>,
+    key: &'static str,
+) -> Result<tokio_rustls::TlsConnector, RootsError> {
+    let roots = load_roots(extra, key)?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| RootsError {
+            key,
+            path: PathBuf::new(),
+            problem: format!("TLS setup: {e}"),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
+}
+
+/// The task driving an HTTP/1.1 client connection, stopped when the
+/// request it serves is done or dropped.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The WebPKI roots plus every PEM certificate in `extra`, the file named

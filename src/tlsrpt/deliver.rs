@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -15,7 +14,6 @@ use hyper::body::Bytes;
 use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Request, Uri};
 use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -140,21 +138,9 @@ pub struct Poster {
 impl Poster {
     /// WebPKI roots plus the PEM certificates in `extra_ca_file`.
     pub fn new(resolver: Resolver, extra_ca_file: Option<&Path>) -> Result<Poster, RootsError> {
-        let roots = crate::tls_roots::load_roots(extra_ca_file, "tlsrpt.extra_ca_file")?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| RootsError {
-                key: "tlsrpt TLS setup",
-                path: Default::default(),
-                problem: e.to_string(),
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Poster {
             resolver,
-            tls: TlsConnector::from(Arc::new(config)),
+            tls: crate::tls_roots::https_connector(extra_ca_file, "tlsrpt.extra_ca_file")?,
         })
     }
 
@@ -237,7 +223,7 @@ where
         .await
         .map_err(http)?;
     let driver = tokio::spawn(conn);
-    let _abort = AbortOnDrop(driver);
+    let _abort = crate::tls_roots::AbortOnDrop(driver);
     let host_header = if port == 443 {
         host.to_string()
     } else {
@@ -274,14 +260,6 @@ where
         Err(permanent(text))
     } else {
         Err(retry(text))
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

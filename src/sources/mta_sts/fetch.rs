@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -16,8 +15,8 @@ use hyper::body::Bytes;
 use hyper::header::{ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, USER_AGENT};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -104,21 +103,12 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(resolver: Resolver, settings: FetchSettings) -> Result<Fetcher, RootsError> {
-        let roots = load_roots(settings.extra_ca_file.as_deref())?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| RootsError {
-                key: "mta_sts TLS setup",
-                path: PathBuf::new(),
-                problem: e.to_string(),
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Fetcher {
             resolver,
-            tls: TlsConnector::from(Arc::new(config)),
+            tls: crate::tls_roots::https_connector(
+                settings.extra_ca_file.as_deref(),
+                "mta_sts.extra_ca_file",
+            )?,
             settings,
         })
     }
@@ -194,7 +184,7 @@ impl Fetcher {
             .await
             .map_err(http)?;
         let driver = tokio::spawn(conn);
-        let _abort = AbortOnDrop(driver);
+        let _abort = crate::tls_roots::AbortOnDrop(driver);
         let req = Request::get(POLICY_PATH)
             .header(HOST, host)
             .header(
@@ -260,14 +250,6 @@ impl Fetcher {
             address,
             lenient_content_type,
         })
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
