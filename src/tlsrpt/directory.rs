@@ -114,12 +114,11 @@ impl TlsRptStore {
     ) -> Result<Option<KeptRecord>, TlsRptStoreError> {
         let row: Option<(Option<String>, Option<String>, i64)> = self
             .conn
-            .query_row(
-                "SELECT record, problem, expires FROM tlsrpt_records WHERE domain = ?1",
-                params![domain],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
+            .prepare_cached("SELECT record, problem, expires FROM tlsrpt_records WHERE domain = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![domain], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()
+            })
             .map_err(|e| self.sql(e))?;
         Ok(row.and_then(|(text, problem, expires)| {
             let expires = from_unix(expires);

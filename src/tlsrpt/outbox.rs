@@ -351,13 +351,11 @@ impl TlsRptStore {
     /// a day from `day` on: a delivery to it is a report, not counted.
     pub fn is_report_recipient(&self, address: &str, day: &str) -> Result<bool, TlsRptStoreError> {
         self.conn
-            .query_row(
+            .prepare_cached(
                 "SELECT 1 FROM tlsrpt_outbox
                  WHERE day >= ?2 AND lower(destination) = 'mailto:' || lower(?1) LIMIT 1",
-                params![address, day],
-                |_| Ok(()),
             )
-            .optional()
+            .and_then(|mut st| st.query_row(params![address, day], |_| Ok(())).optional())
             .map(|r| r.is_some())
             .map_err(|e| self.sql(e))
     }

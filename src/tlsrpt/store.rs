@@ -120,13 +120,22 @@ impl TlsRptStore {
             SessionResult::Successful => None,
             SessionResult::Failed(k) => Some(serde_json::to_string(k).unwrap_or_default()),
         };
+        // Prepared once per connection: a session is counted per delivery.
         let n = self
             .conn
-            .execute(
+            .prepare_cached(
                 "INSERT OR IGNORE INTO tlsrpt_sessions (day, domain, attempt, policy, failure)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![day_name(at), session.domain, attempt, policy, failure],
             )
+            .and_then(|mut st| {
+                st.execute(params![
+                    day_name(at),
+                    session.domain,
+                    attempt,
+                    policy,
+                    failure
+                ])
+            })
             .map_err(|e| self.sql(e))?;
         Ok(n == 1)
     }
