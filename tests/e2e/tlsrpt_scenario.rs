@@ -206,6 +206,31 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
     let after = wait_counted(&lab, &day, &counted);
     assert_eq!(before["domains"], after["domains"]);
 
+    // A dry run says what would go where, and sends and changes nothing.
+    let (dry, ok) = tlsrpt(&lab, &["send", "--dry-run"], &day);
+    assert!(ok, "{dry}");
+    for d in dry["domains"].as_array().unwrap() {
+        assert_eq!(d["result"], "would-send", "{dry}");
+        let want = if d["domain"] == "forced-plain.test" {
+            RUA_HTTPS2
+        } else if d["domain"] == "opp-tls.test" {
+            RUA_HTTPS
+        } else {
+            "mailto:tlsrpt@rua.test"
+        };
+        assert_eq!(
+            d["detail"]["destinations"],
+            serde_json::json!([want]),
+            "{dry}"
+        );
+    }
+    let (list, _) = tlsrpt(&lab, &["list"], &day);
+    for d in list["domains"].as_array().unwrap() {
+        assert_eq!(d["destinations"], serde_json::json!([]), "{list}");
+        assert_eq!(d["report_id"], Value::Null, "{list}");
+    }
+    assert!(lab.https.posted(RUA_HOST).is_empty());
+
     // Today's reports, sent at once (partial reports of the day).
     let (sent, ok) = tlsrpt(&lab, &["send"], &day);
     assert!(ok, "{sent}");
