@@ -18,7 +18,7 @@ use crate::tlsrpt::config::TlsRptConfig;
 use crate::tlsrpt::counter::Counter;
 use crate::tlsrpt::deliver::Poster;
 use crate::tlsrpt::report::{day_name, day_start};
-use crate::tlsrpt::sender::{ReportSender, yesterday};
+use crate::tlsrpt::sender::{DomainResult, ReportSender, yesterday};
 use crate::tlsrpt::store::TlsRptStore;
 
 /// How often the sender wakes.
@@ -119,6 +119,7 @@ async fn send_loop(ctx: &Context, sender: &mut ReportSender, stop: CancellationT
     let mut delays: HashMap<SystemTime, Duration> = HashMap::new();
     let mut store: Option<TlsRptStore> = None;
     let mut pruned: Option<SystemTime> = None;
+    let mut first = true;
     loop {
         if let Some(t) = ctx.config().tlsrpt.clone().filter(|t| t.enabled) {
             sender.config = t;
@@ -133,7 +134,15 @@ async fn send_loop(ctx: &Context, sender: &mut ReportSender, stop: CancellationT
             }
         }
         if let Some(s) = &store {
-            round(s, sender, &mut delays, &mut pruned).await;
+            let tried = round(s, sender, &mut delays, &mut pruned).await;
+            if first {
+                first = false;
+                tracing::info!(
+                    tried,
+                    send_delay = %humantime::format_duration(sender.config.send_delay),
+                    "TLS-RPT: first round done; a day's reports go out up to send_delay after it ends"
+                );
+            }
         }
         tokio::select! {
             () = stop.cancelled() => break,
@@ -143,13 +152,15 @@ async fn send_loop(ctx: &Context, sender: &mut ReportSender, stop: CancellationT
 }
 
 /// One round: the last two days' reports that are due, then the tries
-/// due again; once a day, old counts forgotten.
+/// due again; once a day, old counts forgotten. Returns the destinations
+/// tried.
 async fn round(
     store: &TlsRptStore,
     sender: &ReportSender,
     delays: &mut HashMap<SystemTime, Duration>,
     pruned: &mut Option<SystemTime>,
-) {
+) -> usize {
+    let mut tried = 0;
     let now = SystemTime::now();
     let today = day_start(now);
     let last = yesterday(now);
@@ -160,16 +171,28 @@ async fn round(
         if !due(day, delay, now) {
             continue;
         }
-        if let Err(e) = sender.send_day(store, day, false, now).await {
-            tracing::error!(day = %day_name(day), error = %e, "TLS-RPT: sending stopped");
-            if let Some(m) = &sender.metrics {
-                m.error("tlsrpt", "store");
+        match sender.send_day(store, day, false, now).await {
+            Ok(results) => {
+                tried += results
+                    .iter()
+                    .map(|(_, r)| match r {
+                        DomainResult::Reported { sent, .. } => sent.len(),
+                        _ => 0,
+                    })
+                    .sum::<usize>();
+            }
+            Err(e) => {
+                tracing::error!(day = %day_name(day), error = %e, "TLS-RPT: sending stopped");
+                if let Some(m) = &sender.metrics {
+                    m.error("tlsrpt", "store");
+                }
             }
         }
     }
     delays.retain(|d, _| *d >= last - Duration::from_secs(86_400));
-    if let Err(e) = sender.retry_due(store, None, now).await {
-        tracing::error!(error = %e, "TLS-RPT: retries stopped");
+    match sender.retry_due(store, None, now).await {
+        Ok(sent) => tried += sent.len(),
+        Err(e) => tracing::error!(error = %e, "TLS-RPT: retries stopped"),
     }
     if *pruned != Some(today) {
         let before = day_name(today - Duration::from_secs(KEEP_DAYS * 86_400));
@@ -178,6 +201,7 @@ async fn round(
             Err(e) => tracing::warn!(error = %e, "TLS-RPT: cannot forget old counts"),
         }
     }
+    tried
 }
 
 #[cfg(test)]
