@@ -46,8 +46,19 @@ pub struct Health {
     /// The outcome follower, when `[outcomes]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcomes: Option<OutcomesHealth>,
+    /// TLS reports, when `[tlsrpt]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tlsrpt: Option<TlsRptHealth>,
     /// Oldest first.
     pub recent_errors: Vec<RecentError>,
+}
+
+/// TLS reports since the start: delivery attempts by what they counted
+/// as, and reports by what became of them per destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsRptHealth {
+    pub sessions: Vec<(String, u64)>,
+    pub reports: Vec<(String, u64)>,
 }
 
 /// The outcome follower: what it reads and what it found.
@@ -169,6 +180,10 @@ pub trait Observed: Send + Sync {
     fn outcomes(&self) -> Option<OutcomesHealth> {
         None
     }
+    /// Whether TLS reports are counted and sent.
+    fn tlsrpt_on(&self) -> bool {
+        false
+    }
 }
 
 /// Fetches failed in a row before a source counts as unable to look
@@ -259,6 +274,15 @@ impl Health {
                 dropped: ctx.decision_log_dropped(),
             },
             outcomes,
+            tlsrpt: ctx.tlsrpt_on().then(|| {
+                let (s, r) = m.tlsrpt_counts();
+                let own =
+                    |v: Vec<(&str, u64)>| v.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+                TlsRptHealth {
+                    sessions: own(s),
+                    reports: own(r),
+                }
+            }),
             recent_errors: m.recent_errors(),
         }
     }
@@ -358,6 +382,16 @@ impl Health {
             if let Some(a) = &o.last_alarm {
                 let _ = writeln!(out, "last alarm    {} {}: {}", a.at, a.alarm, a.text);
             }
+        }
+        if let Some(t) = &self.tlsrpt {
+            let counts = |v: &[(String, u64)]| {
+                v.iter()
+                    .map(|(k, n)| format!("{} {n}", k.replace('_', " ")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(out, "tls reports   sessions: {}", counts(&t.sessions));
+            let _ = writeln!(out, "              reports: {}", counts(&t.reports));
         }
         if self.recent_errors.is_empty() {
             out += "recent errors none\n";
@@ -531,6 +565,7 @@ mod tests {
                 dropped: 0,
             },
             outcomes: None,
+            tlsrpt: None,
             recent_errors: vec![RecentError {
                 at: "2026-11-24T11:00:00Z".into(),
                 level: "error".into(),
@@ -582,6 +617,27 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want}\n{text}");
         }
+    }
+
+    #[test]
+    fn tls_reports_are_shown_when_on() {
+        let mut h = sample();
+        assert!(!h.render_text().contains("tls reports"));
+        h.tlsrpt = Some(TlsRptHealth {
+            sessions: vec![("successful".into(), 5), ("not_counted".into(), 2)],
+            reports: vec![("sent".into(), 1), ("failed".into(), 0)],
+        });
+        let text = h.render_text();
+        assert!(
+            text.contains("tls reports   sessions: successful 5, not counted 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("              reports: sent 1, failed 0\n"),
+            "{text}"
+        );
+        let back: Health = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
+        assert_eq!(back, h);
     }
 
     #[test]

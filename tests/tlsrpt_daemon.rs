@@ -33,6 +33,9 @@ fn config(dir: &Path) -> String {
 [socketmap]
 listen = "inet:127.0.0.1:0"
 
+[metrics]
+listen = "unix:{dir}/metrics.sock"
+
 [dns]
 nameservers = ["127.0.0.1:53"]
 timeout = "1s"
@@ -161,6 +164,12 @@ fn the_daemon_sends_a_finished_days_report_once_and_not_again_after_a_restart() 
     assert_eq!(p["summary"]["total-failure-session-count"], 1, "{r}");
     let line = d.wait_for_line(|l| l.contains("TLS-RPT: first round done"));
     assert!(line.contains("tried=1"), "{line}");
+    let out = common::run_with_timeout(ns.cmd(BIN).args(["status", "-c"]).arg(d.config_path()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("reports: built 1, sent 1, retry 0, failed 0"),
+        "{text}"
+    );
 
     // Restarted: the day is done; nothing goes out again.
     d.signal(libc::SIGTERM);

@@ -281,6 +281,10 @@ impl crate::health::Observed for Context {
         let o = self.outcomes.as_ref()?;
         Some(o.status.health(&self.metrics, SystemTime::now()))
     }
+
+    fn tlsrpt_on(&self) -> bool {
+        self.outcomes.is_some() && self.config().tlsrpt.as_ref().is_some_and(|t| t.enabled)
+    }
 }
 
 impl Context {

@@ -74,6 +74,9 @@ impl fmt::Debug for Metrics {
     }
 }
 
+/// Counters by name, in a fixed order.
+pub type Counts = Vec<(&'static str, u64)>;
+
 impl Metrics {
     pub fn new() -> Metrics {
         Metrics {
@@ -140,6 +143,21 @@ impl Metrics {
     /// A delivery attempt seen by the TLS-RPT counter.
     pub fn tlsrpt_session(&self, k: super::tlsrpt::SessionKind) {
         self.tlsrpt.session(k);
+    }
+
+    /// TLS-RPT's counters: sessions by kind and reports by result, each
+    /// as `(name, count)` in the order of their `ALL`.
+    pub fn tlsrpt_counts(&self) -> (Counts, Counts) {
+        use super::tlsrpt::{ReportResult, SessionKind};
+        let (s, r) = self.tlsrpt.counts();
+        (
+            SessionKind::ALL.iter().map(|k| k.as_str()).zip(s).collect(),
+            ReportResult::ALL
+                .iter()
+                .map(|k| k.as_str())
+                .zip(r)
+                .collect(),
+        )
     }
 
     /// A report built, or what became of it for one destination.

@@ -80,6 +80,13 @@ impl TlsRptCounters {
         self.reports[r as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Sessions by [`SessionKind`], reports by [`ReportResult`], in their
+    /// `ALL` order.
+    pub(super) fn counts(&self) -> (Vec<u64>, Vec<u64>) {
+        let load = |a: &[AtomicU64]| a.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        (load(&self.sessions), load(&self.reports))
+    }
+
     pub(super) fn render(&self, w: &mut Writer<'_>) {
         w.header(
             "tlsrpt_sessions_total",
