@@ -39,6 +39,9 @@ fn relay_parts(relay: &str) -> Option<(String, Option<IpAddr>)> {
     Some((host.to_ascii_lowercase(), addr.parse().ok()))
 }
 
+/// Longest `failure-reason-code` (Postfix's words for the failure).
+pub const MAX_REASON: usize = 200;
+
 /// The result type of a TLS failure as the outcome follower named it, with
 /// the text Postfix logged for the deferral. `None`: the failure is this
 /// host's own (the policy map unreachable, no TLS engine), not the
@@ -100,7 +103,13 @@ pub fn session_of(
             sending_mta_ip: None,
             receiving_mx_hostname: Some(host),
             receiving_ip: ip,
-            failure_reason_code: None,
+            // What Postfix said of the failure (its own words or the
+            // server's reply to STARTTLS), never a reply to the message.
+            failure_reason_code: Some(crate::util::text::printable_ascii(
+                d.status_text.trim(),
+                MAX_REASON,
+            ))
+            .filter(|r| !r.is_empty()),
         }),
         (None, None) if d.tls_trust != TlsTrust::None => SessionResult::Successful,
         // Plaintext without a TLS failure: STARTTLS was not offered and
@@ -203,6 +212,10 @@ mod tests {
             panic!()
         };
         assert_eq!(k.result_type, ResultType::StarttlsNotSupported);
+        assert_eq!(
+            k.failure_reason_code.as_deref(),
+            Some("TLS is required, but was not offered by host mx.rcpt.example[2001:db8::25]")
+        );
         assert_eq!(k.receiving_mx_hostname.as_deref(), Some("mx.rcpt.example"));
         assert_eq!(k.receiving_ip, Some("2001:db8::25".parse().unwrap()));
         // Plaintext, as the level allowed: STARTTLS was not there.
@@ -217,8 +230,10 @@ mod tests {
             None,
         )
         .unwrap();
+        // The server's reply to the message is not a reason.
         assert!(
-            matches!(s.result, SessionResult::Failed(ref k) if k.result_type == ResultType::StarttlsNotSupported)
+            matches!(s.result, SessionResult::Failed(ref k) if k.result_type == ResultType::StarttlsNotSupported
+                && k.failure_reason_code.is_none())
         );
     }
 

@@ -361,6 +361,12 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
                 assert_eq!(f["result-type"], "starttls-not-supported", "{r}");
                 assert_eq!(f["receiving-mx-hostname"], PLAIN_MX.0, "{r}");
                 assert_eq!(f["receiving-ip"], PLAIN_MX.1, "{r}");
+                assert!(
+                    f["failure-reason-code"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("TLS is required, but was not offered")),
+                    "{r}"
+                );
             }
             "bad.dane.test" => {
                 assert_eq!(pol["policy-type"], "tlsa", "{r}");
