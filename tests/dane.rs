@@ -150,7 +150,7 @@ async fn every_mx_with_usable_tlsa_is_dane_only() {
     assert!(
         lines[1].starts_with(
             "MX 10 mx1.all.test: 1 address(es), DNSSEC-validated; TLSA at _25._tcp.mx1.all.test, \
-             DNSSEC-validated: 1 of 1 usable [3 1 1 d1d1d1d1d1d1d1d1...]"
+             DNSSEC-validated: 1 of 1 usable [3 1 1 d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1]"
         ),
         "{lines:?}"
     );

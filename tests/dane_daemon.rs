@@ -216,7 +216,7 @@ fn explain_and_check_config_show_dane() {
     assert!(
         text.contains(
             "MX 10 mx1.some.test: 1 address(es), DNSSEC-validated; TLSA at \
-             _25._tcp.mx1.some.test, DNSSEC-validated: 1 of 1 usable [3 1 1 5a5a5a5a5a5a5a5a...]"
+             _25._tcp.mx1.some.test, DNSSEC-validated: 1 of 1 usable [3 1 1 5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a]"
         ),
         "{text}"
     );

@@ -181,10 +181,10 @@ fn postfix_delivers_to_dane_with_verified_tls_and_defers_on_a_tlsa_mismatch() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains(&format!(
-            "MX 10 {}: 1 address(es), DNSSEC-validated; TLSA at _25._tcp.{}, DNSSEC-validated: 1 of 1 usable [3 1 1 {}...]",
+            "MX 10 {}: 1 address(es), DNSSEC-validated; TLSA at _25._tcp.{}, DNSSEC-validated: 1 of 1 usable [3 1 1 {}]",
             GOOD.0,
             GOOD.0,
-            &hex(&good_digest)[..16]
+            hex(&good_digest)
         )),
         "{text}"
     );
