@@ -226,6 +226,24 @@ impl Decision {
         self.level.tls()
     }
 
+    /// This decision with `attrs` (a source's word on why it has no
+    /// policy: Postfix 3.10's `policy_type=sts ... policy_failure=...`)
+    /// added, when they cannot change whether mail goes: only at `may`,
+    /// where Postfix authenticates nothing and a failed check does not
+    /// stop delivery (RFC 8461 section 5: with no usable policy, mail goes
+    /// as if none were published). At any other level (a forced default,
+    /// which the failure would turn into deferrals) and for a temporary
+    /// answer, the decision is returned unchanged.
+    pub fn noting_failure(self, attrs: &str) -> Decision {
+        if self.level != Level::May || self.temporary || attrs.is_empty() {
+            return self;
+        }
+        Decision {
+            policy: Arc::from(format!("{} {attrs}", self.policy)),
+            ..self
+        }
+    }
+
     /// The variant of this decision for the forced map: never weaker than
     /// `encrypt`. Returns `self` unchanged when it already never sends
     /// plaintext.
