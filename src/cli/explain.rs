@@ -53,10 +53,13 @@ pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, S
     let replies: Vec<(Arc<str>, String)> = [
         (settings.map.clone(), MapKind::Policy),
         (settings.forced_map.clone(), MapKind::Forced),
+        (settings.requiretls_map.clone(), MapKind::RequireTls),
     ]
     .into_iter()
     .map(|(name, kind)| {
-        let (_, reply) = socketmap::answer(x.decision.clone(), kind, settings.default_reply);
+        let action = crate::engine::requiretls::action(engine.policy(), &x.decision);
+        let (_, reply) =
+            socketmap::answer_with(x.decision.clone(), kind, settings.default_reply, action);
         (name, reply.text())
     })
     .collect();

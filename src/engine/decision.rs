@@ -284,6 +284,53 @@ pub fn policy_text(
     s
 }
 
+/// One of Postfix's `smtp_requiretls_policy` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequireTlsAction {
+    /// REQUIRETLS is required of the next hop (and strong TLS).
+    Enforce,
+    /// Used when the next hop offers it; STARTTLS is still required.
+    OpportunisticStarttls,
+    /// Used when the next hop offers it.
+    Opportunistic,
+    /// Never asked of the next hop.
+    Disable,
+}
+
+impl RequireTlsAction {
+    pub const ALL: [RequireTlsAction; 4] = [
+        RequireTlsAction::Enforce,
+        RequireTlsAction::OpportunisticStarttls,
+        RequireTlsAction::Opportunistic,
+        RequireTlsAction::Disable,
+    ];
+
+    /// The word Postfix reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequireTlsAction::Enforce => "enforce",
+            RequireTlsAction::OpportunisticStarttls => "opportunistic+starttls",
+            RequireTlsAction::Opportunistic => "opportunistic",
+            RequireTlsAction::Disable => "disable",
+        }
+    }
+}
+
+impl FromStr for RequireTlsAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RequireTlsAction::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is not a REQUIRETLS action; use \"enforce\", \
+                     \"opportunistic+starttls\", \"opportunistic\" or \"disable\""
+                )
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

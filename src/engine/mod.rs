@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod policy_file;
 pub mod recipient;
 pub mod refusal;
+pub mod requiretls;
 
 use std::future::Future;
 use std::pin::Pin;
