@@ -364,6 +364,20 @@ fn postmap_asks_the_requiretls_map_as_postfix_3_11_does() {
         "bank.example payroll.example",
     );
     assert!(!got.is_not_found() && got.found().is_none(), "{got:?}");
+    // Rules with the same TLS answer but different REQUIRETLS actions:
+    // held too (the TLS map answers their common level).
+    let got = lab.query(
+        &lab.table("requiretls"),
+        "requiretls",
+        "bank.example relaxed.example",
+    );
+    assert!(!got.is_not_found() && got.found().is_none(), "{got:?}");
+    assert!(got.stderr.contains("REQUIRETLS actions"), "{got:?}");
+    lab.expect(
+        "tls_policy",
+        "bank.example relaxed.example",
+        Some("encrypt"),
+    );
     lab.check_decision_log();
     let recs = lab.daemon.wait_for_decisions(lab.asked.len());
     let r = &recs[0];

@@ -6,6 +6,7 @@
 
 pub use super::decision::RequireTlsAction;
 use super::decision::{Decision, SourceKind, Tls};
+use super::malformed;
 use super::policy_file::PolicyFile;
 
 /// The REQUIRETLS action for a decision: the deciding rule's own
@@ -21,6 +22,32 @@ pub fn action(policy: &PolicyFile, decision: &Decision) -> RequireTlsAction {
         _ => None,
     };
     own.unwrap_or_else(|| of_class(decision))
+}
+
+/// The action for a lookup of `key` decided as `decision` (`parsed`: the
+/// key is a destination). A key that is not a destination and could name
+/// rules with different actions gets `None`: the doors answer a temporary
+/// failure, as for rules with different TLS answers
+/// ([`super::malformed`]), never the weaker of them.
+pub fn for_key(
+    policy: &PolicyFile,
+    key: &str,
+    parsed: bool,
+    decision: &Decision,
+) -> Option<RequireTlsAction> {
+    let own = action(policy, decision);
+    if parsed || decision.source != SourceKind::Static {
+        return Some(own);
+    }
+    for reading in malformed::plausible_names(key) {
+        if let Some(hit) = policy.lookup(&reading.destination()) {
+            let d = policy.decision(hit);
+            if action(policy, &d) != own {
+                return None;
+            }
+        }
+    }
+    Some(own)
 }
 
 /// The action of a decision's TLS class alone: `enforce` where TLS is
@@ -89,6 +116,34 @@ requiretls = \"disable\"
         assert_eq!(decide(&forced_default, "bank.example..x"), "enforce");
         // Case and a trailing dot are not malformed.
         assert_eq!(decide(FILE, "Bank.Example."), "enforce");
+    }
+
+    #[test]
+    fn malformed_keys_naming_rules_with_different_actions_are_held() {
+        // Both rules are `encrypt`; their REQUIRETLS actions differ.
+        let p = PolicyFile::parse(FILE, Path::new("p.toml")).unwrap();
+        let e = Engine::new(p);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let key = "bank.example relaxed.example";
+        let (dest, d) = rt.block_on(e.decide_key(key));
+        assert!(dest.is_none());
+        assert_eq!((d.source, d.temporary), (SourceKind::Static, false));
+        assert_eq!(for_key(e.policy(), key, false, &d), None);
+        // One rule named: its action.
+        let key = "bank.example\u{0}";
+        let (dest, d) = rt.block_on(e.decide_key(key));
+        assert!(dest.is_none());
+        assert_eq!(
+            for_key(e.policy(), key, false, &d),
+            Some(RequireTlsAction::Enforce)
+        );
+        let (_, d) = rt.block_on(e.decide_key("relaxed.example"));
+        assert_eq!(
+            for_key(e.policy(), "relaxed.example", true, &d),
+            Some(RequireTlsAction::OpportunisticStarttls)
+        );
     }
 
     #[test]

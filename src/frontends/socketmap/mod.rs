@@ -348,7 +348,24 @@ async fn request(
         dest.as_ref(),
         &decision,
     );
-    let requiretls = requiretls::action(live.engine.policy(), &decision);
+    let (decision, requiretls) =
+        match requiretls::for_key(live.engine.policy(), key, dest.is_some(), &decision) {
+            Some(a) => (decision, a),
+            // Only asked of the REQUIRETLS map's answer: the TLS maps
+            // answer the decision as it is.
+            None if kind == MapKind::RequireTls => (
+                Decision {
+                    temporary: true,
+                    reason: Arc::from(
+                        "key is not a destination; it could name rules with different \
+                         REQUIRETLS actions; held until it is sent well-formed",
+                    ),
+                    ..decision
+                },
+                RequireTlsAction::Enforce,
+            ),
+            None => (decision, RequireTlsAction::Enforce),
+        };
     let (decision, reply) = answer_with(decision, kind, settings.default_reply, requiretls);
     reply.write_to(out);
     if let Some(m) = ctx.backend.metrics() {
