@@ -447,6 +447,38 @@ mod tests {
     }
 
     #[test]
+    fn requiretls_map_answers_the_action_and_keeps_the_decision() {
+        let d = decision(Level::Encrypt, SourceKind::Static);
+        for dr in [DefaultReply::Policy, DefaultReply::Notfound] {
+            let (kept, r) = answer_with(
+                d.clone(),
+                MapKind::RequireTls,
+                dr,
+                RequireTlsAction::OpportunisticStarttls,
+            );
+            assert_eq!(wire(&r), "25:OK opportunistic+starttls,");
+            assert_eq!((kept.level, &*kept.policy), (Level::Encrypt, "encrypt"));
+            assert_eq!(&*kept.reason, "REQUIRETLS opportunistic+starttls: r");
+        }
+        // The default is answered too (no NOTFOUND on this map).
+        let (_, r) = answer(
+            decision(Level::May, SourceKind::Default),
+            MapKind::RequireTls,
+            DefaultReply::Notfound,
+        );
+        assert_eq!(r, SocketmapReply::Ok(Arc::from("opportunistic")));
+        let mut t = decision(Level::DaneOnly, SourceKind::Dane);
+        t.temporary = true;
+        let (_, r) = answer_with(
+            t,
+            MapKind::RequireTls,
+            DefaultReply::Policy,
+            RequireTlsAction::Enforce,
+        );
+        assert_eq!(r.code(), "TEMP");
+    }
+
+    #[test]
     fn temporary_decisions_are_temp_on_both_maps() {
         let mut d = decision(Level::DaneOnly, SourceKind::Dane);
         d.temporary = true;
