@@ -457,6 +457,7 @@ mod tests {
         let s = c.socketmap.unwrap();
         assert_eq!(s.map, "tls_policy");
         assert_eq!(s.forced_map, "tls_forced");
+        assert_eq!(s.requiretls_map, "requiretls");
         assert_eq!(s.default_reply, DefaultReply::Policy);
         assert_eq!(s.idle_timeout, Duration::from_secs(300));
         assert_eq!(c.policy.file, dir.path().join("policy.toml"));
@@ -629,6 +630,22 @@ mod tests {
             (
                 "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\nforced_map = \"tls_policy\"\n[policy]\nfile = \"p\"\n",
                 "key `socketmap.forced_map`: must differ",
+            ),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\nrequiretls_map = \"tls_policy\"\n[policy]\nfile = \"p\"\n",
+                "key `socketmap.requiretls_map`: must differ from socketmap.map",
+            ),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\nrequiretls_map = \"tls_forced\"\n[policy]\nfile = \"p\"\n",
+                "key `socketmap.requiretls_map`: must differ",
+            ),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\nrequiretls_map = \"require tls\"\n[policy]\nfile = \"p\"\n",
+                "key `socketmap.requiretls_map`: \"require tls\" is not a usable map name",
+            ),
+            (
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\nrequiretls_map = \"\"\n[policy]\nfile = \"p\"\n",
+                "key `socketmap.requiretls_map`: \"\" is not a usable map name",
             ),
             (
                 "[socketmap]\nlisten = \"unix:/x\"\nsocket_mode = \"rw\"\n[policy]\nfile = \"p\"\n",

@@ -21,7 +21,7 @@ use tls_policyd::engine::key::Destination;
 use tls_policyd::engine::policy_file::PolicyFile;
 use tls_policyd::engine::{Consulted, Engine, Source};
 use tls_policyd::sources::mta_sts::policy::MAX_POLICY_LEN;
-use tls_policyd::sources::mta_sts::{CacheState, MtaSts, MtaStsConfig};
+use tls_policyd::sources::mta_sts::{CacheState, MtaSts, MtaStsConfig, StsPolicyFailure};
 use tls_policyd::store::{Db, Kind};
 
 const DNS_IP: &str = "127.0.0.53";
@@ -261,7 +261,7 @@ fn enforce_testing_and_none() {
         assert!(
             p.starts_with(
                 "secure match=mx1.enforce.test:.backup.enforce.test servername=hostname \
-                 policy_type=sts policy_domain=enforce.test policy_ttl=604800 \
+                 policy_type=sts policy_domain=enforce.test \
                  mx_host_pattern=mx1.enforce.test mx_host_pattern=*.backup.enforce.test \
                  { policy_string = version: STSv1 }"
             ),
@@ -474,7 +474,7 @@ fn fetch_failures_give_no_policy_with_the_reason() {
                 Box::new(|w, h| {
                     w.https.cert(h, Cert::SelfSigned);
                 }),
-                "TLS with the policy host failed",
+                "the policy host's certificate is not valid",
             ),
             (
                 "wrongname.test",
@@ -534,6 +534,19 @@ fn fetch_failures_give_no_policy_with_the_reason() {
                 why.contains("MTA-STS record (id x1) but no usable policy"),
                 "{why}"
             );
+        }
+        // Why, by RFC 8460's result types (Postfix 3.10's policy_failure).
+        for (domain, want) in [
+            ("selfsigned.test", StsPolicyFailure::WebPkiInvalid),
+            ("wrongname.test", StsPolicyFailure::WebPkiInvalid),
+            ("syntax.test", StsPolicyFailure::Invalid),
+            ("nomx.test", StsPolicyFailure::Invalid),
+            ("slow.test", StsPolicyFailure::FetchError),
+        ] {
+            match sts.cache_state(domain) {
+                CacheState::Negative(n) => assert_eq!(n.failure, Some(want), "{domain}"),
+                _ => panic!("{domain}: no failure remembered"),
+            }
         }
         // A redirect is not followed.
         assert_eq!(w.https.requests("mta-sts.target.test"), 0);

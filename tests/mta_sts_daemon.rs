@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::dns::TestDns;
 use common::fixtures::POLICY_DEFAULT;
-use common::https::{HTTPS_IP, Response, TestHttps};
+use common::https::{Cert, HTTPS_IP, Response, TestHttps};
 use common::netns::Netns;
 use common::postfix::{Mail, Postfix, PostfixOptions, SENDER};
 use common::smtp::{SinkTls, SmtpSink, TestCa};
@@ -233,6 +233,83 @@ fn daemon_answers_without_waiting_longer_than_lookup_timeout() {
         c.query("tls_policy", "slow.test")
             .starts_with("OK secure match=mx.persist.test")
     );
+}
+
+#[test]
+fn postfix_3_10_answers_say_why_a_published_policy_is_unusable() {
+    let Some(ns) = Netns::for_test("stsd", &[]) else {
+        return;
+    };
+    let ca = Arc::new(TestCa::new());
+    let keep = tempfile::tempdir().unwrap();
+    let ca_pem = keep.path().join("ca.pem");
+    ca.write_pem(&ca_pem);
+    let (dns, https) = servers(&ns, ca);
+    // A policy host that does not listen: the fetch fails.
+    dns.txt_ttl("_mta-sts.down.test", 0, "v=STSv1; id=d1;");
+    dns.a("mta-sts.down.test", "127.0.0.45");
+    // A certificate that is not for the policy host.
+    publish(&dns, &https, "cert.test", "c1", GOOD);
+    https.cert(
+        "mta-sts.cert.test",
+        Cert::FromCaFor(vec!["mta-sts.other.test".into()]),
+    );
+    // A policy that does not parse, and a TXT record that does not.
+    publish(
+        &dns,
+        &https,
+        "bad.test",
+        "b1",
+        "version: STSv1\nmode: enforce\n",
+    );
+    dns.txt_ttl("_mta-sts.badtxt.test", 0, "v=STSv1; id=;");
+    // Enforced, for the policy's own attributes.
+    publish(&dns, &https, "good.test", "g1", GOOD);
+    let conf = config(&keep.path().join("cache.sqlite"), &ca_pem).replace(
+        "[mta_sts]\n",
+        "[mta_sts]\npostfix_version = \"3.10\"\ntlsrpt = true\n",
+    );
+    let d = start(&ns, &conf);
+    let mut c = client(&ns, &d);
+    let failed = |domain: &str, kind: &str| {
+        format!("OK may policy_type=sts policy_domain={domain} policy_failure={kind}")
+    };
+    assert_eq!(
+        c.query("tls_policy", "down.test"),
+        failed("down.test", "sts-policy-fetch-error")
+    );
+    assert_eq!(
+        c.query("tls_policy", "cert.test"),
+        failed("cert.test", "sts-webpki-invalid")
+    );
+    assert_eq!(
+        c.query("tls_policy", "bad.test"),
+        failed("bad.test", "sts-policy-invalid")
+    );
+    assert_eq!(
+        c.query("tls_policy", "badtxt.test"),
+        failed("badtxt.test", "sts-policy-invalid")
+    );
+    // Asked again: from the remembered failure.
+    assert_eq!(
+        c.query("tls_policy", "down.test"),
+        failed("down.test", "sts-policy-fetch-error")
+    );
+    // No record: nothing to report, a plain answer.
+    assert_eq!(c.query("tls_policy", "plain.test"), "OK may");
+    // The forced map never carries them (Postfix would defer on them).
+    assert_eq!(c.query("tls_forced", "down.test"), "OK encrypt");
+    let good = c.query("tls_policy", "good.test");
+    assert!(
+        good.starts_with("OK secure match=mx.persist.test:.backup.persist.test servername=hostname policy_type=sts policy_domain=good.test mx_host_pattern="),
+        "{good}"
+    );
+    assert!(
+        !good.contains("policy_ttl") && !good.contains("policy_failure"),
+        "{good}"
+    );
+    let recs = d.wait_for_decisions(8);
+    assert_eq!(recs[0]["source"], "default", "{}", recs[0]);
 }
 
 // Real Postfix delivering by MTA-STS.

@@ -131,6 +131,11 @@ struct Lab {
 impl Lab {
     /// `None` when the test is to be skipped.
     fn start(config_text: &str) -> Option<Lab> {
+        Lab::start_with(config_text, POLICY)
+    }
+
+    /// [`Lab::start`] with another policy file.
+    fn start_with(config_text: &str, policy: &str) -> Option<Lab> {
         if let Some(why) = missing_prerequisite() {
             skip_or_fail(&why);
             return None;
@@ -164,7 +169,7 @@ impl Lab {
             netns: Some(netns.name.clone()),
             ..Options::default()
         };
-        let daemon = Daemon::start_with(config_text, POLICY, opts);
+        let daemon = Daemon::start_with(config_text, policy, opts);
         Some(Lab {
             daemon,
             netns,
@@ -319,6 +324,81 @@ fn postmap_gets_the_default_level_with_default_reply_policy() {
     lab.expect("tls_policy", "bank.example", Some("encrypt"));
     lab.expect("tls_forced", "unknown.example", Some("encrypt"));
     lab.check_decision_log();
+}
+
+#[test]
+fn postmap_asks_the_requiretls_map_as_postfix_3_11_does() {
+    // The partners' rules, one with its own REQUIRETLS action.
+    let policy = format!(
+        "{POLICY}\n[[rule]]\ndomains = [\"relaxed.example\"]\ntls = \"forced\"\n\
+         requiretls = \"opportunistic+starttls\"\n\n[[rule]]\ndomains = [\"off.example\"]\n\
+         tls = \"opportunistic\"\nrequiretls = \"disable\"\n"
+    );
+    let Some(mut lab) = Lab::start_with(&config("notfound"), &policy) else {
+        return;
+    };
+    // smtp_requiretls_policy = socketmap:inet:127.0.0.1:PORT:requiretls
+    lab.expect("requiretls", "bank.example", Some("enforce"));
+    lab.expect("requiretls", "payroll.example", Some("enforce"));
+    lab.expect("requiretls", "[relay.example]:587", Some("enforce"));
+    // Not forced: opportunistic, also where the TLS map says NOTFOUND.
+    lab.expect("requiretls", "unknown.example", Some("opportunistic"));
+    lab.expect("tls_policy", "unknown.example", None);
+    lab.expect(
+        "requiretls",
+        "legacy-partner.example",
+        Some("opportunistic"),
+    );
+    // A rule's own action.
+    lab.expect(
+        "requiretls",
+        "relaxed.example",
+        Some("opportunistic+starttls"),
+    );
+    lab.expect("tls_policy", "relaxed.example", Some("encrypt"));
+    lab.expect("requiretls", "off.example", Some("disable"));
+    // A key that names rules with different answers: a temporary failure.
+    let got = lab.query(
+        &lab.table("requiretls"),
+        "requiretls",
+        "bank.example payroll.example",
+    );
+    assert!(!got.is_not_found() && got.found().is_none(), "{got:?}");
+    // Rules with the same TLS answer but different REQUIRETLS actions:
+    // held too (the TLS map answers their common level).
+    let got = lab.query(
+        &lab.table("requiretls"),
+        "requiretls",
+        "bank.example relaxed.example",
+    );
+    assert!(!got.is_not_found() && got.found().is_none(), "{got:?}");
+    assert!(got.stderr.contains("REQUIRETLS actions"), "{got:?}");
+    lab.expect(
+        "tls_policy",
+        "bank.example relaxed.example",
+        Some("encrypt"),
+    );
+    lab.check_decision_log();
+    let recs = lab.daemon.wait_for_decisions(lab.asked.len());
+    let r = &recs[0];
+    assert_eq!(r["map"], "requiretls", "{r}");
+    assert_eq!(r["tls"], "forced", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("REQUIRETLS enforce: "),
+        "{r}"
+    );
+    let r = &recs[6];
+    assert_eq!(r["key"], "relaxed.example", "{r}");
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("REQUIRETLS opportunistic+starttls: "),
+        "{r}"
+    );
 }
 
 #[test]

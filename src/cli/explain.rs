@@ -53,10 +53,20 @@ pub fn explain(config_path: &Path, key: &str, as_json: bool) -> Result<String, S
     let replies: Vec<(Arc<str>, String)> = [
         (settings.map.clone(), MapKind::Policy),
         (settings.forced_map.clone(), MapKind::Forced),
+        (settings.requiretls_map.clone(), MapKind::RequireTls),
     ]
     .into_iter()
     .map(|(name, kind)| {
-        let (_, reply) = socketmap::answer(x.decision.clone(), kind, settings.default_reply);
+        let parsed = x.dest.is_ok();
+        let mut d = x.decision.clone();
+        let action = crate::engine::requiretls::for_key(engine.policy(), key, parsed, &d);
+        if action.is_none() && kind == MapKind::RequireTls {
+            // Rules with different REQUIRETLS actions: held, as the daemon does.
+            d.temporary = true;
+            d.reason = Arc::from("it could name rules with different REQUIRETLS actions");
+        }
+        let action = action.unwrap_or(crate::engine::requiretls::RequireTlsAction::Enforce);
+        let (_, reply) = socketmap::answer_with(d, kind, settings.default_reply, action);
         (name, reply.text())
     })
     .collect();

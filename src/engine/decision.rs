@@ -226,6 +226,24 @@ impl Decision {
         self.level.tls()
     }
 
+    /// This decision with `attrs` (a source's word on why it has no
+    /// policy: Postfix 3.10's `policy_type=sts ... policy_failure=...`)
+    /// added, when they cannot change whether mail goes: only at `may`,
+    /// where Postfix authenticates nothing and a failed check does not
+    /// stop delivery (RFC 8461 section 5: with no usable policy, mail goes
+    /// as if none were published). At any other level (a forced default,
+    /// which the failure would turn into deferrals) and for a temporary
+    /// answer, the decision is returned unchanged.
+    pub fn noting_failure(self, attrs: &str) -> Decision {
+        if self.level != Level::May || self.temporary || attrs.is_empty() {
+            return self;
+        }
+        Decision {
+            policy: Arc::from(format!("{} {attrs}", self.policy)),
+            ..self
+        }
+    }
+
     /// The variant of this decision for the forced map: never weaker than
     /// `encrypt`. Returns `self` unchanged when it already never sends
     /// plaintext.
@@ -264,6 +282,53 @@ pub fn policy_text(
         s.push_str(c);
     }
     s
+}
+
+/// One of Postfix's `smtp_requiretls_policy` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequireTlsAction {
+    /// REQUIRETLS is required of the next hop (and strong TLS).
+    Enforce,
+    /// Used when the next hop offers it; STARTTLS is still required.
+    OpportunisticStarttls,
+    /// Used when the next hop offers it.
+    Opportunistic,
+    /// Never asked of the next hop.
+    Disable,
+}
+
+impl RequireTlsAction {
+    pub const ALL: [RequireTlsAction; 4] = [
+        RequireTlsAction::Enforce,
+        RequireTlsAction::OpportunisticStarttls,
+        RequireTlsAction::Opportunistic,
+        RequireTlsAction::Disable,
+    ];
+
+    /// The word Postfix reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequireTlsAction::Enforce => "enforce",
+            RequireTlsAction::OpportunisticStarttls => "opportunistic+starttls",
+            RequireTlsAction::Opportunistic => "opportunistic",
+            RequireTlsAction::Disable => "disable",
+        }
+    }
+}
+
+impl FromStr for RequireTlsAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RequireTlsAction::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is not a REQUIRETLS action; use \"enforce\", \
+                     \"opportunistic+starttls\", \"opportunistic\" or \"disable\""
+                )
+            })
+    }
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ impl Reading {
     /// The destination this reading is looked up as. The name is used
     /// as it is, even when it breaks the name syntax (an over-long label):
     /// the policy file's index finds it or one of its parents all the same.
-    fn destination(&self) -> Destination {
+    pub(super) fn destination(&self) -> Destination {
         // `[host]` is looked up as Postfix's own `[host]` key would be
         // (the next-hop entry, then the name), `.name` as a parent walk.
         let form = if self.bracketed {

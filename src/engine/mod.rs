@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod policy_file;
 pub mod recipient;
 pub mod refusal;
+pub mod requiretls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +55,15 @@ pub trait Source: Send + Sync {
     }
 
     fn consult<'a>(&'a self, dest: &'a Destination) -> Consulting<'a>;
+
+    /// Attributes saying why this source, asked and answering no policy,
+    /// has none (MTA-STS with Postfix 3.10's TLSRPT: `policy_type=sts
+    /// policy_domain=D policy_failure=KIND`). Added to the default's
+    /// answer when nothing else decided, and only where they cannot stop
+    /// mail ([`Decision::noting_failure`]). Nothing by default.
+    fn failure_attrs(&self, _dest: &Destination) -> Option<String> {
+        None
+    }
 
     /// What the source found out about a destination, one line per fact
     /// (for `explain`); asked right after [`Source::consult`]. Nothing by
@@ -176,6 +186,7 @@ impl Engine {
             Vec::new()
         };
         let mut asked = asked.into_iter();
+        let mut quiet: Vec<&Arc<dyn Source>> = Vec::new();
         for source in self.sources.iter() {
             let step = |applied, detail, details| Step {
                 source: source.kind(),
@@ -208,7 +219,10 @@ impl Engine {
                     decision = Some(d);
                     (true, text, true)
                 }
-                Some(Asked::Answered(Consulted::NoPolicy(why))) => (false, why, true),
+                Some(Asked::Answered(Consulted::NoPolicy(why))) => {
+                    quiet.push(source);
+                    (false, why, true)
+                }
                 Some(Asked::Unused { started: true }) => (false, NOT_USED.to_string(), false),
                 Some(Asked::Unused { started: false }) | None => {
                     (false, NOT_CONSULTED.to_string(), false)
@@ -240,7 +254,13 @@ impl Engine {
                 details: Vec::new(),
             });
         }
-        decision.unwrap_or_else(|| policy.default_decision().clone())
+        decision.unwrap_or_else(|| {
+            let d = policy.default_decision().clone();
+            match quiet.iter().find_map(|s| s.failure_attrs(dest)) {
+                Some(attrs) => d.noting_failure(&attrs),
+                None => d,
+            }
+        })
     }
 
     /// Decide for a raw key. A key that is not a destination gets the
@@ -535,5 +555,57 @@ mod tests {
 
         let x = block_on(e.explain(".example"));
         assert!(x.steps[1].detail.contains("not consulted for a parent key"));
+    }
+
+    /// Has no policy and says why (like MTA-STS after a failed fetch).
+    struct Failed;
+
+    impl Source for Failed {
+        fn kind(&self) -> SourceKind {
+            SourceKind::MtaSts
+        }
+        fn consult<'a>(&'a self, _dest: &'a Destination) -> Consulting<'a> {
+            Box::pin(async { Consulted::NoPolicy("fetch failed".into()) })
+        }
+        fn failure_attrs(&self, dest: &Destination) -> Option<String> {
+            Some(format!(
+                "policy_type=sts policy_domain={} policy_failure=sts-policy-fetch-error",
+                dest.name
+            ))
+        }
+    }
+
+    #[test]
+    fn failure_attributes_only_on_an_opportunistic_default() {
+        let sources: Vec<Arc<dyn Source>> = vec![Arc::new(Failed)];
+        let dest = Destination::parse("sts.example").unwrap();
+        let open = PolicyFile::parse("", Path::new("p.toml")).unwrap();
+        let e = Engine::with_sources(open, sources.clone());
+        let d = block_on(e.decide(&dest));
+        assert_eq!(
+            (&*d.policy, d.source),
+            (
+                "may policy_type=sts policy_domain=sts.example policy_failure=sts-policy-fetch-error",
+                SourceKind::Default
+            )
+        );
+        assert_eq!(
+            &*block_on(e.explain("sts.example")).decision.policy,
+            &*d.policy
+        );
+        // The forced map raises it to a bare `encrypt`.
+        assert_eq!(&*d.forced().policy, "encrypt");
+        // A forced default would turn the failure into deferrals.
+        let forced = PolicyFile::parse("default = \"forced\"\n", Path::new("p.toml")).unwrap();
+        let e = Engine::with_sources(forced, sources.clone());
+        assert_eq!(&*block_on(e.decide(&dest)).policy, "encrypt");
+        // A rule decides without the sources.
+        let ruled = PolicyFile::parse(
+            "[[rule]]\ndomains=[\"sts.example\"]\ntls=\"opportunistic\"\n",
+            Path::new("p.toml"),
+        )
+        .unwrap();
+        let e = Engine::with_sources(ruled, sources);
+        assert_eq!(&*block_on(e.decide(&dest)).policy, "may");
     }
 }

@@ -1,5 +1,6 @@
 //! Reading and checking a policy file: TOML into rules and indexes.
 
+use crate::engine::decision::RequireTlsAction;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +71,7 @@ pub(super) struct RawRule {
     refuse: Option<String>,
     #[serde(default)]
     allow_tls_required_no: bool,
+    requiretls: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -319,6 +321,12 @@ impl<'a> Builder<'a> {
             let refuse = self
                 .refuse(r.refuse.as_deref())
                 .map_err(|e| self.error(Some(number), e))?;
+            let requiretls = r
+                .requiretls
+                .as_deref()
+                .map(str::parse::<RequireTlsAction>)
+                .transpose()
+                .map_err(|e| self.error(Some(number), format!("key `requiretls`: {e}")))?;
             if r.domains.is_empty() {
                 return Err(self.error(Some(number), "key `domains` is empty".into()));
             }
@@ -354,6 +362,7 @@ impl<'a> Builder<'a> {
                 reason,
                 refuse,
                 allow_tls_required_no: r.allow_tls_required_no,
+                requiretls,
             });
         }
         let (sender_rules, senders) = self.build_senders(raw)?;

@@ -83,6 +83,9 @@ pub struct Rule {
     /// opportunistic TLS (the milter's routing header says `relaxed`).
     /// Without it, the rule's forced TLS is never relaxed.
     pub allow_tls_required_no: bool,
+    /// `requiretls = …`: the rule's own answer to Postfix 3.11's
+    /// `smtp_requiretls_policy`; `None` = from its TLS class.
+    pub requiretls: Option<crate::engine::decision::RequireTlsAction>,
 }
 
 /// One sender rule: mail from these senders is always sent with forced TLS.

@@ -24,6 +24,10 @@ pub struct SocketmapConfig {
     /// Map name that never answers weaker than `encrypt`.
     #[serde(default = "default_forced_map")]
     pub forced_map: String,
+    /// Map name for Postfix 3.11's `smtp_requiretls_policy =
+    /// socketmap:…:NAME`.
+    #[serde(default = "default_requiretls_map")]
+    pub requiretls_map: String,
     /// What the normal map answers when only the default applies.
     #[serde(default)]
     pub default_reply: DefaultReply,
@@ -40,6 +44,9 @@ pub(crate) fn default_map() -> String {
 }
 pub(crate) fn default_forced_map() -> String {
     "tls_forced".into()
+}
+pub(crate) fn default_requiretls_map() -> String {
+    "requiretls".into()
 }
 pub(crate) fn default_idle() -> Duration {
     Duration::from_secs(300)
@@ -67,6 +74,7 @@ impl SocketmapConfig {
         for (key, name) in [
             ("socketmap.map", &s.map),
             ("socketmap.forced_map", &s.forced_map),
+            ("socketmap.requiretls_map", &s.requiretls_map),
         ] {
             if name.is_empty()
                 || name
@@ -85,6 +93,15 @@ impl SocketmapConfig {
                 format!("must differ from socketmap.map ({:?})", s.map),
             ));
         }
+        if s.requiretls_map == s.map || s.requiretls_map == s.forced_map {
+            return Err((
+                "socketmap.requiretls_map",
+                format!(
+                    "must differ from socketmap.map ({:?}) and socketmap.forced_map ({:?})",
+                    s.map, s.forced_map
+                ),
+            ));
+        }
         if s.max_connections == 0 {
             return Err(("socketmap.max_connections", "must be at least 1".into()));
         }
@@ -100,6 +117,7 @@ impl SocketmapConfig {
 pub struct SocketmapSettings {
     pub map: Arc<str>,
     pub forced_map: Arc<str>,
+    pub requiretls_map: Arc<str>,
     pub default_reply: DefaultReply,
     pub idle_timeout: Duration,
 }
@@ -109,6 +127,7 @@ impl Default for SocketmapSettings {
         SocketmapSettings {
             map: Arc::from(default_map()),
             forced_map: Arc::from(default_forced_map()),
+            requiretls_map: Arc::from(default_requiretls_map()),
             default_reply: DefaultReply::default(),
             idle_timeout: default_idle(),
         }
@@ -120,6 +139,7 @@ impl From<&SocketmapConfig> for SocketmapSettings {
         SocketmapSettings {
             map: Arc::from(c.map.as_str()),
             forced_map: Arc::from(c.forced_map.as_str()),
+            requiretls_map: Arc::from(c.requiretls_map.as_str()),
             default_reply: c.default_reply,
             idle_timeout: c.idle_timeout,
         }
@@ -127,12 +147,14 @@ impl From<&SocketmapConfig> for SocketmapSettings {
 }
 
 impl SocketmapSettings {
-    /// Which map `name` is, if either.
+    /// Which map `name` is, if any.
     pub fn map_kind(&self, name: &str) -> Option<super::MapKind> {
         if name == &*self.map {
             Some(super::MapKind::Policy)
         } else if name == &*self.forced_map {
             Some(super::MapKind::Forced)
+        } else if name == &*self.requiretls_map {
+            Some(super::MapKind::RequireTls)
         } else {
             None
         }

@@ -17,6 +17,7 @@ use super::Backend;
 use super::netstring::{self, MAX_QUERY_LEN};
 use crate::engine::decision::{Decision, SourceKind};
 use crate::engine::key::Destination;
+use crate::engine::requiretls::{self, RequireTlsAction};
 use crate::listen::{self, Accepted, Admission, Drain, IdleTimer, Listener};
 use crate::log::record::{DecisionRecord, Detail, Lookup, LookupReply};
 use crate::metrics::Frontend;
@@ -51,13 +52,16 @@ impl SocketmapDeps {
     }
 }
 
-/// Which of the two maps a request named.
+/// Which of the maps a request named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapKind {
     /// The normal map: the decision as it is.
     Policy,
     /// Never weaker than `encrypt`.
     Forced,
+    /// Postfix 3.11's `smtp_requiretls_policy`: the REQUIRETLS action for
+    /// the decision ([`crate::engine::requiretls::action`]).
+    RequireTls,
 }
 
 /// A socketmap reply.
@@ -112,22 +116,47 @@ impl SocketmapReply {
     }
 }
 
-/// The decision a map stands for, and the reply that carries it. A
-/// temporary decision is `TEMP` on both maps.
+/// [`answer_with`] for the TLS policy maps, whose answers need no
+/// REQUIRETLS action (the REQUIRETLS map's would be the one of the
+/// decision's TLS class, without a rule's own `requiretls`).
 pub fn answer(
     decision: Decision,
     kind: MapKind,
     default_reply: DefaultReply,
 ) -> (Decision, SocketmapReply) {
+    let requiretls = requiretls::of_class(&decision);
+    answer_with(decision, kind, default_reply, requiretls)
+}
+
+/// The decision a map stands for, and the reply that carries it. A
+/// temporary decision is `TEMP` on every map. `requiretls`: the engine's
+/// REQUIRETLS action for the decision, which the REQUIRETLS map answers
+/// (its record keeps the TLS decision, the action at the head of the
+/// reason).
+pub fn answer_with(
+    decision: Decision,
+    kind: MapKind,
+    default_reply: DefaultReply,
+    requiretls: RequireTlsAction,
+) -> (Decision, SocketmapReply) {
     if decision.temporary {
         let d = match kind {
             MapKind::Forced => decision.forced(),
-            MapKind::Policy => decision,
+            MapKind::Policy | MapKind::RequireTls => decision,
         };
         let r = SocketmapReply::Temp(temp_text(&d.reason));
         return (d, r);
     }
     match kind {
+        MapKind::RequireTls => {
+            let action = requiretls.as_str();
+            let reason = format!("REQUIRETLS {action}: {}", decision.reason);
+            let d = Decision {
+                reason: Arc::from(reason),
+                ..decision
+            };
+            (d, SocketmapReply::Ok(Arc::from(action)))
+        }
         MapKind::Forced => {
             let d = decision.forced();
             let r = SocketmapReply::Ok(d.policy.clone());
@@ -300,8 +329,8 @@ async fn request(
     let settings = &live.socketmap;
     let Some(kind) = settings.map_kind(name) else {
         let reason = format!(
-            "unknown map name {name:?}; this server answers {:?} and {:?}",
-            settings.map, settings.forced_map
+            "unknown map name {name:?}; this server answers {:?}, {:?} and {:?}",
+            settings.map, settings.forced_map, settings.requiretls_map
         );
         tracing::warn!(map = name, key, "{reason}");
         SocketmapReply::Perm(reason).write_to(out);
@@ -319,7 +348,25 @@ async fn request(
         dest.as_ref(),
         &decision,
     );
-    let (decision, reply) = answer(decision, kind, settings.default_reply);
+    let (decision, requiretls) =
+        match requiretls::for_key(live.engine.policy(), key, dest.is_some(), &decision) {
+            Some(a) => (decision, a),
+            // Only asked of the REQUIRETLS map's answer: the TLS maps
+            // answer the decision as it is.
+            None if kind == MapKind::RequireTls => (
+                Decision {
+                    temporary: true,
+                    reason: Arc::from(
+                        "key is not a destination; it could name rules with different \
+                         REQUIRETLS actions; held until it is sent well-formed",
+                    ),
+                    ..decision
+                },
+                RequireTlsAction::Enforce,
+            ),
+            None => (decision, RequireTlsAction::Enforce),
+        };
+    let (decision, reply) = answer_with(decision, kind, settings.default_reply, requiretls);
     reply.write_to(out);
     if let Some(m) = ctx.backend.metrics() {
         m.lookup(Frontend::Socketmap, started.elapsed());
@@ -328,6 +375,7 @@ async fn request(
     let map = match kind {
         MapKind::Policy => settings.map.clone(),
         MapKind::Forced => settings.forced_map.clone(),
+        MapKind::RequireTls => settings.requiretls_map.clone(),
     };
     if let Some(recorded) = reply.recorded() {
         let mut rec = record(key, map, dest, decision, recorded);
@@ -396,6 +444,38 @@ mod tests {
         let s = decision(Level::May, SourceKind::Static);
         let (_, r) = answer(s, MapKind::Policy, DefaultReply::Notfound);
         assert_eq!(r, SocketmapReply::Ok(Arc::from("may")));
+    }
+
+    #[test]
+    fn requiretls_map_answers_the_action_and_keeps_the_decision() {
+        let d = decision(Level::Encrypt, SourceKind::Static);
+        for dr in [DefaultReply::Policy, DefaultReply::Notfound] {
+            let (kept, r) = answer_with(
+                d.clone(),
+                MapKind::RequireTls,
+                dr,
+                RequireTlsAction::OpportunisticStarttls,
+            );
+            assert_eq!(wire(&r), "25:OK opportunistic+starttls,");
+            assert_eq!((kept.level, &*kept.policy), (Level::Encrypt, "encrypt"));
+            assert_eq!(&*kept.reason, "REQUIRETLS opportunistic+starttls: r");
+        }
+        // The default is answered too (no NOTFOUND on this map).
+        let (_, r) = answer(
+            decision(Level::May, SourceKind::Default),
+            MapKind::RequireTls,
+            DefaultReply::Notfound,
+        );
+        assert_eq!(r, SocketmapReply::Ok(Arc::from("opportunistic")));
+        let mut t = decision(Level::DaneOnly, SourceKind::Dane);
+        t.temporary = true;
+        let (_, r) = answer_with(
+            t,
+            MapKind::RequireTls,
+            DefaultReply::Policy,
+            RequireTlsAction::Enforce,
+        );
+        assert_eq!(r.code(), "TEMP");
     }
 
     #[test]

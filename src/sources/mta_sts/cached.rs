@@ -67,6 +67,9 @@ impl Cached {
 pub struct Negative {
     pub until: u64,
     pub why: String,
+    /// Why a domain that publishes MTA-STS has no usable policy; `None`
+    /// for a domain without a record.
+    pub failure: Option<super::StsPolicyFailure>,
 }
 
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::cached::{Negative, Persisted, Slot, build_cached};
 use super::policy::{self, Mode, StsPolicy};
 use super::record::{self, RecordError, StsRecord};
-use super::{DiscoveryError, Inner, MAX_NEGATIVE, now_secs, to_time};
+use super::{DiscoveryError, Inner, MAX_NEGATIVE, StsPolicyFailure, now_secs, to_time};
 use crate::cache::FetchOutcome;
 use crate::cache::persist::{Entry, Kind};
 use crate::dns::{self, LookupError};
@@ -71,7 +71,8 @@ impl Inner {
                     _ => FetchOutcome::Error,
                 };
                 let why = format!("no MTA-STS policy: {e}");
-                return (self.remember_negative(domain, now, why), result);
+                let failure = StsPolicyFailure::of(&e);
+                return (self.remember_negative(domain, now, why, failure), result);
             }
         };
         if let Some(c) = &cached
@@ -131,7 +132,8 @@ impl Inner {
                     DiscoveryError::Policy(_) => FetchOutcome::Invalid,
                     _ => FetchOutcome::Error,
                 };
-                (self.remember_negative(domain, now, why), result)
+                let failure = StsPolicyFailure::of(&e);
+                (self.remember_negative(domain, now, why, failure), result)
             }
         }
     }
@@ -139,9 +141,19 @@ impl Inner {
     /// Remember "no policy" for `negative_ttl`, unless the cache is full
     /// of them or a valid policy is there (one fetched meanwhile; an
     /// expired one is replaced). Returns what the discovery answers.
-    fn remember_negative(&self, domain: &str, now: u64, why: String) -> Slot {
+    fn remember_negative(
+        &self,
+        domain: &str,
+        now: u64,
+        why: String,
+        failure: Option<StsPolicyFailure>,
+    ) -> Slot {
         let until = now.saturating_add(self.settings.load().negative_ttl.as_secs());
-        let slot = Slot::Negative(Arc::new(Negative { until, why }));
+        let slot = Slot::Negative(Arc::new(Negative {
+            until,
+            why,
+            failure,
+        }));
         if self.cache.len() >= MAX_NEGATIVE && !self.cache.contains(domain) {
             return slot;
         }

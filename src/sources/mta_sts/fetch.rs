@@ -32,6 +32,20 @@ pub const MAX_ADDRESSES: usize = 4;
 /// Longest `Location` or `Content-Type` value quoted in an error.
 const MAX_QUOTED: usize = 200;
 
+/// Whether a failed handshake failed on the server's certificate (what
+/// RFC 8460 reports as `sts-webpki-invalid`).
+fn is_certificate_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+                | rustls::Error::InvalidCertRevocationList(_)
+        )
+    )
+}
+
 /// Why a policy could not be fetched.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -41,9 +55,14 @@ pub enum FetchError {
     /// No address accepted a TCP connection.
     #[error("cannot connect to the policy host: {0}")]
     Connect(String),
-    /// TLS failed (certificate not trusted or not for the name, protocol).
+    /// The TLS handshake failed for another reason than the certificate
+    /// (protocol, the connection closed).
     #[error("TLS with the policy host failed: {0}")]
     Tls(String),
+    /// The policy host's certificate did not validate (not trusted,
+    /// expired, not for `mta-sts.<domain>`, none presented).
+    #[error("the policy host's certificate is not valid: {0}")]
+    Certificate(String),
     /// The HTTP exchange failed.
     #[error("HTTP error: {0}")]
     Http(String),
@@ -146,7 +165,11 @@ impl Fetcher {
             let tls = match self.tls.connect(server_name.clone(), tcp).await {
                 Ok(s) => s,
                 Err(e) => {
-                    last = FetchError::Tls(format!("{address}: {e}"));
+                    last = if is_certificate_error(&e) {
+                        FetchError::Certificate(format!("{address}: {e}"))
+                    } else {
+                        FetchError::Tls(format!("{address}: {e}"))
+                    };
                     continue;
                 }
             };

@@ -113,6 +113,54 @@ pub enum DiscoveryError {
     Policy(StsPolicyError),
 }
 
+/// Why a domain that publishes MTA-STS has no usable policy, by the
+/// result types of RFC 8460 section 4.3.2.1 (Postfix 3.10's
+/// `policy_failure`). A domain without a record has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StsPolicyFailure {
+    /// The policy could not be fetched (DNS, connection, HTTP, timeout).
+    FetchError,
+    /// The TXT record or the policy did not parse.
+    Invalid,
+    /// The policy host's certificate did not validate.
+    WebPkiInvalid,
+}
+
+impl StsPolicyFailure {
+    /// The RFC 8460 name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StsPolicyFailure::FetchError => "sts-policy-fetch-error",
+            StsPolicyFailure::Invalid => "sts-policy-invalid",
+            StsPolicyFailure::WebPkiInvalid => "sts-webpki-invalid",
+        }
+    }
+
+    /// What a failed discovery tells: `None` when the domain publishes no
+    /// record (or its TXT lookup failed: nothing says it uses MTA-STS).
+    pub fn of(e: &DiscoveryError) -> Option<StsPolicyFailure> {
+        match e {
+            DiscoveryError::Dns(_) | DiscoveryError::Record(RecordError::None) => None,
+            DiscoveryError::Record(_) | DiscoveryError::Policy(_) => {
+                Some(StsPolicyFailure::Invalid)
+            }
+            DiscoveryError::Fetch(FetchError::Certificate(_)) => {
+                Some(StsPolicyFailure::WebPkiInvalid)
+            }
+            DiscoveryError::Fetch(_) => Some(StsPolicyFailure::FetchError),
+        }
+    }
+}
+
+/// Postfix 3.10's attributes for a failed discovery:
+/// `policy_type=sts policy_domain=D policy_failure=KIND`.
+pub fn failure_attrs(domain: &str, failure: StsPolicyFailure) -> String {
+    format!(
+        "policy_type=sts policy_domain={domain} policy_failure={}",
+        failure.as_str()
+    )
+}
+
 /// The MTA-STS source. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct MtaSts {
@@ -474,5 +522,51 @@ impl Source for MtaSts {
 
     fn consult<'a>(&'a self, dest: &'a Destination) -> Consulting<'a> {
         Box::pin(self.lookup(&dest.name))
+    }
+
+    /// With `tlsrpt = true`: why the remembered discovery of a domain that
+    /// publishes MTA-STS found no usable policy, for Postfix's own TLSRPT.
+    fn failure_attrs(&self, dest: &Destination) -> Option<String> {
+        if !self.inner.settings.load().style.tlsrpt {
+            return None;
+        }
+        match self.cache_state(&dest.name) {
+            CacheState::Negative(n) if n.until > now_secs() => {
+                n.failure.map(|f| failure_attrs(&dest.name, f))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    #[test]
+    fn discovery_errors_map_to_rfc_8460_result_types() {
+        let of = |e: DiscoveryError| StsPolicyFailure::of(&e).map(StsPolicyFailure::as_str);
+        assert_eq!(of(DiscoveryError::Dns(LookupError::NxDomain)), None);
+        assert_eq!(of(DiscoveryError::Record(RecordError::None)), None);
+        assert_eq!(
+            of(DiscoveryError::Fetch(FetchError::Certificate("x".into()))),
+            Some("sts-webpki-invalid")
+        );
+        for e in [
+            FetchError::Tls("x".into()),
+            FetchError::Connect("x".into()),
+            FetchError::Status(404),
+            FetchError::Timeout(Duration::from_secs(1)),
+        ] {
+            assert_eq!(of(DiscoveryError::Fetch(e)), Some("sts-policy-fetch-error"));
+        }
+        let bad = record::select(&["v=STSv1; id=".into()]).unwrap_err();
+        assert_eq!(of(DiscoveryError::Record(bad)), Some("sts-policy-invalid"));
+        let bad = policy::parse(b"version: STSv1\n").unwrap_err();
+        assert_eq!(of(DiscoveryError::Policy(bad)), Some("sts-policy-invalid"));
+        assert_eq!(
+            failure_attrs("example.com", StsPolicyFailure::WebPkiInvalid),
+            "policy_type=sts policy_domain=example.com policy_failure=sts-webpki-invalid"
+        );
     }
 }

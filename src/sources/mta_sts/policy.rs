@@ -318,10 +318,7 @@ pub fn postfix_secure(domain: &str, policy: &StsPolicy, style: AnswerStyle) -> S
         s.push_str(" servername=hostname");
     }
     if style.tlsrpt {
-        s.push_str(&format!(
-            " policy_type=sts policy_domain={domain} policy_ttl={}",
-            policy.max_age
-        ));
+        s.push_str(&format!(" policy_type=sts policy_domain={domain}"));
         for p in &policy.mx {
             s.push_str(" mx_host_pattern=");
             s.push_str(p);
@@ -524,7 +521,7 @@ mod tests {
         assert_eq!(
             postfix_secure("example.com", &p, rpt),
             "secure match=mail.example.com:.example.net servername=hostname \
-             policy_type=sts policy_domain=example.com policy_ttl=604800 \
+             policy_type=sts policy_domain=example.com \
              mx_host_pattern=mail.example.com mx_host_pattern=*.example.net \
              { policy_string = version: STSv1 } { policy_string = mode: enforce } \
              { policy_string = mx: mail.example.com } { policy_string = mx: *.example.net } \
