@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, SessionKind};
 use crate::sources::dane::DaneSource;
 use crate::sources::dane::assess::TlsaState;
 use crate::sources::mta_sts::policy::Mode;
-use crate::sources::mta_sts::{CacheState, MtaSts};
+use crate::sources::mta_sts::{CacheState, MtaSts, StsPolicyFailure};
 use crate::util::rate::RateLimit;
 
 /// Domains looked up at once at most; deliveries to others wait.
@@ -287,6 +287,18 @@ impl Counter {
                 lines: c.policy.lines.clone(),
                 mx: c.policy.mx.clone(),
                 mode_none: c.policy.mode == Mode::None,
+            },
+            // A record published, no usable policy: the session fails
+            // with the reason.
+            Some(CacheState::Negative(n)) => match n.failure {
+                Some(StsPolicyFailure::FetchError) => {
+                    StsView::Failed(ResultType::StsPolicyFetchError)
+                }
+                Some(StsPolicyFailure::Invalid) => StsView::Failed(ResultType::StsPolicyInvalid),
+                Some(StsPolicyFailure::WebPkiInvalid) => {
+                    StsView::Failed(ResultType::StsWebpkiInvalid)
+                }
+                None => StsView::Nothing,
             },
             _ => StsView::Nothing,
         }

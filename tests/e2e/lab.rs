@@ -58,6 +58,8 @@ pub const DOMAINS: &[(&str, (&str, &str))] = &[
     // Its MX is the plaintext server; a scenario routes it through the
     // TLS server with transport_maps (not an MX: no TLS-RPT session).
     ("relayed.test", PLAIN_MX),
+    // Publishes an MTA-STS record, but its policy host has no site.
+    ("sts-broken.test", TLS_MX),
 ];
 
 /// Where the lab's TLS reports go: `mailto:` to a mailbox behind the
@@ -75,6 +77,7 @@ pub const TLSRPT: &[(&str, &str)] = &[
     ("forced-plain.test", RUA_HTTPS2),
     ("opp-tls.test", RUA_HTTPS),
     ("relayed.test", RUA_HTTPS),
+    ("sts-broken.test", RUA_HTTPS),
     // Reports about reports would go here: none may be counted.
     ("rua.test", "mailto:tlsrpt@rua.test"),
 ];
@@ -217,6 +220,8 @@ pub fn test_zone() -> Zone {
             "_smtp._tls.{domain}. TXT \"v=TLSRPTv1; rua={rua}\"\n"
         ));
     }
+    records.push_str("_mta-sts.sts-broken.test. TXT \"v=STSv1; id=b1;\"\n");
+    records.push_str(&format!("mta-sts.sts-broken.test. A {HTTPS_IP}\n"));
     records.push_str(&format!("{RUA_HOST}. A {HTTPS_IP}\n"));
     records.push_str(&format!("{RUA_HOST2}. A {HTTPS_IP}\n"));
     Zone::unsigned("test", &records)

@@ -172,6 +172,7 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
             "b@forced-plain.test",
             "c@bad.dane.test",
             "d@opp-tls.test",
+            "e@sts-broken.test",
         ],
     );
     for (rcpt, status) in [
@@ -179,6 +180,7 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
         ("b@forced-plain.test", "deferred"),
         ("c@bad.dane.test", "deferred"),
         ("d@opp-tls.test", "sent"),
+        ("e@sts-broken.test", "sent"),
     ] {
         let line = lab.status(&id, rcpt, mark);
         assert!(line.contains(&format!("status={status}")), "{line}");
@@ -189,6 +191,7 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
         ("forced-plain.test", 1),
         ("bad.dane.test", 1),
         ("opp-tls.test", 1),
+        ("sts-broken.test", 1),
     ];
     let before = wait_counted(&lab, &day, &counted);
 
@@ -213,7 +216,7 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
         assert_eq!(d["result"], "would-send", "{dry}");
         let want = if d["domain"] == "forced-plain.test" {
             RUA_HTTPS2
-        } else if d["domain"] == "opp-tls.test" {
+        } else if d["domain"] == "opp-tls.test" || d["domain"] == "sts-broken.test" {
             RUA_HTTPS
         } else {
             "mailto:tlsrpt@rua.test"
@@ -294,7 +297,7 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
 
     // By HTTPS: one POST per https: domain.
     let posts = [lab.https.posted(RUA_HOST), lab.https.posted(RUA_HOST2)].concat();
-    assert_eq!(posts.len(), 2, "POSTs");
+    assert_eq!(posts.len(), 3, "POSTs");
     let mut by_post = std::collections::BTreeMap::new();
     for p in &posts {
         assert_eq!(p.path, "/v1/tlsrpt");
@@ -309,7 +312,7 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
     }
     assert_eq!(
         by_post.keys().collect::<Vec<_>>(),
-        ["forced-plain.test", "opp-tls.test"]
+        ["forced-plain.test", "opp-tls.test", "sts-broken.test"]
     );
 
     // Each report against what Postfix did, and byte for byte what
@@ -386,6 +389,19 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
                 assert_eq!(pol["policy-type"], "no-policy-found", "{r}");
                 assert_eq!((ok, failed), (attempts("d@opp-tls.test", "sent"), 0));
             }
+            "sts-broken.test" => {
+                // Delivered over TLS, but the published policy could not
+                // be fetched: a failed session of the sts policy.
+                assert_eq!(pol["policy-type"], "sts", "{r}");
+                assert_eq!((ok, failed), (0, attempts("e@sts-broken.test", "sent")));
+                let f = &p["failure-details"][0];
+                assert!(
+                    ["sts-policy-fetch-error", "sts-webpki-invalid"]
+                        .contains(&f["result-type"].as_str().unwrap()),
+                    "{r}"
+                );
+                assert_eq!(f["receiving-mx-hostname"], TLS_MX.0, "{r}");
+            }
             other => panic!("unexpected report for {other}"),
         }
     }
@@ -414,7 +430,7 @@ fn e2e_tls_reports_go_out_once_by_mail_and_https_with_what_postfix_did() {
         assert_eq!(d["result"], "done", "{again}");
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(lab.https.posted(RUA_HOST).len(), 1);
+    assert_eq!(lab.https.posted(RUA_HOST).len(), 2);
     assert_eq!(lab.https.posted(RUA_HOST2).len(), 1);
     assert_eq!(reports().len(), 2);
     let (list, _) = tlsrpt(&lab, &["list"], &day);
