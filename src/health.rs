@@ -46,8 +46,22 @@ pub struct Health {
     /// The outcome follower, when `[outcomes]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcomes: Option<OutcomesHealth>,
+    /// The store a fleet shares, when `[shared]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedHealth>,
     /// Oldest first.
     pub recent_errors: Vec<RecentError>,
+}
+
+/// The shared store (`[shared]`): where it is and whether it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedHealth {
+    pub url: String,
+    /// `connecting`, `up` or `down` (this host answers on its own).
+    pub state: String,
+    /// Why it is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The outcome follower: what it reads and what it found.
@@ -169,6 +183,10 @@ pub trait Observed: Send + Sync {
     fn outcomes(&self) -> Option<OutcomesHealth> {
         None
     }
+    /// The shared store's state, when `[shared]` is on.
+    fn shared(&self) -> Option<SharedHealth> {
+        None
+    }
 }
 
 /// Fetches failed in a row before a source counts as unable to look
@@ -211,10 +229,18 @@ impl Health {
         let last = m.last_reload();
         let reload_failed = last.as_ref().is_some_and(|r| !r.ok);
         let outcomes = ctx.outcomes();
+        let shared = ctx.shared();
         let problems: Vec<String> = Fetch::ALL
             .into_iter()
             .filter_map(|f| failing(m, f))
             .chain(outcomes.iter().flat_map(OutcomesHealth::problems))
+            .chain(shared.iter().filter(|s| s.state == "down").map(|s| {
+                format!(
+                    "the shared store {} is down ({}): this host answers from its own memory and cache file",
+                    s.url,
+                    s.problem.as_deref().unwrap_or("no detail")
+                )
+            }))
             .collect();
         let degraded = reload_failed || !problems.is_empty();
         let listeners = m
@@ -259,6 +285,7 @@ impl Health {
                 dropped: ctx.decision_log_dropped(),
             },
             outcomes,
+            shared,
             recent_errors: m.recent_errors(),
         }
     }
@@ -357,6 +384,15 @@ impl Health {
             let _ = writeln!(out, "alarms        {}", counts(&o.alarms));
             if let Some(a) = &o.last_alarm {
                 let _ = writeln!(out, "last alarm    {} {}: {}", a.at, a.alarm, a.text);
+            }
+        }
+        if let Some(s) = &self.shared {
+            let _ = write!(out, "shared store  {}: {}", s.url, s.state);
+            match &s.problem {
+                Some(p) => {
+                    let _ = writeln!(out, " ({p})");
+                }
+                None => out.push('\n'),
             }
         }
         if self.recent_errors.is_empty() {
@@ -531,6 +567,7 @@ mod tests {
                 dropped: 0,
             },
             outcomes: None,
+            shared: None,
             recent_errors: vec![RecentError {
                 at: "2026-11-24T11:00:00Z".into(),
                 level: "error".into(),

@@ -42,16 +42,17 @@ pub mod fetch;
 pub mod policy;
 pub mod record;
 pub mod report;
+mod shared;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::persist::{Entry, Kind, PersistError, PersistedStore};
+use crate::cache::persist::{Entry, Kind, PersistError, PersistedStore, SharedEntries};
 use crate::cache::{CacheConfig, CacheFound, CacheObserver, Flight, TtlCache};
 use crate::dns::{LookupError, Resolver};
 use crate::engine::decision::SourceKind;
@@ -125,6 +126,8 @@ struct Inner {
     fetcher: ArcSwap<Fetcher>,
     cache: Arc<TtlCache<String, Slot>>,
     store: Option<Arc<dyn PersistedStore>>,
+    /// The store a fleet shares, when `[shared]` is on.
+    shared: OnceLock<Arc<dyn SharedEntries>>,
     slots: Semaphore,
     fetches: AtomicU64,
     observer: Arc<dyn CacheObserver>,
@@ -185,6 +188,7 @@ impl MtaSts {
                 fetcher: ArcSwap::from_pointee(fetcher),
                 cache,
                 store,
+                shared: OnceLock::new(),
                 fetches: AtomicU64::new(0),
                 observer,
                 max_pending: config.max_pending,
@@ -214,6 +218,12 @@ impl MtaSts {
             "MTA-STS cache loaded"
         );
         Ok(src)
+    }
+
+    /// Ask `shared` on a local miss before discovering, and publish there
+    /// what discoveries learn. Set once; later calls change nothing.
+    pub fn set_shared(&self, shared: Arc<dyn SharedEntries>) {
+        let _ = self.inner.shared.set(shared);
     }
 
     /// The store, when this source writes one.
