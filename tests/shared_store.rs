@@ -100,7 +100,12 @@ impl Drop for Redis {
     }
 }
 
-fn config(cache: &Path, ca: &Path, password_file: &Path) -> String {
+fn config(cache: &Path, ca: &Path, password_file: &Path, dane: bool) -> String {
+    let dane = if dane {
+        format!("[dane]\ncache_file = \"{}\"\n", cache.display())
+    } else {
+        String::new()
+    };
     format!(
         r#"
 [socketmap]
@@ -118,6 +123,7 @@ lookup_timeout = "5s"
 fetch_timeout = "5s"
 connect_timeout = "2s"
 
+{dane}
 [shared]
 url = "redis://127.0.0.1:{REDIS_PORT}/0"
 password_file = "{}"
@@ -203,8 +209,13 @@ impl Fleet {
 
     /// A daemon with a cache file of its own and `password_file`.
     fn daemon(&self, name: &str, password_file: &Path) -> Daemon {
+        self.daemon_with(name, password_file, false)
+    }
+
+    /// [`Fleet::daemon`], with DANE on when `dane`.
+    fn daemon_with(&self, name: &str, password_file: &Path, dane: bool) -> Daemon {
         let cache = self.keep.path().join(format!("{name}.sqlite"));
-        let conf = config(&cache, &self.ca_pem, password_file);
+        let conf = config(&cache, &self.ca_pem, password_file, dane);
         let d = Daemon::start_with(&conf, POLICY_DEFAULT, Options::in_netns(&self.ns));
         d.wait_for_line(|l| l.contains("shared store") && !l.contains("MTA-STS"));
         d
@@ -414,4 +425,56 @@ fn a_wrong_password_leaves_the_daemon_running_on_its_own() {
     );
     assert_eq!(txt_queries(&f.dns, "alone.test"), 1);
     assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0");
+}
+
+#[test]
+fn a_dane_policy_found_by_one_daemon_is_answered_by_another() {
+    let Some(ns) = Netns::for_test("shrd", &["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let f = Fleet::new(ns.clone());
+    let redis = f.redis();
+    // The test DNS server plays a validating resolver (the AD bit).
+    f.dns.set_ad_default(true);
+    f.dns.mx("dane.test", 10, "mx1.dane.test");
+    f.dns.a("mx1.dane.test", "127.0.0.25");
+    f.dns.tlsa("_25._tcp.mx1.dane.test", 3, 1, 1, &[0x5a; 32]);
+    f.dns.mx("plain.test", 10, "mx1.plain.test");
+    f.dns.a("mx1.plain.test", "127.0.0.25");
+    let a = f.daemon_with("a", &f.password, true);
+    let b = f.daemon_with("b", &f.password, true);
+    a.wait_for_line(|l| l.contains("shared store connected"));
+    b.wait_for_line(|l| l.contains("shared store connected"));
+    let tlsa = || {
+        f.dns
+            .query_count("_25._tcp.mx1.dane.test", RecordType::TLSA)
+    };
+    let mx = |d: &str| f.dns.query_count(d, RecordType::MX);
+
+    assert_eq!(
+        client(&ns, &a).query("tls_policy", "dane.test"),
+        "OK dane-only"
+    );
+    let (tlsa_a, mx_a) = (tlsa(), mx("dane.test"));
+    assert!(tlsa_a >= 1 && mx_a >= 1);
+    let value = wait_for_key(&redis, "tls-policyd:dane:dane.test");
+    assert!(value.contains("\"v\":1"), "{value}");
+
+    assert_eq!(
+        client(&ns, &b).query("tls_policy", "dane.test"),
+        "OK dane-only"
+    );
+    assert_eq!(tlsa(), tlsa_a, "B looked the TLSA records up itself");
+    assert_eq!(mx("dane.test"), mx_a, "B looked the MX records up itself");
+    b.wait_for_line(|l| l.contains("DANE result taken from the shared store"));
+
+    // No DANE is not shared: each host looks for itself.
+    let plain_a = client(&ns, &a).query("tls_policy", "plain.test");
+    let plain_b = client(&ns, &b).query("tls_policy", "plain.test");
+    assert_eq!(plain_a, plain_b);
+    assert_eq!(mx("plain.test"), 2);
+    assert_eq!(
+        redis.cli(&["EXISTS", "tls-policyd:dane:plain.test"]).trim(),
+        "0"
+    );
 }

@@ -33,7 +33,8 @@
 //! at construction. The files: `cached` (what the cache holds, the
 //! answers), `discover` (one discovery), `config`, `record` (the TXT
 //! record), `fetch` (HTTPS), `policy` (the policy file), `report` (the
-//! CLI's view).
+//! CLI's view), `shared` (the store a fleet shares: asked on a local miss
+//! before a discovery, told what discoveries learn).
 
 mod cached;
 pub mod config;
