@@ -64,6 +64,19 @@ pub struct SharedHealth {
     pub problem: Option<String>,
 }
 
+impl SharedHealth {
+    /// Why the store makes the daemon `degraded`: it is down.
+    fn problem(&self) -> Option<String> {
+        (self.state == "down").then(|| {
+            format!(
+                "the shared store {} is down ({}): this host answers from its own memory and cache file",
+                self.url,
+                self.problem.as_deref().unwrap_or("no detail")
+            )
+        })
+    }
+}
+
 /// The outcome follower: what it reads and what it found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomesHealth {
@@ -234,13 +247,7 @@ impl Health {
             .into_iter()
             .filter_map(|f| failing(m, f))
             .chain(outcomes.iter().flat_map(OutcomesHealth::problems))
-            .chain(shared.iter().filter(|s| s.state == "down").map(|s| {
-                format!(
-                    "the shared store {} is down ({}): this host answers from its own memory and cache file",
-                    s.url,
-                    s.problem.as_deref().unwrap_or("no detail")
-                )
-            }))
+            .chain(shared.iter().filter_map(SharedHealth::problem))
             .collect();
         let degraded = reload_failed || !problems.is_empty();
         let listeners = m
@@ -619,6 +626,43 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want}\n{text}");
         }
+    }
+
+    #[test]
+    fn the_shared_store_is_shown_and_down_is_a_problem() {
+        let mut s = SharedHealth {
+            url: "redis://10.0.0.5:6379/2".into(),
+            state: "up".into(),
+            problem: None,
+        };
+        assert_eq!(s.problem(), None);
+        let mut h = sample();
+        h.shared = Some(s.clone());
+        assert!(
+            h.render_text()
+                .contains("shared store  redis://10.0.0.5:6379/2: up\n"),
+            "{}",
+            h.render_text()
+        );
+        s.state = "down".into();
+        s.problem = Some("connection refused".into());
+        assert_eq!(
+            s.problem().as_deref(),
+            Some(
+                "the shared store redis://10.0.0.5:6379/2 is down (connection refused): \
+                 this host answers from its own memory and cache file"
+            )
+        );
+        h.shared = Some(s);
+        let text = h.render_text();
+        assert!(
+            text.contains("shared store  redis://10.0.0.5:6379/2: down (connection refused)\n"),
+            "{text}"
+        );
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<Health>(&json).unwrap(), h);
+        h.shared = None;
+        assert!(!serde_json::to_string(&h).unwrap().contains("shared"));
     }
 
     #[test]

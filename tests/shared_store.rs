@@ -130,6 +130,9 @@ password_file = "{}"
 connect_timeout = "1s"
 command_timeout = "300ms"
 
+[metrics]
+listen = "inet:127.0.0.1:0"
+
 [policy]
 file = "policy.toml"
 
@@ -222,6 +225,35 @@ impl Fleet {
     }
 }
 
+/// `tls-policyd status --json` against `d`: exit code and report.
+fn status(ns: &Netns, d: &Daemon) -> (Option<i32>, serde_json::Value) {
+    let addr = d.listening("metrics");
+    let out = common::run_with_timeout(
+        ns.cmd(env!("CARGO_BIN_EXE_tls-policyd"))
+            .args(["status", "--json", "--address"])
+            .arg(&addr),
+    );
+    let report = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code(), report)
+}
+
+/// `GET /metrics` of `d`: the sample of `series`.
+fn metric(ns: &Netns, d: &Daemon, series: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = d.listening("metrics");
+    let addr = addr.strip_prefix("inet:").unwrap_or(&addr);
+    let mut s = ns.tcp_connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(str::to_string)
+}
+
 /// Wait until the store holds `key`; its value.
 fn wait_for_key(r: &Redis, key: &str) -> String {
     let deadline = Instant::now() + WAIT;
@@ -272,6 +304,22 @@ fn a_policy_learned_by_one_daemon_is_answered_by_another_and_garbage_is_ignored(
     let recs = b.wait_for_decisions(1);
     assert_eq!(recs[0]["source"], "mta-sts", "{}", recs[0]);
     assert_eq!(recs[0]["policy_id"], "f1", "{}", recs[0]);
+    let (code, report) = status(&ns, &b);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["shared"]["state"], "up", "{report}");
+    assert_eq!(
+        metric(&ns, &b, "tls_policyd_shared_store_up").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        metric(
+            &ns,
+            &b,
+            "tls_policyd_shared_requests_total{op=\"get\",result=\"hit\"}"
+        )
+        .as_deref(),
+        Some("1")
+    );
 
     // Garbage in the keys: ignored, logged, counted; B discovers itself.
     let now = std::time::SystemTime::now()
@@ -313,6 +361,12 @@ fn a_policy_learned_by_one_daemon_is_answered_by_another_and_garbage_is_ignored(
             l.contains("unusable value in the shared store ignored")
         });
         assert!(line.contains(problem), "{domain}: {line}");
+        let counted = metric(
+            &ns,
+            &b,
+            &format!("tls_policyd_errors_total{{component=\"shared\",kind=\"{problem}\"}}"),
+        );
+        assert_eq!(counted.as_deref(), Some("1"), "{domain}");
     }
     assert!(b.find_line(|l| l.contains("panicked")).is_none());
     drop(redis);
@@ -425,6 +479,16 @@ fn a_wrong_password_leaves_the_daemon_running_on_its_own() {
     );
     assert_eq!(txt_queries(&f.dns, "alone.test"), 1);
     assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0");
+    let (code, report) = status(&ns, &a);
+    assert_eq!(code, Some(2), "{report}");
+    assert_eq!(report["status"], "degraded", "{report}");
+    assert_eq!(report["shared"]["state"], "down", "{report}");
+    let problem = report["shared"]["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("authentication refused"), "{report}");
+    assert_eq!(
+        metric(&ns, &a, "tls_policyd_shared_store_up").as_deref(),
+        Some("0")
+    );
 }
 
 #[test]
