@@ -29,6 +29,8 @@ pub const WRITE_QUEUE: usize = 4096;
 /// The first back-off after a failure; it doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest time spent at shutdown writing what is still queued.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Why the store could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -251,12 +253,23 @@ impl SharedStore {
             };
             inner.write(w).await;
         }
-        // What is queued at shutdown is written while the store answers.
+        // What is queued at shutdown is written while the store answers,
+        // for at most SHUTDOWN_DRAIN.
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        let mut left = 0usize;
         while let Ok(w) = rx.try_recv() {
-            if inner.breaker.is_open() {
-                break;
+            if inner.breaker.is_open() || Instant::now() >= deadline {
+                left += 1;
+                continue;
             }
             inner.write(w).await;
+        }
+        if left > 0 {
+            inner.metrics.error("shared", "unwritten_at_shutdown");
+            tracing::warn!(
+                writes = left,
+                "shared store writes not done at shutdown (the store is down or slow)"
+            );
         }
     }
 
