@@ -32,14 +32,22 @@ const WAIT: Duration = Duration::from_secs(30);
 struct Redis {
     ns: Netns,
     child: Option<Child>,
+    /// Listening on this unix socket only, not on TCP.
+    socket: Option<PathBuf>,
 }
 
 impl Redis {
-    fn start(ns: &Netns, dir: &Path) -> Redis {
-        let child = ns
-            .cmd("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(REDIS_PORT.to_string())
+    fn start(ns: &Netns, dir: &Path, socket: Option<PathBuf>) -> Redis {
+        let mut cmd = ns.cmd("redis-server");
+        match &socket {
+            Some(p) => cmd
+                .args(["--port", "0", "--unixsocketperm", "700", "--unixsocket"])
+                .arg(p),
+            None => cmd
+                .args(["--bind", "127.0.0.1", "--port"])
+                .arg(REDIS_PORT.to_string()),
+        };
+        let child = cmd
             .args([
                 "--requirepass",
                 PASSWORD,
@@ -60,6 +68,7 @@ impl Redis {
         let r = Redis {
             ns: ns.clone(),
             child: Some(child),
+            socket,
         };
         let deadline = Instant::now() + WAIT;
         while r.cli(&["PING"]).trim() != "PONG" {
@@ -75,14 +84,15 @@ impl Redis {
 
     /// `redis-cli` in the namespace, authenticated; its standard output.
     fn cli(&self, args: &[&str]) -> String {
-        let out = common::run_with_timeout(
-            self.ns
-                .cmd("redis-cli")
+        let mut cmd = self.ns.cmd("redis-cli");
+        match &self.socket {
+            Some(p) => cmd.arg("-s").arg(p),
+            None => cmd
                 .args(["-h", "127.0.0.1", "-p"])
-                .arg(REDIS_PORT.to_string())
-                .args(["-a", PASSWORD, "--no-auth-warning"])
-                .args(args),
-        );
+                .arg(REDIS_PORT.to_string()),
+        };
+        let out =
+            common::run_with_timeout(cmd.args(["-a", PASSWORD, "--no-auth-warning"]).args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -100,7 +110,7 @@ impl Drop for Redis {
     }
 }
 
-fn config(cache: &Path, ca: &Path, password_file: &Path, dane: bool) -> String {
+fn config(url: &str, cache: &Path, ca: &Path, password_file: &Path, dane: bool) -> String {
     let dane = if dane {
         format!("[dane]\ncache_file = \"{}\"\n", cache.display())
     } else {
@@ -125,7 +135,7 @@ connect_timeout = "2s"
 
 {dane}
 [shared]
-url = "redis://127.0.0.1:{REDIS_PORT}/0"
+url = "{url}"
 password_file = "{}"
 connect_timeout = "1s"
 command_timeout = "300ms"
@@ -207,7 +217,7 @@ impl Fleet {
     fn redis(&self) -> Redis {
         let dir = self.keep.path().join("redis");
         std::fs::create_dir_all(&dir).unwrap();
-        Redis::start(&self.ns, &dir)
+        Redis::start(&self.ns, &dir, None)
     }
 
     /// A daemon with a cache file of its own and `password_file`.
@@ -217,8 +227,14 @@ impl Fleet {
 
     /// [`Fleet::daemon`], with DANE on when `dane`.
     fn daemon_with(&self, name: &str, password_file: &Path, dane: bool) -> Daemon {
+        let url = format!("redis://127.0.0.1:{REDIS_PORT}/0");
+        self.daemon_at(name, password_file, dane, &url)
+    }
+
+    /// [`Fleet::daemon_with`] on the store at `url`.
+    fn daemon_at(&self, name: &str, password_file: &Path, dane: bool, url: &str) -> Daemon {
         let cache = self.keep.path().join(format!("{name}.sqlite"));
-        let conf = config(&cache, &self.ca_pem, password_file, dane);
+        let conf = config(url, &cache, &self.ca_pem, password_file, dane);
         let d = Daemon::start_with(&conf, POLICY_DEFAULT, Options::in_netns(&self.ns));
         d.wait_for_line(|l| l.contains("shared store") && !l.contains("MTA-STS"));
         d
@@ -541,4 +557,43 @@ fn a_dane_policy_found_by_one_daemon_is_answered_by_another() {
         redis.cli(&["EXISTS", "tls-policyd:dane:plain.test"]).trim(),
         "0"
     );
+}
+
+#[test]
+fn a_store_on_a_unix_socket_is_shared_too() {
+    let Some(ns) = Netns::for_test("shru", &["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let f = Fleet::new(ns.clone());
+    let dir = f.keep.path().join("redis-unix");
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("redis.sock");
+    let redis = Redis::start(&ns, &dir, Some(socket.clone()));
+    // Database 3: the keys are written there, not in 0.
+    let url = format!("redis+unix://{}?db=3", socket.display());
+    publish(&f.dns, &f.https, "unix.test");
+    let a = f.daemon_at("a", &f.password, false, &url);
+    let b = f.daemon_at("b", &f.password, false, &url);
+    a.wait_for_line(|l| l.contains("shared store connected"));
+    b.wait_for_line(|l| l.contains("shared store connected"));
+    assert_eq!(
+        client(&ns, &a).query("tls_policy", "unix.test"),
+        answer("unix.test")
+    );
+    let deadline = Instant::now() + WAIT;
+    while redis
+        .cli(&["-n", "3", "EXISTS", "tls-policyd:mta-sts:unix.test"])
+        .trim()
+        != "1"
+    {
+        assert!(Instant::now() < deadline, "never written to database 3");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(redis.cli(&["-n", "0", "DBSIZE"]).trim(), "0");
+    assert_eq!(
+        client(&ns, &b).query("tls_policy", "unix.test"),
+        answer("unix.test")
+    );
+    assert_eq!(txt_queries(&f.dns, "unix.test"), 1);
+    assert_eq!(f.https.requests("mta-sts.unix.test"), 1);
 }

@@ -341,6 +341,49 @@ mod tests {
     }
 
     #[test]
+    fn config_errors_name_the_file_and_key() {
+        let path = Path::new("/etc/tls-policyd/config.toml");
+        let text = |shared: &str| {
+            format!(
+                "[socketmap]\nlisten = \"inet:127.0.0.1:1\"\n[policy]\nfile = \"p.toml\"\n[shared]\n{shared}"
+            )
+        };
+        let err = |shared: &str| {
+            crate::config::Config::from_text(&text(shared), path)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err("url = \"redis://u:pw@h/0\"\n").starts_with(
+                "/etc/tls-policyd/config.toml: key `shared.url`: no user name or password"
+            ),
+            "{}",
+            err("url = \"redis://u:pw@h/0\"\n")
+        );
+        let e = err("url = \"redis://h/0\"\ncommand_timeout = \"0s\"\n");
+        assert!(
+            e.contains("key `shared.command_timeout`: must be longer than zero"),
+            "{e}"
+        );
+        let e = err("url = \"redis://h/0\"\nsentinels = [\"h:26379\"]\n");
+        assert!(e.contains("unknown field: found `sentinels`"), "{e}");
+        let e = err("url = \"redis://h/0\"\nconnect_timeout = \"soon\"\n");
+        assert!(e.contains("shared.connect_timeout"), "{e}");
+        let c = crate::config::Config::from_text(
+            &text("url = \"redis+unix:///run/redis/redis.sock\"\npassword_file = \"pw\"\n"),
+            path,
+        )
+        .unwrap();
+        let s = c.shared.unwrap();
+        assert_eq!(
+            s.password_file.as_deref(),
+            Some(Path::new("/etc/tls-policyd/pw"))
+        );
+        assert_eq!(s.key_prefix, "tls-policyd:");
+        assert_eq!(s.command_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
     fn password_file_first_line_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("pw");
