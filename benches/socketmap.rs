@@ -24,6 +24,10 @@
 //!   is a policy-file miss answered from the MTA-STS cache
 //!   (`secure match=… servername=hostname`). Nothing is looked up in DNS.
 //!   Default 0 (MTA-STS off).
+//! - `BENCH_SHARED`: a `[shared] url` (`redis+unix:///tmp/x/redis.sock`):
+//!   the daemon runs with the shared store too. Every key is answered
+//!   from memory, so the store is never asked on these lookups: the
+//!   figures show what `[shared]` costs the hot path. Default: off.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -347,6 +351,9 @@ fn write_config(dir: &Path, rules: usize, mta_sts: usize) -> PathBuf {
              [dns]\n\
              nameservers = [\"127.0.0.1:9\"]\n",
         );
+    }
+    if let Ok(url) = std::env::var("BENCH_SHARED") {
+        let _ = writeln!(text, "[shared]\nurl = \"{url}\"");
     }
     fs::write(&config, text).expect("cannot write the config file");
     config

@@ -15,6 +15,7 @@ use crate::dns::DnsConfig;
 use crate::frontends::milter::MilterConfig;
 use crate::frontends::policy_server::PolicyServerConfig;
 use crate::prober::ProberConfig;
+use crate::shared::SharedConfig;
 use crate::sources::dane::DaneConfig;
 use crate::sources::mta_sts::MtaStsConfig;
 
@@ -56,6 +57,8 @@ pub struct Config {
     pub outcomes: Option<OutcomesConfig>,
     /// TLS reports (RFC 8460) from the outcomes; off when absent.
     pub tlsrpt: Option<TlsRptConfig>,
+    /// The store a fleet of hosts shares (Redis, Valkey); off when absent.
+    pub shared: Option<SharedConfig>,
 }
 
 /// Most threads `runtime.threads` accepts.
@@ -246,6 +249,9 @@ impl Config {
         if let Some(t) = &mut self.tlsrpt {
             t.resolve_paths(base);
         }
+        if let Some(s) = &mut self.shared {
+            s.resolve_paths(base);
+        }
         if let Some(m) = &mut self.mta_sts {
             resolve(&mut m.cache_file);
             if let Some(p) = &mut m.extra_ca_file {
@@ -287,6 +293,10 @@ impl Config {
         if let Some(m) = &self.mta_sts {
             m.validate()
                 .map_err(|e| ConfigError::in_section(path, "mta_sts", &e))?;
+        }
+        if let Some(s) = &self.shared {
+            s.validate()
+                .map_err(|e| ConfigError::in_section(path, "shared", &e))?;
         }
         if let Some(o) = &self.outcomes {
             o.validate()

@@ -49,6 +49,9 @@ pub struct Health {
     /// TLS reports, when `[tlsrpt]` is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tlsrpt: Option<TlsRptHealth>,
+    /// The store a fleet shares, when `[shared]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedHealth>,
     /// Oldest first.
     pub recent_errors: Vec<RecentError>,
 }
@@ -59,6 +62,30 @@ pub struct Health {
 pub struct TlsRptHealth {
     pub sessions: Vec<(String, u64)>,
     pub reports: Vec<(String, u64)>,
+}
+
+/// The shared store (`[shared]`): where it is and whether it answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedHealth {
+    pub url: String,
+    /// `connecting`, `up` or `down` (this host answers on its own).
+    pub state: String,
+    /// Why it is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl SharedHealth {
+    /// Why the store makes the daemon `degraded`: it is down.
+    fn problem(&self) -> Option<String> {
+        (self.state == "down").then(|| {
+            format!(
+                "the shared store {} is down ({}): this host answers from its own memory and cache file",
+                self.url,
+                self.problem.as_deref().unwrap_or("no detail")
+            )
+        })
+    }
 }
 
 /// The outcome follower: what it reads and what it found.
@@ -184,6 +211,10 @@ pub trait Observed: Send + Sync {
     fn tlsrpt_on(&self) -> bool {
         false
     }
+    /// The shared store's state, when `[shared]` is on.
+    fn shared(&self) -> Option<SharedHealth> {
+        None
+    }
 }
 
 /// Fetches failed in a row before a source counts as unable to look
@@ -226,10 +257,12 @@ impl Health {
         let last = m.last_reload();
         let reload_failed = last.as_ref().is_some_and(|r| !r.ok);
         let outcomes = ctx.outcomes();
+        let shared = ctx.shared();
         let problems: Vec<String> = Fetch::ALL
             .into_iter()
             .filter_map(|f| failing(m, f))
             .chain(outcomes.iter().flat_map(OutcomesHealth::problems))
+            .chain(shared.iter().filter_map(SharedHealth::problem))
             .collect();
         let degraded = reload_failed || !problems.is_empty();
         let listeners = m
@@ -283,6 +316,7 @@ impl Health {
                     reports: own(r),
                 }
             }),
+            shared,
             recent_errors: m.recent_errors(),
         }
     }
@@ -392,6 +426,15 @@ impl Health {
             };
             let _ = writeln!(out, "tls reports   sessions: {}", counts(&t.sessions));
             let _ = writeln!(out, "              reports: {}", counts(&t.reports));
+        }
+        if let Some(s) = &self.shared {
+            let _ = write!(out, "shared store  {}: {}", s.url, s.state);
+            match &s.problem {
+                Some(p) => {
+                    let _ = writeln!(out, " ({p})");
+                }
+                None => out.push('\n'),
+            }
         }
         if self.recent_errors.is_empty() {
             out += "recent errors none\n";
@@ -566,6 +609,7 @@ mod tests {
             },
             outcomes: None,
             tlsrpt: None,
+            shared: None,
             recent_errors: vec![RecentError {
                 at: "2026-11-24T11:00:00Z".into(),
                 level: "error".into(),
@@ -638,6 +682,43 @@ mod tests {
         );
         let back: Health = serde_json::from_str(&serde_json::to_string(&h).unwrap()).unwrap();
         assert_eq!(back, h);
+    }
+
+    #[test]
+    fn the_shared_store_is_shown_and_down_is_a_problem() {
+        let mut s = SharedHealth {
+            url: "redis://10.0.0.5:6379/2".into(),
+            state: "up".into(),
+            problem: None,
+        };
+        assert_eq!(s.problem(), None);
+        let mut h = sample();
+        h.shared = Some(s.clone());
+        assert!(
+            h.render_text()
+                .contains("shared store  redis://10.0.0.5:6379/2: up\n"),
+            "{}",
+            h.render_text()
+        );
+        s.state = "down".into();
+        s.problem = Some("connection refused".into());
+        assert_eq!(
+            s.problem().as_deref(),
+            Some(
+                "the shared store redis://10.0.0.5:6379/2 is down (connection refused): \
+                 this host answers from its own memory and cache file"
+            )
+        );
+        h.shared = Some(s);
+        let text = h.render_text();
+        assert!(
+            text.contains("shared store  redis://10.0.0.5:6379/2: down (connection refused)\n"),
+            "{text}"
+        );
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<Health>(&json).unwrap(), h);
+        h.shared = None;
+        assert!(!serde_json::to_string(&h).unwrap().contains("shared"));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outcomes;
 pub mod prober;
+pub mod shared;
 pub mod sources;
 pub mod store;
 pub mod tls_roots;

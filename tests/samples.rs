@@ -301,3 +301,27 @@ fn commented_dane_example_is_valid() {
         "the example shows the defaults"
     );
 }
+
+/// The commented `[shared]` example in the loopback config is a valid
+/// section once uncommented.
+#[test]
+fn commented_shared_example_is_valid() {
+    let path = root().join("postfix-examples/tls-policyd.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text
+        .find("#[shared]")
+        .expect("a commented [shared] section");
+    let section: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .filter(|l| !l.starts_with("## "))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    let table: toml::Table = toml::from_str(&section).unwrap();
+    let body = toml::to_string(&table["shared"]).unwrap();
+    let c: tls_policyd::shared::SharedConfig =
+        toml::from_str(&body).unwrap_or_else(|e| panic!("{section}\n{e}"));
+    c.validate().unwrap();
+    assert_eq!(c.url, "redis://10.0.0.5:6379/2");
+    assert!(c.password_file.is_some());
+}

@@ -44,6 +44,24 @@ pub trait PersistedStore: Send + Sync {
     fn close(&self) {}
 }
 
+/// What [`SharedEntries::fetch`] returns.
+pub type SharedFetch<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Entry>> + Send + 'a>>;
+
+/// A store shared between hosts (`crate::shared::SharedStore`), asked on
+/// a local cache miss before a discovery and told what a discovery
+/// learned. It never makes a lookup wait longer than its own timeout, and
+/// answers `None` at once while it is down.
+pub trait SharedEntries: Send + Sync {
+    /// A valid entry of `kind` for `domain`, if the store holds one.
+    fn fetch<'a>(&'a self, kind: Kind, domain: &'a str) -> SharedFetch<'a>;
+    /// Publish what this host learned (queued, never waited on).
+    fn publish(&self, entry: &Entry);
+    /// An entry whose payload the kind's source cannot use: logged and
+    /// counted, then ignored.
+    fn unusable(&self, kind: Kind, domain: &str, why: &str);
+}
+
 /// What a row is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {

@@ -19,6 +19,7 @@ use crate::listen::{ListenAddr, Listener, SocketOptions};
 use crate::log::record::{DecisionLog, Target};
 use crate::metrics::{Cache, Metrics};
 use crate::prober::{Prober, ProberError};
+use crate::shared::{SharedError, SharedStore};
 use crate::sources::dane::{DaneError, DaneSource};
 use crate::sources::mta_sts::{MtaSts, MtaStsError};
 use crate::store::Store;
@@ -46,6 +47,8 @@ pub struct Context {
     pub dane: Option<DaneSource>,
     /// The outcome follower's index and status, when `[outcomes]` is on.
     pub outcomes: Option<outcomes::Outcomes>,
+    /// The store a fleet shares, when `[shared]` is on.
+    pub shared: Option<SharedStore>,
     config_path: PathBuf,
     config: ArcSwap<Config>,
     last_reload: ArcSwap<SystemTime>,
@@ -85,6 +88,8 @@ pub enum StartError {
     Prober(ProberError),
     #[error(transparent)]
     Dane(crate::sources::dane::DaneError),
+    #[error(transparent)]
+    Shared(SharedError),
 }
 
 /// The DANE source, when `[dane]` enables it: its results kept in the
@@ -204,6 +209,17 @@ impl Context {
             },
             metrics.cache_observer(Cache::Dane),
         )?;
+        // The fleet's store: asked on a local miss, told what is learned.
+        let shared = match &config.shared {
+            Some(c) => Some(SharedStore::new(c, metrics.clone()).map_err(StartError::Shared)?),
+            None => None,
+        };
+        if let (Some(sh), Some(sts)) = (&shared, &mta_sts) {
+            sts.set_shared(Arc::new(sh.clone()));
+        }
+        if let (Some(sh), Some(d)) = (&shared, &dane) {
+            d.set_shared(Arc::new(sh.clone()));
+        }
         // Precedence: DANE before MTA-STS (RFC 8461 section 2).
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();
         if let Some(d) = &dane {
@@ -228,6 +244,7 @@ impl Context {
             mta_sts,
             dane,
             outcomes,
+            shared,
             config_path: config_path.to_path_buf(),
             config: ArcSwap::from_pointee(config),
             last_reload: ArcSwap::from_pointee(SystemTime::now()),
@@ -284,6 +301,15 @@ impl crate::health::Observed for Context {
 
     fn tlsrpt_on(&self) -> bool {
         self.outcomes.is_some() && self.config().tlsrpt.as_ref().is_some_and(|t| t.enabled)
+    }
+
+    fn shared(&self) -> Option<crate::health::SharedHealth> {
+        let s = self.shared.as_ref()?.status();
+        Some(crate::health::SharedHealth {
+            url: s.url,
+            state: s.state.to_string(),
+            problem: s.problem,
+        })
     }
 }
 
@@ -391,6 +417,9 @@ impl Context {
         }
         if old.outcomes != new.outcomes {
             needs_restart.push("outcomes");
+        }
+        if old.shared != new.shared {
+            needs_restart.push("shared");
         }
         let on = |c: &Config| {
             c.tlsrpt
@@ -564,6 +593,9 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
     drop(config);
     let follower = outcomes::spawn(&ctx, hook, shutdown.clone());
     tasks.spawn(timer_anchor(shutdown.clone()));
+    if let Some(s) = &ctx.shared {
+        tasks.spawn(s.clone().run(shutdown.clone()));
+    }
     match (&ctx.mta_sts, &ctx.dane) {
         (Some(s), _) => {
             tasks.spawn(s.clone().maintain(shutdown.clone()));

@@ -8,6 +8,7 @@
 mod codecs;
 mod logs;
 mod milter;
+mod shared;
 mod sources;
 mod texts;
 
@@ -16,6 +17,7 @@ use std::sync::OnceLock;
 pub use codecs::{check_netstring, check_policy_attrs, check_socketmap};
 pub use logs::{check_journal_entry, check_postfix_log};
 pub use milter::check_milter;
+pub use shared::check_shared_value;
 pub use sources::{
     check_dane_answer, check_mta_sts_policy, check_mta_sts_record, check_tlsrpt_record,
 };
@@ -40,6 +42,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("config", check_config),
     ("postfix_log", check_postfix_log),
     ("journal_entry", check_journal_entry),
+    ("shared_value", check_shared_value),
 ];
 
 /// The domain the checks' policy file forces (with its subdomains).

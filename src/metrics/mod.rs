@@ -39,6 +39,7 @@ mod observer;
 mod outcomes;
 mod registry;
 mod render;
+mod shared;
 mod text;
 mod tlsrpt;
 
@@ -50,6 +51,7 @@ pub use labels::{Cache, Fetch, FetchResult, Frontend};
 pub use observer::MetricsObserver;
 pub use outcomes::LineKind;
 pub use registry::{ConnectionGuard, Metrics};
+pub use shared::{SharedOp, SharedResult};
 pub use text::Writer;
 pub use tlsrpt::{ReportResult, SessionKind};
 

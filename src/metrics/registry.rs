@@ -59,6 +59,7 @@ pub struct Metrics {
     pub(super) discovery_waits: [AtomicU64; 2],
     pub(super) outcomes: OutcomeCounters,
     pub(super) tlsrpt: super::tlsrpt::TlsRptCounters,
+    pub(super) shared: super::shared::SharedCounters,
     pub(super) slow: Mutex<Slow>,
 }
 
@@ -97,6 +98,7 @@ impl Metrics {
             discovery_waits: Default::default(),
             outcomes: Default::default(),
             tlsrpt: Default::default(),
+            shared: Default::default(),
             slow: Mutex::new(Slow::default()),
         }
     }

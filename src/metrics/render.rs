@@ -216,6 +216,7 @@ impl Metrics {
         drop(slow);
         self.outcomes.render(&mut w);
         self.tlsrpt.render(&mut w);
+        self.shared.render(&mut w);
         w.header(
             "start_time_seconds",
             "gauge",

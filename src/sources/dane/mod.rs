@@ -36,21 +36,24 @@
 //!
 //! The cache is a [`crate::cache::TtlCache`]; the files: `config` (the
 //! `[dane]` section), `record` (a result, its freshness, what it answers),
-//! `stored` (results in the persisted store), `assess` (the lookup).
+//! `stored` (results in the persisted store), `shared` (DANE policies from
+//! and to the store a fleet shares, when `[shared]` is on), `assess` (the
+//! lookup).
 
 pub mod assess;
 pub mod config;
 pub mod record;
+mod shared;
 pub mod stored;
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
-use crate::cache::persist::{PersistError, PersistedStore};
+use crate::cache::persist::{PersistError, PersistedStore, SharedEntries};
 use crate::cache::{
     CacheConfig, CacheLookup, CacheObserver, Expiry, FetchOutcome, NoObserver, TtlCache,
 };
@@ -106,6 +109,8 @@ struct Inner {
     config: DaneConfig,
     resolver: Arc<SecureResolver>,
     store: Option<Arc<dyn PersistedStore>>,
+    /// The store a fleet shares, when `[shared]` is on.
+    shared: OnceLock<Arc<dyn SharedEntries>>,
     cache: Arc<Cache>,
     lookups: Semaphore,
     started: AtomicU64,
@@ -132,6 +137,7 @@ impl Inner {
             config,
             resolver,
             store: None,
+            shared: OnceLock::new(),
             started: AtomicU64::new(0),
             observer,
             slow_log: RateLimit::every(WARN_EVERY),
@@ -214,6 +220,12 @@ impl DaneSource {
 
     pub fn config(&self) -> &DaneConfig {
         &self.inner.config
+    }
+
+    /// Ask `shared` for a domain with no fresh result here before looking
+    /// it up, and publish there the DANE policies lookups find. Set once.
+    pub fn set_shared(&self, shared: Arc<dyn SharedEntries>) {
+        let _ = self.inner.shared.set(shared);
     }
 
     /// Write what is queued for the store and stop it (at shutdown).
@@ -352,6 +364,9 @@ impl DaneSource {
 fn fetch(inner: Arc<Inner>, domain: String) -> impl Future<Output = Arc<DaneRecord>> + Send {
     inner.started.fetch_add(1, Ordering::Relaxed);
     async move {
+        if let Some(r) = inner.ask_shared(&domain).await {
+            return r;
+        }
         let started = Instant::now();
         let record = lookup(&inner, &domain).await;
         let outcome = match &record.assessment.outcome {
@@ -374,6 +389,7 @@ fn fetch(inner: Arc<Inner>, domain: String) -> impl Future<Output = Arc<DaneReco
                 "DANE refresh failed; the previous result stays until it expires"
             );
         } else if let Some(store) = &inner.store {
+            inner.publish(&domain, &record);
             stored::save(
                 store.as_ref(),
                 &domain,

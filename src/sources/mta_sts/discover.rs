@@ -39,7 +39,12 @@ impl Inner {
 
     /// One discovery: TXT record, then (if the id is new, or `fetch`) the
     /// policy. A valid cached policy survives every failure.
+    /// A domain with nothing valid cached is asked for in the shared
+    /// store first, when there is one.
     pub(super) async fn discover(self: &Arc<Self>, domain: &str, fetch: bool) -> Slot {
+        if !fetch && let Some(slot) = self.ask_shared(domain).await {
+            return slot;
+        }
         let _permit = self.slots.acquire().await;
         let started = std::time::Instant::now();
         let (slot, result) = self.discover_counted(domain, fetch).await;
@@ -103,7 +108,10 @@ impl Inner {
                         to_time(expires),
                         &c.persisted(),
                     ) {
-                        Ok(e) => store.save(e),
+                        Ok(e) => {
+                            self.publish(&e);
+                            store.save(e);
+                        }
                         Err(e) => {
                             tracing::error!(domain, error = %e, "cannot store MTA-STS policy")
                         }

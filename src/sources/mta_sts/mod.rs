@@ -33,7 +33,8 @@
 //! at construction. The files: `cached` (what the cache holds, the
 //! answers), `discover` (one discovery), `config`, `record` (the TXT
 //! record), `fetch` (HTTPS), `policy` (the policy file), `report` (the
-//! CLI's view).
+//! CLI's view), `shared` (the store a fleet shares: asked on a local miss
+//! before a discovery, told what discoveries learn).
 
 mod cached;
 pub mod config;
@@ -42,16 +43,17 @@ pub mod fetch;
 pub mod policy;
 pub mod record;
 pub mod report;
+mod shared;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::persist::{Entry, Kind, PersistError, PersistedStore};
+use crate::cache::persist::{Entry, Kind, PersistError, PersistedStore, SharedEntries};
 use crate::cache::{CacheConfig, CacheFound, CacheObserver, Flight, TtlCache};
 use crate::dns::{LookupError, Resolver};
 use crate::engine::decision::SourceKind;
@@ -173,6 +175,8 @@ struct Inner {
     fetcher: ArcSwap<Fetcher>,
     cache: Arc<TtlCache<String, Slot>>,
     store: Option<Arc<dyn PersistedStore>>,
+    /// The store a fleet shares, when `[shared]` is on.
+    shared: OnceLock<Arc<dyn SharedEntries>>,
     slots: Semaphore,
     fetches: AtomicU64,
     observer: Arc<dyn CacheObserver>,
@@ -233,6 +237,7 @@ impl MtaSts {
                 fetcher: ArcSwap::from_pointee(fetcher),
                 cache,
                 store,
+                shared: OnceLock::new(),
                 fetches: AtomicU64::new(0),
                 observer,
                 max_pending: config.max_pending,
@@ -262,6 +267,12 @@ impl MtaSts {
             "MTA-STS cache loaded"
         );
         Ok(src)
+    }
+
+    /// Ask `shared` on a local miss before discovering, and publish there
+    /// what discoveries learn. Set once; later calls change nothing.
+    pub fn set_shared(&self, shared: Arc<dyn SharedEntries>) {
+        let _ = self.inner.shared.set(shared);
     }
 
     /// The store, when this source writes one.

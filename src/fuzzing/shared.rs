@@ -1,0 +1,42 @@
+//! The shared store's values (`shared/value.rs`).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::cache::persist::Kind;
+use crate::shared::value::{self, MAX_LIFETIME, MAX_VALUE};
+
+/// A value read from the shared store: decoding never panics; a refusal
+/// names one of the known kinds; an accepted value is at most
+/// `MAX_VALUE` bytes, was fetched before it expires, expires after now and
+/// at most `MAX_LIFETIME` ahead, holds a JSON payload, and encodes and
+/// decodes again to the same entry.
+pub fn check_shared_value(data: &[u8]) {
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    match value::decode(data, Kind::MtaSts, "a.example", now) {
+        Ok(Some(e)) => {
+            assert!(data.len() <= MAX_VALUE);
+            assert!(e.fetched_at < e.expires_at);
+            assert!(e.expires_at > now);
+            assert!(e.expires_at <= now + Duration::from_secs(MAX_LIFETIME));
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&e.payload).is_ok(),
+                "payload is not JSON"
+            );
+            if let Ok(bytes) = value::encode(&e) {
+                assert_eq!(
+                    value::decode(&bytes, Kind::MtaSts, "a.example", now),
+                    Ok(Some(e)),
+                    "encoding and decoding again differs"
+                );
+            }
+        }
+        Ok(None) => {}
+        Err(err) => {
+            assert!(
+                ["oversized", "garbage", "future_version", "bad_times"].contains(&err.kind()),
+                "{err}"
+            );
+            assert!(!err.to_string().is_empty());
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The shared store (`[shared]`) in metrics: whether it is up, and its
+//! requests by what became of them. Listed only when the store is
+//! configured.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use super::{Metrics, Writer};
+
+/// A request to the shared store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedOp {
+    /// A read on a local cache miss.
+    Get,
+    /// A write of what this host learned.
+    Set,
+}
+
+impl SharedOp {
+    pub const ALL: [SharedOp; 2] = [SharedOp::Get, SharedOp::Set];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedOp::Get => "get",
+            SharedOp::Set => "set",
+        }
+    }
+}
+
+/// What became of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedResult {
+    /// A usable entry read.
+    Hit,
+    /// Nothing there (or expired).
+    Miss,
+    /// Written.
+    Ok,
+    /// A value there that was refused (garbage, oversized, a later format).
+    Invalid,
+    /// Not asked: the store is known down.
+    Down,
+    /// No answer within `command_timeout`.
+    Timeout,
+    /// The store answered with an error, or the connection failed.
+    Error,
+    /// A write dropped: its queue was full.
+    Dropped,
+}
+
+impl SharedResult {
+    pub const ALL: [SharedResult; 8] = [
+        SharedResult::Hit,
+        SharedResult::Miss,
+        SharedResult::Ok,
+        SharedResult::Invalid,
+        SharedResult::Down,
+        SharedResult::Timeout,
+        SharedResult::Error,
+        SharedResult::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SharedResult::Hit => "hit",
+            SharedResult::Miss => "miss",
+            SharedResult::Ok => "ok",
+            SharedResult::Invalid => "invalid",
+            SharedResult::Down => "down",
+            SharedResult::Timeout => "timeout",
+            SharedResult::Error => "error",
+            SharedResult::Dropped => "dropped",
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct SharedCounters {
+    configured: AtomicBool,
+    up: AtomicBool,
+    requests: [[AtomicU64; SharedResult::ALL.len()]; SharedOp::ALL.len()],
+}
+
+impl SharedCounters {
+    pub(super) fn render(&self, w: &mut Writer<'_>) {
+        if !self.configured.load(Ordering::Relaxed) {
+            return;
+        }
+        w.header(
+            "shared_store_up",
+            "gauge",
+            "1 when the shared store answers, 0 while it is down (hosts answer on their own).",
+        );
+        w.sample(
+            "shared_store_up",
+            &[],
+            u64::from(self.up.load(Ordering::Relaxed)),
+        );
+        w.header(
+            "shared_requests_total",
+            "counter",
+            "Requests to the shared store, by operation and what became of them.",
+        );
+        for op in SharedOp::ALL {
+            for r in SharedResult::ALL {
+                let n = self.requests[op as usize][r as usize].load(Ordering::Relaxed);
+                w.sample(
+                    "shared_requests_total",
+                    &[("op", op.as_str()), ("result", r.as_str())],
+                    n,
+                );
+            }
+        }
+    }
+}
+
+impl Metrics {
+    /// The shared store is configured: list its families.
+    pub fn shared_configured(&self) {
+        self.shared.configured.store(true, Ordering::Relaxed);
+    }
+
+    /// The shared store is up (`true`) or down.
+    pub fn shared_up(&self, up: bool) {
+        self.shared.up.store(up, Ordering::Relaxed);
+    }
+
+    /// One request to the shared store and what became of it.
+    pub fn shared_request(&self, op: SharedOp, result: SharedResult) {
+        self.shared.requests[op as usize][result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests so far with this operation and result.
+    pub fn shared_requests(&self, op: SharedOp, result: SharedResult) -> u64 {
+        self.shared.requests[op as usize][result as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_once_configured() {
+        let m = Metrics::new();
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(!out.contains("shared_store_up"));
+        m.shared_configured();
+        m.shared_up(true);
+        m.shared_request(SharedOp::Get, SharedResult::Hit);
+        m.shared_request(SharedOp::Set, SharedResult::Dropped);
+        let mut out = String::new();
+        m.render(&mut out);
+        for want in [
+            "tls_policyd_shared_store_up 1",
+            "tls_policyd_shared_requests_total{op=\"get\",result=\"hit\"} 1",
+            "tls_policyd_shared_requests_total{op=\"set\",result=\"dropped\"} 1",
+            "tls_policyd_shared_requests_total{op=\"get\",result=\"down\"} 0",
+        ] {
+            assert!(out.lines().any(|l| l == want), "{want}\n{out}");
+        }
+    }
+}

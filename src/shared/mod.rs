@@ -1,0 +1,16 @@
+//! State a fleet of hosts shares: a Redis (or Valkey) store, `[shared]`.
+//!
+//! `config` is the section; `value` what one key holds (the cache file's
+//! JSON payload per kind and domain, with its times and a version;
+//! bounded, and refused when it does not decode); `store` the client: a
+//! circuit breaker in front of every read, writes queued to a task of
+//! their own. Sources reach it through `cache::persist::SharedEntries`,
+//! handed to them by the daemon: a local cache miss asks it before a
+//! discovery, and what a discovery learns is published.
+
+pub mod config;
+pub mod store;
+pub mod value;
+
+pub use config::SharedConfig;
+pub use store::{SharedError, SharedStatus, SharedStore};

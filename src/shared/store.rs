@@ -1,0 +1,529 @@
+//! [`SharedStore`]: the Redis client, its circuit breaker, and the
+//! queue of writes.
+//!
+//! Reads happen on a local cache miss, each bounded by `command_timeout`.
+//! After a failure or a timeout the store is down: it is not asked again
+//! until a back-off has passed (250 ms, doubling to 30 s), so once it is
+//! known down a lookup loses no time to it. Writes go through a bounded
+//! queue to a task of their own; a full queue drops and counts.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::config::{Address, SharedConfig, read_password};
+use super::value::{self, MAX_VALUE};
+use crate::cache::persist::{Entry, Kind, SharedEntries, SharedFetch};
+use crate::metrics::{Metrics, SharedOp, SharedResult};
+use crate::util::rate::RateLimit;
+
+/// Writes waiting at most; past this, new ones are dropped and counted.
+pub const WRITE_QUEUE: usize = 4096;
+/// The first back-off after a failure; it doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest time spent at shutdown writing what is still queued.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+
+/// Why the store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("key `shared.url`: {0}")]
+    Url(String),
+    #[error("key `shared.password_file`: {0}")]
+    Password(String),
+}
+
+/// What `/health` shows of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedStatus {
+    pub url: String,
+    /// `connecting`, `up` or `down`.
+    pub state: &'static str,
+    /// The last failure while down.
+    pub problem: Option<String>,
+}
+
+/// One queued write.
+struct Write {
+    key: String,
+    value: Vec<u8>,
+    ttl: u64,
+}
+
+/// The shared store. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct SharedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    prefix: String,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    breaker: Breaker,
+    queue: mpsc::Sender<Write>,
+    queue_rx: Mutex<Option<mpsc::Receiver<Write>>>,
+    metrics: Arc<Metrics>,
+    bad_log: RateLimit,
+    down_log: RateLimit,
+    full_log: RateLimit,
+}
+
+/// The circuit breaker: down until a moment, with the failures in a row.
+struct Breaker {
+    origin: Instant,
+    /// Milliseconds since `origin` until which the store is not asked.
+    down_until: AtomicU64,
+    failures: AtomicU32,
+    ever_up: AtomicBool,
+    problem: Mutex<Option<String>>,
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_open(&self) -> bool {
+        self.now_ms() < self.down_until.load(Ordering::Relaxed)
+    }
+
+    fn is_down(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) > 0
+    }
+
+    /// A failure: down for the next back-off. Returns the back-off and
+    /// whether the store was up before.
+    fn fail(&self, why: String) -> (Duration, bool) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed);
+        let backoff = MIN_BACKOFF
+            .saturating_mul(1u32 << n.min(16))
+            .min(MAX_BACKOFF);
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
+        self.down_until.store(until, Ordering::Relaxed);
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        (backoff, n == 0)
+    }
+
+    /// An answer: up. Returns whether it was down.
+    fn succeed(&self) -> bool {
+        self.ever_up.store(true, Ordering::Relaxed);
+        let was = self.failures.swap(0, Ordering::Relaxed);
+        if was > 0 {
+            self.down_until.store(0, Ordering::Relaxed);
+            *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        was > 0
+    }
+}
+
+/// How a command ended.
+enum Outcome<T> {
+    Answer(T),
+    Timeout,
+    Failed,
+}
+
+impl SharedStore {
+    /// Set the store up from its section: the password file is read now.
+    /// Nothing connects until [`SharedStore::run`] runs.
+    pub fn new(config: &SharedConfig, metrics: Arc<Metrics>) -> Result<SharedStore, SharedError> {
+        let info = connection_info(config)?;
+        let client = redis::Client::open(info).map_err(|e| SharedError::Url(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        metrics.shared_configured();
+        metrics.shared_up(false);
+        Ok(SharedStore {
+            inner: Arc::new(Inner {
+                url: config.url.clone(),
+                prefix: config.key_prefix.clone(),
+                command_timeout: config.command_timeout,
+                connect_timeout: config.connect_timeout,
+                client,
+                conn: ArcSwapOption::empty(),
+                breaker: Breaker {
+                    origin: Instant::now(),
+                    down_until: AtomicU64::new(0),
+                    failures: AtomicU32::new(0),
+                    ever_up: AtomicBool::new(false),
+                    problem: Mutex::new(None),
+                },
+                queue: tx,
+                queue_rx: Mutex::new(Some(rx)),
+                metrics,
+                bad_log: RateLimit::per_minute(5),
+                down_log: RateLimit::per_minute(2),
+                full_log: RateLimit::per_minute(1),
+            }),
+        })
+    }
+
+    /// The key of a (kind, domain).
+    pub fn key(&self, kind: Kind, domain: &str) -> String {
+        format!("{}{}:{domain}", self.inner.prefix, kind.as_str())
+    }
+
+    /// Its state, for `/health`.
+    pub fn status(&self) -> SharedStatus {
+        let b = &self.inner.breaker;
+        let state = if b.is_down() {
+            "down"
+        } else if self.inner.conn.load().is_some() {
+            "up"
+        } else {
+            "connecting"
+        };
+        SharedStatus {
+            url: self.inner.url.clone(),
+            state,
+            problem: b.problem.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+
+    /// Connect (again and again, backing off, until it works), then write
+    /// what is queued, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let rx = self
+            .inner
+            .queue_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let connect = self.clone().connect_loop(shutdown.clone());
+        match rx {
+            Some(rx) => {
+                tokio::join!(connect, self.write_loop(rx, shutdown));
+            }
+            None => connect.await,
+        }
+    }
+
+    async fn connect_loop(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(inner.connect_timeout))
+            .set_response_timeout(Some(inner.command_timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1));
+        loop {
+            let attempt = tokio::time::timeout(
+                inner.connect_timeout.saturating_mul(3),
+                ConnectionManager::new_with_config(inner.client.clone(), config.clone()),
+            );
+            let wait = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = attempt => match r {
+                    Ok(Ok(conn)) => {
+                        inner.conn.store(Some(Arc::new(conn)));
+                        inner.up();
+                        tracing::info!(url = %inner.url, "shared store connected");
+                        return;
+                    }
+                    Ok(Err(e)) => inner.down("connect", &e),
+                    Err(_) => inner.down_timeout("connect"),
+                },
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn write_loop(self, mut rx: mpsc::Receiver<Write>, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        loop {
+            let w = tokio::select! {
+                () = shutdown.cancelled() => break,
+                w = rx.recv() => match w { Some(w) => w, None => break },
+            };
+            inner.write(w).await;
+        }
+        // What is queued at shutdown is written while the store answers,
+        // for at most SHUTDOWN_DRAIN.
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        let mut left = 0usize;
+        while let Ok(w) = rx.try_recv() {
+            if inner.breaker.is_open() || Instant::now() >= deadline {
+                left += 1;
+                continue;
+            }
+            inner.write(w).await;
+        }
+        if left > 0 {
+            inner.metrics.error("shared", "unwritten_at_shutdown");
+            tracing::warn!(
+                writes = left,
+                "shared store writes not done at shutdown (the store is down or slow)"
+            );
+        }
+    }
+
+    /// A valid entry of `kind` for `domain`: `None` when there is none,
+    /// the store is down, does not answer within `command_timeout`, or
+    /// holds something unusable (logged and counted).
+    pub async fn get(&self, kind: Kind, domain: &str) -> Option<Entry> {
+        let inner = &self.inner;
+        let key = self.key(kind, domain);
+        // GETRANGE reads at most one byte past the limit, so an oversized
+        // value costs no more than that to refuse.
+        let mut cmd = redis::cmd("GETRANGE");
+        cmd.arg(&key).arg(0).arg(MAX_VALUE);
+        let value = match inner.command::<Value>(SharedOp::Get, cmd).await? {
+            Outcome::Answer(v) => v,
+            Outcome::Timeout | Outcome::Failed => return None,
+        };
+        let bytes = match value {
+            Value::BulkString(b) => b,
+            Value::SimpleString(s) => s.into_bytes(),
+            Value::Nil => Vec::new(),
+            other => {
+                inner.bad(kind, domain, "wrong_type", &format!("{other:?}"));
+                return None;
+            }
+        };
+        if bytes.is_empty() {
+            inner.counted(SharedOp::Get, SharedResult::Miss);
+            return None;
+        }
+        match value::decode(&bytes, kind, domain, SystemTime::now()) {
+            Ok(Some(e)) => {
+                inner.counted(SharedOp::Get, SharedResult::Hit);
+                Some(e)
+            }
+            Ok(None) => {
+                inner.counted(SharedOp::Get, SharedResult::Miss);
+                None
+            }
+            Err(e) => {
+                inner.bad(kind, domain, e.kind(), &e.to_string());
+                None
+            }
+        }
+    }
+
+    /// Queue `entry` to be written (never waits).
+    pub fn put(&self, entry: &Entry) {
+        let inner = &self.inner;
+        let value = match value::encode(entry) {
+            Ok(v) => v,
+            Err(e) => {
+                inner.metrics.error("shared", "oversized");
+                if let Some(more) = inner.bad_log.admit() {
+                    tracing::warn!(domain = %entry.domain, kind = %entry.kind, error = %e, more,
+                        "not written to the shared store");
+                }
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        let ttl = entry
+            .expires_at
+            .duration_since(now)
+            .map_or(0, |d| d.as_secs());
+        if ttl == 0 {
+            return;
+        }
+        let w = Write {
+            key: self.key(entry.kind, &entry.domain),
+            value,
+            ttl,
+        };
+        if inner.queue.try_send(w).is_err() {
+            inner.counted(SharedOp::Set, SharedResult::Dropped);
+            inner.metrics.error("shared", "queue_full");
+            if let Some(more) = inner.full_log.admit() {
+                tracing::warn!(
+                    queue = WRITE_QUEUE,
+                    more,
+                    "shared store write queue full; what this host learned is not shared (`more`: others since the last warning)"
+                );
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn counted(&self, op: SharedOp, r: SharedResult) {
+        self.metrics.shared_request(op, r);
+    }
+
+    fn up(&self) {
+        if self.breaker.succeed() {
+            tracing::info!(url = %self.url, "shared store answers again");
+        }
+        self.metrics.shared_up(true);
+    }
+
+    /// A failure: down for a back-off, logged (rate-limited) and counted.
+    fn down(&self, what: &'static str, e: &redis::RedisError) -> Duration {
+        let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
+            || e.code().is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH");
+        let why = if auth {
+            format!("authentication refused ({e}): check shared.username and shared.password_file")
+        } else {
+            e.to_string()
+        };
+        self.metrics
+            .error("shared", if auth { "auth" } else { "unavailable" });
+        self.fail(what, why)
+    }
+
+    fn down_timeout(&self, what: &'static str) -> Duration {
+        self.metrics.error("shared", "timeout");
+        self.fail(what, format!("{what}: no answer in time"))
+    }
+
+    fn fail(&self, what: &'static str, why: String) -> Duration {
+        let (backoff, was_up) = self.breaker.fail(why.clone());
+        self.metrics.shared_up(false);
+        if let Some(more) = self.down_log.admit() {
+            tracing::warn!(url = %self.url, during = what, error = %why, retry_in = %humantime::format_duration(backoff),
+                first = was_up, more,
+                "shared store unavailable; this host answers from its own memory and cache file");
+        }
+        backoff
+    }
+
+    /// A value refused: logged (rate-limited) and counted.
+    fn bad(&self, kind: Kind, domain: &str, label: &'static str, why: &str) {
+        self.counted(SharedOp::Get, SharedResult::Invalid);
+        self.metrics.error("shared", label);
+        if let Some(more) = self.bad_log.admit() {
+            let why = crate::util::text::printable_ascii(why, 300);
+            tracing::warn!(kind = %kind, domain, problem = label, error = %why, more,
+                "unusable value in the shared store ignored");
+        }
+    }
+
+    /// Run one command within `command_timeout`; `None` when the store is
+    /// not asked (down, not connected). Every end is counted but answers
+    /// (the caller counts those).
+    async fn command<T: redis::FromRedisValue>(
+        &self,
+        op: SharedOp,
+        cmd: redis::Cmd,
+    ) -> Option<Outcome<T>> {
+        if self.breaker.is_open() {
+            self.counted(op, SharedResult::Down);
+            return None;
+        }
+        let Some(conn) = self.conn.load_full() else {
+            self.counted(op, SharedResult::Down);
+            return None;
+        };
+        let mut c = (*conn).clone();
+        let r = tokio::time::timeout(self.command_timeout, cmd.query_async::<T>(&mut c)).await;
+        Some(match r {
+            Ok(Ok(v)) => {
+                self.up();
+                Outcome::Answer(v)
+            }
+            Ok(Err(e)) if e.code() == Some("WRONGTYPE") => {
+                // The store answers; the key holds something else.
+                self.up();
+                self.bad_op(op, "wrong_type", &e);
+                Outcome::Failed
+            }
+            Ok(Err(e)) => {
+                self.counted(op, SharedResult::Error);
+                self.down(op.as_str(), &e);
+                Outcome::Failed
+            }
+            Err(_) => {
+                self.counted(op, SharedResult::Timeout);
+                self.down_timeout(op.as_str());
+                Outcome::Timeout
+            }
+        })
+    }
+
+    fn bad_op(&self, op: SharedOp, label: &'static str, e: &redis::RedisError) {
+        self.counted(op, SharedResult::Invalid);
+        self.metrics.error("shared", label);
+        if let Some(more) = self.bad_log.admit() {
+            tracing::warn!(op = op.as_str(), problem = label, error = %e, more,
+                "unusable value in the shared store ignored");
+        }
+    }
+
+    async fn write(&self, w: Write) {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&w.key).arg(w.value).arg("EX").arg(w.ttl);
+        if let Some(Outcome::Answer(())) = self.command::<()>(SharedOp::Set, cmd).await {
+            self.counted(SharedOp::Set, SharedResult::Ok);
+        }
+    }
+}
+
+/// The client's connection settings: address, database, user, password.
+fn connection_info(config: &SharedConfig) -> Result<ConnectionInfo, SharedError> {
+    let (addr, db) = match config.address().map_err(SharedError::Url)? {
+        Address::Tcp {
+            host,
+            port,
+            db,
+            tls: false,
+        } => (ConnectionAddr::Tcp(host, port), db),
+        Address::Tcp {
+            host,
+            port,
+            db,
+            tls: true,
+        } => {
+            // The client builds its TLS settings with the process's
+            // default provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            (
+                ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: false,
+                    tls_params: None,
+                },
+                db,
+            )
+        }
+        Address::Unix { path, db } => (ConnectionAddr::Unix(path), db),
+    };
+    let info = addr
+        .into_connection_info()
+        .map_err(|e| SharedError::Url(e.to_string()))?;
+    let mut redis = info.redis_settings().clone().set_db(db);
+    if let Some(p) = &config.password_file {
+        let password = read_password(p).map_err(SharedError::Password)?;
+        redis = redis.set_password(password);
+    }
+    if let Some(u) = &config.username {
+        redis = redis.set_username(u);
+    }
+    Ok(info.set_redis_settings(redis))
+}
+
+impl SharedEntries for SharedStore {
+    fn fetch<'a>(&'a self, kind: Kind, domain: &'a str) -> SharedFetch<'a> {
+        Box::pin(self.get(kind, domain))
+    }
+
+    fn publish(&self, entry: &Entry) {
+        self.put(entry);
+    }
+
+    fn unusable(&self, kind: Kind, domain: &str, why: &str) {
+        self.inner.bad(kind, domain, "payload", why);
+    }
+}
