@@ -69,6 +69,18 @@ pub fn applied(
     }
 }
 
+/// The TLSA view of a failed attempt whose level required DANE
+/// (`dane-only`): with no TLSA records known for the host, the session
+/// failed because DANE was required (`dane-required`).
+pub fn dane_required(view: TlsaView, level_requires_dane: bool, failed: bool) -> TlsaView {
+    match view {
+        TlsaView::Nothing if level_requires_dane && failed => {
+            TlsaView::Failed(ResultType::DaneRequired)
+        }
+        v => v,
+    }
+}
+
 /// A TLSA record in presentation form.
 pub fn tlsa_text(usage: u8, selector: u8, matching: u8, data_hex: &str) -> String {
     format!(
@@ -107,6 +119,29 @@ mod tests {
         assert!(p.policy_string.is_empty());
         assert_eq!(p.policy_domain, "r.example");
         assert_eq!(f, None);
+    }
+
+    #[test]
+    fn dane_required_when_a_dane_only_attempt_failed_without_tlsa() {
+        let (p, f) = applied(
+            "r.example",
+            &sts(),
+            &dane_required(TlsaView::Nothing, true, true),
+        );
+        assert_eq!(p.policy_type, PolicyType::Tlsa);
+        assert_eq!(f, Some(ResultType::DaneRequired));
+        // Delivered: the TLSA records were there (Postfix verified them).
+        assert_eq!(
+            dane_required(TlsaView::Nothing, true, false),
+            TlsaView::Nothing
+        );
+        // Not required, or records known: unchanged.
+        assert_eq!(
+            dane_required(TlsaView::Nothing, false, true),
+            TlsaView::Nothing
+        );
+        let r = TlsaView::Records(vec![tlsa_text(3, 1, 1, "ab")]);
+        assert_eq!(dane_required(r.clone(), true, true), r);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use super::applied::{StsView, TlsaView, applied, tlsa_text};
+use super::applied::{StsView, TlsaView, applied, dane_required, tlsa_text};
 use super::directory::{Found, discover};
 use super::report::{ResultType, day_name, day_start};
 use super::session::{SessionResult, session_of};
@@ -357,11 +357,16 @@ impl Counter {
             self.metrics.tlsrpt_session(SessionKind::Report);
             return;
         }
-        let (policy, failure) = applied(
-            domain,
-            &self.sts_view(domain),
-            &self.tlsa_view(domain, &host),
+        let requires_dane = d
+            .governing
+            .as_ref()
+            .is_some_and(|g| g.level.starts_with("dane-only"));
+        let tlsa = dane_required(
+            self.tlsa_view(domain, &host),
+            requires_dane,
+            d.tls_failure.is_some(),
         );
+        let (policy, failure) = applied(domain, &self.sts_view(domain), &tlsa);
         let Some(session) = session_of(d, policy, failure) else {
             self.metrics.tlsrpt_session(SessionKind::NotCounted);
             return;
