@@ -151,12 +151,12 @@ fn smtpd_queues_a_message_for_a_deferred_transport() {
     );
     let id = s.queue_id().expect("queued as ID");
 
-    // Queued and deferred ("deferred transport"), not delivered.
+    // Queued and deferred ("deferred transport"), not delivered. The
+    // queue is listed file by file: while qmgr moves the message, one
+    // listing can show it in both queues, so wait for one showing it only
+    // in the deferred queue.
     let q = pf.wait_for_queue(
-        |q| {
-            q.iter()
-                .any(|m| m.queue_id == id && m.queue_name == "deferred")
-        },
+        |q| q.len() == 1 && q[0].queue_id == id && q[0].queue_name == "deferred",
         WAIT,
     );
     assert_eq!(q.len(), 1, "{q:#?}");
