@@ -1,6 +1,7 @@
 //! A fleet end to end: two Postfix instances, each with its own
 //! tls-policyd on its `smtp_tls_policy_maps`, sharing one real
-//! `redis-server` (with `requirepass`), inside a network namespace with a
+//! `redis-server` as the ACL user of the fleet deployment
+//! (`postfix-examples/deployments/fleet/redis-acl.conf`), inside a network namespace with a
 //! test DNS server on 127.0.0.1:53 (Postfix's resolver and the daemons'),
 //! the MTA-STS policy host on 127.0.0.44:443 and two SMTP servers: one
 //! with a certificate from the test CA, one self-signed.
@@ -38,8 +39,38 @@ const DOMAIN: &str = "fleet.test";
 const GOOD_MX: (&str, &str) = ("mx.fleet.test", "127.0.0.21");
 const FORGED_MX: (&str, &str) = ("mx-forged.other.test", "127.0.0.22");
 
-/// A `redis-server` on 127.0.0.1:REDIS_PORT in the namespace, killed on
-/// drop.
+/// The ACL user the fleet deployment gives tls-policyd.
+const ACL_USER: &str = "tls-policyd";
+
+/// `postfix-examples/deployments/fleet/redis-acl.conf` with the password
+/// filled in, plus an administrator (`default`) for the test's redis-cli.
+fn acl_file(dir: &Path) -> std::path::PathBuf {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("postfix-examples/deployments/fleet/redis-acl.conf"),
+    )
+    .unwrap();
+    let user = example
+        .lines()
+        .find(|l| l.starts_with("user "))
+        .expect("redis-acl.conf: no user line");
+    assert!(user.contains(">CHANGE-ME"), "{user}");
+    let path = dir.join("users.acl");
+    std::fs::write(
+        &path,
+        format!(
+            "user default on >{ADMIN} ~* &* +@all\n{}\n",
+            user.replace("CHANGE-ME", PASSWORD)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+const ADMIN: &str = "fleet-admin-4242";
+
+/// A `redis-server` on 127.0.0.1:REDIS_PORT in the namespace, with the
+/// users of [`acl_file`], killed on drop.
 struct Redis {
     ns: Netns,
     child: Child,
@@ -51,16 +82,13 @@ impl Redis {
             .cmd("redis-server")
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(REDIS_PORT.to_string())
-            .args([
-                "--requirepass",
-                PASSWORD,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .arg("--aclfile")
+            .arg(acl_file(dir))
+            .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -72,7 +100,11 @@ impl Redis {
         };
         let deadline = Instant::now() + WAIT;
         while r.cli(&["PING"]).trim() != "PONG" {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start: {}",
+                std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
+            );
             thread::sleep(Duration::from_millis(50));
         }
         r
@@ -84,7 +116,7 @@ impl Redis {
                 .cmd("redis-cli")
                 .args(["-h", "127.0.0.1", "-p"])
                 .arg(REDIS_PORT.to_string())
-                .args(["-a", PASSWORD, "--no-auth-warning"])
+                .args(["-a", ADMIN, "--no-auth-warning"])
                 .args(args),
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -116,6 +148,7 @@ lookup_timeout = "5s"
 
 [shared]
 url = "redis://127.0.0.1:{REDIS_PORT}/0"
+username = "{ACL_USER}"
 password_file = "{password}"
 
 [policy]
@@ -273,5 +306,15 @@ fn a_policy_learned_through_one_postfix_keeps_the_other_forced_after_its_record_
         .wait_for_line(|l| l.contains("MTA-STS policy taken from the shared store"));
     // The second host fetched nothing itself.
     assert_eq!(https.requests(&format!("mta-sts.{DOMAIN}")), 1);
+    // The deployment's ACL user had every right the daemons used.
+    assert_eq!(redis.cli(&["ACL", "LOG"]).trim(), "", "commands refused");
+    for d in [&first.daemon, &second.daemon] {
+        assert!(
+            d.find_line(|l| l.contains("shared store unavailable"))
+                .is_none(),
+            "{}",
+            d.stderr_text()
+        );
+    }
     drop(redis);
 }
