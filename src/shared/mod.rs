@@ -6,9 +6,13 @@
 //! circuit breaker in front of every read, writes queued to a task of
 //! their own. Sources reach it through `cache::persist::SharedEntries`,
 //! handed to them by the daemon: a local cache miss asks it before a
-//! discovery, and what a discovery learns is published.
+//! discovery, and what a discovery learns is published. `reports` holds
+//! TLS-RPT's keys: each host's counts of a day and domain, the lock and
+//! the claim that let one host send the fleet's report
+//! (`tlsrpt::fleet::FleetReports`, handed to the report sender).
 
 pub mod config;
+pub mod reports;
 pub mod store;
 pub mod value;
 
