@@ -72,16 +72,19 @@ pub enum Kind {
     /// That a domain had a DANE policy, and when (shared between hosts
     /// only; a host keeps its own in its DANE results).
     DaneHad,
+    /// What the STARTTLS prober found (shared between hosts only).
+    Prober,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::MtaSts, Kind::Dane, Kind::DaneHad];
+    pub const ALL: [Kind; 4] = [Kind::MtaSts, Kind::Dane, Kind::DaneHad, Kind::Prober];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::MtaSts => "mta-sts",
             Kind::Dane => "dane",
             Kind::DaneHad => "dane-had",
+            Kind::Prober => "prober",
         }
     }
 }
@@ -98,7 +101,7 @@ impl FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not a cache kind (mta-sts, dane or dane-had)"))
+            .ok_or_else(|| format!("{s:?} is not a cache kind (mta-sts, dane, dane-had or prober)"))
     }
 }
 

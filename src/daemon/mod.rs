@@ -214,6 +214,9 @@ impl Context {
         if let (Some(sh), Some(d)) = (&shared, &dane) {
             d.set_shared(Arc::new(sh.clone()));
         }
+        if let (Some(sh), Some(p)) = (&shared, &prober) {
+            p.set_shared(Arc::new(sh.clone()));
+        }
         // Precedence: DANE before MTA-STS (RFC 8461 section 2).
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();
         if let Some(d) = &dane {
