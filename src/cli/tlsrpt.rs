@@ -223,7 +223,7 @@ fn send(
         return Err(
             "with [shared], the fleet's daemons send the reports (one host each, with every \
              host's counts); `tlsrpt send` here would send this host's counts only \
-             (use --dry-run to see the report)"
+             (--dry-run shows the report of this host's own counts)"
                 .into(),
         );
     }
