@@ -322,6 +322,12 @@ impl Config {
                      use one of them",
                 ));
             }
+            if t.enabled
+                && let Some(s) = &self.shared
+                && let Err(e) = s.host_id()
+            {
+                return Err(ConfigError::in_section(path, "shared", &e));
+            }
             let shared = self
                 .mta_sts
                 .as_ref()

@@ -69,15 +69,22 @@ pub enum Kind {
     MtaSts,
     /// A DANE result (RFC 7672).
     Dane,
+    /// That a domain had a DANE policy, and when (shared between hosts
+    /// only; a host keeps its own in its DANE results).
+    DaneHad,
+    /// What the STARTTLS prober found (shared between hosts only).
+    Prober,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::MtaSts, Kind::Dane];
+    pub const ALL: [Kind; 4] = [Kind::MtaSts, Kind::Dane, Kind::DaneHad, Kind::Prober];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::MtaSts => "mta-sts",
             Kind::Dane => "dane",
+            Kind::DaneHad => "dane-had",
+            Kind::Prober => "prober",
         }
     }
 }
@@ -94,7 +101,7 @@ impl FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not a cache kind (mta-sts or dane)"))
+            .ok_or_else(|| format!("{s:?} is not a cache kind (mta-sts, dane, dane-had or prober)"))
     }
 }
 

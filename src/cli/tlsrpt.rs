@@ -219,6 +219,14 @@ fn send(
     dry_run: bool,
     as_json: bool,
 ) -> Result<(String, bool), String> {
+    if config.shared.is_some() && t.enabled && !dry_run {
+        return Err(
+            "with [shared], the fleet's daemons send the reports (one host each, with every \
+             host's counts); `tlsrpt send` here would send this host's counts only \
+             (--dry-run shows the report of this host's own counts)"
+                .into(),
+        );
+    }
     let resolver = crate::dns::build_resolver(&config.dns).map_err(|e| e.to_string())?;
     let poster =
         Poster::new(resolver.clone(), t.extra_ca_file.as_deref()).map_err(|e| e.to_string())?;
@@ -227,6 +235,8 @@ fn send(
         resolver,
         poster,
         metrics: None,
+        fleet: None,
+        store_waits: Default::default(),
     };
     let rt = super::runtime()?;
     let results = rt
@@ -283,6 +293,17 @@ fn send(
             DomainResult::Done => {
                 text.push_str(&format!("{domain}: done before\n"));
                 ("done", Value::Null)
+            }
+            DomainResult::Fleet { host, report_id } => {
+                text.push_str(&format!(
+                    "{domain}: sent by host {host} of the fleet ({report_id})\n"
+                ));
+                ("fleet", json!({"host": host, "report_id": report_id}))
+            }
+            DomainResult::Waiting(why) => {
+                ok = false;
+                text.push_str(&format!("{domain}: waiting ({why})\n"));
+                ("waiting", json!(why))
             }
         };
         items.push(json!({"domain": domain, "result": state, "detail": detail}));

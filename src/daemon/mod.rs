@@ -218,6 +218,9 @@ impl Context {
             let d = d.clone();
             sh.replay_with(Box::new(move || d.held_entries()));
         }
+        if let (Some(sh), Some(p)) = (&shared, &prober) {
+            p.set_shared(Arc::new(sh.clone()));
+        }
         // Precedence: DANE before MTA-STS (RFC 8461 section 2).
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();
         if let Some(d) = &dane {

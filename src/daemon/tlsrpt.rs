@@ -1,7 +1,11 @@
 //! Wiring of TLS reporting: the counter ([`Counter`]) the outcome follower
 //! tells of each delivery attempt (on the follower's thread), and the
 //! thread that sends each day's reports after the day ends (with a runtime
-//! of its own, never on the threads that answer Postfix).
+//! of its own, never on the threads that answer Postfix). With `[shared]`
+//! the sender publishes this host's counts at each round and sends a
+//! day's report for the fleet when it takes it (`tlsrpt::fleet_send`);
+//! while a report waits for the fleet, rounds come every
+//! [`PENDING_ROUND`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,12 +21,18 @@ use crate::outcomes::task::DeliveryHook;
 use crate::tlsrpt::config::TlsRptConfig;
 use crate::tlsrpt::counter::Counter;
 use crate::tlsrpt::deliver::Poster;
+use crate::tlsrpt::fleet::{FLEET_SETTLE, FleetReports};
+use crate::tlsrpt::fleet_send::Published;
 use crate::tlsrpt::report::{day_name, day_start};
 use crate::tlsrpt::sender::{DomainResult, ReportSender, yesterday};
 use crate::tlsrpt::store::TlsRptStore;
+use crate::util::rate::RateLimit;
 
 /// How often the sender wakes.
 const SEND_ROUND: Duration = Duration::from_secs(300);
+/// How often it wakes while a report waits for the fleet (the lock held
+/// by another host, or the shared store down).
+const PENDING_ROUND: Duration = Duration::from_secs(15);
 /// Days of counts kept.
 const KEEP_DAYS: u64 = 8;
 
@@ -81,6 +91,27 @@ pub(super) fn spawn_sender(
             return None;
         }
     };
+    // The fleet's share of the store, when `[shared]` is on.
+    let fleet: Option<Arc<dyn FleetReports>> = match (&ctx.shared, &ctx.config().shared) {
+        (Some(store), Some(c)) => match c.host_id() {
+            Ok(host) => {
+                tracing::info!(host = %host,
+                    "TLS-RPT: reports are sent for the fleet sharing the store (one host each)");
+                Some(Arc::new(crate::shared::reports::ReportStore::new(
+                    store.clone(),
+                    host,
+                )))
+            }
+            Err(e) => {
+                // The configuration checks this at load; a host name
+                // changed since: no report rather than one per host.
+                tracing::error!(error = %e, "TLS-RPT: no host id for the fleet; no reports are sent");
+                ctx.metrics.error("tlsrpt", "setup");
+                return None;
+            }
+        },
+        _ => None,
+    };
     let live = ctx.clone();
     let spawned = std::thread::Builder::new()
         .name("tlsrpt-sender".into())
@@ -101,6 +132,8 @@ pub(super) fn spawn_sender(
                 resolver,
                 poster,
                 metrics: Some(live.metrics.clone()),
+                fleet,
+                store_waits: Default::default(),
             };
             rt.block_on(send_loop(&live, &mut sender, stop));
         });
@@ -119,6 +152,8 @@ async fn send_loop(ctx: &Context, sender: &mut ReportSender, stop: CancellationT
     let mut delays: HashMap<SystemTime, Duration> = HashMap::new();
     let mut store: Option<TlsRptStore> = None;
     let mut pruned: Option<SystemTime> = None;
+    let mut published = Published::new();
+    let waiting_log = RateLimit::per_minute(1);
     let mut first = true;
     loop {
         if let Some(t) = ctx.config().tlsrpt.clone().filter(|t| t.enabled) {
@@ -133,8 +168,10 @@ async fn send_loop(ctx: &Context, sender: &mut ReportSender, stop: CancellationT
                 }
             }
         }
+        let mut waiting = Vec::new();
         if let Some(s) = &store {
-            let tried = round(s, sender, &mut delays, &mut pruned).await;
+            let (tried, w) = round(s, sender, &mut delays, &mut pruned, &mut published).await;
+            waiting = w;
             if first {
                 first = false;
                 tracing::info!(
@@ -144,42 +181,71 @@ async fn send_loop(ctx: &Context, sender: &mut ReportSender, stop: CancellationT
                 );
             }
         }
+        let next = if waiting.is_empty() {
+            SEND_ROUND
+        } else {
+            if let Some(more) = waiting_log.admit() {
+                tracing::info!(reports = waiting.len(), first = %waiting[0], more,
+                    "TLS-RPT: reports wait for the fleet; tried again soon");
+            }
+            PENDING_ROUND
+        };
         tokio::select! {
             () = stop.cancelled() => break,
-            () = tokio::time::sleep(SEND_ROUND) => {}
+            () = tokio::time::sleep(next) => {}
         }
     }
 }
 
-/// One round: the last two days' reports that are due, then the tries
-/// due again; once a day, old counts forgotten. Returns the destinations
-/// tried.
+/// One round: with a fleet, this host's counts published; the last two
+/// days' reports that are due, then the tries due again; once a day, old
+/// counts forgotten. Returns the destinations tried and the reports that
+/// wait for the fleet (`day domain: why`).
 async fn round(
     store: &TlsRptStore,
     sender: &ReportSender,
     delays: &mut HashMap<SystemTime, Duration>,
     pruned: &mut Option<SystemTime>,
-) -> usize {
+    published: &mut Published,
+) -> (usize, Vec<String>) {
     let mut tried = 0;
+    let mut waiting = Vec::new();
     let now = SystemTime::now();
     let today = day_start(now);
     let last = yesterday(now);
-    for day in [last - Duration::from_secs(86_400), last] {
-        let delay = *delays
+    let days = [last - Duration::from_secs(86_400), last];
+    if sender.fleet.is_some()
+        && let Err(e) = sender
+            .publish_counts(store, &[days[0], days[1], today], published, now)
+            .await
+    {
+        tracing::error!(error = %e, "TLS-RPT: cannot read the counts to publish");
+        if let Some(m) = &sender.metrics {
+            m.error("tlsrpt", "store");
+        }
+    }
+    for day in days {
+        let mut delay = *delays
             .entry(day)
             .or_insert_with(|| random_delay(sender.config.send_delay));
+        if sender.fleet.is_some() {
+            // Every running host has published its last counts of the day.
+            delay = delay.max(FLEET_SETTLE);
+        }
         if !due(day, delay, now) {
             continue;
         }
         match sender.send_day(store, day, false, now).await {
             Ok(results) => {
-                tried += results
-                    .iter()
-                    .map(|(_, r)| match r {
-                        DomainResult::Reported { sent, .. } => sent.len(),
-                        _ => 0,
-                    })
-                    .sum::<usize>();
+                for (domain, r) in &results {
+                    match r {
+                        DomainResult::Reported { sent, .. } => tried += sent.len(),
+                        DomainResult::Waiting(why) => {
+                            waiting.push(format!("{} {domain}: {why}", day_name(day)));
+                        }
+                        _ => {}
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(day = %day_name(day), error = %e, "TLS-RPT: sending stopped");
@@ -201,7 +267,7 @@ async fn round(
             Err(e) => tracing::warn!(error = %e, "TLS-RPT: cannot forget old counts"),
         }
     }
-    tried
+    (tried, waiting)
 }
 
 #[cfg(test)]

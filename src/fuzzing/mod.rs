@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 pub use codecs::{check_netstring, check_policy_attrs, check_socketmap};
 pub use logs::{check_journal_entry, check_postfix_log};
 pub use milter::check_milter;
-pub use shared::check_shared_value;
+pub use shared::{check_shared_value, check_tlsrpt_snapshot};
 pub use sources::{
     check_dane_answer, check_mta_sts_policy, check_mta_sts_record, check_tlsrpt_record,
 };
@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("postfix_log", check_postfix_log),
     ("journal_entry", check_journal_entry),
     ("shared_value", check_shared_value),
+    ("tlsrpt_snapshot", check_tlsrpt_snapshot),
 ];
 
 /// The domain the checks' policy file forces (with its subdomains).

@@ -1,4 +1,5 @@
-//! The shared store's values (`shared/value.rs`).
+//! The shared store's values (`shared/value.rs`) and TLS-RPT snapshots
+//! (`tlsrpt/fleet.rs`).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -34,6 +35,51 @@ pub fn check_shared_value(data: &[u8]) {
         Err(err) => {
             assert!(
                 ["oversized", "garbage", "future_version", "bad_times"].contains(&err.kind()),
+                "{err}"
+            );
+            assert!(!err.to_string().is_empty());
+        }
+    }
+}
+
+/// A host's TLS-RPT snapshot read from the shared store
+/// (`tlsrpt/fleet.rs`): decoding never panics; a refusal names one of the
+/// known kinds; accepted counts are for the domain read under, a lone line at
+/// most `MAX_COUNT`, and encode and decode again to the same counts.
+pub fn check_tlsrpt_snapshot(data: &[u8]) {
+    use crate::tlsrpt::fleet::{self, MAX_COUNT, MAX_SNAPSHOT};
+    let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let (day, domain, host) = ("2026-12-04", "r.example", "a");
+    match fleet::decode(data, day, domain, host, now) {
+        Ok(counts) => {
+            assert!(data.len() <= MAX_SNAPSHOT);
+            for (policy, c) in &counts.policies {
+                assert_eq!(policy.policy_domain, domain);
+                // One line per policy, as encode writes it, is at most
+                // MAX_COUNT; several lines of one policy add up.
+                if c.failures.is_empty()
+                    && data.windows(9).filter(|w| w == b"\"policy\":").count() == 1
+                {
+                    assert!(c.successful <= MAX_COUNT);
+                }
+            }
+            if let Ok(bytes) = fleet::encode(day, domain, host, &counts, now) {
+                assert_eq!(
+                    fleet::decode(&bytes, day, domain, host, now),
+                    Ok(counts),
+                    "encoding and decoding again differs"
+                );
+            }
+        }
+        Err(err) => {
+            assert!(
+                [
+                    "tlsrpt_oversized",
+                    "tlsrpt_garbage",
+                    "tlsrpt_future_version",
+                    "tlsrpt_mismatch"
+                ]
+                .contains(&err.kind()),
                 "{err}"
             );
             assert!(!err.to_string().is_empty());

@@ -45,14 +45,17 @@ pub enum ReportResult {
     Retry,
     /// Given up.
     Failed,
+    /// `[shared]`: left to another host of the fleet, which sent it.
+    Fleet,
 }
 
 impl ReportResult {
-    pub const ALL: [ReportResult; 4] = [
+    pub const ALL: [ReportResult; 5] = [
         ReportResult::Built,
         ReportResult::Sent,
         ReportResult::Retry,
         ReportResult::Failed,
+        ReportResult::Fleet,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl ReportResult {
             ReportResult::Sent => "sent",
             ReportResult::Retry => "retry",
             ReportResult::Failed => "failed",
+            ReportResult::Fleet => "fleet",
         }
     }
 }

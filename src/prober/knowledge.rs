@@ -7,8 +7,12 @@ use super::{Prober, TlsCapability};
 
 impl TlsKnowledge for Prober {
     fn known(&self, domain: &str) -> Option<Capability> {
-        let probe = Prober::known(self, domain)?;
-        Some(capability(&probe.verdict(), &probe))
+        if let Some(probe) = Prober::known(self, domain) {
+            return Some(capability(&probe.verdict(), &probe));
+        }
+        // Nothing of its own: what the fleet's store gave, if still fresh
+        // (held to the rules of `super::shared`).
+        self.shared_known(domain)
     }
 
     fn schedule(&self, domain: &str) {
@@ -19,7 +23,7 @@ impl TlsKnowledge for Prober {
 /// Map a probe's verdict to what refusals may rely on. Anything short of
 /// a definite answer (incomplete pictures, null MX, lookup failures) is
 /// `Unknown`, which never refuses.
-fn capability(verdict: &TlsCapability, probe: &super::DomainProbe) -> Capability {
+pub(super) fn capability(verdict: &TlsCapability, probe: &super::DomainProbe) -> Capability {
     let detail = verdict.detail().to_string();
     match verdict {
         TlsCapability::NoStarttls(_) => Capability::NoStarttls { detail },

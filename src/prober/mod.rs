@@ -20,28 +20,32 @@
 //! when it is full; a probe in flight is never forgotten). The files:
 //! `config` (the `[prober]` section), `probe` (one probe, DNS to TLS),
 //! `smtp` and `tls` (the dialogue's pieces), `result` (what a probe found),
-//! `knowledge` (what early refusals ask).
+//! `knowledge` (what early refusals ask), `shared` (what a fleet's store
+//! gives and is told, when `[shared]` is on).
 
 mod config;
 mod knowledge;
 pub mod postfix_ca;
 mod probe;
 pub mod result;
+mod shared;
 pub mod smtp;
 pub mod tls;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use tokio::sync::Semaphore;
 
+use crate::cache::persist::SharedEntries;
 use crate::cache::{
     CacheConfig, CacheLookup, CacheObserver, Eviction, Expiry, FetchOutcome, FlightStart,
     NoObserver, TtlCache,
 };
 use crate::dns::Resolver;
 use crate::engine::key::normalize_domain;
+use crate::engine::refusal::Capability;
 pub use config::{ProberConfig, default_helo_name};
 use probe::run_probe;
 pub use result::{DomainProbe, MxResult, MxStatus, TlsCapability, render_json, render_text};
@@ -64,6 +68,9 @@ pub enum ProberError {
 struct Known {
     result: Option<Arc<DomainProbe>>,
     last_started: Option<Instant>,
+    /// What the fleet's store gave, when this host has no result of its
+    /// own (it expires with the entry).
+    shared: Option<Capability>,
 }
 
 struct Inner {
@@ -80,6 +87,8 @@ struct Inner {
     started: AtomicU64,
     /// Where probe results, cache hits and the cache size are counted.
     observer: Arc<dyn CacheObserver>,
+    /// The store a fleet shares, when `[shared]` is on.
+    shared: OnceLock<Arc<dyn SharedEntries>>,
 }
 
 /// The prober. Cheap to clone; clones share cache and limits.
@@ -138,8 +147,24 @@ impl Prober {
                 tls,
                 started: AtomicU64::new(0),
                 observer,
+                shared: OnceLock::new(),
             }),
         })
+    }
+
+    /// Ask the store a fleet shares before a background probe, and
+    /// publish what probes find. Set once.
+    pub fn set_shared(&self, shared: Arc<dyn SharedEntries>) {
+        let _ = self.inner.shared.set(shared);
+    }
+
+    /// The capability the fleet's store gave for `domain`, while fresh.
+    fn shared_known(&self, domain: &str) -> Option<Capability> {
+        let domain = normalize_domain(domain).ok()?;
+        match self.inner.cache.peek(&domain) {
+            Some((k, e)) if e.is_valid_at(SystemTime::now()) && k.result.is_none() => k.shared,
+            _ => None,
+        }
     }
 
     pub fn config(&self) -> &ProberConfig {
@@ -223,7 +248,7 @@ impl Prober {
         }
         let pending = Pending(inner.clone());
         let start = inner.cache.spawn_flight(domain.clone(), || {
-            let probe = probe_and_store(inner.clone(), domain.clone());
+            let probe = probe_and_store(inner.clone(), domain.clone(), true);
             async move {
                 let _pending = pending;
                 probe.await
@@ -249,10 +274,9 @@ impl Prober {
             }
         };
         let inner = self.inner.clone();
-        let start = self
-            .inner
-            .cache
-            .spawn_flight(domain.clone(), || probe_and_store(inner, domain.clone()));
+        let start = self.inner.cache.spawn_flight(domain.clone(), || {
+            probe_and_store(inner, domain.clone(), false)
+        });
         let result = match start {
             FlightStart::New(f) | FlightStart::Running(f) => f.wait().await,
             FlightStart::Full => None,
@@ -269,9 +293,12 @@ impl Prober {
 }
 
 /// The fetch of a probe flight: note the start, probe, count, store.
+/// `ask_store` (a background probe): the fleet's store first, if it is
+/// there and knows the domain.
 fn probe_and_store(
     inner: Arc<Inner>,
     domain: String,
+    ask_store: bool,
 ) -> impl std::future::Future<Output = Known> + Send {
     inner.started.fetch_add(1, Ordering::Relaxed);
     inner.cache.upsert(domain.clone(), |old| match old {
@@ -279,6 +306,7 @@ fn probe_and_store(
             Known {
                 result: k.result.clone(),
                 last_started: Some(Instant::now()),
+                shared: k.shared.clone(),
             },
             *e,
         ),
@@ -286,13 +314,28 @@ fn probe_and_store(
             Known {
                 result: None,
                 last_started: Some(Instant::now()),
+                shared: None,
             },
             Expiry::expired(),
         ),
     });
     async move {
+        if ask_store && let Some((cap, probed_at)) = inner.ask_shared(&domain).await {
+            let mut known = Known {
+                result: None,
+                last_started: None,
+                shared: Some(cap),
+            };
+            let ttl = inner.config.ttl;
+            inner.cache.upsert(domain, |old| {
+                known.last_started = old.and_then(|(k, _)| k.last_started);
+                (known.clone(), Expiry::after(probed_at, ttl))
+            });
+            return known;
+        }
         let started = Instant::now();
         let result = Arc::new(run_probe(&inner, &domain).await);
+        inner.publish(&domain, &result);
         inner.observer.fetched(
             FetchOutcome::Verdict(result.verdict().as_str()),
             started.elapsed(),
@@ -300,6 +343,7 @@ fn probe_and_store(
         let mut known = Known {
             result: Some(result),
             last_started: None,
+            shared: None,
         };
         let ttl = inner.config.ttl;
         inner.cache.upsert(domain, |old| {

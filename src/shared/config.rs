@@ -10,6 +10,8 @@ use serde::Deserialize;
 pub const MAX_KEY_PREFIX: usize = 64;
 /// Longest password read from `password_file`, in bytes.
 pub const MAX_PASSWORD: usize = 4096;
+/// Longest `host_id`, in bytes.
+pub const MAX_HOST_ID: usize = 64;
 
 /// The `[shared]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -40,6 +42,10 @@ pub struct SharedConfig {
         with = "crate::util::duration::human"
     )]
     pub command_timeout: Duration,
+    /// This host's name in what it publishes for the fleet (TLS-RPT
+    /// counts); the system's host name when unset. Unique per host.
+    #[serde(default)]
+    pub host_id: Option<String>,
 }
 
 fn default_key_prefix() -> String {
@@ -77,6 +83,7 @@ impl SharedConfig {
             key_prefix: default_key_prefix(),
             connect_timeout: default_connect_timeout(),
             command_timeout: default_command_timeout(),
+            host_id: None,
         }
     }
 
@@ -120,6 +127,9 @@ impl SharedConfig {
             return Err(format!(
                 "username: {u:?} is not printable ASCII of 1 to 256 bytes without spaces"
             ));
+        }
+        if let Some(h) = &self.host_id {
+            check_host_id(h).map_err(|e| format!("host_id: {e}"))?;
         }
         if self.username.is_some() && self.password_file.is_none() {
             return Err(
@@ -178,6 +188,44 @@ impl SharedConfig {
                 "scheme {other:?} is not redis, rediss or redis+unix"
             )),
         }
+    }
+}
+
+/// Whether `id` can name a host in keys: 1 to [`MAX_HOST_ID`] bytes of
+/// letters, digits, `.`, `-` and `_` (no `:`, the keys' separator).
+pub fn check_host_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > MAX_HOST_ID
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(format!(
+            "{:?} is not 1 to {MAX_HOST_ID} letters, digits, '.', '-' or '_'",
+            crate::util::text::printable_ascii(id, 80)
+        ));
+    }
+    Ok(())
+}
+
+impl SharedConfig {
+    /// This host's name for the fleet: `host_id`, or the system's host
+    /// name (its first label when the whole name does not fit).
+    pub fn host_id(&self) -> Result<String, String> {
+        if let Some(h) = &self.host_id {
+            return Ok(h.clone());
+        }
+        let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_err(|e| format!("host_id: unset, and the host name cannot be read: {e}"))?;
+        let name = name.trim().to_ascii_lowercase();
+        let name = if name.len() > MAX_HOST_ID {
+            name.split('.').next().unwrap_or_default().to_string()
+        } else {
+            name
+        };
+        check_host_id(&name)
+            .map(|()| name)
+            .map_err(|e| format!("host_id: unset, and the host name {e}; set host_id"))
     }
 }
 
@@ -338,6 +386,19 @@ mod tests {
         exact.key_prefix = "k".repeat(MAX_KEY_PREFIX);
         assert_eq!(exact.validate(), Ok(()));
         assert!(err(&|c| c.username = Some("fleet".into())).starts_with("username: "));
+        assert!(err(&|c| c.host_id = Some("mx:1".into())).starts_with("host_id: "));
+        assert!(err(&|c| c.host_id = Some(String::new())).starts_with("host_id: "));
+        assert!(err(&|c| c.host_id = Some("h".repeat(MAX_HOST_ID + 1))).starts_with("host_id: "));
+        let mut exact = ok.clone();
+        exact.host_id = Some("h".repeat(MAX_HOST_ID));
+        assert_eq!(exact.validate(), Ok(()));
+        assert_eq!(exact.host_id().unwrap(), "h".repeat(MAX_HOST_ID));
+        let mut named = ok.clone();
+        named.host_id = Some("mx-1.example_a".into());
+        assert_eq!(named.validate(), Ok(()));
+        // Unset: the system's name, usable in keys.
+        let own = ok.host_id().unwrap();
+        assert_eq!(check_host_id(&own), Ok(()));
     }
 
     #[test]

@@ -8,9 +8,13 @@
 //! handed to them by the daemon: a local cache miss asks it before a
 //! discovery, and what a discovery learns is published. `replay` fills
 //! the store with what the sources hold each time it becomes reachable.
+//! `reports` holds TLS-RPT's keys: each host's counts of a day and
+//! domain, the lock and the claim that let one host send the fleet's
+//! report (`tlsrpt::fleet::FleetReports`, handed to the report sender).
 
 pub mod config;
 pub mod replay;
+pub mod reports;
 pub mod store;
 pub mod value;
 

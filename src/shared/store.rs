@@ -154,7 +154,7 @@ impl Breaker {
 }
 
 /// How a command ended.
-enum Outcome<T> {
+pub(super) enum Outcome<T> {
     Answer(T),
     Timeout,
     Failed,
@@ -198,6 +198,25 @@ impl SharedStore {
     /// The key of a (kind, domain).
     pub fn key(&self, kind: Kind, domain: &str) -> String {
         format!("{}{}:{domain}", self.inner.prefix, kind.as_str())
+    }
+
+    /// Run one command (for the other parts of `shared`): see
+    /// `Inner::command`.
+    pub(super) async fn command<T: redis::FromRedisValue>(
+        &self,
+        op: SharedOp,
+        cmd: redis::Cmd,
+    ) -> Option<Outcome<T>> {
+        self.inner.command(op, cmd).await
+    }
+
+    /// The prefix of every key.
+    pub(super) fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    pub(super) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Its state, for `/health`.

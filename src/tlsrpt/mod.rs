@@ -12,6 +12,8 @@ pub mod config;
 pub mod counter;
 pub mod deliver;
 pub mod directory;
+pub mod fleet;
+pub mod fleet_send;
 pub mod mail;
 pub mod outbox;
 pub mod record;

@@ -10,8 +10,9 @@
 //! ) WITHOUT ROWID;
 //! CREATE TABLE tlsrpt_outbox (
 //!     day TEXT, domain TEXT,
-//!     destination TEXT,  -- the rua URI; '' for "no TLS-RPT record"
-//!     state TEXT,        -- sending, sent, retry, failed, no-record
+//!     destination TEXT,  -- the rua URI; '' for "no TLS-RPT record" or
+//!                        -- "sent by another host of the fleet"
+//!     state TEXT,        -- sending, sent, retry, failed, no-record, fleet
 //!     attempts INTEGER, next_try INTEGER, updated_at INTEGER,
 //!     detail TEXT,       -- the last error, or what the peer answered
 //!     PRIMARY KEY (day, domain, destination)
@@ -41,6 +42,8 @@ pub enum OutState {
     Failed,
     /// The domain publishes no TLS-RPT record: nothing sent.
     NoRecord,
+    /// Another host of the fleet (`[shared]`) sent the fleet's report.
+    Fleet,
 }
 
 impl OutState {
@@ -51,6 +54,7 @@ impl OutState {
             OutState::Retry => "retry",
             OutState::Failed => "failed",
             OutState::NoRecord => "no-record",
+            OutState::Fleet => "fleet",
         }
     }
 
@@ -60,6 +64,7 @@ impl OutState {
             "sent" => OutState::Sent,
             "retry" => OutState::Retry,
             "no-record" => OutState::NoRecord,
+            "fleet" => OutState::Fleet,
             _ => OutState::Failed,
         }
     }
@@ -198,6 +203,19 @@ impl TlsRptStore {
         now: SystemTime,
     ) -> Result<bool, TlsRptStoreError> {
         self.insert(day, domain, "", OutState::NoRecord, why, now)
+    }
+
+    /// Note that another host of the fleet took `domain`'s report for
+    /// `day` (`detail` says which, and the report id). `false`: the day
+    /// was noted already.
+    pub fn fleet_sent(
+        &self,
+        day: &str,
+        domain: &str,
+        detail: &str,
+        now: SystemTime,
+    ) -> Result<bool, TlsRptStoreError> {
+        self.insert(day, domain, "", OutState::Fleet, detail, now)
     }
 
     fn insert(

@@ -197,6 +197,18 @@ impl Report {
         counts: &DayCounts,
     ) -> Report {
         let report_id = format!("{}_{domain}@{}", day_name(day), submitter.submitter);
+        Report::build_with_id(submitter, domain, day, counts, report_id)
+    }
+
+    /// [`Report::build`] with another report id (a fleet host's partial
+    /// report: `DAY_DOMAIN.HOST@SUBMITTER`).
+    pub fn build_with_id(
+        submitter: &Submitter,
+        domain: &str,
+        day: SystemTime,
+        counts: &DayCounts,
+        report_id: String,
+    ) -> Report {
         let end = day + Duration::from_secs(DAY - 1);
         let policies = counts
             .policies

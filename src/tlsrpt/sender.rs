@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use super::config::TlsRptConfig;
 use super::deliver::{self, DeliverError, MAX_REPORT_BYTES, Poster};
 use super::directory;
+use super::fleet::FleetReports;
 use super::mail::ReportMail;
 use super::outbox::{Finish, OutboxRow};
 use super::record::ReportUri;
@@ -58,6 +59,11 @@ pub enum DomainResult {
     LookupFailed(String),
     /// Done before (by this or another sender).
     Done,
+    /// `[shared]`: another host of the fleet took the report.
+    Fleet { host: String, report_id: String },
+    /// `[shared]`: not sent yet (another host holds the lock, or the store
+    /// cannot be reached); tried again at the next round.
+    Waiting(String),
 }
 
 /// Everything a sender needs.
@@ -66,9 +72,14 @@ pub struct ReportSender {
     pub resolver: Resolver,
     pub poster: Poster,
     pub metrics: Option<Arc<Metrics>>,
+    /// `[shared]`: the fleet's counts and who sends (the daemon only).
+    pub fleet: Option<Arc<dyn FleetReports>>,
+    /// `[shared]`: when this process first found each (day, domain) due
+    /// with the store unreachable.
+    pub store_waits: super::fleet::StoreWaits,
 }
 
-fn count(m: &Option<Arc<Metrics>>, r: ReportResult) {
+pub(super) fn count(m: &Option<Arc<Metrics>>, r: ReportResult) {
     if let Some(m) = m {
         m.tlsrpt_report(r);
     }
@@ -171,6 +182,19 @@ impl ReportSender {
             Ok(_) => return self.nothing(store, &name, domain, "no usable rua", dry_run, now),
             Err(why) => return self.nothing(store, &name, domain, &why, dry_run, now),
         };
+        if let Some(fleet) = &self.fleet {
+            return self
+                .fleet_domain(
+                    store,
+                    fleet.as_ref(),
+                    day,
+                    domain,
+                    &record.rua,
+                    dry_run,
+                    now,
+                )
+                .await;
+        }
         let (counts, skipped) = store.counts(&name, domain)?;
         if skipped > 0 {
             tracing::warn!(day = %name, domain, skipped,
@@ -183,18 +207,33 @@ impl ReportSender {
                 destinations: record.rua,
             });
         }
-        if !store.keep_report(&report, now)? {
+        self.keep_and_send(store, &report, &record.rua, now).await
+    }
+
+    /// Keep `report` (unless one was kept for its day and domain) and
+    /// send it to each destination not taken yet.
+    pub(super) async fn keep_and_send(
+        &self,
+        store: &TlsRptStore,
+        report: &Report,
+        rua: &[ReportUri],
+        now: SystemTime,
+    ) -> Result<DomainResult, TlsRptStoreError> {
+        let name = day_name(report.day_start);
+        let domain = report.policy_domain.as_str();
+        if !store.keep_report(report, now)? {
             return Ok(DomainResult::Done);
         }
         count(&self.metrics, ReportResult::Built);
         let mut sent = Vec::new();
-        for uri in &record.rua {
+        for uri in rua {
             let dest = uri.to_string();
             if !store.queue(&name, domain, &dest, now)? {
                 continue;
             }
-            let result = self.deliver(&report, uri).await;
-            self.note(store, &name, domain, &dest, 0, &result, now)?;
+            let result = self.deliver(report, uri).await;
+            self.note(store, &name, domain, &dest, 0, &result, now)
+                .await?;
             sent.push(Sent {
                 domain: domain.to_string(),
                 destination: dest,
@@ -202,7 +241,7 @@ impl ReportSender {
             });
         }
         Ok(DomainResult::Reported {
-            report_id: report.report_id,
+            report_id: report.report_id.clone(),
             sent,
         })
     }
@@ -246,7 +285,8 @@ impl ReportSender {
                 row.attempts,
                 &result,
                 now,
-            )?;
+            )
+            .await?;
             out.push(Sent {
                 domain: row.domain,
                 destination: row.destination,
@@ -287,7 +327,7 @@ impl ReportSender {
 
     /// Note how a try ended: sent, due again, or given up.
     #[allow(clippy::too_many_arguments)]
-    fn note(
+    async fn note(
         &self,
         store: &TlsRptStore,
         day: &str,
@@ -325,7 +365,18 @@ impl ReportSender {
                 Finish::Failed(e.detail.clone())
             }
         };
-        store.finish(day, domain, dest, &how, now)
+        store.finish(day, domain, dest, &how, now)?;
+        if let Some(fleet) = &self.fleet {
+            let state = match how {
+                Finish::Sent(_) => "sent",
+                Finish::Retry { .. } => "retry",
+                Finish::Failed(_) => "failed",
+            };
+            // Only for the other hosts' view: a failure is the store's to
+            // log and count.
+            let _ = fleet.note(day, domain, dest, state).await;
+        }
+        Ok(())
     }
 
     /// Send `report` to `uri` once.

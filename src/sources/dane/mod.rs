@@ -37,11 +37,12 @@
 //! The cache is a [`crate::cache::TtlCache`]; the files: `config` (the
 //! `[dane]` section), `record` (a result, its freshness, what it answers),
 //! `stored` (results in the persisted store), `shared` (DANE policies from
-//! and to the store a fleet shares, when `[shared]` is on), `assess` (the
-//! lookup).
+//! and to the store a fleet shares, when `[shared]` is on), `had` (the
+//! "had DANE" memory shared the same way), `assess` (the lookup).
 
 pub mod assess;
 pub mod config;
+mod had;
 pub mod record;
 mod shared;
 pub mod stored;
@@ -368,7 +369,15 @@ fn fetch(inner: Arc<Inner>, domain: String) -> impl Future<Output = Arc<DaneReco
             return r;
         }
         let started = Instant::now();
-        let record = lookup(&inner, &domain).await;
+        let mut record = lookup(&inner, &domain).await;
+        // A failure with no memory of DANE here: the fleet's may make it
+        // wait (only ever stricter: see `had`).
+        if record.failed()
+            && record.last_dane.is_none()
+            && let Some(last) = inner.shared_had(&domain).await
+        {
+            record.last_dane = Some(last);
+        }
         let outcome = match &record.assessment.outcome {
             Outcome::Policy { .. } => FetchOutcome::Found,
             Outcome::NoPolicy { .. } => FetchOutcome::None,
@@ -390,6 +399,11 @@ fn fetch(inner: Arc<Inner>, domain: String) -> impl Future<Output = Arc<DaneReco
             );
         } else if let Some(store) = &inner.store {
             inner.publish(&domain, &record);
+            if !record.failed()
+                && let Some(last) = &record.last_dane
+            {
+                inner.publish_had(&domain, last);
+            }
             stored::save(
                 store.as_ref(),
                 &domain,

@@ -6,7 +6,7 @@
 //! still fresh): a shared entry can add what this host would have found,
 //! never stand in for a lookup that finds no DANE or fails, so a store
 //! that is wrong or tampered with cannot turn DANE off for a domain. The
-//! "had DANE" memory stays each host's own.
+//! "had DANE" memory travels on its own key (`had`).
 
 use std::sync::Arc;
 use std::time::SystemTime;

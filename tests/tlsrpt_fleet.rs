@@ -1,0 +1,310 @@
+//! TLS-RPT for a fleet (`[tlsrpt]` with `[shared]`): three daemons, each
+//! with its own counts of yesterday's sessions to `r.example`, share one
+//! real `redis-server`. Each publishes its counts; one report with the
+//! fleet's counts reaches the collector exactly once, although every
+//! host's rounds run; the others note it as sent by the fleet; garbage in
+//! the store's fields is left out. Inside a network namespace with a test
+//! DNS server on 127.0.0.1:53 and the collector on 127.0.0.44:443.
+
+mod common;
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::dns::TestDns;
+use common::fixtures::POLICY_DEFAULT;
+use common::https::{HTTPS_IP, TestHttps};
+use common::netns::Netns;
+use common::redis::Redis;
+use common::smtp::TestCa;
+use common::{Daemon, Options};
+use tls_policyd::tlsrpt::directory::Found;
+use tls_policyd::tlsrpt::record;
+use tls_policyd::tlsrpt::report::{
+    AppliedPolicy, FailureKey, PolicyType, ResultType, day_name, day_start,
+};
+use tls_policyd::tlsrpt::session::{Session, SessionResult};
+use tls_policyd::tlsrpt::store::TlsRptStore;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tls-policyd");
+const COLLECTOR: &str = "reports.test";
+const REDIS_PORT: u16 = 6391;
+const PASSWORD: &str = "fleet-reports-0815";
+/// Longest wait for something the daemons do in their rounds (a round
+/// comes every 15 s while a report waits for the fleet).
+const WAIT: Duration = Duration::from_secs(90);
+
+fn config(dir: &Path, host: &str) -> String {
+    format!(
+        r#"
+[socketmap]
+listen = "inet:127.0.0.1:0"
+
+[dns]
+nameservers = ["127.0.0.1:53"]
+timeout = "1s"
+attempts = 1
+
+[policy]
+file = "policy.toml"
+
+[log]
+decisions = "decisions.jsonl"
+
+[outcomes]
+log = "file:{dir}/mail.log"
+state_file = "{dir}/outcomes.state"
+
+[tlsrpt]
+organization_name = "Fleet Mail"
+contact_info = "postmaster@src.example"
+submitter = "src.example"
+from = "tlsrpt-noreply@src.example"
+extra_ca_file = "{dir}/ca.pem"
+cache_file = "{dir}/cache.sqlite"
+send_delay = "0s"
+
+[shared]
+url = "redis://127.0.0.1:{REDIS_PORT}/0"
+password_file = "{dir}/redis-password"
+host_id = "{host}"
+"#,
+        dir = dir.display()
+    )
+}
+
+/// Yesterday's sessions to `r.example` on one host (`ok` successful, one
+/// failed per address in `failed`), and the domain's record.
+fn fill(path: &Path, yesterday: SystemTime, ok: usize, failed: &[&str]) {
+    let s = TlsRptStore::open(path).unwrap();
+    let policy = AppliedPolicy {
+        policy_type: PolicyType::NoPolicyFound,
+        policy_string: vec![],
+        policy_domain: "r.example".into(),
+        mx_host: vec![],
+    };
+    let noon = yesterday + Duration::from_secs(12 * 3600);
+    let mut results: Vec<SessionResult> = (0..ok).map(|_| SessionResult::Successful).collect();
+    for ip in failed {
+        results.push(SessionResult::Failed(FailureKey {
+            result_type: ResultType::StarttlsNotSupported,
+            sending_mta_ip: None,
+            receiving_mx_hostname: Some("mx.r.example".into()),
+            receiving_ip: Some(ip.parse().unwrap()),
+            failure_reason_code: None,
+        }));
+    }
+    for (i, result) in results.into_iter().enumerate() {
+        let session = Session {
+            domain: "r.example".into(),
+            policy: policy.clone(),
+            result,
+        };
+        assert!(s.add(&session, &format!("Q{i} a@r.example"), noon).unwrap());
+    }
+    let rec = record::parse(&format!("v=TLSRPTv1; rua=https://{COLLECTOR}/v1")).unwrap();
+    s.keep_record(
+        "r.example",
+        &Found {
+            record: Ok(rec),
+            ttl: Duration::from_secs(86_400),
+        },
+        SystemTime::now(),
+    )
+    .unwrap();
+}
+
+fn gunzip(bytes: &[u8]) -> serde_json::Value {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_string(&mut text)
+        .unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
+    let Some(ns) = Netns::for_test("tlsrpt-f", &["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let keep = tempfile::tempdir().unwrap();
+    let ca = Arc::new(TestCa::new());
+    let yesterday = day_start(SystemTime::now()) - Duration::from_secs(86_400);
+    let day = day_name(yesterday);
+    // a: 3 successful, 1 failed; b: 2 successful; c: 1 successful, 2 failed.
+    let hosts: [(&str, usize, &[&str]); 3] = [
+        ("a", 3, &["192.0.2.25"]),
+        ("b", 2, &[]),
+        ("c", 1, &["192.0.2.25", "192.0.2.26"]),
+    ];
+    for (host, ok, failed) in hosts {
+        let dir = keep.path().join(host);
+        std::fs::create_dir_all(&dir).unwrap();
+        ca.write_pem(&dir.join("ca.pem"));
+        std::fs::write(dir.join("mail.log"), "").unwrap();
+        std::fs::write(dir.join("redis-password"), format!("{PASSWORD}\n")).unwrap();
+        fill(&dir.join("cache.sqlite"), yesterday, ok, failed);
+    }
+    let redis_dir = keep.path().join("redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    let redis = Redis::start(&ns, &redis_dir, REDIS_PORT, PASSWORD);
+    let (dns, https) = ns.run_in(move || {
+        (
+            TestDns::start_at(SocketAddr::from(([127, 0, 0, 1], 53))),
+            TestHttps::start(HTTPS_IP, 443, ca),
+        )
+    });
+    dns.a(COLLECTOR, HTTPS_IP);
+    https.collector(COLLECTOR);
+
+    // Another host holds the lock until every daemon has published, so
+    // that the report does not depend on which daemon starts first.
+    let lock = format!("tls-policyd:tlsrpt-send:{day}:r.example");
+    let snapshots = format!("tls-policyd:tlsrpt:{day}:r.example");
+    assert_eq!(
+        redis
+            .cli(&["SET", &lock, "held-by-the-test", "PX", "600000"])
+            .trim(),
+        "OK"
+    );
+    let daemons: Vec<(&str, Daemon)> = hosts
+        .iter()
+        .map(|(host, _, _)| {
+            let cfg = config(&keep.path().join(host), host);
+            (
+                *host,
+                Daemon::start_with(&cfg, POLICY_DEFAULT, Options::in_netns(&ns)),
+            )
+        })
+        .collect();
+    wait_until("every host published its counts", || {
+        hosts
+            .iter()
+            .all(|(h, _, _)| redis.cli(&["HEXISTS", &snapshots, h]).trim() == "1")
+    });
+    for (_, d) in &daemons {
+        d.wait_for_line(|l| l.contains("reports wait for the fleet"));
+    }
+    assert!(
+        https.posted(COLLECTOR).is_empty(),
+        "sent while the lock was held"
+    );
+    let a = redis.cli(&["HGET", &snapshots, "a"]);
+    assert!(a.contains("\"host\":\"a\""), "{a}");
+    // Garbage beside the hosts' fields: a field that is no snapshot, one
+    // whose name cannot be a host, a copy of a's snapshot under another
+    // name.
+    redis.cli(&["HSET", &snapshots, "junk", "\u{1}not json{"]);
+    redis.cli(&["HSET", &snapshots, "no:host", "{}"]);
+    redis.cli(&["HSET", &snapshots, "copy", a.trim_end_matches('\n')]);
+    assert_eq!(redis.cli(&["DEL", &lock]).trim(), "1");
+
+    wait_until("a report posted", || !https.posted(COLLECTOR).is_empty());
+    // Every host's round decides: one built it, the others left it to it.
+    let mut winner = None;
+    for (host, d) in &daemons {
+        let line = d
+            .try_wait_for_line_since(0, WAIT, |l| {
+                l.contains("the fleet's report is built by this host")
+                    || l.contains("the fleet's report is sent by another host")
+            })
+            .unwrap_or_else(|| panic!("{host} never decided; stderr:\n{}", d.stderr_text()));
+        if line.contains("built by this host") {
+            assert!(winner.is_none(), "two hosts built the report");
+            assert!(line.contains("hosts=a,b,c"), "{line}");
+            winner = Some(*host);
+        }
+    }
+    let winner = winner.expect("a host built the report");
+    let posts = https.posted(COLLECTOR);
+    assert_eq!(posts.len(), 1, "sent more than once");
+    let r = gunzip(&posts[0].body);
+    assert_eq!(
+        r["report-id"],
+        format!("{day}_r.example@src.example"),
+        "{r}"
+    );
+    assert_eq!(r["organization-name"], "Fleet Mail", "{r}");
+    let p = &r["policies"][0];
+    assert_eq!(p["summary"]["total-successful-session-count"], 6, "{r}");
+    assert_eq!(p["summary"]["total-failure-session-count"], 3, "{r}");
+    let details = p["failure-details"].as_array().unwrap();
+    let for_ip = |ip: &str| {
+        details
+            .iter()
+            .find(|f| f["receiving-ip"] == ip)
+            .map(|f| f["failed-session-count"].clone())
+    };
+    assert_eq!(for_ip("192.0.2.25"), Some(2.into()), "{r}");
+    assert_eq!(for_ip("192.0.2.26"), Some(1.into()), "{r}");
+    let (_, w) = daemons.iter().find(|(h, _)| *h == winner).unwrap();
+    let bad = w.wait_for_line(|l| l.contains("unusable TLS-RPT value in the shared store ignored"));
+    assert!(bad.contains("tlsrpt"), "{bad}");
+    let claim = redis.cli(&["GET", &format!("tls-policyd:tlsrpt-sent:{day}:r.example")]);
+    assert!(claim.contains(&format!("\"host\":\"{winner}\"")), "{claim}");
+    let dest = redis.cli(&[
+        "HGET",
+        &format!("tls-policyd:tlsrpt-dest:{day}:r.example"),
+        &format!("https://{COLLECTOR}/v1"),
+    ]);
+    assert_eq!(dest.trim(), format!("sent {winner}"));
+
+    // The others: noted as sent by the fleet, naming the host.
+    for (host, d) in &daemons {
+        let out = common::run_with_timeout(
+            ns.cmd(BIN)
+                .args(["tlsrpt", "-c"])
+                .arg(d.config_path())
+                .args(["list", "--json", "--day", &day]),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let dest = &list["domains"][0]["destinations"][0];
+        if *host == winner {
+            assert_eq!(dest["state"], "sent", "{list}");
+        } else {
+            assert_eq!(dest["state"], "fleet", "{list}");
+            let detail = dest["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains(&format!("sent by host {winner}")), "{list}");
+        }
+        // `tlsrpt send` is the fleet's daemons' job.
+        let out = common::run_with_timeout(
+            ns.cmd(BIN)
+                .args(["tlsrpt", "-c"])
+                .arg(d.config_path())
+                .args(["send", "--day", &day]),
+        );
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("fleet"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Later rounds of every host send nothing again.
+    for (_, d) in &daemons {
+        let mark = d.mark();
+        assert!(
+            d.try_wait_for_line_since(mark, Duration::from_secs(1), |l| l.contains("report sent"))
+                .is_none()
+        );
+        assert!(d.find_line(|l| l.contains("panicked")).is_none());
+    }
+    assert_eq!(https.posted(COLLECTOR).len(), 1, "sent twice");
+    drop(dns);
+}
