@@ -6,11 +6,17 @@
 //! circuit breaker in front of every read, writes queued to a task of
 //! their own. Sources reach it through `cache::persist::SharedEntries`,
 //! handed to them by the daemon: a local cache miss asks it before a
-//! discovery, and what a discovery learns is published.
+//! discovery, and what a discovery learns is published. `fleet` makes
+//! that one discovery per domain for the whole fleet: a claim (a
+//! short-lived lock) per domain, notices of ended discoveries over
+//! pub/sub, and the waits of the hosts that lost the claim (`waits`: what
+//! a host keeps of them).
 
 pub mod config;
+mod fleet;
 pub mod store;
 pub mod value;
+mod waits;
 
 pub use config::SharedConfig;
 pub use store::{SharedError, SharedStatus, SharedStore};

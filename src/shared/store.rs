@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{Address, SharedConfig, read_password};
 use super::value::{self, MAX_VALUE};
-use crate::cache::persist::{Entry, Kind, SharedEntries, SharedFetch};
+use crate::cache::persist::{
+    ClaimToken, Entry, Kind, Learned, SharedClaim, SharedEntries, SharedFetch, SharedSettle,
+};
 use crate::metrics::{Metrics, SharedOp, SharedResult};
 use crate::util::rate::RateLimit;
 
@@ -61,20 +63,22 @@ struct Write {
 /// The shared store. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct SharedStore {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     url: String,
-    prefix: String,
-    command_timeout: Duration,
-    connect_timeout: Duration,
-    client: redis::Client,
+    pub(super) prefix: String,
+    pub(super) command_timeout: Duration,
+    pub(super) connect_timeout: Duration,
+    pub(super) client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     breaker: Breaker,
     queue: mpsc::Sender<Write>,
     queue_rx: Mutex<Option<mpsc::Receiver<Write>>>,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
+    /// Claims, waits and notices: one discovery per domain for the fleet.
+    pub(super) fleet: super::waits::Fleet,
     bad_log: RateLimit,
     down_log: RateLimit,
     full_log: RateLimit,
@@ -131,7 +135,7 @@ impl Breaker {
 }
 
 /// How a command ended.
-enum Outcome<T> {
+pub(super) enum Outcome<T> {
     Answer(T),
     Timeout,
     Failed,
@@ -163,6 +167,7 @@ impl SharedStore {
                 },
                 queue: tx,
                 queue_rx: Mutex::new(Some(rx)),
+                fleet: super::waits::Fleet::new(),
                 metrics,
                 bad_log: RateLimit::per_minute(5),
                 down_log: RateLimit::per_minute(2),
@@ -203,11 +208,14 @@ impl SharedStore {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         let connect = self.clone().connect_loop(shutdown.clone());
+        let notices = self.clone().listen(shutdown.clone());
         match rx {
             Some(rx) => {
-                tokio::join!(connect, self.write_loop(rx, shutdown));
+                tokio::join!(connect, notices, self.write_loop(rx, shutdown));
             }
-            None => connect.await,
+            None => {
+                tokio::join!(connect, notices);
+            }
         }
     }
 
@@ -358,7 +366,7 @@ impl SharedStore {
 }
 
 impl Inner {
-    fn counted(&self, op: SharedOp, r: SharedResult) {
+    pub(super) fn counted(&self, op: SharedOp, r: SharedResult) {
         self.metrics.shared_request(op, r);
     }
 
@@ -413,7 +421,7 @@ impl Inner {
     /// Run one command within `command_timeout`; `None` when the store is
     /// not asked (down, not connected). Every end is counted but answers
     /// (the caller counts those).
-    async fn command<T: redis::FromRedisValue>(
+    pub(super) async fn command<T: redis::FromRedisValue>(
         &self,
         op: SharedOp,
         cmd: redis::Cmd,
@@ -525,5 +533,13 @@ impl SharedEntries for SharedStore {
 
     fn unusable(&self, kind: Kind, domain: &str, why: &str) {
         self.inner.bad(kind, domain, "payload", why);
+    }
+
+    fn claim<'a>(&'a self, kind: Kind, domain: &'a str, hold: Duration) -> SharedClaim<'a> {
+        Box::pin(self.try_claim(kind, domain, hold))
+    }
+
+    fn settle<'a>(&'a self, claim: ClaimToken, learned: Option<Learned>) -> SharedSettle<'a> {
+        Box::pin(self.end_claim(claim, learned))
     }
 }

@@ -33,6 +33,7 @@ pub mod milter;
 pub mod netns;
 pub mod outcomes;
 pub mod postfix;
+pub mod redis;
 pub mod smtp;
 pub mod submission;
 
