@@ -315,6 +315,47 @@ mod tests {
         )
     }
 
+    fn negative(why: &str, failure: Option<&str>) -> SharedNegative {
+        SharedNegative {
+            negative: NegativeBody {
+                why: why.into(),
+                failure: failure.map(str::to_string),
+            },
+        }
+    }
+
+    #[test]
+    fn a_shared_no_policy_is_short_bounded_and_names_a_known_failure() {
+        let n = negative("no MTA-STS record", None);
+        assert_eq!(
+            check_negative(&n, 1_000, 1_000 + SHARED_NEGATIVE_MAX),
+            Ok(("no MTA-STS record".into(), None))
+        );
+        let err = check_negative(&n, 1_000, 1_001 + SHARED_NEGATIVE_MAX).unwrap_err();
+        assert!(err.contains("more than 300s"), "{err}");
+        let f = negative("fetch failed", Some("sts-webpki-invalid"));
+        assert_eq!(
+            check_negative(&f, 1_000, 1_060).unwrap().1,
+            Some(StsPolicyFailure::WebPkiInvalid)
+        );
+        assert!(check_negative(&negative("x", Some("sts-other")), 1_000, 1_060).is_err());
+        // The reason: at most MAX_SHARED_WHY bytes of text.
+        let at = "r".repeat(MAX_SHARED_WHY);
+        assert!(check_negative(&negative(&at, None), 1_000, 1_060).is_ok());
+        let over = "r".repeat(MAX_SHARED_WHY + 1);
+        assert!(check_negative(&negative(&over, None), 1_000, 1_060).is_err());
+        assert!(check_negative(&negative("a\nb", None), 1_000, 1_060).is_err());
+        // The payload's shape: a policy never reads as a "no policy", nor
+        // one with more fields.
+        assert!(serde_json::from_str::<SharedNegative>(r#"{"id":"1"}"#).is_err());
+        assert!(
+            serde_json::from_str::<SharedNegative>(
+                r#"{"negative":{"why":"x","failure":null},"policy":1}"#
+            )
+            .is_err()
+        );
+    }
+
     #[test]
     fn a_shared_entry_never_erases_or_shortens_a_valid_policy() {
         let now = 1_000;
