@@ -5,7 +5,9 @@
 //! three, make one TXT query and one policy fetch; a domain without
 //! MTA-STS makes one TXT query, its "no policy" shared; the host that
 //! claimed a discovery killed in the middle of it lets another discover
-//! once its claim lapses.
+//! once its claim lapses; a shared "no DANE" is not taken by a host that
+//! remembers DANE for the domain (it looks itself), and is by one that
+//! does not.
 
 mod common;
 
@@ -38,6 +40,7 @@ fn config(
     cache: &std::path::Path,
     ca: &std::path::Path,
     pw: &std::path::Path,
+    // Lines closing `[mta_sts]` (its timeouts), and any sections after it.
     timeouts: &str,
 ) -> String {
     format!(
@@ -53,8 +56,8 @@ attempts = 1
 [mta_sts]
 cache_file = "{}"
 extra_ca_file = "{}"
-{timeouts}
 connect_timeout = "2s"
+{timeouts}
 
 [shared]
 url = "{url}"
@@ -353,4 +356,71 @@ fn a_host_killed_in_the_middle_of_its_discovery_lets_another_discover_once_its_c
         .cli(&["GET", &format!("tls-policyd:mta-sts:{domain}")]);
     assert!(value.contains(&format!("mx.{domain}")), "{value}");
     assert!(b.find_line(|l| l.contains("panicked")).is_none());
+}
+
+#[test]
+fn a_shared_no_dane_is_not_taken_for_a_domain_remembered_with_dane() {
+    let Some(ns) = Netns::for_test("flt3", &["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let f = Fleet::new(ns.clone());
+    // The test DNS server plays a validating resolver (the AD bit).
+    f.dns.set_ad_default(true);
+    f.dns.mx("had.test", 10, "mx1.had.test");
+    f.dns.a("mx1.had.test", "127.0.0.25");
+    f.dns.tlsa("_25._tcp.mx1.had.test", 3, 1, 1, &[0x5a; 32]);
+    f.dns.mx("plain.test", 10, "mx1.plain.test");
+    f.dns.a("mx1.plain.test", "127.0.0.25");
+    let dane = |name: &str, ttl: &str| {
+        format!(
+            "{TIMEOUTS}\n\n[dane]\ncache_file = \"{}\"\n{ttl}",
+            f.keep.path().join(format!("{name}.sqlite")).display()
+        )
+    };
+    let a = f.daemon("a", &dane("a", ""));
+    // B keeps a DANE result one second: it expires, remembered as DANE.
+    let b = f.daemon("b", &dane("b", "min_ttl = \"1s\"\nmax_ttl = \"1s\""));
+    let tlsa = || f.dns.query_count("_25._tcp.mx1.had.test", RecordType::TLSA);
+
+    assert_eq!(
+        client(&ns, &b).query("tls_policy", "had.test"),
+        "OK dane-only"
+    );
+    let seen = tlsa();
+    assert!(seen >= 1);
+
+    // A "no DANE" for had.test in the store, fresh: A's own for
+    // plain.test, renamed.
+    assert_eq!(client(&ns, &a).query("tls_policy", "plain.test"), "OK may");
+    let deadline = Instant::now() + WAIT;
+    let plain = loop {
+        let v = f.redis.cli(&["GET", "tls-policyd:dane:plain.test"]);
+        if !v.trim().is_empty() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "A's \"no DANE\" never written");
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(plain.contains("\"v\":2"), "{plain}");
+    let forged = plain.trim().replace("plain.test", "had.test");
+    f.redis
+        .cli(&["SET", "tls-policyd:dane:had.test", &forged, "EX", "300"]);
+    thread::sleep(Duration::from_millis(1500));
+
+    // B's own result expired: it reads the store, does not take the "no
+    // DANE" and looks itself.
+    let mark = b.mark();
+    assert_eq!(
+        client(&ns, &b).query("tls_policy", "had.test"),
+        "OK dane-only"
+    );
+    assert!(tlsa() > seen, "B did not look itself");
+    b.wait_for_line_since(mark, |l| {
+        l.contains("not taken: this host remembers DANE") && l.contains("had.test")
+    });
+    // A, which never saw DANE for had.test, takes it (the store is
+    // trusted that far).
+    let before = tlsa();
+    assert_eq!(client(&ns, &a).query("tls_policy", "had.test"), "OK may");
+    assert_eq!(tlsa(), before);
 }
