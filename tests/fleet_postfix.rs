@@ -17,7 +17,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,6 +26,7 @@ use common::fixtures::POLICY_DEFAULT;
 use common::https::{HTTPS_IP, Response, TestHttps};
 use common::netns::Netns;
 use common::postfix::{Mail, Postfix, PostfixOptions, SENDER};
+use common::redis::Redis;
 use common::smtp::{SinkTls, SmtpSink, TestCa};
 use common::{Daemon, Options};
 use hickory_proto::rr::RecordType;
@@ -68,67 +68,6 @@ fn acl_file(dir: &Path) -> std::path::PathBuf {
 }
 
 const ADMIN: &str = "fleet-admin-4242";
-
-/// A `redis-server` on 127.0.0.1:REDIS_PORT in the namespace, with the
-/// users of [`acl_file`], killed on drop.
-struct Redis {
-    ns: Netns,
-    child: Child,
-}
-
-impl Redis {
-    fn start(ns: &Netns, dir: &Path) -> Redis {
-        let child = ns
-            .cmd("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(REDIS_PORT.to_string())
-            .arg("--aclfile")
-            .arg(acl_file(dir))
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir)
-            .arg("--logfile")
-            .arg(dir.join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let r = Redis {
-            ns: ns.clone(),
-            child,
-        };
-        let deadline = Instant::now() + WAIT;
-        while r.cli(&["PING"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start: {}",
-                std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
-        r
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = common::run_with_timeout(
-            self.ns
-                .cmd("redis-cli")
-                .args(["-h", "127.0.0.1", "-p"])
-                .arg(REDIS_PORT.to_string())
-                .args(["-a", ADMIN, "--no-auth-warning"])
-                .args(args),
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn config(dir: &Path, name: &str) -> String {
     format!(
@@ -230,7 +169,7 @@ fn a_policy_learned_through_one_postfix_keeps_the_other_forced_after_its_record_
     std::fs::write(dir.path().join("redis-password"), format!("{PASSWORD}\n")).unwrap();
     let redis_dir = dir.path().join("redis");
     std::fs::create_dir(&redis_dir).unwrap();
-    let redis = Redis::start(&ns, &redis_dir);
+    let redis = Redis::start_with_acl(&ns, &redis_dir, REDIS_PORT, &acl_file(&redis_dir), ADMIN);
 
     let (dns, https, good, forged) = ns.run_in({
         let ca = ca.clone();

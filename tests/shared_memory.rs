@@ -75,7 +75,7 @@ fn a_domain_one_daemon_saw_with_dane_makes_another_defer_when_its_lookup_fails()
     std::fs::write(keep.path().join("redis-password"), format!("{PASSWORD}\n")).unwrap();
     let redis_dir = keep.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();
-    let redis = Redis::start(&ns, &redis_dir, REDIS_PORT, PASSWORD);
+    let redis = Redis::start_on(&ns, &redis_dir, REDIS_PORT, PASSWORD);
     let dns = ns.run_in(|| TestDns::start_at(SocketAddr::from(([127, 0, 0, 1], 53))));
     // The test DNS server plays a validating resolver (the AD bit).
     dns.set_ad_default(true);

@@ -52,7 +52,7 @@ fn what_one_hosts_probe_found_is_taken_by_another_and_never_refuses_on_another_h
     let keep = tempfile::tempdir().unwrap();
     let redis_dir = keep.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();
-    let redis = Redis::start(&ns, &redis_dir, REDIS_PORT, PASSWORD);
+    let redis = Redis::start_on(&ns, &redis_dir, REDIS_PORT, PASSWORD);
     let password = keep.path().join("redis-password");
     std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
     let dns = TestDns::start(&ip(53));

@@ -158,7 +158,7 @@ fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
     }
     let redis_dir = keep.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();
-    let redis = Redis::start(&ns, &redis_dir, REDIS_PORT, PASSWORD);
+    let redis = Redis::start_on(&ns, &redis_dir, REDIS_PORT, PASSWORD);
     let (dns, https) = ns.run_in(move || {
         (
             TestDns::start_at(SocketAddr::from(([127, 0, 0, 1], 53))),

@@ -9,9 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -45,13 +47,98 @@ pub trait PersistedStore: Send + Sync {
 }
 
 /// What [`SharedEntries::fetch`] returns.
-pub type SharedFetch<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Entry>> + Send + 'a>>;
+pub type SharedFetch<'a> = Pin<Box<dyn Future<Output = Option<Entry>> + Send + 'a>>;
+
+/// What [`SharedEntries::claim`] returns.
+pub type SharedClaim<'a> = Pin<Box<dyn Future<Output = Claim> + Send + 'a>>;
+/// A wait for another host's discovery (see [`Claim::Busy`]): bounded by
+/// the claim's lifetime, it tells what ended it.
+pub type SharedWait = Pin<Box<dyn Future<Output = Waited> + Send + 'static>>;
+/// What [`SharedEntries::settle`] returns.
+pub type SharedSettle<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// The answer to "may this host discover `domain` for the fleet?".
+pub enum Claim {
+    /// Yes: no other host is at it. Discover, then hand the result to
+    /// [`SharedEntries::settle`] (a claim not settled lapses by itself).
+    Won(ClaimToken),
+    /// Another host is discovering it: wait, then read the store again.
+    Busy(SharedWait),
+    /// The store cannot coordinate now (down, slow, not connected):
+    /// discover alone, as without a shared store.
+    Unavailable,
+}
+
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Claim::Won(t) => f.debug_tuple("Won").field(t).finish(),
+            Claim::Busy(_) => f.write_str("Busy"),
+            Claim::Unavailable => f.write_str("Unavailable"),
+        }
+    }
+}
+
+/// A claim held: what its release must show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToken {
+    pub kind: Kind,
+    pub domain: String,
+    /// Random, this claim's own: only its holder releases it.
+    pub token: String,
+}
+
+/// What ended a wait for another host's discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// The host that discovered said so.
+    Notified,
+    /// The claim ended (released, or lapsed) without a notice seen.
+    Released,
+    /// Still claimed after its lifetime (a clock or a store astray).
+    TimedOut,
+    /// The store went down or did not answer in time.
+    Down,
+}
+
+impl Waited {
+    pub const ALL: [Waited; 4] = [
+        Waited::Notified,
+        Waited::Released,
+        Waited::TimedOut,
+        Waited::Down,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Waited::Notified => "notified",
+            Waited::Released => "released",
+            Waited::TimedOut => "timed_out",
+            Waited::Down => "down",
+        }
+    }
+}
+
+/// What a claimed discovery learned, for [`SharedEntries::settle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Learned {
+    pub entry: Entry,
+    /// A negative result ("no policy"): kept in a format that versions
+    /// which do not know negatives refuse.
+    pub negative: bool,
+}
 
 /// A store shared between hosts (`crate::shared::SharedStore`), asked on
 /// a local cache miss before a discovery and told what a discovery
 /// learned. It never makes a lookup wait longer than its own timeout, and
 /// answers `None` at once while it is down.
+///
+/// One discovery per domain for the fleet: after a miss, a source
+/// [`claim`](SharedEntries::claim)s the domain; the host that wins
+/// discovers and [`settle`](SharedEntries::settle)s (the result written at
+/// once, the others notified, the claim released); the others wait for
+/// that, then read the store again, and discover themselves only when
+/// nothing came of it.
 pub trait SharedEntries: Send + Sync {
     /// A valid entry of `kind` for `domain`, if the store holds one.
     fn fetch<'a>(&'a self, kind: Kind, domain: &'a str) -> SharedFetch<'a>;
@@ -60,6 +147,20 @@ pub trait SharedEntries: Send + Sync {
     /// An entry whose payload the kind's source cannot use: logged and
     /// counted, then ignored.
     fn unusable(&self, kind: Kind, domain: &str, why: &str);
+    /// Claim the discovery of `domain` for at most `hold` (a little more
+    /// than the discovery's own time limit). Without a store able to
+    /// coordinate: [`Claim::Unavailable`].
+    fn claim<'a>(&'a self, _kind: Kind, _domain: &'a str, _hold: Duration) -> SharedClaim<'a> {
+        Box::pin(async { Claim::Unavailable })
+    }
+    /// End a claim this host won: write what it learned (when anything),
+    /// tell the other hosts, release the claim.
+    fn settle<'a>(&'a self, _claim: ClaimToken, learned: Option<Learned>) -> SharedSettle<'a> {
+        if let Some(l) = learned.filter(|l| !l.negative) {
+            self.publish(&l.entry);
+        }
+        Box::pin(async {})
+    }
 }
 
 /// What a row is about.

@@ -1,16 +1,19 @@
 //! The shared store's values (`shared/value.rs`) and TLS-RPT snapshots
 //! (`tlsrpt/fleet.rs`).
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cache::persist::Kind;
 use crate::shared::value::{self, MAX_LIFETIME, MAX_VALUE};
+use crate::sources::mta_sts::{SharedNegative, check_negative};
 
 /// A value read from the shared store: decoding never panics; a refusal
 /// names one of the known kinds; an accepted value is at most
 /// `MAX_VALUE` bytes, was fetched before it expires, expires after now and
 /// at most `MAX_LIFETIME` ahead, holds a JSON payload, and encodes and
-/// decodes again to the same entry.
+/// decodes again to the same entry. A payload that reads as a shared
+/// MTA-STS "no policy" is accepted only when it lasts at most 5 minutes
+/// and its reason is short text.
 pub fn check_shared_value(data: &[u8]) {
     let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     match value::decode(data, Kind::MtaSts, "a.example", now) {
@@ -23,6 +26,13 @@ pub fn check_shared_value(data: &[u8]) {
                 serde_json::from_str::<serde_json::Value>(&e.payload).is_ok(),
                 "payload is not JSON"
             );
+            if let Ok(n) = e.decode::<SharedNegative>() {
+                let (f, x) = (secs(e.fetched_at), secs(e.expires_at));
+                if let Ok((why, _)) = check_negative(&n, f, x) {
+                    assert!(x - f <= 300);
+                    assert!(why.len() <= 512 && !why.chars().any(char::is_control));
+                }
+            }
             if let Ok(bytes) = value::encode(&e) {
                 assert_eq!(
                     value::decode(&bytes, Kind::MtaSts, "a.example", now),
@@ -85,4 +95,8 @@ pub fn check_tlsrpt_snapshot(data: &[u8]) {
             assert!(!err.to_string().is_empty());
         }
     }
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

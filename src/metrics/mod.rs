@@ -51,7 +51,7 @@ pub use labels::{Cache, Fetch, FetchResult, Frontend};
 pub use observer::MetricsObserver;
 pub use outcomes::LineKind;
 pub use registry::{ConnectionGuard, Metrics};
-pub use shared::{SharedOp, SharedResult};
+pub use shared::{ClaimResult, NoticeDir, SharedOp, SharedResult};
 pub use text::Writer;
 pub use tlsrpt::{ReportResult, SessionKind};
 

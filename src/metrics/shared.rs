@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::{Metrics, Writer};
+use crate::cache::persist::Waited;
 
 /// A request to the shared store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +19,26 @@ pub enum SharedOp {
     Replay,
     /// A look at a store that is down, to see it back.
     Ping,
+    /// A claim of a domain's discovery (`SET NX`).
+    Claim,
+    /// The release of a claim this host won.
+    Release,
+    /// A notice to the other hosts that a discovery ended (`PUBLISH`).
+    Notice,
+    /// A look at a claimed domain while waiting for its discovery.
+    Poll,
 }
 
 impl SharedOp {
-    pub const ALL: [SharedOp; 4] = [
+    pub const ALL: [SharedOp; 8] = [
         SharedOp::Get,
         SharedOp::Set,
         SharedOp::Replay,
         SharedOp::Ping,
+        SharedOp::Claim,
+        SharedOp::Release,
+        SharedOp::Notice,
+        SharedOp::Poll,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +47,68 @@ impl SharedOp {
             SharedOp::Set => "set",
             SharedOp::Replay => "replay",
             SharedOp::Ping => "ping",
+            SharedOp::Claim => "claim",
+            SharedOp::Release => "release",
+            SharedOp::Notice => "notice",
+            SharedOp::Poll => "poll",
+        }
+    }
+}
+
+/// What became of a claim of a domain's discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimResult {
+    /// This host discovers for the fleet.
+    Won,
+    /// Another host was at it: this one waits.
+    Lost,
+    /// Not coordinated (store down, slow): this host discovers alone.
+    Unavailable,
+}
+
+impl ClaimResult {
+    pub const ALL: [ClaimResult; 3] = [
+        ClaimResult::Won,
+        ClaimResult::Lost,
+        ClaimResult::Unavailable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimResult::Won => "won",
+            ClaimResult::Lost => "lost",
+            ClaimResult::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Notices between hosts that a discovery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeDir {
+    /// Published by this host.
+    Sent,
+    /// Received, and a wait of this host ended by it.
+    Received,
+    /// Received, no wait here for it.
+    Unawaited,
+    /// Received and refused (too long, not `kind:domain`).
+    Invalid,
+}
+
+impl NoticeDir {
+    pub const ALL: [NoticeDir; 4] = [
+        NoticeDir::Sent,
+        NoticeDir::Received,
+        NoticeDir::Unawaited,
+        NoticeDir::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeDir::Sent => "sent",
+            NoticeDir::Received => "received",
+            NoticeDir::Unawaited => "unawaited",
+            NoticeDir::Invalid => "invalid",
         }
     }
 }
@@ -94,6 +169,9 @@ pub(super) struct SharedCounters {
     configured: AtomicBool,
     up: AtomicBool,
     requests: [[AtomicU64; SharedResult::ALL.len()]; SharedOp::ALL.len()],
+    claims: [AtomicU64; ClaimResult::ALL.len()],
+    waits: [AtomicU64; Waited::ALL.len()],
+    notices: [AtomicU64; NoticeDir::ALL.len()],
 }
 
 impl SharedCounters {
@@ -126,6 +204,33 @@ impl SharedCounters {
                 );
             }
         }
+        w.header(
+            "shared_claims_total",
+            "counter",
+            "Claims of a domain's discovery for the fleet, by what became of them.",
+        );
+        for r in ClaimResult::ALL {
+            let n = self.claims[r as usize].load(Ordering::Relaxed);
+            w.sample("shared_claims_total", &[("result", r.as_str())], n);
+        }
+        w.header(
+            "shared_waits_total",
+            "counter",
+            "Waits for another host's discovery, by what ended them.",
+        );
+        for e in Waited::ALL {
+            let n = self.waits[e as usize].load(Ordering::Relaxed);
+            w.sample("shared_waits_total", &[("end", e.as_str())], n);
+        }
+        w.header(
+            "shared_notices_total",
+            "counter",
+            "Notices that a discovery ended, sent and received.",
+        );
+        for d in NoticeDir::ALL {
+            let n = self.notices[d as usize].load(Ordering::Relaxed);
+            w.sample("shared_notices_total", &[("direction", d.as_str())], n);
+        }
     }
 }
 
@@ -143,6 +248,26 @@ impl Metrics {
     /// One request to the shared store and what became of it.
     pub fn shared_request(&self, op: SharedOp, result: SharedResult) {
         self.shared.requests[op as usize][result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A claim of a domain's discovery and what became of it.
+    pub fn shared_claim(&self, result: ClaimResult) {
+        self.shared.claims[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A wait for another host's discovery ended.
+    pub fn shared_wait(&self, end: Waited) {
+        self.shared.waits[end as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A notice sent or received.
+    pub fn shared_notice(&self, dir: NoticeDir) {
+        self.shared.notices[dir as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Claims so far with this result.
+    pub fn shared_claims(&self, result: ClaimResult) -> u64 {
+        self.shared.claims[result as usize].load(Ordering::Relaxed)
     }
 
     /// Requests so far with this operation and result.
@@ -165,6 +290,9 @@ mod tests {
         m.shared_up(true);
         m.shared_request(SharedOp::Get, SharedResult::Hit);
         m.shared_request(SharedOp::Set, SharedResult::Dropped);
+        m.shared_claim(ClaimResult::Won);
+        m.shared_wait(Waited::Notified);
+        m.shared_notice(NoticeDir::Sent);
         let mut out = String::new();
         m.render(&mut out);
         for want in [
@@ -172,6 +300,9 @@ mod tests {
             "tls_policyd_shared_requests_total{op=\"get\",result=\"hit\"} 1",
             "tls_policyd_shared_requests_total{op=\"set\",result=\"dropped\"} 1",
             "tls_policyd_shared_requests_total{op=\"get\",result=\"down\"} 0",
+            "tls_policyd_shared_claims_total{result=\"won\"} 1",
+            "tls_policyd_shared_waits_total{end=\"notified\"} 1",
+            "tls_policyd_shared_notices_total{direction=\"sent\"} 1",
         ] {
             assert!(out.lines().any(|l| l == want), "{want}\n{out}");
         }

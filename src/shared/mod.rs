@@ -6,17 +6,23 @@
 //! circuit breaker in front of every read, writes queued to a task of
 //! their own. Sources reach it through `cache::persist::SharedEntries`,
 //! handed to them by the daemon: a local cache miss asks it before a
-//! discovery, and what a discovery learns is published. `replay` fills
-//! the store with what the sources hold each time it becomes reachable.
-//! `reports` holds TLS-RPT's keys: each host's counts of a day and
-//! domain, the lock and the claim that let one host send the fleet's
-//! report (`tlsrpt::fleet::FleetReports`, handed to the report sender).
+//! discovery, and what a discovery learns is published. `fleet` makes
+//! that one discovery per domain for the whole fleet: a claim (a
+//! short-lived lock) per domain, notices of ended discoveries over
+//! pub/sub, and the waits of the hosts that lost the claim (`waits`: what
+//! a host keeps of them). `replay` fills the store with what the sources
+//! hold each time it becomes reachable. `reports` holds TLS-RPT's keys:
+//! each host's counts of a day and domain, the lock and the claim that
+//! let one host send the fleet's report (`tlsrpt::fleet::FleetReports`,
+//! handed to the report sender).
 
 pub mod config;
+mod fleet;
 pub mod replay;
 pub mod reports;
 pub mod store;
 pub mod value;
+mod waits;
 
 pub use config::SharedConfig;
 pub use replay::Replayed;

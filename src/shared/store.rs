@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::{Address, SharedConfig, read_password};
 use super::value::{self, MAX_VALUE};
-use crate::cache::persist::{Entry, Kind, SharedEntries, SharedFetch};
+use crate::cache::persist::{
+    ClaimToken, Entry, Kind, Learned, SharedClaim, SharedEntries, SharedFetch, SharedSettle,
+};
 use crate::metrics::{Metrics, SharedOp, SharedResult};
 use crate::util::rate::RateLimit;
 
@@ -83,20 +85,22 @@ struct Write {
 /// The shared store. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct SharedStore {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     url: String,
-    prefix: String,
-    command_timeout: Duration,
-    connect_timeout: Duration,
-    client: redis::Client,
+    pub(super) prefix: String,
+    pub(super) command_timeout: Duration,
+    pub(super) connect_timeout: Duration,
+    pub(super) client: redis::Client,
     conn: ArcSwapOption<ConnectionManager>,
     breaker: Breaker,
     queue: mpsc::Sender<Write>,
     queue_rx: Mutex<Option<mpsc::Receiver<Write>>>,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
+    /// Claims, waits and notices: one discovery per domain for the fleet.
+    pub(super) fleet: super::waits::Fleet,
     bad_log: RateLimit,
     down_log: RateLimit,
     full_log: RateLimit,
@@ -186,6 +190,7 @@ impl SharedStore {
                 },
                 queue: tx,
                 queue_rx: Mutex::new(Some(rx)),
+                fleet: super::waits::Fleet::new(),
                 metrics,
                 bad_log: RateLimit::per_minute(5),
                 down_log: RateLimit::per_minute(2),
@@ -248,12 +253,19 @@ impl SharedStore {
         let connect = self.clone().connect_loop(shutdown.clone());
         let replay = self.clone().replay_loop(shutdown.clone());
         let probe = self.clone().probe_loop(shutdown.clone());
+        let notices = self.clone().listen(shutdown.clone());
         match rx {
             Some(rx) => {
-                tokio::join!(connect, replay, probe, self.write_loop(rx, shutdown));
+                tokio::join!(
+                    connect,
+                    replay,
+                    probe,
+                    notices,
+                    self.write_loop(rx, shutdown)
+                );
             }
             None => {
-                tokio::join!(connect, replay, probe);
+                tokio::join!(connect, replay, probe, notices);
             }
         }
     }
@@ -432,7 +444,7 @@ impl SharedStore {
 }
 
 impl Inner {
-    fn counted(&self, op: SharedOp, r: SharedResult) {
+    pub(super) fn counted(&self, op: SharedOp, r: SharedResult) {
         self.metrics.shared_request(op, r);
     }
 
@@ -491,7 +503,7 @@ impl Inner {
     /// Run one command within `command_timeout`; `None` when the store is
     /// not asked (down, not connected). Every end is counted but answers
     /// (the caller counts those).
-    async fn command<T: redis::FromRedisValue>(
+    pub(super) async fn command<T: redis::FromRedisValue>(
         &self,
         op: SharedOp,
         cmd: redis::Cmd,
@@ -603,5 +615,13 @@ impl SharedEntries for SharedStore {
 
     fn unusable(&self, kind: Kind, domain: &str, why: &str) {
         self.inner.bad(kind, domain, "payload", why);
+    }
+
+    fn claim<'a>(&'a self, kind: Kind, domain: &'a str, hold: Duration) -> SharedClaim<'a> {
+        Box::pin(self.try_claim(kind, domain, hold))
+    }
+
+    fn settle<'a>(&'a self, claim: ClaimToken, learned: Option<Learned>) -> SharedSettle<'a> {
+        Box::pin(self.end_claim(claim, learned))
     }
 }

@@ -6,6 +6,12 @@
 //! {"v":1,"fetched_at":1767225600,"expires_at":1767830400,"payload":"{...}"}
 //! ```
 //!
+//! Version 2 has the same fields and marks a negative result (a domain
+//! with no policy, shared so that the other hosts do not all discover
+//! it): a version that does not know negatives refuses it as a later
+//! format instead of taking its payload for a policy. Policies are still
+//! written as version 1, which every version reads.
+//!
 //! The store is outside input: a value that is too long, not this shape, or
 //! of a later version is refused with a [`ValueError`], never trusted.
 
@@ -15,8 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::persist::{Entry, Kind};
 
-/// The format written, and the newest one read.
-pub const VERSION: u32 = 1;
+/// The newest format read, and the one negative results are written in.
+pub const VERSION: u32 = 2;
+/// The format policies are written in.
+pub const VERSION_POLICY: u32 = 1;
 /// Longest value read or written, in bytes. An MTA-STS policy is at most
 /// 64 KiB of text; kept with its parsed form and JSON-escaped it stays
 /// well below this.
@@ -69,10 +77,19 @@ fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The value for `entry`.
+/// The value for `entry`, a policy.
 pub fn encode(entry: &Entry) -> Result<Vec<u8>, ValueError> {
+    encode_as(entry, VERSION_POLICY)
+}
+
+/// The value for `entry`, a negative result.
+pub fn encode_negative(entry: &Entry) -> Result<Vec<u8>, ValueError> {
+    encode_as(entry, VERSION)
+}
+
+fn encode_as(entry: &Entry, version: u32) -> Result<Vec<u8>, ValueError> {
     let out = serde_json::to_vec(&Out {
-        v: VERSION,
+        v: version,
         fetched_at: secs(entry.fetched_at),
         expires_at: secs(entry.expires_at),
         payload: &entry.payload,
@@ -104,7 +121,7 @@ pub fn decode(
     let version: Version = serde_json::from_slice(bytes).map_err(|e| garbage(&e))?;
     match version.v.as_u64() {
         Some(v) if v > u64::from(VERSION) => return Err(ValueError::FutureVersion(v)),
-        Some(v) if v == u64::from(VERSION) => {}
+        Some(v) if (u64::from(VERSION_POLICY)..=u64::from(VERSION)).contains(&v) => {}
         _ => return Err(ValueError::Garbage(format!("version {}", version.v))),
     }
     let v: In = serde_json::from_slice(bytes).map_err(|e| garbage(&e))?;
@@ -196,6 +213,22 @@ mod tests {
     }
 
     #[test]
+    fn negatives_are_version_2_policies_version_1() {
+        let e = entry("{\"negative\":{\"why\":\"no record\"}}");
+        let neg = encode_negative(&e).unwrap();
+        assert!(
+            neg.starts_with(b"{\"v\":2,"),
+            "{}",
+            String::from_utf8_lossy(&neg)
+        );
+        assert_eq!(
+            decode(&neg, Kind::MtaSts, "a.example", now()),
+            Ok(Some(e.clone()))
+        );
+        assert!(encode(&e).unwrap().starts_with(b"{\"v\":1,"));
+    }
+
+    #[test]
     fn size_limit_exact_boundary() {
         let at = value_of_len(MAX_VALUE);
         assert!(matches!(
@@ -224,8 +257,8 @@ mod tests {
         assert_eq!(d(b"{\"v\":\"1\"}").unwrap_err().kind(), "garbage");
         assert_eq!(d(b"{\"v\":0,\"x\":1}").unwrap_err().kind(), "garbage");
         assert_eq!(
-            d(b"{\"v\":2,\"whatever\":[]}"),
-            Err(ValueError::FutureVersion(2))
+            d(b"{\"v\":3,\"whatever\":[]}"),
+            Err(ValueError::FutureVersion(3))
         );
         assert_eq!(
             d(format!(

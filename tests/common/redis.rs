@@ -1,38 +1,90 @@
-//! A real `redis-server` inside a test's network namespace (with
-//! `requirepass`, no persistence, in a temporary directory), and
-//! `redis-cli` against it.
+//! A real `redis-server` for tests, in a network namespace: with
+//! `requirepass` (or the users of an ACL file), no persistence, its files
+//! in a directory of the test's; on a loopback port or on a unix socket
+//! only.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use super::netns::Netns;
 
+pub const REDIS_PORT: u16 = 6390;
+pub const PASSWORD: &str = "fleet-secret-4711";
 /// Longest wait for the server to answer.
-const START_WAIT: Duration = Duration::from_secs(30);
+const WAIT: Duration = Duration::from_secs(30);
 
-/// A `redis-server` on 127.0.0.1:`port`, killed on drop.
+/// A `redis-server` in the namespace, killed on drop.
 pub struct Redis {
     ns: Netns,
     child: Option<Child>,
+    /// Listening on this unix socket only, not on TCP.
+    socket: Option<PathBuf>,
     port: u16,
+    /// The `default` user's password (redis-cli's).
     password: String,
 }
 
+/// How the server is reached and who may use it.
+enum Access<'a> {
+    Password(&'a str),
+    /// An ACL file whose `default` user has this password.
+    AclFile(&'a Path, &'a str),
+}
+
 impl Redis {
-    pub fn start(ns: &Netns, dir: &Path, port: u16, password: &str) -> Redis {
-        let child = ns
-            .cmd("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args([
-                "--requirepass",
-                password,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+    /// On 127.0.0.1:[`REDIS_PORT`] (or only on `socket`), password
+    /// [`PASSWORD`].
+    pub fn start(ns: &Netns, dir: &Path, socket: Option<PathBuf>) -> Redis {
+        Redis::spawn(ns, dir, socket, REDIS_PORT, Access::Password(PASSWORD))
+    }
+
+    /// On 127.0.0.1:`port` with `password`.
+    pub fn start_on(ns: &Netns, dir: &Path, port: u16, password: &str) -> Redis {
+        Redis::spawn(ns, dir, None, port, Access::Password(password))
+    }
+
+    /// On 127.0.0.1:`port`, with the users of `acl_file`, whose `default`
+    /// user has `admin_password`.
+    pub fn start_with_acl(
+        ns: &Netns,
+        dir: &Path,
+        port: u16,
+        acl_file: &Path,
+        admin_password: &str,
+    ) -> Redis {
+        Redis::spawn(
+            ns,
+            dir,
+            None,
+            port,
+            Access::AclFile(acl_file, admin_password),
+        )
+    }
+
+    fn spawn(ns: &Netns, dir: &Path, socket: Option<PathBuf>, port: u16, access: Access) -> Redis {
+        let mut cmd = ns.cmd("redis-server");
+        match &socket {
+            Some(p) => cmd
+                .args(["--port", "0", "--unixsocketperm", "700", "--unixsocket"])
+                .arg(p),
+            None => cmd
+                .args(["--bind", "127.0.0.1", "--port"])
+                .arg(port.to_string()),
+        };
+        let password = match access {
+            Access::Password(p) => {
+                cmd.args(["--requirepass", p]);
+                p
+            }
+            Access::AclFile(file, p) => {
+                cmd.arg("--aclfile").arg(file);
+                p
+            }
+        };
+        let child = cmd
+            .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir)
             .arg("--logfile")
@@ -45,29 +97,33 @@ impl Redis {
         let r = Redis {
             ns: ns.clone(),
             child: Some(child),
+            socket,
             port,
             password: password.to_string(),
         };
-        let deadline = Instant::now() + START_WAIT;
+        let deadline = Instant::now() + WAIT;
         while r.cli(&["PING"]).trim() != "PONG" {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not start: {}",
                 std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            thread::sleep(Duration::from_millis(50));
         }
         r
     }
 
     /// `redis-cli` in the namespace, authenticated; its standard output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = super::run_with_timeout(
-            self.ns
-                .cmd("redis-cli")
+        let mut cmd = self.ns.cmd("redis-cli");
+        match &self.socket {
+            Some(p) => cmd.arg("-s").arg(p),
+            None => cmd
                 .args(["-h", "127.0.0.1", "-p"])
-                .arg(self.port.to_string())
-                .args(["-a", &self.password, "--no-auth-warning"])
+                .arg(self.port.to_string()),
+        };
+        let out = super::run_with_timeout(
+            cmd.args(["-a", &self.password, "--no-auth-warning"])
                 .args(args),
         );
         String::from_utf8_lossy(&out.stdout).into_owned()

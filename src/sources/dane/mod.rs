@@ -365,9 +365,10 @@ impl DaneSource {
 fn fetch(inner: Arc<Inner>, domain: String) -> impl Future<Output = Arc<DaneRecord>> + Send {
     inner.started.fetch_add(1, Ordering::Relaxed);
     async move {
-        if let Some(r) = inner.ask_shared(&domain).await {
-            return r;
-        }
+        let claim = match inner.before_lookup(&domain).await {
+            Ok(r) => return r,
+            Err(claim) => claim,
+        };
         let started = Instant::now();
         let mut record = lookup(&inner, &domain).await;
         // A failure with no memory of DANE here: the fleet's may make it
@@ -398,7 +399,9 @@ fn fetch(inner: Arc<Inner>, domain: String) -> impl Future<Output = Arc<DaneReco
                 "DANE refresh failed; the previous result stays until it expires"
             );
         } else if let Some(store) = &inner.store {
-            inner.publish(&domain, &record);
+            if claim.is_none() {
+                inner.publish(&domain, &record);
+            }
             if !record.failed()
                 && let Some(last) = &record.last_dane
             {
@@ -410,6 +413,9 @@ fn fetch(inner: Arc<Inner>, domain: String) -> impl Future<Output = Arc<DaneReco
                 &record,
                 keep_until(&record, &inner.config),
             );
+        }
+        if let Some(claim) = claim {
+            inner.settle(claim, &domain, &record).await;
         }
         record
     }

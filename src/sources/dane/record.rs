@@ -64,7 +64,11 @@ pub(super) fn keep_until(record: &DaneRecord, cfg: &DaneConfig) -> SystemTime {
 }
 
 /// The last DANE policy seen, if it is still remembered.
-fn remembered(record: &DaneRecord, cfg: &DaneConfig, now: SystemTime) -> Option<LastDane> {
+pub(super) fn remembered(
+    record: &DaneRecord,
+    cfg: &DaneConfig,
+    now: SystemTime,
+) -> Option<LastDane> {
     record
         .last_dane
         .filter(|l| now.duration_since(l.at).unwrap_or(Duration::ZERO) < cfg.remember)

@@ -2,18 +2,33 @@
 //! is asked for there before it is looked up, and what a lookup finds is
 //! published.
 //!
-//! Only DANE policies travel (a result that found usable TLSA records,
-//! still fresh): a shared entry can add what this host would have found,
-//! never stand in for a lookup that finds no DANE or fails, so a store
-//! that is wrong or tampered with cannot turn DANE off for a domain. The
-//! "had DANE" memory travels on its own key (`had`).
+//! DANE policies travel (a result that found usable TLSA records, still
+//! fresh), and so do "no DANE" results of a lookup this host claimed for
+//! the fleet, for at most [`SHARED_NEGATIVE_MAX`]: the other hosts then do
+//! not all look the domain up. A shared "no DANE" is never taken for a
+//! domain this host remembers as having had DANE (it looks for itself),
+//! so a store that is wrong or tampered with cannot turn DANE off for
+//! such a domain. Failed lookups do not travel; the "had DANE" memory
+//! travels on its own key (`had`) and only ever makes a host stricter.
+//!
+//! One lookup per domain for the fleet: after a miss the domain is
+//! claimed; the host that wins looks it up and settles (the result
+//! written, the others told), the others wait for that and read the
+//! store again.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use super::record::{DaneRecord, keep_until};
+use super::record::{DaneRecord, keep_until, remembered};
 use super::{Inner, Outcome, expiry, stored};
-use crate::cache::persist::{Entry, Kind};
+use crate::cache::persist::{Claim, ClaimToken, Entry, Kind, Learned, Waited};
+
+/// Longest life of a shared "no DANE".
+pub const SHARED_NEGATIVE_MAX: Duration = Duration::from_secs(300);
+/// Claims tried at most before this host looks alone.
+pub const CLAIM_ROUNDS: usize = 2;
+/// What a claim lasts beyond `lookup_timeout`.
+pub const HOLD_MARGIN: Duration = Duration::from_secs(2);
 
 /// Whether `shared`, read for `domain`, may be used at `now`.
 pub(super) fn usable(shared: &DaneRecord, domain: &str, now: SystemTime) -> Result<(), String> {
@@ -23,8 +38,22 @@ pub(super) fn usable(shared: &DaneRecord, domain: &str, now: SystemTime) -> Resu
             crate::util::text::printable_ascii(&shared.assessment.domain, 256)
         ));
     }
-    if !matches!(shared.assessment.outcome, Outcome::Policy { .. }) {
-        return Err("only DANE policies are taken from the shared store".into());
+    match shared.assessment.outcome {
+        Outcome::Policy { .. } => {}
+        Outcome::NoPolicy { .. } => {
+            if shared.ttl > SHARED_NEGATIVE_MAX {
+                return Err(format!(
+                    "a \"no DANE\" kept {}s, more than {}s",
+                    shared.ttl.as_secs(),
+                    SHARED_NEGATIVE_MAX.as_secs()
+                ));
+            }
+        }
+        Outcome::Failed { .. } => {
+            return Err(
+                "only DANE policies and \"no DANE\" are taken from the shared store".into(),
+            );
+        }
     }
     if !shared.fresh(now) {
         return Err("the result is not fresh".into());
@@ -33,6 +62,14 @@ pub(super) fn usable(shared: &DaneRecord, domain: &str, now: SystemTime) -> Resu
 }
 
 impl Inner {
+    /// Whether this host remembers `domain` as having had DANE.
+    fn had_dane(&self, domain: &str, now: SystemTime) -> bool {
+        self.cache.peek(domain).is_some_and(|(r, _)| {
+            matches!(r.assessment.outcome, Outcome::Policy { .. })
+                || remembered(&r, &self.config, now).is_some()
+        })
+    }
+
     /// The shared store's result for `domain` when this host holds no
     /// fresh one of its own, taken into the cache and the cache file.
     pub(super) async fn ask_shared(&self, domain: &str) -> Option<Arc<DaneRecord>> {
@@ -46,7 +83,7 @@ impl Inner {
             return None;
         }
         let entry = shared.fetch(Kind::Dane, domain).await?;
-        let record = match entry.decode::<DaneRecord>() {
+        let mut record = match entry.decode::<DaneRecord>() {
             Ok(r) => r,
             Err(e) => {
                 shared.unusable(Kind::Dane, domain, &e.to_string());
@@ -62,17 +99,32 @@ impl Inner {
                 return None;
             }
         }
+        let negative = matches!(record.assessment.outcome, Outcome::NoPolicy { .. });
+        if negative {
+            if self.had_dane(domain, now) {
+                tracing::info!(
+                    domain,
+                    "\"no DANE\" in the shared store not taken: this host remembers DANE for the domain; it looks itself"
+                );
+                return None;
+            }
+            // The writer's memory is not this host's.
+            record.last_dane = None;
+        }
         let record = Arc::new(record);
         let taken = self.cache.insert_unless(
             domain.to_string(),
             record.clone(),
             expiry(&record),
-            |old, valid| valid && !old.failed() && old.checked_at >= record.checked_at,
+            |old, valid| {
+                (valid && !old.failed() && old.checked_at >= record.checked_at)
+                    || (negative && matches!(old.assessment.outcome, Outcome::Policy { .. }))
+            },
         );
         if !taken {
             return None;
         }
-        tracing::info!(domain, "DANE result taken from the shared store");
+        tracing::info!(domain, negative, "DANE result taken from the shared store");
         if let Some(store) = &self.store {
             stored::save(
                 store.as_ref(),
@@ -84,6 +136,85 @@ impl Inner {
         Some(record)
     }
 
+    /// Before a lookup of `domain`: the shared store's result, or another
+    /// host's lookup waited for. `Err`: this host looks it up, for the
+    /// fleet when it holds the claim.
+    pub(super) async fn before_lookup(
+        &self,
+        domain: &str,
+    ) -> Result<Arc<DaneRecord>, Option<ClaimToken>> {
+        let Some(shared) = self.shared.get() else {
+            return Err(None);
+        };
+        if let Some(r) = self.ask_shared(domain).await {
+            return Ok(r);
+        }
+        let now = SystemTime::now();
+        if self
+            .cache
+            .peek(domain)
+            .is_some_and(|(r, _)| r.fresh(now) && !r.failed())
+        {
+            // A refresh of a fresh result: this host's own.
+            return Err(None);
+        }
+        let hold = self.config.lookup_timeout + HOLD_MARGIN;
+        for _ in 0..CLAIM_ROUNDS {
+            match shared.claim(Kind::Dane, domain, hold).await {
+                Claim::Won(t) => return Err(Some(t)),
+                Claim::Unavailable => return Err(None),
+                Claim::Busy(wait) => {
+                    let end = wait.await;
+                    if let Some(r) = self.ask_shared(domain).await {
+                        return Ok(r);
+                    }
+                    if end == Waited::Down {
+                        return Err(None);
+                    }
+                }
+            }
+        }
+        Err(None)
+    }
+
+    /// End this host's claim of `domain` with its lookup's result: a DANE
+    /// policy or a "no DANE" (for at most [`SHARED_NEGATIVE_MAX`]) is
+    /// written; a failure is not, the others are told all the same.
+    pub(super) async fn settle(&self, claim: ClaimToken, domain: &str, record: &DaneRecord) {
+        let Some(shared) = self.shared.get() else {
+            return;
+        };
+        let learned = match &record.assessment.outcome {
+            Outcome::Policy { .. } => self.entry(domain, record).map(|entry| Learned {
+                entry,
+                negative: false,
+            }),
+            Outcome::NoPolicy { .. } => {
+                let mut r = record.clone();
+                r.ttl = r.ttl.min(SHARED_NEGATIVE_MAX);
+                r.last_dane = None;
+                self.entry(domain, &r).map(|entry| Learned {
+                    entry,
+                    negative: true,
+                })
+            }
+            Outcome::Failed { .. } => None,
+        };
+        shared.settle(claim, learned).await;
+    }
+
+    fn entry(&self, domain: &str, record: &DaneRecord) -> Option<Entry> {
+        Entry::new(
+            Kind::Dane,
+            domain,
+            record.checked_at,
+            record.expires(),
+            record,
+        )
+        .map_err(|e| tracing::warn!(domain, error = %e, "cannot publish a DANE result"))
+        .ok()
+    }
+
     /// Publish a lookup's result when it found a DANE policy.
     pub(super) fn publish(&self, domain: &str, record: &DaneRecord) {
         let Some(shared) = self.shared.get() else {
@@ -92,15 +223,8 @@ impl Inner {
         if !matches!(record.assessment.outcome, Outcome::Policy { .. }) {
             return;
         }
-        match Entry::new(
-            Kind::Dane,
-            domain,
-            record.checked_at,
-            record.expires(),
-            record,
-        ) {
-            Ok(e) => shared.publish(&e),
-            Err(e) => tracing::warn!(domain, error = %e, "cannot publish a DANE result"),
+        if let Some(e) = self.entry(domain, record) {
+            shared.publish(&e);
         }
     }
 }
@@ -166,17 +290,21 @@ mod tests {
         assert!(usable(&record("a.test", policy(), old), "a.test", now).is_err());
         let ahead = now + Duration::from_secs(5);
         assert!(usable(&record("a.test", policy(), ahead), "a.test", now).is_err());
-        // "No DANE" and failures are each host's own lookup.
-        for outcome in [
-            Outcome::NoPolicy {
-                reason: "no TLSA".into(),
-            },
-            Outcome::Failed {
-                reason: "SERVFAIL".into(),
-            },
-        ] {
-            let why = usable(&record("a.test", outcome, now), "a.test", now).unwrap_err();
-            assert!(why.starts_with("only"), "{why}");
-        }
+        // Failures are each host's own lookup.
+        let failed = Outcome::Failed {
+            reason: "SERVFAIL".into(),
+        };
+        let why = usable(&record("a.test", failed, now), "a.test", now).unwrap_err();
+        assert!(why.starts_with("only"), "{why}");
+        // "No DANE" is taken, kept at most SHARED_NEGATIVE_MAX.
+        let none = || Outcome::NoPolicy {
+            reason: "no TLSA".into(),
+        };
+        let mut r = record("a.test", none(), now);
+        r.ttl = SHARED_NEGATIVE_MAX;
+        assert_eq!(usable(&r, "a.test", now), Ok(()));
+        r.ttl = SHARED_NEGATIVE_MAX + Duration::from_secs(1);
+        let why = usable(&r, "a.test", now).unwrap_err();
+        assert!(why.contains("more than 300s"), "{why}");
     }
 }

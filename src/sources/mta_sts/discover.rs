@@ -41,19 +41,38 @@ impl Inner {
     /// policy. A valid cached policy survives every failure.
     /// A domain with nothing valid cached is asked for in the shared
     /// store first, when there is one.
+    /// One discovery for the fleet: when another host is at it, its
+    /// result is waited for; when this host claims it, what it learns is
+    /// written at once and the others are told.
     pub(super) async fn discover(self: &Arc<Self>, domain: &str, fetch: bool) -> Slot {
-        if !fetch && let Some(slot) = self.ask_shared(domain).await {
-            return slot;
-        }
-        let _permit = self.slots.acquire().await;
+        let claim = if fetch {
+            None
+        } else {
+            match self.before_discovery(domain).await {
+                Ok(slot) => return slot,
+                Err(claim) => claim,
+            }
+        };
+        let permit = self.slots.acquire().await;
         let started = std::time::Instant::now();
-        let (slot, result) = self.discover_counted(domain, fetch).await;
+        let (slot, result) = self.discover_counted(domain, fetch, claim.is_none()).await;
         self.observer.fetched(result, started.elapsed());
+        drop(permit);
+        if let Some(claim) = claim {
+            self.settle(claim, domain, &slot).await;
+        }
         slot
     }
 
-    /// [`Inner::discover`], and how it ended for the metrics.
-    async fn discover_counted(self: &Arc<Self>, domain: &str, fetch: bool) -> (Slot, FetchOutcome) {
+    /// [`Inner::discover`], and how it ended for the metrics. A policy
+    /// fetched is queued for the shared store when `queue_publish` (not
+    /// when a claim's settling writes it).
+    async fn discover_counted(
+        self: &Arc<Self>,
+        domain: &str,
+        fetch: bool,
+        queue_publish: bool,
+    ) -> (Slot, FetchOutcome) {
         let now = now_secs();
         let cached = self.valid_policy(domain, now);
         if let Some(c) = &cached {
@@ -109,7 +128,9 @@ impl Inner {
                         &c.persisted(),
                     ) {
                         Ok(e) => {
-                            self.publish(&e);
+                            if queue_publish {
+                                self.publish(&e);
+                            }
                             store.save(e);
                         }
                         Err(e) => {

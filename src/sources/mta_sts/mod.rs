@@ -66,6 +66,7 @@ pub use config::MtaStsConfig;
 use fetch::{FetchError, Fetcher, RootsError};
 use policy::{StsPolicy, StsPolicyError};
 use record::{RecordError, StsRecord};
+pub use shared::{NegativeBody, SharedNegative, check_negative};
 
 /// At most one warning of a kind (discoveries too slow, too many pending)
 /// per this period, with the count of those left unsaid.
