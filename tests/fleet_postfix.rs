@@ -26,48 +26,17 @@ use common::fixtures::POLICY_DEFAULT;
 use common::https::{HTTPS_IP, Response, TestHttps};
 use common::netns::Netns;
 use common::postfix::{Mail, Postfix, PostfixOptions, SENDER};
-use common::redis::Redis;
+use common::redis::{FLEET_USER, PASSWORD, Redis};
 use common::smtp::{SinkTls, SmtpSink, TestCa};
 use common::{Daemon, Options};
 use hickory_proto::rr::RecordType;
 
 const REDIS_PORT: u16 = 6391;
-const PASSWORD: &str = "fleet-postfix-0815";
 const WAIT: Duration = Duration::from_secs(30);
 
 const DOMAIN: &str = "fleet.test";
 const GOOD_MX: (&str, &str) = ("mx.fleet.test", "127.0.0.21");
 const FORGED_MX: (&str, &str) = ("mx-forged.other.test", "127.0.0.22");
-
-/// The ACL user the fleet deployment gives tls-policyd.
-const ACL_USER: &str = "tls-policyd";
-
-/// `postfix-examples/deployments/fleet/redis-acl.conf` with the password
-/// filled in, plus an administrator (`default`) for the test's redis-cli.
-fn acl_file(dir: &Path) -> std::path::PathBuf {
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("postfix-examples/deployments/fleet/redis-acl.conf"),
-    )
-    .unwrap();
-    let user = example
-        .lines()
-        .find(|l| l.starts_with("user "))
-        .expect("redis-acl.conf: no user line");
-    assert!(user.contains(">CHANGE-ME"), "{user}");
-    let path = dir.join("users.acl");
-    std::fs::write(
-        &path,
-        format!(
-            "user default on >{ADMIN} ~* &* +@all\n{}\n",
-            user.replace("CHANGE-ME", PASSWORD)
-        ),
-    )
-    .unwrap();
-    path
-}
-
-const ADMIN: &str = "fleet-admin-4242";
 
 fn config(dir: &Path, name: &str) -> String {
     format!(
@@ -87,7 +56,7 @@ lookup_timeout = "5s"
 
 [shared]
 url = "redis://127.0.0.1:{REDIS_PORT}/0"
-username = "{ACL_USER}"
+username = "{FLEET_USER}"
 password_file = "{password}"
 
 [policy]
@@ -169,7 +138,7 @@ fn a_policy_learned_through_one_postfix_keeps_the_other_forced_after_its_record_
     std::fs::write(dir.path().join("redis-password"), format!("{PASSWORD}\n")).unwrap();
     let redis_dir = dir.path().join("redis");
     std::fs::create_dir(&redis_dir).unwrap();
-    let redis = Redis::start_with_acl(&ns, &redis_dir, REDIS_PORT, &acl_file(&redis_dir), ADMIN);
+    let redis = Redis::start_fleet(&ns, &redis_dir, REDIS_PORT);
 
     let (dns, https, good, forged) = ns.run_in({
         let ca = ca.clone();
@@ -246,7 +215,7 @@ fn a_policy_learned_through_one_postfix_keeps_the_other_forced_after_its_record_
     // The second host fetched nothing itself.
     assert_eq!(https.requests(&format!("mta-sts.{DOMAIN}")), 1);
     // The deployment's ACL user had every right the daemons used.
-    assert_eq!(redis.cli(&["ACL", "LOG"]).trim(), "", "commands refused");
+    assert_eq!(redis.refused(), "", "commands refused");
     for d in [&first.daemon, &second.daemon] {
         assert!(
             d.find_line(|l| l.contains("shared store unavailable"))

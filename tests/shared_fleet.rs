@@ -21,7 +21,7 @@ use common::dns::TestDns;
 use common::fixtures::POLICY_DEFAULT;
 use common::https::{HTTPS_IP, Response, TestHttps};
 use common::netns::Netns;
-use common::redis::{PASSWORD, REDIS_PORT, Redis};
+use common::redis::{FLEET_USER, PASSWORD, REDIS_PORT, Redis};
 use common::smtp::TestCa;
 use common::{Client, Daemon, Options};
 use hickory_proto::rr::RecordType;
@@ -61,6 +61,7 @@ connect_timeout = "2s"
 
 [shared]
 url = "{url}"
+username = "{FLEET_USER}"
 password_file = "{}"
 connect_timeout = "1s"
 command_timeout = "500ms"
@@ -142,7 +143,7 @@ impl Fleet {
         });
         let dir = keep.path().join("redis");
         std::fs::create_dir_all(&dir).unwrap();
-        let redis = Redis::start(&ns, &dir, None);
+        let redis = Redis::start_fleet(&ns, &dir, REDIS_PORT);
         Fleet {
             ns,
             dns,
@@ -270,6 +271,8 @@ fn a_thousand_first_lookups_over_three_hosts_make_one_discovery() {
     for d in &all {
         assert!(d.find_line(|l| l.contains("panicked")).is_none());
     }
+    // The fleet deployment's ACL user had every right the daemons used.
+    assert_eq!(f.redis.refused(), "", "commands refused");
 }
 
 #[test]
@@ -356,6 +359,7 @@ fn a_host_killed_in_the_middle_of_its_discovery_lets_another_discover_once_its_c
         .cli(&["GET", &format!("tls-policyd:mta-sts:{domain}")]);
     assert!(value.contains(&format!("mx.{domain}")), "{value}");
     assert!(b.find_line(|l| l.contains("panicked")).is_none());
+    assert_eq!(f.redis.refused(), "", "commands refused");
 }
 
 #[test]

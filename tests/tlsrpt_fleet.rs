@@ -18,7 +18,7 @@ use common::dns::TestDns;
 use common::fixtures::POLICY_DEFAULT;
 use common::https::{HTTPS_IP, TestHttps};
 use common::netns::Netns;
-use common::redis::Redis;
+use common::redis::{FLEET_USER, PASSWORD, Redis};
 use common::smtp::TestCa;
 use common::{Daemon, Options};
 use tls_policyd::tlsrpt::directory::Found;
@@ -32,7 +32,6 @@ use tls_policyd::tlsrpt::store::TlsRptStore;
 const BIN: &str = env!("CARGO_BIN_EXE_tls-policyd");
 const COLLECTOR: &str = "reports.test";
 const REDIS_PORT: u16 = 6391;
-const PASSWORD: &str = "fleet-reports-0815";
 /// Longest wait for something the daemons do in their rounds (a round
 /// comes every 15 s while a report waits for the fleet).
 const WAIT: Duration = Duration::from_secs(90);
@@ -69,6 +68,7 @@ send_delay = "0s"
 
 [shared]
 url = "redis://127.0.0.1:{REDIS_PORT}/0"
+username = "{FLEET_USER}"
 password_file = "{dir}/redis-password"
 host_id = "{host}"
 "#,
@@ -158,7 +158,7 @@ fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
     }
     let redis_dir = keep.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();
-    let redis = Redis::start_on(&ns, &redis_dir, REDIS_PORT, PASSWORD);
+    let redis = Redis::start_fleet(&ns, &redis_dir, REDIS_PORT);
     let (dns, https) = ns.run_in(move || {
         (
             TestDns::start_at(SocketAddr::from(([127, 0, 0, 1], 53))),
@@ -306,5 +306,7 @@ fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
         assert!(d.find_line(|l| l.contains("panicked")).is_none());
     }
     assert_eq!(https.posted(COLLECTOR).len(), 1, "sent twice");
+    // The fleet deployment's ACL user had every right the daemons used.
+    assert_eq!(redis.refused(), "", "commands refused");
     drop(dns);
 }

@@ -33,7 +33,50 @@ enum Access<'a> {
     AclFile(&'a Path, &'a str),
 }
 
+/// The user the fleet deployment gives tls-policyd
+/// (`postfix-examples/deployments/fleet/redis-acl.conf`).
+pub const FLEET_USER: &str = "tls-policyd";
+
+/// `postfix-examples/deployments/fleet/redis-acl.conf` as an ACL file in
+/// `dir`, its user's password `password`, plus the `default` user (any
+/// command, for the test's redis-cli) with the same password.
+pub fn fleet_acl_file(dir: &Path, password: &str) -> PathBuf {
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("postfix-examples/deployments/fleet/redis-acl.conf"),
+    )
+    .expect("read the fleet deployment's redis-acl.conf");
+    let user = example
+        .lines()
+        .find(|l| l.starts_with(&format!("user {FLEET_USER} ")))
+        .expect("redis-acl.conf: no user line for tls-policyd");
+    assert!(user.contains(">CHANGE-ME"), "{user}");
+    let path = dir.join("users.acl");
+    std::fs::write(
+        &path,
+        format!(
+            "user default on >{password} ~* &* +@all\n{}\n",
+            user.replace("CHANGE-ME", password)
+        ),
+    )
+    .unwrap();
+    path
+}
+
 impl Redis {
+    /// On 127.0.0.1:`port`, with the fleet deployment's ACL user
+    /// ([`FLEET_USER`]) and `default`, both with [`PASSWORD`].
+    pub fn start_fleet(ns: &Netns, dir: &Path, port: u16) -> Redis {
+        let acl = fleet_acl_file(dir, PASSWORD);
+        Redis::start_with_acl(ns, dir, port, &acl, PASSWORD)
+    }
+
+    /// Commands the server refused for lack of rights (`ACL LOG`), empty
+    /// when none.
+    pub fn refused(&self) -> String {
+        self.cli(&["ACL", "LOG"]).trim().to_string()
+    }
+
     /// On 127.0.0.1:[`REDIS_PORT`] (or only on `socket`), password
     /// [`PASSWORD`].
     pub fn start(ns: &Netns, dir: &Path, socket: Option<PathBuf>) -> Redis {
