@@ -77,6 +77,7 @@ impl SharedResult {
 pub(super) struct SharedCounters {
     configured: AtomicBool,
     up: AtomicBool,
+    master_changes: AtomicU64,
     requests: [[AtomicU64; SharedResult::ALL.len()]; SharedOp::ALL.len()],
 }
 
@@ -94,6 +95,16 @@ impl SharedCounters {
             "shared_store_up",
             &[],
             u64::from(self.up.load(Ordering::Relaxed)),
+        );
+        w.header(
+            "shared_master_changes_total",
+            "counter",
+            "Times the master the sentinels name changed (failovers seen), with sentinels.",
+        );
+        w.sample(
+            "shared_master_changes_total",
+            &[],
+            self.master_changes.load(Ordering::Relaxed),
         );
         w.header(
             "shared_requests_total",
@@ -122,6 +133,16 @@ impl Metrics {
     /// The shared store is up (`true`) or down.
     pub fn shared_up(&self, up: bool) {
         self.shared.up.store(up, Ordering::Relaxed);
+    }
+
+    /// The master the sentinels name changed.
+    pub fn shared_master_changed(&self) {
+        self.shared.master_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Master changes seen so far.
+    pub fn shared_master_changes(&self) -> u64 {
+        self.shared.master_changes.load(Ordering::Relaxed)
     }
 
     /// One request to the shared store and what became of it.
@@ -156,6 +177,7 @@ mod tests {
             "tls_policyd_shared_requests_total{op=\"get\",result=\"hit\"} 1",
             "tls_policyd_shared_requests_total{op=\"set\",result=\"dropped\"} 1",
             "tls_policyd_shared_requests_total{op=\"get\",result=\"down\"} 0",
+            "tls_policyd_shared_master_changes_total 0",
         ] {
             assert!(out.lines().any(|l| l == want), "{want}\n{out}");
         }

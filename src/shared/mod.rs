@@ -2,15 +2,20 @@
 //!
 //! `config` is the section; `value` what one key holds (the cache file's
 //! JSON payload per kind and domain, with its times and a version;
-//! bounded, and refused when it does not decode); `store` the client: a
+//! bounded, and refused when it does not decode); `connect` where the
+//! connection goes (the URL, or the master `sentinel` finds) and its TLS
+//! settings; `store` the client: a
 //! circuit breaker in front of every read, writes queued to a task of
 //! their own. Sources reach it through `cache::persist::SharedEntries`,
 //! handed to them by the daemon: a local cache miss asks it before a
 //! discovery, and what a discovery learns is published.
 
 pub mod config;
+pub mod connect;
+pub mod sentinel;
 pub mod store;
 pub mod value;
 
 pub use config::SharedConfig;
-pub use store::{SharedError, SharedStatus, SharedStore};
+pub use connect::SharedError;
+pub use store::{SharedStatus, SharedStore};

@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{Address, SharedConfig, read_password};
+use super::config::SharedConfig;
+use super::connect::{SharedError, Target, error_kind, note_master};
 use super::value::{self, MAX_VALUE};
 use crate::cache::persist::{Entry, Kind, SharedEntries, SharedFetch};
 use crate::metrics::{Metrics, SharedOp, SharedResult};
@@ -32,15 +33,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest time spent at shutdown writing what is still queued.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
-/// Why the store could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum SharedError {
-    #[error("key `shared.url`: {0}")]
-    Url(String),
-    #[error("key `shared.password_file`: {0}")]
-    Password(String),
-}
-
 /// What `/health` shows of the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedStatus {
@@ -49,6 +41,8 @@ pub struct SharedStatus {
     pub state: &'static str,
     /// The last failure while down.
     pub problem: Option<String>,
+    /// With sentinels: the master (`host:port`) connected to.
+    pub master: Option<String>,
 }
 
 /// One queued write.
@@ -69,8 +63,12 @@ struct Inner {
     prefix: String,
     command_timeout: Duration,
     connect_timeout: Duration,
-    client: redis::Client,
+    target: Target,
     conn: ArcSwapOption<ConnectionManager>,
+    /// With sentinels: the master connected to.
+    master: Mutex<Option<String>>,
+    /// Woken by a failure: the sentinels are asked again.
+    recheck: Notify,
     breaker: Breaker,
     queue: mpsc::Sender<Write>,
     queue_rx: Mutex<Option<mpsc::Receiver<Write>>>,
@@ -141,19 +139,20 @@ impl SharedStore {
     /// Set the store up from its section: the password file is read now.
     /// Nothing connects until [`SharedStore::run`] runs.
     pub fn new(config: &SharedConfig, metrics: Arc<Metrics>) -> Result<SharedStore, SharedError> {
-        let info = connection_info(config)?;
-        let client = redis::Client::open(info).map_err(|e| SharedError::Url(e.to_string()))?;
+        let target = Target::new(config)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         metrics.shared_configured();
         metrics.shared_up(false);
         Ok(SharedStore {
             inner: Arc::new(Inner {
-                url: config.url.clone(),
+                url: config.shown_url(),
                 prefix: config.key_prefix.clone(),
                 command_timeout: config.command_timeout,
                 connect_timeout: config.connect_timeout,
-                client,
+                target,
                 conn: ArcSwapOption::empty(),
+                master: Mutex::new(None),
+                recheck: Notify::new(),
                 breaker: Breaker {
                     origin: Instant::now(),
                     down_until: AtomicU64::new(0),
@@ -190,6 +189,12 @@ impl SharedStore {
             url: self.inner.url.clone(),
             state,
             problem: b.problem.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            master: self
+                .inner
+                .master
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 
@@ -221,17 +226,23 @@ impl SharedStore {
             .set_max_delay(Duration::from_secs(1));
         loop {
             let attempt = tokio::time::timeout(
-                inner.connect_timeout.saturating_mul(3),
-                ConnectionManager::new_with_config(inner.client.clone(), config.clone()),
+                inner.target.budget(inner.connect_timeout),
+                inner.target.connect(config.clone()),
             );
             let wait = tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = attempt => match r {
-                    Ok(Ok(conn)) => {
+                    Ok(Ok((conn, master))) => {
                         inner.conn.store(Some(Arc::new(conn)));
+                        let shown = master.clone().unwrap_or_default();
+                        note_master(&inner.master, master, &inner.metrics);
                         inner.up();
-                        tracing::info!(url = %inner.url, "shared store connected");
-                        return;
+                        tracing::info!(url = %inner.url, master = %shown, "shared store connected");
+                        // With sentinels, they are asked again after a failure.
+                        if !inner.target.follows_sentinels() || !inner.failed(&shutdown).await {
+                            return;
+                        }
+                        Duration::ZERO
                     }
                     Ok(Err(e)) => inner.down("connect", &e),
                     Err(_) => inner.down_timeout("connect"),
@@ -369,17 +380,29 @@ impl Inner {
         self.metrics.shared_up(true);
     }
 
+    /// Wait for a failure (`true`) or shutdown (`false`).
+    async fn failed(&self, shutdown: &CancellationToken) -> bool {
+        let notified = self.recheck.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.breaker.is_down() {
+            return true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = notified => true,
+        }
+    }
+
     /// A failure: down for a back-off, logged (rate-limited) and counted.
     fn down(&self, what: &'static str, e: &redis::RedisError) -> Duration {
-        let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
-            || e.code().is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH");
-        let why = if auth {
+        let kind = error_kind(e);
+        let why = if kind == "auth" {
             format!("authentication refused ({e}): check shared.username and shared.password_file")
         } else {
             e.to_string()
         };
-        self.metrics
-            .error("shared", if auth { "auth" } else { "unavailable" });
+        self.metrics.error("shared", kind);
         self.fail(what, why)
     }
 
@@ -390,6 +413,7 @@ impl Inner {
 
     fn fail(&self, what: &'static str, why: String) -> Duration {
         let (backoff, was_up) = self.breaker.fail(why.clone());
+        self.recheck.notify_waiters();
         self.metrics.shared_up(false);
         if let Some(more) = self.down_log.admit() {
             tracing::warn!(url = %self.url, during = what, error = %why, retry_in = %humantime::format_duration(backoff),
@@ -468,50 +492,6 @@ impl Inner {
             self.counted(SharedOp::Set, SharedResult::Ok);
         }
     }
-}
-
-/// The client's connection settings: address, database, user, password.
-fn connection_info(config: &SharedConfig) -> Result<ConnectionInfo, SharedError> {
-    let (addr, db) = match config.address().map_err(SharedError::Url)? {
-        Address::Tcp {
-            host,
-            port,
-            db,
-            tls: false,
-        } => (ConnectionAddr::Tcp(host, port), db),
-        Address::Tcp {
-            host,
-            port,
-            db,
-            tls: true,
-        } => {
-            // The client builds its TLS settings with the process's
-            // default provider.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            (
-                ConnectionAddr::TcpTls {
-                    host,
-                    port,
-                    insecure: false,
-                    tls_params: None,
-                },
-                db,
-            )
-        }
-        Address::Unix { path, db } => (ConnectionAddr::Unix(path), db),
-    };
-    let info = addr
-        .into_connection_info()
-        .map_err(|e| SharedError::Url(e.to_string()))?;
-    let mut redis = info.redis_settings().clone().set_db(db);
-    if let Some(p) = &config.password_file {
-        let password = read_password(p).map_err(SharedError::Password)?;
-        redis = redis.set_password(password);
-    }
-    if let Some(u) = &config.username {
-        redis = redis.set_username(u);
-    }
-    Ok(info.set_redis_settings(redis))
 }
 
 impl SharedEntries for SharedStore {

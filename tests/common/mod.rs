@@ -25,6 +25,7 @@ pub mod dns;
 pub mod dnssec;
 pub mod examples;
 pub mod fixtures;
+pub mod fleet;
 pub mod https;
 pub mod journal;
 pub mod knowledge;
@@ -33,6 +34,7 @@ pub mod milter;
 pub mod netns;
 pub mod outcomes;
 pub mod postfix;
+pub mod redis;
 pub mod smtp;
 pub mod submission;
 

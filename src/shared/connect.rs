@@ -1,0 +1,296 @@
+//! Where the store's connection goes ([`Target`]): the address in `url`,
+//! or the master the sentinels name; with the database, the user and
+//! password, and TLS (`ca_file`, a client certificate).
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{
+    Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
+    RedisResult, TlsCertificates,
+};
+
+use super::config::{Address, SharedConfig, read_password, read_pem, sentinel_addr};
+use super::sentinel::{SentinelSetup, Sentinels, check_master};
+use crate::metrics::Metrics;
+
+/// Why the store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("key `shared.url`: {0}")]
+    Url(String),
+    #[error("key `shared.password_file`: {0}")]
+    Password(String),
+    #[error("key `shared.sentinel_password_file`: {0}")]
+    SentinelPassword(String),
+    #[error("key `shared.{0}`: {1}")]
+    Tls(&'static str, String),
+    #[error("key `shared.sentinels`: {0}")]
+    Sentinels(String),
+}
+
+/// Where connections go.
+pub struct Target {
+    how: How,
+    command_timeout: Duration,
+}
+
+enum How {
+    /// The address in `url`.
+    Fixed(Client),
+    /// The master the sentinels name, reached with these settings.
+    Sentinel {
+        sentinels: Box<Sentinels>,
+        /// The address part is replaced by the master's.
+        template: ConnectionInfo,
+        tls: Option<TlsCertificates>,
+    },
+}
+
+impl Target {
+    /// From the section: the password and PEM files are read now.
+    pub fn new(config: &SharedConfig) -> Result<Target, SharedError> {
+        let (addr, db) = match config.address().map_err(SharedError::Url)? {
+            Address::Tcp {
+                host,
+                port,
+                db,
+                tls: false,
+            } => (ConnectionAddr::Tcp(host, port), db),
+            Address::Tcp {
+                host,
+                port,
+                db,
+                tls: true,
+            } => {
+                // The client builds its TLS settings with the process's
+                // default provider.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let addr = ConnectionAddr::TcpTls {
+                    host,
+                    port,
+                    insecure: false,
+                    tls_params: None,
+                };
+                (addr, db)
+            }
+            Address::Unix { path, db } => (ConnectionAddr::Unix(path), db),
+        };
+        let tls = tls_certificates(config)?;
+        let info = addr
+            .into_connection_info()
+            .map_err(|e| SharedError::Url(e.to_string()))?;
+        let mut redis = info.redis_settings().clone().set_db(db);
+        if let Some(p) = &config.password_file {
+            let password = read_password(p).map_err(SharedError::Password)?;
+            redis = redis.set_password(password);
+        }
+        if let Some(u) = &config.username {
+            redis = redis.set_username(u);
+        }
+        let info = info.set_redis_settings(redis);
+        let how = if config.uses_sentinels() {
+            let addrs = config
+                .sentinels
+                .iter()
+                .map(|s| sentinel_addr(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(SharedError::Sentinels)?;
+            let password = match &config.sentinel_password_file {
+                Some(p) => Some(read_password(p).map_err(SharedError::SentinelPassword)?),
+                None => None,
+            };
+            let is_tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+            let sentinels = Box::new(Sentinels::new(SentinelSetup {
+                addrs,
+                master_name: config.master_name.clone().unwrap_or_default(),
+                username: config.sentinel_username.clone(),
+                password,
+                tls: is_tls.then(|| {
+                    tls.clone().unwrap_or(TlsCertificates {
+                        client_tls: None,
+                        root_cert: None,
+                    })
+                }),
+                connect_timeout: config.connect_timeout,
+                command_timeout: config.command_timeout,
+            }));
+            How::Sentinel {
+                sentinels,
+                template: info,
+                tls,
+            }
+        } else {
+            let client = match &tls {
+                Some(certs) => Client::build_with_tls(info, certs.clone()),
+                None => Client::open(info),
+            }
+            .map_err(|e| SharedError::Url(e.to_string()))?;
+            How::Fixed(client)
+        };
+        Ok(Target {
+            how,
+            command_timeout: config.command_timeout,
+        })
+    }
+
+    /// Whether connections follow the sentinels (asked again after a
+    /// failure).
+    pub fn follows_sentinels(&self) -> bool {
+        matches!(self.how, How::Sentinel { .. })
+    }
+
+    /// The longest one [`Target::connect`] may take.
+    pub fn budget(&self, connect_timeout: Duration) -> Duration {
+        let base = connect_timeout.saturating_mul(3);
+        match &self.how {
+            How::Fixed(_) => base,
+            How::Sentinel { sentinels, .. } => base
+                .saturating_add(sentinels.budget())
+                .saturating_add(self.command_timeout),
+        }
+    }
+
+    /// Connect: to `url`, or to the master the sentinels name (checked
+    /// with `ROLE`), whose `host:port` comes back too.
+    pub async fn connect(
+        &self,
+        config: ConnectionManagerConfig,
+    ) -> RedisResult<(ConnectionManager, Option<String>)> {
+        match &self.how {
+            How::Fixed(client) => Ok((
+                ConnectionManager::new_with_config(client.clone(), config).await?,
+                None,
+            )),
+            How::Sentinel {
+                sentinels,
+                template,
+                tls,
+            } => {
+                let (host, port) = sentinels.master().await?;
+                let shown = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                let addr = match template.addr() {
+                    ConnectionAddr::TcpTls { .. } => ConnectionAddr::TcpTls {
+                        host,
+                        port,
+                        insecure: false,
+                        tls_params: None,
+                    },
+                    _ => ConnectionAddr::Tcp(host, port),
+                };
+                let info = template.clone().set_addr(addr);
+                let client = match tls {
+                    Some(certs) => Client::build_with_tls(info, certs.clone())?,
+                    None => Client::open(info)?,
+                };
+                let mut conn = ConnectionManager::new_with_config(client, config).await?;
+                check_master(&mut conn, &shown, self.command_timeout).await?;
+                Ok((conn, Some(shown)))
+            }
+        }
+    }
+}
+
+/// The TLS settings when `ca_file` or a client certificate is set:
+/// the CA file's certificates replace the public roots.
+fn tls_certificates(config: &SharedConfig) -> Result<Option<TlsCertificates>, SharedError> {
+    let read =
+        |key: &'static str, p: &std::path::Path| read_pem(p).map_err(|e| SharedError::Tls(key, e));
+    let root_cert = match &config.ca_file {
+        Some(p) => Some(read("ca_file", p)?),
+        None => None,
+    };
+    let client_tls = match (&config.client_cert_file, &config.client_key_file) {
+        (Some(c), Some(k)) => Some(ClientTlsConfig {
+            client_cert: read("client_cert_file", c)?,
+            client_key: read("client_key_file", k)?,
+        }),
+        _ => None,
+    };
+    if root_cert.is_none() && client_tls.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+/// The `errors_total{component="shared"}` kind of a failure.
+pub fn error_kind(e: &RedisError) -> &'static str {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || e.code().is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH")
+    {
+        "auth"
+    } else if e.code() == Some("READONLY") {
+        "readonly"
+    } else if e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel {
+        "sentinel"
+    } else {
+        "unavailable"
+    }
+}
+
+/// Remember the master connected to; a change is logged and counted.
+pub fn note_master(slot: &Mutex<Option<String>>, master: Option<String>, metrics: &Metrics) {
+    let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if let (Some(old), Some(new)) = (held.as_deref(), master.as_deref())
+        && old != new
+    {
+        metrics.shared_master_changed();
+        tracing::warn!(
+            from = old,
+            to = new,
+            "shared store master changed (a failover): writes go to the new master"
+        );
+    }
+    *held = master;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_master_change_is_counted_once() {
+        let m = Metrics::new();
+        let slot = Mutex::new(None);
+        note_master(&slot, Some("127.0.0.1:1".into()), &m);
+        note_master(&slot, Some("127.0.0.1:1".into()), &m);
+        assert_eq!(m.shared_master_changes(), 0);
+        note_master(&slot, Some("127.0.0.1:2".into()), &m);
+        assert_eq!(m.shared_master_changes(), 1);
+        assert_eq!(slot.lock().unwrap().as_deref(), Some("127.0.0.1:2"));
+    }
+
+    #[test]
+    fn error_kinds() {
+        let e = RedisError::from((redis::ErrorKind::AuthenticationFailed, "x"));
+        assert_eq!(error_kind(&e), "auth");
+        let e = RedisError::from((redis::ErrorKind::MasterNameNotFoundBySentinel, "x"));
+        assert_eq!(error_kind(&e), "sentinel");
+        let e = RedisError::from((redis::ErrorKind::Io, "x"));
+        assert_eq!(error_kind(&e), "unavailable");
+    }
+
+    #[test]
+    fn sentinel_targets_need_no_url() {
+        let mut c = SharedConfig::new("");
+        c.sentinels = vec!["127.0.0.1:26379".into(), "[::1]:26380".into()];
+        c.master_name = Some("mymaster".into());
+        assert_eq!(c.validate(), Ok(()));
+        let t = Target::new(&c).unwrap();
+        assert!(t.follows_sentinels());
+        assert!(t.budget(Duration::from_secs(1)) > Duration::from_secs(5));
+        assert!(
+            !Target::new(&SharedConfig::new("redis://h/0"))
+                .unwrap()
+                .follows_sentinels()
+        );
+    }
+}

@@ -1,0 +1,232 @@
+//! Real `redis-server` and `redis-sentinel` processes in a test's network
+//! namespace: no persistence, a temporary directory each, killed
+//! (SIGKILL) on drop; `redis-cli` to look at what they hold.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::netns::Netns;
+
+/// Longest wait for a server to answer after its start.
+const START: Duration = Duration::from_secs(30);
+
+/// Where a server listens.
+#[derive(Clone)]
+pub enum Listen {
+    /// 127.0.0.1:port.
+    Tcp(u16),
+    /// This unix socket only, no TCP.
+    Unix(PathBuf),
+    /// TLS on 127.0.0.1:port only (`--port 0`), with this certificate
+    /// chain and key (PEM files) and the CA file clients check it with.
+    Tls {
+        port: u16,
+        cert: PathBuf,
+        key: PathBuf,
+        ca: PathBuf,
+    },
+}
+
+/// A `redis-server` or `redis-sentinel`, killed on drop.
+pub struct Redis {
+    ns: Netns,
+    child: Option<Child>,
+    listen: Listen,
+    password: String,
+    dir: PathBuf,
+}
+
+impl Redis {
+    /// A `redis-server` with `requirepass password` (and `masterauth`),
+    /// more arguments after those (e.g. `--replicaof`).
+    pub fn start(ns: &Netns, dir: &Path, listen: Listen, password: &str, extra: &[&str]) -> Redis {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut cmd = ns.cmd("redis-server");
+        match &listen {
+            Listen::Unix(p) => cmd
+                .args(["--port", "0", "--unixsocketperm", "700", "--unixsocket"])
+                .arg(p),
+            Listen::Tcp(port) => cmd
+                .args(["--bind", "127.0.0.1", "--port"])
+                .arg(port.to_string()),
+            Listen::Tls {
+                port,
+                cert,
+                key,
+                ca,
+            } => cmd
+                .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port"])
+                .arg(port.to_string())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let child = cmd
+            .args(["--requirepass", password, "--masterauth", password])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        Redis::started(ns, child, listen, password, dir)
+    }
+
+    /// A `redis-sentinel` on 127.0.0.1:`port` with `requirepass password`,
+    /// monitoring `master_name` at 127.0.0.1:`master_port` (quorum 2,
+    /// down after 1 s), which it authenticates to with `master_password`.
+    pub fn sentinel(
+        ns: &Netns,
+        dir: &Path,
+        port: u16,
+        password: &str,
+        master_name: &str,
+        master_port: u16,
+        master_password: &str,
+    ) -> Redis {
+        std::fs::create_dir_all(dir).unwrap();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "bind 127.0.0.1\nport {port}\ndir {dir}\nlogfile {log}\nrequirepass {password}\n\
+                 sentinel monitor {master_name} 127.0.0.1 {master_port} 2\n\
+                 sentinel auth-pass {master_name} {master_password}\n\
+                 sentinel down-after-milliseconds {master_name} 1000\n\
+                 sentinel failover-timeout {master_name} 5000\n\
+                 sentinel parallel-syncs {master_name} 1\n",
+                dir = dir.display(),
+                log = dir.join("sentinel.log").display(),
+            ),
+        )
+        .unwrap();
+        let child = ns
+            .cmd("redis-sentinel")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-sentinel");
+        Redis::started(ns, child, Listen::Tcp(port), password, dir)
+    }
+
+    fn started(ns: &Netns, child: Child, listen: Listen, password: &str, dir: &Path) -> Redis {
+        let r = Redis {
+            ns: ns.clone(),
+            child: Some(child),
+            listen,
+            password: password.to_string(),
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + START;
+        while r.cli(&["PING"]).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis did not start: {}",
+                r.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// What it logged.
+    pub fn log(&self) -> String {
+        ["redis.log", "sentinel.log"]
+            .iter()
+            .map(|f| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default())
+            .collect()
+    }
+
+    pub fn port(&self) -> u16 {
+        match &self.listen {
+            Listen::Tcp(p) | Listen::Tls { port: p, .. } => *p,
+            Listen::Unix(_) => 0,
+        }
+    }
+
+    /// `redis-cli` in the namespace, authenticated; its standard output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let mut cmd = self.ns.cmd("redis-cli");
+        match &self.listen {
+            Listen::Unix(p) => cmd.arg("-s").arg(p),
+            Listen::Tcp(port) => cmd.args(["-h", "127.0.0.1", "-p"]).arg(port.to_string()),
+            Listen::Tls { port, ca, .. } => cmd
+                .args(["-h", "127.0.0.1", "-p"])
+                .arg(port.to_string())
+                .args(["--tls", "--cacert"])
+                .arg(ca),
+        };
+        let out = super::run_with_timeout(
+            cmd.args(["-a", &self.password, "--no-auth-warning"])
+                .args(args),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Wait (at most `wait`) until `GET key` gives something; that.
+    pub fn wait_for_key(&self, key: &str, wait: Duration) -> String {
+        let deadline = Instant::now() + wait;
+        loop {
+            let v = self.cli(&["GET", key]);
+            if !v.trim().is_empty() {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{key} never written");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Write a certificate chain and its key as PEM files.
+pub fn write_pem_pair(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    cert_file: &Path,
+    key_file: &Path,
+) {
+    let pem = |label: &str, der: &[u8]| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    };
+    let certs: String = chain.iter().map(|c| pem("CERTIFICATE", c)).collect();
+    std::fs::write(cert_file, certs).unwrap();
+    std::fs::write(key_file, pem("PRIVATE KEY", key.secret_der())).unwrap();
+}
