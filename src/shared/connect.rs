@@ -15,6 +15,9 @@ use super::config::{Address, SharedConfig, read_password, read_pem, sentinel_add
 use super::sentinel::{SentinelSetup, Sentinels, check_master};
 use crate::metrics::Metrics;
 
+/// With sentinels, the longest wait between two attempts to connect.
+pub const SENTINEL_RECHECK: Duration = Duration::from_secs(1);
+
 /// Why the store could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
@@ -139,6 +142,16 @@ impl Target {
     /// failure).
     pub fn follows_sentinels(&self) -> bool {
         matches!(self.how, How::Sentinel { .. })
+    }
+
+    /// When to connect again after a failed attempt: after the breaker's
+    /// back-off, but with sentinels at least every [`SENTINEL_RECHECK`]
+    /// (they name the new master within seconds of a failover).
+    pub fn next_try(&self, backoff: Duration) -> Duration {
+        match self.how {
+            How::Fixed(_) => backoff,
+            How::Sentinel { .. } => backoff.min(SENTINEL_RECHECK),
+        }
     }
 
     /// The longest one [`Target::connect`] may take.
@@ -287,6 +300,11 @@ mod tests {
         let t = Target::new(&c).unwrap();
         assert!(t.follows_sentinels());
         assert!(t.budget(Duration::from_secs(1)) > Duration::from_secs(5));
+        assert_eq!(t.next_try(Duration::from_secs(30)), SENTINEL_RECHECK);
+        assert_eq!(
+            t.next_try(Duration::from_millis(250)),
+            Duration::from_millis(250)
+        );
         assert!(
             !Target::new(&SharedConfig::new("redis://h/0"))
                 .unwrap()

@@ -244,8 +244,8 @@ impl SharedStore {
                         }
                         Duration::ZERO
                     }
-                    Ok(Err(e)) => inner.down("connect", &e),
-                    Err(_) => inner.down_timeout("connect"),
+                    Ok(Err(e)) => inner.target.next_try(inner.down("connect", &e)),
+                    Err(_) => inner.target.next_try(inner.down_timeout("connect")),
                 },
             };
             tokio::select! {
