@@ -336,8 +336,9 @@ fn a_store_on_a_unix_socket_is_shared_too() {
 }
 
 /// A `redis-server` on TLS only (127.0.0.1:`port`), its certificate
-/// issued by `issuer` for 127.0.0.1.
-fn tls_store(f: &Fleet, issuer: &TestCa, port: u16) -> Redis {
+/// issued by `issuer` for 127.0.0.1; with `auth_clients`, clients need a
+/// certificate from `issuer`.
+fn tls_store(f: &Fleet, issuer: &TestCa, port: u16, auth_clients: bool) -> Redis {
     let dir = f.keep.path().join(format!("redis-tls-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let (chain, key) = issuer.issue(&["127.0.0.1"]);
@@ -348,11 +349,18 @@ fn tls_store(f: &Fleet, issuer: &TestCa, port: u16) -> Redis {
     );
     write_pem_pair(&chain, &key, &cert, &key_file);
     issuer.write_pem(&ca);
+    let client = auth_clients.then(|| {
+        let (chain, key) = issuer.issue_client(&["redis-cli"]);
+        let pair = (dir.join("cli-cert.pem"), dir.join("cli-key.pem"));
+        write_pem_pair(&chain, &key, &pair.0, &pair.1);
+        pair
+    });
     let listen = Listen::Tls {
         port,
         cert,
         key: key_file,
         ca,
+        client,
     };
     Redis::start(&f.ns, &dir, listen, PASSWORD, &[])
 }
@@ -372,7 +380,7 @@ fn a_store_over_tls_with_a_private_ca_is_shared() {
         return;
     };
     let f = Fleet::new(ns.clone());
-    let redis = tls_store(&f, &f.ca, 6391);
+    let redis = tls_store(&f, &f.ca, 6391, false);
     publish(&f.dns, &f.https, "tls.test");
     let a = f.daemon_keys("a", false, &tls_keys(&f, 6391));
     let b = f.daemon_keys("b", false, &tls_keys(&f, 6391));
@@ -405,7 +413,7 @@ fn a_store_certificate_from_another_ca_leaves_the_daemon_on_its_own() {
     };
     let f = Fleet::new(ns.clone());
     let other = TestCa::new();
-    let redis = tls_store(&f, &other, 6392);
+    let redis = tls_store(&f, &other, 6392, false);
     publish(&f.dns, &f.https, "untrusted.test");
     let a = f.daemon_keys("a", false, &tls_keys(&f, 6392));
     let line = a.wait_for_line(|l| l.contains("shared store unavailable"));
@@ -431,5 +439,47 @@ fn a_store_certificate_from_another_ca_leaves_the_daemon_on_its_own() {
         )
         .map(|n| n != "0"),
         Some(true)
+    );
+}
+
+#[test]
+fn a_store_asking_for_client_certificates_gets_one_from_client_cert_file() {
+    let Some(ns) = Netns::for_test("shrc", &["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let f = Fleet::new(ns.clone());
+    let redis = tls_store(&f, &f.ca, 6393, true);
+    publish(&f.dns, &f.https, "mutual.test");
+    // Without a client certificate: refused, the daemon goes on alone.
+    let a = f.daemon_keys("a", false, &tls_keys(&f, 6393));
+    a.wait_for_line(|l| l.contains("shared store unavailable"));
+    assert!(
+        a.find_line(|l| l.contains("shared store connected"))
+            .is_none()
+    );
+    // With one from the CA: connected, the policy written.
+    let (chain, key) = f.ca.issue_client(&["mta1.fleet.test"]);
+    let (cert_file, key_file) = (
+        f.keep.path().join("client.pem"),
+        f.keep.path().join("client.key"),
+    );
+    write_pem_pair(&chain, &key, &cert_file, &key_file);
+    let keys = format!(
+        "{}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        tls_keys(&f, 6393),
+        cert_file.display(),
+        key_file.display()
+    );
+    let b = f.daemon_keys("b", false, &keys);
+    b.wait_for_line(|l| l.contains("shared store connected"));
+    assert_eq!(
+        client(&ns, &b).query("tls_policy", "mutual.test"),
+        answer("mutual.test")
+    );
+    let value = wait_for_key(&redis, "tls-policyd:mta-sts:mutual.test");
+    assert!(value.contains("mx.mutual.test"), "{value}");
+    assert_eq!(
+        client(&ns, &a).query("tls_policy", "mutual.test"),
+        answer("mutual.test")
     );
 }

@@ -23,12 +23,15 @@ pub enum Listen {
     /// This unix socket only, no TCP.
     Unix(PathBuf),
     /// TLS on 127.0.0.1:port only (`--port 0`), with this certificate
-    /// chain and key (PEM files) and the CA file clients check it with.
+    /// chain and key (PEM files) and the CA file clients check it with;
+    /// with `client` (a certificate and key `redis-cli` uses), clients
+    /// need a certificate from that CA.
     Tls {
         port: u16,
         cert: PathBuf,
         key: PathBuf,
         ca: PathBuf,
+        client: Option<(PathBuf, PathBuf)>,
     },
 }
 
@@ -59,6 +62,7 @@ impl Redis {
                 cert,
                 key,
                 ca,
+                client,
             } => cmd
                 .args(["--bind", "127.0.0.1", "--port", "0", "--tls-port"])
                 .arg(port.to_string())
@@ -68,7 +72,12 @@ impl Redis {
                 .arg(key)
                 .arg("--tls-ca-cert-file")
                 .arg(ca)
-                .args(["--tls-auth-clients", "no"]),
+                .args([
+                    "--tls-auth-clients",
+                    if client.is_some() { "yes" } else { "no" },
+                ])
+                .arg("--tls-replication")
+                .arg("no"),
         };
         let child = cmd
             .args(["--requirepass", password, "--masterauth", password])
@@ -166,11 +175,19 @@ impl Redis {
         match &self.listen {
             Listen::Unix(p) => cmd.arg("-s").arg(p),
             Listen::Tcp(port) => cmd.args(["-h", "127.0.0.1", "-p"]).arg(port.to_string()),
-            Listen::Tls { port, ca, .. } => cmd
-                .args(["-h", "127.0.0.1", "-p"])
-                .arg(port.to_string())
-                .args(["--tls", "--cacert"])
-                .arg(ca),
+            Listen::Tls {
+                port, ca, client, ..
+            } => {
+                cmd.args(["-h", "127.0.0.1", "-p"])
+                    .arg(port.to_string())
+                    .args(["--tls", "--cacert"])
+                    .arg(ca);
+                if let Some((cert, key)) = client {
+                    cmd.arg("--cert").arg(cert).arg("--key").arg(key)
+                } else {
+                    &mut cmd
+                }
+            }
         };
         let out = super::run_with_timeout(
             cmd.args(["-a", &self.password, "--no-auth-warning"])
