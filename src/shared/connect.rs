@@ -250,8 +250,15 @@ pub fn error_kind(e: &RedisError) -> &'static str {
 }
 
 /// Remember the master connected to; a change is logged and counted.
-pub fn note_master(slot: &Mutex<Option<String>>, master: Option<String>, metrics: &Metrics) {
+/// Returns whether this is a first connection or a new master (`false`:
+/// the same master again).
+pub fn note_master(
+    slot: &Mutex<Option<String>>,
+    master: Option<String>,
+    metrics: &Metrics,
+) -> bool {
     let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
+    let new_target = held.is_none() || *held != master;
     if let (Some(old), Some(new)) = (held.as_deref(), master.as_deref())
         && old != new
     {
@@ -263,6 +270,7 @@ pub fn note_master(slot: &Mutex<Option<String>>, master: Option<String>, metrics
         );
     }
     *held = master;
+    new_target
 }
 
 #[cfg(test)]
@@ -273,10 +281,14 @@ mod tests {
     fn a_master_change_is_counted_once() {
         let m = Metrics::new();
         let slot = Mutex::new(None);
-        note_master(&slot, Some("127.0.0.1:1".into()), &m);
-        note_master(&slot, Some("127.0.0.1:1".into()), &m);
+        assert!(note_master(&slot, Some("127.0.0.1:1".into()), &m));
+        assert!(!note_master(&slot, Some("127.0.0.1:1".into()), &m));
         assert_eq!(m.shared_master_changes(), 0);
-        note_master(&slot, Some("127.0.0.1:2".into()), &m);
+        assert!(note_master(&slot, Some("127.0.0.1:2".into()), &m));
+        assert_eq!(m.shared_master_changes(), 1);
+        // A fixed address: always a first connection.
+        let fixed = Mutex::new(None);
+        assert!(note_master(&fixed, None, &m));
         assert_eq!(m.shared_master_changes(), 1);
         assert_eq!(slot.lock().unwrap().as_deref(), Some("127.0.0.1:2"));
     }

@@ -235,8 +235,11 @@ impl SharedStore {
                     Ok(Ok((conn, master))) => {
                         inner.conn.store(Some(Arc::new(conn)));
                         let shown = master.clone().unwrap_or_default();
-                        note_master(&inner.master, master, &inner.metrics);
-                        inner.up();
+                        // Back to the same master: the breaker's back-off
+                        // holds, and the next command says whether it is up.
+                        if note_master(&inner.master, master, &inner.metrics) {
+                            inner.up();
+                        }
                         tracing::info!(url = %inner.url, master = %shown, "shared store connected");
                         // With sentinels, they are asked again after a failure.
                         if !inner.target.follows_sentinels() || !inner.failed(&shutdown).await {
