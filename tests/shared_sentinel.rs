@@ -4,7 +4,9 @@
 //! and MTA-STS policy hosts. The daemon finds the master through the
 //! sentinels; the master killed (SIGKILL) while lookups run fails none of
 //! them; once the sentinels have promoted the replica, what the daemon
-//! learns is written to the new master.
+//! learns is written to the new master. A switchover (`SENTINEL
+//! FAILOVER`) that leaves the old master running as a replica moves the
+//! writes too.
 
 mod common;
 
@@ -51,65 +53,96 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// A master, its replica and three sentinels watching them; the
+/// `[shared]` keys of a daemon that finds the master through them.
+struct Lab {
+    f: Fleet,
+    master: Redis,
+    replica: Redis,
+    sentinels: Vec<Redis>,
+    keys: String,
+}
+
+impl Lab {
+    fn start(ns: &Netns) -> Lab {
+        let f = Fleet::new(ns.clone());
+        let dir = f.keep.path();
+        let master = Redis::start(
+            ns,
+            &dir.join("master"),
+            Listen::Tcp(MASTER_PORT),
+            PASSWORD,
+            &[],
+        );
+        let replica = Redis::start(
+            ns,
+            &dir.join("replica"),
+            Listen::Tcp(REPLICA_PORT),
+            PASSWORD,
+            &["--replicaof", "127.0.0.1", &MASTER_PORT.to_string()],
+        );
+        wait_until("the replica follows the master", || {
+            field(&replica.cli(&["INFO", "replication"]), "master_link_status").as_deref()
+                == Some("up")
+        });
+        let sentinels: Vec<Redis> = SENTINEL_PORTS
+            .iter()
+            .map(|p| {
+                Redis::sentinel(
+                    ns,
+                    &dir.join(format!("sentinel-{p}")),
+                    *p,
+                    SENTINEL_PASSWORD,
+                    MASTER_NAME,
+                    MASTER_PORT,
+                    PASSWORD,
+                )
+            })
+            .collect();
+        for s in &sentinels {
+            wait_until("each sentinel knows the others and the replica", || {
+                let m = s.cli(&["SENTINEL", "MASTER", MASTER_NAME]);
+                field(&m, "num-other-sentinels").as_deref() == Some("2")
+                    && field(&m, "num-slaves").as_deref() == Some("1")
+            });
+        }
+
+        let sentinel_password = dir.join("sentinel-password");
+        std::fs::write(&sentinel_password, format!("{SENTINEL_PASSWORD}\n")).unwrap();
+        let list: Vec<String> = SENTINEL_PORTS
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect();
+        let keys = format!(
+            "sentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\npassword_file = \"{}\"\n\
+             sentinel_password_file = \"{}\"",
+            list.join(", "),
+            f.password.display(),
+            sentinel_password.display()
+        );
+        Lab {
+            f,
+            master,
+            replica,
+            sentinels,
+            keys,
+        }
+    }
+}
+
 #[test]
 fn a_failover_under_load_fails_no_lookup_and_writes_go_to_the_new_master() {
     let Some(ns) = Netns::for_test("shrs", &["redis-server", "redis-cli", "redis-sentinel"]) else {
         return;
     };
-    let f = Fleet::new(ns.clone());
-    let dir = f.keep.path();
-    let mut master = Redis::start(
-        &ns,
-        &dir.join("master"),
-        Listen::Tcp(MASTER_PORT),
-        PASSWORD,
-        &[],
-    );
-    let replica = Redis::start(
-        &ns,
-        &dir.join("replica"),
-        Listen::Tcp(REPLICA_PORT),
-        PASSWORD,
-        &["--replicaof", "127.0.0.1", &MASTER_PORT.to_string()],
-    );
-    wait_until("the replica follows the master", || {
-        field(&replica.cli(&["INFO", "replication"]), "master_link_status").as_deref() == Some("up")
-    });
-    let sentinels: Vec<Redis> = SENTINEL_PORTS
-        .iter()
-        .map(|p| {
-            Redis::sentinel(
-                &ns,
-                &dir.join(format!("sentinel-{p}")),
-                *p,
-                SENTINEL_PASSWORD,
-                MASTER_NAME,
-                MASTER_PORT,
-                PASSWORD,
-            )
-        })
-        .collect();
-    for s in &sentinels {
-        wait_until("each sentinel knows the others and the replica", || {
-            let m = s.cli(&["SENTINEL", "MASTER", MASTER_NAME]);
-            field(&m, "num-other-sentinels").as_deref() == Some("2")
-                && field(&m, "num-slaves").as_deref() == Some("1")
-        });
-    }
-
-    let sentinel_password = dir.join("sentinel-password");
-    std::fs::write(&sentinel_password, format!("{SENTINEL_PASSWORD}\n")).unwrap();
-    let list: Vec<String> = SENTINEL_PORTS
-        .iter()
-        .map(|p| format!("\"127.0.0.1:{p}\""))
-        .collect();
-    let keys = format!(
-        "sentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\npassword_file = \"{}\"\n\
-         sentinel_password_file = \"{}\"",
-        list.join(", "),
-        f.password.display(),
-        sentinel_password.display()
-    );
+    let lab = Lab::start(&ns);
+    let Lab {
+        f,
+        mut master,
+        replica,
+        sentinels,
+        keys,
+    } = lab;
     let domains: Vec<String> = (0..MAX_LOOKUPS)
         .map(|i| format!("d{i}.failover.test"))
         .collect();
@@ -221,4 +254,63 @@ fn a_failover_under_load_fails_no_lookup_and_writes_go_to_the_new_master() {
     assert!(!a.stderr_text().contains(SENTINEL_PASSWORD));
     assert!(a.find_line(|l| l.contains("panicked")).is_none());
     drop(sentinels);
+}
+
+#[test]
+fn after_a_switchover_writes_leave_the_demoted_master_for_the_new_one() {
+    let Some(ns) = Netns::for_test("shrw", &["redis-server", "redis-cli", "redis-sentinel"]) else {
+        return;
+    };
+    let lab = Lab::start(&ns);
+    let f = &lab.f;
+    publish(&f.dns, &f.https, "first.test");
+    let a = f.daemon_keys("a", false, &lab.keys);
+    let line = a.wait_for_line(|l| l.contains("shared store connected"));
+    assert!(line.contains(&format!("127.0.0.1:{MASTER_PORT}")), "{line}");
+    assert_eq!(
+        client(&ns, &a).query("tls_policy", "first.test"),
+        answer("first.test")
+    );
+    lab.master
+        .wait_for_key("tls-policyd:mta-sts:first.test", WAIT);
+
+    // The master stays up, demoted to a replica of the old replica.
+    assert_eq!(
+        lab.sentinels[0]
+            .cli(&["SENTINEL", "FAILOVER", MASTER_NAME])
+            .trim(),
+        "OK"
+    );
+    wait_until("the switchover", || {
+        lab.replica.cli(&["ROLE"]).lines().next() == Some("master")
+            && lab.master.cli(&["ROLE"]).lines().next() == Some("slave")
+    });
+    let deadline = Instant::now() + WAIT;
+    for i in 0.. {
+        let d = format!("after{i}.switch.test");
+        publish(&f.dns, &f.https, &d);
+        assert_eq!(client(&ns, &a).query("tls_policy", &d), answer(&d));
+        thread::sleep(Duration::from_millis(300));
+        let key = format!("tls-policyd:mta-sts:{d}");
+        if !lab.replica.cli(&["GET", &key]).trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing written to the new master: {}",
+            a.stderr_text()
+        );
+    }
+    a.wait_for_line(|l| l.contains("shared store master changed"));
+    let (_, report) = status(&ns, &a);
+    assert_eq!(
+        report["shared"]["master"],
+        format!("127.0.0.1:{REPLICA_PORT}"),
+        "{report}"
+    );
+    assert_eq!(
+        metric(&ns, &a, "tls_policyd_shared_master_changes_total").as_deref(),
+        Some("1")
+    );
+    assert!(a.find_line(|l| l.contains("panicked")).is_none());
 }

@@ -301,6 +301,16 @@ mod tests {
         assert_eq!(error_kind(&e), "sentinel");
         let e = RedisError::from((redis::ErrorKind::Io, "x"));
         assert_eq!(error_kind(&e), "unavailable");
+        let server = |reply: &[u8]| {
+            redis::parse_redis_value(reply)
+                .unwrap()
+                .extract_error()
+                .unwrap_err()
+        };
+        let e = server(b"-READONLY You can't write against a read only replica.\r\n");
+        assert_eq!(error_kind(&e), "readonly");
+        let e = server(b"-WRONGPASS invalid username-password pair\r\n");
+        assert_eq!(error_kind(&e), "auth");
     }
 
     #[test]
