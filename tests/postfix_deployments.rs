@@ -35,7 +35,12 @@ use common::examples::{
 use common::netns::Netns;
 use common::{Daemon, Options, WAIT, policy_request, run_with_timeout};
 
-const DEPLOYMENTS: [&str; 3] = ["socketmap-only", "socketmap-and-policy", "all-front-doors"];
+const DEPLOYMENTS: [&str; 4] = [
+    "socketmap-only",
+    "socketmap-and-policy",
+    "all-front-doors",
+    "fleet",
+];
 
 /// The master.cf entries the files ship commented out.
 const SUBMISSION: [&str; 2] = ["submission", "submissions"];
@@ -226,10 +231,22 @@ fn load(ns: &Netns, name: &str) -> Instance {
 /// test: the spool socket into the instance's queue directory, the policy
 /// file and the decision log into the daemon's directory.
 fn daemon_config(inst: &Instance) -> String {
+    // The fleet's store password (the store itself is not reachable here:
+    // the daemon answers on its own).
+    let password = inst.dir.path().join("redis-password");
+    std::fs::write(&password, "not-the-real-one\n").unwrap();
     read(&deployment(&inst.name).join("tls-policyd.toml"))
         .replace("/var/spool/postfix", &inst.queue().display().to_string())
         .replace("/etc/tls-policyd/policy.toml", "policy.toml")
         .replace("/var/log/tls-policyd/decisions.jsonl", "decisions.jsonl")
+        .replace(
+            "/etc/tls-policyd/redis-password",
+            &password.display().to_string(),
+        )
+        .replace(
+            "/var/lib/tls-policyd",
+            &inst.dir.path().display().to_string(),
+        )
 }
 
 fn start_daemon(inst: &Instance) -> Daemon {
@@ -436,6 +453,11 @@ fn deployment_socketmap_and_policy() {
 #[test]
 fn deployment_all_front_doors() {
     check_deployment("all-front-doors");
+}
+
+#[test]
+fn deployment_fleet() {
+    check_deployment("fleet");
 }
 
 #[test]

@@ -181,10 +181,49 @@ fn the_store_killed_while_lookups_run_fails_none_and_a_restarted_one_is_filled_a
     let line = a.wait_for_line(|l| l.contains("shared store unavailable"));
     assert!(line.contains("own memory"), "{line}");
 
-    // A new, empty store on the same port: what is learned from then on
-    // reaches it once the back-off has passed.
+    // A new, empty store on the same port: once its back-off has passed
+    // the daemon sees it back with no lookup asking, and gives it every
+    // policy it holds, those learned while the store was down included.
+    let mark = a.mark();
     let redis = f.redis();
     assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0");
+    let line = a
+        .try_wait_for_line_since(mark, Duration::from_secs(90), |l| {
+            l.contains("shared store given what this host holds")
+        })
+        .expect("the store was never given what the daemon holds");
+    let field = |name: &str| -> usize {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    // Every policy held: written, or already there (a queued write that
+    // went out first).
+    assert_eq!(field("written") + field("already_there"), 85, "{line}");
+    assert_eq!(field("not_written"), 0, "{line}");
+    for d in domains
+        .iter()
+        .take(3)
+        .chain([&"late4.kill.test".to_string()])
+    {
+        assert!(
+            !redis
+                .cli(&["GET", &format!("tls-policyd:mta-sts:{d}")])
+                .trim()
+                .is_empty(),
+            "{d} not given to the new store"
+        );
+    }
+    assert_eq!(
+        metric(
+            &ns,
+            &a,
+            "tls_policyd_shared_requests_total{op=\"replay\",result=\"ok\"}"
+        ),
+        Some(field("written").to_string())
+    );
+    // What is learned from then on reaches it too.
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut i = 0;
     loop {

@@ -210,9 +210,13 @@ impl Context {
         };
         if let (Some(sh), Some(sts)) = (&shared, &mta_sts) {
             sts.set_shared(Arc::new(sh.clone()));
+            let sts = sts.clone();
+            sh.replay_with(Box::new(move || sts.held_entries()));
         }
         if let (Some(sh), Some(d)) = (&shared, &dane) {
             d.set_shared(Arc::new(sh.clone()));
+            let d = d.clone();
+            sh.replay_with(Box::new(move || d.held_entries()));
         }
         // Precedence: DANE before MTA-STS (RFC 8461 section 2).
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();

@@ -13,15 +13,27 @@ pub enum SharedOp {
     Get,
     /// A write of what this host learned.
     Set,
+    /// A write of what this host holds, when the store lacks it (after
+    /// the store was down or restarted).
+    Replay,
+    /// A look at a store that is down, to see it back.
+    Ping,
 }
 
 impl SharedOp {
-    pub const ALL: [SharedOp; 2] = [SharedOp::Get, SharedOp::Set];
+    pub const ALL: [SharedOp; 4] = [
+        SharedOp::Get,
+        SharedOp::Set,
+        SharedOp::Replay,
+        SharedOp::Ping,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             SharedOp::Get => "get",
             SharedOp::Set => "set",
+            SharedOp::Replay => "replay",
+            SharedOp::Ping => "ping",
         }
     }
 }
@@ -45,10 +57,12 @@ pub enum SharedResult {
     Error,
     /// A write dropped: its queue was full.
     Dropped,
+    /// Not written: the store already held the key.
+    Present,
 }
 
 impl SharedResult {
-    pub const ALL: [SharedResult; 8] = [
+    pub const ALL: [SharedResult; 9] = [
         SharedResult::Hit,
         SharedResult::Miss,
         SharedResult::Ok,
@@ -57,6 +71,7 @@ impl SharedResult {
         SharedResult::Timeout,
         SharedResult::Error,
         SharedResult::Dropped,
+        SharedResult::Present,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +84,7 @@ impl SharedResult {
             SharedResult::Timeout => "timeout",
             SharedResult::Error => "error",
             SharedResult::Dropped => "dropped",
+            SharedResult::Present => "present",
         }
     }
 }

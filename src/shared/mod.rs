@@ -8,14 +8,17 @@
 //! circuit breaker in front of every read, writes queued to a task of
 //! their own. Sources reach it through `cache::persist::SharedEntries`,
 //! handed to them by the daemon: a local cache miss asks it before a
-//! discovery, and what a discovery learns is published.
+//! discovery, and what a discovery learns is published. `replay` fills
+//! the store with what the sources hold each time it becomes reachable.
 
 pub mod config;
 pub mod connect;
+pub mod replay;
 pub mod sentinel;
 pub mod store;
 pub mod value;
 
 pub use config::SharedConfig;
 pub use connect::SharedError;
-pub use store::{SharedStatus, SharedStore};
+pub use replay::Replayed;
+pub use store::{Held, SharedStatus, SharedStore};

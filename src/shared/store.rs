@@ -45,6 +45,28 @@ pub struct SharedStatus {
     pub master: Option<String>,
 }
 
+/// What a source holds now, as entries for the store.
+pub type Held = Box<dyn Fn() -> Vec<Entry> + Send + Sync>;
+
+/// The sources' entries and the signal to write them.
+#[derive(Default)]
+pub(super) struct Replays {
+    pub(super) sources: Mutex<Vec<Held>>,
+    pub(super) wanted: Notify,
+}
+
+impl Replays {
+    /// Write what the sources hold once the current writes are done.
+    pub(super) fn want(&self) {
+        self.wanted.notify_one();
+    }
+
+    pub(super) fn entries(&self) -> Vec<Entry> {
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.iter().flat_map(|f| f()).collect()
+    }
+}
+
 /// One queued write.
 struct Write {
     key: String,
@@ -76,6 +98,7 @@ struct Inner {
     bad_log: RateLimit,
     down_log: RateLimit,
     full_log: RateLimit,
+    replays: Replays,
 }
 
 /// The circuit breaker: down until a moment, with the failures in a row.
@@ -166,6 +189,7 @@ impl SharedStore {
                 bad_log: RateLimit::per_minute(5),
                 down_log: RateLimit::per_minute(2),
                 full_log: RateLimit::per_minute(1),
+                replays: Replays::default(),
             }),
         })
     }
@@ -208,12 +232,43 @@ impl SharedStore {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         let connect = self.clone().connect_loop(shutdown.clone());
+        let replay = self.clone().replay_loop(shutdown.clone());
+        let probe = self.clone().probe_loop(shutdown.clone());
         match rx {
             Some(rx) => {
-                tokio::join!(connect, self.write_loop(rx, shutdown));
+                tokio::join!(connect, replay, probe, self.write_loop(rx, shutdown));
             }
-            None => connect.await,
+            None => {
+                tokio::join!(connect, replay, probe);
+            }
         }
+    }
+
+    /// Down, connected, and its back-off has passed: time to ask again.
+    pub(super) fn is_down_and_due(&self) -> bool {
+        let b = &self.inner.breaker;
+        b.is_down() && !b.is_open() && self.inner.conn.load().is_some()
+    }
+
+    pub(super) fn replays(&self) -> &Replays {
+        &self.inner.replays
+    }
+
+    /// One command within `command_timeout`: its answer, or `None` when
+    /// the store was not asked, failed or did not answer in time (counted).
+    pub(super) async fn run_command<T: redis::FromRedisValue>(
+        &self,
+        op: SharedOp,
+        cmd: redis::Cmd,
+    ) -> Option<T> {
+        match self.inner.command::<T>(op, cmd).await? {
+            Outcome::Answer(v) => Some(v),
+            Outcome::Timeout | Outcome::Failed => None,
+        }
+    }
+
+    pub(super) fn count(&self, op: SharedOp, r: SharedResult) {
+        self.inner.counted(op, r);
     }
 
     async fn connect_loop(self, shutdown: CancellationToken) {
@@ -377,8 +432,12 @@ impl Inner {
     }
 
     fn up(&self) {
+        let first = !self.breaker.ever_up.load(Ordering::Relaxed);
         if self.breaker.succeed() {
             tracing::info!(url = %self.url, "shared store answers again");
+            self.replays.want();
+        } else if first {
+            self.replays.want();
         }
         self.metrics.shared_up(true);
     }

@@ -85,17 +85,29 @@ pub fn sendmail(
         .map_err(|e| retry(format!("cannot run {}: {e}", sendmail.display())))?;
     let mut stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {
+        // Read to the end (a sendmail must never block on a full pipe),
+        // keeping the beginning.
         let mut out = Vec::new();
         if let Some(s) = stderr.as_mut() {
-            let _ = s.take(MAX_ANSWER as u64 * 4).read_to_end(&mut out);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let room = (MAX_ANSWER * 4).saturating_sub(out.len());
+                out.extend_from_slice(&buf[..n.min(room)]);
+            }
         }
         out
     });
-    let written = child
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(message))
-        .unwrap_or(Ok(()));
+    // Written from a thread of its own: a sendmail that does not read its
+    // input must not hold this one past the timeout.
+    let stdin = child.stdin.take();
+    let message = message.to_vec();
+    let writer = std::thread::spawn(move || match stdin {
+        Some(mut s) => s.write_all(&message),
+        None => Ok(()),
+    });
     let until = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -113,6 +125,9 @@ pub fn sendmail(
             Err(e) => return Err(retry(format!("waiting for {}: {e}", sendmail.display()))),
         }
     };
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the writing thread failed")));
     let err = short(&reader.join().unwrap_or_default());
     if !status.success() {
         let code = status
@@ -315,6 +330,19 @@ mod tests {
             "r@example.net",
             "t@r.example",
             b"x\n",
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert!(e.retry && e.detail.contains("did not finish"), "{e}");
+        // One that never reads a message larger than a pipe holds: the
+        // timeout still ends it.
+        let s = script(dir.path(), "exec sleep 5");
+        let big = vec![b'x'; 1 << 20];
+        let e = sendmail(
+            &s,
+            "r@example.net",
+            "t@r.example",
+            &big,
             Duration::from_millis(200),
         )
         .unwrap_err();

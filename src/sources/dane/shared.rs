@@ -105,6 +105,26 @@ impl Inner {
     }
 }
 
+impl super::DaneSource {
+    /// Every fresh DANE policy held in memory, as entries for the shared
+    /// store (written there when it lacks them:
+    /// `SharedStore::replay_with`).
+    pub fn held_entries(&self) -> Vec<Entry> {
+        let now = SystemTime::now();
+        let mut held = Vec::new();
+        self.inner.cache.for_each(|domain, record, _| {
+            if matches!(record.assessment.outcome, Outcome::Policy { .. }) && record.fresh(now) {
+                held.push((domain.clone(), record.clone()));
+            }
+        });
+        held.into_iter()
+            .filter_map(|(domain, r)| {
+                Entry::new(Kind::Dane, &domain, r.checked_at, r.expires(), r.as_ref()).ok()
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -96,6 +96,34 @@ impl Inner {
     }
 }
 
+impl super::MtaSts {
+    /// Every valid policy held in memory, as entries for the shared store
+    /// (written there when it lacks them: `SharedStore::replay_with`).
+    pub fn held_entries(&self) -> Vec<Entry> {
+        let now = now_secs();
+        let mut held = Vec::new();
+        self.inner.cache.for_each(|domain, slot, _| {
+            if let Slot::Policy(c) = slot
+                && c.expires_at > now
+            {
+                held.push((domain.clone(), c.clone()));
+            }
+        });
+        held.into_iter()
+            .filter_map(|(domain, c)| {
+                Entry::new(
+                    Kind::MtaSts,
+                    &domain,
+                    super::to_time(c.fetched_at),
+                    super::to_time(c.expires_at),
+                    &c.persisted(),
+                )
+                .ok()
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
