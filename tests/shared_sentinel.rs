@@ -4,7 +4,8 @@
 //! and MTA-STS policy hosts. The daemon finds the master through the
 //! sentinels; the master killed (SIGKILL) while lookups run fails none of
 //! them; once the sentinels have promoted the replica, what the daemon
-//! learns is written to the new master. A switchover (`SENTINEL
+//! learns is written to the new master, and what it learned meanwhile
+//! is written there once it answers. A switchover (`SENTINEL
 //! FAILOVER`) that leaves the old master running as a replica moves the
 //! writes too.
 
@@ -240,6 +241,12 @@ fn a_failover_under_load_fails_no_lookup_and_writes_go_to_the_new_master() {
             && line.contains(&format!("127.0.0.1:{REPLICA_PORT}")),
         "{line}"
     );
+    // What was learned while no master answered reaches the new one too:
+    // every policy this host holds is written where the store lacks it.
+    wait_until("the new master holds every policy learned", || {
+        let keys: usize = replica.cli(&["DBSIZE"]).trim().parse().unwrap_or(0);
+        keys > answered
+    });
     let (code, report) = status(&ns, &a);
     assert_eq!(code, Some(0), "{report}");
     assert_eq!(
