@@ -7,7 +7,7 @@
 //! learns is written to the new master, and what it learned meanwhile
 //! is written there once it answers. A switchover (`SENTINEL
 //! FAILOVER`) that leaves the old master running as a replica moves the
-//! writes too.
+//! writes too. All of it over TLS (`rediss://`, `ca_file`) as well.
 
 mod common;
 
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::fleet::{Fleet, PASSWORD, WAIT, answer, client, metric, publish, status};
 use common::netns::Netns;
-use common::redis::{Listen, Redis};
+use common::redis::{Listen, Redis, write_pem_pair};
 
 const MASTER_PORT: u16 = 6401;
 const REPLICA_PORT: u16 = 6402;
@@ -65,22 +65,54 @@ struct Lab {
 }
 
 impl Lab {
-    fn start(ns: &Netns) -> Lab {
+    /// With `tls`, every server and sentinel listens on TLS only, with a
+    /// certificate for 127.0.0.1 from the fleet's CA, and they reach each
+    /// other over TLS; the daemon uses `rediss://` and `ca_file`.
+    fn start(ns: &Netns, tls: bool) -> Lab {
         let f = Fleet::new(ns.clone());
         let dir = f.keep.path();
+        let listen = |port: u16| {
+            if !tls {
+                return Listen::Tcp(port);
+            }
+            let (chain, key) = f.ca.issue(&["127.0.0.1"]);
+            let (cert_file, key_file) = (
+                dir.join(format!("{port}.pem")),
+                dir.join(format!("{port}.key")),
+            );
+            write_pem_pair(&chain, &key, &cert_file, &key_file);
+            Listen::Tls {
+                port,
+                cert: cert_file,
+                key: key_file,
+                ca: f.ca_pem.clone(),
+                client: None,
+            }
+        };
+        let tls_replication: &[&str] = if tls {
+            &["--tls-replication", "yes"]
+        } else {
+            &[]
+        };
         let master = Redis::start(
             ns,
             &dir.join("master"),
-            Listen::Tcp(MASTER_PORT),
+            listen(MASTER_PORT),
             PASSWORD,
-            &[],
+            tls_replication,
         );
+        let master_port = MASTER_PORT.to_string();
+        let replica_of = [
+            tls_replication,
+            &["--replicaof", "127.0.0.1", master_port.as_str()],
+        ]
+        .concat();
         let replica = Redis::start(
             ns,
             &dir.join("replica"),
-            Listen::Tcp(REPLICA_PORT),
+            listen(REPLICA_PORT),
             PASSWORD,
-            &["--replicaof", "127.0.0.1", &MASTER_PORT.to_string()],
+            &replica_of,
         );
         wait_until("the replica follows the master", || {
             field(&replica.cli(&["INFO", "replication"]), "master_link_status").as_deref()
@@ -92,11 +124,9 @@ impl Lab {
                 Redis::sentinel(
                     ns,
                     &dir.join(format!("sentinel-{p}")),
-                    *p,
+                    listen(*p),
                     SENTINEL_PASSWORD,
-                    MASTER_NAME,
-                    MASTER_PORT,
-                    PASSWORD,
+                    (MASTER_NAME, MASTER_PORT, PASSWORD),
                 )
             })
             .collect();
@@ -114,13 +144,19 @@ impl Lab {
             .iter()
             .map(|p| format!("\"127.0.0.1:{p}\""))
             .collect();
-        let keys = format!(
+        let mut keys = format!(
             "sentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\npassword_file = \"{}\"\n\
              sentinel_password_file = \"{}\"",
             list.join(", "),
             f.password.display(),
             sentinel_password.display()
         );
+        if tls {
+            keys += &format!(
+                "\nurl = \"rediss://{MASTER_NAME}/0\"\nca_file = \"{}\"",
+                f.ca_pem.display()
+            );
+        }
         Lab {
             f,
             master,
@@ -136,7 +172,7 @@ fn a_failover_under_load_fails_no_lookup_and_writes_go_to_the_new_master() {
     let Some(ns) = Netns::for_test("shrs", &["redis-server", "redis-cli", "redis-sentinel"]) else {
         return;
     };
-    let lab = Lab::start(&ns);
+    let lab = Lab::start(&ns, false);
     let Lab {
         f,
         mut master,
@@ -268,7 +304,7 @@ fn after_a_switchover_writes_leave_the_demoted_master_for_the_new_one() {
     let Some(ns) = Netns::for_test("shrw", &["redis-server", "redis-cli", "redis-sentinel"]) else {
         return;
     };
-    let lab = Lab::start(&ns);
+    let lab = Lab::start(&ns, false);
     let f = &lab.f;
     publish(&f.dns, &f.https, "first.test");
     let a = f.daemon_keys("a", false, &lab.keys);
@@ -319,5 +355,47 @@ fn after_a_switchover_writes_leave_the_demoted_master_for_the_new_one() {
         metric(&ns, &a, "tls_policyd_shared_master_changes_total").as_deref(),
         Some("1")
     );
+    assert!(a.find_line(|l| l.contains("panicked")).is_none());
+}
+
+#[test]
+fn over_tls_the_sentinels_and_the_masters_are_reached_with_ca_file() {
+    let Some(ns) = Netns::for_test("shrz", &["redis-server", "redis-cli", "redis-sentinel"]) else {
+        return;
+    };
+    let mut lab = Lab::start(&ns, true);
+    let f = &lab.f;
+    publish(&f.dns, &f.https, "first.tls.test");
+    let a = f.daemon_keys("a", false, &lab.keys);
+    let line = a.wait_for_line(|l| l.contains("shared store connected"));
+    assert!(line.contains(&format!("127.0.0.1:{MASTER_PORT}")), "{line}");
+    assert!(line.contains("rediss://"), "{line}");
+    assert_eq!(
+        client(&ns, &a).query("tls_policy", "first.tls.test"),
+        answer("first.tls.test")
+    );
+    lab.master
+        .wait_for_key("tls-policyd:mta-sts:first.tls.test", WAIT);
+    lab.master.kill();
+    wait_until("the sentinels promote the replica", || {
+        lab.replica.cli(&["ROLE"]).lines().next() == Some("master")
+    });
+    let deadline = Instant::now() + WAIT;
+    for i in 0.. {
+        let d = format!("after{i}.tls.test");
+        publish(&f.dns, &f.https, &d);
+        assert_eq!(client(&ns, &a).query("tls_policy", &d), answer(&d));
+        thread::sleep(Duration::from_millis(300));
+        let key = format!("tls-policyd:mta-sts:{d}");
+        if !lab.replica.cli(&["GET", &key]).trim().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing written to the new master: {}",
+            a.stderr_text()
+        );
+    }
+    a.wait_for_line(|l| l.contains("shared store master changed"));
     assert!(a.find_line(|l| l.contains("panicked")).is_none());
 }

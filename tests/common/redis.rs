@@ -95,24 +95,41 @@ impl Redis {
         Redis::started(ns, child, listen, password, dir)
     }
 
-    /// A `redis-sentinel` on 127.0.0.1:`port` with `requirepass password`,
-    /// monitoring `master_name` at 127.0.0.1:`master_port` (quorum 2,
-    /// down after 1 s), which it authenticates to with `master_password`.
+    /// A `redis-sentinel` listening as `listen` (TCP or TLS; with TLS it
+    /// reaches the servers and the other sentinels over TLS too) with
+    /// `requirepass password`, monitoring `master_name` at
+    /// 127.0.0.1:`master_port` (quorum 2, down after 1 s), which it
+    /// authenticates to with `master_password`.
     pub fn sentinel(
         ns: &Netns,
         dir: &Path,
-        port: u16,
+        listen: Listen,
         password: &str,
-        master_name: &str,
-        master_port: u16,
-        master_password: &str,
+        (master_name, master_port, master_password): (&str, u16, &str),
     ) -> Redis {
         std::fs::create_dir_all(dir).unwrap();
         let conf = dir.join("sentinel.conf");
+        let ports = match &listen {
+            Listen::Tcp(p) => format!("port {p}\n"),
+            Listen::Tls {
+                port,
+                cert,
+                key,
+                ca,
+                ..
+            } => format!(
+                "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                cert.display(),
+                key.display(),
+                ca.display()
+            ),
+            Listen::Unix(_) => panic!("a sentinel listens on TCP"),
+        };
         std::fs::write(
             &conf,
             format!(
-                "bind 127.0.0.1\nport {port}\ndir {dir}\nlogfile {log}\nrequirepass {password}\n\
+                "bind 127.0.0.1\n{ports}dir {dir}\nlogfile {log}\nrequirepass {password}\n\
                  sentinel monitor {master_name} 127.0.0.1 {master_port} 2\n\
                  sentinel auth-pass {master_name} {master_password}\n\
                  sentinel down-after-milliseconds {master_name} 1000\n\
@@ -131,7 +148,7 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-sentinel");
-        Redis::started(ns, child, Listen::Tcp(port), password, dir)
+        Redis::started(ns, child, listen, password, dir)
     }
 
     fn started(ns: &Netns, child: Child, listen: Listen, password: &str, dir: &Path) -> Redis {
