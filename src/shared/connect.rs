@@ -10,6 +10,8 @@ use redis::{
     Client, ClientTlsConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
     RedisResult, TlsCertificates,
 };
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::config::{Address, SharedConfig, read_password, read_pem, sentinel_addr};
 use super::sentinel::{SentinelSetup, Sentinels, check_master};
@@ -37,6 +39,10 @@ pub enum SharedError {
 pub struct Target {
     how: How,
     command_timeout: Duration,
+    /// With sentinels: the master connected to.
+    master: Mutex<Option<String>>,
+    /// Woken by a failure: the sentinels are asked again.
+    recheck: Notify,
 }
 
 enum How {
@@ -135,7 +141,43 @@ impl Target {
         Ok(Target {
             how,
             command_timeout: config.command_timeout,
+            master: Mutex::new(None),
+            recheck: Notify::new(),
         })
+    }
+
+    /// With sentinels: the master (`host:port`) connected to.
+    pub fn master(&self) -> Option<String> {
+        self.master
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A connection was made (to `master`, with sentinels): see
+    /// [`note_master`].
+    pub fn note_master(&self, master: Option<String>, metrics: &Metrics) -> bool {
+        note_master(&self.master, master, metrics)
+    }
+
+    /// A command failed: wake [`Target::failed`].
+    pub fn wake(&self) {
+        self.recheck.notify_waiters();
+    }
+
+    /// Wait for a failure (`true`: one came, or `down` says the store is
+    /// down already) or for `shutdown` (`false`).
+    pub async fn failed(&self, down: impl Fn() -> bool, shutdown: &CancellationToken) -> bool {
+        let notified = self.recheck.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if down() {
+            return true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = notified => true,
+        }
     }
 
     /// Whether connections follow the sentinels (asked again after a
@@ -252,11 +294,7 @@ pub fn error_kind(e: &RedisError) -> &'static str {
 /// Remember the master connected to; a change is logged and counted.
 /// Returns whether this is a first connection or a new master (`false`:
 /// the same master again).
-pub fn note_master(
-    slot: &Mutex<Option<String>>,
-    master: Option<String>,
-    metrics: &Metrics,
-) -> bool {
+fn note_master(slot: &Mutex<Option<String>>, master: Option<String>, metrics: &Metrics) -> bool {
     let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
     let new_target = held.is_none() || *held != master;
     if let (Some(old), Some(new)) = (held.as_deref(), master.as_deref())

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::config::SharedConfig;
-use super::connect::{SharedError, Target, error_kind, note_master};
+use super::connect::{SharedError, Target, error_kind};
 use super::value::{self, MAX_VALUE};
 use crate::cache::persist::{Entry, Kind, SharedEntries, SharedFetch};
 use crate::metrics::{Metrics, SharedOp, SharedResult};
@@ -87,10 +87,6 @@ struct Inner {
     connect_timeout: Duration,
     target: Target,
     conn: ArcSwapOption<ConnectionManager>,
-    /// With sentinels: the master connected to.
-    master: Mutex<Option<String>>,
-    /// Woken by a failure: the sentinels are asked again.
-    recheck: Notify,
     breaker: Breaker,
     queue: mpsc::Sender<Write>,
     queue_rx: Mutex<Option<mpsc::Receiver<Write>>>,
@@ -174,8 +170,6 @@ impl SharedStore {
                 connect_timeout: config.connect_timeout,
                 target,
                 conn: ArcSwapOption::empty(),
-                master: Mutex::new(None),
-                recheck: Notify::new(),
                 breaker: Breaker {
                     origin: Instant::now(),
                     down_until: AtomicU64::new(0),
@@ -213,12 +207,7 @@ impl SharedStore {
             url: self.inner.url.clone(),
             state,
             problem: b.problem.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            master: self
-                .inner
-                .master
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            master: self.inner.target.master(),
         }
     }
 
@@ -292,12 +281,15 @@ impl SharedStore {
                         let shown = master.clone().unwrap_or_default();
                         // Back to the same master: the breaker's back-off
                         // holds, and the next command says whether it is up.
-                        if note_master(&inner.master, master, &inner.metrics) {
+                        if inner.target.note_master(master, &inner.metrics) {
                             inner.up();
                         }
                         tracing::info!(url = %inner.url, master = %shown, "shared store connected");
                         // With sentinels, they are asked again after a failure.
-                        if !inner.target.follows_sentinels() || !inner.failed(&shutdown).await {
+                        let down = || inner.breaker.is_down();
+                        if !inner.target.follows_sentinels()
+                            || !inner.target.failed(down, &shutdown).await
+                        {
                             return;
                         }
                         Duration::ZERO
@@ -442,20 +434,6 @@ impl Inner {
         self.metrics.shared_up(true);
     }
 
-    /// Wait for a failure (`true`) or shutdown (`false`).
-    async fn failed(&self, shutdown: &CancellationToken) -> bool {
-        let notified = self.recheck.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.breaker.is_down() {
-            return true;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => false,
-            () = notified => true,
-        }
-    }
-
     /// A failure: down for a back-off, logged (rate-limited) and counted.
     fn down(&self, what: &'static str, e: &redis::RedisError) -> Duration {
         let kind = error_kind(e);
@@ -475,7 +453,7 @@ impl Inner {
 
     fn fail(&self, what: &'static str, why: String) -> Duration {
         let (backoff, was_up) = self.breaker.fail(why.clone());
-        self.recheck.notify_waiters();
+        self.target.wake();
         self.metrics.shared_up(false);
         if let Some(more) = self.down_log.admit() {
             tracing::warn!(url = %self.url, during = what, error = %why, retry_in = %humantime::format_duration(backoff),
