@@ -193,7 +193,7 @@ fn main() {
     });
     let redis_dir = keep.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();
-    let _redis = Redis::start(&ns, &redis_dir, None);
+    let _redis = Redis::start_on(&ns, &redis_dir, REDIS_PORT, PASSWORD);
     let lab = Lab {
         ns: ns.clone(),
         dns,

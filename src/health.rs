@@ -73,6 +73,9 @@ pub struct SharedHealth {
     /// Why it is down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// With sentinels: the master (`host:port`) in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
 }
 
 impl SharedHealth {
@@ -428,7 +431,11 @@ impl Health {
             let _ = writeln!(out, "              reports: {}", counts(&t.reports));
         }
         if let Some(s) = &self.shared {
-            let _ = write!(out, "shared store  {}: {}", s.url, s.state);
+            let _ = write!(out, "shared store  {}", s.url);
+            if let Some(m) = &s.master {
+                let _ = write!(out, " (master {m})");
+            }
+            let _ = write!(out, ": {}", s.state);
             match &s.problem {
                 Some(p) => {
                     let _ = writeln!(out, " ({p})");
@@ -690,6 +697,7 @@ mod tests {
             url: "redis://10.0.0.5:6379/2".into(),
             state: "up".into(),
             problem: None,
+            master: None,
         };
         assert_eq!(s.problem(), None);
         let mut h = sample();
@@ -717,6 +725,24 @@ mod tests {
         );
         let json = serde_json::to_string(&h).unwrap();
         assert_eq!(serde_json::from_str::<Health>(&json).unwrap(), h);
+        let mut sentinel = SharedHealth {
+            url: "redis://mymaster/0".into(),
+            state: "up".into(),
+            problem: None,
+            master: Some("10.0.0.6:6379".into()),
+        };
+        h.shared = Some(sentinel.clone());
+        let text = h.render_text();
+        assert!(
+            text.contains("shared store  redis://mymaster/0 (master 10.0.0.6:6379): up\n"),
+            "{text}"
+        );
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(json.contains("\"master\":\"10.0.0.6:6379\""), "{json}");
+        assert_eq!(serde_json::from_str::<Health>(&json).unwrap(), h);
+        sentinel.master = None;
+        h.shared = Some(sentinel);
+        assert!(!serde_json::to_string(&h).unwrap().contains("\"master\""));
         h.shared = None;
         assert!(!serde_json::to_string(&h).unwrap().contains("shared"));
     }

@@ -260,6 +260,50 @@ fn check_config_unknown_key() {
     assert!(err.contains("unknown field"), "{err}");
 }
 
+#[test]
+fn check_config_shows_the_shared_store_and_reads_its_files() {
+    let sentinels = "[shared]\nsentinels = [\"127.0.0.1:26379\", \"127.0.0.2:26379\"]\n\
+                     master_name = \"mymaster\"\npassword_file = \"redis-password\"\n\
+                     sentinel_password_file = \"sentinel-password\"\n";
+    let s = setup(sentinels, Some(GOOD_POLICY));
+    write(&s.dir.path().join("redis-password"), "pw\n");
+    let err = check_config(&s).fails().to_string();
+    assert!(
+        err.contains("key `shared.sentinel_password_file`: cannot read"),
+        "{err}"
+    );
+    write(&s.dir.path().join("sentinel-password"), "spw\n");
+    let out = check_config(&s).ok().to_string();
+    assert!(
+        out.contains(
+            "shared store  redis://mymaster/0 (master \"mymaster\" from the sentinels \
+             127.0.0.1:26379, 127.0.0.2:26379)"
+        ),
+        "{out}"
+    );
+    let s = setup(
+        "[shared]\nurl = \"rediss://127.0.0.1:6380/0\"\nca_file = \"ca.pem\"\n",
+        Some(GOOD_POLICY),
+    );
+    let err = check_config(&s).fails().to_string();
+    assert!(err.contains("key `shared.ca_file`: cannot read"), "{err}");
+    write(&s.dir.path().join("ca.pem"), "not a certificate\n");
+    let err = check_config(&s).fails().to_string();
+    assert!(
+        err.contains("key `shared.ca_file`: ") && err.contains("holds no PEM certificate"),
+        "{err}"
+    );
+    let s = setup(
+        "[shared]\nsentinels = [\"127.0.0.1\"]\nmaster_name = \"m\"\n",
+        Some(GOOD_POLICY),
+    );
+    let err = check_config(&s).fails().to_string();
+    assert!(
+        err.contains("key `shared.sentinels`: \"127.0.0.1\" is not host:port"),
+        "{err}"
+    );
+}
+
 /// A config of `text` (plus the `[policy]` section) in a fresh directory.
 fn setup_raw(text: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();

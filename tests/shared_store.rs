@@ -4,200 +4,22 @@
 //! hosts on 127.0.0.44:443. A policy learned through one daemon is answered
 //! by another without a discovery of its own; garbage in the keys is
 //! ignored and logged; the store killed while lookups run fails none of
-//! them; a wrong password leaves the daemon running on its own.
+//! them; a wrong password leaves the daemon running on its own. A store
+//! over TLS (`rediss://`) is checked against `ca_file`: one with a
+//! certificate from another CA is not used.
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::dns::TestDns;
-use common::fixtures::POLICY_DEFAULT;
-use common::https::{HTTPS_IP, Response, TestHttps};
+use common::fleet::{
+    Fleet, PASSWORD, WAIT, answer, client, metric, publish, status, txt_queries, wait_for_key,
+};
 use common::netns::Netns;
+use common::redis::{Listen, Redis, write_pem_pair};
 use common::smtp::TestCa;
-use common::{Client, Daemon, Options};
 use hickory_proto::rr::RecordType;
-
-use common::redis::{PASSWORD, REDIS_PORT, Redis};
-/// Longest wait for something asynchronous (a write reaching the store).
-const WAIT: Duration = Duration::from_secs(30);
-
-fn config(url: &str, cache: &Path, ca: &Path, password_file: &Path, dane: bool) -> String {
-    let dane = if dane {
-        format!("[dane]\ncache_file = \"{}\"\n", cache.display())
-    } else {
-        String::new()
-    };
-    format!(
-        r#"
-[socketmap]
-listen = "inet:127.0.0.1:0"
-
-[dns]
-nameservers = ["127.0.0.1:53"]
-timeout = "1s"
-attempts = 1
-
-[mta_sts]
-cache_file = "{}"
-extra_ca_file = "{}"
-lookup_timeout = "5s"
-fetch_timeout = "5s"
-connect_timeout = "2s"
-
-{dane}
-[shared]
-url = "{url}"
-password_file = "{}"
-connect_timeout = "1s"
-command_timeout = "300ms"
-
-[metrics]
-listen = "inet:127.0.0.1:0"
-
-[policy]
-file = "policy.toml"
-
-[log]
-decisions = "decisions.jsonl"
-"#,
-        cache.display(),
-        ca.display(),
-        password_file.display()
-    )
-}
-
-fn policy_text(domain: &str) -> String {
-    format!("version: STSv1\nmode: enforce\nmx: mx.{domain}\nmax_age: 604800\n")
-}
-
-fn answer(domain: &str) -> String {
-    format!("OK secure match=mx.{domain} servername=hostname")
-}
-
-fn publish(dns: &TestDns, https: &TestHttps, domain: &str) {
-    dns.txt_ttl(&format!("_mta-sts.{domain}"), 0, "v=STSv1; id=f1;");
-    dns.a(&format!("mta-sts.{domain}"), HTTPS_IP);
-    https.site(
-        &format!("mta-sts.{domain}"),
-        Response::policy(&policy_text(domain)),
-    );
-}
-
-fn txt_queries(dns: &TestDns, domain: &str) -> usize {
-    dns.query_count(&format!("_mta-sts.{domain}"), RecordType::TXT)
-}
-
-fn client(ns: &Netns, d: &Daemon) -> Client {
-    Client::from_tcp(ns.tcp_connect(("127.0.0.1", d.port())).unwrap())
-}
-
-/// The test's servers and files.
-struct Fleet {
-    ns: Netns,
-    dns: TestDns,
-    https: TestHttps,
-    keep: tempfile::TempDir,
-    ca_pem: PathBuf,
-    password: PathBuf,
-}
-
-impl Fleet {
-    fn new(ns: Netns) -> Fleet {
-        let ca = Arc::new(TestCa::new());
-        let keep = tempfile::tempdir().unwrap();
-        let ca_pem = keep.path().join("ca.pem");
-        ca.write_pem(&ca_pem);
-        let password = keep.path().join("redis-password");
-        std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
-        let (dns, https) = ns.run_in(move || {
-            (
-                TestDns::start_at(SocketAddr::from(([127, 0, 0, 1], 53))),
-                TestHttps::start(HTTPS_IP, 443, ca),
-            )
-        });
-        Fleet {
-            ns,
-            dns,
-            https,
-            keep,
-            ca_pem,
-            password,
-        }
-    }
-
-    fn redis(&self) -> Redis {
-        let dir = self.keep.path().join("redis");
-        std::fs::create_dir_all(&dir).unwrap();
-        Redis::start(&self.ns, &dir, None)
-    }
-
-    /// A daemon with a cache file of its own and `password_file`.
-    fn daemon(&self, name: &str, password_file: &Path) -> Daemon {
-        self.daemon_with(name, password_file, false)
-    }
-
-    /// [`Fleet::daemon`], with DANE on when `dane`.
-    fn daemon_with(&self, name: &str, password_file: &Path, dane: bool) -> Daemon {
-        let url = format!("redis://127.0.0.1:{REDIS_PORT}/0");
-        self.daemon_at(name, password_file, dane, &url)
-    }
-
-    /// [`Fleet::daemon_with`] on the store at `url`.
-    fn daemon_at(&self, name: &str, password_file: &Path, dane: bool, url: &str) -> Daemon {
-        let cache = self.keep.path().join(format!("{name}.sqlite"));
-        let conf = config(url, &cache, &self.ca_pem, password_file, dane);
-        let d = Daemon::start_with(&conf, POLICY_DEFAULT, Options::in_netns(&self.ns));
-        d.wait_for_line(|l| l.contains("shared store") && !l.contains("MTA-STS"));
-        d
-    }
-}
-
-/// `tls-policyd status --json` against `d`: exit code and report.
-fn status(ns: &Netns, d: &Daemon) -> (Option<i32>, serde_json::Value) {
-    let addr = d.listening("metrics");
-    let out = common::run_with_timeout(
-        ns.cmd(env!("CARGO_BIN_EXE_tls-policyd"))
-            .args(["status", "--json", "--address"])
-            .arg(&addr),
-    );
-    let report = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
-    (out.status.code(), report)
-}
-
-/// `GET /metrics` of `d`: the sample of `series`.
-fn metric(ns: &Netns, d: &Daemon, series: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let addr = d.listening("metrics");
-    let addr = addr.strip_prefix("inet:").unwrap_or(&addr);
-    let mut s = ns.tcp_connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(str::to_string)
-}
-
-/// Wait until the store holds `key`; its value.
-fn wait_for_key(r: &Redis, key: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = r.cli(&["GET", key]);
-        if !v.trim().is_empty() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{key} never written");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn a_policy_learned_by_one_daemon_is_answered_by_another_and_garbage_is_ignored() {
@@ -536,9 +358,8 @@ fn a_store_on_a_unix_socket_is_shared_too() {
     };
     let f = Fleet::new(ns.clone());
     let dir = f.keep.path().join("redis-unix");
-    std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("redis.sock");
-    let redis = Redis::start(&ns, &dir, Some(socket.clone()));
+    let redis = Redis::start(&ns, &dir, Listen::Unix(socket.clone()), PASSWORD, &[]);
     // Database 3: the keys are written there, not in 0.
     let url = format!("redis+unix://{}?db=3", socket.display());
     publish(&f.dns, &f.https, "unix.test");
@@ -566,4 +387,153 @@ fn a_store_on_a_unix_socket_is_shared_too() {
     );
     assert_eq!(txt_queries(&f.dns, "unix.test"), 1);
     assert_eq!(f.https.requests("mta-sts.unix.test"), 1);
+}
+
+/// A `redis-server` on TLS only (127.0.0.1:`port`), its certificate
+/// issued by `issuer` for 127.0.0.1; with `auth_clients`, clients need a
+/// certificate from `issuer`.
+fn tls_store(f: &Fleet, issuer: &TestCa, port: u16, auth_clients: bool) -> Redis {
+    let dir = f.keep.path().join(format!("redis-tls-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (chain, key) = issuer.issue(&["127.0.0.1"]);
+    let (cert, key_file, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    write_pem_pair(&chain, &key, &cert, &key_file);
+    issuer.write_pem(&ca);
+    let client = auth_clients.then(|| {
+        let (chain, key) = issuer.issue_client(&["redis-cli"]);
+        let pair = (dir.join("cli-cert.pem"), dir.join("cli-key.pem"));
+        write_pem_pair(&chain, &key, &pair.0, &pair.1);
+        pair
+    });
+    let listen = Listen::Tls {
+        port,
+        cert,
+        key: key_file,
+        ca,
+        client,
+    };
+    Redis::start(&f.ns, &dir, listen, PASSWORD, &[])
+}
+
+/// `[shared]` keys for the TLS store on `port`, trusting the fleet's CA.
+fn tls_keys(f: &Fleet, port: u16) -> String {
+    format!(
+        "url = \"rediss://127.0.0.1:{port}/0\"\npassword_file = \"{}\"\nca_file = \"{}\"",
+        f.password.display(),
+        f.ca_pem.display()
+    )
+}
+
+#[test]
+fn a_store_over_tls_with_a_private_ca_is_shared() {
+    let Some(ns) = Netns::for_test("shrt", &["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let f = Fleet::new(ns.clone());
+    let redis = tls_store(&f, &f.ca, 6391, false);
+    publish(&f.dns, &f.https, "tls.test");
+    let a = f.daemon_keys("a", false, &tls_keys(&f, 6391));
+    let b = f.daemon_keys("b", false, &tls_keys(&f, 6391));
+    a.wait_for_line(|l| l.contains("shared store connected"));
+    b.wait_for_line(|l| l.contains("shared store connected"));
+    assert_eq!(
+        client(&ns, &a).query("tls_policy", "tls.test"),
+        answer("tls.test")
+    );
+    let value = wait_for_key(&redis, "tls-policyd:mta-sts:tls.test");
+    assert!(value.contains("mx.tls.test"), "{value}");
+    assert_eq!(
+        client(&ns, &b).query("tls_policy", "tls.test"),
+        answer("tls.test")
+    );
+    assert_eq!(txt_queries(&f.dns, "tls.test"), 1);
+    assert_eq!(f.https.requests("mta-sts.tls.test"), 1);
+    let (code, report) = status(&ns, &b);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        report["shared"]["url"], "rediss://127.0.0.1:6391/0",
+        "{report}"
+    );
+}
+
+#[test]
+fn a_store_certificate_from_another_ca_leaves_the_daemon_on_its_own() {
+    let Some(ns) = Netns::for_test("shrx", &["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let f = Fleet::new(ns.clone());
+    let other = TestCa::new();
+    let redis = tls_store(&f, &other, 6392, false);
+    publish(&f.dns, &f.https, "untrusted.test");
+    let a = f.daemon_keys("a", false, &tls_keys(&f, 6392));
+    let line = a.wait_for_line(|l| l.contains("shared store unavailable"));
+    assert!(line.contains("certificate"), "{line}");
+    assert!(
+        a.find_line(|l| l.contains("shared store connected"))
+            .is_none()
+    );
+    assert_eq!(
+        client(&ns, &a).query("tls_policy", "untrusted.test"),
+        answer("untrusted.test")
+    );
+    assert_eq!(txt_queries(&f.dns, "untrusted.test"), 1);
+    let (code, report) = status(&ns, &a);
+    assert_eq!(code, Some(2), "{report}");
+    assert_eq!(report["shared"]["state"], "down", "{report}");
+    assert_eq!(redis.cli(&["DBSIZE"]).trim(), "0");
+    assert_eq!(
+        metric(
+            &ns,
+            &a,
+            "tls_policyd_errors_total{component=\"shared\",kind=\"unavailable\"}"
+        )
+        .map(|n| n != "0"),
+        Some(true)
+    );
+}
+
+#[test]
+fn a_store_asking_for_client_certificates_gets_one_from_client_cert_file() {
+    let Some(ns) = Netns::for_test("shrc", &["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let f = Fleet::new(ns.clone());
+    let redis = tls_store(&f, &f.ca, 6393, true);
+    publish(&f.dns, &f.https, "mutual.test");
+    // Without a client certificate: refused, the daemon goes on alone.
+    let a = f.daemon_keys("a", false, &tls_keys(&f, 6393));
+    a.wait_for_line(|l| l.contains("shared store unavailable"));
+    assert!(
+        a.find_line(|l| l.contains("shared store connected"))
+            .is_none()
+    );
+    // With one from the CA: connected, the policy written.
+    let (chain, key) = f.ca.issue_client(&["mta1.fleet.test"]);
+    let (cert_file, key_file) = (
+        f.keep.path().join("client.pem"),
+        f.keep.path().join("client.key"),
+    );
+    write_pem_pair(&chain, &key, &cert_file, &key_file);
+    let keys = format!(
+        "{}\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"",
+        tls_keys(&f, 6393),
+        cert_file.display(),
+        key_file.display()
+    );
+    let b = f.daemon_keys("b", false, &keys);
+    b.wait_for_line(|l| l.contains("shared store connected"));
+    assert_eq!(
+        client(&ns, &b).query("tls_policy", "mutual.test"),
+        answer("mutual.test")
+    );
+    let value = wait_for_key(&redis, "tls-policyd:mta-sts:mutual.test");
+    assert!(value.contains("mx.mutual.test"), "{value}");
+    assert_eq!(
+        client(&ns, &a).query("tls_policy", "mutual.test"),
+        answer("mutual.test")
+    );
 }

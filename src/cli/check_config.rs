@@ -150,6 +150,23 @@ pub fn check_config(config_path: &Path) -> Result<String, String> {
             }
         );
     }
+    if let Some(s) = &config.shared {
+        // Reads the password and PEM files as `serve` does.
+        crate::shared::connect::Target::new(s)
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        out += &format!("  shared store  {}", s.shown_url());
+        if s.uses_sentinels() {
+            out += &format!(
+                " (master {:?} from the sentinels {})",
+                s.master_name.as_deref().unwrap_or_default(),
+                s.sentinels.join(", ")
+            );
+        }
+        if let Some(ca) = &s.ca_file {
+            out += &format!(", trusting {} only", ca.display());
+        }
+        out.push('\n');
+    }
     out += &format!(
         "  runtime       {} thread{}\n",
         config.runtime.threads,

@@ -310,6 +310,7 @@ impl crate::health::Observed for Context {
             url: s.url,
             state: s.state.to_string(),
             problem: s.problem,
+            master: s.master,
         })
     }
 }

@@ -168,6 +168,7 @@ impl SharedResult {
 pub(super) struct SharedCounters {
     configured: AtomicBool,
     up: AtomicBool,
+    master_changes: AtomicU64,
     requests: [[AtomicU64; SharedResult::ALL.len()]; SharedOp::ALL.len()],
     claims: [AtomicU64; ClaimResult::ALL.len()],
     waits: [AtomicU64; Waited::ALL.len()],
@@ -188,6 +189,16 @@ impl SharedCounters {
             "shared_store_up",
             &[],
             u64::from(self.up.load(Ordering::Relaxed)),
+        );
+        w.header(
+            "shared_master_changes_total",
+            "counter",
+            "Times the master the sentinels name changed (failovers seen), with sentinels.",
+        );
+        w.sample(
+            "shared_master_changes_total",
+            &[],
+            self.master_changes.load(Ordering::Relaxed),
         );
         w.header(
             "shared_requests_total",
@@ -243,6 +254,16 @@ impl Metrics {
     /// The shared store is up (`true`) or down.
     pub fn shared_up(&self, up: bool) {
         self.shared.up.store(up, Ordering::Relaxed);
+    }
+
+    /// The master the sentinels name changed.
+    pub fn shared_master_changed(&self) {
+        self.shared.master_changes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Master changes seen so far.
+    pub fn shared_master_changes(&self) -> u64 {
+        self.shared.master_changes.load(Ordering::Relaxed)
     }
 
     /// One request to the shared store and what became of it.
@@ -303,6 +324,7 @@ mod tests {
             "tls_policyd_shared_claims_total{result=\"won\"} 1",
             "tls_policyd_shared_waits_total{end=\"notified\"} 1",
             "tls_policyd_shared_notices_total{direction=\"sent\"} 1",
+            "tls_policyd_shared_master_changes_total 0",
         ] {
             assert!(out.lines().any(|l| l == want), "{want}\n{out}");
         }

@@ -284,7 +284,7 @@ impl SharedStore {
         let mut backoff = MIN_BACKOFF;
         loop {
             let attempt = async {
-                let mut ps = inner.client.get_async_pubsub().await?;
+                let mut ps = inner.target.pubsub().await?;
                 ps.subscribe(self.channel()).await?;
                 Ok::<_, redis::RedisError>(ps)
             };

@@ -2,7 +2,9 @@
 //!
 //! `config` is the section; `value` what one key holds (the cache file's
 //! JSON payload per kind and domain, with its times and a version;
-//! bounded, and refused when it does not decode); `store` the client: a
+//! bounded, and refused when it does not decode); `connect` where the
+//! connection goes (the URL, or the master `sentinel` finds) and its TLS
+//! settings; `store` the client: a
 //! circuit breaker in front of every read, writes queued to a task of
 //! their own. Sources reach it through `cache::persist::SharedEntries`,
 //! handed to them by the daemon: a local cache miss asks it before a
@@ -17,13 +19,16 @@
 //! handed to the report sender).
 
 pub mod config;
+pub mod connect;
 mod fleet;
 pub mod replay;
 pub mod reports;
+pub mod sentinel;
 pub mod store;
 pub mod value;
 mod waits;
 
 pub use config::SharedConfig;
+pub use connect::SharedError;
 pub use replay::Replayed;
-pub use store::{Held, SharedError, SharedStatus, SharedStore};
+pub use store::{Held, SharedStatus, SharedStore};

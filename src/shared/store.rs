@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
+use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{Address, SharedConfig, read_password};
+use super::config::SharedConfig;
+use super::connect::{SharedError, Target, error_kind};
 use super::value::{self, MAX_VALUE};
 use crate::cache::persist::{
     ClaimToken, Entry, Kind, Learned, SharedClaim, SharedEntries, SharedFetch, SharedSettle,
@@ -34,15 +35,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Longest time spent at shutdown writing what is still queued.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
-/// Why the store could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum SharedError {
-    #[error("key `shared.url`: {0}")]
-    Url(String),
-    #[error("key `shared.password_file`: {0}")]
-    Password(String),
-}
-
 /// What `/health` shows of the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedStatus {
@@ -51,6 +43,8 @@ pub struct SharedStatus {
     pub state: &'static str,
     /// The last failure while down.
     pub problem: Option<String>,
+    /// With sentinels: the master (`host:port`) connected to.
+    pub master: Option<String>,
 }
 
 /// What a source holds now, as entries for the store.
@@ -93,7 +87,7 @@ pub(super) struct Inner {
     pub(super) prefix: String,
     pub(super) command_timeout: Duration,
     pub(super) connect_timeout: Duration,
-    pub(super) client: redis::Client,
+    pub(super) target: Target,
     conn: ArcSwapOption<ConnectionManager>,
     breaker: Breaker,
     queue: mpsc::Sender<Write>,
@@ -168,18 +162,17 @@ impl SharedStore {
     /// Set the store up from its section: the password file is read now.
     /// Nothing connects until [`SharedStore::run`] runs.
     pub fn new(config: &SharedConfig, metrics: Arc<Metrics>) -> Result<SharedStore, SharedError> {
-        let info = connection_info(config)?;
-        let client = redis::Client::open(info).map_err(|e| SharedError::Url(e.to_string()))?;
+        let target = Target::new(config)?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         metrics.shared_configured();
         metrics.shared_up(false);
         Ok(SharedStore {
             inner: Arc::new(Inner {
-                url: config.url.clone(),
+                url: config.shown_url(),
                 prefix: config.key_prefix.clone(),
                 command_timeout: config.command_timeout,
                 connect_timeout: config.connect_timeout,
-                client,
+                target,
                 conn: ArcSwapOption::empty(),
                 breaker: Breaker {
                     origin: Instant::now(),
@@ -238,6 +231,7 @@ impl SharedStore {
             url: self.inner.url.clone(),
             state,
             problem: b.problem.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            master: self.inner.target.master(),
         }
     }
 
@@ -307,20 +301,32 @@ impl SharedStore {
             .set_max_delay(Duration::from_secs(1));
         loop {
             let attempt = tokio::time::timeout(
-                inner.connect_timeout.saturating_mul(3),
-                ConnectionManager::new_with_config(inner.client.clone(), config.clone()),
+                inner.target.budget(inner.connect_timeout),
+                inner.target.connect(config.clone()),
             );
             let wait = tokio::select! {
                 () = shutdown.cancelled() => return,
                 r = attempt => match r {
-                    Ok(Ok(conn)) => {
+                    Ok(Ok((conn, master))) => {
                         inner.conn.store(Some(Arc::new(conn)));
-                        inner.up();
-                        tracing::info!(url = %inner.url, "shared store connected");
-                        return;
+                        let shown = master.clone().unwrap_or_default();
+                        // Back to the same master: the breaker's back-off
+                        // holds, and the next command says whether it is up.
+                        if inner.target.note_master(master, &inner.metrics) {
+                            inner.up();
+                        }
+                        tracing::info!(url = %inner.url, master = %shown, "shared store connected");
+                        // With sentinels, they are asked again after a failure.
+                        let down = || inner.breaker.is_down();
+                        if !inner.target.follows_sentinels()
+                            || !inner.target.failed(down, &shutdown).await
+                        {
+                            return;
+                        }
+                        Duration::ZERO
                     }
-                    Ok(Err(e)) => inner.down("connect", &e),
-                    Err(_) => inner.down_timeout("connect"),
+                    Ok(Err(e)) => inner.target.next_try(inner.down("connect", &e)),
+                    Err(_) => inner.target.next_try(inner.down_timeout("connect")),
                 },
             };
             tokio::select! {
@@ -461,15 +467,13 @@ impl Inner {
 
     /// A failure: down for a back-off, logged (rate-limited) and counted.
     fn down(&self, what: &'static str, e: &redis::RedisError) -> Duration {
-        let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
-            || e.code().is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH");
-        let why = if auth {
+        let kind = error_kind(e);
+        let why = if kind == "auth" {
             format!("authentication refused ({e}): check shared.username and shared.password_file")
         } else {
             e.to_string()
         };
-        self.metrics
-            .error("shared", if auth { "auth" } else { "unavailable" });
+        self.metrics.error("shared", kind);
         self.fail(what, why)
     }
 
@@ -480,6 +484,7 @@ impl Inner {
 
     fn fail(&self, what: &'static str, why: String) -> Duration {
         let (backoff, was_up) = self.breaker.fail(why.clone());
+        self.target.wake();
         self.metrics.shared_up(false);
         if let Some(more) = self.down_log.admit() {
             tracing::warn!(url = %self.url, during = what, error = %why, retry_in = %humantime::format_duration(backoff),
@@ -558,50 +563,6 @@ impl Inner {
             self.counted(SharedOp::Set, SharedResult::Ok);
         }
     }
-}
-
-/// The client's connection settings: address, database, user, password.
-fn connection_info(config: &SharedConfig) -> Result<ConnectionInfo, SharedError> {
-    let (addr, db) = match config.address().map_err(SharedError::Url)? {
-        Address::Tcp {
-            host,
-            port,
-            db,
-            tls: false,
-        } => (ConnectionAddr::Tcp(host, port), db),
-        Address::Tcp {
-            host,
-            port,
-            db,
-            tls: true,
-        } => {
-            // The client builds its TLS settings with the process's
-            // default provider.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            (
-                ConnectionAddr::TcpTls {
-                    host,
-                    port,
-                    insecure: false,
-                    tls_params: None,
-                },
-                db,
-            )
-        }
-        Address::Unix { path, db } => (ConnectionAddr::Unix(path), db),
-    };
-    let info = addr
-        .into_connection_info()
-        .map_err(|e| SharedError::Url(e.to_string()))?;
-    let mut redis = info.redis_settings().clone().set_db(db);
-    if let Some(p) = &config.password_file {
-        let password = read_password(p).map_err(SharedError::Password)?;
-        redis = redis.set_password(password);
-    }
-    if let Some(u) = &config.username {
-        redis = redis.set_username(u);
-    }
-    Ok(info.set_redis_settings(redis))
 }
 
 impl SharedEntries for SharedStore {

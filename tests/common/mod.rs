@@ -25,6 +25,7 @@ pub mod dns;
 pub mod dnssec;
 pub mod examples;
 pub mod fixtures;
+pub mod fleet;
 pub mod https;
 pub mod journal;
 pub mod knowledge;

@@ -89,6 +89,22 @@ impl TestCa {
     /// A leaf certificate for `names` (DNS subject alternative names) and
     /// its key; the chain is the leaf alone, as the CA is the root.
     pub fn issue(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        self.issue_for(names, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// [`TestCa::issue`] for a TLS client (extended key usage clientAuth).
+    pub fn issue_client(
+        &self,
+        names: &[&str],
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        self.issue_for(names, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue_for(
+        &self,
+        names: &[&str],
+        purpose: ExtendedKeyUsagePurpose,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().expect("leaf key");
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -96,7 +112,7 @@ impl TestCa {
         if let Some(first) = names.first() {
             params.distinguished_name.push(DnType::CommonName, *first);
         }
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![purpose];
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("leaf certificate");

@@ -161,7 +161,15 @@ impl Inner {
         let hold = self.config.lookup_timeout + HOLD_MARGIN;
         for _ in 0..CLAIM_ROUNDS {
             match shared.claim(Kind::Dane, domain, hold).await {
-                Claim::Won(t) => return Err(Some(t)),
+                Claim::Won(t) => {
+                    // Another host may have settled between the read above
+                    // and this claim: read once more before looking up.
+                    if let Some(r) = self.ask_shared(domain).await {
+                        shared.settle(t, None).await;
+                        return Ok(r);
+                    }
+                    return Err(Some(t));
+                }
                 Claim::Unavailable => return Err(None),
                 Claim::Busy(wait) => {
                     let end = wait.await;

@@ -216,7 +216,15 @@ impl Inner {
         let hold = fetch_timeout + self.settings.load().lookup_timeout + HOLD_MARGIN;
         for _ in 0..CLAIM_ROUNDS {
             match shared.claim(Kind::MtaSts, domain, hold).await {
-                Claim::Won(t) => return Err(Some(t)),
+                Claim::Won(t) => {
+                    // Another host may have settled between the read above
+                    // and this claim: read once more before discovering.
+                    if let Some(slot) = self.ask_shared(domain).await {
+                        shared.settle(t, None).await;
+                        return Ok(slot);
+                    }
+                    return Err(Some(t));
+                }
                 Claim::Unavailable => return Err(None),
                 Claim::Busy(wait) => {
                     let end = wait.await;
