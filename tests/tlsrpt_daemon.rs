@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -17,12 +16,9 @@ use common::fixtures::POLICY_DEFAULT;
 use common::https::{HTTPS_IP, TestHttps};
 use common::netns::Netns;
 use common::smtp::TestCa;
+use common::tlsrpt::{fill_sessions, gunzip};
 use common::{Daemon, Options, WAIT};
-use tls_policyd::tlsrpt::directory::Found;
-use tls_policyd::tlsrpt::record;
-use tls_policyd::tlsrpt::report::{AppliedPolicy, PolicyType, day_name, day_start};
-use tls_policyd::tlsrpt::session::{Session, SessionResult};
-use tls_policyd::tlsrpt::store::TlsRptStore;
+use tls_policyd::tlsrpt::report::{day_name, day_start};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tls-policyd");
 const COLLECTOR: &str = "reports.test";
@@ -64,56 +60,6 @@ send_delay = "0s"
     )
 }
 
-/// Yesterday's sessions for `r.example` (3 successful, 1 failed), and its
-/// record, kept as the counter and the sender keep them.
-fn fill(path: &Path, yesterday: SystemTime) {
-    let s = TlsRptStore::open(path).unwrap();
-    let policy = AppliedPolicy {
-        policy_type: PolicyType::NoPolicyFound,
-        policy_string: vec![],
-        policy_domain: "r.example".into(),
-        mx_host: vec![],
-    };
-    let noon = yesterday + Duration::from_secs(12 * 3600);
-    for i in 0..4 {
-        let result = if i == 0 {
-            SessionResult::Failed(tls_policyd::tlsrpt::report::FailureKey {
-                result_type: tls_policyd::tlsrpt::report::ResultType::StarttlsNotSupported,
-                sending_mta_ip: None,
-                receiving_mx_hostname: Some("mx.r.example".into()),
-                receiving_ip: Some("192.0.2.25".parse().unwrap()),
-                failure_reason_code: None,
-            })
-        } else {
-            SessionResult::Successful
-        };
-        let session = Session {
-            domain: "r.example".into(),
-            policy: policy.clone(),
-            result,
-        };
-        assert!(s.add(&session, &format!("Q{i} a@r.example"), noon).unwrap());
-    }
-    let rec = record::parse(&format!("v=TLSRPTv1; rua=https://{COLLECTOR}/v1")).unwrap();
-    s.keep_record(
-        "r.example",
-        &Found {
-            record: Ok(rec),
-            ttl: Duration::from_secs(86_400),
-        },
-        SystemTime::now(),
-    )
-    .unwrap();
-}
-
-fn gunzip(bytes: &[u8]) -> serde_json::Value {
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_string(&mut text)
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 #[test]
 fn the_daemon_sends_a_finished_days_report_once_and_not_again_after_a_restart() {
     let Some(ns) = Netns::for_test("tlsrpt-d", &[]) else {
@@ -124,7 +70,13 @@ fn the_daemon_sends_a_finished_days_report_once_and_not_again_after_a_restart() 
     ca.write_pem(&dir.path().join("ca.pem"));
     std::fs::write(dir.path().join("mail.log"), "").unwrap();
     let yesterday = day_start(SystemTime::now()) - Duration::from_secs(86_400);
-    fill(&dir.path().join("cache.sqlite"), yesterday);
+    fill_sessions(
+        &dir.path().join("cache.sqlite"),
+        yesterday,
+        3,
+        &["192.0.2.25"],
+        COLLECTOR,
+    );
     let (dns, https) = ns.run_in(move || {
         (
             TestDns::start_at(SocketAddr::from(([127, 0, 0, 1], 53))),

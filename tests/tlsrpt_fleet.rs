@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,14 +19,9 @@ use common::https::{HTTPS_IP, TestHttps};
 use common::netns::Netns;
 use common::redis::{FLEET_USER, PASSWORD, Redis};
 use common::smtp::TestCa;
+use common::tlsrpt::{fill_sessions, gunzip};
 use common::{Daemon, Options};
-use tls_policyd::tlsrpt::directory::Found;
-use tls_policyd::tlsrpt::record;
-use tls_policyd::tlsrpt::report::{
-    AppliedPolicy, FailureKey, PolicyType, ResultType, day_name, day_start,
-};
-use tls_policyd::tlsrpt::session::{Session, SessionResult};
-use tls_policyd::tlsrpt::store::TlsRptStore;
+use tls_policyd::tlsrpt::report::{day_name, day_start};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tls-policyd");
 const COLLECTOR: &str = "reports.test";
@@ -76,55 +70,6 @@ host_id = "{host}"
     )
 }
 
-/// Yesterday's sessions to `r.example` on one host (`ok` successful, one
-/// failed per address in `failed`), and the domain's record.
-fn fill(path: &Path, yesterday: SystemTime, ok: usize, failed: &[&str]) {
-    let s = TlsRptStore::open(path).unwrap();
-    let policy = AppliedPolicy {
-        policy_type: PolicyType::NoPolicyFound,
-        policy_string: vec![],
-        policy_domain: "r.example".into(),
-        mx_host: vec![],
-    };
-    let noon = yesterday + Duration::from_secs(12 * 3600);
-    let mut results: Vec<SessionResult> = (0..ok).map(|_| SessionResult::Successful).collect();
-    for ip in failed {
-        results.push(SessionResult::Failed(FailureKey {
-            result_type: ResultType::StarttlsNotSupported,
-            sending_mta_ip: None,
-            receiving_mx_hostname: Some("mx.r.example".into()),
-            receiving_ip: Some(ip.parse().unwrap()),
-            failure_reason_code: None,
-        }));
-    }
-    for (i, result) in results.into_iter().enumerate() {
-        let session = Session {
-            domain: "r.example".into(),
-            policy: policy.clone(),
-            result,
-        };
-        assert!(s.add(&session, &format!("Q{i} a@r.example"), noon).unwrap());
-    }
-    let rec = record::parse(&format!("v=TLSRPTv1; rua=https://{COLLECTOR}/v1")).unwrap();
-    s.keep_record(
-        "r.example",
-        &Found {
-            record: Ok(rec),
-            ttl: Duration::from_secs(86_400),
-        },
-        SystemTime::now(),
-    )
-    .unwrap();
-}
-
-fn gunzip(bytes: &[u8]) -> serde_json::Value {
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_string(&mut text)
-        .unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !cond() {
@@ -154,7 +99,7 @@ fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
         ca.write_pem(&dir.join("ca.pem"));
         std::fs::write(dir.join("mail.log"), "").unwrap();
         std::fs::write(dir.join("redis-password"), format!("{PASSWORD}\n")).unwrap();
-        fill(&dir.join("cache.sqlite"), yesterday, ok, failed);
+        fill_sessions(&dir.join("cache.sqlite"), yesterday, ok, failed, COLLECTOR);
     }
     let redis_dir = keep.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();

@@ -37,6 +37,7 @@ pub mod postfix;
 pub mod redis;
 pub mod smtp;
 pub mod submission;
+pub mod tlsrpt;
 
 /// File names inside a daemon's directory.
 pub const CONFIG_FILE: &str = "tls-policyd.toml";
