@@ -27,6 +27,11 @@ use crate::cache::persist::{
 use crate::metrics::{Metrics, SharedOp, SharedResult};
 use crate::util::rate::RateLimit;
 
+/// An unusable value reported is not reported again for its key within
+/// this time.
+pub const BAD_AGAIN: Duration = Duration::from_secs(10);
+/// Keys whose unusable value is remembered at most.
+pub const BAD_REMEMBERED: usize = 1024;
 /// Writes waiting at most; past this, new ones are dropped and counted.
 pub const WRITE_QUEUE: usize = 4096;
 /// The first back-off after a failure; it doubles up to [`MAX_BACKOFF`].
@@ -96,6 +101,8 @@ pub(super) struct Inner {
     /// Claims, waits and notices: one discovery per domain for the fleet.
     pub(super) fleet: super::waits::Fleet,
     bad_log: RateLimit,
+    /// Unusable values reported lately, by kind and domain.
+    recent_bad: Mutex<std::collections::HashMap<(Kind, String), Instant>>,
     down_log: RateLimit,
     full_log: RateLimit,
     replays: Replays,
@@ -186,6 +193,7 @@ impl SharedStore {
                 fleet: super::waits::Fleet::new(),
                 metrics,
                 bad_log: RateLimit::per_minute(5),
+                recent_bad: Mutex::new(std::collections::HashMap::new()),
                 down_log: RateLimit::per_minute(2),
                 full_log: RateLimit::per_minute(1),
                 replays: Replays::default(),
@@ -370,6 +378,10 @@ impl SharedStore {
     /// holds something unusable (logged and counted).
     pub async fn get(&self, kind: Kind, domain: &str) -> Option<Entry> {
         let inner = &self.inner;
+        if inner.bad_lately(kind, domain) {
+            // Refused moments ago (and logged then): not read again yet.
+            return None;
+        }
         let key = self.key(kind, domain);
         // GETRANGE reads at most one byte past the limit, so an oversized
         // value costs no more than that to refuse.
@@ -377,6 +389,12 @@ impl SharedStore {
         cmd.arg(&key).arg(0).arg(MAX_VALUE);
         let value = match inner.command::<Value>(SharedOp::Get, cmd).await? {
             Outcome::Answer(v) => v,
+            Outcome::Failed if !inner.breaker.is_down() => {
+                // The store answered, with an error that leaves it up:
+                // the key holds another type (logged and counted).
+                inner.note_bad(kind, domain);
+                return None;
+            }
             Outcome::Timeout | Outcome::Failed => return None,
         };
         let bytes = match value {
@@ -496,6 +514,9 @@ impl Inner {
 
     /// A value refused: logged (rate-limited) and counted.
     fn bad(&self, kind: Kind, domain: &str, label: &'static str, why: &str) {
+        if self.reported_lately(kind, domain) {
+            return;
+        }
         self.counted(SharedOp::Get, SharedResult::Invalid);
         self.metrics.error("shared", label);
         if let Some(more) = self.bad_log.admit() {
@@ -503,6 +524,41 @@ impl Inner {
             tracing::warn!(kind = %kind, domain, problem = label, error = %why, more,
                 "unusable value in the shared store ignored");
         }
+    }
+
+    /// Whether an unusable value of `kind` for `domain` was reported in
+    /// the last [`BAD_AGAIN`]; if not, it is now. One lookup may read a
+    /// key twice (before and after it claims the domain): the same bad
+    /// value is logged and counted once.
+    fn reported_lately(&self, kind: Kind, domain: &str) -> bool {
+        if self.bad_lately(kind, domain) {
+            return true;
+        }
+        self.note_bad(kind, domain);
+        false
+    }
+
+    /// Whether the key of `kind` and `domain` held an unusable value in
+    /// the last [`BAD_AGAIN`] (it is not read again meanwhile).
+    fn bad_lately(&self, kind: Kind, domain: &str) -> bool {
+        let recent = self.recent_bad.lock().unwrap_or_else(|e| e.into_inner());
+        recent
+            .get(&(kind, domain.to_string()))
+            .is_some_and(|at| at.elapsed() < BAD_AGAIN)
+    }
+
+    /// Remember that the key of `kind` and `domain` holds an unusable
+    /// value (at most [`BAD_REMEMBERED`] keys).
+    fn note_bad(&self, kind: Kind, domain: &str) {
+        let now = Instant::now();
+        let mut recent = self.recent_bad.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= BAD_REMEMBERED {
+            recent.retain(|_, at| now.duration_since(*at) < BAD_AGAIN);
+            if recent.len() >= BAD_REMEMBERED {
+                recent.clear();
+            }
+        }
+        recent.insert((kind, domain.to_string()), now);
     }
 
     /// Run one command within `command_timeout`; `None` when the store is
