@@ -31,7 +31,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{MAX_BACKOFF, MIN_BACKOFF, Outcome, SharedStore};
+use super::breaker::{MAX_BACKOFF, MIN_BACKOFF};
+use super::store::{Outcome, SharedStore};
 use super::value;
 use super::waits::{MAX_NOTICE, notice_text, parse_notice};
 use crate::cache::persist::{Claim, ClaimToken, Kind, Learned, Waited};

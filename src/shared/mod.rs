@@ -18,6 +18,8 @@
 //! let one host send the fleet's report (`tlsrpt::fleet::FleetReports`,
 //! handed to the report sender).
 
+mod bad_values;
+mod breaker;
 pub mod config;
 pub mod connect;
 mod fleet;

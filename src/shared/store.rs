@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
@@ -18,6 +18,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::bad_values::RecentBad;
+use super::breaker::Breaker;
 use super::config::SharedConfig;
 use super::connect::{SharedError, Target, error_kind};
 use super::value::{self, MAX_VALUE};
@@ -27,16 +29,9 @@ use crate::cache::persist::{
 use crate::metrics::{Metrics, SharedOp, SharedResult};
 use crate::util::rate::RateLimit;
 
-/// An unusable value reported is not reported again for its key within
-/// this time.
-pub const BAD_AGAIN: Duration = Duration::from_secs(10);
-/// Keys whose unusable value is remembered at most.
-pub const BAD_REMEMBERED: usize = 1024;
 /// Writes waiting at most; past this, new ones are dropped and counted.
 pub const WRITE_QUEUE: usize = 4096;
-/// The first back-off after a failure; it doubles up to [`MAX_BACKOFF`].
-pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub use super::breaker::{MAX_BACKOFF, MIN_BACKOFF};
 /// Longest time spent at shutdown writing what is still queued.
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 
@@ -102,60 +97,10 @@ pub(super) struct Inner {
     pub(super) fleet: super::waits::Fleet,
     bad_log: RateLimit,
     /// Unusable values reported lately, by kind and domain.
-    recent_bad: Mutex<std::collections::HashMap<(Kind, String), Instant>>,
+    recent_bad: RecentBad,
     down_log: RateLimit,
     full_log: RateLimit,
     replays: Replays,
-}
-
-/// The circuit breaker: down until a moment, with the failures in a row.
-struct Breaker {
-    origin: Instant,
-    /// Milliseconds since `origin` until which the store is not asked.
-    down_until: AtomicU64,
-    failures: AtomicU32,
-    ever_up: AtomicBool,
-    problem: Mutex<Option<String>>,
-}
-
-impl Breaker {
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn is_open(&self) -> bool {
-        self.now_ms() < self.down_until.load(Ordering::Relaxed)
-    }
-
-    fn is_down(&self) -> bool {
-        self.failures.load(Ordering::Relaxed) > 0
-    }
-
-    /// A failure: down for the next back-off. Returns the back-off and
-    /// whether the store was up before.
-    fn fail(&self, why: String) -> (Duration, bool) {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed);
-        let backoff = MIN_BACKOFF
-            .saturating_mul(1u32 << n.min(16))
-            .min(MAX_BACKOFF);
-        let until = self
-            .now_ms()
-            .saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
-        self.down_until.store(until, Ordering::Relaxed);
-        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-        (backoff, n == 0)
-    }
-
-    /// An answer: up. Returns whether it was down.
-    fn succeed(&self) -> bool {
-        self.ever_up.store(true, Ordering::Relaxed);
-        let was = self.failures.swap(0, Ordering::Relaxed);
-        if was > 0 {
-            self.down_until.store(0, Ordering::Relaxed);
-            *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        }
-        was > 0
-    }
 }
 
 /// How a command ended.
@@ -181,19 +126,13 @@ impl SharedStore {
                 connect_timeout: config.connect_timeout,
                 target,
                 conn: ArcSwapOption::empty(),
-                breaker: Breaker {
-                    origin: Instant::now(),
-                    down_until: AtomicU64::new(0),
-                    failures: AtomicU32::new(0),
-                    ever_up: AtomicBool::new(false),
-                    problem: Mutex::new(None),
-                },
+                breaker: Breaker::new(),
                 queue: tx,
                 queue_rx: Mutex::new(Some(rx)),
                 fleet: super::waits::Fleet::new(),
                 metrics,
                 bad_log: RateLimit::per_minute(5),
-                recent_bad: Mutex::new(std::collections::HashMap::new()),
+                recent_bad: RecentBad::default(),
                 down_log: RateLimit::per_minute(2),
                 full_log: RateLimit::per_minute(1),
                 replays: Replays::default(),
@@ -378,7 +317,7 @@ impl SharedStore {
     /// holds something unusable (logged and counted).
     pub async fn get(&self, kind: Kind, domain: &str) -> Option<Entry> {
         let inner = &self.inner;
-        if inner.bad_lately(kind, domain) {
+        if inner.recent_bad.lately(kind, domain) {
             // Refused moments ago (and logged then): not read again yet.
             return None;
         }
@@ -392,7 +331,7 @@ impl SharedStore {
             Outcome::Failed if !inner.breaker.is_down() => {
                 // The store answered, with an error that leaves it up:
                 // the key holds another type (logged and counted).
-                inner.note_bad(kind, domain);
+                inner.recent_bad.note(kind, domain);
                 return None;
             }
             Outcome::Timeout | Outcome::Failed => return None,
@@ -514,7 +453,7 @@ impl Inner {
 
     /// A value refused: logged (rate-limited) and counted.
     fn bad(&self, kind: Kind, domain: &str, label: &'static str, why: &str) {
-        if self.reported_lately(kind, domain) {
+        if self.recent_bad.reported(kind, domain) {
             return;
         }
         self.counted(SharedOp::Get, SharedResult::Invalid);
@@ -524,41 +463,6 @@ impl Inner {
             tracing::warn!(kind = %kind, domain, problem = label, error = %why, more,
                 "unusable value in the shared store ignored");
         }
-    }
-
-    /// Whether an unusable value of `kind` for `domain` was reported in
-    /// the last [`BAD_AGAIN`]; if not, it is now. One lookup may read a
-    /// key twice (before and after it claims the domain): the same bad
-    /// value is logged and counted once.
-    fn reported_lately(&self, kind: Kind, domain: &str) -> bool {
-        if self.bad_lately(kind, domain) {
-            return true;
-        }
-        self.note_bad(kind, domain);
-        false
-    }
-
-    /// Whether the key of `kind` and `domain` held an unusable value in
-    /// the last [`BAD_AGAIN`] (it is not read again meanwhile).
-    fn bad_lately(&self, kind: Kind, domain: &str) -> bool {
-        let recent = self.recent_bad.lock().unwrap_or_else(|e| e.into_inner());
-        recent
-            .get(&(kind, domain.to_string()))
-            .is_some_and(|at| at.elapsed() < BAD_AGAIN)
-    }
-
-    /// Remember that the key of `kind` and `domain` holds an unusable
-    /// value (at most [`BAD_REMEMBERED`] keys).
-    fn note_bad(&self, kind: Kind, domain: &str) {
-        let now = Instant::now();
-        let mut recent = self.recent_bad.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() >= BAD_REMEMBERED {
-            recent.retain(|_, at| now.duration_since(*at) < BAD_AGAIN);
-            if recent.len() >= BAD_REMEMBERED {
-                recent.clear();
-            }
-        }
-        recent.insert((kind, domain.to_string()), now);
     }
 
     /// Run one command within `command_timeout`; `None` when the store is
