@@ -21,6 +21,7 @@ use common::redis::{FLEET_USER, PASSWORD, Redis};
 use common::smtp::TestCa;
 use common::tlsrpt::{fill_sessions, gunzip};
 use common::{Daemon, Options};
+use tls_policyd::tlsrpt::fleet::FLEET_SETTLE;
 use tls_policyd::tlsrpt::report::{day_name, day_start};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tls-policyd");
@@ -78,6 +79,21 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The day whose report the test has the fleet send: yesterday, due
+/// `FLEET_SETTLE` after midnight; in the first minutes of a day, the day
+/// before (due already, and among the days a round sends until the next
+/// midnight).
+fn report_day(now: SystemTime) -> SystemTime {
+    let today = day_start(now);
+    let into_today = now.duration_since(today).unwrap_or_default();
+    let back = if into_today < FLEET_SETTLE + Duration::from_secs(300) {
+        2
+    } else {
+        1
+    };
+    today - Duration::from_secs(back * 86_400)
+}
+
 #[test]
 fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
     let Some(ns) = Netns::for_test("tlsrpt-f", &["redis-server", "redis-cli"]) else {
@@ -85,7 +101,7 @@ fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
     };
     let keep = tempfile::tempdir().unwrap();
     let ca = Arc::new(TestCa::new());
-    let yesterday = day_start(SystemTime::now()) - Duration::from_secs(86_400);
+    let yesterday = report_day(SystemTime::now());
     let day = day_name(yesterday);
     // a: 3 successful, 1 failed; b: 2 successful; c: 1 successful, 2 failed.
     let hosts: [(&str, usize, &[&str]); 3] = [
@@ -254,4 +270,48 @@ fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
     // The fleet deployment's ACL user had every right the daemons used.
     assert_eq!(redis.refused(), "", "commands refused");
     drop(dns);
+}
+
+/// A host that starts before its store (its first round cannot publish)
+/// publishes its counts once the store is up, at the next short round,
+/// although no report of its is due: the fleet's report must not lack
+/// them for a full round.
+#[test]
+fn a_host_started_before_the_store_publishes_its_counts_once_the_store_is_up() {
+    let Some(ns) = Netns::for_test("tlsrpt-l", &["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let keep = tempfile::tempdir().unwrap();
+    let ca = Arc::new(TestCa::new());
+    let now = SystemTime::now();
+    // Today's counts: their report is never due today.
+    let today = day_start(now);
+    let day = day_name(today);
+    let dir = keep.path().join("a");
+    std::fs::create_dir_all(&dir).unwrap();
+    ca.write_pem(&dir.join("ca.pem"));
+    std::fs::write(dir.join("mail.log"), "").unwrap();
+    std::fs::write(dir.join("redis-password"), format!("{PASSWORD}\n")).unwrap();
+    fill_sessions(
+        &dir.join("cache.sqlite"),
+        today,
+        2,
+        &["192.0.2.25"],
+        COLLECTOR,
+    );
+    let d = Daemon::start_with(&config(&dir, "a"), POLICY_DEFAULT, Options::in_netns(&ns));
+    d.wait_for_line(|l| l.contains("first round done"));
+    let redis_dir = keep.path().join("redis");
+    std::fs::create_dir_all(&redis_dir).unwrap();
+    let redis = Redis::start_fleet(&ns, &redis_dir, REDIS_PORT);
+    let snapshots = format!("tls-policyd:tlsrpt:{day}:r.example");
+    // Well within a full round (5 min): the store's back-off and one
+    // short round.
+    wait_until("the host published its counts", || {
+        redis.cli(&["HEXISTS", &snapshots, "a"]).trim() == "1"
+    });
+    let a = redis.cli(&["HGET", &snapshots, "a"]);
+    assert!(a.contains("\"host\":\"a\""), "{a}");
+    assert!(d.find_line(|l| l.contains("panicked")).is_none());
+    assert_eq!(redis.refused(), "", "commands refused");
 }

@@ -169,9 +169,11 @@ async fn send_loop(ctx: &Context, sender: &mut ReportSender, stop: CancellationT
             }
         }
         let mut waiting = Vec::new();
+        let mut behind = false;
         if let Some(s) = &store {
-            let (tried, w) = round(s, sender, &mut delays, &mut pruned, &mut published).await;
+            let (tried, w, b) = round(s, sender, &mut delays, &mut pruned, &mut published).await;
             waiting = w;
+            behind = b;
             if first {
                 first = false;
                 tracing::info!(
@@ -181,15 +183,13 @@ async fn send_loop(ctx: &Context, sender: &mut ReportSender, stop: CancellationT
                 );
             }
         }
-        let next = if waiting.is_empty() {
-            SEND_ROUND
-        } else {
-            if let Some(more) = waiting_log.admit() {
-                tracing::info!(reports = waiting.len(), first = %waiting[0], more,
-                    "TLS-RPT: reports wait for the fleet; tried again soon");
-            }
-            PENDING_ROUND
-        };
+        if !waiting.is_empty()
+            && let Some(more) = waiting_log.admit()
+        {
+            tracing::info!(reports = waiting.len(), first = %waiting[0], more,
+                "TLS-RPT: reports wait for the fleet; tried again soon");
+        }
+        let next = next_round(waiting.len(), behind);
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(next) => {}
@@ -197,31 +197,48 @@ async fn send_loop(ctx: &Context, sender: &mut ReportSender, stop: CancellationT
     }
 }
 
+/// When the next round comes: soon while reports wait for the fleet or
+/// this host's counts are not all in the store yet (a store not yet
+/// connected at start, or down), else at the full round.
+fn next_round(waiting: usize, behind: bool) -> Duration {
+    if waiting > 0 || behind {
+        PENDING_ROUND
+    } else {
+        SEND_ROUND
+    }
+}
+
 /// One round: with a fleet, this host's counts published; the last two
 /// days' reports that are due, then the tries due again; once a day, old
-/// counts forgotten. Returns the destinations tried and the reports that
-/// wait for the fleet (`day domain: why`).
+/// counts forgotten. Returns the destinations tried, the reports that
+/// wait for the fleet (`day domain: why`) and whether counts are still
+/// to be published.
 async fn round(
     store: &TlsRptStore,
     sender: &ReportSender,
     delays: &mut HashMap<SystemTime, Duration>,
     pruned: &mut Option<SystemTime>,
     published: &mut Published,
-) -> (usize, Vec<String>) {
+) -> (usize, Vec<String>, bool) {
     let mut tried = 0;
+    let mut behind = false;
     let mut waiting = Vec::new();
     let now = SystemTime::now();
     let today = day_start(now);
     let last = yesterday(now);
     let days = [last - Duration::from_secs(86_400), last];
-    if sender.fleet.is_some()
-        && let Err(e) = sender
+    if sender.fleet.is_some() {
+        match sender
             .publish_counts(store, &[days[0], days[1], today], published, now)
             .await
-    {
-        tracing::error!(error = %e, "TLS-RPT: cannot read the counts to publish");
-        if let Some(m) = &sender.metrics {
-            m.error("tlsrpt", "store");
+        {
+            Ok(p) => behind = p.behind,
+            Err(e) => {
+                tracing::error!(error = %e, "TLS-RPT: cannot read the counts to publish");
+                if let Some(m) = &sender.metrics {
+                    m.error("tlsrpt", "store");
+                }
+            }
         }
     }
     for day in days {
@@ -267,7 +284,7 @@ async fn round(
             Err(e) => tracing::warn!(error = %e, "TLS-RPT: cannot forget old counts"),
         }
     }
-    (tried, waiting)
+    (tried, waiting, behind)
 }
 
 #[cfg(test)]
@@ -285,6 +302,15 @@ mod tests {
         assert!(!due(day, delay, end + delay - Duration::from_secs(1)));
         assert!(due(day, delay, end + delay));
         assert!(due(day, Duration::ZERO, end));
+    }
+
+    #[test]
+    fn the_next_round_is_soon_while_reports_wait_or_counts_are_unpublished() {
+        assert_eq!(next_round(0, false), SEND_ROUND);
+        assert_eq!(next_round(1, false), PENDING_ROUND);
+        assert_eq!(next_round(0, true), PENDING_ROUND);
+        assert_eq!(next_round(3, true), PENDING_ROUND);
+        assert!(PENDING_ROUND < SEND_ROUND);
     }
 
     #[test]

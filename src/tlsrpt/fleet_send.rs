@@ -53,19 +53,29 @@ fn partial_due(
     now >= (ended + send_delay).max(since) + STORE_WAIT
 }
 
+/// What a round of publishing did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Publishing {
+    /// Snapshots the store took.
+    pub published: usize,
+    /// The store did not take one (down, not yet connected): counts are
+    /// still to be published, soon rather than at the next full round.
+    pub behind: bool,
+}
+
 impl ReportSender {
     /// Publish this host's counts of `days` that changed since they were
-    /// last published. Returns how many were published; stops at the
-    /// first the store does not take (it logs and counts that).
+    /// last published. Stops at the first the store does not take (it
+    /// logs and counts that) and says so in `behind`.
     pub async fn publish_counts(
         &self,
         store: &TlsRptStore,
         days: &[SystemTime],
         published: &mut Published,
         now: SystemTime,
-    ) -> Result<usize, TlsRptStoreError> {
+    ) -> Result<Publishing, TlsRptStoreError> {
         let Some(fleet) = &self.fleet else {
-            return Ok(0);
+            return Ok(Publishing::default());
         };
         let names: Vec<String> = days.iter().map(|d| day_name(*d)).collect();
         published.retain(|(day, _), _| names.contains(day));
@@ -90,13 +100,19 @@ impl ReportSender {
                     }
                 };
                 if fleet.publish(day, &domain, bytes).await.is_err() {
-                    return Ok(n);
+                    return Ok(Publishing {
+                        published: n,
+                        behind: true,
+                    });
                 }
                 published.insert(key, sessions);
                 n += 1;
             }
         }
-        Ok(n)
+        Ok(Publishing {
+            published: n,
+            behind: false,
+        })
     }
 
     /// A due report of (day, domain) in a fleet; `rua` from its record.
