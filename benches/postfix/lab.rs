@@ -199,6 +199,9 @@ pub struct Measurement {
     pub messages: usize,
     pub elapsed: Duration,
     pub daemon_cpu: Duration,
+    /// Context switches of the daemon's threads (voluntary and not): how
+    /// often it was woken, which is most of what a message costs it.
+    pub daemon_switches: u64,
     pub socketmap_records: usize,
 }
 
@@ -211,6 +214,9 @@ impl Measurement {
     }
     pub fn daemon_cpu_ms_per_msg(&self) -> f64 {
         self.daemon_cpu.as_secs_f64() * 1000.0 / self.messages as f64
+    }
+    pub fn daemon_switches_per_msg(&self) -> f64 {
+        self.daemon_switches as f64 / self.messages as f64
     }
 }
 
@@ -383,6 +389,7 @@ impl Lab {
         let warm = self.wait_for_records(self.expected(config, WARMUP_MESSAGES));
 
         let cpu0 = process_cpu(self.daemon.pid());
+        let switches0 = process_switches(self.daemon.pid());
         let t0 = Instant::now();
         self.inject(sessions, messages);
         let elapsed = t0.elapsed();
@@ -391,6 +398,7 @@ impl Lab {
         let seen = self.wait_for_records(self.expected(config, messages));
         // After the records are written: their cost is the daemon's too.
         let daemon_cpu = process_cpu(self.daemon.pid()).saturating_sub(cpu0);
+        let daemon_switches = process_switches(self.daemon.pid()).saturating_sub(switches0);
         if config.socketmap() {
             assert!(
                 warm.socketmap + seen.socketmap > 0,
@@ -402,6 +410,7 @@ impl Lab {
             messages,
             elapsed,
             daemon_cpu,
+            daemon_switches,
             socketmap_records: seen.socketmap,
         }
     }
@@ -633,6 +642,29 @@ fn start_sink(ns: &Netns) -> (Child, Arc<AtomicU64>) {
         thread::sleep(POLL);
     }
     (child, count)
+}
+
+/// Context switches of every thread of a process (threads that ended
+/// are not counted; the daemon's live for its whole run).
+fn process_switches(pid: i32) -> u64 {
+    let mut total = 0;
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    for t in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(t.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    total
 }
 
 /// User plus system CPU time of a process, all its threads included.

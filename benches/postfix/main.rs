@@ -30,7 +30,9 @@
 //! so socketmap lookups are fewer than deliveries). The report is a
 //! markdown table per session count: median messages/s, the ratio to
 //! `plain`, the daemon's CPU seconds per 1,000 messages (from
-//! `/proc/PID/stat`), and on one session the time each configuration adds
+//! `/proc/PID/stat`), its context switches per message (every thread's,
+//! from `/proc/PID/task/*/status`: how often it was woken), and on one
+//! session the time each configuration adds
 //! per message. It ends with the targets checked against these figures.
 //!
 //! Knobs (environment): `BENCH_MESSAGES` (default 3000), `BENCH_SESSIONS`
@@ -80,6 +82,7 @@ struct Summary {
     config: Config,
     msgs_per_sec: f64,
     cpu_ms_per_msg: f64,
+    switches_per_msg: f64,
     ms_per_msg: f64,
 }
 
@@ -88,6 +91,7 @@ fn summarise(config: Config, runs: &[Measurement]) -> Summary {
         config,
         msgs_per_sec: median(runs.iter().map(|m| m.msgs_per_sec()).collect()),
         cpu_ms_per_msg: median(runs.iter().map(|m| m.daemon_cpu_ms_per_msg()).collect()),
+        switches_per_msg: median(runs.iter().map(|m| m.daemon_switches_per_msg()).collect()),
         ms_per_msg: median(runs.iter().map(|m| m.ms_per_msg()).collect()),
     }
 }
@@ -105,11 +109,12 @@ fn run_level(
             let m = lab.run(config, sessions, messages);
             eprintln!(
                 "rep {}/{reps} sessions {sessions} {:<9} {:>7.1} msgs/s, daemon {:.3} CPU ms/msg, \
-                 {} socketmap lookups",
+                 {:.2} switches/msg, {} socketmap lookups",
                 rep + 1,
                 config.name(),
                 m.msgs_per_sec(),
                 m.daemon_cpu_ms_per_msg(),
+                m.daemon_switches_per_msg(),
                 m.socketmap_records,
             );
             runs[i].push(m);
@@ -128,15 +133,18 @@ fn print_table(sessions: usize, messages: usize, reps: usize, rows: &[Summary]) 
         .find(|s| s.config == Config::Plain)
         .map(|s| s.msgs_per_sec);
     println!("\n### {sessions} sessions, {messages} messages x 3 recipients, median of {reps}\n");
-    println!("| front doors | msgs/s | vs plain | daemon CPU s / 1,000 msgs |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| front doors | msgs/s | vs plain | daemon CPU s / 1,000 msgs | daemon context switches / msg |"
+    );
+    println!("|---|---:|---:|---:|---:|");
     for s in rows {
         let ratio = plain.map_or(String::from("-"), |p| format!("{:.2}", s.msgs_per_sec / p));
         println!(
-            "| {} | {:.0} | {ratio} | {:.3} |",
+            "| {} | {:.0} | {ratio} | {:.3} | {:.2} |",
             s.config.name(),
             s.msgs_per_sec,
-            s.cpu_ms_per_msg
+            s.cpu_ms_per_msg,
+            s.switches_per_msg
         );
     }
 }

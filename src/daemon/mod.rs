@@ -381,11 +381,7 @@ pub async fn serve(ctx: Arc<Context>, listeners: Listeners, shutdown: Cancellati
         tasks.spawn(policy_server::serve(l, deps, shutdown.clone()));
     }
     if let (Some(l), Some(c)) = (listeners.milter, &config.milter) {
-        let deps = milter::MilterDeps {
-            backend: ctx.clone(),
-            knowledge: ctx.knowledge(),
-            max_connections: c.max_connections,
-        };
+        let deps = milter::MilterDeps::new(ctx.clone(), c, ctx.knowledge());
         tasks.spawn(milter::serve(l, deps, shutdown.clone()));
     }
     // TLS reports: sessions counted from the follower's deliveries, sent

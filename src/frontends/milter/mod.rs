@@ -73,6 +73,10 @@ pub struct MilterDeps {
     pub backend: Arc<dyn Backend>,
     pub knowledge: Arc<dyn TlsKnowledge>,
     pub max_connections: usize,
+    /// Whether the MTA connects over a unix socket (set by [`serve`]
+    /// from its listener): no Nagle there, so a step may go unanswered
+    /// (see `negotiate::protocol_options`).
+    unix_socket: bool,
 }
 
 impl MilterDeps {
@@ -85,6 +89,7 @@ impl MilterDeps {
             backend,
             knowledge,
             max_connections: config.max_connections,
+            unix_socket: false,
         }
     }
 }
@@ -107,7 +112,8 @@ pub struct MilterConn {
 
 /// Serve MTA connections until shutdown; then let each connection finish
 /// the stage it is in.
-pub async fn serve(listener: Listener, deps: MilterDeps, shutdown: CancellationToken) {
+pub async fn serve(listener: Listener, mut deps: MilterDeps, shutdown: CancellationToken) {
+    deps.unix_socket = matches!(listener, Listener::Unix(..));
     let config = indymilter::Config {
         max_connections: deps.max_connections.max(1),
         ..Default::default()
@@ -257,8 +263,9 @@ fn callbacks(deps: Shared) -> Callbacks<MilterConn> {
                 })
             }
         })
-        // Answered at once, so that nothing Postfix's smtpd sent is left
-        // unanswered when it hands the connection to cleanup (see
+        // Over TCP, answered at once, so that nothing Postfix's smtpd
+        // sent is left unanswered when it hands the connection to
+        // cleanup; over a unix socket not asked for (see
         // `protocol_options`).
         .on_data(|_| Box::pin(async { Status::Continue }))
         .on_header({

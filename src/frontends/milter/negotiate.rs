@@ -55,7 +55,7 @@ pub(super) fn negotiate(
         .metrics()
         .map(|m| m.connection(Frontend::Milter));
     // Steps and replies: see [`protocol_options`].
-    let opts = protocol_options(offered_opts, refuse != RefuseMode::Off);
+    let opts = protocol_options(offered_opts, refuse != RefuseMode::Off, deps.unix_socket);
     cx.requested_opts = opts;
     cx.data = Some(MilterConn {
         session: Session::default(),
@@ -94,8 +94,11 @@ const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
 /// on) holds its next small write until then, about 40 ms per message.
 /// Postfix's smtpd sends the DATA step's macros even when the step itself
 /// is skipped, then hands the connection to cleanup, whose first write
-/// waits behind them: so the DATA step is taken and answered.
-fn protocol_options(offered: ProtoOpts, refuse: bool) -> ProtoOpts {
+/// waits behind them: so over TCP the DATA step is taken and answered.
+/// Over a unix socket (`unix_socket`) there is no Nagle to wait for: the
+/// DATA step is skipped, which spares smtpd a wait for a reply per
+/// message (its macros still come, unanswered).
+fn protocol_options(offered: ProtoOpts, refuse: bool, unix_socket: bool) -> ProtoOpts {
     let mut opts = ProtoOpts::NO_EOH
         | ProtoOpts::NO_BODY
         | ProtoOpts::NO_UNKNOWN
@@ -105,6 +108,9 @@ fn protocol_options(offered: ProtoOpts, refuse: bool) -> ProtoOpts {
         | ProtoOpts::NOREPLY_HEADER;
     if !refuse {
         opts |= ProtoOpts::NOREPLY_RCPT;
+    }
+    if unix_socket {
+        opts |= ProtoOpts::NO_DATA;
     }
     // Only what the MTA offers may be asked for.
     opts & offered
@@ -116,5 +122,46 @@ pub(super) fn answer(conn: Option<&MilterConn>, step: ProtoOpts, status: Status)
         Status::Noreply
     } else {
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_steps_that_can_change_the_outcome_are_answered() {
+        let all = ProtoOpts::all();
+        let tcp = protocol_options(all, false, false);
+        // Answered: DATA (over TCP) and the end of message (no option).
+        assert!(!tcp.contains(ProtoOpts::NO_DATA));
+        assert!(!tcp.contains(ProtoOpts::NOREPLY_DATA));
+        for step in [
+            ProtoOpts::NOREPLY_CONNECT,
+            ProtoOpts::NOREPLY_HELO,
+            ProtoOpts::NOREPLY_MAIL,
+            ProtoOpts::NOREPLY_RCPT,
+            ProtoOpts::NOREPLY_HEADER,
+            ProtoOpts::NO_EOH,
+            ProtoOpts::NO_BODY,
+            ProtoOpts::NO_UNKNOWN,
+        ] {
+            assert!(tcp.contains(step), "{step:?}");
+        }
+        // Refusing at RCPT needs its reply.
+        assert!(!protocol_options(all, true, false).contains(ProtoOpts::NOREPLY_RCPT));
+        // Over a unix socket DATA is not asked for.
+        let unix = protocol_options(all, false, true);
+        assert_eq!(unix, tcp | ProtoOpts::NO_DATA);
+    }
+
+    #[test]
+    fn nothing_the_mta_does_not_offer_is_asked_for() {
+        let offered = ProtoOpts::NOREPLY_HELO | ProtoOpts::NO_BODY;
+        assert_eq!(protocol_options(offered, false, true), offered);
+        assert_eq!(
+            protocol_options(ProtoOpts::empty(), true, true),
+            ProtoOpts::empty()
+        );
     }
 }
