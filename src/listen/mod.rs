@@ -9,11 +9,13 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 
 mod accept;
+mod unix_stream;
 
 pub use accept::{ACCEPT_BACKOFF, Admission, Drain, IdleTimer, serve};
+pub use unix_stream::ReadWoken;
 
 /// Where a front door listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +124,8 @@ pub enum Listener {
 /// An accepted connection.
 pub enum Accepted {
     Tcp(TcpStream),
-    Unix(UnixStream),
+    /// Woken for reading only: see [`ReadWoken`].
+    Unix(ReadWoken),
 }
 
 impl Listener {
@@ -164,7 +167,10 @@ impl Listener {
             }
             Listener::Unix(l, p) => {
                 let (s, _) = l.accept().await?;
-                Ok((Accepted::Unix(s), format!("unix:{}", p.display())))
+                Ok((
+                    Accepted::Unix(ReadWoken::new(s)?),
+                    format!("unix:{}", p.display()),
+                ))
             }
         }
     }

@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
 
 use indymilter::EitherStream;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
 
 use super::watch::Watched;
-use crate::listen::{ACCEPT_BACKOFF, Admission, Listener};
+use crate::listen::{ACCEPT_BACKOFF, Admission, Listener, ReadWoken};
 
 /// The listener as indymilter wants it. A failed accept (out of file
 /// descriptors, ...) is logged and retried after a pause instead of
@@ -22,7 +22,7 @@ pub(super) struct Accept {
 }
 
 impl indymilter::Listener for Accept {
-    type Io = Watched<EitherStream<TcpStream, UnixStream>>;
+    type Io = Watched<EitherStream<TcpStream, ReadWoken>>;
 
     fn poll_accept(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<Self::Io>> {
         loop {
@@ -36,9 +36,11 @@ impl indymilter::Listener for Accept {
                     let _ = s.set_nodelay(true);
                     (EitherStream::Tcp(s), peer.to_string())
                 }),
-                Listener::Unix(l, _) => l
-                    .poll_accept(cx)
-                    .map_ok(|(s, _)| (EitherStream::Unix(s), "unix".to_string())),
+                // Woken for reading only (see `ReadWoken`).
+                Listener::Unix(l, _) => l.poll_accept(cx).map(|r| {
+                    let (s, _) = r?;
+                    Ok((EitherStream::Unix(ReadWoken::new(s)?), "unix".to_string()))
+                }),
             };
             match ready!(accepted) {
                 Ok((s, peer)) => {

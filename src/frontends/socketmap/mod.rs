@@ -206,8 +206,7 @@ pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: Cancellati
                 Accepted::Unix(s) => {
                     // The smtp(8) process that asks: its deliveries are
                     // the ones this decision governs.
-                    let pid = s.peer_cred().ok().and_then(|c| c.pid());
-                    let pid = pid.and_then(|p| u32::try_from(p).ok());
+                    let pid = s.peer_pid();
                     connection(s, (&peer, pid), &ctx, &shutdown).await
                 }
             }
