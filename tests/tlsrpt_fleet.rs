@@ -94,6 +94,24 @@ fn report_day(now: SystemTime) -> SystemTime {
     today - Duration::from_secs(back * 86_400)
 }
 
+/// A host's directory under `keep`: the collector's CA, an empty mail
+/// log, the store's password and the day's sessions (`ok` successful, one
+/// failed per address in `failed`).
+fn host_dir(
+    keep: &Path,
+    host: &str,
+    ca: &TestCa,
+    (day, ok, failed): (SystemTime, usize, &[&str]),
+) -> std::path::PathBuf {
+    let dir = keep.join(host);
+    std::fs::create_dir_all(&dir).unwrap();
+    ca.write_pem(&dir.join("ca.pem"));
+    std::fs::write(dir.join("mail.log"), "").unwrap();
+    std::fs::write(dir.join("redis-password"), format!("{PASSWORD}\n")).unwrap();
+    fill_sessions(&dir.join("cache.sqlite"), day, ok, failed, COLLECTOR);
+    dir
+}
+
 #[test]
 fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
     let Some(ns) = Netns::for_test("tlsrpt-f", &["redis-server", "redis-cli"]) else {
@@ -110,12 +128,7 @@ fn the_fleet_sends_one_report_per_domain_and_day_with_every_hosts_counts() {
         ("c", 1, &["192.0.2.25", "192.0.2.26"]),
     ];
     for (host, ok, failed) in hosts {
-        let dir = keep.path().join(host);
-        std::fs::create_dir_all(&dir).unwrap();
-        ca.write_pem(&dir.join("ca.pem"));
-        std::fs::write(dir.join("mail.log"), "").unwrap();
-        std::fs::write(dir.join("redis-password"), format!("{PASSWORD}\n")).unwrap();
-        fill_sessions(&dir.join("cache.sqlite"), yesterday, ok, failed, COLLECTOR);
+        host_dir(keep.path(), host, &ca, (yesterday, ok, failed));
     }
     let redis_dir = keep.path().join("redis");
     std::fs::create_dir_all(&redis_dir).unwrap();
@@ -287,18 +300,7 @@ fn a_host_started_before_the_store_publishes_its_counts_once_the_store_is_up() {
     // Today's counts: their report is never due today.
     let today = day_start(now);
     let day = day_name(today);
-    let dir = keep.path().join("a");
-    std::fs::create_dir_all(&dir).unwrap();
-    ca.write_pem(&dir.join("ca.pem"));
-    std::fs::write(dir.join("mail.log"), "").unwrap();
-    std::fs::write(dir.join("redis-password"), format!("{PASSWORD}\n")).unwrap();
-    fill_sessions(
-        &dir.join("cache.sqlite"),
-        today,
-        2,
-        &["192.0.2.25"],
-        COLLECTOR,
-    );
+    let dir = host_dir(keep.path(), "a", &ca, (today, 2, &["192.0.2.25"]));
     let d = Daemon::start_with(&config(&dir, "a"), POLICY_DEFAULT, Options::in_netns(&ns));
     d.wait_for_line(|l| l.contains("first round done"));
     let redis_dir = keep.path().join("redis");
