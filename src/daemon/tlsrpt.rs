@@ -232,7 +232,7 @@ async fn round(
             .publish_counts(store, &[days[0], days[1], today], published, now)
             .await
         {
-            Ok(p) => behind = p.behind,
+            Ok(b) => behind = b,
             Err(e) => {
                 tracing::error!(error = %e, "TLS-RPT: cannot read the counts to publish");
                 if let Some(m) = &sender.metrics {

@@ -53,33 +53,24 @@ fn partial_due(
     now >= (ended + send_delay).max(since) + STORE_WAIT
 }
 
-/// What a round of publishing did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Publishing {
-    /// Snapshots the store took.
-    pub published: usize,
-    /// The store did not take one (down, not yet connected): counts are
-    /// still to be published, soon rather than at the next full round.
-    pub behind: bool,
-}
-
 impl ReportSender {
     /// Publish this host's counts of `days` that changed since they were
     /// last published. Stops at the first the store does not take (it
-    /// logs and counts that) and says so in `behind`.
+    /// logs and counts that) and returns `true` then: counts are still to
+    /// be published (store down, or not yet connected), soon rather than
+    /// at the next full round.
     pub async fn publish_counts(
         &self,
         store: &TlsRptStore,
         days: &[SystemTime],
         published: &mut Published,
         now: SystemTime,
-    ) -> Result<Publishing, TlsRptStoreError> {
+    ) -> Result<bool, TlsRptStoreError> {
         let Some(fleet) = &self.fleet else {
-            return Ok(Publishing::default());
+            return Ok(false);
         };
         let names: Vec<String> = days.iter().map(|d| day_name(*d)).collect();
         published.retain(|(day, _), _| names.contains(day));
-        let mut n = 0;
         for day in &names {
             for (domain, sessions) in store.domains(day)? {
                 let key = (day.clone(), domain.clone());
@@ -100,19 +91,12 @@ impl ReportSender {
                     }
                 };
                 if fleet.publish(day, &domain, bytes).await.is_err() {
-                    return Ok(Publishing {
-                        published: n,
-                        behind: true,
-                    });
+                    return Ok(true);
                 }
                 published.insert(key, sessions);
-                n += 1;
             }
         }
-        Ok(Publishing {
-            published: n,
-            behind: false,
-        })
+        Ok(false)
     }
 
     /// A due report of (day, domain) in a fleet; `rua` from its record.
