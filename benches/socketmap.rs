@@ -28,6 +28,8 @@
 //!   the daemon runs with the shared store too. Every key is answered
 //!   from memory, so the store is never asked on these lookups: the
 //!   figures show what `[shared]` costs the hot path. Default: off.
+//! - `BENCH_DAEMON`: the path of another `tls-policyd` binary to measure
+//!   (figures before a change); default the one built with this bench.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -73,7 +75,14 @@ fn main() {
         eprintln!("bench: CPUs 0 and 1 are not both usable; running unpinned");
     }
 
-    let bin = Path::new(env!("CARGO_BIN_EXE_tls-policyd"));
+    // `BENCH_DAEMON`: another build of the daemon, for figures before a
+    // change (the baseline is always this bench's own responder).
+    let other = std::env::var_os("BENCH_DAEMON")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let bin = other
+        .as_deref()
+        .unwrap_or(Path::new(env!("CARGO_BIN_EXE_tls-policyd")));
     assert!(
         bin.exists(),
         "{} does not exist; run `cargo build --release` first",

@@ -55,6 +55,14 @@ const ENDPOINTS: [(&str, &str); 3] = [
     ("inet:127.0.0.1:10029", "tls-policyd/milter.sock"),
 ];
 
+/// The floor responders' endpoints (see `floor.rs`), in the order of
+/// [`ENDPOINTS`]: loopback TCP, or unix sockets under the queue directory.
+const FLOOR_ENDPOINTS: [(&str, &str); 3] = [
+    ("inet:127.0.0.1:10037", "tls-policyd/floor-socketmap.sock"),
+    ("inet:127.0.0.1:10038", "tls-policyd/floor-policy.sock"),
+    ("inet:127.0.0.1:10039", "tls-policyd/floor-milter.sock"),
+];
+
 /// How Postfix reaches the front doors.
 #[derive(Debug, Clone)]
 pub enum Sockets {
@@ -108,6 +116,12 @@ fn daemon_files(sockets: &Sockets) -> (String, String) {
 /// The deployment's main.cf value of `name` (empty when it has none),
 /// with `sockets` as the front doors' addresses.
 fn deployment_setting(name: &str, sockets: &Sockets) -> String {
+    deployment_setting_for(name, sockets, false)
+}
+
+/// [`deployment_setting`], with the floor responders' addresses instead
+/// of the daemon's when `floor`.
+fn deployment_setting_for(name: &str, sockets: &Sockets, floor: bool) -> String {
     let main_cf = examples::read(&format!("{DEPLOYMENT}/main.cf"));
     let Some(mut value) = examples::main_cf_value(&main_cf, name) else {
         assert!(
@@ -121,11 +135,16 @@ fn deployment_setting(name: &str, sockets: &Sockets) -> String {
         );
         return String::new();
     };
-    if let Sockets::Unix(_) = sockets {
-        // Relative to the queue directory, where Postfix daemons run.
-        for (inet, path) in ENDPOINTS {
-            value = value.replace(inet, &format!("unix:{path}"));
-        }
+    for (i, (inet, path)) in ENDPOINTS.into_iter().enumerate() {
+        let (floor_inet, floor_path) = FLOOR_ENDPOINTS[i];
+        let to = match (sockets, floor) {
+            (Sockets::Inet, false) => continue,
+            (Sockets::Inet, true) => floor_inet.to_string(),
+            // Relative to the queue directory, where Postfix daemons run.
+            (Sockets::Unix(_), false) => format!("unix:{path}"),
+            (Sockets::Unix(_), true) => format!("unix:{floor_path}"),
+        };
+        value = value.replace(inet, &to);
     }
     value
 }
@@ -138,6 +157,10 @@ pub enum Config {
     Policy,
     Milter,
     All,
+    /// The same lines, answered by the floor responders (`floor.rs`).
+    FloorPolicy,
+    FloorMilter,
+    FloorAll,
 }
 
 impl Config {
@@ -148,6 +171,9 @@ impl Config {
             "policy" => Config::Policy,
             "milter" => Config::Milter,
             "all" => Config::All,
+            "floor-policy" => Config::FloorPolicy,
+            "floor-milter" => Config::FloorMilter,
+            "floor-all" => Config::FloorAll,
             _ => return None,
         })
     }
@@ -159,17 +185,33 @@ impl Config {
             Config::Policy => "policy",
             Config::Milter => "milter",
             Config::All => "all",
+            Config::FloorPolicy => "floor-policy",
+            Config::FloorMilter => "floor-milter",
+            Config::FloorAll => "floor-all",
         }
     }
 
+    /// Answered by the floor responders, not the daemon.
+    pub fn floor(self) -> bool {
+        matches!(
+            self,
+            Config::FloorPolicy | Config::FloorMilter | Config::FloorAll
+        )
+    }
     fn socketmap(self) -> bool {
-        matches!(self, Config::Socketmap | Config::All)
+        matches!(self, Config::Socketmap | Config::All | Config::FloorAll)
     }
     fn policy(self) -> bool {
-        matches!(self, Config::Policy | Config::All)
+        matches!(
+            self,
+            Config::Policy | Config::All | Config::FloorPolicy | Config::FloorAll
+        )
     }
     fn milter(self) -> bool {
-        matches!(self, Config::Milter | Config::All)
+        matches!(
+            self,
+            Config::Milter | Config::All | Config::FloorMilter | Config::FloorAll
+        )
     }
 
     /// The main.cf settings, every front door's set (to empty when off).
@@ -182,7 +224,7 @@ impl Config {
         ] {
             for name in names {
                 let value = if on {
-                    deployment_setting(name, sockets)
+                    deployment_setting_for(name, sockets, self.floor())
                 } else {
                     String::new()
                 };
@@ -277,6 +319,8 @@ pub struct Lab {
     // namespace last.
     sink: Child,
     sink_count: Arc<AtomicU64>,
+    /// The floor responders (`floor.rs`).
+    floor: Child,
     daemon: Daemon,
     log: LogTail,
     pf: Postfix,
@@ -333,6 +377,7 @@ impl Lab {
         );
         daemon.listening("socketmap");
         daemon.listening("policy");
+        let floor = start_floor(&ns, &sockets);
         let log = LogTail {
             path: daemon.decisions_path(),
             offset: 0,
@@ -341,6 +386,7 @@ impl Lab {
         Some(Lab {
             sink,
             sink_count,
+            floor,
             daemon,
             log,
             pf,
@@ -388,8 +434,14 @@ impl Lab {
             .wait_for_queue(|q| q.is_empty(), Duration::from_secs(30));
         let warm = self.wait_for_records(self.expected(config, WARMUP_MESSAGES));
 
-        let cpu0 = process_cpu(self.daemon.pid());
-        let switches0 = process_switches(self.daemon.pid());
+        // The process that answers: the daemon, or the floor.
+        let pid = if config.floor() {
+            self.floor.id() as i32
+        } else {
+            self.daemon.pid()
+        };
+        let cpu0 = process_cpu(pid);
+        let switches0 = process_switches(pid);
         let t0 = Instant::now();
         self.inject(sessions, messages);
         let elapsed = t0.elapsed();
@@ -397,9 +449,9 @@ impl Lab {
             .wait_for_queue(|q| q.is_empty(), Duration::from_secs(30));
         let seen = self.wait_for_records(self.expected(config, messages));
         // After the records are written: their cost is the daemon's too.
-        let daemon_cpu = process_cpu(self.daemon.pid()).saturating_sub(cpu0);
-        let daemon_switches = process_switches(self.daemon.pid()).saturating_sub(switches0);
-        if config.socketmap() {
+        let daemon_cpu = process_cpu(pid).saturating_sub(cpu0);
+        let daemon_switches = process_switches(pid).saturating_sub(switches0);
+        if config.socketmap() && !config.floor() {
             assert!(
                 warm.socketmap + seen.socketmap > 0,
                 "{}: no socketmap lookup",
@@ -477,6 +529,10 @@ impl Lab {
     /// The records `messages` messages must leave (socketmap: see
     /// [`Lab::wait_for_records`]).
     fn expected(&self, config: Config, messages: usize) -> Records {
+        if config.floor() {
+            // The floor writes nothing, and the daemon is not asked.
+            return Records::default();
+        }
         Records {
             socketmap: 0,
             policy_recipient: if config.policy() {
@@ -583,12 +639,46 @@ impl Lab {
     pub fn stop(mut self, timeout: Duration) {
         let _ = self.sink.kill();
         let _ = self.sink.wait();
+        let _ = self.floor.kill();
+        let _ = self.floor.wait();
         self.daemon.signal(libc::SIGTERM);
         let deadline = Instant::now() + timeout;
         while crate::common::netns::process_alive(self.daemon.pid()) && Instant::now() < deadline {
             thread::sleep(POLL);
         }
     }
+}
+
+/// The floor responders, in the namespace, on [`FLOOR_ENDPOINTS`].
+fn start_floor(ns: &Netns, sockets: &Sockets) -> Child {
+    let addrs: Vec<String> = FLOOR_ENDPOINTS
+        .iter()
+        .map(|(inet, path)| match sockets {
+            Sockets::Inet => inet.to_string(),
+            Sockets::Unix(queue) => format!("unix:{}", queue.join(path).display()),
+        })
+        .collect();
+    let mut child = ns
+        .cmd(std::env::current_exe().expect("the bench binary"))
+        .args(&addrs)
+        .env(crate::floor::FLOOR_ENV, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the floor responders");
+    let mut err = child.stderr.take().expect("floor stderr");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"floor: listening\n") {
+        match err.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            _ => panic!(
+                "the floor responders did not start: {}",
+                String::from_utf8_lossy(&line)
+            ),
+        }
+    }
+    child
 }
 
 fn add(a: Records, b: Records) -> Records {

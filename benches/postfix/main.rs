@@ -20,7 +20,12 @@
 //! - `policy`: `check_policy_service` where the deployment asks it (at
 //!   RCPT: its milter writes the per-message record);
 //! - `milter`: `smtpd_milters`;
-//! - `all`: the three together.
+//! - `all`: the three together;
+//! - `floor-policy`, `floor-milter`, `floor-all`: the same main.cf lines
+//!   answered by bare responders that hold the same conversations and do
+//!   nothing else (`floor.rs`): what the protocol exchanges alone cost on
+//!   this machine. Their CPU column is the responders'. Not run by
+//!   default.
 //!
 //! Every run is checked: every message reached the sink, the queue is
 //! empty, and the decision log gained exactly one policy-server record per
@@ -51,6 +56,7 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+mod floor;
 mod lab;
 
 use std::time::Duration;
@@ -150,6 +156,11 @@ fn print_table(sessions: usize, messages: usize, reps: usize, rows: &[Summary]) 
 }
 
 fn main() {
+    if std::env::var_os(floor::FLOOR_ENV).is_some() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        floor::main(&args);
+        return;
+    }
     let messages: usize = env_or("BENCH_MESSAGES", 3000);
     let single: usize = env_or("BENCH_SINGLE_MESSAGES", 300);
     let reps: usize = env_or("BENCH_REPS", 5).max(1);
