@@ -76,6 +76,12 @@ pub struct SharedHealth {
     /// With sentinels: the master (`host:port`) in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master: Option<String>,
+    /// The other hosts' "learned" notices: `subscribed` or `not
+    /// subscribed` (a host waiting for another's discovery then looks at
+    /// the claim every poll instead of being told). Not a problem by
+    /// itself; absent from daemons that do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notices: Option<String>,
 }
 
 impl SharedHealth {
@@ -436,9 +442,12 @@ impl Health {
                 let _ = write!(out, " (master {m})");
             }
             let _ = write!(out, ": {}", s.state);
-            match &s.problem {
-                Some(p) => {
-                    let _ = writeln!(out, " ({p})");
+            if let Some(p) = &s.problem {
+                let _ = write!(out, " ({p})");
+            }
+            match &s.notices {
+                Some(n) => {
+                    let _ = writeln!(out, "; notices {n}");
                 }
                 None => out.push('\n'),
             }
@@ -698,6 +707,7 @@ mod tests {
             state: "up".into(),
             problem: None,
             master: None,
+            notices: None,
         };
         assert_eq!(s.problem(), None);
         let mut h = sample();
@@ -730,6 +740,7 @@ mod tests {
             state: "up".into(),
             problem: None,
             master: Some("10.0.0.6:6379".into()),
+            notices: None,
         };
         h.shared = Some(sentinel.clone());
         let text = h.render_text();
@@ -745,6 +756,42 @@ mod tests {
         assert!(!serde_json::to_string(&h).unwrap().contains("\"master\""));
         h.shared = None;
         assert!(!serde_json::to_string(&h).unwrap().contains("shared"));
+    }
+
+    #[test]
+    fn the_notices_subscription_is_shown_and_not_a_problem() {
+        let mut s = SharedHealth {
+            url: "redis://10.0.0.5:6379/2".into(),
+            state: "up".into(),
+            problem: None,
+            master: None,
+            notices: Some("not subscribed".into()),
+        };
+        assert_eq!(s.problem(), None, "polling still works without notices");
+        let mut h = sample();
+        h.shared = Some(s.clone());
+        let text = h.render_text();
+        assert!(
+            text.contains("shared store  redis://10.0.0.5:6379/2: up; notices not subscribed\n"),
+            "{text}"
+        );
+        s.state = "down".into();
+        s.problem = Some("connection refused".into());
+        h.shared = Some(s);
+        let text = h.render_text();
+        assert!(
+            text.contains(
+                "shared store  redis://10.0.0.5:6379/2: down (connection refused); notices not subscribed\n"
+            ),
+            "{text}"
+        );
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(json.contains("\"notices\":\"not subscribed\""), "{json}");
+        assert_eq!(serde_json::from_str::<Health>(&json).unwrap(), h);
+        // What a daemon that does not say it sends still reads.
+        let old = json.replace(",\"notices\":\"not subscribed\"", "");
+        let back: Health = serde_json::from_str(&old).unwrap();
+        assert_eq!(back.shared.unwrap().notices, None);
     }
 
     #[test]

@@ -100,17 +100,26 @@ fn client(ns: &Netns, d: &Daemon) -> Client {
     Client::from_tcp(ns.tcp_connect(("127.0.0.1", d.port())).unwrap())
 }
 
-/// `GET /metrics` of `d`: the sample of `series` (0 when not listed).
-fn metric(ns: &Netns, d: &Daemon, series: &str) -> u64 {
+/// `GET path` of `d`'s metrics listener: the whole response.
+fn http_get(ns: &Netns, d: &Daemon, path: &str) -> String {
     use std::io::{Read, Write};
     let addr = d.listening("metrics");
     let addr = addr.strip_prefix("inet:").unwrap_or(&addr);
     let mut s = ns.tcp_connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// `GET /metrics` of `d`: the sample of `series` (0 when not listed).
+fn metric(ns: &Netns, d: &Daemon, series: &str) -> u64 {
+    let body = http_get(ns, d, "/metrics");
     body.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0, |v| v.parse().unwrap())
@@ -164,6 +173,9 @@ impl Fleet {
         let d = Daemon::start_with(&conf, POLICY_DEFAULT, Options::in_netns(&self.ns));
         d.wait_for_line(|l| l.contains("shared store connected"));
         d.wait_for_line(|l| l.contains("shared store notices subscribed"));
+        // `/health` says so too.
+        let health = http_get(&self.ns, &d, "/health");
+        assert!(health.contains("\"notices\": \"subscribed\""), "{health}");
         d
     }
 

@@ -311,6 +311,14 @@ impl crate::health::Observed for Context {
             state: s.state.to_string(),
             problem: s.problem,
             master: s.master,
+            notices: Some(
+                if s.notices {
+                    "subscribed"
+                } else {
+                    "not subscribed"
+                }
+                .to_string(),
+            ),
         })
     }
 }

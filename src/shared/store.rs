@@ -45,6 +45,10 @@ pub struct SharedStatus {
     pub problem: Option<String>,
     /// With sentinels: the master (`host:port`) connected to.
     pub master: Option<String>,
+    /// Whether the notices connection (other hosts' "learned" notices) is
+    /// subscribed; without it a waiting host looks at the claim every
+    /// poll instead of being told.
+    pub notices: bool,
 }
 
 /// What a source holds now, as entries for the store.
@@ -179,6 +183,7 @@ impl SharedStore {
             state,
             problem: b.problem.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             master: self.inner.target.master(),
+            notices: self.notices_subscribed(),
         }
     }
 
