@@ -19,7 +19,13 @@
 //! isolates the work done per request. The bench binary runs this when
 //! [`FLOOR_ENV`] is set, inside the benchmark's network namespace.
 
+use std::io::Read;
+use std::process::{Child, Stdio};
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::common::netns::Netns;
+use crate::deployment::Sockets;
 
 use tls_policyd::frontends::netstring;
 
@@ -27,6 +33,46 @@ use tls_policyd::frontends::netstring;
 /// floor responders; the arguments are `socketmap policy milter`
 /// addresses (`inet:HOST:PORT` or `unix:PATH`).
 pub const FLOOR_ENV: &str = "TLS_POLICYD_BENCH_FLOOR";
+
+/// The floor responders' endpoints (see `floor.rs`), in the order of
+/// the deployment's endpoints (`lab.rs`): loopback TCP, or unix sockets under the queue directory.
+pub const FLOOR_ENDPOINTS: [(&str, &str); 3] = [
+    ("inet:127.0.0.1:10037", "tls-policyd/floor-socketmap.sock"),
+    ("inet:127.0.0.1:10038", "tls-policyd/floor-policy.sock"),
+    ("inet:127.0.0.1:10039", "tls-policyd/floor-milter.sock"),
+];
+
+/// The floor responders, in the namespace, on [`FLOOR_ENDPOINTS`].
+pub fn start(ns: &Netns, sockets: &Sockets) -> Child {
+    let addrs: Vec<String> = FLOOR_ENDPOINTS
+        .iter()
+        .map(|(inet, path)| match sockets {
+            Sockets::Inet => inet.to_string(),
+            Sockets::Unix(queue) => format!("unix:{}", queue.join(path).display()),
+        })
+        .collect();
+    let mut child = ns
+        .cmd(std::env::current_exe().expect("the bench binary"))
+        .args(&addrs)
+        .env(FLOOR_ENV, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the floor responders");
+    let mut err = child.stderr.take().expect("floor stderr");
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"floor: listening\n") {
+        match err.read(&mut b) {
+            Ok(1) => line.push(b[0]),
+            _ => panic!(
+                "the floor responders did not start: {}",
+                String::from_utf8_lossy(&line)
+            ),
+        }
+    }
+    child
+}
 
 /// The trace header the deployment's milter adds.
 const TRACE_HEADER: &str = "X-TLS-Policy";

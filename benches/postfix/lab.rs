@@ -2,8 +2,7 @@
 //! private Postfix and the release `tls-policyd`, and one timed run of
 //! `smtp-source` through them.
 
-use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::io::Read;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +11,12 @@ use std::time::{Duration, Instant};
 
 use crate::common::netns::{Netns, missing_prerequisite};
 use crate::common::postfix::{Postfix, PostfixOptions, backdate};
-use crate::common::{Daemon, Options, examples};
+use crate::common::{Daemon, Options};
+use crate::deployment::{
+    COMMON_SETTINGS, MILTER_SETTINGS, POLICY_SETTINGS, SOCKETMAP_SETTINGS, Sockets, daemon_files,
+    deployment_setting, deployment_setting_for,
+};
+use crate::records::{LogTail, Records, add};
 
 /// The sink: `dest.example`'s only host.
 const SINK: &str = "127.0.0.2:25";
@@ -22,132 +26,6 @@ const RECIPIENTS_PER_MESSAGE: usize = 3;
 const MESSAGE_BYTES: usize = 2048;
 const WARMUP_MESSAGES: usize = 20;
 const POLL: Duration = Duration::from_millis(5);
-
-/// The deployment whose lines the benchmark runs, verbatim.
-const DEPLOYMENT: &str = "deployments/all-front-doors";
-
-/// main.cf settings per front door, as the deployment gives them.
-const SOCKETMAP_SETTINGS: &[&str] = &["smtp_tls_policy_maps"];
-/// (The deployment may leave the DATA and END-OF-DATA checks out: its
-/// milter then writes the per-message record. Left out, they stay empty.)
-const POLICY_SETTINGS: &[&str] = &[
-    "smtpd_recipient_restrictions",
-    "smtpd_data_restrictions",
-    "smtpd_end_of_data_restrictions",
-];
-const MILTER_SETTINGS: &[&str] = &["smtpd_milters"];
-/// Settings that apply whichever front doors are on.
-const COMMON_SETTINGS: &[&str] = &[
-    "smtpd_relay_restrictions",
-    "smtpd_policy_service_max_idle",
-    "milter_default_action",
-    "milter_protocol",
-    "milter_connect_timeout",
-    "milter_command_timeout",
-];
-
-/// The deployment's loopback addresses and the unix sockets that replace
-/// them with `BENCH_SOCKETS=unix` (inside Postfix's queue directory, as
-/// the Debian package has them).
-const ENDPOINTS: [(&str, &str); 3] = [
-    ("inet:127.0.0.1:10027", "tls-policyd/socketmap.sock"),
-    ("inet:127.0.0.1:10028", "tls-policyd/policy.sock"),
-    ("inet:127.0.0.1:10029", "tls-policyd/milter.sock"),
-];
-
-/// The floor responders' endpoints (see `floor.rs`), in the order of
-/// [`ENDPOINTS`]: loopback TCP, or unix sockets under the queue directory.
-const FLOOR_ENDPOINTS: [(&str, &str); 3] = [
-    ("inet:127.0.0.1:10037", "tls-policyd/floor-socketmap.sock"),
-    ("inet:127.0.0.1:10038", "tls-policyd/floor-policy.sock"),
-    ("inet:127.0.0.1:10039", "tls-policyd/floor-milter.sock"),
-];
-
-/// How Postfix reaches the front doors.
-#[derive(Debug, Clone)]
-pub enum Sockets {
-    /// The deployment's loopback TCP addresses.
-    Inet,
-    /// Unix sockets under this queue directory.
-    Unix(PathBuf),
-}
-
-impl Sockets {
-    fn name(&self) -> &'static str {
-        match self {
-            Sockets::Inet => "loopback TCP",
-            Sockets::Unix(_) => "unix sockets in the queue directory",
-        }
-    }
-}
-
-/// The deployment's tls-policyd.toml with its files in the daemon's
-/// directory; and its policy file.
-fn daemon_files(sockets: &Sockets) -> (String, String) {
-    let mut config = examples::read(&format!("{DEPLOYMENT}/tls-policyd.toml"))
-        .replace("/etc/tls-policyd/policy.toml", "policy.toml")
-        .replace("/var/log/tls-policyd/decisions.jsonl", "decisions.jsonl");
-    if let Sockets::Unix(queue) = sockets {
-        let mut out = String::new();
-        for line in config.lines() {
-            let unix = ENDPOINTS.iter().find(|(inet, _)| {
-                line.trim_start().starts_with("listen") && line.contains(&format!("\"{inet}\""))
-            });
-            match unix {
-                Some((_, path)) => {
-                    let path = queue.join(path);
-                    out.push_str(&format!(
-                        "listen = \"unix:{}\"\nsocket_mode = \"0666\"\n",
-                        path.display()
-                    ));
-                }
-                None => {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-            }
-        }
-        config = out;
-    }
-    let policy = examples::read(&format!("{DEPLOYMENT}/policy.toml"));
-    (config, policy)
-}
-
-/// The deployment's main.cf value of `name` (empty when it has none),
-/// with `sockets` as the front doors' addresses.
-fn deployment_setting(name: &str, sockets: &Sockets) -> String {
-    deployment_setting_for(name, sockets, false)
-}
-
-/// [`deployment_setting`], with the floor responders' addresses instead
-/// of the daemon's when `floor`.
-fn deployment_setting_for(name: &str, sockets: &Sockets, floor: bool) -> String {
-    let main_cf = examples::read(&format!("{DEPLOYMENT}/main.cf"));
-    let Some(mut value) = examples::main_cf_value(&main_cf, name) else {
-        assert!(
-            ![
-                "smtpd_recipient_restrictions",
-                "smtpd_milters",
-                "smtp_tls_policy_maps"
-            ]
-            .contains(&name),
-            "{DEPLOYMENT}/main.cf has no {name}"
-        );
-        return String::new();
-    };
-    for (i, (inet, path)) in ENDPOINTS.into_iter().enumerate() {
-        let (floor_inet, floor_path) = FLOOR_ENDPOINTS[i];
-        let to = match (sockets, floor) {
-            (Sockets::Inet, false) => continue,
-            (Sockets::Inet, true) => floor_inet.to_string(),
-            // Relative to the queue directory, where Postfix daemons run.
-            (Sockets::Unix(_), false) => format!("unix:{path}"),
-            (Sockets::Unix(_), true) => format!("unix:{floor_path}"),
-        };
-        value = value.replace(inet, &to);
-    }
-    value
-}
 
 /// One Postfix configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,58 +140,6 @@ impl Measurement {
     }
 }
 
-/// Decision records counted by kind.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Records {
-    socketmap: usize,
-    policy_recipient: usize,
-    policy_message: usize,
-    milter: usize,
-}
-
-/// Reads the decision log from where it was last read.
-struct LogTail {
-    path: PathBuf,
-    offset: u64,
-    partial: Vec<u8>,
-}
-
-impl LogTail {
-    fn read_new(&mut self) -> Records {
-        let mut counts = Records::default();
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
-            return counts;
-        };
-        f.seek(SeekFrom::Start(self.offset))
-            .expect("seek decision log");
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf).expect("read decision log");
-        self.offset += buf.len() as u64;
-        self.partial.extend_from_slice(&buf);
-        let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
-            return counts;
-        };
-        let complete: Vec<u8> = self.partial.drain(..=end).collect();
-        for line in complete.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let line = std::str::from_utf8(line).expect("decision log is UTF-8");
-            if line.contains(r#""frontend":"socketmap""#) {
-                counts.socketmap += 1;
-            } else if line.contains(r#""frontend":"milter""#) {
-                counts.milter += 1;
-            } else if line.contains(r#""frontend":"policy""#) {
-                if line.contains(r#""recipients":"#) {
-                    counts.policy_message += 1;
-                } else {
-                    counts.policy_recipient += 1;
-                }
-            } else {
-                panic!("unexpected decision record: {line}");
-            }
-        }
-        counts
-    }
-}
-
 pub struct Lab {
     // Dropped in this order: sink and daemon before Postfix, the
     // namespace last.
@@ -377,7 +203,7 @@ impl Lab {
         );
         daemon.listening("socketmap");
         daemon.listening("policy");
-        let floor = start_floor(&ns, &sockets);
+        let floor = crate::floor::start(&ns, &sockets);
         let log = LogTail {
             path: daemon.decisions_path(),
             offset: 0,
@@ -646,47 +472,6 @@ impl Lab {
         while crate::common::netns::process_alive(self.daemon.pid()) && Instant::now() < deadline {
             thread::sleep(POLL);
         }
-    }
-}
-
-/// The floor responders, in the namespace, on [`FLOOR_ENDPOINTS`].
-fn start_floor(ns: &Netns, sockets: &Sockets) -> Child {
-    let addrs: Vec<String> = FLOOR_ENDPOINTS
-        .iter()
-        .map(|(inet, path)| match sockets {
-            Sockets::Inet => inet.to_string(),
-            Sockets::Unix(queue) => format!("unix:{}", queue.join(path).display()),
-        })
-        .collect();
-    let mut child = ns
-        .cmd(std::env::current_exe().expect("the bench binary"))
-        .args(&addrs)
-        .env(crate::floor::FLOOR_ENV, "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn the floor responders");
-    let mut err = child.stderr.take().expect("floor stderr");
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while !line.ends_with(b"floor: listening\n") {
-        match err.read(&mut b) {
-            Ok(1) => line.push(b[0]),
-            _ => panic!(
-                "the floor responders did not start: {}",
-                String::from_utf8_lossy(&line)
-            ),
-        }
-    }
-    child
-}
-
-fn add(a: Records, b: Records) -> Records {
-    Records {
-        socketmap: a.socketmap + b.socketmap,
-        policy_recipient: a.policy_recipient + b.policy_recipient,
-        policy_message: a.policy_message + b.policy_message,
-        milter: a.milter + b.milter,
     }
 }
 

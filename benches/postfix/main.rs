@@ -56,8 +56,10 @@
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+mod deployment;
 mod floor;
 mod lab;
+mod records;
 
 use std::time::Duration;
 
