@@ -27,7 +27,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::common::netns::Netns;
 use crate::deployment::Sockets;
 
-use tls_policyd::frontends::netstring;
+use indymilter::{MacroStage, ProtoOpts};
+use tls_policyd::frontends::{milter, netstring};
 
 /// Set in the environment of the re-executed bench binary to make it the
 /// floor responders; the arguments are `socketmap policy milter`
@@ -77,13 +78,11 @@ pub fn start(ns: &Netns, sockets: &Sockets) -> Child {
 /// The trace header the deployment's milter adds.
 const TRACE_HEADER: &str = "X-TLS-Policy";
 
-// Milter protocol (Sendmail's mfdef.h).
+// Milter protocol (Sendmail's mfdef.h): the header action, and the
+// "no reply" options the responder looks at (the rest of the negotiation
+// is the daemon's own, see `wanted_protocol`).
 const SMFIF_ADDHDRS: u32 = 0x01;
-const SMFIP_NOBODY: u32 = 0x10;
-const SMFIP_NOEOH: u32 = 0x40;
 const SMFIP_NR_HDR: u32 = 0x80;
-const SMFIP_NOUNKNOWN: u32 = 0x100;
-const SMFIP_NODATA: u32 = 0x200;
 const SMFIP_NR_CONN: u32 = 0x1000;
 const SMFIP_NR_HELO: u32 = 0x2000;
 const SMFIP_NR_MAIL: u32 = 0x4000;
@@ -95,31 +94,28 @@ const SMFIP_NR_BODY: u32 = 0x80000;
 /// Longest packet read (as indymilter).
 const MAX_PACKET: usize = 1024 * 1024;
 
-/// The steps and replies the daemon's milter asks for with `refuse =
-/// "off"` (`frontends/milter/negotiate.rs`, `protocol_options`).
+/// The steps and replies the daemon's milter asks for with the
+/// deployment's `refuse = "off"`: its own function, so the floor follows
+/// any change to it.
 fn wanted_protocol(unix: bool) -> u32 {
-    let mut p = SMFIP_NOEOH
-        | SMFIP_NOBODY
-        | SMFIP_NOUNKNOWN
-        | SMFIP_NR_CONN
-        | SMFIP_NR_HELO
-        | SMFIP_NR_MAIL
-        | SMFIP_NR_HDR
-        | SMFIP_NR_RCPT;
-    if unix {
-        p |= SMFIP_NODATA;
-    }
-    p
+    milter::protocol_options(ProtoOpts::all(), false, unix).bits()
 }
 
-/// The macros the daemon's milter asks for, by stage.
-const MACROS: [(u32, &str); 5] = [
-    (0, "j {daemon_name}"),
-    (1, "{tls_version} {cipher} {cipher_bits} {cert_subject}"),
-    (2, "i {auth_authen} {mail_addr}"),
-    (3, "i {rcpt_addr}"),
-    (5, "i"),
-];
+/// The macros the daemon's milter asks for, by stage number (SMFIM_*).
+fn wanted_macros() -> impl Iterator<Item = (u32, &'static str)> {
+    milter::REQUESTED_MACROS.into_iter().map(|(stage, names)| {
+        let n = match stage {
+            MacroStage::Connect => 0,
+            MacroStage::Helo => 1,
+            MacroStage::Mail => 2,
+            MacroStage::Rcpt => 3,
+            MacroStage::Data => 4,
+            MacroStage::Eom => 5,
+            MacroStage::Eoh => 6,
+        };
+        (n, names)
+    })
+}
 
 /// Run the floor responders until killed.
 pub fn main(args: &[String]) {
@@ -261,7 +257,7 @@ fn milter_replies(buf: &[u8], out: &mut Vec<u8>, st: &mut MilterState) -> Option
                 d.extend_from_slice(&6u32.to_be_bytes());
                 d.extend_from_slice(&SMFIF_ADDHDRS.to_be_bytes());
                 d.extend_from_slice(&proto.to_be_bytes());
-                for (stage, names) in MACROS {
+                for (stage, names) in wanted_macros() {
                     d.extend_from_slice(&stage.to_be_bytes());
                     d.extend_from_slice(names.as_bytes());
                     d.push(0);

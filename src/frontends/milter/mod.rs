@@ -42,6 +42,8 @@ mod negotiate;
 pub mod state;
 pub mod watch;
 
+pub use negotiate::{REQUESTED_MACROS, protocol_options};
+
 pub use config::{
     MAX_HEADER_BYTES_LIMIT, MAX_RECIPIENTS_LIMIT, MIN_HEADER_BYTES, MilterConfig, MilterSettings,
 };

@@ -11,11 +11,16 @@ use crate::engine::refusal::RefuseMode;
 use crate::metrics::Frontend;
 
 /// Macros requested per stage.
-const CONNECT_MACROS: &str = "j {daemon_name}";
-const HELO_MACROS: &str = "{tls_version} {cipher} {cipher_bits} {cert_subject}";
-const MAIL_MACROS: &str = "i {auth_authen} {mail_addr}";
-const RCPT_MACROS: &str = "i {rcpt_addr}";
-const EOM_MACROS: &str = "i";
+pub const REQUESTED_MACROS: [(MacroStage, &str); 5] = [
+    (MacroStage::Connect, "j {daemon_name}"),
+    (
+        MacroStage::Helo,
+        "{tls_version} {cipher} {cipher_bits} {cert_subject}",
+    ),
+    (MacroStage::Mail, "i {auth_authen} {mail_addr}"),
+    (MacroStage::Rcpt, "i {rcpt_addr}"),
+    (MacroStage::Eom, "i"),
+];
 
 /// Ask for the actions the settings need (those the MTA offers) and the
 /// macros used; start the connection's state.
@@ -39,13 +44,7 @@ pub(super) fn negotiate(
     }
     // Assigned, not added to: it starts out as everything the MTA offers.
     cx.requested_actions = actions;
-    for (stage, names) in [
-        (MacroStage::Connect, CONNECT_MACROS),
-        (MacroStage::Helo, HELO_MACROS),
-        (MacroStage::Mail, MAIL_MACROS),
-        (MacroStage::Rcpt, RCPT_MACROS),
-        (MacroStage::Eom, EOM_MACROS),
-    ] {
+    for (stage, names) in REQUESTED_MACROS {
         if let Ok(names) = CString::new(names) {
             cx.requested_macros.insert(stage, names);
         }
@@ -98,7 +97,7 @@ const NOREPLY: ProtoOpts = ProtoOpts::NOREPLY_CONNECT
 /// Over a unix socket (`unix_socket`) there is no Nagle to wait for: the
 /// DATA step is skipped, which spares smtpd a wait for a reply per
 /// message (its macros still come, unanswered).
-fn protocol_options(offered: ProtoOpts, refuse: bool, unix_socket: bool) -> ProtoOpts {
+pub fn protocol_options(offered: ProtoOpts, refuse: bool, unix_socket: bool) -> ProtoOpts {
     let mut opts = ProtoOpts::NO_EOH
         | ProtoOpts::NO_BODY
         | ProtoOpts::NO_UNKNOWN
