@@ -30,6 +30,15 @@
 //!   figures show what `[shared]` costs the hot path. Default: off.
 //! - `BENCH_DAEMON`: the path of another `tls-policyd` binary to measure
 //!   (figures before a change); default the one built with this bench.
+//! - `BENCH_COMPARE`: the path of a second `tls-policyd` binary measured in
+//!   the same rounds as the first (target `compared`, its own decision
+//!   log): before and after a change side by side, each next to the same
+//!   baseline runs.
+//! - `BENCH_ROUNDS`: how many times each connection count is measured,
+//!   the targets taking turns (baseline, tls-policyd, compared, baseline,
+//!   …; default 1). A virtual machine's speed drifts over tens of seconds:
+//!   runs that alternate see the same drift, and the report gives each
+//!   round's ratio to the baseline run just before it and their median.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -118,6 +127,29 @@ fn main() {
     let mut baseline = Server::start("baseline", baseline_cmd);
     let baseline_start_mem = baseline.memory();
 
+    let compare_dir = dir.path().join("compared");
+    let mut compared = std::env::var_os("BENCH_COMPARE")
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let bin = PathBuf::from(p);
+            assert!(
+                bin.exists(),
+                "BENCH_COMPARE={}: no such file",
+                bin.display()
+            );
+            fs::create_dir(&compare_dir).expect("cannot create a directory");
+            let config = write_config(&compare_dir, settings.rules, settings.mta_sts);
+            let mut cmd = server_command(&bin, cpu);
+            cmd.arg("serve").arg("--config").arg(&config);
+            cmd.env_remove("RUST_LOG");
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("TLS_POLICYD_") {
+                    cmd.env_remove(&k);
+                }
+            }
+            Server::start("compared", cmd)
+        });
+
     eprintln!(
         "bench: {} rules loaded in {:.2} s; tls-policyd on {}, baseline on {}",
         settings.rules,
@@ -128,13 +160,21 @@ fn main() {
 
     let mut results = Vec::new();
     let mut daemon_lookups = 0u64;
+    let mut compared_lookups = 0u64;
+    let mut targets = vec![(Target::Baseline, &baseline), (Target::Daemon, &daemon)];
+    if let Some(c) = &compared {
+        targets.push((Target::Compared, c));
+    }
     for (c_index, &conns) in settings.conns.iter().enumerate() {
-        for (target, server) in [(Target::Baseline, &baseline), (Target::Daemon, &daemon)] {
+        for (round, &(target, server)) in
+            (0..settings.rounds).flat_map(|r| targets.iter().map(move |t| (r, t)))
+        {
             // On a shared machine other work can land on our CPUs; such a
             // run is repeated, and the least disturbed attempt is kept.
             let mut kept: Option<RunResult> = None;
             for attempt in 0..=RETRIES {
-                let r = run(&settings, target, server, conns, c_index);
+                let mut r = run(&settings, target, server, conns, c_index);
+                r.round = round;
                 eprintln!(
                     "bench: {:<11} C={:<3} {:>9.0} lookups/s  p50 {:>7.1} µs  p99 {:>7.1} µs  p99.9 {:>7.1} µs",
                     target.name(),
@@ -144,8 +184,10 @@ fn main() {
                     r.hist.percentile_us(0.99),
                     r.hist.percentile_us(0.999),
                 );
-                if target == Target::Daemon {
-                    daemon_lookups += r.total;
+                match target {
+                    Target::Daemon => daemon_lookups += r.total,
+                    Target::Compared => compared_lookups += r.total,
+                    Target::Baseline => {}
                 }
                 let disturbed = r.disturbance() > DISTURBED;
                 if disturbed {
@@ -182,6 +224,16 @@ fn main() {
     // flushes whatever is left.
     let daemon_exit = daemon.stop();
     baseline.stop();
+    if let Some(c) = &mut compared {
+        c.stop();
+        let lines = count_lines(&compare_dir.join("decisions.jsonl"));
+        if lines != compared_lookups {
+            eprintln!(
+                "bench: the compared build's decision log has {lines} lines for \
+                 {compared_lookups} lookups"
+            );
+        }
+    }
     let log_lines = count_lines(&decisions);
     let log_bytes = fs::metadata(&decisions).map(|m| m.len()).unwrap_or(0);
 
@@ -230,6 +282,8 @@ struct Settings {
     conns: Vec<usize>,
     /// Cached MTA-STS policies (0: MTA-STS off).
     mta_sts: usize,
+    /// Measurements of each target per connection count, alternating.
+    rounds: usize,
 }
 
 impl Settings {
@@ -272,11 +326,19 @@ impl Settings {
                 panic!("BENCH_MTA_STS={v:?}: expected a number of cached policies")
             })
         });
+        let rounds = var("BENCH_ROUNDS").map_or(1, |v| {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .unwrap_or_else(|| panic!("BENCH_ROUNDS={v:?}: expected a number 1..=100"))
+        });
         Settings {
             rules,
             measure,
             conns,
             mta_sts,
+            rounds,
         }
     }
 }
@@ -702,6 +764,8 @@ fn count_lines(path: &Path) -> u64 {
 enum Target {
     Baseline,
     Daemon,
+    /// `BENCH_COMPARE`'s build.
+    Compared,
 }
 
 impl Target {
@@ -709,6 +773,7 @@ impl Target {
         match self {
             Target::Baseline => "baseline",
             Target::Daemon => "tls-policyd",
+            Target::Compared => "compared",
         }
     }
 }
@@ -757,7 +822,7 @@ fn reply_done(buf: &[u8], req: &Request, target: Target) -> Result<bool, String>
     };
     let reply = &buf[frame.payload.clone()];
     let ok = match target {
-        Target::Daemon => reply == req.expect.as_slice(),
+        Target::Daemon | Target::Compared => reply == req.expect.as_slice(),
         Target::Baseline => reply.starts_with(b"OK "),
     };
     if !ok {
@@ -827,6 +892,8 @@ fn conn_blocking(
 struct RunResult {
     target: Target,
     conns: usize,
+    /// Which of the `BENCH_ROUNDS` rounds (from 0).
+    round: usize,
     measured: u64,
     total: u64,
     seconds: f64,
@@ -938,6 +1005,7 @@ fn run(
     let mut result = RunResult {
         target,
         conns,
+        round: 0,
         measured: 0,
         total: 0,
         seconds,
@@ -1128,6 +1196,20 @@ struct Report<'a> {
     daemon_lookups: u64,
 }
 
+/// The median (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 fn cpu_model() -> String {
     fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -1172,15 +1254,16 @@ fn report(r: &Report) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "| target | C | lookups/s | p50 µs | p99 µs | p99.9 µs | server CPU | server CPU µs/lookup | client CPU | other CPU |"
+        "| target | C | round | lookups/s | p50 µs | p99 µs | p99.9 µs | server CPU | server CPU µs/lookup | client CPU | other CPU |"
     );
-    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(s, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     for x in r.results {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.0}% | {:.0}% |",
+            "| {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.0}% | {:.0}% |",
             x.target.name(),
             x.conns,
+            x.round + 1,
             x.rate(),
             x.hist.percentile_us(0.50),
             x.hist.percentile_us(0.99),
@@ -1200,16 +1283,49 @@ fn report(r: &Report) -> String {
          repeated up to {RETRIES} times and the cleanest attempt shown)."
     );
     let _ = writeln!(s);
-    let _ = writeln!(s, "| C | tls-policyd / baseline (lookups/s) | p50 ratio |");
-    let _ = writeln!(s, "|--:|--:|--:|");
-    for &c in &r.settings.conns {
-        let find = |t: Target| r.results.iter().find(|x| x.target == t && x.conns == c);
-        if let (Some(b), Some(d)) = (find(Target::Baseline), find(Target::Daemon)) {
+    let _ = writeln!(
+        s,
+        "| target | C | / baseline (lookups/s), median of rounds | each round | p50 ratio | p99 ratio | server CPU µs/lookup, median |"
+    );
+    let _ = writeln!(s, "|---|--:|--:|---|--:|--:|--:|");
+    for target in [Target::Daemon, Target::Compared] {
+        for &c in &r.settings.conns {
+            // Each run against the baseline run of its own round.
+            let pairs: Vec<(&RunResult, &RunResult)> = r
+                .results
+                .iter()
+                .filter(|x| x.target == target && x.conns == c)
+                .filter_map(|d| {
+                    let b = r.results.iter().find(|x| {
+                        x.target == Target::Baseline && x.conns == c && x.round == d.round
+                    })?;
+                    Some((b, d))
+                })
+                .collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let ratio = |f: &dyn Fn(&RunResult) -> f64| {
+                median(pairs.iter().map(|(b, d)| f(d) / f(b)).collect())
+            };
+            let each: Vec<String> = pairs
+                .iter()
+                .map(|(b, d)| format!("{:.2}", d.rate() / b.rate()))
+                .collect();
             let _ = writeln!(
                 s,
-                "| {c} | {:.2} | {:.2} |",
-                d.rate() / b.rate(),
-                d.hist.percentile_us(0.5) / b.hist.percentile_us(0.5)
+                "| {} | {c} | {:.2} | {} | {:.2} | {:.2} | {:.1} |",
+                target.name(),
+                ratio(&|x| x.rate()),
+                each.join(", "),
+                ratio(&|x| x.hist.percentile_us(0.5)),
+                ratio(&|x| x.hist.percentile_us(0.99)),
+                median(
+                    pairs
+                        .iter()
+                        .map(|(_, d)| d.server_us_per_lookup())
+                        .collect()
+                ),
             );
         }
     }

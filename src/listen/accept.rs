@@ -12,10 +12,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
@@ -151,6 +153,9 @@ pub async fn serve<H, F>(
         });
     }
     drop(listener);
+    // Connections waiting for a request end now; one answering a request
+    // ends once it has answered ([`IdleTimer::closing`]).
+    open.close_all();
     if admission.drain == Drain::Abort {
         conns.abort_all();
     }
@@ -171,8 +176,36 @@ struct Slot {
     /// Nanoseconds after [`Slots::epoch`] since which the connection has
     /// been idle, or [`BUSY`].
     idle_since: AtomicU64,
-    close: CancellationToken,
+    /// Set once to close the connection; `waker` wakes it. Polled on
+    /// every wait for a request, so it is two atomics, not a
+    /// [`CancellationToken`] (whose waits register under a lock).
+    closed: AtomicBool,
+    waker: AtomicWaker,
     epoch: Instant,
+}
+
+impl Slot {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Ready once [`Slot::close`] was called; wakes `cx` then.
+    fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_closed() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_closed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 /// The open connections of one listener.
@@ -214,7 +247,8 @@ impl Slots {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let slot = Arc::new(Slot {
             idle_since: AtomicU64::new(BUSY),
-            close: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
             epoch: self.epoch,
         });
         lock(&self.open).insert(id, slot.clone());
@@ -225,19 +259,25 @@ impl Slots {
         }
     }
 
+    fn close_all(&self) {
+        for s in lock(&self.open).values() {
+            s.close();
+        }
+    }
+
     /// Signal the connection idle the longest to close; `false` when none
     /// is idle (each is answering a request).
     fn close_longest_idle(&self) -> bool {
         let open = lock(&self.open);
         let longest = open
             .values()
-            .filter(|s| !s.close.is_cancelled())
+            .filter(|s| !s.is_closed())
             .map(|s| (s.idle_since.load(Ordering::Relaxed), s))
             .filter(|(since, _)| *since != BUSY)
             .min_by_key(|(since, _)| *since);
         match longest {
             Some((_, s)) => {
-                s.close.cancel();
+                s.close();
                 true
             }
             None => false,
@@ -264,6 +304,16 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Why [`IdleTimer::expired`] resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Idle for the whole limit.
+    Idle,
+    /// The listener closes the connection (shutdown, or the connection
+    /// limit).
+    Closed,
+}
+
 /// A connection's idle timeout: [`IdleTimer::expired`] resolves once
 /// `limit` has passed since the last [`IdleTimer::touch`]. The limit is
 /// asked for again whenever the timer fires, so a reloaded value applies
@@ -271,9 +321,9 @@ impl Drop for Waiting<'_> {
 /// only re-armed when it fires early.
 ///
 /// Made on a connection [`serve`] accepted, it also resolves when the
-/// listener, at its connection limit, closes this connection for a new one
-/// because it has been idle the longest: waiting in `expired` is what
-/// counts as idle.
+/// listener closes this connection: at its connection limit, for a new
+/// one, because it has been idle the longest (waiting in `expired` is what
+/// counts as idle), or at shutdown. Made elsewhere, it is a plain timer.
 pub struct IdleTimer {
     sleep: Pin<Box<Sleep>>,
     last: Instant,
@@ -295,17 +345,29 @@ impl IdleTimer {
         self.last = Instant::now();
     }
 
-    /// Resolves when the connection has been idle for `limit()`.
-    /// Cancel-safe: use it in `select!`.
-    pub async fn expired(&mut self, limit: impl Fn() -> Duration) {
+    /// Whether the listener is closing this connection (shutdown, or the
+    /// connection limit): answer what was asked, then end.
+    pub fn closing(&self) -> bool {
+        self.slot.as_ref().is_some_and(|s| s.is_closed())
+    }
+
+    /// Resolves when the connection has been idle for `limit()`, or the
+    /// listener closes it. Cancel-safe: use it in `select!`.
+    pub async fn expired(&mut self, limit: impl Fn() -> Duration) -> Expiry {
         let Some(slot) = &self.slot else {
-            return Self::timed_out(&mut self.sleep, self.last, limit).await;
+            Self::timed_out(&mut self.sleep, self.last, limit).await;
+            return Expiry::Idle;
         };
         let _waiting = Waiting::new(slot, self.last);
-        tokio::select! {
-            () = Self::timed_out(&mut self.sleep, self.last, limit) => {}
-            () = slot.close.cancelled() => {}
-        }
+        let timed_out = Self::timed_out(&mut self.sleep, self.last, limit);
+        tokio::pin!(timed_out);
+        std::future::poll_fn(|cx| {
+            if slot.poll_closed(cx).is_ready() {
+                return Poll::Ready(Expiry::Closed);
+            }
+            timed_out.as_mut().poll(cx).map(|()| Expiry::Idle)
+        })
+        .await
     }
 
     async fn timed_out(sleep: &mut Pin<Box<Sleep>>, last: Instant, limit: impl Fn() -> Duration) {
@@ -409,5 +471,49 @@ mod tests {
         shutdown.cancel();
         task.await.unwrap();
         assert_eq!(metrics.open_connections(Frontend::Socketmap), 0);
+    }
+
+    /// Shutdown ends a connection waiting for a request at once, with
+    /// [`Expiry::Closed`], not after its idle limit; one answering a
+    /// request sees [`IdleTimer::closing`] once it has answered.
+    #[tokio::test]
+    async fn shutdown_closes_connections_waiting_for_a_request() {
+        let listener = Listener::bind(
+            &"inet:127.0.0.1:0".parse::<ListenAddr>().unwrap(),
+            &SocketOptions::default(),
+        )
+        .unwrap();
+        let addr = match listener.local_addr().unwrap() {
+            ListenAddr::Inet(a) => a,
+            ListenAddr::Unix(_) => unreachable!(),
+        };
+        let admission = Admission {
+            name: "test",
+            max_connections: 4,
+            drain: Drain::Wait,
+            metrics: None,
+        };
+        let shutdown = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(serve(listener, admission, shutdown.clone(), move |_, _| {
+            let tx = tx.clone();
+            async move {
+                let mut idle = IdleTimer::new(Duration::from_secs(3600));
+                assert!(!idle.closing());
+                let _ = tx.send(None);
+                let why = idle.expired(|| Duration::from_secs(3600)).await;
+                let _ = tx.send(Some((why, idle.closing(), Instant::now())));
+            }
+        }));
+        let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // A byte, so the listener's deferred accept returns at once.
+        open.write_all(b"x").await.unwrap();
+        assert!(rx.recv().await.unwrap().is_none(), "accepted");
+        let at = Instant::now();
+        shutdown.cancel();
+        task.await.unwrap();
+        let (why, closing, when) = rx.recv().await.unwrap().unwrap();
+        assert_eq!((why, closing), (Expiry::Closed, true));
+        assert!(when - at < Duration::from_secs(1), "{:?}", when - at);
     }
 }

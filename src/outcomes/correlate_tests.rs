@@ -311,8 +311,9 @@ fn outcome_record_line() {
     let j = judge_all(&ix, VERIFIED, &no_rule).remove(1);
     let mut rec = DecisionRecord::new(Some(j.queue_id), Detail::Delivery(Box::new(j.outcome)));
     rec.head.ts = at(T0) + Duration::from_micros(250);
+    assert_eq!(rec.to_json_line(), serde_json::to_string(&rec).unwrap());
     assert_eq!(
-        serde_json::to_string(&rec).unwrap(),
+        rec.to_json_line(),
         r#"{"ts":"2026-12-05T07:30:54.000250Z","frontend":"delivery","queue_id":"7738D98C11B","recipient":"real@verified.test","orig_to":"alias@verified.test","domain":"verified.test","relay":"mx.verified.test[127.0.0.11]:25","transport":"postfix/smtp","status":"sent","dsn":"2.0.0","status_text":"250 2.0.0 Ok: queued as 9974198C1B7","tls_trust":"verified","tls_protocol":"TLSv1.3","tls_cipher":"TLS_AES_256_GCM_SHA384","decided_by":"socketmap","tls":"forced","level":"secure","source":"static","rule":1,"reason":"why","verdict":"verified","logged_at":"2026-12-05T07:30:54.000000Z","delay":0.2}"#
     );
 }

@@ -55,7 +55,7 @@ use super::attrs::{Decoder, Request, encode_reply};
 use super::message::{CatchUnwind, panic_text};
 pub use super::{Backend, Live};
 use crate::engine::refusal::TlsKnowledge;
-use crate::listen::{self, Accepted, Admission, Drain, IdleTimer, Listener};
+use crate::listen::{self, Accepted, Admission, Drain, Expiry, IdleTimer, Listener};
 use crate::log::record::PolicyAction;
 use crate::metrics::{Cache, Frontend};
 pub use config::{PolicyServerConfig, PolicyServerSettings};
@@ -124,7 +124,6 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
         Some(m) => Messages::new(m.cache_observer(Cache::PolicyMessages)),
         None => Messages::default(),
     });
-    let stop = shutdown.clone();
     listen::serve(listener, admission, shutdown, move |conn, peer| {
         let server = Server {
             deps: deps.clone(),
@@ -132,11 +131,10 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
             peer,
             instance: None,
         };
-        let shutdown = stop.clone();
         async move {
             match conn {
-                Accepted::Tcp(s) => server.connection(s, &shutdown).await,
-                Accepted::Unix(s) => server.connection(s, &shutdown).await,
+                Accepted::Tcp(s) => server.connection(s).await,
+                Accepted::Unix(s) => server.connection(s).await,
             }
         }
     })
@@ -153,15 +151,13 @@ struct Server {
 }
 
 impl Server {
-    async fn connection<S>(mut self, mut stream: S, shutdown: &CancellationToken)
+    async fn connection<S>(mut self, mut stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut decoder = Decoder::new();
         let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
         let mut out: Vec<u8> = Vec::with_capacity(256);
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
         let mut idle = IdleTimer::new(self.deps.backend.live().policy_server.idle_timeout);
         loop {
             // Answer every complete request received; requests before a
@@ -198,15 +194,24 @@ impl Server {
                 out.clear();
                 idle.touch();
             }
-            if close || shutdown.is_cancelled() {
+            // Shutdown, or the connection limit: what was asked is
+            // answered.
+            if close || idle.closing() {
                 return;
             }
             let read = tokio::select! {
                 biased;
                 r = stream.read_buf(&mut buf) => r,
-                _ = &mut cancelled => return,
-                _ = idle.expired(|| self.deps.backend.live().policy_server.idle_timeout) => {
-                    tracing::debug!(peer = %self.peer, "policy connection idle; closing");
+                why = idle.expired(|| self.deps.backend.live().policy_server.idle_timeout) => {
+                    match why {
+                        Expiry::Idle => {
+                            tracing::debug!(peer = %self.peer, "policy connection idle; closing");
+                        }
+                        Expiry::Closed => tracing::debug!(
+                            peer = %self.peer,
+                            "policy connection closed by the listener"
+                        ),
+                    }
                     return;
                 }
             };

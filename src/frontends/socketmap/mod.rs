@@ -18,7 +18,7 @@ use super::netstring::{self, MAX_QUERY_LEN};
 use crate::engine::decision::{Decision, SourceKind};
 use crate::engine::key::Destination;
 use crate::engine::requiretls::{self, RequireTlsAction};
-use crate::listen::{self, Accepted, Admission, Drain, IdleTimer, Listener};
+use crate::listen::{self, Accepted, Admission, Drain, Expiry, IdleTimer, Listener};
 use crate::log::record::{DecisionRecord, Detail, Lookup, LookupReply};
 use crate::metrics::Frontend;
 use crate::util::text::printable_ascii;
@@ -196,18 +196,16 @@ pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: Cancellati
             .map(|m| (m.clone(), Frontend::Socketmap)),
     };
     let ctx = Arc::new(deps);
-    let stop = shutdown.clone();
     listen::serve(listener, admission, shutdown, move |conn, peer| {
         let ctx = ctx.clone();
-        let shutdown = stop.clone();
         async move {
             match conn {
-                Accepted::Tcp(s) => connection(s, (&peer, None), &ctx, &shutdown).await,
+                Accepted::Tcp(s) => connection(s, (&peer, None), &ctx).await,
                 Accepted::Unix(s) => {
                     // The smtp(8) process that asks: its deliveries are
                     // the ones this decision governs.
                     let pid = s.peer_pid();
-                    connection(s, (&peer, pid), &ctx, &shutdown).await
+                    connection(s, (&peer, pid), &ctx).await
                 }
             }
         }
@@ -217,19 +215,13 @@ pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: Cancellati
 
 /// Serve one connection: requests in order, one reply each.
 /// `who`: the peer as described for log lines, and its pid when known.
-async fn connection<S>(
-    mut stream: S,
-    (peer, client_pid): (&str, Option<u32>),
-    ctx: &SocketmapDeps,
-    shutdown: &CancellationToken,
-) where
+async fn connection<S>(mut stream: S, (peer, client_pid): (&str, Option<u32>), ctx: &SocketmapDeps)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut start = 0usize;
-    let cancelled = shutdown.cancelled();
-    tokio::pin!(cancelled);
     let mut idle = IdleTimer::new(ctx.backend.live().socketmap.idle_timeout);
     loop {
         // Answer every complete request already received. Requests before
@@ -277,18 +269,21 @@ async fn connection<S>(
             buf.drain(..start);
         }
         start = 0;
-        if shutdown.is_cancelled() {
+        // Shutdown, or the connection limit: what was asked is answered.
+        if idle.closing() {
             return;
         }
         buf.reserve(READ_CHUNK);
-        // One timer and one cancellation future per connection, not per
-        // read: the idle deadline is only re-armed when it fires early.
+        // One timer per connection, not per read: the idle deadline is
+        // only re-armed when it fires early.
         let read = tokio::select! {
             biased;
             r = stream.read_buf(&mut buf) => r,
-            _ = &mut cancelled => return,
-            _ = idle.expired(|| ctx.backend.live().socketmap.idle_timeout) => {
-                tracing::debug!(peer, "socketmap connection idle; closing");
+            why = idle.expired(|| ctx.backend.live().socketmap.idle_timeout) => {
+                match why {
+                    Expiry::Idle => tracing::debug!(peer, "socketmap connection idle; closing"),
+                    Expiry::Closed => tracing::debug!(peer, "socketmap connection closed by the listener"),
+                }
                 return;
             }
         };
@@ -514,7 +509,9 @@ mod tests {
         );
         rec.head.ts = std::time::SystemTime::UNIX_EPOCH
             + std::time::Duration::from_micros(1_767_323_045_123_456);
-        serde_json::to_string(&rec).unwrap()
+        let line = rec.to_json_line();
+        assert_eq!(line, serde_json::to_string(&rec).unwrap());
+        line
     }
 
     fn static_rule() -> Decision {

@@ -441,7 +441,8 @@ mod tests {
         if let Detail::Lookup(l) = &mut r.detail {
             l.domain = Some("x.bank.example".into());
         }
-        let line = serde_json::to_string(&r).unwrap();
+        let line = r.to_json_line();
+        assert_eq!(line, serde_json::to_string(&r).unwrap());
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["ts"], "2025-11-24T16:00:00.123456Z");

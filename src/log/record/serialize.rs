@@ -3,9 +3,16 @@
 //! what only that kind has), a field without a value is left out, and
 //! the bytes are those the flat record of earlier versions wrote (the
 //! golden tests hold them).
+//!
+//! The order is written once, against [`Fields`]; two sinks take it: the
+//! decision log's line writer ([`DecisionRecord::write_json`]: strings
+//! without anything to escape copied as they are, the time from a
+//! per-second cache) and any serde map (`impl Serialize`). Both give the
+//! same bytes through `serde_json` (tested).
 
-use std::fmt::Display;
-use std::time::SystemTime;
+use std::cell::RefCell;
+use std::fmt::{Display, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
@@ -15,66 +22,228 @@ use super::{
 };
 use crate::engine::decision::Decision;
 
-impl Serialize for DecisionRecord {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        let head = &self.head;
-        m.serialize_entry("ts", &Rfc3339(head.ts))?;
-        m.serialize_entry("frontend", self.detail.written_by())?;
-        opt(&mut m, "queue_id", head.queue_id.as_deref())?;
-        match &self.detail {
-            Detail::Lookup(l) => lookup(&mut m, l)?,
-            Detail::Recipient(r) => recipient(&mut m, r)?,
-            Detail::Message(msg) => message(&mut m, msg)?,
-            Detail::Delivery(d) => delivery(&mut m, d)?,
-        }
-        m.end()
+/// Where a record's fields go, in order.
+trait Fields {
+    type Error;
+    /// Any value, as serde writes it.
+    fn value<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T)
+    -> Result<(), Self::Error>;
+    fn str(&mut self, key: &'static str, v: &str) -> Result<(), Self::Error>;
+    /// A value's text ([`Display`]) as a JSON string.
+    fn text(&mut self, key: &'static str, v: &dyn Display) -> Result<(), Self::Error>;
+    /// RFC 3339 UTC with microseconds.
+    fn time(&mut self, key: &'static str, t: SystemTime) -> Result<(), Self::Error>;
+}
+
+/// Any serde map.
+struct MapFields<M>(M);
+
+impl<M: SerializeMap> Fields for MapFields<M> {
+    type Error = M::Error;
+    fn value<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), M::Error> {
+        self.0.serialize_entry(key, v)
+    }
+    fn str(&mut self, key: &'static str, v: &str) -> Result<(), M::Error> {
+        self.0.serialize_entry(key, v)
+    }
+    fn text(&mut self, key: &'static str, v: &dyn Display) -> Result<(), M::Error> {
+        self.0.serialize_entry(key, &Text(v))
+    }
+    fn time(&mut self, key: &'static str, t: SystemTime) -> Result<(), M::Error> {
+        self.0.serialize_entry(key, &Rfc3339(t))
     }
 }
 
-fn lookup<M: SerializeMap>(m: &mut M, l: &Lookup) -> Result<(), M::Error> {
-    m.serialize_entry("map", &*l.map)?;
+/// The decision log's writer: appends the fields of one JSON object.
+struct Line<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+    /// For [`Fields::text`].
+    scratch: String,
+}
+
+impl Line<'_> {
+    /// `,"key":` (keys are plain ASCII words: nothing to escape).
+    fn key(&mut self, key: &'static str) {
+        if !self.first {
+            self.out.push(b',');
+        }
+        self.first = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+}
+
+/// A JSON string, byte for byte as `serde_json` writes it: copied when
+/// nothing in it needs escaping, else written by `serde_json`.
+fn json_str(out: &mut Vec<u8>, v: &str) -> Result<(), serde_json::Error> {
+    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(v.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, v)
+    }
+}
+
+impl Fields for Line<'_> {
+    type Error = serde_json::Error;
+    fn value<T: Serialize + ?Sized>(
+        &mut self,
+        key: &'static str,
+        v: &T,
+    ) -> Result<(), serde_json::Error> {
+        self.key(key);
+        serde_json::to_writer(&mut *self.out, v)
+    }
+    fn str(&mut self, key: &'static str, v: &str) -> Result<(), serde_json::Error> {
+        self.key(key);
+        json_str(self.out, v)
+    }
+    fn text(&mut self, key: &'static str, v: &dyn Display) -> Result<(), serde_json::Error> {
+        self.key(key);
+        self.scratch.clear();
+        write!(self.scratch, "{v}").map_err(serde::ser::Error::custom)?;
+        json_str(self.out, &self.scratch)
+    }
+    fn time(&mut self, key: &'static str, t: SystemTime) -> Result<(), serde_json::Error> {
+        self.key(key);
+        let Ok(since) = t.duration_since(UNIX_EPOCH) else {
+            return serde_json::to_writer(&mut *self.out, &Rfc3339(t));
+        };
+        let secs = since.as_secs();
+        SECOND.with_borrow_mut(|(at, text)| {
+            if *at != Some(secs) || text.is_empty() {
+                // `2026-12-06T08:50:12Z` without the `Z`.
+                text.clear();
+                let whole = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+                write!(text, "{}", humantime::format_rfc3339_seconds(whole))
+                    .expect("a String takes any text");
+                text.pop();
+                *at = Some(secs);
+            }
+            self.out.push(b'"');
+            self.out.extend_from_slice(text.as_bytes());
+        });
+        let micros = since.subsec_micros();
+        let mut digits = *b".000000Z\"";
+        let mut n = micros;
+        for d in digits[1..7].iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        self.out.extend_from_slice(&digits);
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The last whole second written, as text: records come many to a
+    /// second.
+    static SECOND: RefCell<(Option<u64>, String)> = const { RefCell::new((None, String::new())) };
+}
+
+impl Serialize for DecisionRecord {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = MapFields(s.serialize_map(None)?);
+        record(&mut m, self)?;
+        m.0.end()
+    }
+}
+
+impl DecisionRecord {
+    /// Append the record as one JSON object (no newline); what the
+    /// decision log writes. On an error nothing is appended.
+    pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let at = out.len();
+        out.push(b'{');
+        let mut line = Line {
+            out,
+            first: true,
+            scratch: String::new(),
+        };
+        match record(&mut line, self) {
+            Ok(()) => {
+                out.push(b'}');
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(at);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl DecisionRecord {
+    /// The record's JSON line, without the newline.
+    pub fn to_json_line(&self) -> String {
+        let mut out = Vec::with_capacity(320);
+        self.write_json(&mut out)
+            .expect("a record's fields all serialise");
+        String::from_utf8(out).expect("JSON is UTF-8")
+    }
+}
+
+fn record<F: Fields>(m: &mut F, r: &DecisionRecord) -> Result<(), F::Error> {
+    let head = &r.head;
+    m.time("ts", head.ts)?;
+    m.str("frontend", r.detail.written_by())?;
+    opt_str(m, "queue_id", head.queue_id.as_deref())?;
+    match &r.detail {
+        Detail::Lookup(l) => lookup(m, l),
+        Detail::Recipient(r) => recipient(m, r),
+        Detail::Message(msg) => message(m, msg),
+        Detail::Delivery(d) => delivery(m, d),
+    }
+}
+
+fn lookup<M: Fields>(m: &mut M, l: &Lookup) -> Result<(), M::Error> {
+    m.str("map", &l.map)?;
     let level = l.reply == LookupReply::Ok;
     let decided = (&*l.key, l.domain.as_deref(), &l.decision);
     decision(m, decided, level, l.reply.as_str())?;
     opt(m, "client_pid", l.client_pid.as_ref())
 }
 
-fn recipient<M: SerializeMap>(m: &mut M, r: &Recipient) -> Result<(), M::Error> {
+fn recipient<M: Fields>(m: &mut M, r: &Recipient) -> Result<(), M::Error> {
     let decided = (&*r.key, r.domain.as_deref(), &r.decision);
     decision(m, decided, true, r.action.verb())?;
-    opt(m, "instance", r.instance.as_deref())?;
-    m.serialize_entry("sender", &r.envelope.sender)?;
-    m.serialize_entry("recipient", &r.recipient)?;
-    opt(m, "client_address", r.envelope.client_address.as_deref())?;
-    m.serialize_entry("action", &Text(&r.action))?;
+    opt_str(m, "instance", r.instance.as_deref())?;
+    m.str("sender", &r.envelope.sender)?;
+    m.str("recipient", &r.recipient)?;
+    opt_str(m, "client_address", r.envelope.client_address.as_deref())?;
+    m.text("action", &r.action)?;
     opt(m, "sender_rule", r.sender_rule.as_ref())
 }
 
-fn message<M: SerializeMap>(m: &mut M, msg: &Message) -> Result<(), M::Error> {
+fn message<M: Fields>(m: &mut M, msg: &Message) -> Result<(), M::Error> {
     let reply = match &msg.door {
         MessageDoor::Policy { action, .. } => action.verb(),
         MessageDoor::Milter(milter) => milter.outcome.reply(),
     };
     // No single key, domain or level: those are per recipient.
-    m.serialize_entry("key", "")?;
-    m.serialize_entry("tls", &msg.verdict.tls)?;
-    m.serialize_entry("reply", reply)?;
-    m.serialize_entry("source", &msg.verdict.source)?;
-    m.serialize_entry("reason", &*msg.verdict.reason)?;
+    m.str("key", "")?;
+    m.str("tls", msg.verdict.tls.as_str())?;
+    m.str("reply", reply)?;
+    m.str("source", msg.verdict.source.as_str())?;
+    m.str("reason", &msg.verdict.reason)?;
     if let MessageDoor::Policy { instance, .. } = &msg.door {
-        opt(m, "instance", instance.as_deref())?;
+        opt_str(m, "instance", instance.as_deref())?;
     }
     let Envelope {
         sender,
         client_address,
     } = &msg.envelope;
-    m.serialize_entry("sender", sender)?;
-    opt(m, "client_address", client_address.as_deref())?;
-    m.serialize_entry("recipients", &msg.recipients)?;
+    m.str("sender", sender)?;
+    opt_str(m, "client_address", client_address.as_deref())?;
+    m.value("recipients", &msg.recipients)?;
     match &msg.door {
-        MessageDoor::Policy { action, .. } => m.serialize_entry("action", &Text(action))?,
-        MessageDoor::Milter(milter) => m.serialize_entry("action", &Text(&milter.outcome))?,
+        MessageDoor::Policy { action, .. } => m.text("action", action)?,
+        MessageDoor::Milter(milter) => m.text("action", &milter.outcome)?,
     }
     opt(m, "sender_rule", msg.sender_rule.as_ref())?;
     if let MessageDoor::Milter(milter) = &msg.door {
@@ -84,43 +253,43 @@ fn message<M: SerializeMap>(m: &mut M, msg: &Message) -> Result<(), M::Error> {
 }
 
 /// A delivery outcome's fields after the head.
-fn delivery<M: SerializeMap>(m: &mut M, d: &DeliveryOutcome) -> Result<(), M::Error> {
-    m.serialize_entry("recipient", &d.recipient)?;
-    opt(m, "orig_to", d.orig_to.as_deref())?;
-    opt(m, "domain", d.domain.as_deref())?;
-    m.serialize_entry("relay", &d.relay)?;
-    m.serialize_entry("transport", &d.transport)?;
-    m.serialize_entry("status", &d.status)?;
-    m.serialize_entry("dsn", &d.dsn)?;
-    m.serialize_entry("status_text", &d.status_text)?;
-    m.serialize_entry("tls_trust", d.tls_trust.as_str())?;
-    opt(m, "tls_protocol", d.tls_protocol.as_deref())?;
-    opt(m, "tls_cipher", d.tls_cipher.as_deref())?;
-    opt(m, "tls_failure", d.tls_failure)?;
+fn delivery<M: Fields>(m: &mut M, d: &DeliveryOutcome) -> Result<(), M::Error> {
+    m.str("recipient", &d.recipient)?;
+    opt_str(m, "orig_to", d.orig_to.as_deref())?;
+    opt_str(m, "domain", d.domain.as_deref())?;
+    m.str("relay", &d.relay)?;
+    m.str("transport", &d.transport)?;
+    m.str("status", &d.status)?;
+    m.str("dsn", &d.dsn)?;
+    m.str("status_text", &d.status_text)?;
+    m.str("tls_trust", d.tls_trust.as_str())?;
+    opt_str(m, "tls_protocol", d.tls_protocol.as_deref())?;
+    opt_str(m, "tls_cipher", d.tls_cipher.as_deref())?;
+    opt_str(m, "tls_failure", d.tls_failure)?;
     if let Some(g) = &d.governing {
-        m.serialize_entry("decided_by", g.by.as_str())?;
-        m.serialize_entry("tls", g.tls.as_str())?;
-        m.serialize_entry("level", &*g.level)?;
-        m.serialize_entry("source", g.source.as_str())?;
+        m.str("decided_by", g.by.as_str())?;
+        m.str("tls", g.tls.as_str())?;
+        m.str("level", &g.level)?;
+        m.str("source", g.source.as_str())?;
         opt(m, "rule", g.rule.as_ref())?;
-        m.serialize_entry("reason", &*g.reason)?;
+        m.str("reason", &g.reason)?;
     }
-    m.serialize_entry("verdict", d.verdict.as_str())?;
-    m.serialize_entry("logged_at", &Rfc3339(d.logged_at))?;
+    m.str("verdict", d.verdict.as_str())?;
+    m.time("logged_at", d.logged_at)?;
     if let Some(delay) = d.delay {
-        m.serialize_entry("delay", &delay.as_secs_f64())?;
+        m.value("delay", &delay.as_secs_f64())?;
     }
     Ok(())
 }
 
-fn milter_fields<M: SerializeMap>(m: &mut M, x: &MilterMessage) -> Result<(), M::Error> {
-    opt(m, "client_name", x.client_name.as_deref())?;
-    opt(m, "helo_name", x.helo_name.as_deref())?;
-    opt(m, "mta", x.mta.as_deref())?;
-    opt(m, "daemon_name", x.daemon_name.as_deref())?;
+fn milter_fields<M: Fields>(m: &mut M, x: &MilterMessage) -> Result<(), M::Error> {
+    opt_str(m, "client_name", x.client_name.as_deref())?;
+    opt_str(m, "helo_name", x.helo_name.as_deref())?;
+    opt_str(m, "mta", x.mta.as_deref())?;
+    opt_str(m, "daemon_name", x.daemon_name.as_deref())?;
     opt(m, "inbound_tls", x.inbound_tls.as_ref())?;
-    opt(m, "auth_user", x.auth_user.as_deref())?;
-    opt(m, "message_id", x.message_id.as_deref())?;
+    opt_str(m, "auth_user", x.auth_user.as_deref())?;
+    opt_str(m, "message_id", x.message_id.as_deref())?;
     flag(m, "tls_required_no", x.tls_required_no)?;
     flag(m, "requiretls", x.requiretls)
 }
@@ -130,51 +299,55 @@ fn milter_fields<M: SerializeMap>(m: &mut M, x: &MilterMessage) -> Result<(), M:
 /// The key, its domain and the decision for it.
 type Decided<'a> = (&'a str, Option<&'a str>, &'a Decision);
 
-fn decision<M: SerializeMap>(
+fn decision<M: Fields>(
     m: &mut M,
     (key, domain, d): Decided<'_>,
     with_level: bool,
     reply: &str,
 ) -> Result<(), M::Error> {
-    m.serialize_entry("key", key)?;
-    opt(m, "domain", domain)?;
-    m.serialize_entry("tls", &d.tls())?;
+    m.str("key", key)?;
+    opt_str(m, "domain", domain)?;
+    m.str("tls", d.tls().as_str())?;
     if with_level {
-        m.serialize_entry("level", &*d.policy)?;
+        m.str("level", &d.policy)?;
     }
-    m.serialize_entry("reply", reply)?;
-    m.serialize_entry("source", &d.source)?;
+    m.str("reply", reply)?;
+    m.str("source", d.source.as_str())?;
     opt(m, "rule", d.rule.as_ref())?;
-    opt(m, "matched", d.matched.as_deref())?;
-    m.serialize_entry("reason", &*d.reason)?;
+    opt_str(m, "matched", d.matched.as_deref())?;
+    m.str("reason", &d.reason)?;
     flag(m, "raised", d.raised)?;
     flag(m, "temporary", d.temporary)?;
     if let Some(p) = &d.published {
-        opt(m, "policy_id", p.policy_id.as_deref())?;
-        opt(m, "policy_mode", p.mode)?;
+        opt_str(m, "policy_id", p.policy_id.as_deref())?;
+        opt_str(m, "policy_mode", p.mode)?;
     }
     Ok(())
 }
 
 /// `key` with its value, or nothing.
-fn opt<M: SerializeMap, T: Serialize + ?Sized>(
+fn opt<M: Fields, T: Serialize + ?Sized>(
     m: &mut M,
     key: &'static str,
     value: Option<&T>,
 ) -> Result<(), M::Error> {
     match value {
-        Some(v) => m.serialize_entry(key, v),
+        Some(v) => m.value(key, v),
+        None => Ok(()),
+    }
+}
+
+/// `key` with its string, or nothing.
+fn opt_str<M: Fields>(m: &mut M, key: &'static str, value: Option<&str>) -> Result<(), M::Error> {
+    match value {
+        Some(v) => m.str(key, v),
         None => Ok(()),
     }
 }
 
 /// `key: true`, or nothing.
-fn flag<M: SerializeMap>(m: &mut M, key: &'static str, on: bool) -> Result<(), M::Error> {
-    if on {
-        m.serialize_entry(key, &true)
-    } else {
-        Ok(())
-    }
+fn flag<M: Fields>(m: &mut M, key: &'static str, on: bool) -> Result<(), M::Error> {
+    if on { m.value(key, &true) } else { Ok(()) }
 }
 
 /// RFC 3339 UTC with microseconds.
@@ -187,10 +360,98 @@ impl Serialize for Rfc3339 {
 }
 
 /// A value's text (`Display`) as a JSON string, without building it first.
-struct Text<'a, T>(&'a T);
+struct Text<'a, T: ?Sized>(&'a T);
 
-impl<T: Display> Serialize for Text<'_, T> {
+impl<T: Display + ?Sized> Serialize for Text<'_, T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::super::tests::{decision, lookup};
+    use super::*;
+
+    /// Both sinks, the same bytes.
+    fn both(r: &DecisionRecord) -> String {
+        let line = r.to_json_line();
+        assert_eq!(line, serde_json::to_string(r).unwrap());
+        line
+    }
+
+    #[test]
+    fn strings_that_need_escaping_are_written_as_serde_json_writes_them() {
+        for text in [
+            "",
+            "plain",
+            "quote \" inside",
+            "back\\slash",
+            "tab\there",
+            "nl\nand cr\r",
+            "\u{0}nul and \u{1f} unit separator",
+            "\u{7f} DEL is not escaped",
+            "non-ASCII: bücher.example, 例え.テスト",
+            " ",
+            "\"",
+        ] {
+            let mut d = decision();
+            d.reason = Arc::from(text);
+            let mut r = lookup(text, d);
+            r.head.queue_id = Some(text.to_string());
+            let line = both(&r);
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(v["reason"], text);
+            assert_eq!(v["key"], text);
+        }
+    }
+
+    #[test]
+    fn times_from_the_per_second_cache_are_exact() {
+        let at = |micros: u64| UNIX_EPOCH + Duration::from_micros(micros);
+        let mut r = lookup("a.example", decision());
+        for (micros, text) in [
+            (0, "1970-01-01T00:00:00.000000Z"),
+            (1, "1970-01-01T00:00:00.000001Z"),
+            (999_999, "1970-01-01T00:00:00.999999Z"),
+            (1_000_000, "1970-01-01T00:00:01.000000Z"),
+            (1_764_000_000_123_456, "2025-11-24T16:00:00.123456Z"),
+            // The same second again, and the second before it: the cache
+            // is not a clock that only moves forward.
+            (1_764_000_000_999_000, "2025-11-24T16:00:00.999000Z"),
+            (1_763_999_999_999_999, "2025-11-24T15:59:59.999999Z"),
+            (1_764_000_000_000_000, "2025-11-24T16:00:00.000000Z"),
+            // A leap day, a year's last microsecond.
+            (951_782_400_500_000, "2000-02-29T00:00:00.500000Z"),
+            (1_798_761_599_999_999, "2026-12-31T23:59:59.999999Z"),
+        ] {
+            r.head.ts = at(micros);
+            let line = both(&r);
+            assert!(line.starts_with(&format!("{{\"ts\":\"{text}\",")), "{line}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_appended_when_a_field_fails() {
+        // A record's own fields never fail; a value that does (here a
+        // map with non-string keys, through `value`) leaves the buffer
+        // as it was.
+        let mut out = b"before\n".to_vec();
+        let mut line = Line {
+            out: &mut out,
+            first: true,
+            scratch: String::new(),
+        };
+        line.str("a", "b").unwrap();
+        let bad: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        assert!(line.value("x", &bad).is_err());
+        let mut out = b"before\n".to_vec();
+        let r = lookup("a.example", decision());
+        r.write_json(&mut out).unwrap();
+        assert!(out.starts_with(b"before\n{\"ts\":"));
+        assert!(out.ends_with(b"}"));
     }
 }

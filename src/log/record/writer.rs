@@ -225,7 +225,7 @@ struct Writer {
 impl Writer {
     fn push(&mut self, r: &DecisionRecord) {
         let at = self.batch.bytes.len();
-        match serde_json::to_writer(&mut self.batch.bytes, r) {
+        match r.write_json(&mut self.batch.bytes) {
             Ok(()) => {
                 self.batch.bytes.push(b'\n');
                 self.batch.records += 1;
