@@ -16,10 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::Backend;
 use super::netstring::{self, MAX_QUERY_LEN};
 use crate::engine::decision::{Decision, SourceKind};
-use crate::engine::key::Destination;
 use crate::engine::requiretls::{self, RequireTlsAction};
 use crate::listen::{self, Accepted, Admission, Drain, Expiry, IdleTimer, Listener};
-use crate::log::record::{DecisionRecord, Detail, Lookup, LookupReply};
+use crate::log::record::{LookupLine, LookupReply};
 use crate::metrics::Frontend;
 use crate::util::text::printable_ascii;
 
@@ -367,45 +366,28 @@ async fn request(
         m.decision(Frontend::Socketmap, &decision);
     }
     let map = match kind {
-        MapKind::Policy => settings.map.clone(),
-        MapKind::Forced => settings.forced_map.clone(),
-        MapKind::RequireTls => settings.requiretls_map.clone(),
+        MapKind::Policy => &settings.map,
+        MapKind::Forced => &settings.forced_map,
+        MapKind::RequireTls => &settings.requiretls_map,
     };
-    if let Some(recorded) = reply.recorded() {
-        let mut rec = record(key, map, dest, decision, recorded);
-        if let Detail::Lookup(l) = &mut rec.detail {
-            l.client_pid = client_pid;
-        }
-        ctx.backend.decision_log().log(rec);
+    if let Some(reply) = reply.recorded() {
+        ctx.backend.decision_log().log_lookup(&LookupLine {
+            map,
+            key,
+            domain: dest.as_ref().map(|d| d.name.as_str()),
+            decision: &decision,
+            reply,
+            client_pid,
+        });
     }
     Ok(())
-}
-
-/// The decision record for one lookup on `map`.
-fn record(
-    key: &str,
-    map: Arc<str>,
-    dest: Option<Destination>,
-    decision: Decision,
-    reply: LookupReply,
-) -> DecisionRecord {
-    DecisionRecord::new(
-        None,
-        Detail::Lookup(Lookup {
-            map,
-            key: key.to_string(),
-            domain: dest.map(|d| d.name),
-            decision,
-            reply,
-            client_pid: None,
-        }),
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::decision::Level;
+    use crate::engine::key::Destination;
 
     fn decision(level: Level, source: SourceKind) -> Decision {
         Decision::bare(level, source, "r")
@@ -500,18 +482,24 @@ mod tests {
     fn golden(key: &str, map: &str, decision: Decision, kind: MapKind, dr: DefaultReply) -> String {
         let (decision, reply) = answer(decision, kind, dr);
         let dest = Destination::parse(key).ok();
-        let mut rec = record(
+        let line = LookupLine {
+            map,
             key,
-            Arc::from(map),
-            dest,
-            decision,
-            reply.recorded().unwrap(),
-        );
-        rec.head.ts = std::time::SystemTime::UNIX_EPOCH
+            domain: dest.as_ref().map(|d| d.name.as_str()),
+            decision: &decision,
+            reply: reply.recorded().unwrap(),
+            client_pid: None,
+        };
+        let ts = std::time::SystemTime::UNIX_EPOCH
             + std::time::Duration::from_micros(1_767_323_045_123_456);
-        let line = rec.to_json_line();
-        assert_eq!(line, serde_json::to_string(&rec).unwrap());
-        line
+        let mut written = Vec::new();
+        line.write_json(ts, &mut written).unwrap();
+        let written = String::from_utf8(written).unwrap();
+        // The record a tap sees writes the same line, both ways.
+        let rec = line.record(ts);
+        assert_eq!(written, rec.to_json_line());
+        assert_eq!(written, serde_json::to_string(&rec).unwrap());
+        written
     }
 
     fn static_rule() -> Decision {

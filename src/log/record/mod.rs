@@ -135,6 +135,49 @@ pub struct Lookup {
     pub client_pid: Option<u32>,
 }
 
+/// A lookup's record, borrowed from what the socketmap has at hand: the
+/// decision log writes it without an owned [`Lookup`]
+/// ([`DecisionLog::log_lookup`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LookupLine<'a> {
+    pub map: &'a str,
+    pub key: &'a str,
+    pub domain: Option<&'a str>,
+    pub decision: &'a Decision,
+    pub reply: LookupReply,
+    pub client_pid: Option<u32>,
+}
+
+impl Lookup {
+    pub fn line(&self) -> LookupLine<'_> {
+        LookupLine {
+            map: &self.map,
+            key: &self.key,
+            domain: self.domain.as_deref(),
+            decision: &self.decision,
+            reply: self.reply,
+            client_pid: self.client_pid,
+        }
+    }
+}
+
+impl LookupLine<'_> {
+    /// The owned record, made at `ts`.
+    pub fn record(&self, ts: SystemTime) -> DecisionRecord {
+        DecisionRecord {
+            head: RecordHead { ts, queue_id: None },
+            detail: Detail::Lookup(Lookup {
+                map: Arc::from(self.map),
+                key: self.key.to_string(),
+                domain: self.domain.map(str::to_string),
+                decision: self.decision.clone(),
+                reply: self.reply,
+                client_pid: self.client_pid,
+            }),
+        }
+    }
+}
+
 /// The socketmap reply code of a recorded lookup. (`PERM`, for a map name
 /// the daemon does not serve, goes to the operational log only.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

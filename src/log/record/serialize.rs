@@ -17,8 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::{
-    DecisionRecord, DeliveryOutcome, Detail, Envelope, Lookup, LookupReply, Message, MessageDoor,
-    MilterMessage, Recipient,
+    DecisionRecord, DeliveryOutcome, Detail, Envelope, LookupLine, LookupReply, Message,
+    MessageDoor, MilterMessage, Recipient,
 };
 use crate::engine::decision::Decision;
 
@@ -188,23 +188,52 @@ impl DecisionRecord {
     }
 }
 
+impl LookupLine<'_> {
+    /// Append the record of this lookup made at `ts`, as
+    /// [`DecisionRecord::write_json`] would write it.
+    pub fn write_json(&self, ts: SystemTime, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let at = out.len();
+        out.push(b'{');
+        let mut line = Line {
+            out,
+            first: true,
+            scratch: String::new(),
+        };
+        let written = (|| {
+            line.time("ts", ts)?;
+            line.str("frontend", crate::log::record::Frontend::Socketmap.as_str())?;
+            lookup(&mut line, self)
+        })();
+        match written {
+            Ok(()) => {
+                out.push(b'}');
+                Ok(())
+            }
+            Err(e) => {
+                out.truncate(at);
+                Err(e)
+            }
+        }
+    }
+}
+
 fn record<F: Fields>(m: &mut F, r: &DecisionRecord) -> Result<(), F::Error> {
     let head = &r.head;
     m.time("ts", head.ts)?;
     m.str("frontend", r.detail.written_by())?;
     opt_str(m, "queue_id", head.queue_id.as_deref())?;
     match &r.detail {
-        Detail::Lookup(l) => lookup(m, l),
+        Detail::Lookup(l) => lookup(m, &l.line()),
         Detail::Recipient(r) => recipient(m, r),
         Detail::Message(msg) => message(m, msg),
         Detail::Delivery(d) => delivery(m, d),
     }
 }
 
-fn lookup<M: Fields>(m: &mut M, l: &Lookup) -> Result<(), M::Error> {
-    m.str("map", &l.map)?;
+fn lookup<M: Fields>(m: &mut M, l: &LookupLine<'_>) -> Result<(), M::Error> {
+    m.str("map", l.map)?;
     let level = l.reply == LookupReply::Ok;
-    let decided = (&*l.key, l.domain.as_deref(), &l.decision);
+    let decided = (l.key, l.domain, l.decision);
     decision(m, decided, level, l.reply.as_str())?;
     opt(m, "client_pid", l.client_pid.as_ref())
 }

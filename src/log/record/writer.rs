@@ -2,6 +2,13 @@
 //! them as JSON lines, writes them in batches and flushes; reopens the
 //! file for logrotate.
 //!
+//! Socketmap lookups, the most frequent records by far, take a shorter
+//! way when nothing taps the records ([`DecisionLog::log_lookup`]): the
+//! front door writes the JSON line itself into a shared buffer the writer
+//! takes each round, so no record is built, queued and freed on another
+//! thread. The buffer is bounded like the queue; lines that do not fit
+//! are dropped and counted.
+//!
 //! A batch that cannot be written (disk full, file unwritable) is taken
 //! back out of the file whole (the file is cut back to its length before
 //! the batch), so every line in it is a whole record; its records are
@@ -11,13 +18,13 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::DecisionRecord;
+use super::{DecisionRecord, LookupLine};
 
 /// Records that may wait for the writer before new ones are dropped.
 pub const LOG_QUEUE_CAPACITY: usize = 1 << 16;
@@ -28,6 +35,9 @@ pub const LOG_QUEUE_CAPACITY: usize = 1 << 16;
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(20);
 /// Serialised records are written out once this many bytes are pending.
 const BATCH_BYTES: usize = 256 * 1024;
+/// Bytes of lookup lines that may wait for the writer before new ones are
+/// dropped (about as many lines as [`LOG_QUEUE_CAPACITY`] records).
+const PENDING_LINES_BYTES: usize = 16 << 20;
 /// At most one line this often about dropped records (with their count).
 const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -104,6 +114,8 @@ pub trait RecordTap: Send + Sync {
 enum Msg {
     /// Boxed: the queue pre-allocates every slot, so slots stay small.
     Record(Box<DecisionRecord>),
+    /// Lookup lines are waiting in the shared buffer.
+    Lines,
     /// Show every record written from now on to this tap.
     Tap(Arc<dyn RecordTap>),
     /// Reopen (logrotate) or switch to another target.
@@ -119,6 +131,19 @@ pub struct DecisionLog {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Lookup lines written by the front doors, for the writer to take.
+    lines: Arc<Mutex<Lines>>,
+    /// A tap is set: lookups go through the queue as records.
+    tapped: AtomicBool,
+}
+
+/// JSON lines waiting for the writer, and how many.
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    records: u64,
+    /// The writer has stopped: nothing more is taken.
+    closed: bool,
 }
 
 impl DecisionLog {
@@ -128,15 +153,57 @@ impl DecisionLog {
         let out = target.open()?;
         let (tx, rx) = mpsc::sync_channel(LOG_QUEUE_CAPACITY);
         let dropped = Arc::new(AtomicU64::new(0));
-        let d = dropped.clone();
+        let lines = Arc::new(Mutex::new(Lines::default()));
+        let shared = Shared {
+            dropped: dropped.clone(),
+            lines: lines.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("decision-log".into())
-            .spawn(move || writer(rx, target, out, d))?;
+            .spawn(move || writer(rx, target, out, shared))?;
         Ok(DecisionLog {
             tx,
             dropped,
             thread: Mutex::new(Some(thread)),
+            lines,
+            tapped: AtomicBool::new(false),
         })
+    }
+
+    /// Log a socketmap lookup made now. Never blocks. Without a tap the
+    /// line is written here, into the buffer the writer takes; with one,
+    /// the record goes through the queue like any other.
+    pub fn log_lookup(&self, lookup: &LookupLine<'_>) {
+        let ts = SystemTime::now();
+        if self.tapped.load(Ordering::Relaxed) {
+            self.log(lookup.record(ts));
+            return;
+        }
+        let mut lines = lock(&self.lines);
+        if lines.closed || lines.bytes.len() >= PENDING_LINES_BYTES {
+            drop(lines);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let first = lines.records == 0;
+        match lookup.write_json(ts, &mut lines.bytes) {
+            Ok(()) => {
+                lines.bytes.push(b'\n');
+                lines.records += 1;
+            }
+            Err(e) => {
+                drop(lines);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "cannot serialise a decision record; dropped");
+                return;
+            }
+        }
+        drop(lines);
+        // The writer may be waiting for the queue: tell it once per
+        // batch. A full queue means it is busy and takes the lines anyway.
+        if first {
+            let _ = self.tx.try_send(Msg::Lines);
+        }
     }
 
     /// Queue a record. Never blocks.
@@ -163,6 +230,7 @@ impl DecisionLog {
 
     /// Show every record written from now on to `tap`.
     pub fn set_tap(&self, tap: Arc<dyn RecordTap>) {
+        self.tapped.store(true, Ordering::Relaxed);
         let _ = self.tx.send(Msg::Tap(tap));
     }
 
@@ -196,6 +264,16 @@ impl DecisionLog {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the writer thread shares with the handle.
+struct Shared {
+    dropped: Arc<AtomicU64>,
+    lines: Arc<Mutex<Lines>>,
+}
+
 impl Drop for DecisionLog {
     fn drop(&mut self) {
         self.close();
@@ -215,6 +293,10 @@ struct Writer {
     target: Target,
     batch: Batch,
     dropped: Arc<AtomicU64>,
+    /// Lookup lines the front doors wrote, and the buffer swapped in for
+    /// them.
+    lines: Arc<Mutex<Lines>>,
+    spare: Vec<u8>,
     /// Whether the last write failed (the error was logged).
     failing: bool,
     /// Dropped records already reported, and when last.
@@ -235,6 +317,30 @@ impl Writer {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, "cannot serialise a decision record; dropped");
             }
+        }
+        if self.batch.bytes.len() >= BATCH_BYTES {
+            self.write_out();
+        }
+    }
+
+    /// Add the lookup lines waiting in the shared buffer to the batch;
+    /// with `close`, no more are taken after these.
+    fn take_lines(&mut self, close: bool) {
+        let records = {
+            let mut lines = lock(&self.lines);
+            lines.closed |= close;
+            if lines.records == 0 {
+                return;
+            }
+            std::mem::swap(&mut lines.bytes, &mut self.spare);
+            std::mem::take(&mut lines.records)
+        };
+        self.batch.bytes.extend_from_slice(&self.spare);
+        self.batch.records += records;
+        self.spare.clear();
+        // A backlog once (a stalled disk) does not keep its memory.
+        if self.spare.capacity() > BATCH_BYTES * 4 {
+            self.spare = Vec::new();
         }
         if self.batch.bytes.len() >= BATCH_BYTES {
             self.write_out();
@@ -309,7 +415,7 @@ impl Writer {
     }
 }
 
-fn writer(rx: Receiver<Msg>, target: Target, out: Out, dropped: Arc<AtomicU64>) {
+fn writer(rx: Receiver<Msg>, target: Target, out: Out, shared: Shared) {
     let mut w = Writer {
         out,
         target,
@@ -317,7 +423,9 @@ fn writer(rx: Receiver<Msg>, target: Target, out: Out, dropped: Arc<AtomicU64>) 
             bytes: Vec::with_capacity(BATCH_BYTES + 4096),
             records: 0,
         },
-        dropped,
+        dropped: shared.dropped,
+        lines: shared.lines,
+        spare: Vec::new(),
         failing: false,
         reported: 0,
         reported_at: None,
@@ -336,7 +444,11 @@ fn writer(rx: Receiver<Msg>, target: Target, out: Out, dropped: Arc<AtomicU64>) 
                     }
                 }
                 Msg::Tap(t) => tap = Some(t),
+                Msg::Lines => {}
                 Msg::Reopen(new) => {
+                    // The lookup lines waiting now go to the new file:
+                    // some may have been written after the reopen was
+                    // asked for (logrotate then sees none of them).
                     w.write_out();
                     match new.open() {
                         Ok(o) => {
@@ -355,6 +467,10 @@ fn writer(rx: Receiver<Msg>, target: Target, out: Out, dropped: Arc<AtomicU64>) 
             }
             next = if stop { None } else { rx.try_recv().ok() };
         }
+        // After the queue: lines written before a flush was asked for
+        // are in the buffer by now. At the stop, lines that come later
+        // are counted as dropped.
+        w.take_lines(stop);
         w.write_out();
         for ack in acks.drain(..) {
             let _ = ack.send(());
@@ -397,6 +513,93 @@ mod tests {
             1000
         );
         assert_eq!(log.dropped(), 0);
+    }
+
+    /// The record a lookup stands for, as a borrowed line.
+    fn line_of(r: &DecisionRecord) -> LookupLine<'_> {
+        match &r.detail {
+            super::super::Detail::Lookup(l) => l.line(),
+            _ => unreachable!(),
+        }
+    }
+
+    struct Seen(Mutex<Vec<String>>);
+
+    impl RecordTap for Seen {
+        fn note(&self, record: &DecisionRecord) {
+            if let super::super::Detail::Lookup(l) = &record.detail {
+                lock(&self.0).push(l.key.clone());
+            }
+        }
+    }
+
+    #[test]
+    fn lookup_lines_are_flushed_with_the_records_and_counted_after_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let log = DecisionLog::start(Target::File(path.clone())).unwrap();
+        // Lines and records side by side; a flush waits for both.
+        for i in 0..1000 {
+            let r = lookup(&format!("line{i}.example"), decision());
+            log.log_lookup(&line_of(&r));
+            log.log(lookup(&format!("rec{i}.example"), decision()));
+        }
+        log.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2000);
+        for l in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["frontend"], "socketmap");
+            assert_eq!(v["level"], "secure match=mx.bank.example");
+        }
+        for i in [0, 999] {
+            assert_eq!(
+                text.matches(&format!("\"line{i}.example\"")).count(),
+                1,
+                "line{i}"
+            );
+        }
+        // Lines written while the writer sleeps reach the file without
+        // any record to wake it.
+        let r = lookup("alone.example", decision());
+        log.log_lookup(&line_of(&r));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("alone.example")
+        {
+            assert!(Instant::now() < deadline, "the line was never written");
+            std::thread::sleep(BATCH_INTERVAL);
+        }
+        log.close();
+        assert_eq!(log.dropped(), 0);
+        // After the stop, nothing is taken: each line is a dropped record.
+        log.log_lookup(&line_of(&r));
+        log.log_lookup(&line_of(&r));
+        assert_eq!(log.dropped(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().lines().count(),
+            2001
+        );
+    }
+
+    #[test]
+    fn with_a_tap_lookups_are_records_the_tap_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.jsonl");
+        let log = DecisionLog::start(Target::File(path.clone())).unwrap();
+        let seen = Arc::new(Seen(Mutex::new(Vec::new())));
+        log.set_tap(seen.clone());
+        for i in 0..10 {
+            let r = lookup(&format!("t{i}.example"), decision());
+            log.log_lookup(&line_of(&r));
+        }
+        log.flush();
+        assert_eq!(lock(&seen.0).len(), 10);
+        assert_eq!(lock(&seen.0)[9], "t9.example");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 10);
+        log.close();
     }
 
     #[test]
