@@ -256,11 +256,12 @@ fn check_ascii_name(name: &str) -> Result<(), NameError> {
         if label.len() > MAX_LABEL_LEN {
             return Err(NameError::LabelTooLong(label.len()));
         }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        // ASCII already: bytes are characters.
+        if let Some(b) = label
+            .bytes()
+            .find(|b| !(b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_'))
         {
-            return Err(NameError::BadChar(c));
+            return Err(NameError::BadChar(char::from(b)));
         }
     }
     Ok(())

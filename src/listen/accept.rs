@@ -345,6 +345,11 @@ impl IdleTimer {
         self.last = Instant::now();
     }
 
+    /// [`IdleTimer::touch`] with a time already read.
+    pub fn touch_at(&mut self, at: Instant) {
+        self.last = self.last.max(at);
+    }
+
     /// Whether the listener is closing this connection (shutdown, or the
     /// connection limit): answer what was asked, then end.
     pub fn closing(&self) -> bool {

@@ -221,6 +221,7 @@ where
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut start = 0usize;
+    let mut answered: Option<Instant> = None;
     let mut idle = IdleTimer::new(ctx.backend.live().socketmap.idle_timeout);
     loop {
         // Answer every complete request already received. Requests before
@@ -230,7 +231,12 @@ where
             match netstring::decode(&buf[start..], MAX_QUERY_LEN) {
                 Ok(Some(frame)) => {
                     let payload = &buf[start + frame.payload.start..start + frame.payload.end];
-                    if let Err(problem) = request(payload, client_pid, ctx, &mut out).await {
+                    // One clock read serves the lookup's duration and the
+                    // idle timer.
+                    let started = Instant::now();
+                    answered = Some(started);
+                    if let Err(problem) = request(payload, client_pid, ctx, started, &mut out).await
+                    {
                         ctx.count_error("bad_request");
                         tracing::warn!(
                             peer,
@@ -257,7 +263,9 @@ where
                 return;
             }
             out.clear();
-            idle.touch();
+            if let Some(at) = answered.take() {
+                idle.touch_at(at);
+            }
         }
         if close {
             return;
@@ -313,9 +321,9 @@ async fn request(
     payload: &[u8],
     client_pid: Option<u32>,
     ctx: &SocketmapDeps,
+    started: Instant,
     out: &mut Vec<u8>,
 ) -> Result<(), &'static str> {
-    let started = Instant::now();
     let text = std::str::from_utf8(payload).map_err(|_| "request is not UTF-8")?;
     let (name, key) = text.split_once(' ').ok_or("request is not \"NAME KEY\"")?;
     let live = ctx.backend.live();
