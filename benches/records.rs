@@ -1,5 +1,6 @@
 //! Cost of writing a decision record: serialising one record of each kind
-//! to its JSON line, as the writer thread does for every record.
+//! to its JSON line, as the decision log does for every record (its line
+//! writer), and through serde_json (the same bytes) for comparison.
 //!
 //!     cargo bench --bench records
 //!
@@ -127,15 +128,27 @@ fn with_ts(mut r: DecisionRecord) -> DecisionRecord {
     r
 }
 
-/// Serialise `r` `ops` times as the writer does; ns per record and the
-/// line's length.
-fn serialise(r: &DecisionRecord, ops: u64) -> (f64, usize) {
+/// How a record becomes its line.
+#[derive(Clone, Copy)]
+enum Sink {
+    /// The line writer the decision log uses.
+    Line,
+    /// serde_json through the record's `Serialize` (the same bytes).
+    Serde,
+}
+
+/// Serialise `r` `ops` times through `sink`; ns per record and the line's
+/// length.
+fn serialise(r: &DecisionRecord, ops: u64, sink: Sink) -> (f64, usize) {
     let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut len = 0;
     let start = Instant::now();
     for _ in 0..ops {
         let before = out.len();
-        serde_json::to_writer(&mut out, black_box(r)).unwrap();
+        match sink {
+            Sink::Line => black_box(r).write_json(&mut out).unwrap(),
+            Sink::Serde => serde_json::to_writer(&mut out, black_box(r)).unwrap(),
+        }
         out.write_all(b"\n").unwrap();
         len = out.len() - before;
         if out.len() > 200 * 1024 {
@@ -157,11 +170,13 @@ fn main() {
         ("milter message (3 rcpt)", with_ts(milter_message())),
     ];
     for (_, r) in &kinds {
-        serialise(r, ops / 10);
+        serialise(r, ops / 10, Sink::Line);
+        serialise(r, ops / 10, Sink::Serde);
     }
-    println!("records per kind: {ops}");
+    println!("records per kind: {ops}; the decision log's line writer, then serde_json");
     for (name, r) in &kinds {
-        let (ns, len) = serialise(r, ops);
-        println!("{name:<26} {ns:>7.1} ns/record ({len} bytes)");
+        let (ns, len) = serialise(r, ops, Sink::Line);
+        let (serde_ns, _) = serialise(r, ops, Sink::Serde);
+        println!("{name:<26} {ns:>7.1} ns/record ({len} bytes); serde_json {serde_ns:>7.1} ns");
     }
 }
