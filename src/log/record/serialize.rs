@@ -78,7 +78,7 @@ impl Line<'_> {
 /// A JSON string, byte for byte as `serde_json` writes it: copied when
 /// nothing in it needs escaping, else written by `serde_json`.
 fn json_str(out: &mut Vec<u8>, v: &str) -> Result<(), serde_json::Error> {
-    if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(v.as_bytes()) {
         out.reserve(v.len() + 2);
         out.push(b'"');
         out.extend_from_slice(v.as_bytes());
@@ -87,6 +87,30 @@ fn json_str(out: &mut Vec<u8>, v: &str) -> Result<(), serde_json::Error> {
     } else {
         serde_json::to_writer(out, v)
     }
+}
+
+/// Whether any byte is one JSON escapes (a control character, `"` or
+/// `\\`), eight bytes at a time: a byte below 0x20 borrows through
+/// `w - 0x20…` with its top bit clear, and one equal to `c` is a zero
+/// byte of `w ^ c…`. A borrow can only mark a byte after a real match, so
+/// the answer is exact.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const TOPS: u64 = 0x8080_8080_8080_8080;
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & TOPS;
+    let mut words = s.chunks_exact(8);
+    for word in &mut words {
+        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
+        let quote = w ^ (ONES * u64::from(b'"'));
+        let backslash = w ^ (ONES * u64::from(b'\\'));
+        if below(w, 0x20) | below(quote, 1) | below(backslash, 1) != 0 {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 impl Fields for Line<'_> {
@@ -435,6 +459,42 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             assert_eq!(v["reason"], text);
             assert_eq!(v["key"], text);
+        }
+    }
+
+    /// Every byte JSON escapes, at every position of strings up to three
+    /// words long, among plain, non-ASCII and DEL neighbours: found, and
+    /// written as serde_json writes it.
+    #[test]
+    fn escaping_is_found_at_every_position() {
+        let mut specials: Vec<u8> = (0u8..0x20).collect();
+        specials.extend([b'"', b'\\']);
+        for len in 0..=24usize {
+            for filler in ["a", "\u{7f}", "é"] {
+                let base: String = filler.repeat(len);
+                assert!(!needs_escape(base.as_bytes()), "{base:?}");
+                let mut out = Vec::new();
+                json_str(&mut out, &base).unwrap();
+                assert_eq!(out, serde_json::to_vec(&base).unwrap());
+                for at in 0..=base.len() {
+                    if !base.is_char_boundary(at) {
+                        continue;
+                    }
+                    for &c in &specials {
+                        let mut v = base.clone();
+                        v.insert(at, char::from(c));
+                        assert!(needs_escape(v.as_bytes()), "{v:?}");
+                        let mut out = Vec::new();
+                        json_str(&mut out, &v).unwrap();
+                        assert_eq!(out, serde_json::to_vec(&v).unwrap(), "{v:?}");
+                    }
+                }
+            }
+        }
+        // Bytes right above what is escaped, in every lane.
+        for b in [0x20u8, b'!', b'#', b'[', b']', 0x7f] {
+            let v = String::from(char::from(b)).repeat(17);
+            assert!(!needs_escape(v.as_bytes()), "{v:?}");
         }
     }
 
