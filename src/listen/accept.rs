@@ -411,18 +411,23 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(10));
     }
 
-    #[tokio::test]
-    async fn serves_at_most_max_connections_and_counts_them() {
-        let metrics = Arc::new(Metrics::new());
+    /// A TCP listener on a free loopback port, and its address.
+    fn loopback_listener() -> (Listener, std::net::SocketAddr) {
         let listener = Listener::bind(
             &"inet:127.0.0.1:0".parse::<ListenAddr>().unwrap(),
             &SocketOptions::default(),
         )
         .unwrap();
-        let addr = match listener.local_addr().unwrap() {
-            ListenAddr::Inet(a) => a,
+        match listener.local_addr().unwrap() {
+            ListenAddr::Inet(a) => (listener, a),
             ListenAddr::Unix(_) => unreachable!(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_at_most_max_connections_and_counts_them() {
+        let metrics = Arc::new(Metrics::new());
+        let (listener, addr) = loopback_listener();
         let admission = Admission {
             name: "test",
             max_connections: 2,
@@ -483,15 +488,7 @@ mod tests {
     /// request sees [`IdleTimer::closing`] once it has answered.
     #[tokio::test]
     async fn shutdown_closes_connections_waiting_for_a_request() {
-        let listener = Listener::bind(
-            &"inet:127.0.0.1:0".parse::<ListenAddr>().unwrap(),
-            &SocketOptions::default(),
-        )
-        .unwrap();
-        let addr = match listener.local_addr().unwrap() {
-            ListenAddr::Inet(a) => a,
-            ListenAddr::Unix(_) => unreachable!(),
-        };
+        let (listener, addr) = loopback_listener();
         let admission = Admission {
             name: "test",
             max_connections: 4,

@@ -182,22 +182,31 @@ impl DecisionRecord {
     /// Append the record as one JSON object (no newline); what the
     /// decision log writes. On an error nothing is appended.
     pub fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        let at = out.len();
-        out.push(b'{');
-        let mut line = Line {
-            out,
-            first: true,
-            scratch: String::new(),
-        };
-        match record(&mut line, self) {
-            Ok(()) => {
-                out.push(b'}');
-                Ok(())
-            }
-            Err(e) => {
-                out.truncate(at);
-                Err(e)
-            }
+        object(out, |line| record(line, self))
+    }
+}
+
+/// Append one JSON object whose fields `fields` writes; on an error
+/// nothing is appended.
+fn object(
+    out: &mut Vec<u8>,
+    fields: impl FnOnce(&mut Line<'_>) -> Result<(), serde_json::Error>,
+) -> Result<(), serde_json::Error> {
+    let at = out.len();
+    out.push(b'{');
+    let mut line = Line {
+        out,
+        first: true,
+        scratch: String::new(),
+    };
+    match fields(&mut line) {
+        Ok(()) => {
+            out.push(b'}');
+            Ok(())
+        }
+        Err(e) => {
+            out.truncate(at);
+            Err(e)
         }
     }
 }
@@ -216,28 +225,11 @@ impl LookupLine<'_> {
     /// Append the record of this lookup made at `ts`, as
     /// [`DecisionRecord::write_json`] would write it.
     pub fn write_json(&self, ts: SystemTime, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        let at = out.len();
-        out.push(b'{');
-        let mut line = Line {
-            out,
-            first: true,
-            scratch: String::new(),
-        };
-        let written = (|| {
+        object(out, |line| {
             line.time("ts", ts)?;
             line.str("frontend", crate::log::record::Frontend::Socketmap.as_str())?;
-            lookup(&mut line, self)
-        })();
-        match written {
-            Ok(()) => {
-                out.push(b'}');
-                Ok(())
-            }
-            Err(e) => {
-                out.truncate(at);
-                Err(e)
-            }
-        }
+            lookup(line, self)
+        })
     }
 }
 
