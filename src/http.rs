@@ -230,15 +230,20 @@ pub async fn serve_with<H, F>(
         drain: Drain::Abort,
         metrics: None,
     };
-    listen::serve(listener, admission, shutdown, move |conn, _peer| {
-        let handler = handler.clone();
-        async move {
-            match conn {
-                Accepted::Tcp(s) => connection(s, &*handler, timeout).await,
-                Accepted::Unix(s) => connection(s, &*handler, timeout).await,
+    listen::serve(
+        listener,
+        admission,
+        shutdown,
+        move |conn, _peer, _opened| {
+            let handler = handler.clone();
+            async move {
+                match conn {
+                    Accepted::Tcp(s) => connection(s, &*handler, timeout).await,
+                    Accepted::Unix(s) => connection(s, &*handler, timeout).await,
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 

@@ -101,10 +101,22 @@ pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
 /// Append the concatenation of `parts` as one netstring to `out`, without
 /// building the payload first.
 pub fn encode_parts(parts: &[&[u8]], out: &mut Vec<u8>) {
-    use std::io::Write;
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    // Writing to a Vec cannot fail.
-    let _ = write!(out, "{len}:");
+    // The length's digits, last first (a usize has at most 20).
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reserve(digits.len() - at + 1 + len + 1);
+    out.extend_from_slice(&digits[at..]);
+    out.push(b':');
     for p in parts {
         out.extend_from_slice(p);
     }
@@ -131,6 +143,23 @@ mod tests {
         }
         assert_eq!(enc(b"OK may"), b"6:OK may,");
         assert_eq!(enc(b""), b"0:,");
+    }
+
+    /// The length prefix at each decimal boundary, and split over parts.
+    #[test]
+    fn length_digits_at_boundaries() {
+        for len in [0usize, 1, 9, 10, 99, 100, 999, 1000, 9999, 10000, 100_000] {
+            let p = vec![b'x'; len];
+            let mut want = format!("{len}:").into_bytes();
+            want.extend_from_slice(&p);
+            want.push(b',');
+            assert_eq!(enc(&p), want, "length {len}");
+            let (a, b) = p.split_at(len / 2);
+            let mut v = b"kept".to_vec();
+            encode_parts(&[a, b, b""], &mut v);
+            assert_eq!(&v[..4], b"kept");
+            assert_eq!(&v[4..], &want[..], "length {len} in parts");
+        }
     }
 
     /// Every prefix of a valid netstring asks for more; the whole decodes.

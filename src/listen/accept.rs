@@ -99,15 +99,16 @@ impl Admission {
 }
 
 /// Accept connections until `shutdown`, at most `max_connections` at once,
-/// each served by `handle(conn, peer)` on a task of its own; then drain the
-/// open ones as [`Admission::drain`] says.
+/// each served by `handle(conn, peer, opened)` on a task of its own; then
+/// drain the open ones as [`Admission::drain`] says. `opened` is the
+/// connection's place in the listener, for its [`IdleTimer::opened`].
 pub async fn serve<H, F>(
     listener: Listener,
     admission: Admission,
     shutdown: CancellationToken,
     handle: H,
 ) where
-    H: Fn(Accepted, String) -> F,
+    H: Fn(Accepted, String, Opened) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(admission.max_connections.max(1)));
@@ -144,7 +145,7 @@ pub async fn serve<H, F>(
         };
         let gauge = admission.accepted();
         let slot = open.insert();
-        let served = SLOT.scope(slot.slot.clone(), handle(conn, peer));
+        let served = handle(conn, peer, Opened(slot.slot.clone()));
         conns.spawn(async move {
             let _permit = permit;
             let _open = gauge;
@@ -162,10 +163,10 @@ pub async fn serve<H, F>(
     while conns.join_next().await.is_some() {}
 }
 
-tokio::task_local! {
-    /// The slot of the connection this task serves, for its [`IdleTimer`].
-    static SLOT: Arc<Slot>;
-}
+/// A connection's place in the listener that accepted it: how the
+/// listener closes it (shutdown, or the connection limit) and sees how
+/// long it has been idle. Given to [`IdleTimer::opened`].
+pub struct Opened(Arc<Slot>);
 
 /// Marks a slot busy.
 const BUSY: u64 = u64::MAX;
@@ -320,10 +321,11 @@ pub enum Expiry {
 /// to open connections. Costs a clock read per touch; the timer itself is
 /// only re-armed when it fires early.
 ///
-/// Made on a connection [`serve`] accepted, it also resolves when the
-/// listener closes this connection: at its connection limit, for a new
-/// one, because it has been idle the longest (waiting in `expired` is what
-/// counts as idle), or at shutdown. Made elsewhere, it is a plain timer.
+/// Made with [`IdleTimer::opened`] for a connection [`serve`] accepted, it
+/// also resolves when the listener closes this connection: at its
+/// connection limit, for a new one, because it has been idle the longest
+/// (waiting in `expired` is what counts as idle), or at shutdown. Made
+/// with [`IdleTimer::new`], it is a plain timer.
 pub struct IdleTimer {
     sleep: Pin<Box<Sleep>>,
     last: Instant,
@@ -332,11 +334,20 @@ pub struct IdleTimer {
 
 impl IdleTimer {
     pub fn new(limit: Duration) -> IdleTimer {
+        Self::with_slot(limit, None)
+    }
+
+    /// The timer of a connection [`serve`] accepted.
+    pub fn opened(limit: Duration, opened: &Opened) -> IdleTimer {
+        Self::with_slot(limit, Some(opened.0.clone()))
+    }
+
+    fn with_slot(limit: Duration, slot: Option<Arc<Slot>>) -> IdleTimer {
         let last = Instant::now();
         IdleTimer {
             sleep: Box::pin(tokio::time::sleep_until(last + limit)),
             last,
-            slot: SLOT.try_with(Arc::clone).ok(),
+            slot,
         }
     }
 
@@ -441,7 +452,7 @@ mod tests {
             listener,
             admission,
             shutdown.clone(),
-            move |conn, _| {
+            move |conn, _, _| {
                 let count = count.clone();
                 async move {
                     count.fetch_add(1, Ordering::SeqCst);
@@ -497,16 +508,21 @@ mod tests {
         };
         let shutdown = CancellationToken::new();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(serve(listener, admission, shutdown.clone(), move |_, _| {
-            let tx = tx.clone();
-            async move {
-                let mut idle = IdleTimer::new(Duration::from_secs(3600));
-                assert!(!idle.closing());
-                let _ = tx.send(None);
-                let why = idle.expired(|| Duration::from_secs(3600)).await;
-                let _ = tx.send(Some((why, idle.closing(), Instant::now())));
-            }
-        }));
+        let task = tokio::spawn(serve(
+            listener,
+            admission,
+            shutdown.clone(),
+            move |_, _, opened| {
+                let tx = tx.clone();
+                async move {
+                    let mut idle = IdleTimer::opened(Duration::from_secs(3600), &opened);
+                    assert!(!idle.closing());
+                    let _ = tx.send(None);
+                    let why = idle.expired(|| Duration::from_secs(3600)).await;
+                    let _ = tx.send(Some((why, idle.closing(), Instant::now())));
+                }
+            },
+        ));
         let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
         // A byte, so the listener's deferred accept returns at once.
         open.write_all(b"x").await.unwrap();

@@ -14,7 +14,7 @@ use tokio::net::{TcpListener, TcpStream, UnixListener};
 mod accept;
 mod unix_stream;
 
-pub use accept::{ACCEPT_BACKOFF, Admission, Drain, Expiry, IdleTimer, serve};
+pub use accept::{ACCEPT_BACKOFF, Admission, Drain, Expiry, IdleTimer, Opened, serve};
 pub use unix_stream::ReadWoken;
 
 /// Where a front door listens.

@@ -124,7 +124,7 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
         Some(m) => Messages::new(m.cache_observer(Cache::PolicyMessages)),
         None => Messages::default(),
     });
-    listen::serve(listener, admission, shutdown, move |conn, peer| {
+    listen::serve(listener, admission, shutdown, move |conn, peer, opened| {
         let server = Server {
             deps: deps.clone(),
             messages: messages.clone(),
@@ -132,9 +132,11 @@ pub async fn serve(listener: Listener, deps: PolicyDeps, shutdown: CancellationT
             instance: None,
         };
         async move {
+            let limit = server.deps.backend.live().policy_server.idle_timeout;
+            let idle = IdleTimer::opened(limit, &opened);
             match conn {
-                Accepted::Tcp(s) => server.connection(s).await,
-                Accepted::Unix(s) => server.connection(s).await,
+                Accepted::Tcp(s) => server.connection(s, idle).await,
+                Accepted::Unix(s) => server.connection(s, idle).await,
             }
         }
     })
@@ -151,14 +153,13 @@ struct Server {
 }
 
 impl Server {
-    async fn connection<S>(mut self, mut stream: S)
+    async fn connection<S>(mut self, mut stream: S, mut idle: IdleTimer)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let mut decoder = Decoder::new();
         let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
         let mut out: Vec<u8> = Vec::with_capacity(256);
-        let mut idle = IdleTimer::new(self.deps.backend.live().policy_server.idle_timeout);
         loop {
             // Answer every complete request received; requests before a
             // malformed one still get their replies.

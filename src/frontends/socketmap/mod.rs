@@ -195,16 +195,17 @@ pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: Cancellati
             .map(|m| (m.clone(), Frontend::Socketmap)),
     };
     let ctx = Arc::new(deps);
-    listen::serve(listener, admission, shutdown, move |conn, peer| {
+    listen::serve(listener, admission, shutdown, move |conn, peer, opened| {
         let ctx = ctx.clone();
         async move {
+            let idle = IdleTimer::opened(ctx.backend.live().socketmap.idle_timeout, &opened);
             match conn {
-                Accepted::Tcp(s) => connection(s, (&peer, None), &ctx).await,
+                Accepted::Tcp(s) => connection(s, (&peer, None), idle, &ctx).await,
                 Accepted::Unix(s) => {
                     // The smtp(8) process that asks: its deliveries are
                     // the ones this decision governs.
                     let pid = s.peer_pid();
-                    connection(s, (&peer, pid), &ctx).await
+                    connection(s, (&peer, pid), idle, &ctx).await
                 }
             }
         }
@@ -214,15 +215,18 @@ pub async fn serve(listener: Listener, deps: SocketmapDeps, shutdown: Cancellati
 
 /// Serve one connection: requests in order, one reply each.
 /// `who`: the peer as described for log lines, and its pid when known.
-async fn connection<S>(mut stream: S, (peer, client_pid): (&str, Option<u32>), ctx: &SocketmapDeps)
-where
+async fn connection<S>(
+    mut stream: S,
+    (peer, client_pid): (&str, Option<u32>),
+    mut idle: IdleTimer,
+    ctx: &SocketmapDeps,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::with_capacity(256);
     let mut start = 0usize;
     let mut answered: Option<Instant> = None;
-    let mut idle = IdleTimer::new(ctx.backend.live().socketmap.idle_timeout);
     loop {
         // Answer every complete request already received. Requests before
         // a bad one still get their replies before the connection closes.
@@ -325,7 +329,11 @@ async fn request(
     out: &mut Vec<u8>,
 ) -> Result<(), &'static str> {
     let text = std::str::from_utf8(payload).map_err(|_| "request is not UTF-8")?;
-    let (name, key) = text.split_once(' ').ok_or("request is not \"NAME KEY\"")?;
+    let space = payload
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or("request is not \"NAME KEY\"")?;
+    let (name, key) = (&text[..space], &text[space + 1..]);
     let live = ctx.backend.live();
     let settings = &live.socketmap;
     let Some(kind) = settings.map_kind(name) else {

@@ -26,13 +26,35 @@ use crate::engine::decision::Decision;
 trait Fields {
     type Error;
     /// Any value, as serde writes it.
-    fn value<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T)
-    -> Result<(), Self::Error>;
-    fn str(&mut self, key: &'static str, v: &str) -> Result<(), Self::Error>;
+    fn value<T: Serialize + ?Sized>(&mut self, key: Key, v: &T) -> Result<(), Self::Error>;
+    fn str(&mut self, key: Key, v: &str) -> Result<(), Self::Error>;
+    /// A fixed word of the format (a reply code, a source's name): plain
+    /// ASCII with nothing to escape.
+    fn word(&mut self, key: Key, v: &'static str) -> Result<(), Self::Error>;
+    fn uint(&mut self, key: Key, v: u32) -> Result<(), Self::Error>;
     /// A value's text ([`Display`]) as a JSON string.
-    fn text(&mut self, key: &'static str, v: &dyn Display) -> Result<(), Self::Error>;
+    fn text(&mut self, key: Key, v: &dyn Display) -> Result<(), Self::Error>;
     /// RFC 3339 UTC with microseconds.
-    fn time(&mut self, key: &'static str, t: SystemTime) -> Result<(), Self::Error>;
+    fn time(&mut self, key: Key, t: SystemTime) -> Result<(), Self::Error>;
+}
+
+/// A field's name, and the JSON the line writer puts before its value
+/// (`,"name":`), made once at compile time: [`key!`].
+#[derive(Clone, Copy)]
+struct Key {
+    name: &'static str,
+    /// `,"name":`
+    json: &'static str,
+}
+
+/// The [`Key`] of a field name (a plain ASCII word: nothing to escape).
+macro_rules! key {
+    ($name:literal) => {
+        Key {
+            name: $name,
+            json: concat!(",\"", $name, "\":"),
+        }
+    };
 }
 
 /// Any serde map.
@@ -40,17 +62,23 @@ struct MapFields<M>(M);
 
 impl<M: SerializeMap> Fields for MapFields<M> {
     type Error = M::Error;
-    fn value<T: Serialize + ?Sized>(&mut self, key: &'static str, v: &T) -> Result<(), M::Error> {
-        self.0.serialize_entry(key, v)
+    fn value<T: Serialize + ?Sized>(&mut self, key: Key, v: &T) -> Result<(), M::Error> {
+        self.0.serialize_entry(key.name, v)
     }
-    fn str(&mut self, key: &'static str, v: &str) -> Result<(), M::Error> {
-        self.0.serialize_entry(key, v)
+    fn str(&mut self, key: Key, v: &str) -> Result<(), M::Error> {
+        self.0.serialize_entry(key.name, v)
     }
-    fn text(&mut self, key: &'static str, v: &dyn Display) -> Result<(), M::Error> {
-        self.0.serialize_entry(key, &Text(v))
+    fn word(&mut self, key: Key, v: &'static str) -> Result<(), M::Error> {
+        self.0.serialize_entry(key.name, v)
     }
-    fn time(&mut self, key: &'static str, t: SystemTime) -> Result<(), M::Error> {
-        self.0.serialize_entry(key, &Rfc3339(t))
+    fn uint(&mut self, key: Key, v: u32) -> Result<(), M::Error> {
+        self.0.serialize_entry(key.name, &v)
+    }
+    fn text(&mut self, key: Key, v: &dyn Display) -> Result<(), M::Error> {
+        self.0.serialize_entry(key.name, &Text(v))
+    }
+    fn time(&mut self, key: Key, t: SystemTime) -> Result<(), M::Error> {
+        self.0.serialize_entry(key.name, &Rfc3339(t))
     }
 }
 
@@ -63,15 +91,27 @@ struct Line<'a> {
 }
 
 impl Line<'_> {
-    /// `,"key":` (keys are plain ASCII words: nothing to escape).
-    fn key(&mut self, key: &'static str) {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
+    /// `,"key":` (no comma before the first field).
+    fn key(&mut self, key: Key) {
+        let k = self.key_json(key);
+        self.out.extend_from_slice(k);
+    }
+
+    /// `k` and `v` in quotes, `v` known to need no escaping; one
+    /// reservation.
+    fn quoted(&mut self, k: &[u8], v: &str) {
+        let out = &mut *self.out;
+        out.reserve(k.len() + v.len() + 2);
+        out.extend_from_slice(k);
+        out.push(b'"');
+        out.extend_from_slice(v.as_bytes());
+        out.push(b'"');
+    }
+
+    fn key_json(&mut self, key: Key) -> &'static [u8] {
+        let json = key.json.as_bytes();
+        let first = std::mem::replace(&mut self.first, false);
+        if first { &json[1..] } else { json }
     }
 }
 
@@ -115,25 +155,54 @@ fn needs_escape(s: &[u8]) -> bool {
 
 impl Fields for Line<'_> {
     type Error = serde_json::Error;
-    fn value<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        v: &T,
-    ) -> Result<(), serde_json::Error> {
+    fn value<T: Serialize + ?Sized>(&mut self, key: Key, v: &T) -> Result<(), serde_json::Error> {
         self.key(key);
         serde_json::to_writer(&mut *self.out, v)
     }
-    fn str(&mut self, key: &'static str, v: &str) -> Result<(), serde_json::Error> {
-        self.key(key);
-        json_str(self.out, v)
+    fn str(&mut self, key: Key, v: &str) -> Result<(), serde_json::Error> {
+        // The key, the quotes and a string with nothing to escape in one
+        // reservation: most fields are this.
+        let k = self.key_json(key);
+        if needs_escape(v.as_bytes()) {
+            self.out.extend_from_slice(k);
+            return serde_json::to_writer(&mut *self.out, v);
+        }
+        self.quoted(k, v);
+        Ok(())
     }
-    fn text(&mut self, key: &'static str, v: &dyn Display) -> Result<(), serde_json::Error> {
+    fn word(&mut self, key: Key, v: &'static str) -> Result<(), serde_json::Error> {
+        debug_assert!(!needs_escape(v.as_bytes()), "{v:?} is not a plain word");
+        let k = self.key_json(key);
+        self.quoted(k, v);
+        Ok(())
+    }
+    fn uint(&mut self, key: Key, v: u32) -> Result<(), serde_json::Error> {
+        let k = self.key_json(key);
+        // A u32 has at most ten digits; written last first.
+        let mut digits = [0u8; 10];
+        let mut at = digits.len();
+        let mut n = v;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let out = &mut *self.out;
+        out.reserve(k.len() + digits.len() - at);
+        out.extend_from_slice(k);
+        out.extend_from_slice(&digits[at..]);
+        Ok(())
+    }
+    fn text(&mut self, key: Key, v: &dyn Display) -> Result<(), serde_json::Error> {
         self.key(key);
         self.scratch.clear();
         write!(self.scratch, "{v}").map_err(serde::ser::Error::custom)?;
         json_str(self.out, &self.scratch)
     }
-    fn time(&mut self, key: &'static str, t: SystemTime) -> Result<(), serde_json::Error> {
+    fn time(&mut self, key: Key, t: SystemTime) -> Result<(), serde_json::Error> {
         self.key(key);
         let Ok(since) = t.duration_since(UNIX_EPOCH) else {
             return serde_json::to_writer(&mut *self.out, &Rfc3339(t));
@@ -226,8 +295,11 @@ impl LookupLine<'_> {
     /// [`DecisionRecord::write_json`] would write it.
     pub fn write_json(&self, ts: SystemTime, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         object(out, |line| {
-            line.time("ts", ts)?;
-            line.str("frontend", crate::log::record::Frontend::Socketmap.as_str())?;
+            line.time(key!("ts"), ts)?;
+            line.word(
+                key!("frontend"),
+                crate::log::record::Frontend::Socketmap.as_str(),
+            )?;
             lookup(line, self)
         })
     }
@@ -235,9 +307,9 @@ impl LookupLine<'_> {
 
 fn record<F: Fields>(m: &mut F, r: &DecisionRecord) -> Result<(), F::Error> {
     let head = &r.head;
-    m.time("ts", head.ts)?;
-    m.str("frontend", r.detail.written_by())?;
-    opt_str(m, "queue_id", head.queue_id.as_deref())?;
+    m.time(key!("ts"), head.ts)?;
+    m.word(key!("frontend"), r.detail.written_by())?;
+    opt_str(m, key!("queue_id"), head.queue_id.as_deref())?;
     match &r.detail {
         Detail::Lookup(l) => lookup(m, &l.line()),
         Detail::Recipient(r) => recipient(m, r),
@@ -247,22 +319,26 @@ fn record<F: Fields>(m: &mut F, r: &DecisionRecord) -> Result<(), F::Error> {
 }
 
 fn lookup<M: Fields>(m: &mut M, l: &LookupLine<'_>) -> Result<(), M::Error> {
-    m.str("map", l.map)?;
+    m.str(key!("map"), l.map)?;
     let level = l.reply == LookupReply::Ok;
     let decided = (l.key, l.domain, l.decision);
     decision(m, decided, level, l.reply.as_str())?;
-    opt(m, "client_pid", l.client_pid.as_ref())
+    opt_uint(m, key!("client_pid"), l.client_pid)
 }
 
 fn recipient<M: Fields>(m: &mut M, r: &Recipient) -> Result<(), M::Error> {
     let decided = (&*r.key, r.domain.as_deref(), &r.decision);
     decision(m, decided, true, r.action.verb())?;
-    opt_str(m, "instance", r.instance.as_deref())?;
-    m.str("sender", &r.envelope.sender)?;
-    m.str("recipient", &r.recipient)?;
-    opt_str(m, "client_address", r.envelope.client_address.as_deref())?;
-    m.text("action", &r.action)?;
-    opt(m, "sender_rule", r.sender_rule.as_ref())
+    opt_str(m, key!("instance"), r.instance.as_deref())?;
+    m.str(key!("sender"), &r.envelope.sender)?;
+    m.str(key!("recipient"), &r.recipient)?;
+    opt_str(
+        m,
+        key!("client_address"),
+        r.envelope.client_address.as_deref(),
+    )?;
+    m.text(key!("action"), &r.action)?;
+    opt_uint(m, key!("sender_rule"), r.sender_rule)
 }
 
 fn message<M: Fields>(m: &mut M, msg: &Message) -> Result<(), M::Error> {
@@ -271,26 +347,26 @@ fn message<M: Fields>(m: &mut M, msg: &Message) -> Result<(), M::Error> {
         MessageDoor::Milter(milter) => milter.outcome.reply(),
     };
     // No single key, domain or level: those are per recipient.
-    m.str("key", "")?;
-    m.str("tls", msg.verdict.tls.as_str())?;
-    m.str("reply", reply)?;
-    m.str("source", msg.verdict.source.as_str())?;
-    m.str("reason", &msg.verdict.reason)?;
+    m.str(key!("key"), "")?;
+    m.word(key!("tls"), msg.verdict.tls.as_str())?;
+    m.word(key!("reply"), reply)?;
+    m.word(key!("source"), msg.verdict.source.as_str())?;
+    m.str(key!("reason"), &msg.verdict.reason)?;
     if let MessageDoor::Policy { instance, .. } = &msg.door {
-        opt_str(m, "instance", instance.as_deref())?;
+        opt_str(m, key!("instance"), instance.as_deref())?;
     }
     let Envelope {
         sender,
         client_address,
     } = &msg.envelope;
-    m.str("sender", sender)?;
-    opt_str(m, "client_address", client_address.as_deref())?;
-    m.value("recipients", &msg.recipients)?;
+    m.str(key!("sender"), sender)?;
+    opt_str(m, key!("client_address"), client_address.as_deref())?;
+    m.value(key!("recipients"), &msg.recipients)?;
     match &msg.door {
-        MessageDoor::Policy { action, .. } => m.text("action", action)?,
-        MessageDoor::Milter(milter) => m.text("action", &milter.outcome)?,
+        MessageDoor::Policy { action, .. } => m.text(key!("action"), action)?,
+        MessageDoor::Milter(milter) => m.text(key!("action"), &milter.outcome)?,
     }
-    opt(m, "sender_rule", msg.sender_rule.as_ref())?;
+    opt_uint(m, key!("sender_rule"), msg.sender_rule)?;
     if let MessageDoor::Milter(milter) = &msg.door {
         milter_fields(m, milter)?;
     }
@@ -299,44 +375,44 @@ fn message<M: Fields>(m: &mut M, msg: &Message) -> Result<(), M::Error> {
 
 /// A delivery outcome's fields after the head.
 fn delivery<M: Fields>(m: &mut M, d: &DeliveryOutcome) -> Result<(), M::Error> {
-    m.str("recipient", &d.recipient)?;
-    opt_str(m, "orig_to", d.orig_to.as_deref())?;
-    opt_str(m, "domain", d.domain.as_deref())?;
-    m.str("relay", &d.relay)?;
-    m.str("transport", &d.transport)?;
-    m.str("status", &d.status)?;
-    m.str("dsn", &d.dsn)?;
-    m.str("status_text", &d.status_text)?;
-    m.str("tls_trust", d.tls_trust.as_str())?;
-    opt_str(m, "tls_protocol", d.tls_protocol.as_deref())?;
-    opt_str(m, "tls_cipher", d.tls_cipher.as_deref())?;
-    opt_str(m, "tls_failure", d.tls_failure)?;
+    m.str(key!("recipient"), &d.recipient)?;
+    opt_str(m, key!("orig_to"), d.orig_to.as_deref())?;
+    opt_str(m, key!("domain"), d.domain.as_deref())?;
+    m.str(key!("relay"), &d.relay)?;
+    m.str(key!("transport"), &d.transport)?;
+    m.str(key!("status"), &d.status)?;
+    m.str(key!("dsn"), &d.dsn)?;
+    m.str(key!("status_text"), &d.status_text)?;
+    m.word(key!("tls_trust"), d.tls_trust.as_str())?;
+    opt_str(m, key!("tls_protocol"), d.tls_protocol.as_deref())?;
+    opt_str(m, key!("tls_cipher"), d.tls_cipher.as_deref())?;
+    opt_str(m, key!("tls_failure"), d.tls_failure)?;
     if let Some(g) = &d.governing {
-        m.str("decided_by", g.by.as_str())?;
-        m.str("tls", g.tls.as_str())?;
-        m.str("level", &g.level)?;
-        m.str("source", g.source.as_str())?;
-        opt(m, "rule", g.rule.as_ref())?;
-        m.str("reason", &g.reason)?;
+        m.word(key!("decided_by"), g.by.as_str())?;
+        m.word(key!("tls"), g.tls.as_str())?;
+        m.str(key!("level"), &g.level)?;
+        m.word(key!("source"), g.source.as_str())?;
+        opt_uint(m, key!("rule"), g.rule)?;
+        m.str(key!("reason"), &g.reason)?;
     }
-    m.str("verdict", d.verdict.as_str())?;
-    m.time("logged_at", d.logged_at)?;
+    m.word(key!("verdict"), d.verdict.as_str())?;
+    m.time(key!("logged_at"), d.logged_at)?;
     if let Some(delay) = d.delay {
-        m.value("delay", &delay.as_secs_f64())?;
+        m.value(key!("delay"), &delay.as_secs_f64())?;
     }
     Ok(())
 }
 
 fn milter_fields<M: Fields>(m: &mut M, x: &MilterMessage) -> Result<(), M::Error> {
-    opt_str(m, "client_name", x.client_name.as_deref())?;
-    opt_str(m, "helo_name", x.helo_name.as_deref())?;
-    opt_str(m, "mta", x.mta.as_deref())?;
-    opt_str(m, "daemon_name", x.daemon_name.as_deref())?;
-    opt(m, "inbound_tls", x.inbound_tls.as_ref())?;
-    opt_str(m, "auth_user", x.auth_user.as_deref())?;
-    opt_str(m, "message_id", x.message_id.as_deref())?;
-    flag(m, "tls_required_no", x.tls_required_no)?;
-    flag(m, "requiretls", x.requiretls)
+    opt_str(m, key!("client_name"), x.client_name.as_deref())?;
+    opt_str(m, key!("helo_name"), x.helo_name.as_deref())?;
+    opt_str(m, key!("mta"), x.mta.as_deref())?;
+    opt_str(m, key!("daemon_name"), x.daemon_name.as_deref())?;
+    opt(m, key!("inbound_tls"), x.inbound_tls.as_ref())?;
+    opt_str(m, key!("auth_user"), x.auth_user.as_deref())?;
+    opt_str(m, key!("message_id"), x.message_id.as_deref())?;
+    flag(m, key!("tls_required_no"), x.tls_required_no)?;
+    flag(m, key!("requiretls"), x.requiretls)
 }
 
 /// The decision's fields, with the reply code between `level` and
@@ -348,24 +424,24 @@ fn decision<M: Fields>(
     m: &mut M,
     (key, domain, d): Decided<'_>,
     with_level: bool,
-    reply: &str,
+    reply: &'static str,
 ) -> Result<(), M::Error> {
-    m.str("key", key)?;
-    opt_str(m, "domain", domain)?;
-    m.str("tls", d.tls().as_str())?;
+    m.str(key!("key"), key)?;
+    opt_str(m, key!("domain"), domain)?;
+    m.word(key!("tls"), d.tls().as_str())?;
     if with_level {
-        m.str("level", &d.policy)?;
+        m.str(key!("level"), &d.policy)?;
     }
-    m.str("reply", reply)?;
-    m.str("source", d.source.as_str())?;
-    opt(m, "rule", d.rule.as_ref())?;
-    opt_str(m, "matched", d.matched.as_deref())?;
-    m.str("reason", &d.reason)?;
-    flag(m, "raised", d.raised)?;
-    flag(m, "temporary", d.temporary)?;
+    m.word(key!("reply"), reply)?;
+    m.word(key!("source"), d.source.as_str())?;
+    opt_uint(m, key!("rule"), d.rule)?;
+    opt_str(m, key!("matched"), d.matched.as_deref())?;
+    m.str(key!("reason"), &d.reason)?;
+    flag(m, key!("raised"), d.raised)?;
+    flag(m, key!("temporary"), d.temporary)?;
     if let Some(p) = &d.published {
-        opt_str(m, "policy_id", p.policy_id.as_deref())?;
-        opt_str(m, "policy_mode", p.mode)?;
+        opt_str(m, key!("policy_id"), p.policy_id.as_deref())?;
+        opt_str(m, key!("policy_mode"), p.mode)?;
     }
     Ok(())
 }
@@ -373,7 +449,7 @@ fn decision<M: Fields>(
 /// `key` with its value, or nothing.
 fn opt<M: Fields, T: Serialize + ?Sized>(
     m: &mut M,
-    key: &'static str,
+    key: Key,
     value: Option<&T>,
 ) -> Result<(), M::Error> {
     match value {
@@ -382,8 +458,16 @@ fn opt<M: Fields, T: Serialize + ?Sized>(
     }
 }
 
+/// `key` with its number, or nothing.
+fn opt_uint<M: Fields>(m: &mut M, key: Key, value: Option<u32>) -> Result<(), M::Error> {
+    match value {
+        Some(v) => m.uint(key, v),
+        None => Ok(()),
+    }
+}
+
 /// `key` with its string, or nothing.
-fn opt_str<M: Fields>(m: &mut M, key: &'static str, value: Option<&str>) -> Result<(), M::Error> {
+fn opt_str<M: Fields>(m: &mut M, key: Key, value: Option<&str>) -> Result<(), M::Error> {
     match value {
         Some(v) => m.str(key, v),
         None => Ok(()),
@@ -391,7 +475,7 @@ fn opt_str<M: Fields>(m: &mut M, key: &'static str, value: Option<&str>) -> Resu
 }
 
 /// `key: true`, or nothing.
-fn flag<M: Fields>(m: &mut M, key: &'static str, on: bool) -> Result<(), M::Error> {
+fn flag<M: Fields>(m: &mut M, key: Key, on: bool) -> Result<(), M::Error> {
     if on { m.value(key, &true) } else { Ok(()) }
 }
 
@@ -526,9 +610,9 @@ mod tests {
             first: true,
             scratch: String::new(),
         };
-        line.str("a", "b").unwrap();
+        line.str(key!("a"), "b").unwrap();
         let bad: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
-        assert!(line.value("x", &bad).is_err());
+        assert!(line.value(key!("x"), &bad).is_err());
         let mut out = b"before\n".to_vec();
         let r = lookup("a.example", decision());
         r.write_json(&mut out).unwrap();
