@@ -17,20 +17,25 @@
 //!   the strongest of them (socketmap `TEMP`, the message doors defer the
 //!   recipient), so Postfix holds the mail rather than guess.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::decision::{Decision, SourceKind};
 use super::key::{Destination, KeyError, KeyForm};
 use super::policy_file::PolicyFile;
 
-/// Most readings tried for one key: every piece between separators, and
-/// the key with its control characters taken out.
-pub const MAX_READINGS: usize = 8;
-
 /// The longest key text considered; the rest cannot change which rule is
 /// meant more than the part before it (socketmap queries are bounded far
 /// below this anyway).
 pub const MAX_KEY_SCAN: usize = 4096;
+
+/// Most readings of one key: every piece between separators in the
+/// [`MAX_KEY_SCAN`] bytes read (a piece and its separator take two bytes
+/// at least), and the key with its control characters taken out. Every
+/// piece is read, not the first few: a rule's domain late in a key of
+/// many pieces is found all the same. The work stays in proportion to
+/// the bytes scanned (each reading is looked up with its parents).
+pub const MAX_READINGS: usize = MAX_KEY_SCAN / 2 + 1;
 
 /// What a malformed key could mean.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,12 +85,12 @@ pub fn decide(policy: &PolicyFile, key: &str, e: &KeyError) -> Decision {
 /// Which rules a malformed key could name.
 pub fn meant(policy: &PolicyFile, key: &str) -> Meant {
     let mut found: Vec<Decision> = Vec::new();
+    let mut rules = HashSet::new();
     for reading in plausible_names(key) {
-        if let Some(hit) = policy.lookup(&reading.destination()) {
-            let d = policy.decision(hit);
-            if !found.iter().any(|f| f.rule == d.rule) {
-                found.push(d);
-            }
+        if let Some(hit) = policy.lookup(&reading.destination())
+            && rules.insert(hit.rule)
+        {
+            found.push(policy.decision(hit));
         }
     }
     let Some(first) = found.first().cloned() else {
@@ -100,7 +105,7 @@ pub fn meant(policy: &PolicyFile, key: &str) -> Meant {
 }
 
 /// One reading of a malformed key: a host text and how it was written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reading {
     /// Lower-case, without brackets, port, leading or trailing dot.
     pub name: String,
@@ -144,7 +149,7 @@ fn is_separator(c: char) -> bool {
         )
 }
 
-/// The most plausible domain texts in a malformed key, at most
+/// The plausible domain texts in a malformed key, at most
 /// [`MAX_READINGS`]: each piece between separators (NUL, CR, LF, other
 /// controls, white space, address punctuation), and the whole key with
 /// its control characters taken out (`bank.exa\0mple` read as
@@ -152,10 +157,11 @@ fn is_separator(c: char) -> bool {
 pub fn plausible_names(key: &str) -> Vec<Reading> {
     let key = cut(key, MAX_KEY_SCAN);
     let mut out: Vec<Reading> = Vec::new();
+    let mut seen = HashSet::new();
     let mut push = |text: &str| {
         if out.len() < MAX_READINGS
             && let Some(r) = read(text)
-            && !out.contains(&r)
+            && seen.insert(r.clone())
         {
             out.push(r);
         }
@@ -171,12 +177,15 @@ pub fn plausible_names(key: &str) -> Vec<Reading> {
 }
 
 /// The host text of one piece: inside a bracket (closed or not), before
-/// a `:port` (whatever follows the colon), without leading or trailing
-/// dots; lower case, non-ASCII as A-labels where that works.
+/// a `:port` (whatever follows the colon) or a closing bracket, without
+/// leading or trailing dots; lower case, non-ASCII as A-labels where
+/// that works.
 fn read(piece: &str) -> Option<Reading> {
     let (text, bracketed) = match piece.strip_prefix('[') {
         Some(rest) => (rest.split(']').next().unwrap_or(rest), true),
-        None => (piece.split(':').next().unwrap_or(piece), false),
+        // A piece cut out of a bracketed key (`[m'.bank.example]:25`
+        // gives `.bank.example]:25`) ends its host at the bracket.
+        None => (piece.split([':', ']']).next().unwrap_or(piece), false),
     };
     let text = if bracketed {
         // `[ipv6:...]` is an address: no rule's domain.
@@ -201,7 +210,7 @@ fn read(piece: &str) -> Option<Reading> {
     let name = if text.is_ascii() {
         text.to_ascii_lowercase()
     } else {
-        idna::domain_to_ascii(&text).ok()?
+        idna::domain_to_ascii(&text).unwrap_or_else(|_| labels_to_ascii(&text))
     };
     if name.is_empty() {
         return None;
@@ -211,6 +220,18 @@ fn read(piece: &str) -> Option<Reading> {
         bracketed,
         parent,
     })
+}
+
+/// A name UTS #46 refuses as a whole, label by label: a label it refuses
+/// (a disallowed character) keeps its text in lower case, so the labels
+/// after it (the name's parents) can still name a rule.
+fn labels_to_ascii(text: &str) -> String {
+    let labels: Vec<String> = text
+        .split('.')
+        .map(|label| idna::domain_to_ascii(label).unwrap_or_else(|_| label.to_lowercase()))
+        .filter(|label| !label.is_empty())
+        .collect();
+    labels.join(".")
 }
 
 /// `s` cut to at most `max` bytes at a character boundary.

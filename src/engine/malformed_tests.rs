@@ -134,6 +134,29 @@ fn parent_of_a_bad_name_is_found() {
     let p = policy();
     bank(&p, "bad!name.bank.example");
     bank(&p, "under_score..bank.example");
+    // Labels UTS #46 refuses (U+02DA maps to a space and a combining
+    // mark), with and without control characters around them: the
+    // labels after them still name the rule (a fuzzing finding).
+    bank(&p, "\u{2da}.bank.example");
+    bank(&p, "\u{79a}\u{2da}.Bank.Example.");
+    bank(&p, "\0\0\u{79a}\u{2da}.bank.example.");
+    bank(&p, "x.\u{2da}.bank.example");
+    bank(&p, "[\u{2da}.bank.example]:25");
+    // A label mapped to nothing (a soft hyphen alone) leaves no empty
+    // label behind.
+    bank(&p, "\u{ad}.\u{2da}.bank.example");
+}
+
+/// A separator inside brackets leaves a piece that ends at `]` (a
+/// fuzzing finding).
+#[test]
+fn pieces_of_a_bracketed_key() {
+    let p = policy();
+    bank(&p, "[m'.bank.example]:87");
+    bank(&p, "[m'.bank.example]");
+    bank(&p, "[m bank.example]:25");
+    bank(&p, "x\"bank.example]");
+    bank(&p, "[<bank.example>]");
 }
 
 #[test]
@@ -174,9 +197,26 @@ fn different_answers_are_held_at_the_strongest() {
 
 #[test]
 fn readings_are_bounded() {
+    // Every piece is read (and the key without its NULs): a ruled
+    // domain after many other pieces is found.
     let many = (0..50).map(|i| format!("d{i}.example")).collect::<Vec<_>>();
     let key = many.join("\0");
-    assert_eq!(plausible_names(&key).len(), MAX_READINGS);
+    assert_eq!(plausible_names(&key).len(), 51);
+    let p = policy();
+    bank(
+        &p,
+        &format!("{} .bank.example", "a b c d e f g h i j".repeat(20)),
+    );
+    // One-character pieces up to the scan limit: one reading each, the
+    // joined key none (it has no control character).
+    let tiny: String = (0..MAX_KEY_SCAN / 2)
+        .map(|i| format!("{} ", char::from(b'a' + (i % 26) as u8)))
+        .collect();
+    assert_eq!(plausible_names(&tiny).len(), 26);
+    let distinct: String = (0..MAX_KEY_SCAN)
+        .map(|i| format!("x{i}\0"))
+        .collect::<String>();
+    assert!(plausible_names(&distinct).len() <= MAX_READINGS);
     let long = "a.".repeat(MAX_KEY_SCAN);
     let r = plausible_names(&long);
     assert!(r.len() <= 1);
