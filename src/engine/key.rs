@@ -18,6 +18,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::util::decimal::Decimal;
+
 /// Longest domain name accepted (RFC 1035: 253 characters in text form).
 pub const MAX_NAME_LEN: usize = 253;
 /// Longest label accepted (RFC 1035).
@@ -143,7 +145,7 @@ impl Destination {
         }
         if let (KeyForm::HostPort | KeyForm::NamePort, Some(port)) = (self.form, self.port) {
             text.push(':');
-            push_decimal(&mut text, port);
+            text.push_str(Decimal::new(port.into()).as_str());
         }
         text
     }
@@ -163,24 +165,6 @@ impl Destination {
             text.push_str("ipv6:");
         }
         text.push_str(&self.name);
-    }
-}
-
-/// `n` in decimal, without going through `fmt`.
-fn push_decimal(text: &mut String, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut at = digits.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[at..] {
-        text.push(char::from(d));
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::ops::Range;
 
+use crate::util::decimal::Decimal;
+
 /// Largest socketmap query accepted (`NAME KEY`), in bytes. Postfix keys
 /// are domain names or `[host]:port`, far below this.
 pub const MAX_QUERY_LEN: usize = 10_000;
@@ -102,20 +104,10 @@ pub fn encode(payload: &[u8], out: &mut Vec<u8>) {
 /// building the payload first.
 pub fn encode_parts(parts: &[&[u8]], out: &mut Vec<u8>) {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    // The length's digits, last first (a usize has at most 20).
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = len;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reserve(digits.len() - at + 1 + len + 1);
-    out.extend_from_slice(&digits[at..]);
+    let digits = Decimal::new(len as u64);
+    let digits = digits.as_bytes();
+    out.reserve(digits.len() + 1 + len + 1);
+    out.extend_from_slice(digits);
     out.push(b':');
     for p in parts {
         out.extend_from_slice(p);

@@ -21,6 +21,7 @@ use super::{
     MessageDoor, MilterMessage, Recipient,
 };
 use crate::engine::decision::Decision;
+use crate::util::decimal::Decimal;
 
 /// Where a record's fields go, in order.
 trait Fields {
@@ -178,22 +179,12 @@ impl Fields for Line<'_> {
     }
     fn uint(&mut self, key: Key, v: u32) -> Result<(), serde_json::Error> {
         let k = self.key_json(key);
-        // A u32 has at most ten digits; written last first.
-        let mut digits = [0u8; 10];
-        let mut at = digits.len();
-        let mut n = v;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
+        let digits = Decimal::new(v.into());
+        let digits = digits.as_bytes();
         let out = &mut *self.out;
-        out.reserve(k.len() + digits.len() - at);
+        out.reserve(k.len() + digits.len());
         out.extend_from_slice(k);
-        out.extend_from_slice(&digits[at..]);
+        out.extend_from_slice(digits);
         Ok(())
     }
     fn text(&mut self, key: Key, v: &dyn Display) -> Result<(), serde_json::Error> {
